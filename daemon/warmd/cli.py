@@ -1,0 +1,248 @@
+"""The `warmd` command: argument parsing, output and exit codes around the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from loguru import logger
+
+from . import __version__
+from .config import Config, load_config
+from .errors import InputError, WarmdError
+from .model import ProjectReport
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every other bad input
+        self.exit(EXIT_USAGE, f"warmd: {message} (see `warmd --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of warmd."""
+    p = _Parser(prog="warmd", description="Keep the pinned GPU wheels of uv projects warm in the uv cache.")
+    p.add_argument("--version", action="version", version=f"warmd {__version__}")
+    p.add_argument("--config", type=Path, metavar="FILE", help="config file (default: the user config dir)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    pf = sub.add_parser("prefetch", help="warm the pinned GPU wheels of projects now")
+    pf.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                    help="project folder or uv.lock (default: every project under `roots`)")
+    pf.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+
+    sub.add_parser("run", help="the daemon: watch the roots and keep every project warm")
+
+    st = sub.add_parser("status", help="what the daemon knows: projects, wheels, header verdicts")
+    st.add_argument("--json", action="store_true")
+
+    dr = sub.add_parser("doctor", help="check the set-up and say how to fix what is wrong")
+    dr.add_argument("paths", nargs="*", type=Path, metavar="PROJECT")
+    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--fix", action="store_true", help="add the cache-control override to the projects' indexes")
+
+    ins = sub.add_parser("install-service", help="write the systemd user unit")
+    ins.add_argument("--print", action="store_true", dest="print_only", help="show the unit, write nothing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `warmd` console script."""
+    args = build_parser().parse_args(argv)
+    from .daemon import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        config = load_config(args.config)
+        handler = {
+            "prefetch": _prefetch,
+            "run": _run,
+            "status": _status,
+            "doctor": _doctor,
+            "install-service": _install_service,
+        }[args.command]
+        return handler(args, config)
+    except WarmdError as exc:
+        print(f"warmd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("warmd: interrupted; partial downloads are kept and resume next time", file=sys.stderr)
+        return 130
+
+
+def _prefetch(args: argparse.Namespace, config: Config) -> int:
+    from .pipeline import Pipeline
+    from .progress import ProgressPrinter
+    from .state import State
+
+    paths = list(args.paths) or _discover_all(config)
+    if not paths:
+        raise InputError("no PATH given and no projects under the configured `roots`")
+    started = time.monotonic()
+    state = State.open(config.state_dir)
+    pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
+    try:
+        reports = pipeline.warm(paths)
+    finally:
+        pipeline.close()
+        state.close()
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps(_reports_json(reports, elapsed), indent=2))
+    else:
+        _print_summary(reports, elapsed)
+    return exit_code(reports)
+
+
+def exit_code(reports: Sequence[ProjectReport]) -> int:
+    """2 when any input was bad, 1 when any wheel failed, else 0."""
+    if any(r.error_is_input for r in reports):
+        return EXIT_USAGE
+    if any(r.error or any(w.state == "failed" for w in r.wheels) for r in reports):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _discover_all(config: Config) -> list[Path]:
+    from .watch import discover
+
+    found: list[Path] = []
+    for root in config.roots:
+        found += [p for p in discover(root, config.watch.max_depth, config.watch.ignore) if (p / "uv.lock").exists()]
+    return found
+
+
+def _reports_json(reports: Sequence[ProjectReport], elapsed: float) -> dict[str, Any]:
+    return {
+        "projects": [
+            {
+                "project": str(r.project),
+                "lock": str(r.lock),
+                "variant": r.variant,
+                "python": list(r.python),
+                "error": r.error,
+                "wheels": [
+                    {
+                        "name": w.pin.name,
+                        "version": w.pin.version,
+                        "filename": w.pin.wheel.filename,
+                        "python": w.pin.python,
+                        "sha256": w.pin.wheel.sha256,
+                        "state": w.state,
+                        "reason": w.reason,
+                        "bytes_downloaded": w.bytes_downloaded,
+                        "bytes_reused": w.bytes_reused,
+                    }
+                    for w in r.wheels
+                ],
+            }
+            for r in reports
+        ],
+        "summary": _totals(reports) | {"seconds": round(elapsed, 3)},
+        "exit_code": exit_code(reports),
+    }
+
+
+def _totals(reports: Sequence[ProjectReport]) -> dict[str, int]:
+    seen: dict[str, tuple[int, int]] = {}
+    counts = {"warm": 0, "failed": 0, "unproven": 0}
+    for r in reports:
+        for w in r.wheels:
+            counts[w.state] = counts.get(w.state, 0) + 1
+            # A wheel shared by projects was fetched once: count its bytes once.
+            seen.setdefault(w.pin.wheel.sha256, (w.bytes_downloaded, w.bytes_reused))
+    return counts | {
+        "bytes_downloaded": sum(d for d, _ in seen.values()),
+        "bytes_reused": sum(r for _, r in seen.values()),
+        "projects_with_errors": sum(1 for r in reports if r.error),
+    }
+
+
+def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
+    from .progress import human_bytes
+
+    for r in reports:
+        if r.error:
+            print(f"{r.project}: {r.error}")
+            continue
+        if not r.wheels:
+            print(f"{r.project}: no {r.variant} GPU wheels pinned for Python {', '.join(r.python)}")
+        for w in r.wheels:
+            why = f" — {w.reason}" if w.reason else ""
+            print(f"{r.project}: {w.state:8} {w.pin.wheel.filename}{why}")
+    t = _totals(reports)
+    print(
+        f"{t['warm']} wheel(s) warm, {t['failed']} failed, {t['unproven']} unproven; "
+        f"{human_bytes(t['bytes_downloaded'])} fetched, {human_bytes(t['bytes_reused'])} reused; "
+        f"{elapsed:.1f} s"
+    )
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    from .daemon import run_daemon
+
+    return run_daemon(config, config_path=args.config)
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    from .progress import human_bytes
+    from .state import State
+
+    state = State.open(config.state_dir)
+    try:
+        rows = state.status()
+    finally:
+        state.close()
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no projects known yet (run `warmd prefetch PATH` or start `warmd run`)")
+    for row in rows:
+        data = row.to_json()
+        print(f"{data['project']}  variant {data.get('variant')}  last check {data.get('last_check')}")
+        if data.get("error"):
+            print(f"  error: {data['error']}")
+        for w in data.get("wheels", []):
+            saved = human_bytes(w.get("bytes_saved") or 0)
+            reason = f" — {w['reason']}" if w.get("reason") else ""
+            print(f"  {w.get('state', '?'):8} {w.get('name')} {w.get('version')}  {w.get('filename')}  saved {saved}{reason}")
+        for line in data.get("headers", []) or []:
+            print(f"  index: {line}")
+    return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace, config: Config) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(config, projects=list(args.paths), as_json=args.json, fix=args.fix)
+
+
+def _install_service(args: argparse.Namespace, config: Config) -> int:
+    from .service import install_service
+    from .uvcache import Uv
+
+    uv = Uv(config.uv, cache_dir=config.cache_dir)
+    result = install_service(print_only=args.print_only, warmd_exe=_warmd_exe(), uv_exe=uv.exe,
+                             uv_cache_dir=uv.cache_dir, config_path=args.config)
+    logger.debug("install-service: {}", result)
+    return EXIT_OK
+
+
+def _warmd_exe() -> Path:
+    import shutil
+
+    found = shutil.which("warmd")
+    if found:
+        return Path(found).resolve()
+    return Path(sys.argv[0]).resolve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

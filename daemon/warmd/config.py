@@ -1,0 +1,256 @@
+"""Read and check warmd's TOML config; every problem is a ConfigError naming the key."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigError
+
+APP = "warmd"
+
+# Name globs of the packages worth warming: the big GPU wheels, not every dependency.
+DEFAULT_PACKAGES: tuple[str, ...] = (
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "triton",
+    "pytorch-triton*",
+    "nvidia-*",
+    "xformers",
+    "flash-attn*",
+    "jax-cuda*",
+    "jaxlib",
+    "cupy-cuda*",
+    "onnxruntime-gpu",
+    "tensorrt*",
+    "intel-extension-for-pytorch",
+)
+
+DEFAULT_IGNORED_DIRS: tuple[str, ...] = (
+    ".venv",
+    "venv",
+    ".git",
+    "node_modules",
+    "__pycache__",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    "site-packages",
+    "build",
+    "dist",
+)
+
+_VARIANT = re.compile(r"^(auto|cpu|xpu|cu\d{3}|rocm\d+(\.\d+){1,2})$")
+_PYTHON = re.compile(r"^3\.\d{1,2}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """How the fetch engine talks to indexes."""
+
+    connections: int = 8  # parallel Range requests per file, each on its own connection
+    parallel_files: int = 2  # files downloaded at once (the global download limit)
+    timeout: float = 30.0  # seconds without a byte before a connection counts as stalled
+    retries: int = 8
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How projects are discovered under the roots."""
+
+    max_depth: int = 4  # folders below a root where a project may live
+    debounce: float = 2.0  # seconds of quiet after a uv.lock change before a run starts
+    ignore: tuple[str, ...] = DEFAULT_IGNORED_DIRS
+
+
+@dataclass(frozen=True)
+class Config:
+    """warmd's settings, with defaults for every key."""
+
+    variant: str = "auto"
+    roots: tuple[Path, ...] = ()
+    packages: tuple[str, ...] = DEFAULT_PACKAGES
+    python: tuple[str, ...] = ()  # extra Python versions to warm besides each project's own
+    uv: str = "uv"
+    cache_dir: Path | None = None  # None: whatever `uv cache dir` says
+    store_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP)) / "store")
+    store_max_size: int | None = 100 * 2**30
+    state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_state_dir(APP)))
+    recheck_interval: float = 4 * 3600.0
+    download: DownloadSettings = DownloadSettings()
+    watch: WatchSettings = WatchSettings()
+    source: Path | None = None  # the file this was read from, for messages
+
+
+def default_config_path() -> Path:
+    """Where warmd looks for its config when --config is not given."""
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config at `path` (or the default path; a missing default file means defaults)."""
+    explicit = path is not None
+    path = path if path is not None else default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: config file not found") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, source=path)
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Build a Config from parsed TOML, refusing unknown keys and wrong types."""
+    where = str(source) if source else "config"
+    r = _Reader(data, where, "")
+    download = DownloadSettings(
+        **_section(r, "download", {
+            "connections": lambda s, k: s.int(k, lo=1, hi=64),
+            "parallel-files": lambda s, k: s.int(k, lo=1, hi=32),
+            "timeout": lambda s, k: s.number(k, lo=1.0),
+            "retries": lambda s, k: s.int(k, lo=0, hi=100),
+        })
+    )
+    watch = WatchSettings(
+        **_section(r, "watch", {
+            "max-depth": lambda s, k: s.int(k, lo=0, hi=32),
+            "debounce": lambda s, k: s.number(k, lo=0.0),
+            "ignore": lambda s, k: DEFAULT_IGNORED_DIRS + tuple(s.strings(k)),
+        })
+    )
+    kwargs: dict[str, Any] = {}
+    if (v := r.str("variant")) is not None:
+        if not _VARIANT.match(v):
+            raise ConfigError(
+                f"{where}: variant = {v!r} is not one of uv's names "
+                "(auto, cpu, xpu, cu118 … cu132, rocm6.3 …)"
+            )
+        kwargs["variant"] = v
+    if (roots := r.strings("roots")) is not None:
+        kwargs["roots"] = tuple(_path(p) for p in roots)
+    if (pk := r.strings("packages")) is not None:
+        kwargs["packages"] = tuple(pk)
+    if (py := r.strings("python")) is not None:
+        for p in py:
+            if not _PYTHON.match(p):
+                raise ConfigError(f"{where}: python: {p!r} is not a version like \"3.12\"")
+        kwargs["python"] = tuple(py)
+    if (uv := r.str("uv")) is not None:
+        kwargs["uv"] = str(_path(uv)) if "/" in uv else uv
+    for key, attr in (("cache-dir", "cache_dir"), ("store-dir", "store_dir"), ("state-dir", "state_dir")):
+        if (p := r.str(key)) is not None:
+            kwargs[attr] = _path(p)
+    if "store-max-size" in data:
+        kwargs["store_max_size"] = r.size("store-max-size")
+    if "recheck-interval" in data:
+        kwargs["recheck_interval"] = r.duration("recheck-interval")
+    r.done({"download", "watch"})
+    return Config(download=download, watch=watch, source=source, **kwargs)
+
+
+def _section(r: _Reader, name: str, keys: dict[str, Any]) -> dict[str, Any]:
+    table = r.table(name)
+    if table is None:
+        return {}
+    out = {}
+    for key, read in keys.items():
+        if key in table.data:
+            out[key.replace("-", "_")] = read(table, key)
+    table.done(set())
+    return out
+
+
+def _path(text: str) -> Path:
+    return Path(os.path.expandvars(text)).expanduser()
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, data: dict[str, Any], where: str, prefix: str) -> None:
+        self.data = data
+        self.where = where
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def _get(self, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ConfigError(f"{self.where}: {self.prefix}{key} must be {what}, not {value!r}")
+        return value
+
+    def str(self, key: str) -> str | None:
+        return self._get(key, str, "a string")
+
+    def int(self, key: str, lo: int, hi: int) -> int:
+        v = self._get(key, int, "a whole number")
+        if not lo <= v <= hi:
+            raise ConfigError(f"{self.where}: {self.prefix}{key} = {v} is outside {lo}..{hi}")
+        return v
+
+    def number(self, key: str, lo: float) -> float:
+        v = self._get(key, (int, float), "a number")
+        if v < lo:
+            raise ConfigError(f"{self.where}: {self.prefix}{key} = {v} is below {lo}")
+        return float(v)
+
+    def strings(self, key: str) -> list[str] | None:
+        v = self._get(key, list, "a list of strings")
+        if v is not None and not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"{self.where}: {self.prefix}{key} must be a list of strings")
+        return v
+
+    def size(self, key: str) -> int | None:
+        v = self._get(key, (str, int), 'a size like "50GiB", or 0 for no cap')
+        if isinstance(v, int):
+            return v or None
+        m = _SIZE.match(v)
+        if not m:
+            raise ConfigError(f"{self.where}: {self.prefix}{key} = {v!r} is not a size like \"50GiB\"")
+        unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
+        n = int(float(m.group(1)) * 1024 ** " KMGT".index(unit or " "))
+        return n or None
+
+    def duration(self, key: str) -> float:
+        v = self._get(key, (str, int, float), 'a duration like "4h" or seconds')
+        if isinstance(v, (int, float)):
+            seconds = float(v)
+        else:
+            m = _DURATION.match(v)
+            if not m:
+                raise ConfigError(f"{self.where}: {self.prefix}{key} = {v!r} is not a duration like \"4h\"")
+            seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+        if seconds < 60:
+            raise ConfigError(f"{self.where}: {self.prefix}{key} must be at least a minute")
+        return seconds
+
+    def table(self, key: str) -> _Reader | None:
+        v = self._get(key, dict, "a table")
+        return None if v is None else _Reader(v, self.where, f"{self.prefix}{key}.")
+
+    def done(self, also: set[str]) -> None:
+        unknown = sorted(set(self.data) - self.seen - also)
+        if unknown:
+            raise ConfigError(f"{self.where}: unknown key {self.prefix}{unknown[0]}")

@@ -1,0 +1,264 @@
+"""The pipeline both drivers run: plan -> probe -> fetch -> import -> probe, for a set of projects."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from loguru import logger
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from .config import Config
+from .errors import InputError, LockError, WarmdError
+from .feeder import Feeder
+from .fetch import Fetcher, ProgressEvent
+from .lockfile import Lock, read_lock
+from .model import Fetched, Pin, ProjectReport, WheelReport
+from .select import Selection, select_pins
+from .store import Store
+from .uvcache import ProbeResult, Uv
+
+if TYPE_CHECKING:
+    from .state import State
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One project's lock and the wheels selected from it."""
+
+    project: Path
+    lock: Lock
+    selection: Selection
+    pythons: tuple[str, ...]
+
+
+def project_of(path: Path) -> tuple[Path, Path]:
+    """(project folder, uv.lock path) for a folder or a uv.lock given on the command line."""
+    path = path.expanduser().absolute()
+    if path.name == "uv.lock" or path.is_file():
+        return path.parent, path
+    if not path.is_dir():
+        raise InputError(f"{path}: no such project folder")
+    return path, path / "uv.lock"
+
+
+class Pipeline:
+    """Keeps projects' pinned wheels warm in the user's uv cache; shared by `prefetch` and `run`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state: State | None = None,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        uv: Uv | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
+        self.store = Store(config.store_dir, config.store_max_size)
+        self.fetcher = Fetcher(
+            self.store,
+            connections=config.download.connections,
+            timeout=config.download.timeout,
+            retries=config.download.retries,
+            progress=progress,
+        )
+        self._variant: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def variant(self) -> str:
+        """The configured variant, or the detected one when the config says `auto`."""
+        if self._variant is None:
+            from .variant import resolve_variant
+
+            detection = resolve_variant(self.config.variant)
+            logger.info("variant {} ({}: {})", detection.variant, detection.source, detection.detail)
+            self._variant = detection.variant
+        return self._variant
+
+    def plan(self, project: Path) -> Plan:
+        """Read the project's lock and select its pins (raises InputError on a bad lock)."""
+        project, lock_path = project_of(project)
+        lock = read_lock(lock_path)
+        own = self.uv.project_python(project)
+        pythons = _allowed([own, *self.config.python] if own else list(self.config.python), lock.requires_python)
+        if not pythons:
+            raise InputError(f"{project}: no Python version to select wheels for (no .python-version, "
+                             "no interpreter uv would use, no `python` in the config)")
+        selection = select_pins(lock, variant=self.variant, patterns=self.config.packages, pythons=pythons)
+        return Plan(project=project, lock=lock, selection=selection, pythons=tuple(pythons))
+
+    def pins(self, project: Path) -> list[Pin]:
+        """The pins of a project, without fetching anything."""
+        return list(self.plan(project).selection.pins)
+
+    def warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
+        """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once."""
+        failed: list[ProjectReport] = []
+        plans: list[Plan] = []
+        for p in projects:
+            try:
+                plans.append(self.plan(p))
+            except WarmdError as exc:
+                logger.error("{}", exc)
+                folder = p.parent if p.name == "uv.lock" else p
+                failed.append(ProjectReport(project=folder, lock=folder / "uv.lock", variant=self._variant or "?",
+                                            python=(), error=str(exc), error_is_input=isinstance(exc, InputError)))
+        reports = []
+        with self._project_locks([pl.project for pl in plans]):
+            # uv's own word first: what it already has needs neither the network nor the store.
+            before = {pl.project: self._probe(pl) for pl in plans}
+            need: dict[str, Pin] = {}
+            for pl in plans:
+                for pin in pl.selection.pins:
+                    if pin.name not in before[pl.project][pin.python].warm:
+                        need.setdefault(pin.wheel.sha256, pin)
+                self._mark(pl, need, "fetching")
+            fetched = self._fetch(list(need.values()))
+            verified = [pin for pl in plans for pin in pl.selection.pins
+                        if pin.wheel.sha256 in need and isinstance(fetched.get(pin.wheel.sha256), Fetched)]
+            import_errors = self._import(verified)
+            for pl in plans:
+                touched = any(p.wheel.sha256 in need for p in pl.selection.pins)
+                after = self._probe(pl) if touched else before[pl.project]
+                reports.append(self._report(pl, before[pl.project], after, fetched, import_errors))
+        self._evict()
+        reports += failed
+        if self.state is not None:
+            for r in reports:
+                self.state.record_report(r)
+        return reports
+
+    def cancel(self) -> None:
+        """Stop downloads promptly; partial files stay for the next run."""
+        self.fetcher.cancel()
+
+    def close(self) -> None:
+        """Release connections."""
+        self.fetcher.close()
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _probe(self, pl: Plan) -> dict[str, ProbeResult]:
+        names = {p.name for p in pl.lock.packages}
+        out = {}
+        for python in pl.pythons:
+            selected = [p.name for p in pl.selection.pins if p.python == python]
+            out[python] = self.uv.probe(pl.project, selected=selected, others=names, python=python,
+                                        extras=pl.selection.extras)
+        return out
+
+    def _fetch(self, pins: list[Pin]) -> dict[str, Fetched | WarmdError]:
+        if not pins:
+            return {}
+        logger.info("fetching {} wheel(s)", len(pins))
+        return self.fetcher.fetch_many([p.wheel for p in pins],
+                                       max_parallel_files=self.config.download.parallel_files)
+
+    def _import(self, pins: list[Pin]) -> dict[str, str]:
+        """Hand verified files to uv; returns sha256 -> error for the groups uv refused."""
+        errors: dict[str, str] = {}
+        # One uv call per target and index: a pylock names each package once, and the same file
+        # pinned from two indexes (a mirror) is two cache entries.
+        groups: dict[tuple[str, str, str], dict[str, Pin]] = defaultdict(dict)
+        for pin in pins:
+            groups[(pin.python, pin.platform, pin.index)][pin.wheel.sha256] = pin
+        if not groups:
+            return errors
+        with Feeder(self.store.path) as feeder:
+            for (python, platform, _index), by_sha in groups.items():
+                group = list(by_sha.values())
+                urls = {p.wheel.sha256: feeder.url(p.wheel.sha256, p.wheel.filename) for p in group}
+                try:
+                    self.uv.import_wheels(group, urls, python=python, platform=platform)
+                except WarmdError as exc:
+                    logger.error("{}", exc)
+                    errors.update({s: str(exc) for s in by_sha})
+        return errors
+
+    def _report(self, pl: Plan, before: dict[str, ProbeResult], after: dict[str, ProbeResult],
+                fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str]) -> ProjectReport:
+        wheels = []
+        for pin in pl.selection.pins:
+            res = after[pin.python]
+            got = fetched.get(pin.wheel.sha256)
+            down = got.bytes_downloaded if isinstance(got, Fetched) else 0
+            reused = got.bytes_reused if isinstance(got, Fetched) else 0
+            if pin.name in before[pin.python].warm:
+                reused = pin.wheel.size or 0
+            if pin.name in res.warm:
+                wheels.append(WheelReport(pin, "warm", None, down, reused))
+            elif isinstance(got, WarmdError):
+                wheels.append(WheelReport(pin, "failed", str(got), down, reused))
+            elif pin.wheel.sha256 in import_errors:
+                wheels.append(WheelReport(pin, "failed", import_errors[pin.wheel.sha256], down, reused))
+            elif pin.name in res.unproven:
+                wheels.append(WheelReport(pin, "unproven", res.unproven[pin.name], down, reused))
+            else:
+                wheels.append(WheelReport(pin, "failed", "uv still would download it after the import", down, reused))
+        for w in wheels:
+            log = logger.info if w.state == "warm" else logger.warning
+            log("{} {}: {}{}", pl.project.name, w.pin.wheel.filename, w.state, f" ({w.reason})" if w.reason else "")
+        return ProjectReport(project=pl.project, lock=pl.lock.path, variant=self.variant, python=pl.pythons,
+                             wheels=tuple(wheels))
+
+    def _mark(self, pl: Plan, need: dict[str, Pin], state: str) -> None:
+        if self.state is None:
+            return
+        for pin in pl.selection.pins:
+            if pin.wheel.sha256 in need:
+                self.state.set_wheel_state(pl.project, pin.wheel.sha256, state)
+
+    def _evict(self) -> None:
+        protect = set()
+        if self.state is not None:
+            protect = {pin.wheel.sha256 for _p, pin in self.state.all_pins()}
+        try:
+            self.store.evict(protect)
+        except WarmdError as exc:
+            logger.warning("store eviction: {}", exc)
+
+    @contextmanager
+    def _project_locks(self, projects: Sequence[Path]) -> Iterator[None]:
+        """One warmd at a time per project, across processes (a second one waits, then finds it warm)."""
+        lock_dir = self.config.state_dir / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fds = []
+        try:
+            for project in sorted(set(projects)):
+                key = hashlib.sha256(str(project).encode()).hexdigest()[:24]
+                fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    logger.info("{}: another warmd is working on it; waiting", project)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _allowed(pythons: Sequence[str], requires_python: str | None) -> list[str]:
+    """Keep the Python versions the lock's requires-python admits, in order, without repeats."""
+    out: list[str] = []
+    try:
+        spec = SpecifierSet(requires_python) if requires_python else None
+    except InvalidSpecifier:
+        raise LockError(f"requires-python {requires_python!r} is not a valid specifier") from None
+    for py in pythons:
+        if py in out:
+            continue
+        if spec is None or spec.contains(f"{py}.0", prereleases=True) or spec.contains(f"{py}.99", prereleases=True):
+            out.append(py)
+    return out
