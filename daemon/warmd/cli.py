@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from loguru import logger
-
 from . import __version__
 from .config import Config, load_config
 from .errors import InputError, WarmdError
@@ -49,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("install-service", help="write the systemd user unit")
     ins.add_argument("--print", action="store_true", dest="print_only", help="show the unit, write nothing")
+    ins.add_argument("--no-sandbox", action="store_false", dest="sandbox",
+                     help="leave out the mount sandbox (for systems without unprivileged user namespaces)")
     return p
 
 
@@ -229,19 +229,16 @@ def _install_service(args: argparse.Namespace, config: Config) -> int:
     from .uvcache import Uv
 
     uv = Uv(config.uv, cache_dir=config.cache_dir)
-    result = install_service(print_only=args.print_only, warmd_exe=_warmd_exe(), uv_exe=uv.exe,
-                             uv_cache_dir=uv.cache_dir, config_path=args.config)
-    logger.debug("install-service: {}", result)
+    result = install_service(print_only=args.print_only, uv_exe=uv.exe,
+                             uv_cache_dir=uv.cache_dir, config_path=args.config, sandbox=args.sandbox,
+                             write_paths=[config.store_dir, config.state_dir])
+    if args.print_only:
+        print(result.text, end="")
+        print(f"# would be written to {result.unit_path}", file=sys.stderr)
+    else:
+        print(f"wrote {result.unit_path}")
+        print(f"start it with: {result.next_command}")
     return EXIT_OK
-
-
-def _warmd_exe() -> Path:
-    import shutil
-
-    found = shutil.which("warmd")
-    if found:
-        return Path(found).resolve()
-    return Path(sys.argv[0]).resolve()
 
 
 if __name__ == "__main__":

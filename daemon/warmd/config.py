@@ -49,7 +49,7 @@ DEFAULT_IGNORED_DIRS: tuple[str, ...] = (
     "dist",
 )
 
-_VARIANT = re.compile(r"^(auto|cpu|xpu|cu\d{3}|rocm\d+(\.\d+){1,2})$")
+_VARIANT = re.compile(r"^(auto|cpu|xpu|cu\d{2,3}|rocm\d+(\.\d+){1,2})$")
 _PYTHON = re.compile(r"^3\.\d{1,2}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")

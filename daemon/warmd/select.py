@@ -17,8 +17,10 @@ from .lockfile import Dependency, LockedPackage, Lock, wheel_tags
 from .model import Pin, WheelFile
 
 # Local version labels that name a GPU build; any other label (`+local`) is not a variant.
-_VARIANT_LABEL = re.compile(r"^(cpu|xpu|cu\d{3}|rocm\d+(\.\d+){1,2})$")
+_VARIANT_LABEL = re.compile(r"^(cpu|xpu|cu\d{2,3}|rocm\d+(\.\d+){1,2})$")
 _MANYLINUX_LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+# The glibc minors uv accepts in `--python-platform <arch>-manylinux_2_N` (0.8.2 through 0.13.x).
+_UV_GLIBC_TARGETS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
 
 
 @dataclass(frozen=True)
@@ -202,9 +204,11 @@ def uv_platform(filename: str) -> str:
             if legacy is None:
                 continue
             glibc, arch = legacy, plat.split("_", 1)[1]
-        # The lowest glibc a wheel declares is the one every newer target accepts.
+        # The lowest glibc a wheel declares is the one every newer target accepts; uv knows only
+        # some targets, so take the first of those at or above it.
+        target = next((n for n in _UV_GLIBC_TARGETS if n >= glibc[1]), _UV_GLIBC_TARGETS[-1])
         if best is None or glibc < best[0]:
-            best = (glibc, f"{arch}-manylinux_{glibc[0]}_{glibc[1]}")
+            best = (glibc, f"{arch}-manylinux_2_{target}")
     if best is not None:
         return best[1]
     arch = next((p.split("_", 1)[1] for p in plats if p.startswith("linux_")), None)

@@ -1,0 +1,349 @@
+"""Content-addressed store of verified wheel files, with resumable partials and an LRU size cap.
+
+Layout under `root`:
+    blobs/<aa>/<sha256>      complete, verified files (read-only)
+    partial/<sha256>.part    a download in progress (never read as a wheel)
+    partial/<sha256>.json    its sidecar: url, size, validator, byte ranges known to be on disk
+    locks/<sha256>.lock      flock(2) target: one writer per sha across threads and processes
+
+LRU: last use is the blob's mtime. A blob's content never changes (its name is its hash), so
+mtime carries no other meaning; `path()` bumps it with os.utime. atime is not used because
+noatime/relatime mounts make it unreliable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from .errors import DiskFull, FetchError
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` is the OS saying the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+
+
+def disk_full_error(store_dir: Path, needed: int | None, exc: OSError | None = None) -> DiskFull:
+    """A DiskFull naming the store folder and how much room the download needed."""
+    need = f"{needed} bytes ({needed / 2**20:.1f} MiB)" if needed is not None else "more room"
+    why = "quota exceeded" if exc is not None and exc.errno == errno.EDQUOT else "no space left"
+    return DiskFull(
+        f"{store_dir}: {why}; the download needs {need}. Free space there, "
+        "or lower store-max-size / move store-dir in warmd's config"
+    )
+
+
+@dataclass
+class Sidecar:
+    """What a partial download needs to resume safely: which bytes of which version are on disk."""
+
+    url: str  # credentials stripped; informational only
+    size: int
+    etag: str | None = None
+    last_modified: str | None = None
+    done: list[tuple[int, int]] = field(default_factory=list)  # sorted, merged [start, end)
+
+    def validator(self) -> str | None:
+        """The If-Range value that proves the server still has the same file."""
+        return self.etag or self.last_modified
+
+    def done_bytes(self) -> int:
+        """Bytes marked durable on disk."""
+        return sum(e - s for s, e in self.done)
+
+    def to_json(self) -> str:
+        """Serialise for the sidecar file."""
+        return json.dumps({
+            "version": 1, "url": self.url, "size": self.size, "etag": self.etag,
+            "last_modified": self.last_modified, "done": [list(r) for r in self.done],
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> Sidecar:
+        """Parse a sidecar file; raises ValueError on anything unexpected."""
+        d = json.loads(text)
+        if d.get("version") != 1 or not isinstance(d.get("size"), int) or d["size"] < 0:
+            raise ValueError("bad sidecar")
+        done = [(int(s), int(e)) for s, e in d.get("done", [])]
+        if any(not 0 <= s < e <= d["size"] for s, e in done):
+            raise ValueError("sidecar range outside the file")
+        return cls(url=str(d.get("url", "")), size=d["size"], etag=d.get("etag"),
+                   last_modified=d.get("last_modified"), done=merge_ranges(done))
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort and merge overlapping or touching [start, end) ranges."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(r for r in ranges if r[1] > r[0]):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def missing_ranges(done: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The [start, end) ranges of a file of `size` bytes not covered by `done`."""
+    out, pos = [], 0
+    for s, e in merge_ranges(done):
+        if s > pos:
+            out.append((pos, s))
+        pos = max(pos, e)
+    if pos < size:
+        out.append((pos, size))
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_sha(sha: str) -> str:
+    if not _SHA.match(sha):
+        raise ValueError(f"not a lowercase sha256 hex digest: {sha!r}")
+    return sha
+
+
+class Store:
+    """sha256-addressed files on disk: verified blobs, resumable partials, per-sha locks."""
+
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.blobs = self.root / "blobs"
+        self.partial = self.root / "partial"
+        self.locks = self.root / "locks"
+        for d in (self.blobs, self.partial, self.locks):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full_error(self.root, None, exc) from None
+                raise FetchError(f"{d}: cannot create the store folder: {exc.strerror}") from None
+        # shas this process is writing now; flock alone cannot tell us about ourselves cheaply
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
+
+    # -- complete blobs -------------------------------------------------------------------
+
+    def blob_path(self, sha: str) -> Path:
+        """Where the complete blob for `sha` lives (whether or not it exists)."""
+        return self.blobs / _check_sha(sha)[:2] / sha
+
+    def has(self, sha: str) -> bool:
+        """True when a complete, verified blob for `sha` is in the store."""
+        return self.blob_path(sha).is_file()
+
+    def path(self, sha: str) -> Path | None:
+        """The complete blob for `sha`, marking it as just used; None if absent."""
+        p = self.blob_path(sha)
+        try:
+            os.utime(p)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            if not p.is_file():
+                return None
+        return p
+
+    def commit(self, sha: str, part_path: Path) -> Path:
+        """Move a verified partial into blobs/ atomically and durably; returns the blob path."""
+        dest = self.blob_path(sha)
+        try:
+            dest.parent.mkdir(exist_ok=True)
+            fd = os.open(part_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(part_path, 0o444)
+            os.replace(part_path, dest)
+            _fsync_dir(dest.parent)
+            with contextlib.suppress(FileNotFoundError):
+                self.sidecar_path(sha).unlink()
+            _fsync_dir(self.partial)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.root, None, exc) from None
+            raise
+        os.utime(dest)
+        return dest
+
+    # -- partials -------------------------------------------------------------------------
+
+    def part_path(self, sha: str) -> Path:
+        """The in-progress download file for `sha`."""
+        return self.partial / f"{_check_sha(sha)}.part"
+
+    def sidecar_path(self, sha: str) -> Path:
+        """The resume record beside the partial for `sha`."""
+        return self.partial / f"{_check_sha(sha)}.json"
+
+    def partial_paths(self, sha: str) -> tuple[Path, Path]:
+        """(part file, sidecar file) for `sha`; neither need exist."""
+        return self.part_path(sha), self.sidecar_path(sha)
+
+    def read_sidecar(self, sha: str) -> Sidecar | None:
+        """The sidecar of a partial that can be resumed, or None (absent, unreadable, no .part)."""
+        part, side = self.partial_paths(sha)
+        try:
+            sc = Sidecar.from_json(side.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.debug("ignoring unreadable sidecar {}: {}", side, exc)
+            return None
+        try:
+            if part.stat().st_size < sc.size:
+                sc.done = []  # truncated .part: trust none of it (its ranges may be holes)
+        except FileNotFoundError:
+            return None
+        return sc
+
+    def write_sidecar(self, sha: str, sidecar: Sidecar) -> None:
+        """Replace the sidecar atomically (temp file, fsync, rename, fsync dir)."""
+        side = self.sidecar_path(sha)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.partial, prefix=f".{sha[:16]}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(sidecar.to_json())
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, side)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(self.partial)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.root, None, exc) from None
+            raise
+
+    def drop_partial(self, sha: str) -> None:
+        """Forget a partial download (sidecar first, so a crash leaves no stale resume point)."""
+        part, side = self.partial_paths(sha)
+        for p in (side, part):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    # -- locking --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, sha: str, stop: threading.Event | None = None,
+             poll: float = 0.1) -> Iterator[None]:
+        """Hold the exclusive per-sha lock (waits for other threads/processes; `stop` aborts)."""
+        path = self.locks / f"{_check_sha(sha)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    # polling (not a blocking flock) so a cancel can interrupt the wait
+                    if stop is not None and stop.wait(poll):
+                        raise FetchError(f"{sha[:12]}: cancelled while waiting for another download") from None
+                    if stop is None:
+                        time.sleep(poll)
+            with self._active_lock:
+                self._active.add(sha)
+            try:
+                yield
+            finally:
+                with self._active_lock:
+                    self._active.discard(sha)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _busy(self, sha: str) -> bool:
+        """True when some thread or process holds the lock for `sha` right now."""
+        with self._active_lock:
+            if sha in self._active:
+                return True
+        path = self.locks / f"{sha}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    # -- size cap -------------------------------------------------------------------------
+
+    def _blobs(self) -> list[tuple[float, int, str, Path]]:
+        out = []
+        for p in self.blobs.glob("*/*"):
+            if _SHA.match(p.name):
+                with contextlib.suppress(FileNotFoundError):
+                    st = p.stat()
+                    out.append((st.st_mtime, st.st_size, p.name, p))
+        return out
+
+    def _partials(self) -> list[tuple[float, int, str, Path]]:
+        out = []
+        for p in self.partial.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                # allocated size: a preallocated .part really holds its blocks
+                out.append((st.st_mtime, max(st.st_size, st.st_blocks * 512), p.stem, p))
+        return out
+
+    def total_bytes(self) -> int:
+        """Bytes held by blobs and partials."""
+        return sum(b[1] for b in self._blobs()) + sum(b[1] for b in self._partials())
+
+    def evict(self, protect: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+        """Remove least-recently-used blobs (then idle partials) until under max_bytes; returns shas."""
+        if self.max_bytes is None:
+            return []
+        blobs, partials = self._blobs(), self._partials()
+        total = sum(b[1] for b in blobs) + sum(b[1] for b in partials)
+        removed: list[str] = []
+        # blobs first (they can be re-fetched whole); idle partials only after, oldest first
+        for kind, entries in (("blob", blobs), ("partial", partials)):
+            for _mtime, size, sha, p in sorted(entries):
+                if total <= self.max_bytes:
+                    return removed
+                if sha in protect or self._busy(sha):
+                    continue
+                try:
+                    if kind == "blob":
+                        p.unlink()
+                    else:
+                        self.drop_partial(sha)
+                except FileNotFoundError:
+                    continue
+                logger.debug("store: evicted {} {} ({} bytes)", kind, sha[:12], size)
+                total -= size
+                removed.append(sha)
+        return removed

@@ -1,0 +1,35 @@
+{
+  description = "warmd: keeps the pinned GPU wheels of uv projects warm in the user's uv cache";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      packages = forAllSystems (pkgs: rec {
+        warmd = pkgs.python3Packages.callPackage ./nix/package.nix { };
+        default = warmd;
+      });
+
+      overlays.default = final: prev: {
+        warmd = final.python3Packages.callPackage ./nix/package.nix { };
+      };
+
+      # The module alone falls back to pkgs.warmd or a build from this source; take the
+      # flake's package by default so `services.warmd.enable = true` needs nothing else.
+      nixosModules.default =
+        { lib, pkgs, ... }:
+        {
+          imports = [ ./nix/module.nix ];
+          services.warmd.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        };
+      nixosModules.warmd = self.nixosModules.default;
+    };
+}

@@ -1,0 +1,1 @@
+"""Test infrastructure: synthetic wheels (wheels), a PyTorch-like local index (index_server), real uv projects (projects)."""

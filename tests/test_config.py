@@ -1,0 +1,70 @@
+"""Config: every key of the example parses; unknown keys and wrong types name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from warmd.config import Config, load_config, parse_config
+from warmd.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
+def test_example_config_is_complete_and_matches_the_defaults() -> None:
+    cfg = load_config(EXAMPLE)
+    default = Config()
+    for field in ("variant", "roots", "packages", "python", "uv", "cache_dir", "store_max_size",
+                  "recheck_interval", "download", "watch"):
+        assert getattr(cfg, field) == getattr(default, field), field
+    text = EXAMPLE.read_text()
+    for key in ("variant", "roots", "packages", "python", "uv", "cache-dir", "store-dir", "store-max-size",
+                "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
+                "max-depth", "debounce", "ignore"):
+        assert f"{key} =" in text, f"config.example.toml does not document {key}"
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    cfg = parse_config({
+        "variant": "rocm6.3", "roots": ["~/src"], "python": ["3.12"], "uv": "~/bin/uv",
+        "store-max-size": "1.5GiB", "recheck-interval": "30m",
+        "download": {"connections": 4, "timeout": 5}, "watch": {"ignore": ["data"]},
+    })
+    assert cfg.variant == "rocm6.3"
+    assert cfg.roots == (Path.home() / "src",)
+    assert cfg.uv == str(Path.home() / "bin" / "uv")
+    assert cfg.store_max_size == int(1.5 * 2**30)
+    assert cfg.recheck_interval == 1800
+    assert cfg.download.connections == 4 and cfg.download.timeout == 5.0
+    assert "data" in cfg.watch.ignore and ".venv" in cfg.watch.ignore
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"varient": "cpu"}, "unknown key varient"),
+        ({"download": {"conections": 2}}, "unknown key download.conections"),
+        ({"variant": "cuda"}, "variant"),
+        ({"variant": 128}, "variant must be a string"),
+        ({"roots": "~/src"}, "roots must be a list"),
+        ({"roots": [1]}, "roots must be a list of strings"),
+        ({"python": ["3"]}, "python"),
+        ({"download": {"connections": 0}}, "download.connections"),
+        ({"download": {"connections": True}}, "download.connections must be a whole number"),
+        ({"download": 3}, "download must be a table"),
+        ({"store-max-size": "big"}, "store-max-size"),
+        ({"recheck-interval": "5s"}, "at least a minute"),
+        ({"watch": {"debounce": -1}}, "watch.debounce"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_config(data, source=Path("c.toml"))
+
+
+def test_missing_default_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert load_config() == Config()
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")

@@ -1,0 +1,409 @@
+"""The download engine against the real local index server: segments, resume, faults, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.index_server import IndexServer
+from tests.support.wheels import make_wheel, sha256_file
+from warmd.errors import DiskFull, FetchError, HashMismatch
+from warmd.fetch import Fetcher, FetchCancelled, ProgressEvent, _retry_after, redact
+from warmd.model import Fetched, WheelFile
+from warmd.store import Store
+
+KiB, MiB = 1024, 2**20
+SEG = 128 * KiB
+
+
+@pytest.fixture
+def slow_server() -> Iterator[IndexServer]:
+    """The same index with a per-connection rate cap, so downloads last long enough to interrupt."""
+    with IndexServer(rate_limit=1 * MiB) as server:
+        yield server
+
+
+def _wheel(server: IndexServer, tmp_path: Path, name: str = "torch", size: int = 2 * MiB, *,
+           seed: int = 0, with_size: bool = True) -> WheelFile:
+    path = make_wheel(tmp_path / "wheels", name, "2.8.0", payload_size=size, seed=seed)
+    url = server.add_wheel(path, "cu128")
+    return WheelFile(url=url, filename=path.name, sha256=sha256_file(path),
+                     size=path.stat().st_size if with_size else None)
+
+
+def _fetcher(store: Store, **kw: object) -> Fetcher:
+    opts: dict[str, object] = dict(connections=4, segment_size=SEG, timeout=5.0, retries=8,
+                                   backoff=0.01, max_backoff=0.05, trust_env=False)
+    opts.update(kw)
+    return Fetcher(store, **opts)  # type: ignore[arg-type]
+
+
+def _blobs(store: Store) -> list[Path]:
+    return [p for p in store.blobs.rglob("*") if p.is_file()]
+
+
+def _check(store: Store, wheel: WheelFile, got: Fetched) -> None:
+    assert got.sha256 == wheel.sha256
+    assert got.path == store.blob_path(wheel.sha256)
+    assert sha256_file(got.path) == wheel.sha256
+    assert not store.part_path(wheel.sha256).exists()
+
+
+def test_plain_fetch_verifies_and_reports_progress(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path)
+    store = Store(tmp_path / "store")
+    events: list[ProgressEvent] = []
+    with _fetcher(store, progress=events.append) as f:
+        got = f.fetch(wheel)
+    _check(store, wheel, got)
+    assert (got.size, got.bytes_downloaded, got.bytes_reused) == (wheel.size, wheel.size, 0)
+    assert index_server.bytes_served(wheel.filename) == wheel.size
+    states = [e.state for e in events]
+    assert states[0] == "start" and states[-1] == "done" and "failed" not in states
+    assert events[-1].done == events[-1].total == wheel.size
+
+
+def test_store_hit_makes_no_request(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path)
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f:
+        f.fetch(wheel)
+    index_server.reset_counters()
+    with _fetcher(store) as f:
+        got = f.fetch(wheel)
+    assert index_server.hits == []
+    assert (got.bytes_downloaded, got.bytes_reused) == (0, wheel.size)
+
+
+def test_parallel_segments_use_several_connections(slow_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(slow_server, tmp_path, size=2 * MiB)
+    store = Store(tmp_path / "store")
+    with _fetcher(store, connections=4) as f:
+        _check(store, wheel, f.fetch(wheel))
+    gets = slow_server.wheel_gets(wheel.filename)
+    n_segments = -(-wheel.size // SEG)
+    assert len({h.range for h in gets}) == n_segments  # every segment asked for once, by Range
+    assert all(h.status == 206 for h in gets)
+    assert len({h.conn for h in gets}) >= 2  # really separate TCP connections
+    assert slow_server.peak_transfers >= 2
+    assert slow_server.bytes_served(wheel.filename) == wheel.size
+
+
+def test_dropped_connection_resumes_from_last_byte(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=1 * MiB)
+    index_server.faults.drop_after[wheel.filename] = [300 * KiB]
+    store = Store(tmp_path / "store")
+    with _fetcher(store, connections=1, segment_size=4 * MiB) as f:
+        got = f.fetch(wheel)
+    _check(store, wheel, got)
+    gets = index_server.wheel_gets(wheel.filename)
+    assert len(gets) == 2
+    assert gets[1].range == f"bytes={300 * KiB}-{wheel.size - 1}"  # not from the segment's start
+    assert index_server.bytes_served(wheel.filename) == wheel.size
+
+
+def test_many_drops_per_file_are_survived(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=2 * MiB)
+    index_server.faults.drop_after[wheel.filename] = [50 * KiB, 10 * KiB, 100 * KiB, 0, 70 * KiB, 5 * KiB]
+    store = Store(tmp_path / "store")
+    with _fetcher(store, connections=3) as f:
+        _check(store, wheel, f.fetch(wheel))
+    assert index_server.faults.drop_after[wheel.filename] == []  # every drop really happened
+    assert index_server.bytes_served(wheel.filename) == wheel.size  # no byte fetched twice
+
+
+def test_503_burst_and_429_retry_after_are_survived(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=1 * MiB)
+    index_server.faults.status_burst[wheel.filename] = [503, 503, 429, 502]
+    index_server.faults.retry_after = "0"
+    store = Store(tmp_path / "store")
+    events: list[ProgressEvent] = []
+    with _fetcher(store, progress=events.append) as f:
+        _check(store, wheel, f.fetch(wheel))
+    statuses = [h.status for h in index_server.wheel_hits(wheel.filename)]
+    assert statuses[:4] == [503, 503, 429, 502]
+    assert sum(e.state == "retry" for e in events) >= 4
+
+
+def test_retry_after_parsing() -> None:
+    assert _retry_after("3", cap=30) == 3.0
+    assert _retry_after("999", cap=30) == 30.0
+    assert 0 <= _retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5)), cap=30) <= 5
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT", cap=30) == 0.0  # in the past
+    assert _retry_after("soon", cap=30) is None and _retry_after(None, cap=30) is None
+
+
+def test_client_errors_fail_fast(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path)
+    missing = WheelFile(wheel.url.replace("torch-", "tarch-"), "tarch.whl", "0" * 64, None)
+    with _fetcher(Store(tmp_path / "store")) as f, pytest.raises(FetchError, match="HTTP 404"):
+        f.fetch(missing)
+    assert len(index_server.hits) == 1
+
+
+def test_stalled_server_times_out_and_retries(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=512 * KiB)
+    index_server.faults.stall[wheel.filename] = 30.0
+
+    def on_event(e: ProgressEvent) -> None:
+        if e.state == "retry":  # the stall was noticed: let the next attempt through
+            index_server.faults.stall.pop(wheel.filename, None)
+
+    store = Store(tmp_path / "store")
+    events: list[ProgressEvent] = []
+    with _fetcher(store, timeout=0.5, connections=1, progress=lambda e: (events.append(e), on_event(e))) as f:
+        _check(store, wheel, f.fetch(wheel))
+    assert any(e.state == "retry" and "ReadTimeout" in e.message for e in events)
+
+
+def test_server_ignoring_range_is_streamed_once(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=1 * MiB)
+    index_server.faults.ignore_range.add(wheel.filename)
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f:
+        _check(store, wheel, f.fetch(wheel))
+    gets = index_server.wheel_gets(wheel.filename)
+    assert [h.status for h in gets] == [200]
+    assert index_server.bytes_served(wheel.filename) == wheel.size
+
+
+def test_short_content_length_is_caught_by_verify(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=512 * KiB, with_size=False)
+    index_server.faults.ignore_range.add(wheel.filename)
+    index_server.faults.lie_length[wheel.filename] = 100 * KiB  # claims (and sends) too few bytes
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f, pytest.raises(HashMismatch) as err:
+        f.fetch(wheel)
+    assert err.value.expected == wheel.sha256 and err.value.actual != wheel.sha256
+    assert _blobs(store) == [] and not store.part_path(wheel.sha256).exists()
+
+
+def test_long_content_length_is_a_short_body(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=256 * KiB, with_size=False)
+    index_server.faults.ignore_range.add(wheel.filename)
+    index_server.faults.lie_length[wheel.filename] = wheel_size = 10 * MiB  # claims more than it has
+    store = Store(tmp_path / "store")
+    with _fetcher(store, retries=2) as f, pytest.raises(FetchError, match="giving up") as err:
+        f.fetch(wheel)
+    assert not isinstance(err.value, HashMismatch) and _blobs(store) == []
+    part = store.part_path(wheel.sha256)
+    assert not part.exists() or part.stat().st_size <= wheel_size  # never wrote past the claim
+
+
+def test_size_differing_from_lock_is_an_error(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=256 * KiB)
+    wrong = WheelFile(wheel.url, wheel.filename, wheel.sha256, wheel.size + 1)
+    with _fetcher(Store(tmp_path / "store")) as f, pytest.raises(FetchError, match="lock pins"):
+        f.fetch(wrong)
+
+
+def test_corrupt_file_fails_alone_in_fetch_many(index_server: IndexServer, tmp_path: Path) -> None:
+    bad = _wheel(index_server, tmp_path, "torch", size=1 * MiB)
+    good = _wheel(index_server, tmp_path, "triton", size=1 * MiB)
+    index_server.faults.corrupt.add(bad.filename)
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f:
+        results = f.fetch_many([bad, good, good], max_parallel_files=2)
+    assert set(results) == {bad.sha256, good.sha256}
+    err = results[bad.sha256]
+    assert isinstance(err, HashMismatch)
+    assert err.expected == bad.sha256 and err.actual != bad.sha256
+    assert bad.sha256 in str(err) and err.actual in str(err)
+    assert isinstance(results[good.sha256], Fetched)
+    assert _blobs(store) == [store.blob_path(good.sha256)]  # nothing of the bad file in blobs/
+    assert not store.part_path(bad.sha256).exists()
+    assert index_server.bytes_served(good.filename) == good.size  # asked for twice, fetched once
+
+
+def test_file_replaced_mid_download_is_never_stitched(slow_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(slow_server, tmp_path, size=2 * MiB)
+    new = make_wheel(tmp_path / "new", "torch", "2.8.0", payload_size=2 * MiB, seed=1).read_bytes()
+
+    def on_event(e: ProgressEvent) -> None:
+        if e.downloaded_this_run > 0 and wheel.filename not in slow_server.faults.replace:
+            slow_server.faults.replace[wheel.filename] = new  # upstream swaps the file now
+
+    store = Store(tmp_path / "store")
+    with _fetcher(store, connections=2, progress=on_event) as f, pytest.raises(HashMismatch) as err:
+        f.fetch(wheel)
+    # the second, whole download is of the new file only: its hash, not a mix of both
+    assert err.value.actual == hashlib.sha256(new).hexdigest()
+    assert _blobs(store) == []
+    # If-Range made the server answer 200 to a later segment once the ETag changed
+    assert any(h.status == 200 and h.range for h in slow_server.wheel_gets(wheel.filename))
+
+
+def test_cancel_keeps_partial_and_a_new_fetcher_resumes(slow_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(slow_server, tmp_path, size=3 * MiB)
+    store = Store(tmp_path / "store")
+    result: dict[str, BaseException] = {}
+    fetcher = _fetcher(store, connections=2)
+
+    def on_event(e: ProgressEvent) -> None:
+        if e.done > wheel.size // 3:
+            fetcher.cancel()
+
+    fetcher.progress = on_event
+
+    def run() -> None:
+        try:
+            fetcher.fetch(wheel)
+        except BaseException as exc:  # noqa: BLE001
+            result["exc"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    assert not t.is_alive()
+    assert isinstance(result.get("exc"), FetchCancelled)
+    sc = store.read_sidecar(wheel.sha256)
+    assert sc is not None and 0 < sc.done_bytes() < wheel.size and not store.has(wheel.sha256)
+
+    with _fetcher(store, connections=2) as f:
+        got = f.fetch(wheel)
+    _check(store, wheel, got)
+    assert got.bytes_reused == sc.done_bytes() and got.bytes_downloaded <= wheel.size - sc.done_bytes()
+    assert slow_server.bytes_served(wheel.filename) < 1.5 * wheel.size
+    assert all(h.status == 206 for h in slow_server.wheel_gets(wheel.filename))
+
+
+def test_cancel_interrupts_a_stalled_read(index_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(index_server, tmp_path, size=256 * KiB)
+    index_server.faults.stall[wheel.filename] = 60.0
+    store = Store(tmp_path / "store")
+    in_body = threading.Event()
+    fetcher = _fetcher(store, timeout=60.0,
+                       progress=lambda e: in_body.set() if e.state == "progress" else None)
+    result: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            fetcher.fetch(wheel)
+        except BaseException as exc:  # noqa: BLE001
+            result["exc"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert in_body.wait(10)  # headers arrived; the body read is now blocked on the stall
+    fetcher.cancel()
+    t.join(10)  # far below the 60 s read timeout: cancel cut the socket
+    assert not t.is_alive()
+    assert isinstance(result.get("exc"), FetchCancelled)
+    assert store.read_sidecar(wheel.sha256) is not None
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from warmd.fetch import Fetcher
+    from warmd.model import WheelFile
+    from warmd.store import Store
+    url, name, sha, size, root = sys.argv[1:]
+    with Fetcher(Store(Path(root)), connections=2, segment_size=128 * 1024, trust_env=False) as f:
+        f.fetch(WheelFile(url, name, sha, int(size)))
+""")
+
+
+def test_sigkill_mid_download_leaves_a_resumable_partial(slow_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(slow_server, tmp_path, size=4 * MiB)
+    store = Store(tmp_path / "store")
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, wheel.url, wheel.filename, wheel.sha256,
+                              str(wheel.size), str(store.root)])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and child.poll() is None:
+            sc = store.read_sidecar(wheel.sha256)
+            if sc is not None and sc.done_bytes() >= 512 * KiB:
+                break
+            time.sleep(0.02)  # polling an observable (the sidecar on disk), not timing
+        assert child.poll() is None, "the child finished before it could be killed"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(10)
+    assert not store.has(wheel.sha256)
+    left = store.read_sidecar(wheel.sha256)
+    assert left is not None and left.done_bytes() > 0
+    served_before = slow_server.bytes_served(wheel.filename)
+
+    with _fetcher(store, connections=2) as f:
+        got = f.fetch(wheel)
+    _check(store, wheel, got)
+    assert got.bytes_reused == left.done_bytes()
+    assert slow_server.bytes_served(wheel.filename) < 1.5 * wheel.size
+    assert slow_server.bytes_served(wheel.filename) - served_before <= wheel.size - left.done_bytes()
+
+
+def test_same_sha_from_two_threads_is_downloaded_once(slow_server: IndexServer, tmp_path: Path) -> None:
+    wheel = _wheel(slow_server, tmp_path, size=1 * MiB)
+    store = Store(tmp_path / "store")
+    results: list[Fetched] = []
+
+    def run() -> None:
+        with _fetcher(Store(store.root)) as f:  # separate Store objects: the lock is the flock
+            results.append(f.fetch(wheel))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 2 and results[0].path == results[1].path
+    assert sorted(r.bytes_downloaded for r in results) == [0, wheel.size]
+    assert slow_server.bytes_served(wheel.filename) == wheel.size
+
+
+def test_non_http_urls_are_refused_and_credentials_never_shown(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f, pytest.raises(FetchError, match="only http and https"):
+        f.fetch(WheelFile("file:///etc/passwd", "x.whl", "0" * 64, None))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://alice:s3cret@127.0.0.1:{port}/whl/torch.whl"
+    with _fetcher(store, retries=1) as f, pytest.raises(FetchError) as err:
+        f.fetch(WheelFile(url, "torch.whl", "0" * 64, None))
+    assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
+    assert redact(url) == f"http://127.0.0.1:{port}/whl/torch.whl"
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, when this process may mount one (root); skipped otherwise."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a 1 MiB tmpfs for the disk-full test")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_is_reported_and_keeps_complete_blobs(index_server: IndexServer, tmp_path: Path,
+                                                       tiny_fs: Path) -> None:
+    small = _wheel(index_server, tmp_path, "triton", size=64 * KiB)
+    big = _wheel(index_server, tmp_path, "torch", size=2 * MiB)
+    store = Store(tiny_fs / "store")
+    with _fetcher(store) as f:
+        f.fetch(small)
+        with pytest.raises(DiskFull) as err:
+            f.fetch(big)
+    msg = str(err.value)
+    assert str(tiny_fs / "store") in msg and str(big.size) in msg
+    assert store.has(small.sha256) and sha256_file(store.blob_path(small.sha256)) == small.sha256
+    assert not store.has(big.sha256)

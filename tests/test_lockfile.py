@@ -1,0 +1,167 @@
+"""The lock reader: real uv.lock shapes parse; hostile or broken ones are refused with a LockError."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from warmd.errors import LockError
+from warmd.lockfile import check_wheel_url, parse_lock, parse_wheel_name, read_lock
+
+SHA = "ab" * 32
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cuda-small" / "uv.lock"
+
+
+def lock_text(url: str, *, name: str = "torch", version: str = "2.8.0+rocm6.3", hash_: str = f"sha256:{SHA}") -> str:
+    return (
+        'version = 1\nrevision = 3\nrequires-python = ">=3.11"\n\n'
+        '[[package]]\nname = "proj"\nversion = "0.1.0"\nsource = { virtual = "." }\n'
+        f'dependencies = [{{ name = "{name}" }}]\n\n'
+        f'[[package]]\nname = "{name}"\nversion = "{version}"\n'
+        'source = { registry = "https://download.pytorch.org/whl/rocm6.3" }\n'
+        f'wheels = [{{ url = "{url}", hash = "{hash_}" }}]\n'
+    )
+
+
+def test_reads_a_real_uv_lock() -> None:
+    lock = read_lock(EXAMPLE)
+    names = {p.name for p in lock.packages}
+    assert {"nvidia-cuda-runtime-cu12", "nvidia-nvtx-cu12", "nvidia-cuda-cupti-cu12"} <= names
+    assert [p.name for p in lock.roots] == ["cuda-small"]
+    nvtx = next(p for p in lock.packages if p.name == "nvidia-nvtx-cu12")
+    assert nvtx.registry == "https://pypi.org/simple"
+    assert all(len(w.sha256) == 64 and w.size for w in nvtx.wheels)
+
+
+def test_percent_encoded_local_version_is_decoded(tmp_path: Path) -> None:
+    url = "https://download.pytorch.org/whl/rocm6.3/torch-2.8.0%2Brocm6.3-cp312-cp312-manylinux_2_28_x86_64.whl"
+    (tmp_path / "uv.lock").write_text(lock_text(url))
+    torch = next(p for p in read_lock(tmp_path / "uv.lock").packages if p.name == "torch")
+    assert torch.wheels[0].filename == "torch-2.8.0+rocm6.3-cp312-cp312-manylinux_2_28_x86_64.whl"
+    assert torch.wheels[0].size is None  # PyTorch-index wheels often carry no size
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("file:///etc/torch-2.8.0+rocm6.3-py3-none-any.whl", "scheme"),
+        ("ftp://h/torch-2.8.0+rocm6.3-py3-none-any.whl", "scheme"),
+        ("https://h/whl/..", "plain wheel"),
+        ("https://h/a/../torch-2.8.0+rocm6.3-py3-none-any.whl", "plain wheel"),
+        ("https://h/whl/..%2Ftorch-2.8.0+rocm6.3-py3-none-any.whl", "plain wheel"),
+        ("https://h/whl/%2Fetc%2Ftorch-2.8.0+rocm6.3-py3-none-any.whl", "plain wheel"),
+        ("https://h/whl/torch-2.8.0+rocm6.3-py3-none-any.tar.gz", "plain wheel"),
+        ("https://h/whl/numpy-2.8.0+rocm6.3-py3-none-any.whl", "belongs to"),
+        ("https://h/whl/torch-2.7.0+rocm6.3-py3-none-any.whl", "version"),
+        ("https://h/whl/torch.whl", "valid wheel"),
+    ],
+)
+def test_unsafe_urls_are_refused(tmp_path: Path, url: str, words: str) -> None:
+    (tmp_path / "uv.lock").write_text(lock_text(url))
+    with pytest.raises(LockError, match=words) as info:
+        read_lock(tmp_path / "uv.lock")
+    assert str(tmp_path / "uv.lock") in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_or_bad_hash_is_refused(tmp_path: Path) -> None:
+    url = "https://h/whl/torch-2.8.0+rocm6.3-py3-none-any.whl"
+    for bad in ("md5:abc", "sha256:xyz", ""):
+        (tmp_path / "uv.lock").write_text(lock_text(url, hash_=bad))
+        with pytest.raises(LockError, match="sha256"):
+            read_lock(tmp_path / "uv.lock")
+
+
+def test_wheel_variant_label_is_tolerated() -> None:
+    name, version = parse_wheel_name("torch-2.9.0-cp312-cp312-manylinux_2_28_x86_64-cu128.whl")
+    assert (name, str(version)) == ("torch", "2.9.0")
+    assert check_wheel_url("https://h/torch-2.9.0-cp312-cp312-linux_x86_64-00000000.whl", "torch", "2.9.0", "x")
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "not a uv.lock"),
+        ("version = 1\npackage = 3\n", "array of tables"),
+        ('version = 1\n[[package]]\nversion = "1"\n', "no name"),
+        ('version = 1\n[[package]]\nname = "x"\nsource = "pypi"\n', "source"),
+        ('version = 1\n[[package]]\nname = "x"\ndependencies = [{ version = "1" }]\n', "no name"),
+    ],
+)
+def test_malformed_locks(tmp_path: Path, text: str, words: str) -> None:
+    (tmp_path / "uv.lock").write_text(text)
+    with pytest.raises(LockError, match=words):
+        read_lock(tmp_path / "uv.lock")
+
+
+def test_truncated_lock_names_the_file(tmp_path: Path) -> None:
+    full = EXAMPLE.read_text()
+    (tmp_path / "uv.lock").write_text(full[: len(full) // 2])
+    with pytest.raises(LockError, match="uv.lock"):
+        read_lock(tmp_path / "uv.lock")
+
+
+def test_missing_and_binary_locks(tmp_path: Path) -> None:
+    with pytest.raises(LockError, match="run `uv lock`"):
+        read_lock(tmp_path / "uv.lock")
+    (tmp_path / "uv.lock").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(LockError):
+        read_lock(tmp_path / "uv.lock")
+
+
+def test_large_lock_parses(tmp_path: Path) -> None:
+    """A lock of a big monorepo (thousands of packages) is read, not refused."""
+    parts = ['version = 1\nrequires-python = ">=3.11"\n']
+    for i in range(4000):
+        parts.append(
+            f'[[package]]\nname = "pkg{i}"\nversion = "1.0"\nsource = {{ registry = "https://pypi.org/simple" }}\n'
+            f'wheels = [{{ url = "https://h/pkg{i}-1.0-py3-none-any.whl", hash = "sha256:{SHA}", size = 1 }}]\n'
+        )
+    (tmp_path / "uv.lock").write_text("\n".join(parts))
+    assert len(read_lock(tmp_path / "uv.lock").packages) == 4000
+
+
+_toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["version", "package", "manifest", "requires-python", "x"]), _toml_values, max_size=5))
+def test_any_structure_is_a_lock_or_a_lock_error(data: dict) -> None:
+    data = {k: v for k, v in data.items() if v is not None}
+    try:
+        parse_lock(data, Path("uv.lock"))
+    except LockError as exc:
+        assert str(exc).startswith("uv.lock")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=60))
+def test_any_file_name_is_accepted_only_if_plain(name: str) -> None:
+    url = "https://h/whl/" + name
+    try:
+        got = check_wheel_url(url, "torch", "2.8.0", "x")
+    except LockError:
+        return
+    assert "/" not in got and ".." not in got and got.endswith(".whl") and got.startswith("torch-")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0, max_value=2000))
+def test_truncation_at_any_point_is_a_clean_error_or_a_lock(cut: int) -> None:
+    text = EXAMPLE.read_text()[:cut]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return
+    try:
+        parse_lock(data, EXAMPLE)
+    except LockError:
+        pass
