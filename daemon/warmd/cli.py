@@ -215,6 +215,8 @@ def _status(args: argparse.Namespace, config: Config) -> int:
             print(f"  {w.get('state', '?'):8} {w.get('name')} {w.get('version')}  {w.get('filename')}  saved {saved}{reason}")
         for line in data.get("headers", []) or []:
             print(f"  index: {line}")
+        for flag in data.get("flags", []) or []:
+            print(f"  ! {flag}")
     return EXIT_OK
 
 

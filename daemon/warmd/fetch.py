@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -187,6 +187,7 @@ class Fetcher:
         progress: Callable[[ProgressEvent], None] | None = None,
         trust_env: bool = True,
         user_agent: str = f"warmd/{__version__}",
+        max_parallel_files: int | None = None,
     ) -> None:
         if connections < 1 or segment_size < 1:
             raise ValueError("connections and segment_size must be positive")
@@ -204,6 +205,9 @@ class Fetcher:
         self._conns: set[_Conn] = set()
         self._lock = threading.Lock()
         self._progress_lock = threading.Lock()  # callbacks never run concurrently
+        # The global limit on files in flight, shared by every caller of this Fetcher (the
+        # daemon runs several projects at once through one Fetcher).
+        self._slots = threading.BoundedSemaphore(max_parallel_files) if max_parallel_files else None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -235,9 +239,9 @@ class Fetcher:
         hit = self._hit(wheel, sha)
         if hit is not None:
             return hit
-        self._emit(wheel, sha, wheel.size, 0, 0, "start", force=True)
         try:
-            with self.store.lock(sha, stop=self._stop):
+            with self._slot(), self.store.lock(sha, stop=self._stop):
+                self._emit(wheel, sha, wheel.size, 0, 0, "start", force=True)
                 hit = self._hit(wheel, sha)  # another thread/process may have finished it
                 if hit is not None:
                     return hit
@@ -257,6 +261,19 @@ class Fetcher:
             self._emit(wheel, sha, wheel.size, 0, 0, "failed", str(exc), force=True)
             raise
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        if self._slots is None:
+            yield
+            return
+        while not self._slots.acquire(timeout=0.2):
+            if self._stop.is_set():
+                raise FetchCancelled("cancelled while waiting for a download slot")
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def fetch_many(self, wheels: Iterable[WheelFile], max_parallel_files: int = 2) -> dict[str, Fetched | WarmdError]:
         """Fetch several wheels, a few at a time; one failure does not stop the others."""

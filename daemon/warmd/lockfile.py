@@ -16,8 +16,8 @@ from .errors import LockError
 from .model import WheelFile
 
 _SHA256 = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
-# A uv.lock of a large monorepo is a few MB; anything far past that is not a lock.
-MAX_LOCK_BYTES = 256 * 2**20
+# A uv.lock of a large monorepo is a few MiB; one of 64 MiB or more is not a lock warmd should parse.
+MAX_LOCK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ class Pipeline:
             timeout=config.download.timeout,
             retries=config.download.retries,
             progress=progress,
+            max_parallel_files=config.download.parallel_files,
         )
         self._variant: str | None = None
         self._lock = threading.Lock()
@@ -131,11 +132,12 @@ class Pipeline:
                 touched = any(p.wheel.sha256 in need for p in pl.selection.pins)
                 after = self._probe(pl) if touched else before[pl.project]
                 reports.append(self._report(pl, before[pl.project], after, fetched, import_errors))
-        self._evict()
         reports += failed
         if self.state is not None:
             for r in reports:
                 self.state.record_report(r)
+        # Only now, with the new pins recorded and warm, may old files make room.
+        self._evict({p.wheel.sha256 for pl in plans for p in pl.selection.pins})
         return reports
 
     def cancel(self) -> None:
@@ -218,10 +220,10 @@ class Pipeline:
             if pin.wheel.sha256 in need:
                 self.state.set_wheel_state(pl.project, pin.wheel.sha256, state)
 
-    def _evict(self) -> None:
-        protect = set()
+    def _evict(self, protect: set[str]) -> None:
+        """Keep the store under its cap, never dropping a file any known project pins."""
         if self.state is not None:
-            protect = {pin.wheel.sha256 for _p, pin in self.state.all_pins()}
+            protect |= {pin.wheel.sha256 for _p, pin in self.state.all_pins()}
         try:
             self.store.evict(protect)
         except WarmdError as exc:

@@ -82,6 +82,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # A full socket queue (systemd busy, or nobody reading) must not stall the daemon.
+                self._sock.setblocking(False)
             self._sock.sendto(message.encode("utf-8", "replace"), self._address)
         except OSError as exc:
             # Losing a notification must never take the daemon down; systemd's timeouts say it.

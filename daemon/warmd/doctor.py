@@ -1,0 +1,687 @@
+"""`warmd doctor`: check the set-up (uv, cache, index headers, disk, inotify, service, variant) and
+say, for each finding, how to fix it; `--fix` adds uv's per-index cache-control override."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from .config import Config, default_config_path
+from .errors import InputError, WarmdError
+from .headers import cache_verdict, check_url, is_immutable_host, redact
+from .lockfile import Lock, read_lock
+from .model import Pin
+from .progress import human_bytes
+from .select import select_pins
+from .uvcache import Uv
+from .variant import Detection, resolve_variant
+
+Status = Literal["ok", "warn", "problem", "info"]
+
+# uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
+IMMUTABLE_FILES = "max-age=365000000, immutable"
+CACHE_CONTROL_LINE = f'cache-control = {{ files = "{IMMUTABLE_FILES}" }}'
+OLDEST_TESTED_UV = Version("0.8.2")
+INOTIFY_WATCHES_SUGGESTED = 524288
+_SHELL_TIMEOUT = 5.0
+_HTTP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing doctor checked: what it found and, when something is wrong, how to fix it."""
+
+    check: str
+    status: Status
+    message: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """One row of README's troubleshooting table: what doctor says, what to do."""
+
+    says: str
+    do: str
+
+
+# The source of truth for README's "Troubleshooting" table: every finding's fix starts with the
+# `do` of its row. The first seven rows are README's; the others are doctor findings README lacks.
+TROUBLESHOOTING: dict[str, Trouble] = {
+    "uv-missing": Trouble(
+        "uv not found",
+        'set `uv = "/absolute/path/to/uv"` in the config (a service does not see your shell\'s PATH)'),
+    "uv-differs": Trouble(
+        "the service's uv differs from your shell's",
+        "point `uv` at the one `command -v uv` prints; a different uv version reads a different cache layout"),
+    "no-store": Trouble(
+        "index answers no-store",
+        "nothing to do while warmd runs; or `warmd doctor --fix PROJECT` adds uv's own per-index "
+        "`cache-control` override"),
+    "no-cache": Trouble(
+        "`no-cache = true` in uv.toml",
+        "uv uses a throw-away cache: warming is pointless until you remove it"),
+    "inotify": Trouble(
+        "inotify watch limit reached",
+        f"`sysctl fs.inotify.max_user_watches={INOTIFY_WATCHES_SUGGESTED}` (those projects fall back to the "
+        "periodic rescan meanwhile)"),
+    "unproven": Trouble(
+        "wheel `unproven`",
+        "uv has no interpreter for that Python here; install it (`uv python install 3.12`) or drop it from `python`"),
+    "sha256": Trouble(
+        "sha256 mismatch",
+        "the index serves other bytes than the lock pins; they were kept out of your cache — "
+        "re-lock or report upstream"),
+    "uv-old": Trouble(
+        "uv older than 0.8.2",
+        "upgrade uv (`uv self update`, or your package manager); warmd is tested from 0.8.2 on"),
+    "uv-cache-differs": Trouble(
+        "warmd's uv cache differs from your shell's",
+        "set `cache-dir` in the config to the folder your shell's `uv cache dir` prints, or remove it"),
+    "disk": Trouble(
+        "not enough free space",
+        "free space there, or move warmd's `store-dir` / uv's cache (`UV_CACHE_DIR`) to a bigger disk"),
+    "service-failed": Trouble(
+        "service failed",
+        "`journalctl --user -u warmd` says why; then `systemctl --user restart warmd`"),
+    "service-inactive": Trouble(
+        "service installed but not running",
+        "`systemctl --user enable --now warmd`"),
+    "headers-unreadable": Trouble(
+        "could not read an index's headers",
+        "check the network, proxy (`HTTPS_PROXY`) and `.netrc` credentials for that index; "
+        "warmd retries on its schedule"),
+}
+
+
+def troubleshooting_markdown() -> str:
+    """README's troubleshooting table, rendered from TROUBLESHOOTING."""
+    lines = ["| doctor says | what to do |", "| --- | --- |"]
+    lines += [f"| {t.says} | {t.do} |" for t in TROUBLESHOOTING.values()]
+    return "\n".join(lines)
+
+
+def fix_text(kind: str, detail: str | None = None) -> str:
+    """The table's fix for `kind`, followed by what it means here."""
+    do = TROUBLESHOOTING[kind].do
+    return f"{do} — {detail}" if detail else do
+
+
+@dataclass
+class _Report:
+    findings: list[Finding] = field(default_factory=list)
+    bad_input: bool = False
+
+    def add(self, check: str, status: Status, message: str, fix: str | None = None) -> None:
+        self.findings.append(Finding(check, status, message, fix))
+
+    @property
+    def exit_code(self) -> int:
+        if self.bad_input:
+            return 2
+        return 1 if any(f.status == "problem" for f in self.findings) else 0
+
+
+def run_doctor(config: Config, *, projects: Sequence[Path] = (), as_json: bool = False, fix: bool = False) -> int:
+    """Check the set-up and print the findings; 0 no problem, 1 a problem, 2 bad input."""
+    findings, code = diagnose(config, projects=projects, fix=fix)
+    if as_json:
+        print(json.dumps({"findings": [asdict(f) for f in findings], "exit_code": code}, indent=2))
+    else:
+        print(render(findings), end="")
+    return code
+
+
+def render(findings: Sequence[Finding]) -> str:
+    """The findings as text: `status check: message`, then an indented `fix:` line."""
+    out = []
+    for f in findings:
+        out.append(f"{f.status:<4} {f.check}: {f.message}\n")
+        if f.fix:
+            out.append("     fix: " + f.fix.replace("\n", "\n          ") + "\n")
+    return "".join(out)
+
+
+def diagnose(
+    config: Config,
+    *,
+    projects: Sequence[Path] = (),
+    fix: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> tuple[list[Finding], int]:
+    """Every finding for this set-up and these projects, and the exit code they add up to."""
+    env = dict(os.environ if env is None else env)
+    rep = _Report()
+    _check_config(rep, config)
+    uv, uv_version, cache_dir = _check_uv(rep, config, env)
+    _check_no_cache(rep, env, projects)
+    detection = resolve_variant(config.variant, env)
+    rep.add("variant", "info",
+            f"{detection.variant} ({detection.source}: {detection.detail}); "
+            f"candidates {', '.join(detection.candidates) or detection.variant}")
+    pins: dict[str, Pin] = {}
+    sizes_known = True
+    with httpx.Client(trust_env=True, timeout=_HTTP_TIMEOUT, follow_redirects=True) as client:
+        for path in projects:
+            planned = _check_project(rep, config, path, uv, uv_version, detection, client, fix, env)
+            if planned is None:
+                sizes_known = False
+                continue
+            for pin in planned:
+                pins.setdefault(pin.wheel.sha256, pin)
+    _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known)
+    _check_inotify(rep, config)
+    _check_service(rep)
+    return rep.findings, rep.exit_code
+
+
+# -- config, uv, uv.toml ------------------------------------------------------------------------
+
+
+def _check_config(rep: _Report, config: Config) -> None:
+    where = str(config.source) if config.source else f"defaults (no {default_config_path()})"
+    rep.add("config", "info", f"{where}; store {config.store_dir}; state {config.state_dir}")
+
+
+def _config_name(config: Config) -> str:
+    return str(config.source or default_config_path())
+
+
+def _check_uv(rep: _Report, config: Config, env: dict[str, str]) -> tuple[Uv | None, Version | None, Path | None]:
+    """The uv warmd drives: found, version, cache; and whether the shell's uv is the same."""
+    uv = Uv(config.uv, cache_dir=config.cache_dir, env=env)
+    shells = shell_uvs(env)
+    try:
+        exe, version, cache = uv.exe, uv.version, uv.cache_dir
+    except WarmdError as exc:
+        known = next((p for _w, p in shells), None)
+        detail = (f'your shell runs {known}: set `uv = "{known}"` in {_config_name(config)}' if known
+                  else f"install uv, then set its path in {_config_name(config)}")
+        rep.add("uv", "problem", str(exc), fix_text("uv-missing", detail))
+        return None, None, config.cache_dir
+    rep.add("uv", "ok", f"{exe} {version}, cache {cache}")
+    if version < OLDEST_TESTED_UV:
+        rep.add("uv", "warn", f"uv {version} is older than {OLDEST_TESTED_UV}, the oldest warmd is tested with",
+                fix_text("uv-old"))
+    _compare_shell_uvs(rep, config, env, exe, version, cache, shells)
+    return uv, version, cache
+
+
+def shell_uvs(env: Mapping[str, str], timeout: float = _SHELL_TIMEOUT) -> list[tuple[str, Path]]:
+    """The uv your shell runs: (where it was seen, path), from PATH here and from the login shell."""
+    found: list[tuple[str, Path]] = []
+    here = shutil.which("uv", path=env.get("PATH"))
+    if here:
+        found.append(("PATH", Path(here)))
+    shell = env.get("SHELL", "")
+    if shell and os.path.isabs(shell) and os.access(shell, os.X_OK):
+        try:
+            # A login shell reads the profile that sets PATH (~/.local/bin, pyenv...); a systemd
+            # service and a cron job see neither.
+            done = subprocess.run([shell, "-lc", "command -v uv"], env=dict(env), capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            lines = [ln.strip() for ln in done.stdout.splitlines() if ln.strip().startswith("/")]
+            if done.returncode == 0 and lines:
+                found.append((f"{Path(shell).name} -l", Path(lines[-1])))
+        except (OSError, subprocess.SubprocessError):
+            pass  # no answer from the login shell: PATH here is all there is to compare
+    return found
+
+
+def _compare_shell_uvs(rep: _Report, config: Config, env: dict[str, str], exe: Path, version: Version,
+                       cache: Path, shells: list[tuple[str, Path]]) -> None:
+    if not shells:
+        rep.add("shell-uv", "warn", "your shell finds no uv (not on PATH, not in the login shell's PATH); "
+                "cannot tell whether it is the one warmd drives")
+        return
+    seen: set[Path] = set()
+    for where, path in shells:
+        real = path.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        if real == exe:
+            rep.add("shell-uv", "ok", f"your shell's uv ({where}) is the same: {path}")
+            continue
+        # The shell's own environment decides its cache: no cache-dir override from warmd's config.
+        other = Uv(str(path), env=env)
+        try:
+            o_version, o_cache = other.version, other.cache_dir
+        except WarmdError as exc:
+            rep.add("shell-uv", "warn", f"your shell's uv ({where}) {path} does not answer: {exc}")
+            continue
+        if o_version != version:
+            rep.add("shell-uv", "problem",
+                    f"the service's uv differs from your shell's: warmd drives {exe} {version}, your shell "
+                    f"({where}) runs {path} {o_version}; the shell's uv may not read what warmd's warms",
+                    fix_text("uv-differs", f'set `uv = "{path}"` in {_config_name(config)}'))
+        elif o_cache.expanduser().absolute() != cache.expanduser().absolute():
+            rep.add("shell-uv", "problem",
+                    f"warmd's uv cache differs from your shell's: warmd warms {cache}, your shell's uv "
+                    f"({where}) {path} uses {o_cache}",
+                    fix_text("uv-cache-differs", f'`cache-dir = "{o_cache}"` in {_config_name(config)}'))
+        else:
+            rep.add("shell-uv", "ok", f"your shell's uv ({where}) {path} is another copy of uv {o_version} "
+                    "with the same cache")
+
+
+def uv_toml_files(env: Mapping[str, str], project: Path | None = None) -> list[Path]:
+    """The uv.toml files uv reads (user, system, and the project's own), as uv looks for them."""
+    if env.get("UV_NO_CONFIG"):
+        return []
+    files: list[Path] = []
+    if env.get("UV_CONFIG_FILE"):
+        files.append(Path(env["UV_CONFIG_FILE"]))
+    xdg = env.get("XDG_CONFIG_HOME")
+    home = env.get("HOME")
+    if xdg and os.path.isabs(xdg):
+        files.append(Path(xdg) / "uv" / "uv.toml")
+    elif home:
+        files.append(Path(home) / ".config" / "uv" / "uv.toml")
+    dirs = [d for d in env.get("XDG_CONFIG_DIRS", "").split(":") if d and os.path.isabs(d)]
+    files += [Path(d) / "uv" / "uv.toml" for d in dirs]
+    files.append(Path("/etc/uv/uv.toml"))
+    if project is not None:
+        files.append(project / "uv.toml")
+    return list(dict.fromkeys(files))
+
+
+def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Path]) -> None:
+    flagged = False
+    value = env.get("UV_NO_CACHE")
+    if value is not None and value.strip().lower() not in ("", "0", "false", "no", "off"):
+        flagged = True
+        rep.add("uv-cache", "problem", f"UV_NO_CACHE={value} is set: uv uses a throw-away cache",
+                fix_text("no-cache", "unset UV_NO_CACHE (and remove it from your shell profile)"))
+    files = uv_toml_files(env)
+    for project in projects:
+        folder = project.parent if project.name in ("uv.lock", "pyproject.toml") else project
+        files += [folder.expanduser().absolute() / "uv.toml"]
+    for path in dict.fromkeys(files):
+        data = _read_toml(path)
+        if data is not None and data.get("no-cache") is True:
+            flagged = True
+            rep.add("uv-cache", "problem", f"`no-cache = true` in uv.toml {path}: uv uses a throw-away cache",
+                    fix_text("no-cache", f"delete the `no-cache = true` line from {path}"))
+    for project in projects:
+        folder = project.parent if project.name in ("uv.lock", "pyproject.toml") else project
+        data = _read_toml(folder.expanduser().absolute() / "pyproject.toml") or {}
+        if _get(data, "tool", "uv", "no-cache") is True:
+            flagged = True
+            rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {folder / 'pyproject.toml'}",
+                    fix_text("no-cache", f"delete the `no-cache = true` line from {folder / 'pyproject.toml'}"))
+    if not flagged:
+        rep.add("uv-cache", "ok", "no `no-cache` in uv.toml or UV_NO_CACHE: uv keeps its cache")
+
+
+def _read_toml(path: Path) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(k)
+    return data
+
+
+# -- projects and their indexes -------------------------------------------------------------------
+
+
+@dataclass
+class _Index:
+    url: str
+    name: str | None = None  # the [[tool.uv.index]] name, when the project declares it
+    declared: bool = False
+    override: str | None = None  # cache-control.files set for this index
+    override_in: str = ""  # the file that sets it
+    sample: str | None = None  # one pinned wheel URL from this index
+
+
+def _norm(url: str) -> str:
+    return url.rstrip("/")
+
+
+def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_version: Version | None,
+                   detection: Detection, client: httpx.Client, fix: bool,
+                   env: Mapping[str, str]) -> list[Pin] | None:
+    """Report the project's indexes; return its planned pins (None when they cannot be known)."""
+    path = path.expanduser().absolute()
+    folder = path.parent if path.name in ("uv.lock", "pyproject.toml") else path
+    pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
+    missing = [p.name for p in (pyproject, lock_path) if not p.is_file()]
+    if not folder.is_dir() or missing:
+        rep.bad_input = True
+        what = "no such folder" if not folder.is_dir() else f"no {' and no '.join(missing)}"
+        rep.add("project", "problem", f"{folder}: {what}",
+                "give a uv project folder (with pyproject.toml); run `uv lock` there first")
+        return None
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        lock = read_lock(lock_path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        rep.bad_input = True
+        rep.add("project", "problem", f"{pyproject}: cannot read: {exc}")
+        return None
+    except InputError as exc:
+        rep.bad_input = True
+        rep.add("project", "problem", str(exc))
+        return None
+
+    pins = _plan(rep, config, folder, lock, uv, detection)
+    indexes = _indexes(data, lock, pins or [])
+    # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
+    for toml in uv_toml_files(env, folder):
+        entries = (_read_toml(toml) or {}).get("index")
+        for e in entries if isinstance(entries, list) else []:
+            files = _get(e, "cache-control", "files")
+            idx = indexes.get(_norm(e.get("url", ""))) if isinstance(e, dict) else None
+            if idx is not None and idx.override is None and isinstance(files, str):
+                idx.override, idx.override_in = files, str(toml)
+    changed: list[str] = []
+    for idx in indexes.values():
+        if idx.override is not None and not idx.override_in:
+            idx.override_in = str(pyproject)
+        kept = _check_index(rep, folder, idx, uv_version, client, fix and idx.declared and idx.override is None)
+        if kept == "fixable":
+            changed.append(idx.url)
+    if changed:
+        try:
+            added = add_cache_control(pyproject, changed)
+        except (OSError, ValueError) as exc:  # tomlkit's parse errors are ValueErrors
+            rep.add("fix", "problem", f"{pyproject}: could not add the override: {exc}",
+                    f"add `{CACHE_CONTROL_LINE}` to its [[tool.uv.index]] entries by hand")
+            return pins
+        for url in added:
+            rep.add("fix", "info", f"{pyproject}: added `{CACHE_CONTROL_LINE}` to the [[tool.uv.index]] of "
+                    f"{redact(url)}")
+    return pins
+
+
+def _plan(rep: _Report, config: Config, folder: Path, lock: Lock, uv: Uv | None,
+          detection: Detection) -> list[Pin] | None:
+    """The pins warmd would warm for this project, like Pipeline.plan, without touching any folder."""
+    pythons = list(config.python)
+    if uv is not None:
+        try:
+            own = uv.project_python(folder)
+        except WarmdError:
+            own = None
+        if own:
+            pythons.insert(0, own)
+    pythons = _admitted(list(dict.fromkeys(pythons)), lock.requires_python)
+    if not pythons:
+        rep.add("project", "warn", f"{folder}: no Python to select wheels for (no .python-version, no interpreter "
+                "uv would use, no `python` in the config); the planned size is unknown")
+        return None
+    sel = select_pins(lock, variant=detection.variant, patterns=config.packages, pythons=pythons)
+    size = sum(p.wheel.size or 0 for p in {p.wheel.sha256: p for p in sel.pins}.values())
+    unknown = sum(1 for p in sel.pins if p.wheel.size is None)
+    rep.add("project", "info", f"{folder}: {len(sel.pins)} {detection.variant} wheel(s) planned for Python "
+            f"{', '.join(pythons)}, {human_bytes(size)}" + (f" + {unknown} of unknown size" if unknown else ""))
+    return list(sel.pins)
+
+
+def _admitted(pythons: list[str], requires_python: str | None) -> list[str]:
+    try:
+        spec = SpecifierSet(requires_python) if requires_python else None
+    except InvalidSpecifier:
+        return pythons
+    return [p for p in pythons
+            if spec is None or spec.contains(f"{p}.0", prereleases=True) or spec.contains(f"{p}.99", prereleases=True)]
+
+
+def _indexes(pyproject: dict[str, Any], lock: Lock, pins: list[Pin]) -> dict[str, _Index]:
+    """The project's indexes: its [[tool.uv.index]] entries and the registries its lock uses."""
+    out: dict[str, _Index] = {}
+    entries = _get(pyproject, "tool", "uv", "index")
+    for e in entries if isinstance(entries, list) else []:
+        if isinstance(e, dict) and isinstance(e.get("url"), str):
+            cc = e.get("cache-control")
+            files = cc.get("files") if isinstance(cc, dict) else None
+            out.setdefault(_norm(e["url"]), _Index(e["url"], e.get("name"), True,
+                                                   files if isinstance(files, str) else None))
+    # A wheel warmd would warm is the best sample; any locked wheel of that index will do.
+    for pin in pins:
+        idx = out.setdefault(_norm(pin.index), _Index(pin.index))
+        idx.sample = idx.sample or pin.wheel.url
+    for pkg in lock.packages:
+        if pkg.registry and pkg.wheels:
+            idx = out.setdefault(_norm(pkg.registry), _Index(pkg.registry))
+            idx.sample = idx.sample or pkg.wheels[0].url
+    return out
+
+
+def _check_index(rep: _Report, folder: Path, idx: _Index, uv_version: Version | None, client: httpx.Client,
+                 may_fix: bool) -> str:
+    """One finding for one index; returns "kept", "not kept", "unknown" or "fixable" (fix it now)."""
+    label = f"{folder.name}: index {idx.name + ' ' if idx.name else ''}{redact(idx.url)}"
+    if idx.sample is None:
+        rep.add("index", "info", f"{label}: no locked wheel comes from it; nothing to check")
+        return "unknown"
+    hc = check_url(client, idx.sample)
+    override_kept = idx.override is not None and cache_verdict(idx.override) == "kept"
+    if hc.error:
+        status: Status = "ok" if override_kept else "warn"
+        rep.add("index", status, f"{label}: could not read the headers of {hc.url}: {hc.error}",
+                None if override_kept else fix_text("headers-unreadable"))
+        return "unknown"
+    cc = hc.cache_control or "(none)"
+    host = urlsplit(idx.sample).hostname or ""
+    served = f"{label}: files answer Cache-Control: {cc}"
+    if override_kept:
+        rep.add("index", "ok", f"{served}; `cache-control = {{ files = \"{idx.override}\" }}` in "
+                f"{idx.override_in} makes uv keep them")
+        return "kept"
+    if uv_version is not None and is_immutable_host(idx.sample, str(uv_version)):
+        rep.add("index", "ok", f"{served}; uv {uv_version} treats files from {host} as immutable and keeps them")
+        return "kept"
+    if cache_verdict(hc.cache_control) == "kept":
+        rep.add("index", "ok", f"{served}; uv keeps them")
+        return "kept"
+    if idx.override is not None:
+        where = f"in place of the `files = \"{idx.override}\"` set for this index in {idx.override_in}"
+    elif idx.declared:
+        where = f"to the [[tool.uv.index]] named {idx.name!r} in {folder / 'pyproject.toml'}"
+    else:
+        where = (f"to the `[[index]]` of {redact(idx.url)} where it is defined (uv.toml), or declare it in "
+                 f"{folder / 'pyproject.toml'} as a [[tool.uv.index]] with that line")
+    newer = _immutable_since(idx.sample)
+    note = f" (uv {newer} and newer keep files from {host} by host name)" if newer else ""
+    if may_fix:
+        rep.add("index", "ok", f"{served}; uv alone keeps no copy, so the override was added (see `fix`){note}")
+        return "fixable"
+    rep.add("index", "warn",
+            f"{served}; uv alone keeps no copy: every fresh venv downloads them again unless warmd "
+            f"keeps them warm{note}",
+            fix_text("no-store", f"add this line {where}:\n{CACHE_CONTROL_LINE}"))
+    return "not kept"
+
+
+def _immutable_since(url: str) -> str | None:
+    for probe in ("0.8.14", "0.9.20"):
+        if is_immutable_host(url, probe):
+            return probe
+    return None
+
+
+def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
+    """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place,
+    keeping the file's formatting and comments; returns the URLs whose entry changed."""
+    import tomlkit
+
+    text = pyproject.read_text(encoding="utf-8")
+    doc = tomlkit.parse(text)
+    wanted = {_norm(u) for u in urls}
+    entries = doc.get("tool", {}).get("uv", {}).get("index", [])
+    changed: list[str] = []
+    for entry in entries:
+        url = entry.get("url")
+        if not isinstance(url, str) or _norm(url) not in wanted:
+            continue
+        cc = entry.get("cache-control")
+        if isinstance(cc, dict):
+            if "files" in cc:
+                continue  # the user's own choice: never overwrite it
+            cc["files"] = IMMUTABLE_FILES
+        else:
+            _append_key(entry, "cache-control",
+                        tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
+        changed.append(str(url))
+    if changed:
+        _write_atomic(pyproject, tomlkit.dumps(doc))
+    return changed
+
+
+def _append_key(entry: Any, key: str, item: Any) -> None:
+    """Add `key` after the entry's last key, so its trailing comments and blank lines stay below it."""
+    from tomlkit.items import Table
+
+    body = entry.value.body if isinstance(entry, Table) else None
+    keys = [k for k, _v in body or [] if k is not None]
+    if keys and hasattr(entry.value, "_insert_after"):
+        entry.value._insert_after(keys[-1].key, key, item)
+    else:
+        entry[key] = item
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# -- disk, inotify, service ------------------------------------------------------------------------
+
+
+def _existing(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], have_projects: bool,
+                sizes_known: bool) -> None:
+    known = sum(p.wheel.size for p in pins if p.wheel.size is not None)
+    unknown = sum(1 for p in pins if p.wheel.size is None)
+    if not have_projects:
+        need_text = "no PROJECT given, so no planned size"
+    else:
+        need_text = f"planned wheels {human_bytes(known)}"
+        if unknown or not sizes_known:
+            need_text += " + size unknown" + (f" for {unknown} wheel(s)" if unknown else " for some projects")
+    # The store keeps the wheel; uv's cache keeps it unzipped, roughly twice its size.
+    places = [("store", store, known)]
+    if cache is not None:
+        places.append(("uv cache", cache, 2 * known))
+    by_dev: dict[int, list[tuple[str, Path, int]]] = {}
+    for name, path, need in places:
+        real = _existing(path)
+        try:
+            by_dev.setdefault(real.stat().st_dev, []).append((name, path, need))
+        except OSError as exc:
+            rep.add("disk", "warn", f"{name} {path}: cannot stat: {exc}")
+    for group in by_dev.values():
+        names = " and ".join(f"{n} {p}" for n, p, _ in group)
+        need = sum(n for _, _, n in group)
+        try:
+            free = shutil.disk_usage(_existing(group[0][1])).free
+        except OSError as exc:
+            rep.add("disk", "warn", f"{names}: cannot read free space: {exc}")
+            continue
+        msg = f"{names}: {human_bytes(free)} free; {need_text}"
+        if need > free:
+            rep.add("disk", "problem", f"{msg}, about {human_bytes(need)} needed there",
+                    fix_text("disk", f"about {human_bytes(need - free)} more is needed"))
+        else:
+            rep.add("disk", "ok", msg)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_inotify(rep: _Report, config: Config, proc: Path = Path("/proc/sys/fs/inotify")) -> None:
+    if not config.roots:
+        rep.add("inotify", "info", "no `roots` in the config: the daemon watches nothing")
+        return
+    from .watch import discover
+
+    projects: list[Path] = []
+    for root in config.roots:
+        projects += discover(root, config.watch.max_depth, config.watch.ignore)
+    # The daemon watches each project folder and the folders between it and its root.
+    folders = set(projects)
+    for root in config.roots:
+        folders.add(root)
+        for p in projects:
+            if p.is_relative_to(root):
+                folders.update(a for a in p.parents if a.is_relative_to(root))
+    watches, instances = _read_int(proc / "max_user_watches"), _read_int(proc / "max_user_instances")
+    if watches is None:
+        rep.add("inotify", "info", f"{len(projects)} project(s) under the roots; no inotify limits readable here")
+        return
+    msg = (f"{len(projects)} project(s) under the roots need about {len(folders)} watches; "
+           f"max_user_watches = {watches}, max_user_instances = {instances}")
+    # Editors, file sync and IDEs draw from the same per-user limit.
+    if len(folders) > watches:
+        rep.add("inotify", "problem", f"inotify watch limit reached: {msg}", fix_text(
+            "inotify", f"as root; persist it in /etc/sysctl.d/90-warmd.conf (about {len(folders)} needed)"))
+    elif len(folders) > watches // 2 or (instances is not None and instances < 8):
+        rep.add("inotify", "warn", f"close to the inotify limits: {msg}", fix_text(
+            "inotify", "and `sysctl fs.inotify.max_user_instances=1024`; persist both in /etc/sysctl.d/90-warmd.conf"))
+    else:
+        rep.add("inotify", "ok", msg)
+
+
+def _check_service(rep: _Report) -> None:
+    from .service import service_state
+
+    st = service_state()
+    where = f" ({st.unit_path})" if st.unit_path else ""
+    if st.installed is False:
+        rep.add("service", "info", "the warmd user service is not installed (fine when you run `warmd prefetch` "
+                "by hand); `warmd install-service` writes it")
+    elif st.active == "active":
+        rep.add("service", "ok", f"installed and running{where}")
+    elif st.active == "failed":
+        rep.add("service", "problem", f"service failed{where}: {st.detail}", fix_text("service-failed"))
+    elif st.active == "unknown":
+        rep.add("service", "info", f"installed: {'yes' if st.installed else 'cannot tell'}{where}; state unknown "
+                f"({st.detail})")
+    else:
+        rep.add("service", "warn", f"service installed but not running{where}: {st.detail}",
+                fix_text("service-inactive"))

@@ -1,0 +1,156 @@
+"""HTTP header checks of pinned wheel files and their indexes: does uv keep them, did they move."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from packaging.version import InvalidVersion, Version
+
+from .model import Pin
+
+_USERINFO = re.compile(r"//[^/@\s]+@")
+
+# Servers that refuse HEAD answer one of these; a 1-byte ranged GET then gets the same headers.
+_HEAD_REFUSED = frozenset({403, 405, 501})
+
+# uv treats files from these hosts as immutable regardless of their Cache-Control (DESIGN.md fact 9).
+_IMMUTABLE_HOSTS: dict[str, Version] = {
+    "download.pytorch.org": Version("0.8.14"),
+    "pypi.nvidia.com": Version("0.9.20"),
+}
+
+
+@dataclass(frozen=True)
+class HeaderCheck:
+    """What one URL answered to a HEAD (or 1-byte GET): the headers that decide uv's caching."""
+
+    url: str  # credentials stripped
+    status: int | None  # None when the request failed before a response
+    cache_control: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    content_length: int | None = None  # the full size of the file, also when learnt from Content-Range
+    method: str = "HEAD"  # "HEAD" or "GET-range"
+    checked_at: float = 0.0  # unix time
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the server answered with a success status."""
+        return self.status is not None and 200 <= self.status < 300
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, safe to store and log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def check_url(client: httpx.Client, url: str) -> HeaderCheck:
+    """HEAD `url`, or GET its first byte where HEAD is refused; never raises for HTTP trouble."""
+    safe = redact(url)
+    now = time.time()
+    try:
+        resp = client.head(url)
+        if resp.status_code not in _HEAD_REFUSED:
+            return _from_response(safe, resp, "HEAD", now)
+        # stream=True and no read: a server that ignores Range must not send us 4 GiB.
+        with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as resp:
+            return _from_response(safe, resp, "GET-range", now)
+    except httpx.HTTPError as exc:
+        # httpx messages can carry the URL: scrub any userinfo before keeping one.
+        msg = _USERINFO.sub("//", str(exc).replace(url, safe)).strip()
+        return HeaderCheck(url=safe, status=None, checked_at=now,
+                           error=f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)
+
+
+def _from_response(url: str, resp: httpx.Response, method: str, now: float) -> HeaderCheck:
+    h = resp.headers
+    return HeaderCheck(
+        url=url,
+        status=resp.status_code,
+        cache_control=h.get("cache-control"),
+        etag=h.get("etag"),
+        last_modified=h.get("last-modified"),
+        content_length=_size(resp),
+        method=method,
+        checked_at=now,
+        error=None if resp.is_success else f"HTTP {resp.status_code}",
+    )
+
+
+def _size(resp: httpx.Response) -> int | None:
+    # A 206 carries the part's length in Content-Length and the file's in Content-Range.
+    if resp.status_code == 206:
+        cr = resp.headers.get("content-range", "")
+        total = cr.rpartition("/")[2].strip()
+        return int(total) if total.isdigit() else None
+    cl = resp.headers.get("content-length")
+    return int(cl) if cl and cl.strip().isdigit() else None
+
+
+def cache_verdict(cache_control: str | None) -> str:
+    """"not kept" when the Cache-Control makes uv keep no cache entry (no-store/no-cache), else "kept"."""
+    if not cache_control:
+        return "kept"
+    directives = {d.strip().split("=", 1)[0].lower() for d in cache_control.split(",")}
+    return "not kept" if directives & {"no-store", "no-cache"} else "kept"
+
+
+def is_immutable_host(url: str, uv_version: str) -> bool:
+    """True when this uv treats files from `url`'s host as immutable whatever the headers say."""
+    host = (urlsplit(url).hostname or "").lower()
+    since = _IMMUTABLE_HOSTS.get(host)
+    if since is None:
+        return False
+    try:
+        return Version(uv_version) >= since
+    except InvalidVersion:
+        return False
+
+
+def compare(prev: HeaderCheck | None, new: HeaderCheck) -> str | None:
+    """A one-line warning when a pinned file's ETag or size changed between two good checks."""
+    if prev is None or not (prev.ok and new.ok):
+        return None
+    changes = []
+    if prev.etag and new.etag and prev.etag != new.etag:
+        changes.append(f"ETag {prev.etag} -> {new.etag}")
+    if prev.content_length is not None and new.content_length is not None and prev.content_length != new.content_length:
+        changes.append(f"size {prev.content_length} -> {new.content_length}")
+    if not changes:
+        return None
+    return (
+        f"{new.url}: {', '.join(changes)} upstream: the bytes behind a locked hash moved; "
+        "warmd keeps serving the verified copy, check the lock before re-locking"
+    )
+
+
+def index_page(index: str) -> str:
+    """The URL of an index's root page (PEP 503 wants the trailing slash)."""
+    return index.rstrip("/") + "/"
+
+
+def check_pins(pins: Iterable[Pin], client: httpx.Client) -> list[HeaderCheck]:
+    """Check every distinct pinned wheel URL, then the root page of every distinct index."""
+    urls: dict[str, None] = {}
+    indexes: dict[str, None] = {}
+    for pin in pins:
+        urls.setdefault(pin.wheel.url, None)
+        indexes.setdefault(index_page(pin.index), None)
+    return [check_url(client, u) for u in list(urls) + [i for i in indexes if i not in urls]]

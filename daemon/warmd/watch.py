@@ -1,0 +1,425 @@
+"""Find uv projects under the roots and report when their uv.lock changes (watchdog/inotify)."""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from loguru import logger
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+
+LOCK = "uv.lock"
+PYPROJECT = "pyproject.toml"
+
+# No FileModifiedEvent: it fires on every write() to any file in a project folder; a lock
+# written in place ends with a close-after-write, and `uv lock` renames onto it (fact 6).
+_EVENT_FILTER = [
+    FileCreatedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+
+_LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
+_LIMIT_HINT = (
+    "inotify limit reached while watching {path}: {n} project(s) fall back to a check every rescan; "
+    "raise the limit with `sudo sysctl fs.inotify.max_user_watches=524288` "
+    "(and fs.inotify.max_user_instances=1024), made permanent in /etc/sysctl.d/90-inotify.conf"
+)
+
+StatKey = tuple[int, int, int] | None  # (mtime_ns, inode, size) of a uv.lock, None when absent
+
+
+class _Ignore:
+    """Folder names never walked into: hidden ones and the configured names or globs."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        pats = list(patterns)
+        self.exact = frozenset(p for p in pats if not any(c in p for c in "*?["))
+        self.globs = tuple(p for p in pats if p not in self.exact)
+
+    def __call__(self, name: str) -> bool:
+        return name.startswith(".") or name in self.exact or any(fnmatch.fnmatchcase(name, g) for g in self.globs)
+
+
+def _lock_stat(project: Path) -> StatKey:
+    try:
+        st = os.stat(project / LOCK)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+
+def _scan(folder: Path) -> tuple[bool, list[str]] | None:
+    """(is it a project, names of its subfolders), or None when it cannot be read."""
+    is_project = False
+    subdirs = []
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name in (LOCK, PYPROJECT):
+                    is_project = True
+                # follow_symlinks=False: a link never leads the walk outside the root or in circles.
+                elif entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.name)
+    except OSError:
+        return None
+    return is_project, subdirs
+
+
+def _walk(root: Path, max_depth: int, ignore: _Ignore) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """(project folders, (non-project folder, depth) within the depth limit) under `root`."""
+    projects: list[Path] = []
+    skeleton: list[tuple[Path, int]] = []
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        found = _scan(folder)
+        if found is None:
+            continue
+        is_project, subdirs = found
+        if is_project:
+            projects.append(folder)  # a project's own subfolders are its business, not ours
+            continue
+        skeleton.append((folder, depth))
+        if depth < max_depth:
+            stack.extend((folder / name, depth + 1) for name in sorted(subdirs, reverse=True) if not ignore(name))
+    projects.sort()
+    return projects, skeleton
+
+
+def discover(root: Path, max_depth: int, ignore: Iterable[str]) -> list[Path]:
+    """Project folders (holding uv.lock or pyproject.toml) under `root`, at most `max_depth` below it."""
+    return _walk(root, max_depth, _Ignore(ignore))[0]
+
+
+class _Handler(FileSystemEventHandler):
+    """Hands every event to the watcher's own thread; watchdog's dispatch thread never waits on us."""
+
+    def __init__(self, sink: queue.Queue) -> None:
+        self.sink = sink
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        self.sink.put(event)
+
+
+@dataclass
+class _Watched:
+    depth: int
+    is_project: bool
+
+
+_STOP = object()
+
+
+class ProjectWatcher:
+    """Watches project folders and the folders above them; calls back on lock changes and new projects."""
+
+    def __init__(
+        self,
+        roots: Iterable[Path],
+        *,
+        max_depth: int,
+        ignore: Iterable[str],
+        debounce: float,
+        on_change: Callable[[Path], None],
+        on_new_project: Callable[[Path], None],
+        observer_factory: Callable[[], BaseObserver] = Observer,
+    ) -> None:
+        self.roots = tuple(Path(os.path.abspath(r)) for r in roots)
+        self.max_depth = max_depth
+        self.ignore = _Ignore(ignore)
+        self.debounce = debounce
+        self.on_change = on_change
+        self.on_new_project = on_new_project
+        self._observer_factory = observer_factory
+        self._observer: BaseObserver | None = None
+        self._lock = threading.RLock()
+        self._events: queue.Queue = queue.Queue()
+        self._handler = _Handler(self._events)
+        self._watched: dict[Path, _Watched] = {}
+        self._watches: dict[Path, ObservedWatch] = {}
+        self._projects: dict[Path, StatKey] = {}
+        self._fallback: set[Path] = set()
+        self._deadlines: dict[Path, float] = {}
+        self._limit_reported = False
+        self._limit_hit: Path | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- public -------------------------------------------------------------------------
+
+    @property
+    def projects(self) -> list[Path]:
+        """Every project folder known now (with or without a uv.lock yet)."""
+        with self._lock:
+            return sorted(self._projects)
+
+    @property
+    def watched_paths(self) -> set[Path]:
+        """The folders holding an inotify watch now (each one non-recursive)."""
+        with self._lock:
+            return set(self._watches)
+
+    @property
+    def fallback_projects(self) -> set[Path]:
+        """Projects without a watch (inotify limit): only rescan() notices their changes."""
+        with self._lock:
+            return {p for p in self._fallback if p in self._projects}
+
+    @property
+    def pending(self) -> set[Path]:
+        """Projects with a lock change waiting out the debounce."""
+        with self._lock:
+            return set(self._deadlines)
+
+    def start(self) -> list[Path]:
+        """Discover the roots, set up the watches, and return the projects found (no callbacks for them)."""
+        self._observer = self._observer_factory()
+        # Started before any schedule(): a watch that fails then fails alone, not the whole start.
+        self._observer.start()
+        self._thread = threading.Thread(target=self._run, name="warmd-watch", daemon=True)
+        self._thread.start()
+        found: list[Path] = []
+        with self._lock:
+            for root in self.roots:
+                if not root.is_dir():
+                    logger.warning(f"root {root} is not a folder; it is checked again at every rescan")
+                    continue
+                self._adopt(root, 0, found)
+            self._report_limit()
+        return sorted(found)
+
+    def stop(self) -> None:
+        """Remove every watch and stop the threads."""
+        self._events.put(_STOP)
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            self._watches.clear()
+            self._watched.clear()
+
+    def rescan(self) -> None:
+        """Walk the roots again: new projects, changed locks and missing watches that events missed."""
+        new: list[Path] = []
+        changed: list[Path] = []
+        with self._lock:
+            seen_dirs: set[Path] = set()
+            seen_projects: set[Path] = set()
+            for root in self.roots:
+                if not root.is_dir():
+                    continue
+                projects, skeleton = _walk(root, self.max_depth, self.ignore)
+                for folder, depth in skeleton:
+                    seen_dirs.add(folder)
+                    w = self._watched.get(folder)
+                    if w is None or w.is_project or folder not in self._watches:
+                        self._watched[folder] = _Watched(depth, is_project=False)
+                        self._watch(folder)
+                for project in projects:
+                    seen_projects.add(project)
+                    depth = len(project.relative_to(root).parts)
+                    if project not in self._projects:
+                        self._add_project(project, depth)
+                        new.append(project)
+                    elif project not in self._watches:
+                        self._watch(project)
+                    stat = _lock_stat(project)
+                    if project in self._projects and stat != self._projects[project] and project not in new:
+                        self._projects[project] = stat
+                        if stat is not None:
+                            changed.append(project)
+            for gone in [p for p in self._watched if p not in seen_dirs and p not in seen_projects]:
+                self._drop(gone)
+            self._report_limit()
+        for project in new:
+            self._call(self.on_new_project, project)
+        for project in changed:
+            self._call(self.on_change, project)
+
+    # --- watches ------------------------------------------------------------------------
+
+    def _watch(self, folder: Path) -> bool:
+        """Add a non-recursive watch; on the inotify limit, remember the folder for the rescan."""
+        assert self._observer is not None
+        if folder in self._watches:
+            return True
+        try:
+            self._watches[folder] = self._observer.schedule(
+                self._handler, str(folder), recursive=False, event_filter=_EVENT_FILTER
+            )
+        except OSError as exc:
+            if exc.errno in _LIMIT_ERRNOS:
+                self._fallback.add(folder)
+                self._limit_hit = folder
+            elif exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                logger.warning(f"cannot watch {folder}: {exc.strerror or exc}")
+            return False
+        self._fallback.discard(folder)
+        return True
+
+    def _report_limit(self) -> None:
+        if not self._fallback or self._limit_reported:
+            return
+        self._limit_reported = True  # one line, not one per folder
+        folder = self._limit_hit or next(iter(self._fallback))
+        n = len([p for p in self._fallback if p in self._projects])
+        logger.error(_LIMIT_HINT.format(path=folder, n=n))
+
+    def _unwatch(self, folder: Path) -> None:
+        watch = self._watches.pop(folder, None)
+        self._fallback.discard(folder)
+        if watch is not None and self._observer is not None:
+            try:
+                self._observer.unschedule(watch)
+            except KeyError:
+                pass  # the emitter stopped itself when the folder was deleted
+
+    def _drop(self, folder: Path) -> None:
+        """Forget a folder and everything watched below it."""
+        for path in [p for p in self._watched if p == folder or folder in p.parents]:
+            self._unwatch(path)
+            del self._watched[path]
+            self._projects.pop(path, None)
+            self._deadlines.pop(path, None)
+
+    def _add_project(self, folder: Path, depth: int) -> None:
+        self._watched[folder] = _Watched(depth, is_project=True)
+        self._projects[folder] = _lock_stat(folder)
+        self._watch(folder)
+
+    def _adopt(self, folder: Path, depth: int, found: list[Path]) -> None:
+        """Watch `folder` first, then read it, so nothing created in between is missed."""
+        self._watched[folder] = _Watched(depth, is_project=False)
+        self._watch(folder)
+        scanned = _scan(folder)
+        if scanned is None:
+            return
+        is_project, subdirs = scanned
+        if is_project:
+            self._promote(folder, found)
+            return
+        if depth < self.max_depth:
+            for name in sorted(subdirs):
+                sub = folder / name
+                if not self.ignore(name) and sub not in self._watched:
+                    self._adopt(sub, depth + 1, found)
+
+    def _promote(self, folder: Path, found: list[Path]) -> None:
+        """A watched folder turned out to be a project: its subfolders need no watches any more."""
+        w = self._watched[folder]
+        for sub in [p for p in self._watched if folder in p.parents]:
+            self._drop(sub)
+        w.is_project = True
+        self._projects[folder] = _lock_stat(folder)
+        if folder not in self._watches:
+            self._fallback.add(folder)
+        found.append(folder)
+
+    # --- events -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            timeout = None
+            with self._lock:
+                if self._deadlines:
+                    timeout = max(0.0, min(self._deadlines.values()) - time.monotonic())
+            try:
+                item = self._events.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            if item is not None:
+                try:
+                    self._handle(item)
+                except Exception as exc:  # one odd event must not end the watching
+                    logger.opt(exception=exc).debug("watch event failed")
+                    logger.warning(f"watch: could not handle {item!r}: {exc}")
+            self._fire_due()
+
+    def _fire_due(self) -> None:
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            for project, deadline in list(self._deadlines.items()):
+                if deadline <= now:
+                    del self._deadlines[project]
+                    stat = _lock_stat(project)
+                    if project in self._projects:
+                        self._projects[project] = stat
+                    if stat is not None:  # a lock deleted in the burst is no change to warm
+                        due.append(project)
+        for project in due:
+            self._call(self.on_change, project)
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        src = Path(os.fsdecode(event.src_path))
+        dest = Path(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else None
+        new: list[Path] = []
+        with self._lock:
+            if isinstance(event, (DirMovedEvent, DirDeletedEvent)):
+                if src in self._watched:
+                    self._drop(src)
+            if isinstance(event, (DirCreatedEvent, DirMovedEvent)):
+                self._on_new_dir(dest or src, new)
+            elif isinstance(event, (FileCreatedEvent, FileClosedEvent, FileMovedEvent)):
+                self._on_file(dest or src, new)
+        for project in new:
+            self._call(self.on_new_project, project)
+
+    def _on_new_dir(self, path: Path, new: list[Path]) -> None:
+        parent = self._watched.get(path.parent)
+        if parent is None or parent.is_project or parent.depth >= self.max_depth or self.ignore(path.name):
+            return
+        if path not in self._watched:
+            self._adopt(path, parent.depth + 1, new)
+            self._report_limit()
+
+    def _on_file(self, path: Path, new: list[Path]) -> None:
+        if path.name not in (LOCK, PYPROJECT):
+            return  # includes uv's .tmpXXXXXX before its rename onto uv.lock
+        folder = path.parent
+        w = self._watched.get(folder)
+        if w is None:
+            return
+        if not w.is_project:
+            self._promote(folder, new)
+            if path.name == PYPROJECT:
+                return
+            # A lock that arrives in a new folder is announced by on_new_project alone.
+            if folder in new:
+                return
+        if path.name == LOCK:
+            self._deadlines[folder] = time.monotonic() + self.debounce
+
+    def _call(self, fn: Callable[[Path], None], project: Path) -> None:
+        try:
+            fn(project)
+        except Exception as exc:  # the daemon's callback failing must not stop the watching
+            logger.opt(exception=exc).debug("watch callback failed")
+            logger.error(f"{project}: callback failed: {exc}")

@@ -1,0 +1,332 @@
+"""`warmd run` end to end: real watchdog, real uv, the local index, sd_notify on a socket we bind."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.index_server import IndexServer
+from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from warmd.config import load_config
+from warmd.daemon import Daemon, WorkQueue
+from warmd.schedule import build_scheduler
+from warmd.state import State
+from warmd.store import Store
+
+WAIT = 120.0  # upper bounds for waits that end on an event; a slow CI box must not fail them
+PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
+
+
+class NotifySocket:
+    """The datagram socket systemd would listen on; a thread drains it as systemd does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.seen: list[str] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self.sock.settimeout(0.2)  # lets close() end the reader; close() alone would not wake recv()
+        # A reader that falls behind fills the socket queue and blocks the sender: read at once.
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._closed:
+            try:
+                msg = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._cv:
+                self.seen.append(msg)
+                self._cv.notify_all()
+
+    def until(self, pred: Callable[[str], bool], timeout: float = WAIT) -> str:
+        """Wait for a message satisfying pred (messages already received count too)."""
+        with self._cv:
+            found: list[str] = []
+            ok = self._cv.wait_for(lambda: found.extend(m for m in self.seen if pred(m)) or found, timeout)
+            if not ok:
+                raise AssertionError(f"no matching sd_notify message; got {self.seen}")
+            return found[0]
+
+    def clear(self) -> None:
+        with self._cv:
+            self.seen.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    n = NotifySocket(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+def _config(tmp: Path, uv: Path, cache: Path, root: Path) -> Path:
+    lines = [
+        'variant = "cu128"',
+        f"uv = {json.dumps(str(uv))}",
+        f"cache-dir = {json.dumps(str(cache))}",
+        f"store-dir = {json.dumps(str(tmp / 'store'))}",
+        f"state-dir = {json.dumps(str(tmp / 'state'))}",
+        f"packages = {json.dumps(PACKAGES)}",
+        f"roots = {json.dumps([str(root)])}",
+        'recheck-interval = "1h"',
+        "[watch]",
+        "debounce = 0.3",
+    ]
+    path = tmp / "warmd.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _status(state_dir: Path) -> dict[str, dict]:
+    st = State.open(state_dir)  # a second connection, as `warmd status` opens one
+    try:
+        return {s.path.name: s.to_json() for s in st.status()}
+    finally:
+        st.close()
+
+
+def _gpu_gets(server: IndexServer) -> list:
+    return [h for h in server.wheel_gets() if "/whl/" in h.path]
+
+
+def test_work_queue_coalesces_changes_during_a_run() -> None:
+    started: queue.Queue[Path] = queue.Queue()
+    release = threading.Event()
+    runs: list[Path] = []
+
+    def run(p: Path) -> None:
+        runs.append(p)
+        started.put(p)
+        release.wait(WAIT)
+
+    q = WorkQueue(2, run)
+    a, b = Path("/a"), Path("/b")
+    q.submit(a)
+    assert started.get(timeout=WAIT) == a
+    for _ in range(3):  # the lock changes three times while a runs
+        q.submit(a)
+    q.submit(b)
+    assert started.get(timeout=WAIT) == b  # another project runs beside it
+    release.set()
+    assert q.wait_completed(3, WAIT)
+    assert sorted(runs) == [a, a, b]  # exactly one more run of a, not three
+    q.close()
+    assert q.join(WAIT)
+
+
+def test_scheduler_jobs_coalesce_never_overlap_and_run_now() -> None:
+    ran = threading.Event()
+    sched = build_scheduler(3600, jobs={"headers": ran.set, "rescan": lambda: None}, run_now=("headers",))
+    sched.start()  # job defaults apply once the scheduler runs
+    try:
+        jobs = {j.id: j for j in sched.get_jobs()}
+        assert set(jobs) == {"headers", "rescan"}
+        for job in jobs.values():
+            assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time == 3600
+            assert job.trigger.interval.total_seconds() == 3600 and job.trigger.jitter == 360
+        assert ran.wait(WAIT)  # the run_now job ran at start, not an hour later
+    finally:
+        sched.shutdown(wait=False)
+
+
+def test_daemon_warms_heals_upgrades_and_flags(
+    tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
+    uv_environ: dict[str, str], notify: NotifySocket, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = tmp_path / "code"
+    root.mkdir()
+    for k, v in uv_environ.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg_path = _config(tmp_path, uv_bin, uv_cache, root)
+    config = load_config(cfg_path)
+    stop = threading.Event()
+    d = Daemon(config, config_path=cfg_path, stop_event=stop)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
+    t.start()
+    try:
+        notify.until(lambda m: m == "READY=1")
+
+        # A project created under the root becomes warm: `uv lock` renames onto uv.lock.
+        ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024)
+        app = make_project(root / "team", "app", server=index_server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+        lock_project(app, uv_bin, uv_environ)
+        notify.until(lambda m: m == "STATUS=idle, 1 project warm")
+        st = _status(config.state_dir)["app"]
+        assert st["error"] is None
+        assert {w["name"] for w in st["wheels"]} == {"torch", "pytorch-triton", "nvidia-nvtx-cu12"}
+        assert all(w["state"] == "warm" for w in st["wheels"]), st["wheels"]
+        notify.until(lambda m: m == "WATCHDOG=1")
+
+        # `uv cache clean`, then the scheduled re-probe heals it from the store without the network.
+        run_uv(uv_bin, ["cache", "clean"], cwd=app, env=uv_environ)
+        index_server.reset_counters()
+        n = d.queue.completed
+        d.reprobe()
+        assert d.queue.wait_completed(n + 1, WAIT)
+        assert index_server.bytes_served() == 0 and _gpu_gets(index_server) == []
+        run_uv(uv_bin, ["sync", "--frozen"], cwd=app, env=uv_environ)
+        assert _gpu_gets(index_server) == [], "uv sync downloaded a wheel the re-probe should have restored"
+
+        # `uv lock` moving torch to a new version warms the new wheel.
+        new = torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", size=64 * 1024)
+        make_project(root / "team", "app", server=index_server, variant="cu128",
+                     deps=[new.requirement()], gpu_packages=new.gpu_packages)
+        n = d.queue.completed
+        lock_project(app, uv_bin, uv_environ)
+        assert d.queue.wait_completed(n + 1, WAIT)
+        st = _status(config.state_dir)["app"]
+        torch = [w for w in st["wheels"] if w["name"] == "torch"]
+        assert [(w["version"], w["state"]) for w in torch] == [("2.9.0+cu128", "warm")]
+
+        # A malformed lock in another project is reported there and leaves the others served.
+        broken = root / "broken"
+        broken.mkdir()
+        (broken / "pyproject.toml").write_text("[project]\nname = 'broken'\nversion = '0'\n")
+        n = d.queue.completed
+        (broken / ".tmpXyZ").write_text("this is [not toml")
+        os.replace(broken / ".tmpXyZ", broken / "uv.lock")
+        assert d.queue.wait_completed(n + 1, WAIT)
+        status = _status(config.state_dir)
+        assert status["broken"]["error"]
+        assert all(w["state"] == "warm" for w in status["app"]["wheels"])
+        assert t.is_alive()
+
+        # A pinned file whose bytes change upstream is flagged in status, and stays flagged.
+        d.check_headers()
+        status = _status(config.state_dir)["app"]
+        assert status["flags"] and not any("moved" in f for f in status["flags"])  # no-store index noted
+        torch_file = next(w["filename"] for w in status["wheels"] if w["name"] == "torch")
+        index_server.faults.replace[torch_file] = b"replaced upstream under the same name"
+        d.check_headers()
+        d.check_headers()
+        status = _status(config.state_dir)["app"]
+        moved = [w for w in status["wheels"] if w["warnings"]]
+        assert [w["filename"] for w in moved] == [torch_file]
+        assert any("locked hash moved" in f for f in status["flags"])
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive() and result == [0]
+    notify.until(lambda m: m == "STOPPING=1", timeout=1)
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = WAIT) -> None:
+    # Another process's download has no event to await here: poll its resume record.
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.05)
+
+
+class DaemonProcess:
+    """`python -m warmd --config CFG run` with its stderr lines in a queue."""
+
+    def __init__(self, cfg: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(cfg), "run"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.all: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.all.append(line)
+            self.lines.put(line)
+
+    def expect(self, text: str, timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if text in line:
+                return line
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
+    tmp_path: Path, wheel_dir: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str],
+    notify: NotifySocket,
+) -> None:
+    root = tmp_path / "code"
+    with IndexServer(rate_limit=512 * 1024) as server:
+        ws = torch_like_set(server, wheel_dir, "cu128", size=3 * 2**20, pythons=("cp311",), with_nvidia=False)
+        app = make_project(root, "app", server=server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+        lock_project(app, uv_bin, uv_environ)
+        torch_file = next(f for f in ws.filenames if f.startswith("torch-"))
+        sha = server.sha256_of(torch_file)
+        size = (wheel_dir / "cu128" / torch_file).stat().st_size
+        cfg = _config(tmp_path, uv_bin, uv_cache, root)
+        env = dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1")
+        store = Store(tmp_path / "store")
+        server.reset_counters()
+
+        first = DaemonProcess(cfg, env)
+        try:
+            notify.until(lambda m: m == "READY=1")
+            _wait_for(lambda: (sc := store.read_sidecar(sha)) is not None and sc.done_bytes() > 0)
+            first.proc.send_signal(signal.SIGTERM)
+            assert first.proc.wait(timeout=5) == 0
+        finally:
+            first.kill()
+        notify.until(lambda m: m == "STOPPING=1")
+        kept = store.read_sidecar(sha)
+        assert kept is not None and 0 < kept.done_bytes() < size and not store.has(sha)
+
+        server.rate_limit = None
+        server.reset_counters()
+        notify.clear()
+        second = DaemonProcess(cfg, env)
+        try:
+            notify.until(lambda m: m == "READY=1")
+            notify.until(lambda m: m == "STATUS=idle, 1 project warm")
+            # SIGHUP with a broken config: one error line, the daemon keeps the running config.
+            good = cfg.read_text()
+            cfg.write_text(good + "bogus-key = 1\n")
+            second.proc.send_signal(signal.SIGHUP)
+            line = second.expect("reload failed")
+            assert "bogus-key" in line
+            cfg.write_text(good)
+            second.proc.send_signal(signal.SIGHUP)
+            second.expect("config reloaded")
+            assert second.proc.poll() is None
+            second.proc.send_signal(signal.SIGTERM)
+            assert second.proc.wait(timeout=5) == 0
+        finally:
+            second.kill()
+        assert store.has(sha)
+        # The restart fetched only what the first daemon had not kept.
+        assert 0 < server.bytes_served(torch_file) <= size - kept.done_bytes()
+        assert all(h.status == 206 for h in server.wheel_gets(torch_file))
