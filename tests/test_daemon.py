@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import load_config
@@ -82,21 +83,8 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 def _config(tmp: Path, uv: Path, cache: Path, root: Path) -> Path:
-    lines = [
-        'variant = "cu128"',
-        f"uv = {json.dumps(str(uv))}",
-        f"cache-dir = {json.dumps(str(cache))}",
-        f"store-dir = {json.dumps(str(tmp / 'store'))}",
-        f"state-dir = {json.dumps(str(tmp / 'state'))}",
-        f"packages = {json.dumps(PACKAGES)}",
-        f"roots = {json.dumps([str(root)])}",
-        'recheck-interval = "1h"',
-        "[watch]",
-        "debounce = 0.3",
-    ]
-    path = tmp / "warmd.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    extra = [f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "[watch]", "debounce = 0.3"]
+    return write_warmd_config(tmp, uv, cache, packages=PACKAGES, extra=extra)
 
 
 def _status(state_dir: Path) -> dict[str, dict]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import Config, parse_config
@@ -31,17 +32,7 @@ PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 
 
 def write_config(tmp: Path, uv: Path | str, cache: Path) -> Path:
-    lines = [
-        'variant = "cu128"',
-        f"uv = {json.dumps(str(uv))}",
-        f"cache-dir = {json.dumps(str(cache))}",
-        f"store-dir = {json.dumps(str(tmp / 'store'))}",
-        f"state-dir = {json.dumps(str(tmp / 'state'))}",
-        f"packages = {json.dumps(PACKAGES)}",
-    ]
-    path = tmp / "warmd.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_warmd_config(tmp, uv, cache, packages=PACKAGES)
 
 
 def doctor(config: Path, env: dict[str, str], *args: str) -> tuple[int, dict]:

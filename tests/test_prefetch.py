@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, make_two_build_project, run_uv, torch_like_set
 
@@ -37,18 +38,8 @@ class Setup:
         return json.loads(proc.stdout)
 
 
-def write_config(tmp: Path, uv: Path, cache: Path, **extra: str) -> Path:
-    lines = [
-        'variant = "cu128"',
-        f"uv = {json.dumps(str(uv))}",
-        f"cache-dir = {json.dumps(str(cache))}",
-        f"store-dir = {json.dumps(str(tmp / 'store'))}",
-        f"state-dir = {json.dumps(str(tmp / 'state'))}",
-        f"packages = {json.dumps(PACKAGES)}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    path = tmp / "warmd.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def write_config(tmp: Path, uv: Path, cache: Path) -> Path:
+    return write_warmd_config(tmp, uv, cache, packages=PACKAGES)
 
 
 @pytest.fixture

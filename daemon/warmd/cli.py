@@ -206,7 +206,9 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         print("no projects known yet (run `warmd prefetch PATH` or start `warmd run`)")
     for row in rows:
         data = row.to_json()
-        print(f"{data['project']}  variant {data.get('variant')}  last check {data.get('last_check')}")
+        checked = data.get("last_check")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(checked)) if checked else "never"
+        print(f"{data['project']}  variant {data.get('variant')}  last check {when}")
         if data.get("error"):
             print(f"  error: {data['error']}")
         for w in data.get("wheels", []):

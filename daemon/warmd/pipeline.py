@@ -208,8 +208,10 @@ class Pipeline:
             else:
                 wheels.append(WheelReport(pin, "failed", "uv still would download it after the import", down, reused))
         for w in wheels:
-            log = logger.info if w.state == "warm" else logger.warning
-            log("{} {}: {}{}", pl.project.name, w.pin.wheel.filename, w.state, f" ({w.reason})" if w.reason else "")
+            if w.state != "warm":
+                logger.warning("{}: {} {}{}", pl.project, w.pin.wheel.filename, w.state, f" ({w.reason})" if w.reason else "")
+        warm = sum(1 for w in wheels if w.state == "warm")
+        logger.info("{}: {} of {} pinned wheel(s) warm", pl.project, warm, len(wheels))
         return ProjectReport(project=pl.project, lock=pl.lock.path, variant=self.variant, python=pl.pythons,
                              wheels=tuple(wheels))
 
