@@ -101,7 +101,7 @@ def test_parallel_segments_use_several_connections(slow_server: IndexServer, tmp
 
 
 def test_dropped_connection_resumes_from_last_byte(index_server: IndexServer, tmp_path: Path) -> None:
-    wheel = _wheel(index_server, tmp_path, size=1 * MiB)
+    wheel = _wheel(index_server, tmp_path, size=512 * KiB)  # within the first (probe) request
     index_server.faults.drop_after[wheel.filename] = [300 * KiB]
     store = Store(tmp_path / "store")
     with _fetcher(store, connections=1, segment_size=4 * MiB) as f:

@@ -34,7 +34,7 @@ from .model import Fetched, WheelFile
 from .store import Sidecar, Store, disk_full_error, is_disk_full, merge_ranges, missing_ranges
 
 MiB = 2**20
-_FLUSH_EVERY = 1 * MiB  # fsync + mark done at least this often per worker
+_PROBE_BYTES = 1 * MiB  # the first request: learns size and ETag, then the real split is planned
 _SIDECAR_EVERY = 0.2  # seconds between sidecar rewrites (plus one at every stop)
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
 _HASH_CHUNK = 1 * MiB
@@ -52,6 +52,10 @@ class ProgressEvent:
     downloaded_this_run: int
     state: str  # "start" | "progress" | "retry" | "done" | "failed"
     message: str = ""
+
+
+class FetchSkipped(FetchError):
+    """The caller said this file is not needed after all (uv's cache already has it)."""
 
 
 class FetchCancelled(FetchError):
@@ -160,6 +164,9 @@ class _Job:
         self.conns: list[_Conn] = []
         self.last_save = 0.0
         self.last_progress = 0.0
+        # fsync + mark done this often per worker: a kill loses at most this much per connection;
+        # fsync is costly, so big files sync in bigger steps (1 MiB .. 16 MiB, ~1/64 of the file).
+        self.flush_every = min(16 * MiB, max(1 * MiB, self.total // 64))
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
@@ -202,6 +209,8 @@ class Fetcher:
         self.trust_env = trust_env
         self.user_agent = user_agent
         self._stop = threading.Event()
+        self._skipped: set[str] = set()
+        self._jobs: dict[str, _Job] = {}
         self._conns: set[_Conn] = set()
         self._lock = threading.Lock()
         self._progress_lock = threading.Lock()  # callbacks never run concurrently
@@ -232,6 +241,20 @@ class Fetcher:
         for c in conns:
             c.interrupt()
 
+    def skip(self, sha256: str) -> None:
+        """Do not start, or stop now, the download of this file; its partial stays for later."""
+        sha = sha256.lower()
+        with self._lock:
+            self._skipped.add(sha)
+            job = self._jobs.get(sha)
+        if job is not None:
+            job.fail(FetchSkipped(f"{job.wheel.filename}: not needed after all"))
+
+    def _check_skipped(self, wheel: WheelFile, sha: str) -> None:
+        with self._lock:
+            if sha in self._skipped:
+                raise FetchSkipped(f"{wheel.filename}: not needed after all")
+
     def fetch(self, wheel: WheelFile) -> Fetched:
         """Download and verify one wheel into the store (a store hit makes no request)."""
         sha = wheel.sha256.lower()
@@ -241,6 +264,7 @@ class Fetcher:
             return hit
         try:
             with self._slot(), self.store.lock(sha, stop=self._stop):
+                self._check_skipped(wheel, sha)
                 self._emit(wheel, sha, wheel.size, 0, 0, "start", force=True)
                 hit = self._hit(wheel, sha)  # another thread/process may have finished it
                 if hit is not None:
@@ -257,6 +281,9 @@ class Fetcher:
                             ) from None
                         logger.info("{}: changed upstream mid-download ({}); starting over", wheel.filename, exc)
                         self._emit(wheel, sha, wheel.size, 0, 0, "retry", f"changed upstream: {exc}", force=True)
+        except FetchSkipped:
+            self._emit(wheel, sha, wheel.size, 0, 0, "done", "already in uv's cache", force=True)
+            raise
         except WarmdError as exc:
             self._emit(wheel, sha, wheel.size, 0, 0, "failed", str(exc), force=True)
             raise
@@ -278,7 +305,8 @@ class Fetcher:
     def fetch_many(self, wheels: Iterable[WheelFile], max_parallel_files: int = 2) -> dict[str, Fetched | WarmdError]:
         """Fetch several wheels, a few at a time; one failure does not stop the others."""
         unique: dict[str, WheelFile] = {}
-        for w in wheels:
+        # Biggest first (unknown sizes count as big): a small wheel never holds back torch.
+        for w in sorted(wheels, key=lambda w: -(w.size if w.size is not None else 1 << 62)):
             unique.setdefault(w.sha256.lower(), w)
         results: dict[str, Fetched | WarmdError] = {}
 
@@ -334,6 +362,11 @@ class Fetcher:
             raise
         job = _Job(wheel, sha, fd, sc)
         job.conns.append(conn0)
+        with self._lock:
+            self._jobs[sha] = job
+            skipped = sha in self._skipped  # skip() ran between the check above and now
+        if skipped:
+            job.fail(FetchSkipped(f"{wheel.filename}: not needed after all"))
         try:
             if fresh:
                 self._save_sidecar(job, force=True)
@@ -352,6 +385,8 @@ class Fetcher:
                 self._save_sidecar(job, force=True)
             raise
         finally:
+            with self._lock:
+                self._jobs.pop(sha, None)
             for c in job.conns:
                 self._close_conn(c)
             os.close(fd)
@@ -375,7 +410,7 @@ class Fetcher:
                 end = min(end, start + self.segment_size)
                 validator = sc.validator()
             else:
-                start, end, validator = 0, self.segment_size, None
+                start, end, validator = 0, min(self.segment_size, _PROBE_BYTES), None
             resp = self._request_with_retries(conn, wheel, sha, start, end, validator)
             etag = resp.headers.get("etag")
             last_mod = resp.headers.get("last-modified")
@@ -458,11 +493,19 @@ class Fetcher:
             # no Range support: one sequential stream from byte 0, whatever the sidecar says
             self._worker(job, conn0, deque([(0, job.total)]), resp0, allow_full=True)
             return
+        # The probe's response already streams its own range: that is the first segment.
+        first_start, first_end, _ = self._content_range(resp0, job.wheel, missing_ranges(job.sidecar.done, job.total)[0][0])
+        first = (first_start, first_end)
+        missing = missing_ranges(merge_ranges(job.sidecar.done + [first]), job.total)
+        # Several segments per connection, so that every connection stays busy to the end and a
+        # small file still spreads over all of them; never more than segment_size, nor tiny.
+        remaining = sum(e - s for s, e in missing)
+        floor = min(1 * MiB, self.segment_size)
+        step = max(floor, min(self.segment_size, -(-remaining // (2 * self.connections))))
         segments: deque[tuple[int, int]] = deque()
-        for s, e in missing_ranges(job.sidecar.done, job.total):
-            for a in range(s, e, self.segment_size):
-                segments.append((a, min(e, a + self.segment_size)))
-        first = segments.popleft()
+        for s, e in missing:
+            for a in range(s, e, step):
+                segments.append((a, min(e, a + step)))
         queue: deque[tuple[int, int]] = segments
         n_extra = min(self.connections - 1, len(queue))
         threads = []
@@ -542,7 +585,7 @@ class Fetcher:
                     pos += take
                     with job.lock:
                         job.downloaded += take
-                    if pos - mark >= _FLUSH_EVERY:
+                    if pos - mark >= job.flush_every:
                         self._flush_range(job, mark, pos)
                         mark = pos
                     self._emit_job(job, "progress")

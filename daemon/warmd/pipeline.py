@@ -7,6 +7,7 @@ import hashlib
 import os
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from .config import Config
 from .errors import InputError, LockError, WarmdError
 from .feeder import Feeder
-from .fetch import Fetcher, ProgressEvent
+from .fetch import Fetcher, FetchSkipped, ProgressEvent
 from .lockfile import Lock, read_lock
 from .model import Fetched, Pin, ProjectReport, WheelReport
 from .select import Selection, select_pins
@@ -116,15 +117,23 @@ class Pipeline:
                                             python=(), error=str(exc), error_is_input=isinstance(exc, InputError)))
         reports = []
         with self._project_locks([pl.project for pl in plans]):
-            # uv's own word first: what it already has needs neither the network nor the store.
-            before = {pl.project: self._probe(pl) for pl in plans}
-            need: dict[str, Pin] = {}
-            for pl in plans:
-                for pin in pl.selection.pins:
-                    if pin.name not in before[pl.project][pin.python].warm:
-                        need.setdefault(pin.wheel.sha256, pin)
-                self._mark(pl, need, "fetching")
-            fetched = self._fetch(list(need.values()))
+            # Downloads start at once for files neither the store nor an earlier run has seen
+            # warm; meanwhile uv says what it already has, and those downloads are called off.
+            speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.selection.pins
+                           if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
+                early = pool.submit(self._fetch, list(speculative.values()))
+                before = {pl.project: self._probe(pl) for pl in plans}
+                need: dict[str, Pin] = {}
+                for pl in plans:
+                    for pin in pl.selection.pins:
+                        if pin.name not in before[pl.project][pin.python].warm:
+                            need.setdefault(pin.wheel.sha256, pin)
+                    self._mark(pl, need, "fetching")
+                for sha in speculative.keys() - need.keys():
+                    self.fetcher.skip(sha)
+                fetched = early.result()
+            fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative]))
             verified = [pin for pl in plans for pin in pl.selection.pins
                         if pin.wheel.sha256 in need and isinstance(fetched.get(pin.wheel.sha256), Fetched)]
             import_errors = self._import(verified)
@@ -158,6 +167,9 @@ class Pipeline:
             out[python] = self.uv.probe(pl.project, selected=selected, others=names, python=python,
                                         extras=pl.selection.extras)
         return out
+
+    def _was_warm(self, project: Path, pin: Pin) -> bool:
+        return self.state is not None and self.state.wheel_state(project, pin.wheel.sha256) == "warm"
 
     def _fetch(self, pins: list[Pin]) -> dict[str, Fetched | WarmdError]:
         if not pins:
@@ -193,6 +205,8 @@ class Pipeline:
         for pin in pl.selection.pins:
             res = after[pin.python]
             got = fetched.get(pin.wheel.sha256)
+            if isinstance(got, FetchSkipped):
+                got = None  # uv had it already: not a failure
             down = got.bytes_downloaded if isinstance(got, Fetched) else 0
             reused = got.bytes_reused if isinstance(got, Fetched) else 0
             if pin.name in before[pin.python].warm:

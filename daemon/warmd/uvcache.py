@@ -152,7 +152,7 @@ class Uv:
         present = [n for n in selected if n in listed]
         if downloads == 0:
             return ProbeResult(warm=frozenset(present), unproven=unproven)
-        if len(present) == 1:
+        if downloads >= len(present):  # every one of them is missing: no need to ask one by one
             return ProbeResult(cold=frozenset(present), unproven=unproven)
         warm, cold = set(), set()
         for name in present:  # tell which ones: one probe per package, the rest excluded
