@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.index_server import IndexServer
@@ -21,7 +22,7 @@ from tests.support.wheels import make_wheel, sha256_file
 from warmd.errors import DiskFull, FetchError, HashMismatch
 from warmd.fetch import Fetcher, FetchCancelled, ProgressEvent, _retry_after, redact
 from warmd.model import Fetched, WheelFile
-from warmd.store import Store
+from warmd.store import Sidecar, Store
 
 KiB, MiB = 1024, 2**20
 SEG = 128 * KiB
@@ -407,3 +408,23 @@ def test_disk_full_is_reported_and_keeps_complete_blobs(index_server: IndexServe
     assert str(tiny_fs / "store") in msg and str(big.size) in msg
     assert store.has(small.sha256) and sha256_file(store.blob_path(small.sha256)) == small.sha256
     assert not store.has(big.sha256)
+
+
+def test_torn_partial_after_a_power_loss_starts_over_once(index_server: IndexServer, tmp_path: Path) -> None:
+    """A sidecar may mark bytes done whose pages never reached the disk (no fsync per range): the
+    final hash catches it, and the file is fetched again from scratch instead of failing."""
+    wheel = _wheel(index_server, tmp_path, size=1 * MiB)
+    store = Store(tmp_path / "store")
+    head = httpx.head(wheel.url)
+    # What a power loss leaves: the sidecar says the first 600 KiB are done, the disk has zeros.
+    part = store.part_path(wheel.sha256)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"\0" * wheel.size)
+    store.write_sidecar(wheel.sha256, Sidecar(url=wheel.url, size=wheel.size, etag=head.headers["etag"],
+                                              last_modified=head.headers.get("last-modified"),
+                                              done=[(0, 600 * KiB)]))
+    index_server.reset_counters()
+    with _fetcher(store) as f:
+        _check(store, wheel, f.fetch(wheel))
+    served = index_server.bytes_served(wheel.filename)
+    assert wheel.size <= served < 2 * wheel.size

@@ -30,7 +30,7 @@ def setup_logging(verbose: bool) -> None:
     logger.add(
         sys.stderr,
         level="DEBUG" if verbose else "INFO",
-        format="{time:YYYY-MM-DD HH:mm:ss} {level: <7} {message}",
+        format=("{time:YYYY-MM-DD HH:mm:ss.SSS}" if verbose else "{time:YYYY-MM-DD HH:mm:ss}") + " {level: <7} {message}",
         colorize=sys.stderr.isatty(),
         backtrace=False,
         diagnose=False,  # diagnose prints local variables: URLs with credentials among them
