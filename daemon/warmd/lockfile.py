@@ -73,7 +73,7 @@ def read_lock(path: Path) -> Lock:
     """Parse the uv.lock at `path`; any problem is a LockError naming the file."""
     try:
         size = path.stat().st_size
-        if size > MAX_LOCK_BYTES:
+        if size >= MAX_LOCK_BYTES:
             raise LockError(f"{path}: {size} bytes is too large for a uv.lock")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -92,7 +92,7 @@ class Pipeline:
         project, lock_path = project_of(project)
         lock = read_lock(lock_path)
         own = self.uv.project_python(project)
-        pythons = _allowed([own, *self.config.python] if own else list(self.config.python), lock.requires_python)
+        pythons = _allowed([own, *self.config.python] if own else list(self.config.python), lock)
         if not pythons:
             raise InputError(f"{project}: no Python version to select wheels for (no .python-version, "
                              "no interpreter uv would use, no `python` in the config)")
@@ -267,13 +267,13 @@ class Pipeline:
                 os.close(fd)
 
 
-def _allowed(pythons: Sequence[str], requires_python: str | None) -> list[str]:
+def _allowed(pythons: Sequence[str], lock: Lock) -> list[str]:
     """Keep the Python versions the lock's requires-python admits, in order, without repeats."""
     out: list[str] = []
     try:
-        spec = SpecifierSet(requires_python) if requires_python else None
+        spec = SpecifierSet(lock.requires_python) if lock.requires_python else None
     except InvalidSpecifier:
-        raise LockError(f"requires-python {requires_python!r} is not a valid specifier") from None
+        raise LockError(f"{lock.path}: requires-python {lock.requires_python!r} is not a valid specifier") from None
     for py in pythons:
         if py in out:
             continue

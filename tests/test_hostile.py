@@ -1,0 +1,281 @@
+"""Hostile or broken input, end to end through the real `warmd prefetch`: one line, exit 2, no change anywhere.
+
+"No change anywhere": uv's cache stays empty, warmd's store holds no file, the project's files are
+byte-identical, and the index (when there is one) sees no wheel request.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.support.index_server import IndexServer
+from tests.support.projects import lock_project, make_project, torch_like_set
+from warmd.store import merge_ranges, missing_ranges
+
+SHA = "a" * 64
+REGISTRY = "http://127.0.0.1:9/whl/cpu"  # the discard port: nothing could be fetched from it anyway
+
+
+@dataclass
+class Env:
+    tmp: Path
+    uv: Path
+    cache: Path
+    env: dict[str, str]
+
+    @property
+    def store(self) -> Path:
+        return self.tmp / "store"
+
+    def config(self, extra: str = "") -> Path:
+        path = self.tmp / "warmd.toml"
+        path.write_text("\n".join([
+            'variant = "cpu"',
+            f"uv = {json.dumps(str(self.uv))}",
+            f"cache-dir = {json.dumps(str(self.cache))}",
+            f"store-dir = {json.dumps(str(self.store))}",
+            f"state-dir = {json.dumps(str(self.tmp / 'state'))}",
+            'packages = ["torch", "filelock"]',
+            extra,
+        ]) + "\n")
+        return path
+
+    def warmd(self, config: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", *map(str, paths)],
+                              env=self.env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def henv(tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> Env:
+    return Env(tmp_path, uv_bin, uv_cache, uv_environ)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("warmd:") or " ERROR " in ln]
+
+
+def assert_refused(henv: Env, proc: subprocess.CompletedProcess[str], project: Path | None,
+                   before: dict[str, bytes] | None, *needles: str) -> None:
+    """Exit 2, one error line naming the problem, and nothing changed anywhere."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = _error_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert not any(henv.cache.rglob("*")), "uv's cache was written"
+    assert not [p for p in henv.store.rglob("*") if p.is_file()], "warmd's store was written"
+    if project is not None:
+        assert _snapshot(project) == before, "the project's files changed"
+
+
+def _lock(wheels: str, *, requires_python: str = ">=3.11", torch: str = "2.8.0") -> str:
+    return (
+        f'version = 1\nrevision = 2\nrequires-python = "{requires_python}"\n\n'
+        '[[package]]\nname = "p"\nversion = "0.1.0"\nsource = { virtual = "." }\ndependencies = [{ name = "torch" }]\n\n'
+        f'[[package]]\nname = "torch"\nversion = "{torch}"\nsource = {{ registry = "{REGISTRY}" }}\n'
+        f"wheels = [{wheels}]\n"
+    )
+
+
+def _project(henv: Env, lock: str | bytes, name: str = "project") -> tuple[Path, dict[str, bytes]]:
+    project = henv.tmp / name
+    project.mkdir()
+    (project / ".python-version").write_text("3.11\n")
+    (project / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "0.1.0"\ndependencies = ["torch"]\n')
+    (project / "uv.lock").write_bytes(lock if isinstance(lock, bytes) else lock.encode())
+    return project, _snapshot(project)
+
+
+def _url(url: str) -> str:
+    return f'{{ url = "{url}", hash = "sha256:{SHA}" }}'
+
+
+# -- wheel URLs that must never be fetched --------------------------------------------------------
+
+
+URL_CASES = dict(zip(
+    ["file", "ftp", "abs-path", "no-scheme", "dotdot", "pct-slash", "pct-abs", "pct-backslash", "pct-nul",
+     "hidden", "other-package", "other-version", "bad-name"],
+    [
+        ("file:///etc/passwd", "scheme 'file'"),
+        ("ftp://127.0.0.1/whl/torch-2.8.0-py3-none-any.whl", "scheme 'ftp'"),
+        ("/whl/cpu/torch-2.8.0-py3-none-any.whl", "scheme 'none'"),  # absolute path, no host
+        ("//127.0.0.1/whl/torch-2.8.0-py3-none-any.whl", "scheme 'none'"),
+        ("http://127.0.0.1:9/whl/cpu/../../torch-2.8.0-py3-none-any.whl", "not a plain wheel file name"),
+        ("http://127.0.0.1:9/whl/cpu/..%2F..%2Ftorch-2.8.0-py3-none-any.whl", "not a plain wheel file name"),
+        ("http://127.0.0.1:9/whl/cpu/%2Fetc%2Ftorch-2.8.0-py3-none-any.whl", "not a plain wheel file name"),
+        ("http://127.0.0.1:9/whl/cpu/..%5C..%5Ctorch-2.8.0-py3-none-any.whl", "not a plain wheel file name"),
+        ("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl%00.whl", "not a plain wheel file name"),
+        ("http://127.0.0.1:9/whl/cpu/.torch-2.8.0-py3-none-any.whl", "not a plain wheel file name"),
+        ("http://127.0.0.1:9/whl/cpu/numpy-2.8.0-py3-none-any.whl", "belongs to 'numpy'"),
+        ("http://127.0.0.1:9/whl/cpu/torch-2.9.0-py3-none-any.whl", "the lock says 2.8.0"),
+        ("http://127.0.0.1:9/whl/cpu/torch.whl", "not a valid wheel file name"),
+    ],
+))
+
+
+def test_unsafe_wheel_urls_are_refused(henv: Env) -> None:
+    """One run over one project per hostile URL: each gets its own single error line, exit 2."""
+    projects = {cid: _project(henv, _lock(_url(url)), cid) for cid, (url, _w) in URL_CASES.items()}
+    proc = henv.warmd(henv.config(), *(p for p, _ in projects.values()))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = _error_lines(proc)
+    assert len(lines) == len(URL_CASES), proc.stderr
+    for cid, (project, before) in projects.items():
+        mine = [ln for ln in lines if f"{project / 'uv.lock'}:" in ln]
+        assert len(mine) == 1 and URL_CASES[cid][1] in mine[0], (cid, mine)
+        assert _snapshot(project) == before
+    assert not any(henv.cache.rglob("*")), "uv's cache was written"
+    assert not [p for p in henv.store.rglob("*") if p.is_file()], "warmd's store was written"
+
+
+# -- locks that are broken -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lock", "words"),
+    [
+        ("this is [not toml", "not valid TOML"),
+        (b"\xff\xfe\x00\x01garbage\x00", "cannot read"),
+        ('[[package]]\nname = "torch"\nversion = "2.8.0"\n', "no integer `version`"),
+        ('version = 1\npackage = "torch"\n', "must be an array of tables"),
+        ('version = 1\n[[package]]\nname = 5\n', "has no name"),
+        (_lock('{ path = "/etc/passwd" }'), "has no url"),
+        (_lock('{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl" }'), "no sha256 hash"),
+        (_lock(f'{{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl", hash = "md5:{"a" * 32}" }}'),
+         "no sha256 hash"),
+        (_lock(f'{{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl", hash = "sha256:{SHA}", '
+               "size = -1 }"), "invalid size"),
+        (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), requires_python="three"),
+         "not a valid specifier"),
+        (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), torch="not-a-version"),
+         "not a valid version"),
+    ],
+    ids=["not-toml", "binary", "no-version", "package-string", "name-int", "path-wheel", "no-hash", "md5",
+         "negative-size", "bad-requires-python", "bad-version"],
+)
+def test_malformed_locks_are_refused(henv: Env, lock: str | bytes, words: str) -> None:
+    project, before = _project(henv, lock)
+    proc = henv.warmd(henv.config(), project)
+    assert_refused(henv, proc, project, before, words)
+
+
+def test_truncated_real_lock_is_refused(henv: Env, index_server: IndexServer, wheel_dir: Path) -> None:
+    ws = torch_like_set(index_server, wheel_dir, "cpu", pythons=("cp311",), size=64 * 1024)
+    project = make_project(henv.tmp, "real", server=index_server, variant="cpu", deps=[ws.requirement()],
+                           gpu_packages=ws.gpu_packages)
+    full = lock_project(project, henv.uv, henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")}).read_text()
+    index_server.reset_counters()
+    # cut inside torch's wheels array, where no cut can leave a smaller but valid lock
+    start = full.index("wheels = [", full.index('name = "torch"'))
+    end = full.index("]\n", start)
+    for seed in range(3):
+        cut = random.Random(seed).randint(start + len("wheels = [") + 1, end - 1)
+        (project / "uv.lock").write_text(full[:cut])
+        before = _snapshot(project)
+        proc = henv.warmd(henv.config(), project)
+        assert_refused(henv, proc, project, before, str(project / "uv.lock"), "is the lock truncated?")
+    assert index_server.wheel_hits() == []
+
+
+def test_hundred_megabyte_lock_is_refused_by_size(henv: Env) -> None:
+    project, _ = _project(henv, _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")))
+    with open(project / "uv.lock", "r+b") as f:
+        f.truncate(100 * 10**6)  # sparse: the size is what warmd must look at, before reading
+    before = _snapshot(project)
+    proc = henv.warmd(henv.config(), project)
+    assert_refused(henv, proc, project, before, "100000000 bytes is too large")
+
+
+def test_lock_of_exactly_64_mib_is_refused_by_size(henv: Env) -> None:
+    project, _ = _project(henv, _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")))
+    with open(project / "uv.lock", "r+b") as f:
+        f.truncate(64 * 2**20)
+    before = _snapshot(project)
+    proc = henv.warmd(henv.config(), project)
+    assert_refused(henv, proc, project, before, "too large")
+
+
+# -- folders and configs ---------------------------------------------------------------------------
+
+
+def test_symlinked_project_pointing_outside_the_roots_is_not_touched(
+    henv: Env, index_server: IndexServer, wheel_dir: Path
+) -> None:
+    ws = torch_like_set(index_server, wheel_dir, "cpu", pythons=("cp311",), size=64 * 1024)
+    outside = make_project(henv.tmp / "outside", "secret", server=index_server, variant="cpu",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(outside, henv.uv, henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")})
+    index_server.reset_counters()
+    root = henv.tmp / "root"
+    (root / "team").mkdir(parents=True)
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "team" / "linked").symlink_to(outside, target_is_directory=True)
+    before = _snapshot(outside)
+    proc = henv.warmd(henv.config(f"roots = [{json.dumps(str(root))}]"))
+    assert_refused(henv, proc, outside, before, "no projects under the configured `roots`")
+    assert index_server.wheel_hits() == []
+    assert not (outside / ".venv").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[download]\nconnections = "many"', "download.connections"),
+        ("[download]\ntimeout = true", "download.timeout"),
+        ("download = 5", "download must be a table"),
+        ('roots = "/home"', "roots must be a list of strings"),
+        ("[watch]\nignore = [1, 2]", "watch.ignore must be a list of strings"),
+        ("store-max-size = []", "store-max-size"),
+        ("python = 3.11", "python must be a list of strings"),
+        ('[watch]\nmax-depth = "deep"', "watch.max-depth"),
+    ],
+    ids=["connections-str", "timeout-bool", "download-int", "roots-str", "ignore-ints", "size-list",
+         "python-float", "depth-str"],
+)
+def test_config_with_wrong_types_is_refused(henv: Env, extra: str, key: str) -> None:
+    project, before = _project(henv, _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")))
+    config = henv.config(extra)
+    proc = henv.warmd(config, project)
+    assert_refused(henv, proc, project, before, "warmd:", str(config), key)
+    assert not henv.store.exists() and not (henv.tmp / "state").exists()
+
+
+# -- the range planner's arithmetic, for any ranges -------------------------------------------------
+
+_RANGES = st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000)), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(done=_RANGES, size=st.integers(0, 5000))
+def test_missing_and_done_ranges_tile_the_file(done: list[tuple[int, int]], size: int) -> None:
+    done = [(min(a, b, size), min(max(a, b), size)) for a, b in done]
+    merged = merge_ranges(done)
+    missing = missing_ranges(done, size)
+    covered = [False] * size
+    for s, e in done:
+        for i in range(s, e):
+            covered[i] = True
+    # every byte is in exactly one of merged (done) or missing, both sorted and disjoint
+    for ranges, want in ((merged, True), (missing, False)):
+        assert all(s < e for s, e in ranges)
+        assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(covered[i] is want for s, e in ranges for i in range(s, e))
+    assert sum(e - s for s, e in merged) + sum(e - s for s, e in missing) == size
+    assert merge_ranges(merged) == merged  # idempotent
+
