@@ -732,8 +732,8 @@ def render(rows: list[Row], info: dict[str, str], command: str, mode: Mode, elap
         f"- Machine: {info['cores']} cores, {info['ram']} RAM, {info['cpu']}, {info['kernel']}",
         f"- Python {info['python']}, {info['uv']} (the uv both sides drive)",
         f"- Date: {info['date']}",
-        f"- Index: tests/support/index_server.py in its own process (bench/serve.py), 127.0.0.1, "
-        f"`Cache-Control: no-cache,no-store,must-revalidate` on the GPU wheels like download.pytorch.org",
+        "- Index: tests/support/index_server.py in its own process (bench/serve.py), 127.0.0.1, "
+        "`Cache-Control: no-cache,no-store,must-revalidate` on the GPU wheels like download.pytorch.org",
         f"- Timed rows: {mode.reps} runs per side, sides alternating, median reported; every run starts "
         "with an empty uv cache and (warmd) an empty store",
         "",

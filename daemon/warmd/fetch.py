@@ -306,12 +306,19 @@ class Fetcher:
         finally:
             self._slots.release()
 
-    def fetch_many(self, wheels: Iterable[WheelFile], max_parallel_files: int = 2) -> dict[str, Fetched | WarmdError]:
-        """Fetch several wheels, a few at a time; one failure does not stop the others."""
+    def fetch_many(self, wheels: Iterable[WheelFile], max_parallel_files: int = 2,
+                   on_done: Callable[[str, Fetched | WarmdError], None] | None = None) -> dict[str, Fetched | WarmdError]:
+        """Fetch several wheels, a few at a time; one failure does not stop the others.
+
+        `on_done(sha256, result)` is called from a worker thread as each file finishes.
+        """
         unique: dict[str, WheelFile] = {}
-        # Biggest first (unknown sizes count as big): a small wheel never holds back torch.
-        for w in sorted(wheels, key=lambda w: -(w.size if w.size is not None else 1 << 62)):
+        for w in wheels:
             unique.setdefault(w.sha256.lower(), w)
+        # Biggest first, so a small wheel never holds back torch; the PyTorch index's locks carry
+        # no sizes, so ask the server (one HEAD each, in parallel) where the lock is silent.
+        sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
+        unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or sizes.get(kv[0], 0))))
         results: dict[str, Fetched | WarmdError] = {}
 
         def one(sha: str, w: WheelFile) -> None:
@@ -322,6 +329,11 @@ class Fetcher:
             except Exception as exc:  # a bug must not take the other files down with it
                 logger.exception("{}: unexpected error while fetching", w.filename)
                 results[sha] = FetchError(f"{w.filename}: unexpected error: {_scrub(str(exc))}")
+            if on_done is not None:
+                try:
+                    on_done(sha, results[sha])
+                except Exception:
+                    logger.exception("{}: on_done callback failed", w.filename)
 
         with ThreadPoolExecutor(max_workers=max(1, max_parallel_files), thread_name_prefix="warmd-file") as pool:
             for sha, w in unique.items():
@@ -690,6 +702,22 @@ class Fetcher:
             self.store.write_sidecar(job.sha, Sidecar(**{**job.sidecar.__dict__, "done": list(job.sidecar.done)}))
 
     # -- HTTP -----------------------------------------------------------------------------
+
+    def _sizes(self, wheels: list[WheelFile]) -> dict[str, int]:
+        """Content-Length of each wheel by HEAD, for ordering only (never trusted beyond that)."""
+        if len(wheels) < 2:
+            return {}
+
+        def head(w: WheelFile) -> tuple[str, int]:
+            try:
+                with self._new_client() as client:
+                    resp = client.head(w.url, timeout=min(self.timeout, 5.0))
+                return w.sha256.lower(), int(resp.headers.get("content-length", 0)) if resp.is_success else 0
+            except (httpx.HTTPError, ValueError):
+                return w.sha256.lower(), 0
+
+        with ThreadPoolExecutor(max_workers=min(8, len(wheels)), thread_name_prefix="warmd-head") as pool:
+            return dict(pool.map(head, wheels))
 
     def _new_client(self) -> httpx.Client:
         return httpx.Client(
