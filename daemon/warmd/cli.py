@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `warmd` console script."""
     args = build_parser().parse_args(argv)
-    from .daemon import setup_logging
+    from .logs import setup_logging
 
     setup_logging(args.verbose)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,19 +21,6 @@ from .state import State
 from .watch import LOCK, ProjectWatcher
 
 STOP_DEADLINE = 3.5  # seconds the workers get after SIGTERM; systemd's TimeoutStopSec is longer
-
-
-def setup_logging(verbose: bool) -> None:
-    """One loguru sink on stderr, one line per event, colour only on a terminal."""
-    logger.remove()
-    logger.add(
-        sys.stderr,
-        level="DEBUG" if verbose else "INFO",
-        format=("{time:YYYY-MM-DD HH:mm:ss.SSS}" if verbose else "{time:YYYY-MM-DD HH:mm:ss}") + " {level: <7} {message}",
-        colorize=sys.stderr.isatty(),
-        backtrace=False,
-        diagnose=False,  # diagnose prints local variables: URLs with credentials among them
-    )
 
 
 class WorkQueue:
