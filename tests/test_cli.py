@@ -62,3 +62,17 @@ def test_version_and_help(uv_environ: dict[str, str]) -> None:
     helped = warmd("--help", env=uv_environ).stdout
     for command in ("prefetch", "run", "status", "doctor", "install-service"):
         assert command in helped
+
+
+def test_prefetch_with_a_missing_uv_says_how_to_fix_it(tmp_path: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / ".python-version").write_text("3.11\n")
+    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-small" / "uv.lock"
+    (project / "uv.lock").write_text(example.read_text())
+    cfg = write_warmd_config(tmp_path, tmp_path / "no" / "uv", uv_cache, packages=["nvidia-*"])
+    proc = warmd("--config", str(cfg), "prefetch", str(project), env=uv_environ)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("warmd: uv not found") and "set `uv =" in last
+    assert "Traceback" not in proc.stderr

@@ -29,22 +29,29 @@ class Feeder:
         self._token = secrets.token_urlsafe(16)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="warmd-feeder", daemon=True)
+        # Short poll: shutdown() waits for it, and the daemon opens a feeder per project run.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="warmd-feeder", daemon=True)
+        self._start_lock = threading.Lock()
         self.served: list[str] = []  # sha256 of every file handed out, for tests and logs
 
     def url(self, sha256: str, filename: str) -> str:
         """The loopback URL at which uv can fetch this verified file."""
+        with self._start_lock:  # serve only once a URL is handed out: most runs import nothing
+            if not self._thread.is_alive():
+                self._thread.start()
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/{self._token}/{sha256}/{quote(filename)}"
 
     def __enter__(self) -> Feeder:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
+        with self._start_lock:
+            if self._thread.is_alive():
+                self._server.shutdown()
+                self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
 
     def _resolve(self, path: str) -> tuple[str, Path] | None:
         parts = path.split("?", 1)[0].strip("/").split("/")

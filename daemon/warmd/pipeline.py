@@ -124,7 +124,12 @@ class Pipeline:
             with Feeder(self.store.path) as feeder, _Importer(self._import, feeder) as importer, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
                 early = pool.submit(self._fetch, list(speculative.values()), importer.ready)
-                before = {pl.project: self._probe(pl) for pl in plans}
+                try:
+                    before = {pl.project: self._probe(pl) for pl in plans}
+                except BaseException:
+                    for sha in speculative:  # uv could not be asked: stop downloading at once
+                        self.fetcher.skip(sha)
+                    raise
                 need: dict[str, Pin] = {}
                 for pl in plans:
                     for pin in pl.selection.pins:
