@@ -31,7 +31,7 @@ import pytest
 
 from tests.support.index_server import Faults, Hit, IndexServer, _Handler, normalize
 from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
-from tests.support.wheels import make_wheel
+from tests.support.wheels import make_wheel, sha256_file
 from warmd.store import Store
 
 MiB = 2**20
@@ -235,7 +235,7 @@ class Drill:
     def assert_store_verified(self) -> None:
         """Every blob in the store is named by the sha256 of its bytes."""
         for blob in (self.store / "blobs").glob("*/*"):
-            assert _sha256(blob) == blob.name, f"{blob} does not hash to its name"
+            assert sha256_file(blob) == blob.name, f"{blob} does not hash to its name"
 
     def assert_next_run_finishes(self, project: Path, big: str, *, slack: float = 0.05) -> dict:
         """(b) with the fault gone: exit 0, all warm, about one file's bytes served on this run."""
@@ -265,14 +265,6 @@ def _installed(venv: Path) -> dict[str, str]:
                     assert "sha256=" + got.decode() == digest, f"{site / path} differs from its RECORD"
             out[normalize(meta["Name"])] = meta["Version"]
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _wheels(proc: subprocess.CompletedProcess[str]) -> dict[str, dict]:
@@ -550,7 +542,7 @@ def test_disk_filling_up_during_a_fetch(drill: Drill) -> None:
         assert "Traceback" not in proc.stderr
         assert not [p for d in ("blobs", "partial") for p in (store / d).rglob(torch["sha256"] + "*")], \
             "a partial of the big wheel was left on the full disk"
-        assert not [p for p in (store / "blobs").rglob("*") if p.is_file() and _sha256(p) != p.name]
+        assert not [p for p in (store / "blobs").rglob("*") if p.is_file() and sha256_file(p) != p.name]
         drill.assert_no_trace_of("torch")
         drill.store = store
         drill.assert_cache_verified(project)
