@@ -20,9 +20,11 @@ import pytest
 from tests.support.index_server import IndexServer
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.errors import DiskFull, FetchError, HashMismatch
-from warmd.fetch import Fetcher, FetchCancelled, ProgressEvent, _retry_after, redact
+from warmd.fetch import Fetcher, FetchCancelled, ProgressEvent, _retry_after
 from warmd.model import Fetched, WheelFile
-from warmd.store import Sidecar, Store
+from warmd.partial import Sidecar
+from warmd.redact import redact
+from warmd.store import Store
 
 KiB, MiB = 1024, 2**20
 SEG = 128 * KiB

@@ -13,8 +13,9 @@ from loguru import logger
 
 from .config import Config, load_config
 from .errors import WarmdError
-from .headers import check_pins, compare, cache_verdict, index_page, redact
+from .headers import check_pins, compare, cache_verdict, index_page
 from .model import ProjectReport
+from .redact import redact
 from .schedule import build_scheduler
 from .service import Notifier
 from .state import State

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,12 +18,14 @@ import httpx
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
+from .atomic import write_atomic
 from .config import Config, default_config_path
 from .errors import InputError, WarmdError
-from .headers import cache_verdict, check_url, is_immutable_host, redact
+from .headers import cache_verdict, check_url, is_immutable_host
 from .lockfile import Lock, read_lock
 from .model import Pin
 from .progress import human_bytes
+from .redact import redact
 from .select import select_pins
 from .uvcache import Uv
 from .variant import Detection, resolve_variant
@@ -546,7 +547,7 @@ def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
                         tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
         changed.append(str(url))
     if changed:
-        _write_atomic(pyproject, tomlkit.dumps(doc))
+        write_atomic(pyproject, tomlkit.dumps(doc))
     return changed
 
 
@@ -560,24 +561,6 @@ def _append_key(entry: Any, key: str, item: Any) -> None:
         entry.value._insert_after(keys[-1].key, key, item)
     else:
         entry[key] = item
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # -- disk, inotify, service ------------------------------------------------------------------------

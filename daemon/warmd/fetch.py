@@ -31,7 +31,9 @@ from loguru import logger
 from . import __version__
 from .errors import DiskFull, FetchError, HashMismatch, WarmdError
 from .model import Fetched, WheelFile
-from .store import Sidecar, Store, disk_full_error, is_disk_full, merge_ranges, missing_ranges
+from .partial import Sidecar, merge_ranges, missing_ranges
+from .redact import redact, scrub
+from .store import Store, disk_full_error, is_disk_full
 
 MiB = 2**20
 _PROBE_BYTES = 1 * MiB  # the first request: learns size and ETag, then the real split is planned
@@ -62,33 +64,9 @@ class FetchCancelled(FetchError):
     """Fetcher.cancel() stopped this download; the partial and its sidecar are kept for resume."""
 
 
-def redact(url: str) -> str:
-    """The URL without user:password, safe for messages and logs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-
-
-def _scrub(text: str) -> str:
-    # exception texts from httpx may quote the request URL: drop any userinfo in them
-    return _USERINFO.sub(r"\g<scheme>", text)
-
-
 def _why(exc: BaseException) -> str:
     """One scrubbed line: the error class for network errors (ReadTimeout, ...), then its text."""
-    text = _scrub(str(exc))
+    text = scrub(str(exc))
     if isinstance(exc, httpx.TransportError):
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text or type(exc).__name__
@@ -328,7 +306,7 @@ class Fetcher:
                 results[sha] = exc
             except Exception as exc:  # a bug must not take the other files down with it
                 logger.exception("{}: unexpected error while fetching", w.filename)
-                results[sha] = FetchError(f"{w.filename}: unexpected error: {_scrub(str(exc))}")
+                results[sha] = FetchError(f"{w.filename}: unexpected error: {scrub(str(exc))}")
             if on_done is not None:
                 try:
                     on_done(sha, results[sha])

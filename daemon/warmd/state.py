@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import WarmdError
-from .headers import HeaderCheck, cache_verdict, index_page, redact
+from .headers import HeaderCheck, cache_verdict, index_page
 from .model import Pin, ProjectReport, WheelFile
+from .redact import redact
 
 STATE_FILE = "state.sqlite3"
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)
