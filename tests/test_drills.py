@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cache import traces
 from tests.support.index_server import Faults, Hit, IndexServer, _Handler, normalize
 from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
 from tests.support.wheels import make_wheel, sha256_file
@@ -212,7 +213,7 @@ class Drill:
 
     def assert_no_trace_of(self, prefix: str) -> None:
         """Nothing in uv's cache is named after the wheel: not an entry, not an unzipped copy."""
-        assert not [p for p in self.cache.rglob("*") if p.name.startswith(prefix)]
+        assert traces(self.cache, prefix) == []
 
     def assert_cache_verified(self, project: Path) -> None:
         """(a) every cache entry installs offline as exactly the locked version, files matching RECORD."""
@@ -388,11 +389,11 @@ def test_etag_changing_between_two_ranges_restarts_the_file(drill: Drill) -> Non
                        1 * MiB, seed=7)
     new_bytes = other.read_bytes()
     assert hashlib.sha256(new_bytes).hexdigest() != w.server.sha256_of(name)
-    w.server.faults.drop_after[name] = [300 * KiB]
+    w.server.faults.drop_after[name] = [100 * KiB]  # less than any first request asks for
     swapped = threading.Event()
 
     def swap(hit: Hit) -> None:  # the first range just ended short: upstream replaces the file now
-        if hit.path.rsplit("/", 1)[-1] == name and hit.body_bytes == 300 * KiB and not swapped.is_set():
+        if hit.path.rsplit("/", 1)[-1] == name and hit.body_bytes == 100 * KiB and not swapped.is_set():
             w.server.faults.replace[name] = new_bytes
             swapped.set()
 
@@ -475,10 +476,10 @@ def test_sigkill_at_random_points_of_fetch_and_import(drill: Drill) -> None:
     for seed in range(12):
         rng = random.Random(seed)
         # while more than k bytes are left to download, kill after k more bytes; otherwise kill
-        # while uv imports the wheel: warmd alone (its uv child lives on) or its whole process group
-        # warmd marks bytes done after each fsync'd MiB: a kill loses what came since the last one,
-        # so land kills between those points (a loss of about half a MiB each), at 2 or 3 MiB in
-        k = rng.choice([2, 3]) * MiB + rng.randint(384 * KiB, 640 * KiB)
+        # while uv imports the wheel: warmd alone (its uv child lives on) or its whole process group.
+        # A kill loses what arrived since warmd last recorded its progress (every 256 KiB or
+        # 0.1 s here): kills at 1 to 2.6 MiB in leave room for at least three of them mid-download
+        k = rng.choice([1, 2]) * MiB + rng.randint(0, 640 * KiB)
         fetch_mode = rng.random() < 0.85 and _left_to_fetch(drill.store, w.server.sha256_of(name), size) > k + MiB
         mode = "fetch" if fetch_mode else ("import", "import-group")[seed % 2]
         base = w.server.live_bytes(name)

@@ -6,7 +6,6 @@ import fcntl
 import hashlib
 import os
 import threading
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from .config import Config
 from .errors import InputError, LockError, WarmdError
-from .feeder import Feeder
-from .fetch import Fetcher, FetchSkipped, ProgressEvent
+from .feeder import Feeder, Shelf
+from .fetch import Fetcher, FetchSkipped
+from .importer import Importer
 from .lockfile import Lock, read_lock
-from .model import Fetched, Pin, ProjectReport, WheelReport
+from .model import Fetched, Pin, ProgressEvent, ProjectReport, WheelReport
 from .select import Selection, select_pins
 from .store import Store
 from .uvcache import ProbeResult, Uv
@@ -121,28 +121,34 @@ class Pipeline:
             # warm; meanwhile uv says what it already has, and those downloads are called off.
             speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.selection.pins
                            if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
-            with Feeder(self.store.path) as feeder, _Importer(self._import, feeder) as importer, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
-                early = pool.submit(self._fetch, list(speculative.values()), importer.ready)
+            shelf = Shelf()
+            with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
+                importer = Importer(self._run_import, feeder, shelf)
                 try:
-                    before = {pl.project: self._probe(pl) for pl in plans}
-                except BaseException:
-                    for sha in speculative:  # uv could not be asked: stop downloading at once
+                    early = pool.submit(self._fetch, list(speculative.values()), shelf)
+                    try:
+                        before = {pl.project: self._probe(pl) for pl in plans}
+                    except BaseException:
+                        for sha in speculative:  # uv could not be asked: stop downloading at once
+                            self.fetcher.skip(sha)
+                        raise
+                    need: dict[str, Pin] = {}
+                    for pl in plans:
+                        for pin in pl.selection.pins:
+                            if pin.name not in before[pl.project][pin.python].warm:
+                                need.setdefault(pin.wheel.sha256, pin)
+                        self._mark(pl, need, "fetching")
+                    for sha in speculative.keys() - need.keys():
                         self.fetcher.skip(sha)
+                    # uv starts on every file it lacks now, and unpacks each while it downloads.
+                    shelf.expect(need)
+                    importer.start([pin for pl in plans for pin in pl.selection.pins if pin.wheel.sha256 in need])
+                    fetched = early.result()
+                    fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative], shelf))
+                    import_errors = importer.finish()
+                except KeyboardInterrupt:
+                    self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
                     raise
-                need: dict[str, Pin] = {}
-                for pl in plans:
-                    for pin in pl.selection.pins:
-                        if pin.name not in before[pl.project][pin.python].warm:
-                            need.setdefault(pin.wheel.sha256, pin)
-                    self._mark(pl, need, "fetching")
-                for sha in speculative.keys() - need.keys():
-                    self.fetcher.skip(sha)
-                # Each verified file goes to uv as soon as it is in the store, while others download.
-                importer.start([pin for pl in plans for pin in pl.selection.pins if pin.wheel.sha256 in need])
-                fetched = early.result()
-                fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative], importer.ready))
-                import_errors = importer.finish()
             for pl in plans:
                 touched = any(p.wheel.sha256 in need for p in pl.selection.pins)
                 after = self._probe(pl) if touched else before[pl.project]
@@ -177,30 +183,22 @@ class Pipeline:
     def _was_warm(self, project: Path, pin: Pin) -> bool:
         return self.state is not None and self.state.wheel_state(project, pin.wheel.sha256) == "warm"
 
-    def _fetch(self, pins: list[Pin], on_done: Callable[[str, Fetched | WarmdError], None]) -> dict[str, Fetched | WarmdError]:
+    def _fetch(self, pins: list[Pin], shelf: Shelf) -> dict[str, Fetched | WarmdError]:
         if not pins:
             return {}
         logger.info("fetching {} wheel(s)", len(pins))
-        return self.fetcher.fetch_many([p.wheel for p in pins], on_done=on_done,
+
+        def done(sha: str, result: Fetched | WarmdError) -> None:
+            if isinstance(result, Fetched):
+                shelf.offer(sha, result.path)
+            else:
+                shelf.withdraw(sha)
+
+        return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
                                        max_parallel_files=self.config.download.parallel_files)
 
-    def _import(self, pins: list[Pin], feeder: Feeder) -> dict[str, str]:
-        """Hand verified files to uv; returns sha256 -> error for the groups uv refused."""
-        errors: dict[str, str] = {}
-        # One uv call per target and index: a pylock names each package once, and the same file
-        # pinned from two indexes (a mirror) is two cache entries.
-        groups: dict[tuple[str, str, str], dict[str, Pin]] = defaultdict(dict)
-        for pin in pins:
-            groups[(pin.python, pin.platform, pin.index)][pin.wheel.sha256] = pin
-        for (python, platform, _index), by_sha in groups.items():
-            group = list(by_sha.values())
-            urls = {p.wheel.sha256: feeder.url(p.wheel.sha256, p.wheel.filename) for p in group}
-            try:
-                self.uv.import_wheels(group, urls, python=python, platform=platform)
-            except WarmdError as exc:
-                logger.error("{}", exc)
-                errors.update({s: str(exc) for s in by_sha})
-        return errors
+    def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str) -> None:
+        self.uv.import_wheels(pins, urls, python=python, platform=platform)
 
     def _report(self, pl: Plan, before: dict[str, ProbeResult], after: dict[str, ProbeResult],
                 fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str]) -> ProjectReport:
@@ -268,71 +266,6 @@ class Pipeline:
         finally:
             for fd in fds:
                 os.close(fd)
-
-
-class _Importer:
-    """Hands verified files to uv in batches as they arrive, on a thread of its own."""
-
-    def __init__(self, import_: Callable[[list[Pin], Feeder], dict[str, str]], feeder: Feeder) -> None:
-        self._import = import_
-        self._feeder = feeder
-        self._cv = threading.Condition()
-        self._ready: list[str] = []  # verified, not imported yet
-        self._pins: dict[str, list[Pin]] | None = None  # known once uv said what it lacks
-        self._closing = False
-        self._errors: dict[str, str] = {}
-        self._thread = threading.Thread(target=self._loop, name="warmd-import", daemon=True)
-
-    def __enter__(self) -> _Importer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-
-    def ready(self, sha: str, result: Fetched | WarmdError) -> None:
-        """A fetch finished; verified files join the next batch."""
-        if isinstance(result, Fetched):
-            with self._cv:
-                self._ready.append(sha)
-                self._cv.notify()
-
-    def start(self, pins: Sequence[Pin]) -> None:
-        """The pins worth importing (files uv lacks); until this is called, nothing is imported."""
-        by_sha: dict[str, list[Pin]] = defaultdict(list)
-        for pin in pins:
-            by_sha[pin.wheel.sha256].append(pin)
-        with self._cv:
-            self._pins = dict(by_sha)
-            self._cv.notify()
-
-    def finish(self) -> dict[str, str]:
-        """Import what is left, stop, and return sha256 -> error for what uv refused."""
-        with self._cv:
-            self._closing = True
-            self._cv.notify()
-        if self._thread.is_alive():
-            self._thread.join()
-        return self._errors
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._closing or (self._pins is not None and self._ready))
-                pins = self._pins or {}
-                batch = [p for sha in self._ready for p in pins.get(sha, ())]
-                self._ready.clear()
-                done = self._closing
-            if batch:
-                try:
-                    self._errors.update(self._import(batch, self._feeder))
-                except Exception as exc:  # a bug here must still leave a report, not a hung run
-                    logger.exception("import failed")
-                    self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in batch})
-            if done:
-                with self._cv:
-                    if not self._ready:
-                        return
 
 
 def _allowed(pythons: Sequence[str], lock: Lock) -> list[str]:

@@ -133,6 +133,35 @@ class Store:
         """(part file, sidecar file) for `sha`; neither need exist."""
         return self.part_path(sha), self.sidecar_path(sha)
 
+    def open_part(self, sha: str, size: int, fresh: bool) -> int:
+        """Open the partial for writing (fresh: created and preallocated, so a full disk fails now, not at 90 %)."""
+        part = self.part_path(sha)
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o644)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.root, size, exc) from None
+            raise FetchError(f"{part}: cannot open for writing: {exc.strerror}") from None
+        try:
+            if fresh:
+                try:
+                    if size:
+                        os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise
+                    os.ftruncate(fd, size)  # filesystem without fallocate: sparse is fine
+            elif os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            if fresh:
+                self.drop_partial(sha)  # nothing in it worth keeping
+            if is_disk_full(exc):
+                raise disk_full_error(self.root, size, exc) from None
+            raise FetchError(f"{part}: cannot allocate {size} bytes: {exc.strerror}") from None
+        return fd
+
     def read_sidecar(self, sha: str) -> Sidecar | None:
         """The sidecar of a partial that can be resumed, or None (absent, unreadable, no .part)."""
         part, side = self.partial_paths(sha)

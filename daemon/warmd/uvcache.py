@@ -27,6 +27,7 @@ _INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)==(\S+)")
 _PY_VERSION = re.compile(r"(\d+\.\d+)")
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
+_TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,10 @@ class Uv:
                  "--python-version", python, "--python-platform", platform,
                  # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
                  "--link-mode", "symlink", "-r", str(lock)],
-                env={"UV_PYTHON_DOWNLOADS": "never"},
+                # uv asks for every wheel at once; the feeder answers each as its download
+                # proceeds, so one queued behind others may wait longer than uv's 30 s default.
+                # The feeder ends every answer (whole, or cut off when a download fails).
+                env={"UV_PYTHON_DOWNLOADS": "never", "UV_HTTP_TIMEOUT": str(_TIMEOUT_FEEDER)},
             )
             if out.returncode != 0:
                 raise UvError(f"uv could not import {len(pins)} wheel(s) for Python {python}: {_last_line(out)}")

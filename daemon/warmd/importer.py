@@ -1,0 +1,100 @@
+"""Hand the wheels uv lacks to uv, through the feeder, while they still download.
+
+One `uv pip install` per Python, index and platform family, started as soon as the probe said
+what uv lacks, with every such wheel in it: uv requests them all at once and unpacks each as the
+feeder streams it (feeder.py), so the import overlaps the download instead of following it.
+
+When a download fails, the feeder cuts that wheel off and uv gives up the whole call; the wheels
+it finished are in its cache already. Once every download of the group has ended, one more call
+imports the verified rest (uv finds the ones it has without asking the feeder).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from loguru import logger
+
+from .errors import WarmdError
+from .feeder import Feeder, Shelf
+from .model import Pin
+
+_MANYLINUX = re.compile(r"^(?P<arch>[^-]+)-manylinux_2_(?P<glibc>\d+)$")
+
+ImportCall = Callable[[Sequence[Pin], dict[str, str], str, str], None]  # pins, sha -> url, python, platform
+
+
+def target(platforms: Sequence[str]) -> str:
+    """One `--python-platform` under which uv accepts every wheel of a group: the newest manylinux."""
+    return max(platforms, key=lambda p: int(m.group("glibc")) if (m := _MANYLINUX.match(p)) else -1)
+
+
+def _family(platform: str) -> str:
+    m = _MANYLINUX.match(platform)
+    return f"{m.group('arch')}-manylinux" if m else platform
+
+
+class Importer:
+    """Runs the uv imports of one warm, each on a thread of its own; `finish` waits for them."""
+
+    def __init__(self, run_uv: ImportCall, feeder: Feeder, shelf: Shelf) -> None:
+        self._run_uv = run_uv
+        self._feeder = feeder
+        self._shelf = shelf
+        self._threads: list[threading.Thread] = []
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self, pins: Sequence[Pin]) -> None:
+        """Import these pins (files uv lacks, offered or expected on the shelf) now."""
+        groups: dict[tuple[str, str, str], dict[str, Pin]] = defaultdict(dict)
+        for pin in pins:
+            # a pylock names each package once, and the same file from two indexes (a mirror) is
+            # two cache entries: one call per index and Python
+            groups[(pin.python, pin.index, _family(pin.platform))][pin.wheel.sha256] = pin
+        for (python, _index, _family_), by_sha in groups.items():
+            t = threading.Thread(target=self._group, args=(list(by_sha.values()), python), daemon=True,
+                                 name=f"warmd-import-{len(self._threads)}")
+            self._threads.append(t)
+            t.start()
+
+    def finish(self) -> dict[str, str]:
+        """Wait for every import; returns sha256 -> error for the wheels uv refused."""
+        for t in self._threads:
+            t.join()
+        return dict(self._errors)
+
+    def _group(self, pins: list[Pin], python: str) -> None:
+        try:
+            self._import_until_settled(pins, python)
+        except Exception as exc:  # a bug here must still leave a report, not a hung run
+            logger.exception("import failed")
+            with self._lock:
+                self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in pins})
+
+    def _import_until_settled(self, pins: list[Pin], python: str) -> None:
+        try:
+            self._call(pins, python)
+            return
+        except WarmdError as exc:
+            first = exc
+        # Some download failed under uv (or uv itself did): import what verified, once all have ended.
+        verified = [p for p in pins if self._shelf.get(p.wheel.sha256, settled=True) is not None]
+        failed = {p.wheel.sha256 for p in pins} - {p.wheel.sha256 for p in verified}
+        logger.debug("import of {} wheel(s) stopped ({}); {} failed to download, importing the {} verified",
+                     len(pins), first, len(failed), len(verified))
+        if not verified:
+            return
+        try:
+            self._call(verified, python)
+        except WarmdError as exc:
+            logger.error("{}", exc)
+            with self._lock:
+                self._errors.update({p.wheel.sha256: str(exc) for p in verified})
+
+    def _call(self, pins: list[Pin], python: str) -> None:
+        urls = {p.wheel.sha256: self._feeder.url(p.wheel.sha256, p.wheel.filename) for p in pins}
+        self._run_uv(pins, urls, python, target([p.platform for p in pins]))

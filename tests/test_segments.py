@@ -1,0 +1,69 @@
+"""How many connections a file gets, decided from measured rates (a simulated clock feeds the rates)."""
+
+from __future__ import annotations
+
+from warmd.segments import MEASURE, Pieces, Width
+
+MiB = 2**20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _feed(width: Width, clock: Clock, rate: float, seconds: float, remaining: int, joining: bool = False) -> int:
+    """Deliver `rate` bytes/s in 10 ms reads for `seconds`; returns the connections asked for."""
+    added = 0
+    for _ in range(int(seconds / 0.01)):
+        clock.t += 0.01
+        added += width.received(int(rate * 0.01), remaining, joining)
+    return added
+
+
+def _trial(second_rate: float) -> tuple[Width, list[bool], int]:
+    clock, verdicts = Clock(), []
+    w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
+    assert w.state == "measure" and w.wanted() == 1
+    assert _feed(w, clock, 10 * MiB, MEASURE + 0.05, remaining=500 * MiB) == 1  # a trial connection
+    assert w.state == "trial" and w.wanted() == 2 and verdicts == []
+    _feed(w, clock, 10 * MiB, 0.2, remaining=500 * MiB)  # the first stream alone: no measurement yet
+    added = _feed(w, clock, second_rate, MEASURE + 0.05, remaining=500 * MiB, joining=True)
+    return w, verdicts, added
+
+
+def test_a_server_capping_each_connection_opens_them_all() -> None:
+    w, verdicts, added = _trial(20 * MiB)  # two streams, twice the rate
+    assert (w.state, verdicts, added, w.wanted()) == ("wide", [True], 6, 8)
+    assert w.limit(64 * MiB) == 4 * MiB  # two pieces per connection for what is left
+
+
+def test_a_shared_link_stays_on_one_stream() -> None:
+    w, verdicts, added = _trial(11 * MiB)  # two streams share what one had
+    assert (w.state, verdicts, added, w.wanted()) == ("single", [False], 0, 1)
+    assert w.limit(64 * MiB) is None  # the rest in one request
+
+
+def test_a_stream_faster_than_uv_unpacks_or_nearly_done_gets_no_trial() -> None:
+    for rate, remaining in ((600 * MiB, 5000 * MiB), (10 * MiB, 5 * MiB)):
+        clock, verdicts = Clock(), []
+        w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
+        assert _feed(w, clock, rate, MEASURE + 0.05, remaining) == 0
+        assert (w.state, verdicts) == ("single", [])
+
+
+def test_a_host_verdict_decides_from_the_start_and_pieces_grow_while_measuring() -> None:
+    assert Width(8, True).state == "wide" and Width(8, False).state == "single" and Width(1, None).state == "single"
+    w = Width(8, None)
+    assert [w.limit(64 * MiB) for _ in range(3)] == [4 * MiB, 8 * MiB, 16 * MiB]
+    small = Width(8, None)
+    assert small.limit(2 * MiB) == 512 * 1024  # a quarter of a small file, so a trial can still split it
+
+
+def test_pieces_are_handed_out_front_first() -> None:
+    p = Pieces([(0, 10), (20, 30)])
+    assert p.take(4) == (0, 4) and p.take(None) == (4, 10) and p.remaining() == 10
+    assert p.take(100) == (20, 30) and p.take(1) is None and p.remaining() == 0
