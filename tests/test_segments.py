@@ -24,7 +24,7 @@ def _feed(width: Width, clock: Clock, rate: float, seconds: float, remaining: in
     return added
 
 
-def _trial(second_rate: float) -> tuple[Width, list[bool], int]:
+def _trial(second_rate: float) -> tuple[Width, list[str], int]:
     clock, verdicts = Clock(), []
     w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
     assert w.state == "measure" and w.wanted() == 1
@@ -37,26 +37,33 @@ def _trial(second_rate: float) -> tuple[Width, list[bool], int]:
 
 def test_a_server_capping_each_connection_opens_them_all() -> None:
     w, verdicts, added = _trial(20 * MiB)  # two streams, twice the rate
-    assert (w.state, verdicts, added, w.wanted()) == ("wide", [True], 6, 8)
+    assert (w.state, verdicts, added, w.wanted()) == ("wide", ["capped"], 6, 8)
     assert w.limit(64 * MiB) == 4 * MiB  # two pieces per connection for what is left
 
 
 def test_a_shared_link_stays_on_one_stream() -> None:
     w, verdicts, added = _trial(11 * MiB)  # two streams share what one had
-    assert (w.state, verdicts, added, w.wanted()) == ("single", [False], 0, 1)
+    assert (w.state, verdicts, added, w.wanted()) == ("single", ["shared"], 0, 1)
     assert w.limit(64 * MiB) is None  # the rest in one request
 
 
-def test_a_stream_faster_than_uv_unpacks_or_nearly_done_gets_no_trial() -> None:
-    for rate, remaining in ((600 * MiB, 5000 * MiB), (10 * MiB, 5 * MiB)):
-        clock, verdicts = Clock(), []
-        w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
-        assert _feed(w, clock, rate, MEASURE + 0.05, remaining) == 0
-        assert (w.state, verdicts) == ("single", [])
+def test_a_stream_faster_than_uv_unpacks_is_called_fast_and_gets_no_trial() -> None:
+    clock, verdicts = Clock(), []
+    w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
+    assert _feed(w, clock, 600 * MiB, 0.2, 5000 * MiB) == 0
+    assert (w.state, verdicts) == ("single", ["fast"])
+
+
+def test_a_file_nearly_done_gets_no_trial_and_no_verdict() -> None:
+    clock, verdicts = Clock(), []
+    w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
+    assert _feed(w, clock, 10 * MiB, MEASURE + 0.05, 5 * MiB) == 0
+    assert (w.state, verdicts) == ("single", [])
 
 
 def test_a_host_verdict_decides_from_the_start_and_pieces_grow_while_measuring() -> None:
-    assert Width(8, True).state == "wide" and Width(8, False).state == "single" and Width(1, None).state == "single"
+    assert Width(8, "capped").state == "wide" and Width(1, None).state == "single"
+    assert Width(8, "shared").state == Width(8, "fast").state == "single"
     w = Width(8, None)
     assert [w.limit(64 * MiB) for _ in range(3)] == [4 * MiB, 8 * MiB, 16 * MiB]
     small = Width(8, None)

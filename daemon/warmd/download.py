@@ -57,6 +57,7 @@ class FileDownload:
         self._on_growing = on_growing
         self._holdback = holdback
         self.total: int | None = wheel.size
+        self.cache_control: str | None = None  # what the server said of this file: would uv keep it?
         self.reused = 0
         self.downloaded = 0
         self._lock = threading.Lock()
@@ -105,6 +106,7 @@ class FileDownload:
             self._drop_conn(conn)
             raise
         sc, fresh, resp, first = answer.sidecar, answer.fresh, answer.response, answer.piece
+        self.cache_control = resp.header("cache-control")
         self._sidecar, self.total, self.reused = sc, sc.size, sc.done_bytes()
         self._ledger = Ledger(sc, lambda snap: self.store.write_sidecar(self.sha, snap))
         self._growing = GrowingFile(self._fd, self._ledger, self._holdback)

@@ -43,10 +43,16 @@ class Shelf:
         self._items: dict[str, Source | None] = {}  # None: withdrawn (its download failed)
         self._expected: set[str] = set()
 
-    def expect(self, shas: Iterable[str]) -> None:
-        """These files will be offered or withdrawn; requests for them wait until then."""
+    def expect(self, shas: Iterable[str], *, again: bool = False) -> None:
+        """These files will be offered or withdrawn; requests for them wait until then.
+
+        `again`: they were withdrawn (their download was called off) and will now come after all.
+        """
         with self._cv:
-            self._expected.update(shas)
+            for sha in shas:
+                self._expected.add(sha)
+                if again and sha in self._items and self._items[sha] is None:
+                    del self._items[sha]
 
     def offer(self, sha: str, item: Source) -> None:
         """Hand out `item` for `sha` from now on (a verified Path replaces a GrowingFile)."""
@@ -82,8 +88,8 @@ class Shelf:
 class Feeder:
     """Serves `/<token>/<sha256>/<filename>` from a Shelf, on 127.0.0.1 only."""
 
-    def __init__(self, shelf: Shelf | Callable[[str], Source | None]) -> None:
-        self._lookup = shelf.get if isinstance(shelf, Shelf) else shelf
+    def __init__(self, shelf: Shelf) -> None:
+        self._shelf = shelf
         # A random path prefix: other local users cannot guess URLs while the server is up.
         self._token = secrets.token_urlsafe(16)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -130,14 +136,14 @@ class Feeder:
                 self._thread.join(timeout=5)
         self._server.server_close()
 
-    def _resolve(self, path: str) -> tuple[str, Source] | None:
+    def _resolve(self, path: str, settled: bool = False) -> tuple[str, Source] | None:
         parts = path.split("?", 1)[0].strip("/").split("/")
         if len(parts) != 3 or not secrets.compare_digest(parts[0], self._token):
             return None
         sha, filename = parts[1], unquote(parts[2])
         if not filename.endswith(".whl"):
             return None
-        found = self._lookup(sha)
+        found = self._shelf.get(sha, settled=settled)
         if found is None or (isinstance(found, GrowingFile) and found.servable() is None):
             return None  # not coming, or cut off: a 404, which uv does not retry
         return sha, found
@@ -160,8 +166,8 @@ def _handler(feeder: Feeder) -> type[BaseHTTPRequestHandler]:
                 return
             sha, source = hit
             fd = _open(source)
-            if fd is None:  # the download just ended: its blob (or its failure) is on the shelf now
-                hit = feeder._resolve(self.path)
+            if fd is None:  # the download just ended: its blob (or its failure) comes on the shelf
+                hit = feeder._resolve(self.path, settled=True)
                 fd = _open(hit[1]) if hit is not None else None
                 if fd is None:
                     self.send_error(HTTPStatus.NOT_FOUND)

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from loguru import logger
 
@@ -29,11 +30,20 @@ from .retry import RetryPolicy
 from .segments import PIECE, Width
 from .store import Store
 
-__all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "ProgressEvent"]
+__all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
-_VERDICT_TTL = 600.0  # seconds a host's "capped per connection or not" is trusted
+_LINK_TTL = 600.0  # seconds what a host was found to be like is trusted
 HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a download found a host to be like, and what it said of the file it served."""
+
+    kind: str  # "capped" (per connection), "shared" (one link for all), "fast" (one stream outruns uv)
+    cache_control: str | None
+    at: float  # time.monotonic()
 
 
 class FetchSkipped(FetchError):
@@ -57,12 +67,14 @@ class Fetcher:
         trust_env: bool = True,
         user_agent: str = f"warmd/{__version__}",
         max_parallel_files: int | None = None,
+        fast_stream: float | None = None,
     ) -> None:
         if connections < 1 or piece_size < 1:
             raise ValueError("connections and piece_size must be positive")
         self.store = store
         self.connections = connections
         self.piece_size = piece_size
+        self.fast_stream = fast_stream  # bytes/s one stream must reach to be "fast" (None: per CPU count)
         self.policy = RetryPolicy(retries, backoff, max_backoff)
         self.settings = HttpSettings(timeout=timeout, user_agent=user_agent, trust_env=trust_env)
         self.progress = progress
@@ -70,9 +82,10 @@ class Fetcher:
         self._skipped: set[str] = set()
         self._downloads: dict[str, FileDownload] = {}
         self._conns: set[Connection] = set()
-        self._verdicts: dict[str, tuple[bool, float]] = {}  # host -> (capped per connection, when)
+        self._links: dict[str, Link] = {}  # host -> what its last measured download found
         self._last_emit: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._links_cv = threading.Condition(self._lock)
         self._progress_lock = threading.Lock()  # callbacks never run concurrently
         # The global limit on files in flight, shared by every caller of this Fetcher (the
         # daemon runs several projects at once through one Fetcher).
@@ -109,6 +122,11 @@ class Fetcher:
             dl = self._downloads.get(sha)
         if dl is not None:
             dl.fail(FetchSkipped(f"{dl.wheel.filename}: not needed after all"))
+
+    def unskip(self, sha256: str) -> None:
+        """Undo skip(): the file is needed after all (uv could not fetch it itself)."""
+        with self._lock:
+            self._skipped.discard(sha256.lower())
 
     # -- fetching ---------------------------------------------------------------------------------
 
@@ -197,9 +215,12 @@ class Fetcher:
     def _download(self, wheel: WheelFile, sha: str, on_growing: Callable[[GrowingFile], None] | None,
                   holdback: int | None) -> Fetched:
         host = (urllib.parse.urlsplit(wheel.url).hostname or "").lower()
+        known = self.link(host)
+        dl: FileDownload | None = None
         dl = FileDownload(
-            wheel, self.store, width=Width(self.connections, self._verdict(host),
-                                           lambda v: self._learn(host, v), piece=self.piece_size),
+            wheel, self.store, width=Width(self.connections, known.kind if known else None,
+                                           lambda kind: self._learn(host, kind, dl), piece=self.piece_size,
+                                           fast=self.fast_stream),
             policy=self.policy, stop=self._stop, connect=self._open_conn, release=self._close_conn,
             report=self._report, on_growing=on_growing or (lambda g: None),
             holdback=holdback if holdback is not None else 2**63)
@@ -214,15 +235,27 @@ class Fetcher:
             with self._lock:
                 self._downloads.pop(sha, None)
 
-    def _verdict(self, host: str) -> bool | None:
+    def link(self, host: str) -> Link | None:
+        """What this host was found to be like in the last ten minutes, if anything."""
         with self._lock:
-            found = self._verdicts.get(host)
-        return found[0] if found and time.monotonic() - found[1] < _VERDICT_TTL else None
+            found = self._links.get(host.lower())
+        return found if found is not None and time.monotonic() - found.at < _LINK_TTL else None
 
-    def _learn(self, host: str, capped: bool) -> None:
-        logger.debug("{}: {} per connection", host, "capped" if capped else "not capped")
-        with self._lock:
-            self._verdicts[host] = (capped, time.monotonic())
+    def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
+        """Wait (up to `timeout`) until every host has a Link; returns those known by then."""
+        wanted = {h.lower() for h in hosts}
+        deadline = time.monotonic() + timeout
+        with self._links_cv:
+            self._links_cv.wait_for(lambda: wanted <= self._links.keys() or self._stop.is_set(),
+                                    max(0.0, deadline - time.monotonic()))
+        return {h: link for h in wanted if (link := self.link(h)) is not None}
+
+    def _learn(self, host: str, kind: str, dl: FileDownload) -> None:
+        logger.debug("{}: {}", host, {"capped": "capped per connection", "shared": "one link shared by all",
+                                     "fast": "one stream outruns uv's unpacking"}[kind])
+        with self._links_cv:
+            self._links[host] = Link(kind, dl.cache_control, time.monotonic())
+            self._links_cv.notify_all()
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:

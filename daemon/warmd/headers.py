@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 from urllib.parse import urlsplit
 
-import httpx
 from packaging.version import InvalidVersion, Version
 
 from .model import Pin
 from .redact import redact, scrub
+
+if TYPE_CHECKING:  # httpx costs ~50 ms to import; `warmd prefetch` reads state without checking headers
+    import httpx
 
 # Servers that refuse HEAD answer one of these; a 1-byte ranged GET then gets the same headers.
 _HEAD_REFUSED = frozenset({403, 405, 501})
@@ -45,6 +47,8 @@ class HeaderCheck:
 
 def check_url(client: httpx.Client, url: str) -> HeaderCheck:
     """HEAD `url`, or GET its first byte where HEAD is refused; never raises for HTTP trouble."""
+    import httpx
+
     safe = redact(url)
     now = time.time()
     try:

@@ -3,6 +3,8 @@
 One `uv pip install` per Python, index and platform family, started as soon as the probe said
 what uv lacks, with every such wheel in it: uv requests them all at once and unpacks each as the
 feeder streams it (feeder.py), so the import overlaps the download instead of following it.
+Wheels uv is better off downloading itself (the pipeline decides) go in calls of their own that
+name the index's URLs; when uv cannot fetch them, `refused()` says which.
 
 When a download fails, the feeder cuts that wheel off and uv gives up the whole call; the wheels
 it finished are in its cache already. Once every download of the group has ended, one more call
@@ -24,7 +26,8 @@ from .model import Pin
 
 _MANYLINUX = re.compile(r"^(?P<arch>[^-]+)-manylinux_2_(?P<glibc>\d+)$")
 
-ImportCall = Callable[[Sequence[Pin], dict[str, str], str, str], None]  # pins, sha -> url, python, platform
+# pins, sha -> url, python, platform, direct (the URLs are the index's own, not the feeder's)
+ImportCall = Callable[[Sequence[Pin], dict[str, str], str, str, bool], None]
 
 
 def target(platforms: Sequence[str]) -> str:
@@ -46,18 +49,20 @@ class Importer:
         self._shelf = shelf
         self._threads: list[threading.Thread] = []
         self._errors: dict[str, str] = {}
+        self._refused: set[str] = set()
         self._lock = threading.Lock()
 
-    def start(self, pins: Sequence[Pin]) -> None:
-        """Import these pins (files uv lacks, offered or expected on the shelf) now."""
+    def start(self, pins: Sequence[Pin], *, direct: bool = False) -> None:
+        """Import these pins now: offered or expected on the shelf, or (`direct`) fetched by uv
+        itself from their own URLs."""
         groups: dict[tuple[str, str, str], dict[str, Pin]] = defaultdict(dict)
         for pin in pins:
             # a pylock names each package once, and the same file from two indexes (a mirror) is
             # two cache entries: one call per index and Python
             groups[(pin.python, pin.index, _family(pin.platform))][pin.wheel.sha256] = pin
         for (python, _index, _family_), by_sha in groups.items():
-            t = threading.Thread(target=self._group, args=(list(by_sha.values()), python), daemon=True,
-                                 name=f"warmd-import-{len(self._threads)}")
+            t = threading.Thread(target=self._direct if direct else self._group, args=(list(by_sha.values()), python),
+                                 daemon=True, name=f"warmd-import-{len(self._threads)}")
             self._threads.append(t)
             t.start()
 
@@ -66,6 +71,23 @@ class Importer:
         for t in self._threads:
             t.join()
         return dict(self._errors)
+
+    def refused(self) -> set[str]:
+        """The wheels uv could not fetch itself (after finish()): warmd's engine must."""
+        return set(self._refused)
+
+    def _direct(self, pins: list[Pin], python: str) -> None:
+        try:
+            self._run_uv(pins, {p.wheel.sha256: p.wheel.url for p in pins}, python,
+                         target([p.platform for p in pins]), True)
+        except WarmdError as exc:
+            logger.info("uv could not fetch {} wheel(s) itself: {}", len(pins), exc)
+            with self._lock:
+                self._refused.update(p.wheel.sha256 for p in pins)
+        except Exception as exc:  # a bug here must still leave a report, not a hung run
+            logger.exception("import failed")
+            with self._lock:
+                self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in pins})
 
     def _group(self, pins: list[Pin], python: str) -> None:
         try:
@@ -97,4 +119,4 @@ class Importer:
 
     def _call(self, pins: list[Pin], python: str) -> None:
         urls = {p.wheel.sha256: self._feeder.url(p.wheel.sha256, p.wheel.filename) for p in pins}
-        self._run_uv(pins, urls, python, target([p.platform for p in pins]))
+        self._run_uv(pins, urls, python, target([p.platform for p in pins]), False)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 from loguru import logger
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -19,6 +22,7 @@ from .config import Config
 from .errors import InputError, LockError, WarmdError
 from .feeder import Feeder, Shelf
 from .fetch import Fetcher, FetchSkipped
+from .headers import cache_verdict, is_immutable_host
 from .importer import Importer
 from .lockfile import Lock, read_lock
 from .model import Fetched, Pin, ProgressEvent, ProjectReport, WheelReport
@@ -28,6 +32,9 @@ from .uvcache import ProbeResult, Uv
 
 if TYPE_CHECKING:
     from .state import State
+
+_MEASURE_WAIT = 0.6  # seconds to wait after the probe for the first download's rate
+_UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,14 @@ class Pipeline:
         state: State | None = None,
         progress: Callable[[ProgressEvent], None] | None = None,
         uv: Uv | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
-        self.fetcher = Fetcher(
+        self.progress = progress
+        self.fetcher = fetcher or Fetcher(
             self.store,
             connections=config.download.connections,
             timeout=config.download.timeout,
@@ -117,42 +126,12 @@ class Pipeline:
                                             python=(), error=str(exc), error_is_input=isinstance(exc, InputError)))
         reports = []
         with self._project_locks([pl.project for pl in plans]):
-            # Downloads start at once for files neither the store nor an earlier run has seen
-            # warm; meanwhile uv says what it already has, and those downloads are called off.
-            speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.selection.pins
-                           if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
-            shelf = Shelf()
-            with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
-                importer = Importer(self._run_import, feeder, shelf)
-                try:
-                    early = pool.submit(self._fetch, list(speculative.values()), shelf)
-                    try:
-                        before = {pl.project: self._probe(pl) for pl in plans}
-                    except BaseException:
-                        for sha in speculative:  # uv could not be asked: stop downloading at once
-                            self.fetcher.skip(sha)
-                        raise
-                    need: dict[str, Pin] = {}
-                    for pl in plans:
-                        for pin in pl.selection.pins:
-                            if pin.name not in before[pl.project][pin.python].warm:
-                                need.setdefault(pin.wheel.sha256, pin)
-                        self._mark(pl, need, "fetching")
-                    for sha in speculative.keys() - need.keys():
-                        self.fetcher.skip(sha)
-                    # uv starts on every file it lacks now, and unpacks each while it downloads.
-                    shelf.expect(need)
-                    importer.start([pin for pl in plans for pin in pl.selection.pins if pin.wheel.sha256 in need])
-                    fetched = early.result()
-                    fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative], shelf))
-                    import_errors = importer.finish()
-                except KeyboardInterrupt:
-                    self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
-                    raise
+            before, need, fetched, import_errors, by_uv = self._fetch_and_import(plans)
             for pl in plans:
                 touched = any(p.wheel.sha256 in need for p in pl.selection.pins)
                 after = self._probe(pl) if touched else before[pl.project]
-                reports.append(self._report(pl, before[pl.project], after, fetched, import_errors))
+                reports.append(self._report(pl, before[pl.project], after, fetched, import_errors, by_uv))
+            self._tidy(reports, need, by_uv)
         reports += failed
         if self.state is not None:
             for r in reports:
@@ -168,6 +147,100 @@ class Pipeline:
     def close(self) -> None:
         """Release connections."""
         self.fetcher.close()
+
+    # -- fetch and import ----------------------------------------------------------------------
+
+    def _fetch_and_import(self, plans: list[Plan]) -> tuple[dict[Path, dict[str, ProbeResult]], dict[str, Pin],
+                                                              dict[str, Fetched | WarmdError], dict[str, str], set[str]]:
+        """Probe, then get every wheel uv lacks into its cache; returns (probe before, needed, fetch
+        results, import errors, wheels uv fetched itself)."""
+        pins = [pin for pl in plans for pin in pl.selection.pins]
+        resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
+        # Downloads start at once for files neither the store nor an earlier run has seen
+        # warm; meanwhile uv says what it already has, and those downloads are called off.
+        speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.selection.pins
+                       if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
+        shelf = Shelf()
+        with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
+            importer = Importer(self._run_import, feeder, shelf)
+            try:
+                early = pool.submit(self._fetch, list(speculative.values()), shelf)
+                try:
+                    before = {pl.project: self._probe(pl) for pl in plans}
+                except BaseException:
+                    for sha in speculative:  # uv could not be asked: stop downloading at once
+                        self.fetcher.skip(sha)
+                    raise
+                need: dict[str, Pin] = {}
+                for pl in plans:
+                    for pin in pl.selection.pins:
+                        if pin.name not in before[pl.project][pin.python].warm:
+                            need.setdefault(pin.wheel.sha256, pin)
+                    self._mark(pl, need, "fetching")
+                for sha in speculative.keys() - need.keys():
+                    self.fetcher.skip(sha)
+                by_uv = self._for_uv(need, resumable, speculative)
+                for sha in by_uv:
+                    self.fetcher.skip(sha)
+                # uv starts on every file it lacks now, and unpacks each while it downloads.
+                shelf.expect(need.keys() - by_uv)
+                importer.start([p for p in pins if p.wheel.sha256 in need and p.wheel.sha256 not in by_uv])
+                importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
+                fetched = early.result()
+                fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative.keys() | by_uv],
+                                           shelf))
+                import_errors = importer.finish()
+                refused = importer.refused()
+                if refused:  # uv could not fetch them itself (its own settings, a proxy...): warmd does
+                    logger.info("uv could not fetch {} wheel(s) itself; warmd downloads them", len(refused))
+                    by_uv -= refused
+                    for sha in refused:
+                        self.fetcher.unskip(sha)
+                        import_errors.pop(sha, None)
+                    shelf.expect(refused, again=True)
+                    again = Importer(self._run_import, feeder, shelf)
+                    again.start([p for p in pins if p.wheel.sha256 in refused])
+                    fetched.update(self._fetch([need[sha] for sha in refused], shelf))
+                    import_errors.update(again.finish())
+            except KeyboardInterrupt:
+                self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
+                raise
+        return before, need, fetched, import_errors, by_uv
+
+    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
+        """The needed wheels uv should download itself: on a host one stream of which outruns uv's
+        unpacking, warmd's own copy of the bytes would only cost CPU (ARCHITECTURE.md, "Who downloads")."""
+        if self.config.keep_wheels or not self.uv.drops_bad_wheels:
+            return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
+        candidates = {sha: pin for sha, pin in need.items() if sha not in resumable and not self.store.has(sha)}
+        hosts = {_host(p.wheel.url) for p in candidates.values()}
+        measuring = {_host(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
+        links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
+        if measuring - links.keys():
+            links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
+        version = str(self.uv.version)
+        out = set()
+        for sha, pin in candidates.items():
+            link = links.get(_host(pin.wheel.url))
+            # uv must keep the file by itself: no per-index override is passed (the user's uv
+            # settings stay in force), so only where the file's headers or its host allow it
+            if link is not None and link.kind == "fast" and (
+                    cache_verdict(link.cache_control) == "kept" or is_immutable_host(pin.wheel.url, version)):
+                out.add(sha)
+        if out:
+            logger.info("{}: one stream outruns uv's unpacking; uv fetches {} wheel(s) itself",
+                        ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
+        return out
+
+    def _tidy(self, reports: list[ProjectReport], need: dict[str, Pin], by_uv: set[str]) -> None:
+        """Without keep-wheels, drop what this run downloaded once uv has it (and partials uv made moot)."""
+        warm = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state == "warm"}
+        cold = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state != "warm"}
+        for sha in (need.keys() & warm) - cold:
+            if sha in by_uv:
+                self.store.drop_partial(sha)  # a speculative start, never finished
+            elif not self.config.keep_wheels:
+                self.store.remove(sha)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -197,11 +270,41 @@ class Pipeline:
         return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
                                        max_parallel_files=self.config.download.parallel_files)
 
-    def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str) -> None:
-        self.uv.import_wheels(pins, urls, python=python, platform=platform)
+    def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str,
+                    direct: bool) -> None:
+        if not direct:
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, patient=True)
+            return
+        # uv downloads these itself: what it prints is their only progress
+        by_name = {p.name: p for p in pins}
+        for p in pins:
+            self._emit(p, "start", "uv downloads it itself")
+
+        def line(text: str) -> None:
+            m = _UV_DOWNLOADED.match(text)
+            if m and (p := by_name.pop(_normalize(m.group(1)), None)) is not None:
+                self._emit(p, "done", "downloaded by uv")
+
+        try:
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line)
+        except WarmdError as exc:
+            for p in by_name.values():
+                self._emit(p, "retry", f"uv could not fetch it: {exc}")
+            raise
+        for p in by_name.values():
+            self._emit(p, "done", "downloaded by uv")
+
+    def _emit(self, pin: Pin, state: str, message: str) -> None:
+        if self.progress is None:
+            return
+        size = pin.wheel.size
+        with contextlib.suppress(Exception):
+            self.progress(ProgressEvent(pin.wheel.filename, pin.wheel.sha256, size,
+                                        size or 0 if state == "done" else 0, 0, state, message))
 
     def _report(self, pl: Plan, before: dict[str, ProbeResult], after: dict[str, ProbeResult],
-                fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str]) -> ProjectReport:
+                fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str],
+                by_uv: set[str] = frozenset()) -> ProjectReport:  # type: ignore[assignment]
         wheels = []
         for pin in pl.selection.pins:
             res = after[pin.python]
@@ -210,6 +313,8 @@ class Pipeline:
                 got = None  # uv had it already: not a failure
             down = got.bytes_downloaded if isinstance(got, Fetched) else 0
             reused = got.bytes_reused if isinstance(got, Fetched) else 0
+            if pin.wheel.sha256 in by_uv:
+                down = pin.wheel.size or 0  # fetched all the same, by uv
             if pin.name in before[pin.python].warm:
                 reused = pin.wheel.size or 0
             if pin.name in res.warm:
@@ -266,6 +371,14 @@ class Pipeline:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _allowed(pythons: Sequence[str], lock: Lock) -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 MiB = 2**20
 
 MEASURE = 0.3  # seconds of transfer behind each rate measurement
+FAST_AFTER = 0.15  # seconds of transfer enough to call one stream fast (no cap lets a burst last)
 # Two connections must bring this many times one connection's rate to open more. A wrong "no"
 # on a capped server costs a factor of `connections`; a wrong "yes" only some CPU: lean to yes.
 GAIN = 1.3
@@ -61,11 +62,12 @@ class Width:
 
     States: "measure" (one connection, growing pieces), "trial" (a second connection joined),
     "single" (one stream takes the rest in one request), "wide" (up to `most` connections).
-    `verdict` (True: the server caps each connection; False: it does not) comes from an earlier
-    file of the same host, or is reached here and reported through `on_verdict`.
+    What a host is like (`verdict`: "capped" per connection, "shared" link, or "fast": one
+    stream outruns uv's unpacking) comes from an earlier file of the same host, or is found here
+    and reported through `on_verdict`.
     """
 
-    def __init__(self, most: int, verdict: bool | None, on_verdict: Callable[[bool], None] = lambda v: None,
+    def __init__(self, most: int, verdict: str | None, on_verdict: Callable[[str], None] = lambda v: None,
                  *, piece: int = PIECE, fast: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.most = max(1, most)
@@ -75,10 +77,10 @@ class Width:
         self._on_verdict = on_verdict
         self._clock = clock
         self._lock = threading.Lock()
-        if self.most == 1 or verdict is False:
-            self.state = "single"
-        elif verdict is True:
+        if verdict == "capped" and self.most > 1:
             self.state = "wide"
+        elif verdict is not None or self.most == 1:
+            self.state = "single"
         else:
             self.state = "measure"
         self._piece = 0  # the last piece handed out while measuring
@@ -123,19 +125,22 @@ class Width:
                     self._mark = (now, self._bytes)
                 return 0
             t0, b0 = self._mark
-            if now - t0 < MEASURE:
+            elapsed = now - t0
+            rate = (self._bytes - b0) / elapsed if elapsed > 0 else 0.0
+            if self.state == "measure" and elapsed >= FAST_AFTER and rate >= self._fast:
+                self.state, verdict = "single", "fast"
+            elif elapsed < MEASURE:
                 return 0
-            rate = (self._bytes - b0) / (now - t0)
-            if self.state == "measure":
-                if remaining < rate * WORTH or rate >= self._fast:
-                    self.state = "single"  # one stream ends soon, or outruns the import: no verdict
+            elif self.state == "measure":
+                if remaining < rate * WORTH:
+                    self.state = "single"  # one stream ends soon anyway: no verdict learnt
                 else:
                     self.state, self._rate1, self._mark = "trial", rate, None
                     add = 1
             else:
-                verdict = rate >= GAIN * self._rate1
-                self.state = "wide" if verdict else "single"
-                add = self.most - 2 if verdict else 0
+                capped = rate >= GAIN * self._rate1
+                self.state, verdict = ("wide", "capped") if capped else ("single", "shared")
+                add = self.most - 2 if capped else 0
         if verdict is not None:
             self._on_verdict(verdict)
         return add

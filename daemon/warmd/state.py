@@ -185,7 +185,7 @@ class State:
         self._db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA busy_timeout = 10000")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _wal(self._db)
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             migrate(self._db)
@@ -414,6 +414,19 @@ class State:
             warnings.setdefault(url, []).append((at, warning))
         return projects, pins, latest, warnings
 
+
+
+def _wal(db: sqlite3.Connection, attempts: int = 200) -> None:
+    """Switch to WAL; a second process opening a new database at the same moment gets "locked"
+    at once (SQLite does not wait on its busy timeout for this), so try again for a while."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)  # nothing to wait on: the other process does not announce its commit
 
 
 class _Tx:

@@ -119,6 +119,11 @@ class Store:
         os.utime(dest)
         return dest
 
+    def remove(self, sha: str) -> None:
+        """Delete the blob for `sha` (readers that have it open keep reading it)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.blob_path(sha).unlink()
+
     # -- partials -------------------------------------------------------------------------
 
     def part_path(self, sha: str) -> Path:

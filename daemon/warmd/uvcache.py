@@ -6,11 +6,14 @@ the one the user's uv reads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +30,7 @@ _INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)==(\S+)")
 _PY_VERSION = re.compile(r"(\d+\.\d+)")
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
+_DROPS_BAD_WHEELS_FROM = Version("0.13.8")
 _TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
 
 
@@ -59,15 +63,17 @@ class Uv:
         return Path(found).resolve()
 
     def _run(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-             timeout: float = _TIMEOUT) -> subprocess.CompletedProcess[str]:
+             timeout: float = _TIMEOUT, on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.exe), *args]
         full_env = {**self._env, **(env or {})}
         if self._cache_dir is not None:
             full_env["UV_CACHE_DIR"] = str(self._cache_dir)
         logger.debug("uv: {}", " ".join(cmd))
         try:
-            return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+            if on_line is None:
+                return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                                      stdin=subprocess.DEVNULL)
+            return _run_reading(cmd, cwd, full_env, timeout, on_line)
         except subprocess.TimeoutExpired:
             raise UvError(f"`uv {' '.join(args[:2])}` did not finish within {timeout:.0f} s") from None
         except OSError as exc:
@@ -84,6 +90,15 @@ class Uv:
             return Version(m.group(1))
         except InvalidVersion:
             raise UvError(f"{self.exe}: unreadable version {m.group(1)!r}") from None
+
+    @property
+    def drops_bad_wheels(self) -> bool:
+        """True when this uv keeps nothing of a wheel whose bytes fail the pinned sha256.
+
+        uv 0.13.8 (DESIGN.md fact 11) and the pinned 0.13.9 (tests/test_stream.py) keep nothing;
+        0.8.2 keeps the unpacked wrong bytes, so it is never handed a wheel it fetches itself.
+        """
+        return self.version >= _DROPS_BAD_WHEELS_FROM
 
     @cached_property
     def cache_dir(self) -> Path:
@@ -119,23 +134,31 @@ class Uv:
         m = _PY_VERSION.search(ver.stdout)
         return m.group(1) if m else None
 
-    def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str) -> None:
-        """Have uv download `pins` from `urls` (sha256 -> loopback URL) into its cache, checking hashes."""
+    def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
+                      patient: bool = False, on_line: Callable[[str], None] | None = None) -> None:
+        """Have uv download `pins` from `urls` (sha256 -> URL) into its cache, checking hashes.
+
+        `patient`: the URLs are the feeder's, which may hold an answer back for as long as a
+        download takes; `on_line` is handed each line uv prints, as it prints it.
+        """
         if not pins:
             return
-        with tempfile.TemporaryDirectory(prefix="warmd-import-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="warmd-import-", dir=_scratch_dir()) as tmp:
             # PEP 751 wants this exact file name; uv refuses other names for a pylock.
             lock = Path(tmp) / "pylock.toml"
             lock.write_text(render_pylock(pins, urls), encoding="utf-8")
+            env = {"UV_PYTHON_DOWNLOADS": "never"}
+            if patient:
+                # uv asks for every wheel at once; the feeder answers each as its download
+                # proceeds, so one queued behind others may wait longer than uv's 30 s default.
+                # The feeder ends every answer (whole, or cut off when a download fails).
+                env["UV_HTTP_TIMEOUT"] = str(_TIMEOUT_FEEDER)
             out = self._run(
                 ["pip", "install", "--no-deps", "--target", str(Path(tmp) / "target"),
                  "--python-version", python, "--python-platform", platform,
                  # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
                  "--link-mode", "symlink", "-r", str(lock)],
-                # uv asks for every wheel at once; the feeder answers each as its download
-                # proceeds, so one queued behind others may wait longer than uv's 30 s default.
-                # The feeder ends every answer (whole, or cut off when a download fails).
-                env={"UV_PYTHON_DOWNLOADS": "never", "UV_HTTP_TIMEOUT": str(_TIMEOUT_FEEDER)},
+                env=env, on_line=on_line,
             )
             if out.returncode != 0:
                 raise UvError(f"uv could not import {len(pins)} wheel(s) for Python {python}: {_last_line(out)}")
@@ -190,6 +213,41 @@ class Uv:
             if lm:
                 listed.add(_normalize(lm.group(1)))
         return (int(m.group(1)) if m else 0), listed
+
+
+def _run_reading(cmd: list[str], cwd: Path | None, env: Mapping[str, str], timeout: float,
+                 on_line: Callable[[str], None]) -> subprocess.CompletedProcess[str]:
+    """Run `cmd`, handing each line of its output to `on_line` as it comes; the output is kept too."""
+    lines: list[str] = []
+    expired = threading.Event()
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        timer = threading.Timer(timeout, lambda: (expired.set(), proc.kill()))
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                with contextlib.suppress(Exception):
+                    on_line(line.rstrip("\n"))
+            code = proc.wait()
+        finally:
+            timer.cancel()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(cmd, timeout)
+    return subprocess.CompletedProcess(cmd, code, "", "".join(lines))
+
+
+def _scratch_dir() -> str | None:
+    """A memory-backed folder for the import's throw-away install, when there is one.
+
+    The install is thousands of symlinks (torch alone ~13,000); creating and removing them on a
+    disk busy writing back uv's unpacked wheels took 1-3 s, on tmpfs a few ms.
+    """
+    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None
 
 
 def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
