@@ -91,19 +91,18 @@ def test_store_hit_makes_no_request(index_server: IndexServer, tmp_path: Path) -
 
 
 def test_a_server_capping_each_connection_gets_several(slow_server: IndexServer, tmp_path: Path) -> None:
-    wheel = _wheel(slow_server, tmp_path, size=2 * MiB)
+    wheel = _wheel(slow_server, tmp_path, size=4 * MiB)
     store = Store(tmp_path / "store")
     with _fetcher(store, connections=4) as f:
         _check(store, wheel, f.fetch(wheel))
     gets = slow_server.wheel_gets(wheel.filename)
     assert all(h.status == 206 for h in gets)
-    spans = sorted((int(a), int(b) + 1) for a, b in (h.range.split("=")[1].split("-") for h in gets))
-    # pieces asked for front first, each once, together exactly the file: no byte fetched twice
-    assert spans[0][0] == 0 and spans[-1][1] == wheel.size
-    assert all(prev[1] == nxt[0] for prev, nxt in zip(spans, spans[1:]))
+    assert f"bytes=0-{wheel.size - 1}" in {h.range for h in gets}  # one stream for the whole file first
     assert len({h.conn for h in gets}) >= 3  # the first stream, the trial, and the rest it opened
     assert slow_server.peak_transfers >= 3
-    assert slow_server.bytes_served(wheel.filename) == wheel.size
+    # the first stream was cut short once to share the file out: beyond that, no byte twice
+    # (what a capped server sends past the cut is what its cap lets through in a moment)
+    assert wheel.size <= slow_server.bytes_served(wheel.filename) <= wheel.size + 64 * KiB
 
 
 def test_a_fast_server_is_read_in_one_stream(index_server: IndexServer, tmp_path: Path) -> None:
@@ -112,9 +111,8 @@ def test_a_fast_server_is_read_in_one_stream(index_server: IndexServer, tmp_path
     with _fetcher(store, connections=8) as f:
         _check(store, wheel, f.fetch(wheel))
     gets = index_server.wheel_gets(wheel.filename)
-    # one connection, growing pieces while it measures, then the rest in one request
-    assert len({h.conn for h in gets}) == 1 and index_server.peak_transfers == 1
-    assert len(gets) <= 6
+    # one connection, one request for the whole file: nothing to gain from more
+    assert [h.range for h in gets] == [f"bytes=0-{wheel.size - 1}"] and index_server.peak_transfers == 1
     assert index_server.bytes_served(wheel.filename) == wheel.size
 
 
@@ -359,7 +357,9 @@ def test_sigkill_mid_download_leaves_a_resumable_partial(slow_server: IndexServe
     _check(store, wheel, got)
     assert got.bytes_reused == left.done_bytes()
     assert slow_server.bytes_served(wheel.filename) < 1.5 * wheel.size
-    assert slow_server.bytes_served(wheel.filename) - served_before <= wheel.size - left.done_bytes()
+    # what was on disk is not fetched again (but for what the capped server sent past the one
+    # cut that shares the first stream out: see test_a_server_capping_each_connection_gets_several)
+    assert slow_server.bytes_served(wheel.filename) - served_before <= wheel.size - left.done_bytes() + 64 * KiB
 
 
 def test_same_sha_from_two_threads_is_downloaded_once(slow_server: IndexServer, tmp_path: Path) -> None:

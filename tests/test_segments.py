@@ -61,16 +61,22 @@ def test_a_file_nearly_done_gets_no_trial_and_no_verdict() -> None:
     assert (w.state, verdicts) == ("single", [])
 
 
-def test_a_host_verdict_decides_from_the_start_and_pieces_grow_while_measuring() -> None:
+def test_a_host_verdict_decides_from_the_start_and_one_request_measures() -> None:
     assert Width(8, "capped").state == "wide" and Width(1, None).state == "single"
     assert Width(8, "shared").state == Width(8, "fast").state == "single"
-    w = Width(8, None)
-    assert [w.limit(64 * MiB) for _ in range(3)] == [4 * MiB, 8 * MiB, 16 * MiB]
-    small = Width(8, None)
-    assert small.limit(2 * MiB) == 512 * 1024  # a quarter of a small file, so a trial can still split it
+    assert Width(8, None).limit(64 * MiB) is None  # no gaps between requests in the measurement
 
 
-def test_pieces_are_handed_out_front_first() -> None:
+def test_pieces_are_handed_out_front_first_and_a_long_one_shortened() -> None:
     p = Pieces([(0, 10), (20, 30)])
-    assert p.take(4) == (0, 4) and p.take(None) == (4, 10) and p.remaining() == 10
-    assert p.take(100) == (20, 30) and p.take(1) is None and p.remaining() == 0
+    a, b = p.take(4), p.take(None)
+    assert (a.start, a.end, b.start, b.end, p.remaining()) == (0, 4, 4, 10, 10)
+    c = p.take(100)
+    assert (c.start, c.end) == (20, 30) and p.take(1) is None and p.remaining() == 0
+    whole = Pieces([(0, 64 * MiB)])
+    first = whole.take(None)
+    first.pos = 10 * MiB
+    whole.shorten(4 * MiB)  # the piece with most to come stops 4 MiB further; the rest is out again
+    assert (first.end, whole.remaining()) == (14 * MiB, 50 * MiB)
+    nxt = whole.take(2 * MiB)
+    assert (nxt.start, nxt.end) == (14 * MiB, 16 * MiB)

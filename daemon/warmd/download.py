@@ -23,7 +23,7 @@ from .model import Fetched, WheelFile
 from .partial import Ledger, Sidecar, missing_ranges
 from .ranges import Changed, FetchCancelled, RangeRequests
 from .retry import Retry, RetryPolicy, why
-from .segments import Pieces, Width
+from .segments import Piece, Pieces, Width
 from .store import Store, disk_full_error, is_disk_full
 
 __all__ = ["Changed", "FetchCancelled", "FileDownload"]
@@ -70,7 +70,7 @@ class FileDownload:
         self._ledger: Ledger | None = None
         self._growing: GrowingFile | None = None
         self._pieces = Pieces([])
-        self._http = RangeRequests(wheel, policy, stop, lambda text: report(self, "retry", text, True))
+        self._http = RangeRequests(wheel, policy, (stop, self._abort), lambda text: report(self, "retry", text, True))
         self._whole = False  # the server ignores Range: every answer is the whole file
 
     # -- control ---------------------------------------------------------------------------------
@@ -115,13 +115,15 @@ class FileDownload:
             self.width.state = "single"  # no Range: one sequential stream from byte 0
         else:
             self._pieces = Pieces(missing_ranges(sc.done + [first], sc.size))
+        first_piece = Piece(*first)
+        self._pieces.hold(first_piece)
         digest = None
         try:
             if fresh:
                 self._ledger.save(wait=True)
             self._report(self, "progress", "", True)
             self._on_growing(self._growing)
-            self._worker(conn, first, resp, joining=False)
+            self._worker(conn, first_piece, resp, joining=False)
             self._join_workers()
             self._ledger.save(wait=True)
             if self._error is not None:
@@ -232,7 +234,7 @@ class FileDownload:
         finally:
             self._drop_conn(conn)
 
-    def _worker(self, conn: Connection, piece: tuple[int, int] | None, resp: Response | None, joining: bool) -> None:
+    def _worker(self, conn: Connection, piece: Piece | None, resp: Response | None, joining: bool) -> None:
         """Fetch pieces until none is left (the first one may come with its open response)."""
         buf = memoryview(bytearray(_BUFFER))
         try:
@@ -241,7 +243,10 @@ class FileDownload:
                     piece = self._pieces.take(self.width.limit(self._pieces.remaining()))
                     if piece is None:
                         return
-                self._piece(conn, piece, resp, joining, buf)
+                try:
+                    self._piece(conn, piece, resp, joining, buf)
+                finally:
+                    self._pieces.release(piece)
                 piece, resp, joining = None, None, False
         except BaseException as exc:  # noqa: BLE001 (reported through run())
             self.fail(exc)
@@ -251,42 +256,39 @@ class FileDownload:
 
     # -- one piece -------------------------------------------------------------------------------
 
-    def _piece(self, conn: Connection, piece: tuple[int, int], resp: Response | None, joining: bool,
-               buf: memoryview) -> None:
-        """Download bytes [start, end) of the file, resuming from the last byte written on a retry."""
+    def _piece(self, conn: Connection, piece: Piece, resp: Response | None, joining: bool, buf: memoryview) -> None:
+        """Download the piece, resuming from the last byte written on a retry; its end may come closer meanwhile."""
         assert self._ledger is not None and self._growing is not None and self._sidecar is not None
-        start, end = piece
-        pos = start
-        best, failures = start, 0  # attempts reset only when a retry gets further
-        slot = self._ledger.begin(start)
+        best, failures = piece.pos, 0  # attempts reset only when a retry gets further
+        slot = self._ledger.begin(piece.pos)
         try:
-            while pos < end and not self._stopped():
+            while piece.pos < piece.end and not self._stopped():
                 try:
                     if resp is None:
-                        resp = self._http.get(conn, pos, end, self._sidecar.validator())
-                    if self._accept(resp, pos) and pos != 0:
+                        resp = self._http.get(conn, piece.pos, piece.end, self._sidecar.validator())
+                    if self._accept(resp, piece.pos) and piece.pos != 0:
                         logger.debug("{}: server ignored Range on a retry; rewriting from byte 0", self.wheel.filename)
                         self._ledger.end(slot)
-                        slot, pos = self._ledger.begin(0), 0
-                    pos, failure = self._stream(resp, slot, pos, end, buf, joining)
+                        slot, piece.pos = self._ledger.begin(0), 0
+                    failure = self._stream(resp, slot, piece, buf, joining)
                     if failure is not None:
                         raise failure
-                    if pos < end and not self._stopped():
-                        raise Retry(f"body ended after {pos - start} of {end - start} bytes")
+                    if piece.pos < piece.end and not self._stopped():
+                        raise Retry(f"body ended after {piece.pos - piece.start} of {piece.end - piece.start} bytes")
                 except (TransportError, Retry) as exc:
-                    if self._stopped() or pos >= end:
+                    if self._stopped() or piece.pos >= piece.end:
                         break  # a close after the last byte we needed (lying Content-Length) is fine
-                    if pos > best:
-                        best, failures = pos, 0
+                    if piece.pos > best:
+                        best, failures = piece.pos, 0
                     failures += 1
                     if failures > self.policy.retries:
                         raise FetchError(f"{self.wheel.filename}: giving up after {self.policy.retries} retries "
-                                         f"at byte {pos} of {self.total}: {why(exc)}") from None
+                                         f"at byte {piece.pos} of {self.total}: {why(exc)}") from None
                     delay = self.policy.delay(failures, getattr(exc, "delay", None))
                     msg = f"{why(exc)}; retry {failures}/{self.policy.retries} in {delay:.2f}s"
-                    logger.debug("{}: bytes {}-{}: {}", self.wheel.filename, pos, end - 1, msg)
+                    logger.debug("{}: bytes {}-{}: {}", self.wheel.filename, piece.pos, piece.end - 1, msg)
                     self._report(self, "retry", msg, True)
-                    if self._stop.wait(delay) or self._abort.is_set():
+                    if self._http.pause(delay):
                         break
                 finally:
                     if resp is not None:
@@ -309,17 +311,17 @@ class FileDownload:
             raise Changed(f"server answered 200 to a range request (ETag {etag})")
         return True
 
-    def _stream(self, resp: Response, slot: int, pos: int, end: int, buf: memoryview,
-                joining: bool) -> tuple[int, TransportError | None]:
-        """Copy the body into the file from `pos`, never past `end`; returns how far it got, and why not further."""
+    def _stream(self, resp: Response, slot: int, piece: Piece, buf: memoryview, joining: bool) -> TransportError | None:
+        """Copy the body into the file at piece.pos, never past piece.end; returns why it stopped early, if it did."""
         assert self._ledger is not None and self._growing is not None
         want = _FIRST_READ
-        while pos < end and not self._stopped():
+        while piece.pos < piece.end and not self._stopped():
+            pos = piece.pos
             t = time.monotonic()
             try:
-                n = resp.readinto(buf[: min(want, end - pos)])
+                n = resp.readinto(buf[: min(want, piece.end - pos)])
             except TransportError as exc:
-                return pos, exc
+                return exc
             if n == 0:
                 break
             # Reads as big as a few tens of ms of data: few calls on a fast link, and on a slow
@@ -329,19 +331,22 @@ class FileDownload:
             self._write(buf[:n], pos)
             self._ledger.advance(slot, pos + n)
             self._growing.wrote(pos, buf[:n])
-            pos += n
+            piece.pos = pos + n
             with self._lock:
                 self.downloaded += n
-            more = self.width.received(n, self._pieces.remaining(), joining)
+                left = (self.total or 0) - self.reused - self.downloaded
+            more = self.width.received(n, left, joining)
             if more:
+                if self.width.state == "trial":
+                    self._pieces.shorten(self.width.keep())  # room for the trial's pieces
                 self._spawn(more, joining=self.width.state == "trial")
             self._report(self, "progress", "", False)
-        if pos >= end and resp.header("content-length") is not None:
+        if piece.pos >= piece.end and resp.header("content-length") is not None:
             # the range is complete; a server that sends more than asked cannot share the connection
             with contextlib.suppress(TransportError):
                 if resp.readinto(buf[:1]):
                     resp.close()
-        return pos, None
+        return None
 
     def _write(self, view: memoryview, pos: int) -> None:
         try:

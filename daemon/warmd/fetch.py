@@ -34,6 +34,7 @@ __all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
 _LINK_TTL = 600.0  # seconds what a host was found to be like is trusted
+_MEASURE_WAIT = 2.0  # seconds a file waits for another's measurement of their host, at most
 HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched
 
 
@@ -83,6 +84,7 @@ class Fetcher:
         self._downloads: dict[str, FileDownload] = {}
         self._conns: set[Connection] = set()
         self._links: dict[str, Link] = {}  # host -> what its last measured download found
+        self._measuring: set[str] = set()  # hosts a download is measuring now
         self._last_emit: dict[str, float] = {}
         self._lock = threading.Lock()
         self._links_cv = threading.Condition(self._lock)
@@ -215,7 +217,17 @@ class Fetcher:
     def _download(self, wheel: WheelFile, sha: str, on_growing: Callable[[GrowingFile], None] | None,
                   holdback: int | None) -> Fetched:
         host = (urllib.parse.urlsplit(wheel.url).hostname or "").lower()
-        known = self.link(host)
+        with self._links_cv:
+            # One file at a time measures an unknown host: the others wait for what it finds
+            # (if one stream is fast, uv may be handed them instead; see pipeline._for_uv).
+            self._links_cv.wait_for(lambda: self._link(host) is not None or host not in self._measuring
+                                    or self._stop.is_set(), _MEASURE_WAIT)
+            known = self._link(host)
+            measuring = known is None and host not in self._measuring
+            if measuring:
+                self._measuring.add(host)
+            if sha in self._skipped:  # skip() ran while waiting
+                raise FetchSkipped(f"{wheel.filename}: not needed after all")
         dl: FileDownload | None = None
         dl = FileDownload(
             wheel, self.store, width=Width(self.connections, known.kind if known else None,
@@ -226,19 +238,22 @@ class Fetcher:
             holdback=holdback if holdback is not None else 2**63)
         with self._lock:
             self._downloads[sha] = dl
-            skipped = sha in self._skipped  # skip() ran between the check and now
-        if skipped:
-            dl.fail(FetchSkipped(f"{wheel.filename}: not needed after all"))
         try:
             return dl.run()
         finally:
-            with self._lock:
+            with self._links_cv:
                 self._downloads.pop(sha, None)
+                if measuring:
+                    self._measuring.discard(host)
+                    self._links_cv.notify_all()
 
     def link(self, host: str) -> Link | None:
         """What this host was found to be like in the last ten minutes, if anything."""
         with self._lock:
-            found = self._links.get(host.lower())
+            return self._link(host)
+
+    def _link(self, host: str) -> Link | None:
+        found = self._links.get(host.lower())
         return found if found is not None and time.monotonic() - found.at < _LINK_TTL else None
 
     def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
@@ -255,6 +270,7 @@ class Fetcher:
                                      "fast": "one stream outruns uv's unpacking"}[kind])
         with self._links_cv:
             self._links[host] = Link(kind, dl.cache_control, time.monotonic())
+            self._measuring.discard(host)
             self._links_cv.notify_all()
 
     @contextlib.contextmanager

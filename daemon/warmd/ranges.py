@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,12 +47,25 @@ class First:
 class RangeRequests:
     """Range GETs of one wheel's URL; `on_retry(message)` is told of each failed attempt."""
 
-    def __init__(self, wheel: WheelFile, policy: RetryPolicy, stop: threading.Event,
+    def __init__(self, wheel: WheelFile, policy: RetryPolicy, stops: tuple[threading.Event, ...],
                  on_retry: Callable[[str], None]) -> None:
         self.wheel = wheel
         self.policy = policy
-        self._stop = stop
+        self._stops = stops  # any set: the download is over (cancelled, skipped or failed)
         self._on_retry = on_retry
+
+    def _stopped(self) -> bool:
+        return any(e.is_set() for e in self._stops)
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep, but return True at once when the download is stopped."""
+        deadline = time.monotonic() + seconds
+        while not self._stopped():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._stops[0].wait(min(left, 0.05))
+        return True
 
     def cancelled(self) -> FetchCancelled:
         """The error a cancelled download ends with."""
@@ -120,7 +134,7 @@ class RangeRequests:
 
     def get(self, conn: Connection, start: int, end: int | None, validator: str | None) -> Response:
         """One GET for bytes [start, end) (end None: to the end of the file); an open 200/206 or raises."""
-        if self._stop.is_set():
+        if self._stopped():
             raise self.cancelled()
         headers = {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
         if validator:
@@ -143,7 +157,7 @@ class RangeRequests:
             try:
                 return self.get(conn, start, end, validator)
             except (TransportError, Retry) as exc:
-                if self._stop.is_set():
+                if self._stopped():
                     raise self.cancelled() from None
                 failures += 1
                 text = why(exc)
@@ -154,5 +168,5 @@ class RangeRequests:
                 logger.debug("{}: {}; retry {}/{} in {:.2f}s", self.wheel.filename, text, failures,
                              self.policy.retries, delay)
                 self._on_retry(text)
-                if self._stop.wait(delay):
+                if self.pause(delay):
                     raise self.cancelled() from None

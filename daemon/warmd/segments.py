@@ -2,10 +2,11 @@
 
 A file starts with one stream. Splitting it pays only where the server caps each connection
 (a CDN's per-connection limit); on a shared link, or on a fast one where the CPU is the limit,
-more connections cost CPU and gain nothing. So `Width` measures: the first connection's rate,
-then, with a second one, the rate of both; only a clear gain opens the rest. Pieces are handed
-out front first, so the file's written prefix (what the feeder streams to uv) grows steadily,
-and every request is bounded: no connection is ever cut mid-response, so no byte is fetched twice.
+more connections cost CPU and gain nothing. So `Width` measures: the first connection's rate
+(one request for the whole file: no gaps between requests in the measurement), then, with a
+second one, the rate of both; only a clear gain opens the rest, and only then is the first
+stream cut short to share the file out. Pieces are handed out front first, so the file's
+written prefix (what the feeder streams to uv) grows steadily.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 MiB = 2**20
 
-MEASURE = 0.3  # seconds of transfer behind each rate measurement
-FAST_AFTER = 0.15  # seconds of transfer enough to call one stream fast (no cap lets a burst last)
+MEASURE = 0.4  # seconds of transfer behind each decision
+WINDOW = 0.1  # seconds over which a rate is taken
 # Two connections must bring this many times one connection's rate to open more. A wrong "no"
 # on a capped server costs a factor of `connections`; a wrong "yes" only some CPU: lean to yes.
 GAIN = 1.3
@@ -26,9 +29,20 @@ WORTH = 1.0  # a trial is worth it only if one stream would still need this many
 # One stream faster than uv unpacks on this machine (measured: ~120 MiB/s of wheel per core)
 # cannot be helped by more: the import, not the download, sets the pace.
 FAST_PER_CORE = 120 * 2**20
-_FIRST_PIECE = 4 * MiB  # doubled on every request while the first rate is measured...
-_SMALLEST_FIRST = 256 * 1024  # ...but a quarter of a small file at most, so it can still be split
 PIECE = 16 * MiB  # the largest piece when several connections share a file
+
+
+@dataclass(eq=False)
+class Piece:
+    """Bytes [start, end) one connection fetches; `end` may be lowered while it works (Pieces.shorten)."""
+
+    start: int
+    end: int
+    pos: int = -1  # how far the connection got (set by it)
+
+    def __post_init__(self) -> None:
+        if self.pos < 0:
+            self.pos = self.start
 
 
 class Pieces:
@@ -36,9 +50,10 @@ class Pieces:
 
     def __init__(self, missing: list[tuple[int, int]]) -> None:
         self._ranges = [r for r in missing if r[1] > r[0]]
+        self._active: list[Piece] = []
         self._lock = threading.Lock()
 
-    def take(self, limit: int | None) -> tuple[int, int] | None:
+    def take(self, limit: int | None) -> Piece | None:
         """The next piece, at most `limit` bytes (None: the rest of the first gap); None when all are given."""
         with self._lock:
             if not self._ranges:
@@ -49,7 +64,37 @@ class Pieces:
                 self._ranges.pop(0)
             else:
                 self._ranges[0] = (stop, end)
-            return start, stop
+            piece = Piece(start, stop)
+            self._active.append(piece)
+            return piece
+
+    def hold(self, piece: Piece) -> None:
+        """`piece` (not taken from here: the first request's) is being fetched."""
+        with self._lock:
+            self._active.append(piece)
+
+    def release(self, piece: Piece) -> None:
+        """The connection stopped working on `piece`."""
+        with self._lock:
+            if piece in self._active:
+                self._active.remove(piece)
+
+    def shorten(self, keep: int) -> None:
+        """Let the piece with most still to come stop `keep` bytes further, and hand out the rest again.
+
+        How the first, open-ended request makes room for more connections: its connection stops
+        reading there and drops the answer (a server that caps each connection has sent little
+        beyond it: what a cap lets through in a round trip).
+        """
+        with self._lock:
+            if not self._active:
+                return
+            piece = max(self._active, key=lambda p: p.end - p.pos)
+            cut = piece.pos + max(keep, MiB)
+            if cut >= piece.end:
+                return
+            self._ranges.insert(0, (cut, piece.end))
+            piece.end = cut
 
     def remaining(self) -> int:
         """Bytes not yet given to any connection."""
@@ -83,14 +128,20 @@ class Width:
             self.state = "single"
         else:
             self.state = "measure"
-        self._piece = 0  # the last piece handed out while measuring
         self._bytes = 0
         self._mark: tuple[float, int] | None = None  # (time, bytes) where the running measurement began
-        self._rate1 = 0.0
+        self._samples: deque[tuple[float, int]] = deque()  # (time, bytes) of the last WINDOW seconds
+        self._best = 0.0  # the best WINDOW rate of the running measurement
+        self._rate1 = 0.0  # one stream's best
 
     def wanted(self) -> int:
         """Connections this file should have now."""
         return {"measure": 1, "single": 1, "trial": 2, "wide": self.most}[self.state]
+
+    def keep(self) -> int:
+        """What the first stream keeps to itself while a trial runs: a little more than a measurement's worth."""
+        with self._lock:
+            return int(self._rate1 * (MEASURE + 0.2))
 
     def limit(self, remaining: int) -> int | None:
         """The size of the next piece a connection takes (None: all the rest of its gap)."""
@@ -98,9 +149,7 @@ class Width:
             if self.state == "single":
                 return None
             if self.state == "measure":
-                # doubling from the first: the measurement costs a handful of requests at most
-                self._piece = self._piece * 2 if self._piece else min(_FIRST_PIECE, max(_SMALLEST_FIRST, remaining // 4))
-                return self._piece
+                return None  # one request: a CDN spends ~20 ms per request, which a measurement must not see
             if self.state == "trial":
                 # about one measurement's worth each, so the trial ends before the pieces do
                 return max(self._min_piece, int(self._rate1 * MEASURE))
@@ -108,10 +157,12 @@ class Width:
             return max(self._min_piece, min(self._max_piece, -(-remaining // (2 * self.most))))
 
     def received(self, n: int, remaining: int, joining: bool, now: float | None = None) -> int:
-        """`n` more bytes arrived (`joining`: on the connection a trial added); returns connections to add.
+        """`n` more bytes arrived, `remaining` are still to come (`joining`: on the connection a trial
+        added); returns how many connections to add.
 
-        A measurement starts at the first read that completes on the connection it is about, so
-        the time to the first byte and a server's initial burst stay out of it.
+        Rates are taken over the last WINDOW seconds, and a stream is judged by the best such
+        rate it reached: a new TCP connection starts slow (a CDN's stream ramps up for tenths of
+        a second), so an average from its first byte would make any server look capped.
         """
         now = self._clock() if now is None else now
         verdict = None
@@ -123,22 +174,28 @@ class Width:
             if self._mark is None:
                 if self.state == "measure" or joining:
                     self._mark = (now, self._bytes)
+                    self._samples = deque([(now, self._bytes)])
+                    self._best = 0.0
                 return 0
-            t0, b0 = self._mark
-            elapsed = now - t0
-            rate = (self._bytes - b0) / elapsed if elapsed > 0 else 0.0
-            if self.state == "measure" and elapsed >= FAST_AFTER and rate >= self._fast:
+            self._samples.append((now, self._bytes))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= WINDOW:
+                self._samples.popleft()
+            t_old, b_old = self._samples[0]
+            if now - t_old >= WINDOW:
+                self._best = max(self._best, (self._bytes - b_old) / (now - t_old))
+            elapsed = now - self._mark[0]
+            if self.state == "measure" and self._best >= self._fast:
                 self.state, verdict = "single", "fast"
             elif elapsed < MEASURE:
                 return 0
             elif self.state == "measure":
-                if remaining < rate * WORTH:
+                if remaining < self._best * WORTH:
                     self.state = "single"  # one stream ends soon anyway: no verdict learnt
                 else:
-                    self.state, self._rate1, self._mark = "trial", rate, None
+                    self.state, self._rate1, self._mark = "trial", self._best, None
                     add = 1
             else:
-                capped = rate >= GAIN * self._rate1
+                capped = self._best >= GAIN * self._rate1
                 self.state, verdict = ("wide", "capped") if capped else ("single", "shared")
                 add = self.most - 2 if capped else 0
         if verdict is not None:
