@@ -142,6 +142,7 @@ class Daemon:
         restore = self._install_signals()
         try:
             self._ref = _PipelineRef(self._new_pipeline(self.config))
+            self._ref.pipeline.check_uv()  # type: ignore[attr-defined]  # a service without uv fails at start
             self.queue = WorkQueue(self.config.download.parallel_files, self._run_project)
             self.watcher = self._new_watcher(self.config)
             projects = self.watcher.start()

@@ -103,8 +103,14 @@ class Pipeline:
         """The pins of a project, without fetching anything."""
         return list(self.plan(project).selection.pins)
 
+    def check_uv(self) -> None:
+        """Raise UvError unless the configured uv is found, runs, and says its version."""
+        logger.debug("uv {} at {}", self.uv.version, self.uv.exe)
+
     def warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
         """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once."""
+        # Without a usable uv nothing can be imported or proven: say so before spending a byte.
+        self.check_uv()
         failed: list[ProjectReport] = []
         plans: list[Plan] = []
         for p in projects:
