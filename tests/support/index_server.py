@@ -6,6 +6,7 @@ Layout (PyTorch-like):
   /whl/<variant>/<filename>       the wheel
   /simple/, /simple/<project>/    a PyPI-like default index; its files live at /files/<filename>
 
+With basic_auth set, every request without those credentials gets 401 (an index behind `.netrc`).
 Every /whl response carries the configured Cache-Control (PyTorch's no-store by default), every
 /simple and /files response default_cache_control (PyPI's immutable by default); wheel files
 also ETag, Last-Modified, Accept-Ranges and Content-Length. Counters (`hits`) record every request
@@ -20,6 +21,7 @@ and prints its URL as the first line of stdout.
 from __future__ import annotations
 
 import argparse
+import base64
 import email.utils
 import hashlib
 import html
@@ -193,6 +195,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.owner.latency:
                 self.owner._wait(self.owner.latency)
+            if not self._authorized():
+                return self._simple(401, b"credentials required\n", head,
+                                    {"WWW-Authenticate": 'Basic realm="warmd-test-index"'})
             self._route(path, head)
         except _DISCONNECTS + (OSError,):
             self.close_connection = True
@@ -200,6 +205,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner._record(
                 Hit(self.command, path, self.headers.get("Range"), self.status, self.sent, self.conn_id)
             )
+
+    def _authorized(self) -> bool:
+        creds = self.owner.basic_auth
+        if creds is None:
+            return True
+        expected = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        return self.headers.get("Authorization") == expected
 
     def _route(self, path: str, head: bool) -> None:
         owner = self.owner
@@ -435,12 +447,14 @@ class IndexServer:
         # variant indexes show the no-store problem; pass NO_STORE to make it behave the same
         default_cache_control: str = PYPI_CACHE_CONTROL,
         port: int = 0,
+        basic_auth: tuple[str, str] | None = None,  # (user, password) every request must carry, else 401
     ) -> None:
         self.cache_control = cache_control
         self.default_cache_control = default_cache_control
         self.rate_limit = rate_limit
         self.latency = latency
         self.pep691 = pep691
+        self.basic_auth = basic_auth
         self.faults = Faults()
         self._hits: list[Hit] = []
         self._inflight = 0
