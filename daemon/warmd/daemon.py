@@ -12,6 +12,7 @@ import httpx
 from loguru import logger
 
 from .config import Config, load_config
+from .credentials import index_auth
 from .errors import WarmdError
 from .headers import check_pins, compare, cache_verdict, index_page, redact
 from .model import ProjectReport
@@ -335,7 +336,7 @@ class Daemon:
             return
         wheel_urls = {redact(p.wheel.url) for p in pins}
         with httpx.Client(timeout=self.config.download.timeout, follow_redirects=True, trust_env=True,
-                          headers={"User-Agent": "warmd"}) as client:
+                          auth=index_auth(), headers={"User-Agent": "warmd"}) as client:
             checks = check_pins(pins, client)
         not_kept = []
         for h in checks:

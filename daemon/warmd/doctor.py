@@ -20,6 +20,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from .config import Config, default_config_path
+from .credentials import index_auth
 from .errors import InputError, WarmdError
 from .headers import cache_verdict, check_url, is_immutable_host, redact
 from .lockfile import Lock, read_lock
@@ -174,7 +175,7 @@ def diagnose(
             f"candidates {', '.join(detection.candidates) or detection.variant}")
     pins: dict[str, Pin] = {}
     sizes_known = True
-    with httpx.Client(trust_env=True, timeout=_HTTP_TIMEOUT, follow_redirects=True) as client:
+    with httpx.Client(trust_env=True, auth=index_auth(env), timeout=_HTTP_TIMEOUT, follow_redirects=True) as client:
         for path in projects:
             planned = _check_project(rep, config, path, uv, uv_version, detection, client, fix, env)
             if planned is None:

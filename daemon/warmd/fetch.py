@@ -29,6 +29,7 @@ import httpx
 from loguru import logger
 
 from . import __version__
+from .credentials import index_auth
 from .errors import DiskFull, FetchError, HashMismatch, WarmdError
 from .model import Fetched, WheelFile
 from .store import Sidecar, Store, disk_full_error, is_disk_full, merge_ranges, missing_ranges
@@ -211,6 +212,7 @@ class Fetcher:
         self.max_backoff = max_backoff
         self.progress = progress
         self.trust_env = trust_env
+        self._auth = index_auth() if trust_env else None  # the environment's netrc, with its proxies
         self.user_agent = user_agent
         self._stop = threading.Event()
         self._skipped: set[str] = set()
@@ -725,6 +727,7 @@ class Fetcher:
             http2=False,
             follow_redirects=True,
             trust_env=self.trust_env,
+            auth=self._auth,
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             headers={"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
