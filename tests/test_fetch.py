@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.support.index_server import IndexServer
+from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.errors import DiskFull, FetchError, HashMismatch
 from warmd.fetch import Fetcher, FetchCancelled, ProgressEvent, _retry_after, redact
@@ -380,15 +381,13 @@ def test_non_http_urls_are_refused_and_credentials_never_shown(tmp_path: Path) -
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs, when this process may mount one (root); skipped otherwise."""
+    """A 1 MiB tmpfs (mounting needs root: a prerequisite, see tests/support/prereqs.py)."""
+    need("mount")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a 1 MiB tmpfs for the disk-full test")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
                           capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, f"cannot mount a tmpfs here: {proc.stderr.strip()}"
     try:
         yield mnt
     finally:
