@@ -12,6 +12,7 @@ import pytest
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, torch_like_set
+from warmd import __version__
 
 
 def warmd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -63,10 +64,12 @@ def test_prefetch_without_paths_or_roots_is_bad_usage(tmp_path: Path, uv_bin: Pa
 
 
 def test_version_and_help(uv_environ: dict[str, str]) -> None:
-    assert warmd("--version", env=uv_environ).stdout.startswith("warmd ")
-    helped = warmd("--help", env=uv_environ).stdout
+    version = warmd("--version", env=uv_environ)
+    assert version.returncode == 0 and version.stdout == f"warmd {__version__}\n", version
+    helped = warmd("--help", env=uv_environ)
+    assert helped.returncode == 0, helped.stderr
     for command in ("prefetch", "run", "status", "doctor", "install-service"):
-        assert command in helped
+        assert command in helped.stdout
 
 
 @pytest.fixture

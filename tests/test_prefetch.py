@@ -261,7 +261,8 @@ def test_bad_config_exits_2_with_one_line(setup: Setup) -> None:
     _assert_one_line(proc, "not valid TOML")
     bad.write_text("colour = 'blue'\n")
     proc = _run(setup, "--config", str(bad), "prefetch")
-    _assert_one_line(proc, "unknown key colour")
+    assert proc.returncode == 2
+    _assert_one_line(proc, "unknown key colour", str(bad))
 
 
 def test_bad_usage_exits_2(setup: Setup) -> None:
