@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import __version__
 from .config import Config, load_config
 from .errors import InputError, WarmdError
 from .model import ProjectReport
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -88,7 +94,8 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     state = State.open(config.state_dir)
     pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
     try:
-        reports = pipeline.warm(paths)
+        with _cancel_on_ctrl_c(pipeline):
+            reports = pipeline.warm(paths)
     finally:
         pipeline.close()
         state.close()
@@ -98,6 +105,22 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     else:
         _print_summary(reports, elapsed)
     return exit_code(reports)
+
+
+@contextmanager
+def _cancel_on_ctrl_c(pipeline: Pipeline) -> Iterator[None]:
+    """Ctrl-C stops the downloads at once (partials kept), instead of after the files in flight."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        # From a thread: the main thread may hold a lock cancel() takes when the signal lands.
+        threading.Thread(target=pipeline.cancel, name="warmd-cancel", daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def exit_code(reports: Sequence[ProjectReport]) -> int:
