@@ -318,3 +318,37 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
         # The restart fetched only what the first daemon had not kept.
         assert 0 < server.bytes_served(torch_file) <= size - kept.done_bytes()
         assert all(h.status == 206 for h in server.wheel_gets(torch_file))
+
+
+def test_sighup_with_other_roots_and_interval_takes_effect(
+    tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
+    uv_environ: dict[str, str], notify: NotifySocket,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024)
+    app = make_project(second, "app", server=index_server, variant="cu128",
+                       deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(app, uv_bin, uv_environ)
+    index_server.reset_counters()
+    cfg = _config(tmp_path, uv_bin, uv_cache, first)
+    daemon = DaemonProcess(cfg, dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1"))
+    try:
+        notify.until(lambda m: m == "READY=1")
+        notify.until(lambda m: m == "STATUS=idle, 0 projects warm")
+        assert _gpu_gets(index_server) == []  # `second` is not watched yet
+        cfg.write_text(cfg.read_text().replace(json.dumps(str(first)), json.dumps(str(second)))
+                       .replace('recheck-interval = "1h"', 'recheck-interval = "2h"'))
+        notify.clear()
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert str(second) in daemon.expect("now watching")
+        assert "every 7200 s" in daemon.expect("re-checking")
+        daemon.expect("config reloaded")
+        notify.until(lambda m: m == "STATUS=idle, 1 project warm")
+        st = _status(tmp_path / "state")["app"]
+        assert st["wheels"] and all(w["state"] == "warm" for w in st["wheels"]), st
+        assert _gpu_gets(index_server), "the project under the new root was never fetched"
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
+    finally:
+        daemon.kill()

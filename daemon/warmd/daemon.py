@@ -388,11 +388,14 @@ class Daemon:
             assert self.watcher is not None
             self.watcher.stop()
             self.watcher = self._new_watcher(new)
-            for p in self.watcher.start():
+            projects = self.watcher.start()
+            logger.info(f"now watching {', '.join(map(str, new.roots)) or 'no root'}: {len(projects)} project(s)")
+            for p in projects:
                 self._on_new_project(p)
         if new.recheck_interval != old.recheck_interval and self._scheduler is not None:
             for job in self._scheduler.get_jobs():
                 job.reschedule("interval", seconds=new.recheck_interval, jitter=new.recheck_interval * 0.1)
+            logger.info(f"re-checking headers, the uv cache and the roots every {new.recheck_interval:.0f} s")
         self.notifier.ready()
         logger.info(f"config reloaded from {new.source or 'defaults'}")
 
