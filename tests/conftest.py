@@ -52,6 +52,12 @@ def uv_old_bin() -> Path:
     return need("uv-old")
 
 
+@pytest.fixture(scope="session")
+def uv_older_bin() -> Path:
+    """uv 0.8.0, older than warmd supports (doctor warns about it)."""
+    return need("uv-older")
+
+
 @pytest.fixture
 def uv_cache(tmp_path: Path) -> Path:
     """An empty uv cache folder for this test."""
