@@ -93,12 +93,23 @@ def _not_uv(tmp_path: Path) -> Path:
     return fake
 
 
+def _not_runnable(tmp_path: Path) -> Path:
+    """A file with the exec bit that the kernel cannot run (no #!, no ELF)."""
+    bad = tmp_path / "bad-bin" / "uv"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x00\x01 not a program\n")
+    bad.chmod(0o755)
+    return bad
+
+
 @pytest.mark.parametrize("command", ["prefetch", "run"])
-@pytest.mark.parametrize("broken, words", [("missing", "uv not found"), ("not-uv", "did not print a uv version")])
+@pytest.mark.parametrize("broken, words", [("missing", "uv not found"), ("not-uv", "did not print a uv version"),
+                                           ("not-runnable", "cannot run")])
 def test_an_unusable_uv_is_one_line_before_any_download(tmp_path: Path, uv_cache: Path, uv_environ: dict[str, str],
                                                         locked_project: Path, index_server: IndexServer,
                                                         command: str, broken: str, words: str) -> None:
-    uv = tmp_path / "no" / "uv" if broken == "missing" else _not_uv(tmp_path)
+    uv = {"missing": lambda: tmp_path / "no" / "uv", "not-uv": lambda: _not_uv(tmp_path),
+          "not-runnable": lambda: _not_runnable(tmp_path)}[broken]()
     extra = [f"roots = [{json.dumps(str(locked_project.parent))}]"]
     cfg = write_warmd_config(tmp_path, uv, uv_cache, packages=["torch", "pytorch-triton*", "nvidia-*"], extra=extra)
     args = ["prefetch", str(locked_project)] if command == "prefetch" else ["run"]

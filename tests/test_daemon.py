@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -205,6 +206,11 @@ def test_daemon_warms_heals_upgrades_and_flags(
         assert status["broken"]["error"]
         assert all(w["state"] == "warm" for w in status["app"]["wheels"])
         assert t.is_alive()
+
+        # A project folder deleted under the root leaves `warmd status` at the next rescan.
+        shutil.rmtree(broken)
+        d.rescan()
+        assert set(_status(config.state_dir)) == {"app"}
 
         # A pinned file whose bytes change upstream is flagged in status, and stays flagged.
         d.check_headers()

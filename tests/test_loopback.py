@@ -23,7 +23,8 @@ PUBLIC = ("151.101.0.223", 443)  # a public address (a CDN's); nothing here may 
 @pytest.fixture
 def lock():
     held = lockdown()
-    assert held is not None, "the default run must be locked to loopback"
+    if held is None:  # only when the run selected an `internet` test too (`-m internet` or `-m ""`)
+        pytest.skip("this run has the real network: it selected a test marked internet")
     return held
 
 

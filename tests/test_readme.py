@@ -123,6 +123,19 @@ def test_human_output_has_a_line_per_wheel_and_the_summary(user: User) -> None:
     assert " 0 B fetched" in again.stdout.splitlines()[-1]
 
 
+def test_without_python_version_uv_picks_the_python_and_no_match_says_so(user: User) -> None:
+    (user.project / ".python-version").unlink()  # then the Python is the one `uv python find` gives
+    proc = user.warmd("prefetch", str(user.project), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["projects"][0]
+    assert report["python"] == ["%d.%d" % sys.version_info[:2]]  # the venv's Python, first on PATH
+    assert {w["state"] for w in report["wheels"]} == {"warm"} and len(report["wheels"]) == 3
+    nothing = write_warmd_config(user.tmp, _uv(), user.cache, packages=["jaxlib"])
+    proc = user.warmd("prefetch", str(user.project), config=nothing)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"{user.project}: no cu128 GPU wheels pinned for Python 3.11"
+
+
 def test_progress_bars_on_a_terminal(user: User) -> None:
     user.world.server.rate_limit = 1024 * 1024  # long enough for the bar to be drawn more than once
     leader, follower = pty.openpty()
@@ -213,6 +226,12 @@ def test_status_lists_the_projects_wheels(user: User) -> None:
     assert len([ln for ln in lines if ln.startswith("  warm     ")]) == 3
     data = json.loads(user.warmd("status", "--json", config=config).stdout)
     assert [p["project"] for p in data] == [str(user.project)]
+    # A project whose lock went bad is listed with the one-line error.
+    (user.project / "uv.lock").write_text("version = [\n")
+    assert user.warmd("prefetch", str(user.project), config=config).returncode == 2
+    lines = user.warmd("status", config=config).stdout.splitlines()
+    errors = [ln for ln in lines if ln.startswith("  error: ")]
+    assert len(errors) == 1 and str(user.project / "uv.lock") in errors[0] and "not valid TOML" in errors[0], lines
 
 
 def test_a_python_without_interpreter_is_unproven_and_the_python_key_adds_versions(user: User) -> None:
