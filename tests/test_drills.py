@@ -51,22 +51,22 @@ WAIT = 120.0  # upper bound for waits that end on an event; a slow box must not 
 
 class _LiveHandler(_Handler):
     """The index's handler, counting wheel body bytes as they go out (Hits only appear at the end);
-    a ranged GET of a file in `hold` stops after its first piece until the test opens the gate."""
+    a ranged GET of a file in `hold` stops once it has sent that many bytes, until the gate opens."""
 
     def _write(self, data: bytes) -> None:  # type: ignore[override]
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         if not path.endswith(".whl"):
             return super()._write(data)
         name = path.rsplit("/", 1)[-1]
-        gate = self.owner.hold.get(name) if self.headers.get("Range") else None  # type: ignore[attr-defined]
+        held = self.owner.hold.get(name) if self.headers.get("Range") else None  # type: ignore[attr-defined]
         view = memoryview(data)
         step = self._chunk_size()  # the pieces the rate limiter paces: count each as it leaves
         for i in range(0, len(view), step):
+            if held is not None and self.sent >= held[1]:
+                held[0].wait(WAIT)
             piece = view[i : i + step]
             super()._write(piece)
             self.owner._live_add(name, len(piece))  # type: ignore[attr-defined]
-            if gate is not None:
-                gate.wait(WAIT)
 
 
 class DrillServer(IndexServer):
@@ -77,7 +77,7 @@ class DrillServer(IndexServer):
         self._cv = threading.Condition()
         self._live: dict[str, int] = {}
         self.on_hit: list[Callable[[Hit], None]] = []
-        self.hold: dict[str, threading.Event] = {}  # filename -> gate for warmd's ranged GETs
+        self.hold: dict[str, tuple[threading.Event, int]] = {}  # filename -> (gate, bytes let through first)
 
     def start(self) -> DrillServer:
         super().start()
@@ -126,7 +126,7 @@ class DrillServer(IndexServer):
         self.faults = Faults()
         self.rate_limit = None
         self.on_hit.clear()
-        for gate in self.hold.values():
+        for gate, _ in self.hold.values():
             gate.set()
         self.hold.clear()
         self.reset_counters()
@@ -593,7 +593,10 @@ def test_users_uv_sync_clean_and_prune_at_the_same_moment(drill: Drill) -> None:
     shutil.copytree(project, user)
     name, sha = w.small_torch, w.server.sha256_of(w.small_torch)
     gate = threading.Event()
-    w.server.hold[name] = gate  # warmd's download of torch stalls after its first piece, until opened
+    # warmd's downloads stall until the gate opens: torch after its first bytes (so it is visibly
+    # mid-download), filelock before any (so nothing is imported before the user's commands)
+    w.server.hold[name] = (gate, 1)
+    w.server.hold[w.filelock] = (gate, 0)
     proc = drill.popen(project)
     results: dict[str, subprocess.CompletedProcess[str]] = {}
     try:

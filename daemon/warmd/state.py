@@ -184,7 +184,7 @@ class State:
         self._db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA busy_timeout = 10000")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _wal(self._db)
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             migrate(self._db)
@@ -447,3 +447,16 @@ def _pin(r: tuple) -> Pin:
     sha, py, plat, name, version, idx, url, filename, size = r
     return Pin(name=name, version=version, index=idx, wheel=WheelFile(url=url, filename=filename, sha256=sha,
                size=size), python=py, platform=plat)
+
+
+def _wal(db: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch to WAL; two warmd processes opening a new state file at once can see SQLITE_BUSY here
+    without the busy timeout being applied, so wait for the other one's schema and try again."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
