@@ -188,22 +188,22 @@ def _fail_if_refused(item: pytest.Item, when: str) -> None:
                     pytrace=False)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """A test that reached beyond loopback in its set-up or body fails, even if it swallowed the error."""
-    try:
-        return (yield)
-    finally:
-        _fail_if_refused(item, "the test")
+def _checked(when: str):  # noqa: ANN202
+    """A wrapper of one test phase that fails it when anything reached beyond loopback meanwhile."""
+
+    @pytest.hookimpl(wrapper=True)
+    def hook(item: pytest.Item) -> Iterator[None]:
+        try:
+            return (yield)
+        finally:
+            _fail_if_refused(item, when)
+
+    return hook
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    """The same for its fixtures' teardown."""
-    try:
-        return (yield)
-    finally:
-        _fail_if_refused(item, "teardown")
+# Set-up and body fail the test itself; the fixtures' teardown, as an error at teardown.
+pytest_runtest_call = _checked("the test")
+pytest_runtest_teardown = _checked("teardown")
 
 
 @pytest.fixture(autouse=True)
