@@ -274,16 +274,16 @@ def test_bad_usage_exits_2(setup: Setup) -> None:
 
 
 def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
-    """The example the README runs: its lock parses and selects the three pinned CUDA wheels."""
-    from warmd.lockfile import read_lock
-    from warmd.select import select_pins
-
+    """The example the README runs: `--dry-run` plans its three pinned CUDA wheels from PyPI, offline."""
     example = Path(__file__).resolve().parent.parent / "examples" / "cuda-small"
-    lock = read_lock(example / "uv.lock")
-    sel = select_pins(lock, variant="cu128", patterns=["nvidia-*"], pythons=["3.11"],
-                      platforms=["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"])
-    assert sorted(p.name for p in sel.pins) == ["nvidia-cuda-cupti-cu12", "nvidia-cuda-runtime-cu12", "nvidia-nvtx-cu12"]
-    assert all(p.wheel.url.startswith("https://files.pythonhosted.org/") for p in sel.pins)
+    proc = setup.prefetch(example, extra=["--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    project = setup.report(proc)["projects"][0]
+    assert sorted(w["name"] for w in project["wheels"]) == [
+        "nvidia-cuda-cupti-cu12", "nvidia-cuda-runtime-cu12", "nvidia-nvtx-cu12"]
+    assert all(w["url"].startswith("https://files.pythonhosted.org/") and w["state"] == "cold"
+               for w in project["wheels"])
+    assert project["bytes_to_fetch"] == sum(w["size"] for w in project["wheels"]) > 0
 
 
 @pytest.mark.internet
