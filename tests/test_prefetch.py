@@ -17,7 +17,7 @@ from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import (lock_project, make_project, make_two_build_project, run_uv, torch_like_set,
                                     uv_env, write_project)
-from tests.support.uvplan import tree
+from tests.support.uvplan import dry_run, find_interpreter, of_globs, planned, tree, uv_sync_plan
 from tests.support.wheels import make_wheel
 
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*", "filelock"]  # filelock: so the offline sync has everything
@@ -231,6 +231,7 @@ def test_a_direct_url_wheel_is_warmed_under_its_url(tmp_path: Path, uv_bin: Path
     setup = Setup(tmp_path, write_warmd_config(tmp_path, uv, uv_cache, packages=["flash-attn*", "filelock"]),
                   tmp_path / "store", uv, uv_environ, uv_cache)
     project, wheel, url = _direct_url_project(setup, index_server, wheel_dir, "/files/releases/v1")
+    _plans_as_uv_does(setup, project, ["flash-attn*", "filelock"])
     proc = setup.prefetch(project)
     assert proc.returncode == 0, proc.stderr
     fa = next(w for w in setup.report(proc)["projects"][0]["wheels"] if w["name"] == "flash-attn")
@@ -257,6 +258,15 @@ def test_a_direct_url_wheel_whose_server_says_no_store_is_not_called_warm(setup:
     assert fa["state"] == "failed" and "uv kept no copy" in fa["reason"]
 
 
+def _plans_as_uv_does(setup: Setup, project: Path, packages: list[str]) -> None:
+    """These lab-made shapes, too: warmd's dry-run plan is uv's own plan of the globs."""
+    python = find_interpreter("3.11", setup.uv)
+    env = {**setup.env, "PATH": f"{python.parent}:{setup.env['PATH']}"}
+    expected = of_globs(uv_sync_plan(setup.uv, project, python, [], env), packages)
+    assert planned(dry_run(setup.config, env, project)["projects"][0], "3.11") == expected
+    assert not (setup.tmp / "state").exists(), "a dry run opened warmd's state"
+
+
 def _unhashed_project(setup: Setup, server: IndexServer, wheel_dir: Path):
     ws = torch_like_set(server, wheel_dir, "rocm6.4", pythons=("cp311",))
     server.hashless.add("rocm6.4")  # a nightly index: no #sha256= in its pages
@@ -271,6 +281,7 @@ def _unhashed_project(setup: Setup, server: IndexServer, wheel_dir: Path):
 def test_unhashed_wheels_are_skipped_by_name_and_the_hashed_ones_warm(setup: Setup, index_server: IndexServer,
                                                                       wheel_dir: Path) -> None:
     project, ws = _unhashed_project(setup, index_server, wheel_dir)
+    _plans_as_uv_does(setup, project, PACKAGES)
     proc = setup.prefetch(project)
     assert proc.returncode == 0, proc.stderr
     wheels = {w["name"]: w for w in setup.report(proc)["projects"][0]["wheels"]}
