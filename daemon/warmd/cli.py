@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from . import __version__
 from .config import Config, load_config
 from .errors import InputError, WarmdError
-from .model import ProjectReport
+from .model import ProjectReport, SkippedReport, WheelReport
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                     help="project folder or uv.lock (default: every project under `roots`)")
     pf.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    pf.add_argument("--dry-run", action="store_true",
+                    help="show the plan (variant, extras, Python, each wheel warm / cold / skipped, bytes to "
+                         "fetch) without network or writes")
 
     sub.add_parser("run", help="the daemon: watch the roots and keep every project warm")
 
@@ -91,6 +94,16 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     if not paths:
         raise InputError("no PATH given and no projects under the configured `roots`")
     started = time.monotonic()
+    if args.dry_run:
+        from .pipeline import preview
+
+        reports = preview(config, paths)  # opens no state, no store: a dry run writes nothing
+        elapsed = time.monotonic() - started
+        if args.json:
+            print(json.dumps(_reports_json(reports, elapsed, dry_run=True), indent=2))
+        else:
+            _print_plan(reports)
+        return exit_code(reports)
     state = State.open(config.state_dir)
     pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
     try:
@@ -127,7 +140,8 @@ def exit_code(reports: Sequence[ProjectReport]) -> int:
     """2 when any input was bad, 1 when any wheel failed, else 0."""
     if any(r.error_is_input for r in reports):
         return EXIT_USAGE
-    if any(r.error or any(w.state == "failed" for w in r.wheels) for r in reports):
+    if any(r.error or any(w.state == "failed" for w in r.wheels) or any(s.state == "failed" for s in r.skipped)
+           for r in reports):
         return EXIT_FAILED
     return EXIT_OK
 
@@ -141,50 +155,91 @@ def _discover_all(config: Config) -> list[Path]:
     return found
 
 
-def _reports_json(reports: Sequence[ProjectReport], elapsed: float) -> dict[str, Any]:
-    return {
-        "projects": [
-            {
-                "project": str(r.project),
-                "lock": str(r.lock),
-                "variant": r.variant,
-                "python": list(r.python),
-                "error": r.error,
-                "wheels": [
-                    {
-                        "name": w.pin.name,
-                        "version": w.pin.version,
-                        "filename": w.pin.wheel.filename,
-                        "python": w.pin.python,
-                        "sha256": w.pin.wheel.sha256,
-                        "state": w.state,
-                        "reason": w.reason,
-                        "bytes_downloaded": w.bytes_downloaded,
-                        "bytes_reused": w.bytes_reused,
-                    }
-                    for w in r.wheels
-                ],
-            }
-            for r in reports
-        ],
-        "summary": _totals(reports) | {"seconds": round(elapsed, 3)},
-        "exit_code": exit_code(reports),
-    }
+def _reports_json(reports: Sequence[ProjectReport], elapsed: float, *, dry_run: bool = False) -> dict[str, Any]:
+    projects = []
+    for r in reports:
+        entry: dict[str, Any] = {
+            "project": str(r.project),
+            "lock": str(r.lock),
+            "variant": r.variant,
+            "chosen_by": r.chosen_by,
+            "flags": list(r.flags),
+            "notes": list(r.notes),
+            "python": list(r.python),
+            "error": r.error,
+            "wheels": [_wheel_json(w) for w in r.wheels] + [_skipped_json(s) for s in r.skipped],
+        }
+        if dry_run:
+            entry["bytes_to_fetch"], entry["unknown_sizes"] = _to_fetch([r])
+        projects.append(entry)
+    summary = _totals(reports) | {"seconds": round(elapsed, 3)}
+    if dry_run:
+        summary["bytes_to_fetch"], summary["unknown_sizes"] = _to_fetch(reports)
+    return {"projects": projects, "summary": summary, "exit_code": exit_code(reports)}
+
+
+def _wheel_json(w: WheelReport) -> dict[str, Any]:
+    pin = w.pin
+    return {"name": pin.name, "version": pin.version, "filename": pin.wheel.filename, "python": pin.python,
+            "sha256": pin.wheel.sha256, "size": pin.wheel.size, "index": pin.index, "url": pin.wheel.url,
+            "verified": True, "state": w.state, "reason": w.reason,
+            "bytes_downloaded": w.bytes_downloaded, "bytes_reused": w.bytes_reused}
+
+
+def _skipped_json(r: SkippedReport) -> dict[str, Any]:
+    s = r.skipped
+    return {"name": s.name, "version": s.version, "filename": s.filename, "python": s.python, "sha256": None,
+            "size": s.size, "index": s.index, "url": s.url, "verified": False, "state": r.state,
+            "reason": r.reason or s.reason, "bytes_downloaded": 0, "bytes_reused": 0}
+
+
+def _to_fetch(reports: Sequence[ProjectReport]) -> tuple[int, int]:
+    """Bytes of the cold wheels (a file shared by projects once), and how many of them have no known size."""
+    cold = {w.pin.wheel.sha256: w.pin.wheel.size for r in reports for w in r.wheels if w.state == "cold"}
+    return sum(n or 0 for n in cold.values()), sum(1 for n in cold.values() if n is None)
 
 
 def _totals(reports: Sequence[ProjectReport]) -> dict[str, int]:
     seen: dict[str, tuple[int, int]] = {}
-    counts = {"warm": 0, "failed": 0, "unproven": 0}
+    counts = {"warm": 0, "failed": 0, "unproven": 0, "skipped": 0}
     for r in reports:
         for w in r.wheels:
             counts[w.state] = counts.get(w.state, 0) + 1
             # A wheel shared by projects was fetched once: count its bytes once.
             seen.setdefault(w.pin.wheel.sha256, (w.bytes_downloaded, w.bytes_reused))
+        for s in r.skipped:
+            counts[s.state] = counts.get(s.state, 0) + 1
     return counts | {
         "bytes_downloaded": sum(d for d, _ in seen.values()),
         "bytes_reused": sum(r for _, r in seen.values()),
         "projects_with_errors": sum(1 for r in reports if r.error),
     }
+
+
+def _print_plan(reports: Sequence[ProjectReport]) -> None:
+    from .progress import human_bytes
+
+    for r in reports:
+        if r.error:
+            print(f"{r.project}: {r.error}")
+            continue
+        print(f"{r.project}: variant {r.variant}, Python {', '.join(r.python)}; "
+              f"`uv sync{''.join(' ' + f for f in r.flags)}` — {r.chosen_by}")
+        for note in r.notes:
+            print(f"  ! {note}")
+        for w in r.wheels:
+            size = human_bytes(w.pin.wheel.size) if w.pin.wheel.size is not None else "size unknown"
+            why = f" — {w.reason}" if w.reason else ""
+            print(f"  {w.state:8} {w.pin.wheel.filename}  {size}  {w.pin.index or w.pin.wheel.url}{why}")
+        for s in r.skipped:
+            what = s.skipped.filename or f"{s.skipped.name} {s.skipped.version}"
+            print(f"  {s.state:8} {what} (Python {s.skipped.python}) — {s.reason or s.skipped.reason}")
+        if not r.wheels and not r.skipped:
+            print(f"  no {r.variant} GPU wheels in what it installs for Python {', '.join(r.python)}")
+    n, unknown = _to_fetch(reports)
+    t = _totals(reports)
+    print(f"{t.get('cold', 0)} wheel(s) to fetch, {human_bytes(n)}" + (f" + {unknown} of unknown size" if unknown else "")
+          + f"; {t['warm']} warm, {t['skipped']} skipped, {t['unproven']} unproven")
 
 
 def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
@@ -194,14 +249,17 @@ def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
         if r.error:
             print(f"{r.project}: {r.error}")
             continue
-        if not r.wheels:
+        if not r.wheels and not r.skipped:
             print(f"{r.project}: no {r.variant} GPU wheels pinned for Python {', '.join(r.python)}")
         for w in r.wheels:
             why = f" — {w.reason}" if w.reason else ""
             print(f"{r.project}: {w.state:8} {w.pin.wheel.filename}{why}")
+        for s in r.skipped:
+            what = s.skipped.filename or f"{s.skipped.name} {s.skipped.version}"
+            print(f"{r.project}: {s.state:8} {what} — {s.reason or s.skipped.reason}")
     t = _totals(reports)
     print(
-        f"{t['warm']} wheel(s) warm, {t['failed']} failed, {t['unproven']} unproven; "
+        f"{t['warm']} wheel(s) warm, {t['failed']} failed, {t['unproven']} unproven, {t['skipped']} skipped; "
         f"{human_bytes(t['bytes_downloaded'])} fetched, {human_bytes(t['bytes_reused'])} reused; "
         f"{elapsed:.1f} s"
     )

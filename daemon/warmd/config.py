@@ -25,6 +25,7 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "nvidia-*",
     "xformers",
     "flash-attn*",
+    "cuda-*",  # CUDA 13 builds of torch on PyPI pull unsuffixed `cuda-*` and `nvidia-*` packages
     "jax-cuda*",
     "jaxlib",
     "cupy-cuda*",
@@ -75,6 +76,18 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class ProjectSettings:
+    """A `[[project]]` table: how one project is synced, in uv's own knobs, when warmd's guess is not it."""
+
+    path: Path  # absolute
+    variant: str | None = None  # None: the global variant
+    extras: tuple[str, ...] | None = None  # None: chosen by the variant; () means none
+    groups: tuple[str, ...] | None = None
+    no_default_groups: bool = False  # `uv sync --no-default-groups`
+    all_packages: bool = False  # `uv sync --all-packages`: every workspace member
+
+
+@dataclass(frozen=True)
 class Config:
     """warmd's settings, with defaults for every key."""
 
@@ -82,6 +95,8 @@ class Config:
     roots: tuple[Path, ...] = ()
     packages: tuple[str, ...] = DEFAULT_PACKAGES
     python: tuple[str, ...] = ()  # extra Python versions to warm besides each project's own
+    projects: tuple[ProjectSettings, ...] = ()  # the `[[project]]` tables
+    warm_unhashed: bool = False  # also have uv download wheels the lock pins without a sha256
     uv: str = "uv"
     cache_dir: Path | None = None  # None: whatever `uv cache dir` says
     store_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP)) / "store")
@@ -137,12 +152,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         })
     )
     kwargs: dict[str, Any] = {}
-    if (v := r.str("variant")) is not None:
-        if not _VARIANT.match(v):
-            raise ConfigError(
-                f"{where}: variant = {v!r} is not one of uv's names "
-                "(auto, cpu, xpu, cu118 … cu132, rocm6.3 …)"
-            )
+    if (v := _variant(r, where)) is not None:
         kwargs["variant"] = v
     if (roots := r.strings("roots")) is not None:
         kwargs["roots"] = tuple(_path(p) for p in roots)
@@ -162,8 +172,44 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         kwargs["store_max_size"] = r.size("store-max-size")
     if "recheck-interval" in data:
         kwargs["recheck_interval"] = r.duration("recheck-interval")
+    if (b := r.bool("warm-unhashed")) is not None:
+        kwargs["warm_unhashed"] = b
+    if (tables := r.tables("project")) is not None:
+        kwargs["projects"] = tuple(_project(t, source.parent if source else Path.cwd()) for t in tables)
+        seen: dict[Path, None] = {}
+        for ps in kwargs["projects"]:
+            if ps.path in seen:
+                raise ConfigError(f"{where}: two [[project]] tables for {ps.path}")
+            seen[ps.path] = None
     r.done({"download", "watch"})
     return Config(download=download, watch=watch, source=source, **kwargs)
+
+
+def _variant(r: _Reader, where: str) -> str | None:
+    v = r.str("variant")
+    if v is not None and not _VARIANT.match(v):
+        raise ConfigError(
+            f"{where}: {r.prefix}variant = {v!r} is not one of uv's names "
+            "(auto, cpu, xpu, cu118 … cu132, rocm6.3 …)"
+        )
+    return v
+
+
+def _project(t: _Reader, base: Path) -> ProjectSettings:
+    raw = t.str("path")
+    if raw is None:
+        raise ConfigError(f"{t.where}: {t.prefix}path is missing (the project folder this table is about)")
+    extras, groups = t.strings("extras"), t.strings("groups")
+    settings = ProjectSettings(
+        path=(base / _path(raw)).absolute(),  # a relative path is read from the config file's folder
+        variant=_variant(t, t.where),
+        extras=tuple(extras) if extras is not None else None,
+        groups=tuple(groups) if groups is not None else None,
+        no_default_groups=bool(t.bool("no-default-groups")),
+        all_packages=bool(t.bool("all-packages")),
+    )
+    t.done(set())
+    return settings
 
 
 def _section(r: _Reader, name: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +249,9 @@ class _Reader:
 
     def str(self, key: str) -> str | None:
         return self._get(key, str, "a string")
+
+    def bool(self, key: str) -> bool | None:
+        return self._get(key, bool, "true or false")
 
     def int(self, key: str, lo: int, hi: int) -> int:
         v = self._get(key, int, "a whole number")
@@ -249,6 +298,14 @@ class _Reader:
     def table(self, key: str) -> _Reader | None:
         v = self._get(key, dict, "a table")
         return None if v is None else _Reader(v, self.where, f"{self.prefix}{key}.")
+
+    def tables(self, key: str) -> list[_Reader] | None:
+        v = self._get(key, list, "an array of tables ([[" + key + "]])")
+        if v is None:
+            return None
+        if not all(isinstance(x, dict) for x in v):
+            raise ConfigError(f"{self.where}: {self.prefix}{key} must be an array of tables ([[{key}]])")
+        return [_Reader(x, self.where, f"{self.prefix}{key}[{i}].") for i, x in enumerate(v)]
 
     def done(self, also: set[str]) -> None:
         unknown = sorted(set(self.data) - self.seen - also)

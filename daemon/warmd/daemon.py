@@ -15,7 +15,6 @@ from .config import Config, load_config
 from .credentials import index_auth
 from .errors import WarmdError
 from .headers import check_pins, compare, cache_verdict, index_page, redact
-from .model import ProjectReport
 from .schedule import build_scheduler
 from .service import Notifier
 from .state import State
@@ -280,9 +279,8 @@ class Daemon:
                 self._ok[project] = False
             try:
                 assert self.state is not None
-                self.state.record_report(ProjectReport(project=project, lock=project / LOCK,
-                                                       variant=self.config.variant, python=(),
-                                                       error=f"run failed: {exc}"))
+                report = ref.pipeline.failure(project, WarmdError(f"run failed: {exc}"))  # type: ignore[attr-defined]
+                self.state.record_report(report)
             except Exception as exc2:
                 logger.error(f"{project}: could not record the failure: {exc2}")
         finally:
@@ -350,7 +348,7 @@ class Daemon:
             if h.error:
                 logger.warning(f"header check of {h.url}: {h.error}")
             self.state.record_headers(h, warning=warning)
-        indexes = {redact(index_page(p.index)) for p in pins}
+        indexes = {redact(index_page(p.index)) for p in pins if p.index is not None}
         for url in not_kept:
             if url in indexes:
                 logger.info(f"index {url} answers no-store/no-cache: uv keeps none of its wheels by itself")

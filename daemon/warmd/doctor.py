@@ -16,7 +16,6 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from .config import Config, default_config_path
@@ -25,8 +24,8 @@ from .errors import InputError, WarmdError
 from .headers import cache_verdict, check_url, is_immutable_host, redact
 from .lockfile import Lock, read_lock
 from .model import Pin
+from .plan import PlanOptions, plan_project, project_folder
 from .progress import human_bytes
-from .select import select_pins
 from .uvcache import Uv
 from .variant import Detection, resolve_variant
 
@@ -309,8 +308,7 @@ def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Pat
                 fix_text("no-cache", "unset UV_NO_CACHE (and remove it from your shell profile)"))
     files = uv_toml_files(env)
     for project in projects:
-        folder = project.parent if project.name in ("uv.lock", "pyproject.toml") else project
-        files += [folder.expanduser().absolute() / "uv.toml"]
+        files += [project_folder(project) / "uv.toml"]
     for path in dict.fromkeys(files):
         data = _read_toml(path)
         if data is not None and data.get("no-cache") is True:
@@ -318,8 +316,8 @@ def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Pat
             rep.add("uv-cache", "problem", f"`no-cache = true` in uv.toml {path}: uv uses a throw-away cache",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {path}"))
     for project in projects:
-        folder = project.parent if project.name in ("uv.lock", "pyproject.toml") else project
-        data = _read_toml(folder.expanduser().absolute() / "pyproject.toml") or {}
+        folder = project_folder(project)
+        data = _read_toml(folder / "pyproject.toml") or {}
         if _get(data, "tool", "uv", "no-cache") is True:
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {folder / 'pyproject.toml'}",
@@ -364,8 +362,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
                    detection: Detection, client: httpx.Client, fix: bool,
                    env: Mapping[str, str]) -> list[Pin] | None:
     """Report the project's indexes; return its planned pins (None when they cannot be known)."""
-    path = path.expanduser().absolute()
-    folder = path.parent if path.name in ("uv.lock", "pyproject.toml") else path
+    folder = project_folder(path)
     pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
     missing = [p.name for p in (pyproject, lock_path) if not p.is_file()]
     if not folder.is_dir() or missing:
@@ -386,7 +383,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
         rep.add("project", "problem", str(exc))
         return None
 
-    pins = _plan(rep, config, folder, lock, uv, detection)
+    pins = _plan(rep, config, folder, uv, detection)
     indexes = _indexes(data, lock, pins or [])
     # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
     for toml in uv_toml_files(env, folder):
@@ -416,37 +413,28 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     return pins
 
 
-def _plan(rep: _Report, config: Config, folder: Path, lock: Lock, uv: Uv | None,
-          detection: Detection) -> list[Pin] | None:
-    """The pins warmd would warm for this project, like Pipeline.plan, without touching any folder."""
-    pythons = list(config.python)
-    if uv is not None:
-        try:
-            own = uv.project_python(folder)
-        except WarmdError:
-            own = None
-        if own:
-            pythons.insert(0, own)
-    pythons = _admitted(list(dict.fromkeys(pythons)), lock.requires_python)
-    if not pythons:
-        rep.add("project", "warn", f"{folder}: no Python to select wheels for (no .python-version, no interpreter "
-                "uv would use, no `python` in the config); the planned size is unknown")
+def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: Detection) -> list[Pin] | None:
+    """The pins warmd would warm for this project: the same plan `prefetch` makes."""
+    if uv is None:
+        rep.add("project", "warn", f"{folder}: without uv there is no plan; the planned size is unknown")
         return None
-    sel = select_pins(lock, variant=detection.variant, patterns=config.packages, pythons=pythons)
-    size = sum(p.wheel.size or 0 for p in {p.wheel.sha256: p for p in sel.pins}.values())
-    unknown = sum(1 for p in sel.pins if p.wheel.size is None)
-    rep.add("project", "info", f"{folder}: {len(sel.pins)} {detection.variant} wheel(s) planned for Python "
-            f"{', '.join(pythons)}, {human_bytes(size)}" + (f" + {unknown} of unknown size" if unknown else ""))
-    return list(sel.pins)
-
-
-def _admitted(pythons: list[str], requires_python: str | None) -> list[str]:
     try:
-        spec = SpecifierSet(requires_python) if requires_python else None
-    except InvalidSpecifier:
-        return pythons
-    return [p for p in pythons
-            if spec is None or spec.contains(f"{p}.0", prereleases=True) or spec.contains(f"{p}.99", prereleases=True)]
+        pl = plan_project(folder, uv=uv, options=PlanOptions.from_config(config), detection=detection)
+    except WarmdError as exc:
+        rep.bad_input = rep.bad_input or isinstance(exc, InputError)
+        rep.add("project", "warn" if not isinstance(exc, InputError) else "problem",
+                f"{exc}; the planned size is unknown")
+        return None
+    pins = {p.wheel.sha256: p for p in pl.pins}
+    size = sum(p.wheel.size or 0 for p in pins.values())
+    unknown = sum(1 for p in pins.values() if p.wheel.size is None)
+    skipped = sum(1 for s in pl.skipped if s.unhashed)
+    rep.add("project", "info", f"{folder}: {len(pl.pins)} {pl.variant} wheel(s) planned for Python "
+            f"{', '.join(pl.pythons)}, {human_bytes(size)}" + (f" + {unknown} of unknown size" if unknown else "")
+            + f"; {pl.chosen_by}" + (f"; {skipped} without a sha256 left to uv" if skipped else ""))
+    for note in pl.notes:
+        rep.add("project", "warn", f"{folder}: {note}")
+    return list(pl.pins)
 
 
 def _indexes(pyproject: dict[str, Any], lock: Lock, pins: list[Pin]) -> dict[str, _Index]:
@@ -461,6 +449,8 @@ def _indexes(pyproject: dict[str, Any], lock: Lock, pins: list[Pin]) -> dict[str
                                                    files if isinstance(files, str) else None))
     # A wheel warmd would warm is the best sample; any locked wheel of that index will do.
     for pin in pins:
+        if pin.index is None:
+            continue  # a wheel pinned by direct URL belongs to no index
         idx = out.setdefault(_norm(pin.index), _Index(pin.index))
         idx.sample = idx.sample or pin.wheel.url
     for pkg in lock.packages:

@@ -1,4 +1,4 @@
-"""Typed values passed between the pipeline's steps (lockfile -> select -> fetch -> store -> uvcache)."""
+"""Typed values passed between the pipeline's steps (lockfile -> plan -> fetch -> store -> uvcache)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ class Pin:
 
     name: str  # normalized (PEP 503)
     version: str
-    index: str  # the registry URL from `source = { registry = ... }`: uv's cache key
+    # The registry URL from `source = { registry = ... }`: with the file name, uv's cache key.
+    # None for a wheel the lock pins by direct URL (`source = { url = ... }`): uv keys it by that URL.
+    index: str | None
     wheel: WheelFile
     python: str  # the Python version ("3.12") this wheel was selected for
     platform: str  # uv's --python-platform name this wheel was selected for
@@ -37,6 +39,23 @@ class Fetched:
     size: int
     bytes_downloaded: int  # bytes taken from the network for this file in this run
     bytes_reused: int  # bytes that were already on disk (store hit or resumed partial)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A package the plan names but warmd does not fetch itself, and why (one line)."""
+
+    name: str
+    version: str
+    python: str
+    reason: str
+    filename: str | None = None  # the wheel uv would take, when there is one
+    url: str | None = None
+    size: int | None = None
+    index: str | None = None  # registry URL, as in Pin
+    platform: str | None = None  # uv's --python-platform target for that wheel
+    # A wheel the lock pins without a sha256: uv may still be asked to download it unverified.
+    unhashed: bool = False
 
 
 WheelStateName = str  # one of: "cold", "fetching", "warm", "unproven", "failed"
@@ -54,6 +73,15 @@ class WheelReport:
 
 
 @dataclass(frozen=True)
+class SkippedReport:
+    """What one run did for a package warmd does not fetch itself."""
+
+    skipped: Skipped
+    state: WheelStateName = "skipped"  # or, for an unhashed wheel handed to uv on request: warm / failed / unproven
+    reason: str | None = None  # defaults to skipped.reason
+
+
+@dataclass(frozen=True)
 class ProjectReport:
     """What one run did for one project: its pins and their outcome, or why it could not start."""
 
@@ -62,10 +90,15 @@ class ProjectReport:
     variant: str
     python: tuple[str, ...]  # the Python versions wheels were selected for
     wheels: tuple[WheelReport, ...] = ()
+    skipped: tuple[SkippedReport, ...] = ()
+    chosen_by: str = ""  # how the variant's extras and groups were chosen, one sentence
+    flags: tuple[str, ...] = ()  # the `uv sync` flags that select that variant
+    notes: tuple[str, ...] = ()  # what the user may want to settle (an ambiguous choice ...)
     error: str | None = None  # set when the project could not be planned (bad lock, ...)
     error_is_input: bool = False  # True when `error` is bad input (exit 2) rather than a failure
 
     @property
     def ok(self) -> bool:
         """True when every pinned wheel is warm and nothing failed."""
-        return self.error is None and all(w.state == "warm" for w in self.wheels)
+        return (self.error is None and all(w.state == "warm" for w in self.wheels)
+                and all(s.state in ("warm", "skipped") for s in self.skipped))

@@ -9,45 +9,22 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from loguru import logger
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from .config import Config
-from .errors import InputError, LockError, WarmdError
+from .errors import WarmdError
 from .feeder import Feeder
 from .fetch import Fetcher, FetchSkipped, ProgressEvent
-from .lockfile import Lock, read_lock
-from .model import Fetched, Pin, ProjectReport, WheelReport
-from .select import Selection, select_pins
+from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
+from .plan import Planner, ProjectPlan
 from .store import Store
 from .uvcache import ProbeResult, Uv
 
 if TYPE_CHECKING:
     from .state import State
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One project's lock and the wheels selected from it."""
-
-    project: Path
-    lock: Lock
-    selection: Selection
-    pythons: tuple[str, ...]
-
-
-def project_of(path: Path) -> tuple[Path, Path]:
-    """(project folder, uv.lock path) for a folder or a uv.lock given on the command line."""
-    path = path.expanduser().absolute()
-    if path.name == "uv.lock" or path.is_file():
-        return path.parent, path
-    if not path.is_dir():
-        raise InputError(f"{path}: no such project folder")
-    return path, path / "uv.lock"
 
 
 class Pipeline:
@@ -73,35 +50,25 @@ class Pipeline:
             progress=progress,
             max_parallel_files=config.download.parallel_files,
         )
-        self._variant: str | None = None
+        self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
     @property
     def variant(self) -> str:
-        """The configured variant, or the detected one when the config says `auto`."""
-        if self._variant is None:
-            from .variant import resolve_variant
+        """The global variant: the configured one, or the detected one when the config says `auto`."""
+        return self._planner.detection.variant
 
-            detection = resolve_variant(self.config.variant)
-            logger.info("variant {} ({}: {})", detection.variant, detection.source, detection.detail)
-            self._variant = detection.variant
-        return self._variant
+    def plan(self, project: Path) -> ProjectPlan:
+        """The project's plan (raises InputError on a bad lock or project)."""
+        return self._planner.plan(project)
 
-    def plan(self, project: Path) -> Plan:
-        """Read the project's lock and select its pins (raises InputError on a bad lock)."""
-        project, lock_path = project_of(project)
-        lock = read_lock(lock_path)
-        own = self.uv.project_python(project)
-        pythons = _allowed([own, *self.config.python] if own else list(self.config.python), lock)
-        if not pythons:
-            raise InputError(f"{project}: no Python version to select wheels for (no .python-version, "
-                             "no interpreter uv would use, no `python` in the config)")
-        selection = select_pins(lock, variant=self.variant, patterns=self.config.packages, pythons=pythons)
-        return Plan(project=project, lock=lock, selection=selection, pythons=tuple(pythons))
+    def failure(self, project: Path, exc: Exception) -> ProjectReport:
+        """The report of a project that could not be planned or run, naming its variant as a plan would."""
+        return self._planner.failure(project, exc)
 
     def pins(self, project: Path) -> list[Pin]:
         """The pins of a project, without fetching anything."""
-        return list(self.plan(project).selection.pins)
+        return list(self.plan(project).pins)
 
     def check_uv(self) -> None:
         """Raise UvError unless the configured uv is found, runs, and says its version."""
@@ -111,21 +78,12 @@ class Pipeline:
         """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once."""
         # Without a usable uv nothing can be imported or proven: say so before spending a byte.
         self.check_uv()
-        failed: list[ProjectReport] = []
-        plans: list[Plan] = []
-        for p in projects:
-            try:
-                plans.append(self.plan(p))
-            except WarmdError as exc:
-                logger.error("{}", exc)
-                folder = p.parent if p.name == "uv.lock" else p
-                failed.append(ProjectReport(project=folder, lock=folder / "uv.lock", variant=self._variant or "?",
-                                            python=(), error=str(exc), error_is_input=isinstance(exc, InputError)))
+        plans, failed = self._planner.plan_all(projects)
         reports = []
         with self._project_locks([pl.project for pl in plans]):
             # Downloads start at once for files neither the store nor an earlier run has seen
             # warm; meanwhile uv says what it already has, and those downloads are called off.
-            speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.selection.pins
+            speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
                            if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
             with Feeder(self.store.path) as feeder, _Importer(self._import, feeder) as importer, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
@@ -138,27 +96,28 @@ class Pipeline:
                     raise
                 need: dict[str, Pin] = {}
                 for pl in plans:
-                    for pin in pl.selection.pins:
+                    for pin in pl.pins:
                         if pin.name not in before[pl.project][pin.python].warm:
                             need.setdefault(pin.wheel.sha256, pin)
                     self._mark(pl, need, "fetching")
                 for sha in speculative.keys() - need.keys():
                     self.fetcher.skip(sha)
                 # Each verified file goes to uv as soon as it is in the store, while others download.
-                importer.start([pin for pl in plans for pin in pl.selection.pins if pin.wheel.sha256 in need])
+                importer.start([pin for pl in plans for pin in pl.pins if pin.wheel.sha256 in need])
                 fetched = early.result()
                 fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative], importer.ready))
                 import_errors = importer.finish()
             for pl in plans:
-                touched = any(p.wheel.sha256 in need for p in pl.selection.pins)
+                touched = any(p.wheel.sha256 in need for p in pl.pins)
                 after = self._probe(pl) if touched else before[pl.project]
-                reports.append(self._report(pl, before[pl.project], after, fetched, import_errors))
+                reports.append(self._report(pl, before[pl.project], after, fetched, import_errors,
+                                            self._unhashed(pl)))
         reports += failed
         if self.state is not None:
             for r in reports:
                 self.state.record_report(r)
         # Only now, with the new pins recorded and warm, may old files make room.
-        self._evict({p.wheel.sha256 for pl in plans for p in pl.selection.pins})
+        self._evict({p.wheel.sha256 for pl in plans for p in pl.pins})
         return reports
 
     def cancel(self) -> None:
@@ -171,13 +130,35 @@ class Pipeline:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _probe(self, pl: Plan) -> dict[str, ProbeResult]:
-        names = {p.name for p in pl.lock.packages}
-        out = {}
-        for python in pl.pythons:
-            selected = [p.name for p in pl.selection.pins if p.python == python]
-            out[python] = self.uv.probe(pl.project, selected=selected, others=names, python=python,
-                                        extras=pl.selection.extras)
+    def _probe(self, pl: ProjectPlan) -> dict[str, ProbeResult]:
+        return probe_plan(self.uv, pl)
+
+    def _unhashed(self, pl: ProjectPlan) -> dict[tuple[str, str], SkippedReport]:
+        """With `warm-unhashed`, have uv download the wheels the lock pins without a sha256, and probe them."""
+        wanted = [s for s in pl.skipped if s.unhashed and s.platform is not None]
+        if not self.config.warm_unhashed or not wanted:
+            return {}
+        out: dict[tuple[str, str], SkippedReport] = {}
+        groups: dict[tuple[str, str], list] = defaultdict(list)
+        for s in wanted:
+            groups[(s.python, s.platform or "")].append(s)
+        for (python, platform), group in groups.items():
+            try:
+                self.uv.import_unverified(group, python=python, platform=platform)
+            except WarmdError as exc:
+                logger.error("{}", exc)
+                out.update({(s.name, python): SkippedReport(s, "failed", str(exc)) for s in group})
+                continue
+            res = self.uv.probe(pl.project, selected=[s.name for s in group], others=pl.lock_packages,
+                                python=_probe_python(pl, python), flags=pl.flags)
+            for s in group:
+                if s.name in res.warm:
+                    out[(s.name, python)] = SkippedReport(s, "warm", "not verified (no sha256 in the lock); uv fetched it")
+                elif s.name in res.unproven:
+                    out[(s.name, python)] = SkippedReport(s, "unproven", res.unproven[s.name])
+                else:
+                    out[(s.name, python)] = SkippedReport(s, "failed", "uv still would download it after fetching it "
+                                                          "(does its server forbid caching?)")
         return out
 
     def _was_warm(self, project: Path, pin: Pin) -> bool:
@@ -194,13 +175,14 @@ class Pipeline:
         """Hand verified files to uv; returns sha256 -> error for the groups uv refused."""
         errors: dict[str, str] = {}
         # One uv call per target and index: a pylock names each package once, and the same file
-        # pinned from two indexes (a mirror) is two cache entries.
-        groups: dict[tuple[str, str, str], dict[str, Pin]] = defaultdict(dict)
+        # pinned from two indexes (a mirror) is two cache entries. Direct-URL wheels (index None)
+        # are keyed by their URL, so uv fetches those itself.
+        groups: dict[tuple[str, str, str | None], dict[str, Pin]] = defaultdict(dict)
         for pin in pins:
             groups[(pin.python, pin.platform, pin.index)][pin.wheel.sha256] = pin
         for (python, platform, _index), by_sha in groups.items():
             group = list(by_sha.values())
-            urls = {p.wheel.sha256: feeder.url(p.wheel.sha256, p.wheel.filename) for p in group}
+            urls = {p.wheel.sha256: feeder.url(p.wheel.sha256, p.wheel.filename) for p in group if p.index is not None}
             try:
                 self.uv.import_wheels(group, urls, python=python, platform=platform)
             except WarmdError as exc:
@@ -208,10 +190,11 @@ class Pipeline:
                 errors.update({s: str(exc) for s in by_sha})
         return errors
 
-    def _report(self, pl: Plan, before: dict[str, ProbeResult], after: dict[str, ProbeResult],
-                fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str]) -> ProjectReport:
+    def _report(self, pl: ProjectPlan, before: dict[str, ProbeResult], after: dict[str, ProbeResult],
+                fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str],
+                unhashed: dict[tuple[str, str], SkippedReport]) -> ProjectReport:
         wheels = []
-        for pin in pl.selection.pins:
+        for pin in pl.pins:
             res = after[pin.python]
             got = fetched.get(pin.wheel.sha256)
             if isinstance(got, FetchSkipped):
@@ -228,20 +211,26 @@ class Pipeline:
                 wheels.append(WheelReport(pin, "failed", import_errors[pin.wheel.sha256], down, reused))
             elif pin.name in res.unproven:
                 wheels.append(WheelReport(pin, "unproven", res.unproven[pin.name], down, reused))
+            elif pin.index is None:
+                wheels.append(WheelReport(pin, "failed", "uv kept no copy after downloading it from its URL "
+                                          "(does its server forbid caching?)", down, reused))
             else:
                 wheels.append(WheelReport(pin, "failed", "uv still would download it after the import", down, reused))
         for w in wheels:
             if w.state != "warm":
                 logger.warning("{}: {} {}{}", pl.project, w.pin.wheel.filename, w.state, f" ({w.reason})" if w.reason else "")
+        skipped = tuple(unhashed.get((s.name, s.python)) or SkippedReport(s) for s in pl.skipped)
+        for r in skipped:
+            if r.state == "skipped":
+                logger.info("{}: {} {} skipped: {}", pl.project, r.skipped.name, r.skipped.version, r.skipped.reason)
         warm = sum(1 for w in wheels if w.state == "warm")
         logger.info("{}: {} of {} pinned wheel(s) warm", pl.project, warm, len(wheels))
-        return ProjectReport(project=pl.project, lock=pl.lock.path, variant=self.variant, python=pl.pythons,
-                             wheels=tuple(wheels))
+        return report_of(pl, wheels=tuple(wheels), skipped=skipped)
 
-    def _mark(self, pl: Plan, need: dict[str, Pin], state: str) -> None:
+    def _mark(self, pl: ProjectPlan, need: dict[str, Pin], state: str) -> None:
         if self.state is None:
             return
-        for pin in pl.selection.pins:
+        for pin in pl.pins:
             if pin.wheel.sha256 in need:
                 self.state.set_wheel_state(pl.project, pin.wheel.sha256, state)
 
@@ -341,16 +330,51 @@ class _Importer:
                         return
 
 
-def _allowed(pythons: Sequence[str], lock: Lock) -> list[str]:
-    """Keep the Python versions the lock's requires-python admits, in order, without repeats."""
-    out: list[str] = []
-    try:
-        spec = SpecifierSet(lock.requires_python) if lock.requires_python else None
-    except InvalidSpecifier:
-        raise LockError(f"{lock.path}: requires-python {lock.requires_python!r} is not a valid specifier") from None
-    for py in pythons:
-        if py in out:
-            continue
-        if spec is None or spec.contains(f"{py}.0", prereleases=True) or spec.contains(f"{py}.99", prereleases=True):
-            out.append(py)
+def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
+              skipped: tuple[SkippedReport, ...] | None = None) -> ProjectReport:
+    """A project's report: its plan's variant, choice and Pythons, with these wheel outcomes."""
+    return ProjectReport(project=pl.project, lock=pl.lock, variant=pl.variant, python=pl.pythons, wheels=wheels,
+                         skipped=skipped if skipped is not None else tuple(SkippedReport(s) for s in pl.skipped),
+                         chosen_by=pl.chosen_by, flags=pl.flags, notes=pl.notes)
+
+
+def probe_plan(uv: Uv, pl: ProjectPlan) -> dict[str, ProbeResult]:
+    """Ask uv, per Python of the plan, which of its pinned wheels a fresh `uv sync` would download."""
+    out = {}
+    for python in pl.pythons:
+        selected = [p.name for p in pl.pins if p.python == python]
+        out[python] = uv.probe(pl.project, selected=selected, others=pl.lock_packages,
+                               python=_probe_python(pl, python), flags=pl.flags)
     return out
+
+
+def _probe_python(pl: ProjectPlan, python: str) -> str:
+    # The interpreter the plan's markers came from, so uv plans the same sync.
+    found = pl.interpreters.get(python)
+    return str(found) if found is not None else python
+
+
+def preview(config: Config, projects: Sequence[Path], uv: Uv | None = None) -> list[ProjectReport]:
+    """The plan of each project with each wheel's state as uv sees it now: no network, nothing written.
+
+    "warm" and "cold" come from the offline `uv sync --dry-run` probe, never from warmd's state.
+    """
+    uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
+    uv.exe
+    # No cache folder yet: everything is cold, and asking uv would create one.
+    fresh = not uv.cache_dir.exists()
+    plans, failed = Planner(config, uv).plan_all(projects)
+    reports = []
+    for pl in plans:
+        probed = {py: ProbeResult() for py in pl.pythons} if fresh else probe_plan(uv, pl)
+        wheels = []
+        for pin in pl.pins:
+            res = probed[pin.python]
+            if pin.name in res.warm:
+                wheels.append(WheelReport(pin, "warm"))
+            elif pin.name in res.unproven:
+                wheels.append(WheelReport(pin, "unproven", res.unproven[pin.name]))
+            else:
+                wheels.append(WheelReport(pin, "cold"))
+        reports.append(report_of(pl, wheels=tuple(wheels)))
+    return reports + failed

@@ -238,7 +238,8 @@ class State:
                 key = (p.wheel.sha256, p.python, p.platform)
                 db.execute(
                     "INSERT OR REPLACE INTO pins VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (project, *key, p.name, p.version, p.index, p.wheel.url, p.wheel.filename,
+                    # "" for a wheel pinned by direct URL: the column predates them and is NOT NULL.
+                    (project, *key, p.name, p.version, p.index or "", p.wheel.url, p.wheel.filename,
                      p.wheel.size, since.get(key, now)),
                 )
                 keep.append(p.wheel.sha256)
@@ -364,7 +365,8 @@ class State:
                 for w in warns:
                     if w not in flags:
                         flags.append(w)
-                index_urls.setdefault(idx, None)
+                if idx:
+                    index_urls.setdefault(idx, None)
                 if (h := latest.get(safe)) is not None and h[1] is not None and 200 <= h[1] < 300 \
                         and cache_verdict(h[2]) == "not kept":
                     note = f"{safe}: answers Cache-Control {h[2]!r}: uv keeps no copy, warmd's warm copy is the only one"
@@ -445,7 +447,7 @@ def _header(row: tuple) -> HeaderCheck:
 
 def _pin(r: tuple) -> Pin:
     sha, py, plat, name, version, idx, url, filename, size = r
-    return Pin(name=name, version=version, index=idx, wheel=WheelFile(url=url, filename=filename, sha256=sha,
+    return Pin(name=name, version=version, index=idx or None, wheel=WheelFile(url=url, filename=filename, sha256=sha,
                size=size), python=py, platform=plat)
 
 

@@ -6,6 +6,7 @@ the one the user's uv reads.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,14 +20,48 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 from packaging.version import InvalidVersion, Version
 
-from .errors import UvError
-from .model import Pin
+from .errors import LockError, UvError
+from .model import Pin, Skipped
 
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
-_INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)==(\S+)")
+# ` + torch==2.8.0`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…` (not cached yet)
+_INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)\s*(?:==|@)")
 _PY_VERSION = re.compile(r"(\d+\.\d+)")
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
+
+
+# PEP 508's marker variables, as the interpreter itself reports them (packaging is not installed there).
+_MARKERS_SCRIPT = """
+import json, os, platform, sys
+def fmt(v):
+    s = "%d.%d.%d" % (v.major, v.minor, v.micro)
+    return s if v.releaselevel == "final" else s + v.releaselevel[0] + str(v.serial)
+print(json.dumps({
+    "implementation_name": sys.implementation.name,
+    "implementation_version": fmt(sys.implementation.version),
+    "os_name": os.name,
+    "platform_machine": platform.machine(),
+    "platform_python_implementation": platform.python_implementation(),
+    "platform_release": platform.release(),
+    "platform_system": platform.system(),
+    "platform_version": platform.version(),
+    "python_full_version": platform.python_version(),
+    "python_version": "%d.%d" % sys.version_info[:2],
+    "sys_platform": sys.platform,
+}))
+"""
+# What a cache-control override for a no-store index looks like to uv (DESIGN.md fact 3).
+_KEEP_FILES = "max-age=365000000, immutable"
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """A Python interpreter uv found, and the PEP 508 marker values it has."""
+
+    path: Path
+    version: str  # "3.12"
+    markers: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -106,44 +141,108 @@ class Uv:
                         return m.group(1)
         except (OSError, UnicodeDecodeError):
             pass
-        out = self._run(["python", "find"], cwd=project, env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=120)
+        found = self.interpreter(project)
+        return found.version if found else None
+
+    def interpreter(self, project: Path, request: str | None = None) -> Interpreter | None:
+        """The interpreter `uv python find [request]` picks in the project, or None when uv finds none."""
+        # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
+        args = ["python", "find", "--no-cache"] + ([request] if request else [])
+        out = self._run(args, cwd=project, env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=120)
         if out.returncode != 0 or not out.stdout.strip():
             return None
-        interp = out.stdout.strip().splitlines()[-1]
+        path = Path(out.stdout.strip().splitlines()[-1])
         try:
-            ver = subprocess.run([interp, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
+            ran = subprocess.run([str(path), "-I", "-c", _MARKERS_SCRIPT], capture_output=True, text=True,
+                                 timeout=60, stdin=subprocess.DEVNULL)
+            markers = json.loads(ran.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
             return None
-        m = _PY_VERSION.search(ver.stdout)
-        return m.group(1) if m else None
+        if not isinstance(markers, dict) or not isinstance(markers.get("python_version"), str):
+            return None
+        return Interpreter(path=path, version=markers["python_version"], markers=markers)
+
+    def export(self, project: Path, flags: Sequence[str]) -> str:
+        """What a `uv sync` with `flags` could install, for every platform: `uv export` of the lock, offline.
+
+        One `name==version ; marker` line per package (with the lock's hashes), conflicts, extras,
+        groups and workspace members already decided by uv. The user's uv configuration is read,
+        as their own `uv sync` reads it.
+        """
+        # --no-cache: the export reads only the lock; uv's cache is neither needed nor to be touched.
+        out = self._run(["export", "--frozen", "--offline", "--no-cache", "--format", "requirements-txt",
+                         "--no-emit-project", "--no-header", "--no-annotate", *flags], cwd=project,
+                        env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=600)
+        if out.returncode != 0:
+            raise LockError(f"{project / 'uv.lock'}: uv cannot plan a sync of it ({' '.join(flags) or 'no flags'}): "
+                            f"{_last_line(out)}")
+        return out.stdout
 
     def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str) -> None:
-        """Have uv download `pins` from `urls` (sha256 -> loopback URL) into its cache, checking hashes."""
-        if not pins:
-            return
-        with tempfile.TemporaryDirectory(prefix="warmd-import-") as tmp:
+        """Have uv download `pins` from `urls` (sha256 -> loopback URL) into its cache, checking hashes.
+
+        A pin without an index (a wheel the lock pins by direct URL) is keyed by that URL in uv's
+        cache, so uv downloads it from there itself; the lock's sha256 is checked all the same.
+        """
+        registry = [p for p in pins if p.index is not None]
+        direct = [p for p in pins if p.index is None]
+        if registry:
             # PEP 751 wants this exact file name; uv refuses other names for a pylock.
-            lock = Path(tmp) / "pylock.toml"
-            lock.write_text(render_pylock(pins, urls), encoding="utf-8")
+            self._pip_install("pylock.toml", render_pylock(registry, urls), python=python, platform=platform,
+                              what=f"{len(registry)} wheel(s)")
+        if direct:
+            self._pip_install("requirements.txt", render_requirements(direct), python=python, platform=platform,
+                              what=f"{len(direct)} direct-URL wheel(s)")
+
+    def import_unverified(self, wheels: Sequence[Skipped], *, python: str, platform: str) -> None:
+        """Have uv download wheels the lock pins without a sha256, from where the lock says, unverified.
+
+        Registry wheels are asked for by name and version from their index, declared in a config
+        file with uv's cache-control override, so uv keeps them even when the index says no-store.
+        """
+        registry = [w for w in wheels if w.index is not None]
+        direct = [w for w in wheels if w.index is None and w.url is not None]
+        for index in dict.fromkeys(w.index for w in registry):
+            group = [w for w in registry if w.index == index]
+            config = f"[[index]]\nurl = {_toml_str(index or '')}\ndefault = true\n" \
+                     f"cache-control = {{ files = {_toml_str(_KEEP_FILES)} }}\n"
+            self._pip_install("requirements.txt", "".join(f"{w.name}=={w.version}\n" for w in group),
+                              python=python, platform=platform, what=f"{len(group)} unhashed wheel(s)", config=config)
+        if direct:
+            self._pip_install("requirements.txt", "".join(f"{w.name} @ {w.url}\n" for w in direct),
+                              python=python, platform=platform, what=f"{len(direct)} unhashed wheel(s)")
+
+    def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,
+                     config: str | None = None) -> None:
+        with tempfile.TemporaryDirectory(prefix="warmd-import-") as tmp:
+            req = Path(tmp) / name
+            req.write_text(text, encoding="utf-8")
+            extra: list[str] = []
+            if config is not None:
+                (Path(tmp) / "uv.toml").write_text(config, encoding="utf-8")
+                extra = ["--config-file", str(Path(tmp) / "uv.toml")]
             out = self._run(
-                ["pip", "install", "--no-deps", "--target", str(Path(tmp) / "target"),
+                ["pip", "install", "--no-deps", *extra, "--target", str(Path(tmp) / "target"),
                  "--python-version", python, "--python-platform", platform,
                  # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
-                 "--link-mode", "symlink", "-r", str(lock)],
+                 "--link-mode", "symlink", "-r", str(req)],
                 env={"UV_PYTHON_DOWNLOADS": "never"},
             )
             if out.returncode != 0:
-                raise UvError(f"uv could not import {len(pins)} wheel(s) for Python {python}: {_last_line(out)}")
+                raise UvError(f"uv could not import {what} for Python {python}: {_last_line(out)}")
 
     def probe(self, project: Path, *, selected: Iterable[str], others: Iterable[str], python: str,
-              extras: Sequence[str] = ()) -> ProbeResult:
-        """Ask uv, offline and without touching the project's venv, which selected packages it would download."""
+              flags: Sequence[str] = ()) -> ProbeResult:
+        """Ask uv, offline and without touching the project's venv, which selected packages it would download.
+
+        `python` is a version or an interpreter path; `flags` select the extras and groups of the
+        plan (`--extra gpu`, `--no-default-groups` ...), so uv plans the same sync.
+        """
         selected = sorted(set(selected))
         if not selected:
             return ProbeResult()
         exclude = sorted(set(others) - set(selected))
-        first = self._probe_once(project, selected, exclude, python, extras)
+        first = self._probe_once(project, selected, exclude, python, flags)
         if isinstance(first, str):
             return ProbeResult(unproven={n: first for n in selected})
         downloads, listed = first
@@ -156,7 +255,7 @@ class Uv:
             return ProbeResult(cold=frozenset(present), unproven=unproven)
         warm, cold = set(), set()
         for name in present:  # tell which ones: one probe per package, the rest excluded
-            one = self._probe_once(project, [name], exclude + [n for n in present if n != name], python, extras)
+            one = self._probe_once(project, [name], exclude + [n for n in present if n != name], python, flags)
             if isinstance(one, str):
                 unproven[name] = one
             elif one[0] == 0:
@@ -166,10 +265,8 @@ class Uv:
         return ProbeResult(warm=frozenset(warm), cold=frozenset(cold), unproven=unproven)
 
     def _probe_once(self, project: Path, selected: Sequence[str], exclude: Sequence[str], python: str,
-                    extras: Sequence[str]) -> tuple[int, set[str]] | str:
-        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-install-workspace", "--python", python]
-        for e in extras:
-            args += ["--extra", e]
+                    flags: Sequence[str]) -> tuple[int, set[str]] | str:
+        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-install-workspace", "--python", python, *flags]
         for name in exclude:
             args += ["--no-install-package", name]
         with tempfile.TemporaryDirectory(prefix="warmd-probe-") as tmp:
@@ -196,7 +293,7 @@ def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
             "[[packages]]",
             f"name = {_toml_str(pin.name)}",
             f"version = {_toml_str(pin.version)}",
-            f"index = {_toml_str(pin.index)}",
+            f"index = {_toml_str(pin.index or '')}",  # only registry pins come here
             "",
             "[[packages.wheels]]",
             f"name = {_toml_str(pin.wheel.filename)}",
@@ -205,6 +302,11 @@ def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def render_requirements(pins: Sequence[Pin]) -> str:
+    """A requirements file naming each pin by its direct URL and sha256: uv keys such a wheel by that URL."""
+    return "".join(f"{pin.name} @ {pin.wheel.url} --hash=sha256:{pin.wheel.sha256}\n" for pin in pins)
 
 
 def _toml_str(s: str) -> str:

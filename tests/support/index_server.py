@@ -270,15 +270,16 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "filename": w.filename,
                         "url": f"{base}/{urllib.parse.quote(w.filename)}",
-                        "hashes": {"sha256": w.sha256},
+                        "hashes": {} if variant in owner.hashless else {"sha256": w.sha256},
                         "size": w.size,
                     }
                     for w in files
                 ],
             }
             return self._doc(json.dumps(doc).encode(), "application/vnd.pypi.simple.v1+json", head)
+        fragment = "" if variant in owner.hashless else "#sha256={}"
         links = "".join(
-            f'<a href="{base}/{urllib.parse.quote(w.filename)}#sha256={w.sha256}">{html.escape(w.filename)}</a><br/>\n'
+            f'<a href="{base}/{urllib.parse.quote(w.filename)}{fragment.format(w.sha256)}">{html.escape(w.filename)}</a><br/>\n'
             for w in files
         )
         self._doc(_page(f"Links for {name}", links), "text/html", head)
@@ -456,6 +457,9 @@ class IndexServer:
         self.pep691 = pep691
         self.basic_auth = basic_auth
         self.faults = Faults()
+        # Variants (None: /simple) whose pages link files without `#sha256=`, as nightly indexes and
+        # some mirrors do; `uv lock` then records those wheels without a hash.
+        self.hashless: set[str | None] = set()
         self._hits: list[Hit] = []
         self._inflight = 0
         self._settled = threading.Condition()
