@@ -134,7 +134,9 @@ def test_503_burst_and_429_retry_after_are_survived(index_server: IndexServer, t
     with _fetcher(store, progress=events.append) as f:
         _check(store, wheel, f.fetch(wheel))
     statuses = [h.status for h in index_server.wheel_hits(wheel.filename)]
-    assert statuses[:4] == [503, 503, 429, 502]
+    # The server records a hit when its handler thread ends, so two quick answers may swap places.
+    assert sorted(statuses[:4]) == [429, 502, 503, 503]
+    assert all(s in (200, 206) for s in statuses[4:])
     assert sum(e.state == "retry" for e in events) >= 4
 
 
