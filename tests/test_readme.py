@@ -28,7 +28,7 @@ from warmd.store import Store
 REPO = Path(__file__).resolve().parent.parent
 GPU_FIXTURES = REPO / "tests" / "fixtures" / "gpu"
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
-SUMMARY = re.compile(r"^(\d+) wheel\(s\) warm, (\d+) failed, (\d+) unproven; "
+SUMMARY = re.compile(r"^(\d+) wheel\(s\) warm, (\d+) failed, (\d+) unproven, (\d+) skipped; "
                      r"\d+(\.\d)? (B|KiB|MiB|GiB) fetched, \d+(\.\d)? (B|KiB|MiB|GiB) reused; \d+\.\d s$")
 WAIT = 120.0
 
