@@ -297,3 +297,24 @@ def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> N
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert all(w["state"] == "warm" for w in json.loads(proc.stdout)["projects"][0]["wheels"])
+
+
+def test_prefetch_over_https_makes_a_fresh_sync_download_nothing(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """Every GPU index is HTTPS: uv and warmd both trust the run's CA through SSL_CERT_FILE alone."""
+    assert https_index_server.url.startswith("https://")
+    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, https_environ, uv_cache)
+    _story(setup, https_index_server, wheel_dir, uv_bin)
+
+
+def test_prefetch_over_https_with_uv_0_8_2(
+    tmp_path: Path, uv_old_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """uv 0.8.2 has its own TLS stack too (rustls, webpki roots): it also honours SSL_CERT_FILE."""
+    setup = Setup(tmp_path, write_config(tmp_path, uv_old_bin, uv_cache), tmp_path / "store", uv_old_bin,
+                  https_environ, uv_cache)
+    _story(setup, https_index_server, wheel_dir, uv_old_bin)
+
