@@ -318,3 +318,30 @@ def test_prefetch_over_https_with_uv_0_8_2(
                   https_environ, uv_cache)
     _story(setup, https_index_server, wheel_dir, uv_old_bin)
 
+
+def test_untrusted_certificate_fails_at_once_naming_the_fix(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """A certificate no CA vouches for is not a flaky network: no retries, one line saying what to set."""
+    ws = torch_like_set(https_index_server, wheel_dir, "cu128")
+    project = make_project(tmp_path, "proj", server=https_index_server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, uv_bin, https_environ)
+    untrusted = {k: v for k, v in https_environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, untrusted, uv_cache)
+    https_index_server.reset_counters()
+
+    proc = setup.prefetch(project)
+    assert proc.returncode == 1, proc.stderr
+    wheels = setup.report(proc)["projects"][0]["wheels"]
+    assert wheels and all(w["state"] == "failed" for w in wheels), wheels
+    for w in wheels:
+        assert "certificate" in w["reason"] and "SSL_CERT_FILE" in w["reason"], w["reason"]
+        assert "\n" not in w["reason"]
+    assert "Traceback" not in proc.stderr
+    # one refused handshake per wheel for its size (HEAD) and one for its download; a retry loop
+    # (8 retries per wheel) would show here as many more
+    assert 0 < https_index_server.refused_handshakes <= 2 * len(wheels)
+    assert https_index_server.wheel_gets() == []
+    assert not list((tmp_path / "store").glob("blobs/**/*.whl"))
