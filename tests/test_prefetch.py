@@ -286,6 +286,25 @@ def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
     assert all(p.wheel.url.startswith("https://files.pythonhosted.org/") for p in sel.pins)
 
 
+def test_benchmark_example_plans_the_real_cuda_torch_set() -> None:
+    """examples/cuda-torch (the real-index benchmark row): 18 GPU wheels, 3.8 GiB, for Python 3.11."""
+    from warmd.config import DEFAULT_PACKAGES
+    from warmd.lockfile import read_lock
+    from warmd.select import select_pins
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-torch"
+    lock = read_lock(example / "uv.lock")
+    sel = select_pins(lock, variant="cu128", patterns=DEFAULT_PACKAGES, pythons=["3.11"],
+                      platforms=["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                                 "manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64", "linux_x86_64"])
+    names = {p.name for p in sel.pins}
+    assert {"torch", "torchvision", "triton", "nvidia-cudnn-cu12"} <= names and len(names) == 18, sorted(names)
+    assert {(p.name, p.version) for p in sel.pins if p.name in ("torch", "torchvision")} == {
+        ("torch", "2.9.1"), ("torchvision", "0.24.1")}
+    assert 3.7 * 2**30 < sum(p.wheel.size or 0 for p in sel.pins) < 3.9 * 2**30
+    assert all(p.wheel.url.startswith("https://files.pythonhosted.org/") for p in sel.pins)
+
+
 @pytest.mark.internet
 def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> None:
     """Opt-in (`pytest -m internet`): the README's main command against real PyPI."""
