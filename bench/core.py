@@ -126,6 +126,7 @@ class Measured:
     wall: float
     user: float  # CPU seconds of the command and every descendant it waited for (wait4's rusage)
     sys: float
+    own_cpu: float  # user + sys of the command's own process alone (/proc, read before reaping it)
     max_rss_kib: int  # the largest single process of the tree (ru_maxrss)
     tree_rss_kib: int  # the largest sum of RSS over the live tree, sampled every TREE_EVERY
     rx_bytes: int  # bytes received on the non-loopback interfaces during the run (machine-wide)
@@ -149,6 +150,7 @@ TREE_EVERY = 0.2
 RX_EVERY = 0.1
 RX_ACTIVE = 1 * MiB  # bytes/s below which a sample counts as idle (keep-alives, other tenants)
 _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+_HZ = os.sysconf("SC_CLK_TCK")
 
 
 def _tree_rss_kib(root: int) -> int:
@@ -174,6 +176,16 @@ def _tree_rss_kib(root: int) -> int:
         if p == root:
             total += rss[pid]
     return total
+
+
+def _own_cpu(pid: int) -> float | None:
+    """utime + stime of one process (a zombie not yet reaped still has them)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _HZ  # fields 14 and 15: utime, stime
 
 
 def _rx_bytes() -> int:
@@ -224,6 +236,9 @@ def measure(cmd: Sequence[str], *, env: dict[str, str], cwd: Path | None = None,
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
+            # waitid(WNOWAIT) first: the exited child stays a zombie, so its own CPU can still be read
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            own = _own_cpu(proc.pid)
             # wait4, not Popen.wait: its rusage is this child's own tree, whatever ran before
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
@@ -237,8 +252,8 @@ def measure(cmd: Sequence[str], *, env: dict[str, str], cwd: Path | None = None,
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     window = sampler.active[-1] - sampler.active[0] if len(sampler.active) > 1 else 0.0
-    m = Measured(wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, sampler.tree_peak, rx, window,
-                 proc.returncode, stdout, stderr)
+    m = Measured(wall, usage.ru_utime, usage.ru_stime, own or 0.0,
+                 usage.ru_maxrss, sampler.tree_peak, rx, window, proc.returncode, stdout, stderr)
     if check and m.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd[:6]))} exited {m.returncode}: "
                            f"{(m.stderr or m.stdout).strip()[-600:]}")

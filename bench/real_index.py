@@ -121,6 +121,7 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
         f"uv {mib(med([m.rx_bytes for m in uv_runs]))}; rate over the receive window (samples ≥ 1 MiB/s): "
         f"warmd {mib(med([m.rx_rate for m in wd_runs]))}/s in {med([m.rx_window for m in wd_runs]):.1f} s, "
         f"uv {mib(med([m.rx_rate for m in uv_runs]))}/s in {med([m.rx_window for m in uv_runs]):.1f} s. "
+        f"warmd's own process used {med([m.own_cpu for m in wd_runs]):.1f} s of its CPU, its uv runs the rest. "
         f"Peak RSS: the largest single process (ru_maxrss); tree = the largest sum of RSS over the "
         f"live process tree, sampled every 0.2 s")
     cold.figures = {"uv": uv_runs, "warmd": wd_runs}
@@ -129,6 +130,7 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     full.result = versus(import_only, uv_runs)
     full.note = ("right after each 1a warmd run: uv's cache and warmd's state emptied, the store kept; "
                  "0 bytes fetched; what is left is uv unpacking the wheels (`uv pip install` from warmd's "
-                 "loopback feeder) and the `uv sync --dry-run --offline` proofs")
+                 "loopback feeder) and the `uv sync --dry-run --offline` proofs; warmd's own process used "
+                 f"{med([m.own_cpu for m in import_only]):.1f} s of the CPU")
     full.figures = {"warmd": import_only}
     return [cold, full]

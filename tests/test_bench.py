@@ -27,6 +27,12 @@ def test_measure_counts_the_memory_and_cpu_of_a_grandchild() -> None:
     assert m.cpu > 0 and m.user >= 0 and m.sys >= 0
 
 
+def test_measure_tells_the_command_s_own_cpu_from_its_children_s() -> None:
+    burn = "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'sum(range(30_000_000))'], check=True)\n"
+    m = measure([sys.executable, "-c", burn], env=dict(os.environ))
+    assert m.cpu > 0 and 0 < m.own_cpu < m.cpu / 2  # the parent only waited; the child did the work
+
+
 def test_measure_of_one_command_does_not_carry_an_earlier_peak() -> None:
     measure([sys.executable, "-c", _CHILD_ALLOCATES], env=dict(os.environ))
     small = measure([sys.executable, "-c", "pass"], env=dict(os.environ))
