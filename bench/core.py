@@ -128,6 +128,7 @@ class Measured:
     sys: float
     own_cpu: float  # user + sys of the command's own process alone (/proc, read before reaping it)
     max_rss_kib: int  # the largest single process of the tree (ru_maxrss)
+    own_rss_kib: int  # the command's own process's peak (VmHWM, polled every RX_EVERY), children not
     tree_rss_kib: int  # the largest sum of RSS over the live tree, sampled every TREE_EVERY
     rx_bytes: int  # bytes received on the non-loopback interfaces during the run (machine-wide)
     rx_window: float  # seconds from the first to the last sample that saw >= RX_ACTIVE bytes/s
@@ -188,6 +189,18 @@ def _own_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _HZ  # fields 14 and 15: utime, stime
 
 
+def _vm_hwm_kib(pid: int) -> int:
+    """A process's peak RSS so far (VmHWM), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _rx_bytes() -> int:
     """Bytes received so far on every interface but loopback."""
     total = 0
@@ -207,6 +220,7 @@ class _Sampler(threading.Thread):
         self.pid = pid
         self.done = threading.Event()
         self.tree_peak = 0
+        self.own_hwm = 0
         self.active: list[float] = []  # times of samples that saw traffic
 
     def run(self) -> None:
@@ -219,6 +233,7 @@ class _Sampler(threading.Thread):
                     self.active.append(prev_t)  # traffic began within the last interval
                 self.active.append(now)
             prev_t, prev_rx = now, rx
+            self.own_hwm = max(self.own_hwm, _vm_hwm_kib(self.pid))
             if now - last_tree >= TREE_EVERY:
                 last_tree = now
                 self.tree_peak = max(self.tree_peak, _tree_rss_kib(self.pid))
@@ -239,6 +254,7 @@ def measure(cmd: Sequence[str], *, env: dict[str, str], cwd: Path | None = None,
             # waitid(WNOWAIT) first: the exited child stays a zombie, so its own CPU can still be read
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
             own = _own_cpu(proc.pid)
+            sampler.own_hwm = max(sampler.own_hwm, _vm_hwm_kib(proc.pid))
             # wait4, not Popen.wait: its rusage is this child's own tree, whatever ran before
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
@@ -253,7 +269,7 @@ def measure(cmd: Sequence[str], *, env: dict[str, str], cwd: Path | None = None,
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     window = sampler.active[-1] - sampler.active[0] if len(sampler.active) > 1 else 0.0
     m = Measured(wall, usage.ru_utime, usage.ru_stime, own or 0.0,
-                 usage.ru_maxrss, sampler.tree_peak, rx, window, proc.returncode, stdout, stderr)
+                 usage.ru_maxrss, sampler.own_hwm, sampler.tree_peak, rx, window, proc.returncode, stdout, stderr)
     if check and m.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd[:6]))} exited {m.returncode}: "
                            f"{(m.stderr or m.stdout).strip()[-600:]}")

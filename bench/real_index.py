@@ -107,7 +107,8 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     def detail(ms: list[Measured]) -> str:
         return (f"CPU {med([m.cpu for m in ms]):.1f} s (runs: {', '.join(f'{m.cpu:.1f}' for m in ms)}), "
                 f"peak RSS {med([m.max_rss_kib for m in ms]) / 1024:.0f} MiB "
-                f"(tree {med([m.tree_rss_kib for m in ms]) / 1024:.0f} MiB)")
+                f"(its own process {med([m.own_rss_kib for m in ms]) / 1024:.0f} MiB, "
+                f"tree {med([m.tree_rss_kib for m in ms]) / 1024:.0f} MiB)")
 
     cold.warmd = f"`warmd prefetch` {secs([m.wall for m in wd_runs])}; {detail(wd_runs)}"
     cold.baseline = f"cold `uv sync` {secs([m.wall for m in uv_runs])}; {detail(uv_runs)}"
@@ -122,8 +123,9 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
         f"warmd {mib(med([m.rx_rate for m in wd_runs]))}/s in {med([m.rx_window for m in wd_runs]):.1f} s, "
         f"uv {mib(med([m.rx_rate for m in uv_runs]))}/s in {med([m.rx_window for m in uv_runs]):.1f} s. "
         f"warmd's own process used {med([m.own_cpu for m in wd_runs]):.1f} s of its CPU, its uv runs the rest. "
-        f"Peak RSS: the largest single process (ru_maxrss); tree = the largest sum of RSS over the "
-        f"live process tree, sampled every 0.2 s")
+        f"Peak RSS: the largest single process of the tree (ru_maxrss); its own process = the command's "
+        f"own VmHWM, children not counted; tree = the largest sum of RSS over the live process tree, "
+        f"sampled every 0.2 s")
     cold.figures = {"uv": uv_runs, "warmd": wd_runs}
     full.warmd = f"`warmd prefetch` {secs([m.wall for m in import_only])}; {detail(import_only)}"
     full.baseline = f"cold `uv sync` {med([m.wall for m in uv_runs]):.2f} s (row 1a)"

@@ -24,6 +24,7 @@ def test_measure_counts_the_memory_and_cpu_of_a_grandchild() -> None:
     assert m.returncode == 0
     # the 96 MiB live in the grandchild: only a rusage covering waited-for descendants sees them
     assert m.max_rss_kib >= 96 * 1024
+    assert m.own_rss_kib < 96 * 1024  # the command's own process only waited
     assert m.cpu > 0 and m.user >= 0 and m.sys >= 0
 
 
