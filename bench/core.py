@@ -151,7 +151,7 @@ TREE_EVERY = 0.2
 RX_EVERY = 0.1
 RX_ACTIVE = 1 * MiB  # bytes/s below which a sample counts as idle (keep-alives, other tenants)
 _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-_HZ = os.sysconf("SC_CLK_TCK")
+HZ = os.sysconf("SC_CLK_TCK")
 
 
 def _tree_rss_kib(root: int) -> int:
@@ -179,22 +179,22 @@ def _tree_rss_kib(root: int) -> int:
     return total
 
 
-def _own_cpu(pid: int) -> float | None:
-    """utime + stime of one process (a zombie not yet reaped still has them)."""
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of one process in clock ticks (a zombie not yet reaped still has them)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _HZ  # fields 14 and 15: utime, stime
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    """A process's peak RSS so far (VmHWM), 0 once it is gone."""
+def status_kib(pid: int, key: str = "VmHWM") -> int:
+    """A memory figure of /proc/PID/status in KiB (VmHWM: the peak RSS so far); 0 once it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -233,7 +233,7 @@ class _Sampler(threading.Thread):
                     self.active.append(prev_t)  # traffic began within the last interval
                 self.active.append(now)
             prev_t, prev_rx = now, rx
-            self.own_hwm = max(self.own_hwm, _vm_hwm_kib(self.pid))
+            self.own_hwm = max(self.own_hwm, status_kib(self.pid))
             if now - last_tree >= TREE_EVERY:
                 last_tree = now
                 self.tree_peak = max(self.tree_peak, _tree_rss_kib(self.pid))
@@ -253,8 +253,8 @@ def measure(cmd: Sequence[str], *, env: dict[str, str], cwd: Path | None = None,
         try:
             # waitid(WNOWAIT) first: the exited child stays a zombie, so its own CPU can still be read
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            own = _own_cpu(proc.pid)
-            sampler.own_hwm = max(sampler.own_hwm, _vm_hwm_kib(proc.pid))
+            ticks = cpu_ticks(proc.pid)
+            sampler.own_hwm = max(sampler.own_hwm, status_kib(proc.pid))
             # wait4, not Popen.wait: its rusage is this child's own tree, whatever ran before
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
@@ -268,7 +268,7 @@ def measure(cmd: Sequence[str], *, env: dict[str, str], cwd: Path | None = None,
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     window = sampler.active[-1] - sampler.active[0] if len(sampler.active) > 1 else 0.0
-    m = Measured(wall, usage.ru_utime, usage.ru_stime, own or 0.0,
+    m = Measured(wall, usage.ru_utime, usage.ru_stime, (ticks or 0) / HZ,
                  usage.ru_maxrss, sampler.own_hwm, sampler.tree_peak, rx, window, proc.returncode, stdout, stderr)
     if check and m.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd[:6]))} exited {m.returncode}: "

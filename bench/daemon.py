@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.core import Log, Mode, Row, fresh, med, not_measured, remove, spawn
+from bench.core import HZ, Log, Mode, Row, cpu_ticks, fresh, med, not_measured, remove, spawn, status_kib
 from bench.lab import VARIANT, Server, gpu_project, torch_set, warmd_config
 from tests.support.projects import lock_project, uv_env
 from warmd.config import WatchSettings
@@ -41,18 +41,6 @@ def cheap_project(root: Path, name: str, venv_folders: int) -> int:
     for j in range(venv_folders):
         (site / f"pkg_{j:04d}").mkdir()
     return 5 + venv_folders
-
-
-def _proc_cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15 of stat)
-
-
-def _proc_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def _inotify_watches(pid: int) -> int:
@@ -132,15 +120,14 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
                 startup = time.perf_counter() - t_start
                 log(f"  daemon: {total} projects warm after {startup:.1f} s")
                 time.sleep(2.0)  # let the first pass's garbage settle before sampling
-                hz = os.sysconf("SC_CLK_TCK")
-                c0, t0 = _proc_cpu_ticks(proc.pid), time.monotonic()
+                c0, t0 = cpu_ticks(proc.pid) or 0, time.monotonic()
                 rss = []
                 end = t0 + mode.idle_seconds
                 while time.monotonic() < end:
-                    rss.append(_proc_rss_kib(proc.pid))
+                    rss.append(status_kib(proc.pid, "VmRSS"))
                     time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-                c1, t1 = _proc_cpu_ticks(proc.pid), time.monotonic()
-                cpu = (c1 - c0) / hz / (t1 - t0) * 100
+                c1, t1 = cpu_ticks(proc.pid) or 0, time.monotonic()
+                cpu = (c1 - c0) / HZ / (t1 - t0) * 100
                 folders = sum(1 for _ in os.walk(root))
                 watches = _inotify_watches(proc.pid)
                 log(f"  daemon idle: RSS max {max(rss) / 1024:.1f} MiB, CPU {cpu:.3f} %, {watches} inotify watches")
@@ -148,7 +135,7 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
                 idle.baseline = f"{watches} inotify watches for {folders:,} folders under the root"
                 idle.result = "within aim" if max(rss) / 1024 < 60 and cpu < 0.5 else "over aim"
                 idle.note = (f"each project holds a .venv of {mode.venv_folders} folders; RSS sampled every 1 s, "
-                             f"CPU from utime+stime in /proc/PID/stat: {c1 - c0} tick(s) of 1/{hz} s in "
+                             f"CPU from utime+stime in /proc/PID/stat: {c1 - c0} tick(s) of 1/{HZ} s in "
                              f"{t1 - t0:.0f} s; start-up to all {total} warm {startup:.1f} s")
                 idle.figures = {"rss_mib": max(rss) / 1024, "cpu": cpu, "watches": watches}
 

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.core import REPO, Measured, MiB, Mode, Row, alternate, fresh, measure, med, mib, remove, secs, spawn
+from bench.core import REPO, Log, Measured, MiB, Mode, Row, alternate, fresh, measure, med, mib, remove, secs, spawn
 from tests.support.projects import lock_project, make_project, uv_env
 from tests.support.tls import TlsFiles, make_tls
 from tests.support.wheels import make_wheel
@@ -198,7 +198,7 @@ class Race:
     warm_bytes: list[int] = field(default_factory=list)
 
 
-def race(mode: Mode, tmp: Path, uv: Path, server: Server, project: Path, label: str, gpu: int, log,
+def race(mode: Mode, tmp: Path, uv: Path, server: Server, project: Path, label: str, gpu: int, log: Log,
          *, connections: int | None = None) -> Race:
     """mode.reps rounds of (cold uv sync, warmd prefetch then warm uv sync), each from empty caches."""
     r = Race(label, gpu)

@@ -4,24 +4,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
-from bench.core import Log, Mode, Row, fresh, mib, remove, spawn
-from bench.lab import check_warm, gpu_project, prefetch_cmd, torch_set, warmd_config
-from bench.lab import Server
+from bench.core import Log, Mode, Row, fresh, mib, remove
+from bench.lab import Server, gpu_project, prefetch, torch_set, warmd_config
 from tests.support.projects import lock_project, uv_env
-
-
-def _vm_hwm_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
@@ -48,20 +35,8 @@ def _memory(mode: Mode, tmp: Path, uv: Path, log: Log) -> Row:
         lock_project(project, uv, env)
         cfg = warmd_config(fresh(tmp / "mem-warmd"), uv, cache)
         server.reset()
-        t = time.perf_counter()
-        proc = spawn(prefetch_cmd(cfg, project), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        hwm = 0
-        # VmHWM is this process's own peak; polled until it exits (the last read holds the peak)
-        while proc.poll() is None:
-            v = _vm_hwm_kib(proc.pid)
-            if v:
-                hwm = max(hwm, v)
-            time.sleep(0.05)
-        out, err = proc.communicate()
-        dt = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise RuntimeError(f"warmd prefetch exited {proc.returncode}: {err.decode()[-600:]}")
-        check_warm(out.decode())
+        m = prefetch(cfg, project, env)
+        hwm, dt = m.own_rss_kib, m.wall  # VmHWM of the prefetch process itself, polled until it exits
         served = server.stats()["bytes"].get(big.name, 0)
     file_size = big.stat().st_size
     log(f"  memory: VmHWM {hwm / 1024:.1f} MiB for {mib(file_size)} ({dt:.1f} s, {mib(served)} served)")
