@@ -26,6 +26,7 @@ from tests.support.network import (  # noqa: E402,F401  (pytest finds hooks and 
 )
 from tests.support.prereqs import need  # noqa: E402
 from tests.support.projects import uv_env  # noqa: E402
+from tests.support.tls import TlsFiles, make_tls  # noqa: E402
 
 pytest_plugins = ["pytester"]  # test_loopback runs whole pytest sessions to show the guard fails them
 
@@ -35,6 +36,25 @@ def index_server() -> Iterator[IndexServer]:
     """A started PyTorch-like index on 127.0.0.1 (no-store wheels), stopped after the test."""
     with IndexServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA made for this test run and a certificate it issued for 127.0.0.1."""
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def https_index_server(tls_files: TlsFiles) -> Iterator[IndexServer]:
+    """index_server over HTTPS: clients trust it only through SSL_CERT_FILE (see https_environ)."""
+    with IndexServer(tls=tls_files) as server:
+        yield server
+
+
+@pytest.fixture
+def https_environ(uv_environ: dict[str, str], tls_files: TlsFiles) -> dict[str, str]:
+    """uv_environ plus SSL_CERT_FILE naming the run's CA, for uv and warmd alike."""
+    return uv_environ | tls_files.env()
 
 
 @pytest.fixture(scope="session")

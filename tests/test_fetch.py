@@ -282,12 +282,20 @@ def test_cancel_keeps_partial_and_a_new_fetcher_resumes(slow_server: IndexServer
     assert all(h.status == 206 for h in slow_server.wheel_gets(wheel.filename))
 
 
-def test_cancel_interrupts_a_stalled_read(index_server: IndexServer, tmp_path: Path) -> None:
-    wheel = _wheel(index_server, tmp_path, size=256 * KiB)
-    index_server.faults.stall[wheel.filename] = 60.0
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_cancel_interrupts_a_stalled_read(scheme: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also under TLS, whose socket wraps the one the connection trace saw."""
+    if scheme == "https":
+        server: IndexServer = request.getfixturevalue("https_index_server")
+        monkeypatch.setenv("SSL_CERT_FILE", str(request.getfixturevalue("tls_files").ca))
+    else:
+        server = request.getfixturevalue("index_server")
+    wheel = _wheel(server, tmp_path, size=256 * KiB)
+    server.faults.stall[wheel.filename] = 60.0
     store = Store(tmp_path / "store")
     in_body = threading.Event()
-    fetcher = _fetcher(store, timeout=60.0,
+    fetcher = _fetcher(store, timeout=60.0, trust_env=scheme == "https",
                        progress=lambda e: in_body.set() if e.state == "progress" else None)
     result: dict[str, BaseException] = {}
 
@@ -429,3 +437,4 @@ def test_torn_partial_after_a_power_loss_starts_over_once(index_server: IndexSer
         _check(store, wheel, f.fetch(wheel))
     served = index_server.bytes_served(wheel.filename)
     assert wheel.size <= served < 2 * wheel.size
+

@@ -467,6 +467,25 @@ def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
     assert project["bytes_to_fetch"] == sum(w["size"] for w in project["wheels"]) > 0
 
 
+def test_benchmark_example_plans_the_real_cuda_torch_set() -> None:
+    """examples/cuda-torch (the real-index benchmark row): 18 GPU wheels, 3.8 GiB, for Python 3.11."""
+    from warmd.config import DEFAULT_PACKAGES
+    from warmd.lockfile import read_lock
+    from warmd.select import select_pins
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-torch"
+    lock = read_lock(example / "uv.lock")
+    sel = select_pins(lock, variant="cu128", patterns=DEFAULT_PACKAGES, pythons=["3.11"],
+                      platforms=["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                                 "manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64", "linux_x86_64"])
+    names = {p.name for p in sel.pins}
+    assert {"torch", "torchvision", "triton", "nvidia-cudnn-cu12"} <= names and len(names) == 18, sorted(names)
+    assert {(p.name, p.version) for p in sel.pins if p.name in ("torch", "torchvision")} == {
+        ("torch", "2.9.1"), ("torchvision", "0.24.1")}
+    assert 3.7 * 2**30 < sum(p.wheel.size or 0 for p in sel.pins) < 3.9 * 2**30
+    assert all(p.wheel.url.startswith("https://files.pythonhosted.org/") for p in sel.pins)
+
+
 @pytest.mark.internet
 def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> None:
     """Opt-in (`pytest -m internet`): the README's main command against real PyPI."""
@@ -478,3 +497,51 @@ def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> N
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert all(w["state"] == "warm" for w in json.loads(proc.stdout)["projects"][0]["wheels"])
+
+
+def test_prefetch_over_https_makes_a_fresh_sync_download_nothing(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """Every GPU index is HTTPS: uv and warmd both trust the run's CA through SSL_CERT_FILE alone."""
+    assert https_index_server.url.startswith("https://")
+    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, https_environ, uv_cache)
+    _story(setup, https_index_server, wheel_dir, uv_bin)
+
+
+def test_prefetch_over_https_with_uv_0_8_2(
+    tmp_path: Path, uv_old_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """uv 0.8.2 has its own TLS stack too (rustls, webpki roots): it also honours SSL_CERT_FILE."""
+    setup = Setup(tmp_path, write_config(tmp_path, uv_old_bin, uv_cache), tmp_path / "store", uv_old_bin,
+                  https_environ, uv_cache)
+    _story(setup, https_index_server, wheel_dir, uv_old_bin)
+
+
+def test_untrusted_certificate_fails_at_once_naming_the_fix(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """A certificate no CA vouches for is not a flaky network: no retries, one line saying what to set."""
+    ws = torch_like_set(https_index_server, wheel_dir, "cu128")
+    project = make_project(tmp_path, "proj", server=https_index_server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, uv_bin, https_environ)
+    untrusted = {k: v for k, v in https_environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, untrusted, uv_cache)
+    https_index_server.reset_counters()
+
+    proc = setup.prefetch(project)
+    assert proc.returncode == 1, proc.stderr
+    wheels = setup.report(proc)["projects"][0]["wheels"]
+    assert wheels and all(w["state"] == "failed" for w in wheels), wheels
+    for w in wheels:
+        assert "certificate" in w["reason"] and "SSL_CERT_FILE" in w["reason"], w["reason"]
+        assert "\n" not in w["reason"]
+    assert "Traceback" not in proc.stderr
+    # one refused handshake per wheel for its size (HEAD) and one for its download; a retry loop
+    # (8 retries per wheel) would show here as many more
+    assert 0 < https_index_server.refused_handshakes <= 2 * len(wheels)
+    assert https_index_server.wheel_gets() == []
+    assert not list((tmp_path / "store").glob("blobs/**/*.whl"))

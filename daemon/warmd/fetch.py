@@ -16,6 +16,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -93,6 +94,16 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, httpx.TransportError):
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text or type(exc).__name__
+
+
+def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate error under an httpx ConnectError, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:
@@ -755,7 +766,16 @@ class Fetcher:
         if validator:
             headers["If-Range"] = validator
         req = conn.client.build_request("GET", wheel.url, headers=headers, extensions={"trace": conn.trace})
-        resp = conn.client.send(req, stream=True)
+        try:
+            resp = conn.client.send(req, stream=True)
+        except httpx.ConnectError as exc:
+            # A certificate no CA vouches for stays so on every retry: say so once, with the fix.
+            bad = _untrusted(exc)
+            if bad is None:
+                raise
+            raise FetchError(f"{wheel.filename}: the TLS certificate of {urllib.parse.urlsplit(redact(wheel.url)).netloc} "
+                             f"is not trusted ({bad.verify_message}); if a proxy or your network uses its own CA, "
+                             f"point SSL_CERT_FILE at a bundle holding it") from None
         status = resp.status_code
         if status in (200, 206):
             return resp
