@@ -467,23 +467,23 @@ def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
     assert project["bytes_to_fetch"] == sum(w["size"] for w in project["wheels"]) > 0
 
 
-def test_benchmark_example_plans_the_real_cuda_torch_set() -> None:
-    """examples/cuda-torch (the real-index benchmark row): 18 GPU wheels, 3.8 GiB, for Python 3.11."""
+def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
+    """examples/cuda-torch (the real-index benchmark row): `--dry-run` plans 18 GPU wheels, 3.8 GiB, offline."""
     from warmd.config import DEFAULT_PACKAGES
-    from warmd.lockfile import read_lock
-    from warmd.select import select_pins
 
     example = Path(__file__).resolve().parent.parent / "examples" / "cuda-torch"
-    lock = read_lock(example / "uv.lock")
-    sel = select_pins(lock, variant="cu128", patterns=DEFAULT_PACKAGES, pythons=["3.11"],
-                      platforms=["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-                                 "manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64", "linux_x86_64"])
-    names = {p.name for p in sel.pins}
-    assert {"torch", "torchvision", "triton", "nvidia-cudnn-cu12"} <= names and len(names) == 18, sorted(names)
-    assert {(p.name, p.version) for p in sel.pins if p.name in ("torch", "torchvision")} == {
+    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=DEFAULT_PACKAGES)  # as a user has it
+    proc = setup.prefetch(example, extra=["--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    project = setup.report(proc)["projects"][0]
+    wheels = project["wheels"]
+    names = {w["name"] for w in wheels}
+    assert {"torch", "torchvision", "triton", "nvidia-cudnn-cu12"} <= names and len(names) == len(wheels) == 18, sorted(names)
+    assert {(w["name"], w["version"]) for w in wheels if w["name"] in ("torch", "torchvision")} == {
         ("torch", "2.9.1"), ("torchvision", "0.24.1")}
-    assert 3.7 * 2**30 < sum(p.wheel.size or 0 for p in sel.pins) < 3.9 * 2**30
-    assert all(p.wheel.url.startswith("https://files.pythonhosted.org/") for p in sel.pins)
+    assert project["python"] == ["3.11"]
+    assert 3.7 * 2**30 < project["bytes_to_fetch"] == sum(w["size"] for w in wheels) < 3.9 * 2**30
+    assert all(w["url"].startswith("https://files.pythonhosted.org/") and w["state"] == "cold" for w in wheels)
 
 
 @pytest.mark.internet
