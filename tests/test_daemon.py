@@ -7,9 +7,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,62 +15,17 @@ from pathlib import Path
 import pytest
 
 from tests.support.config import write_warmd_config
+from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import load_config
 from warmd.daemon import Daemon, WorkQueue
+from warmd.policy import project_statuses
 from warmd.schedule import build_scheduler
 from warmd.state import State
 from warmd.store import Store
 
-WAIT = 120.0  # upper bounds for waits that end on an event; a slow CI box must not fail them
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
-
-
-class NotifySocket:
-    """The datagram socket systemd would listen on; a thread drains it as systemd does."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.seen: list[str] = []
-        self._cv = threading.Condition()
-        self._closed = False
-        self.sock.settimeout(0.2)  # lets close() end the reader; close() alone would not wake recv()
-        # A reader that falls behind fills the socket queue and blocks the sender: read at once.
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._closed:
-            try:
-                msg = self.sock.recv(4096).decode()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._cv:
-                self.seen.append(msg)
-                self._cv.notify_all()
-
-    def until(self, pred: Callable[[str], bool], timeout: float = WAIT) -> str:
-        """Wait for a message satisfying pred (messages already received count too)."""
-        with self._cv:
-            found: list[str] = []
-            ok = self._cv.wait_for(lambda: found.extend(m for m in self.seen if pred(m)) or found, timeout)
-            if not ok:
-                raise AssertionError(f"no matching sd_notify message; got {self.seen}")
-            return found[0]
-
-    def clear(self) -> None:
-        with self._cv:
-            self.seen.clear()
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture
@@ -91,7 +43,7 @@ def _config(tmp: Path, uv: Path, cache: Path, root: Path) -> Path:
 def _status(state_dir: Path) -> dict[str, dict]:
     st = State.open(state_dir)  # a second connection, as `warmd status` opens one
     try:
-        return {s.path.name: s.to_json() for s in st.status()}
+        return {s.path.name: s.to_json() for s in project_statuses(st)}
     finally:
         st.close()
 
@@ -238,35 +190,6 @@ def _wait_for(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.05)
-
-
-class DaemonProcess:
-    """`python -m warmd --config CFG run` with its stderr lines in a queue."""
-
-    def __init__(self, cfg: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(cfg), "run"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.all: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.all.append(line)
-            self.lines.put(line)
-
-    def expect(self, text: str, timeout: float = WAIT) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            if text in line:
-                return line
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(

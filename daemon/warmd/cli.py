@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -14,13 +15,15 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import __version__
 from .config import Config, load_config
-from .errors import InputError, WarmdError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
 from .model import ProjectReport, SkippedReport, WheelReport
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# A project whose uv.lock is rewritten while prefetch warms it is warmed again for the new lock,
+# this many times at most.
+PREFETCH_ROUNDS = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("warmd: interrupted; partial downloads are kept and resume next time", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _prefetch(args: argparse.Namespace, config: Config) -> int:
@@ -108,7 +111,7 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
     try:
         with _cancel_on_ctrl_c(pipeline):
-            reports = pipeline.warm(paths)
+            reports = _warm_settled(pipeline, paths)
     finally:
         pipeline.close()
         state.close()
@@ -118,6 +121,23 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     else:
         _print_summary(reports, elapsed)
     return exit_code(reports)
+
+
+def _warm_settled(pipeline: Pipeline, paths: Sequence[Path]) -> list[ProjectReport]:
+    """Warm the projects; one whose uv.lock changed meanwhile is warmed again for the lock it has now."""
+    reports = pipeline.warm(paths)
+    for _round in range(PREFETCH_ROUNDS - 1):
+        again = [r.project for r in reports if r.superseded is not None]
+        if not again:
+            break
+        redone = {r.project: r for r in pipeline.warm(again)}
+        reports = [redone.get(r.project, r) if r.superseded is not None else r for r in reports]
+    return [_unsettled(r) if r.superseded is not None else r for r in reports]
+
+
+def _unsettled(r: ProjectReport) -> ProjectReport:
+    return dataclasses.replace(r, error=f"{r.lock}: kept changing while it was warmed ({r.superseded}); "
+                                        "run `warmd prefetch` again once it settles")
 
 
 @contextmanager
@@ -272,12 +292,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
+    from .policy import project_statuses
     from .progress import human_bytes
     from .state import State
 
     state = State.open(config.state_dir)
     try:
-        rows = state.status()
+        rows = project_statuses(state)
     finally:
         state.close()
     if args.json:
@@ -287,9 +308,8 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         print("no projects known yet (run `warmd prefetch PATH` or start `warmd run`)")
     for row in rows:
         data = row.to_json()
-        checked = data.get("last_check")
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(checked)) if checked else "never"
-        print(f"{data['project']}  variant {data.get('variant')}  last check {when}")
+        print(f"{data['project']}  variant {data.get('variant')}  last check {_when(data.get('last_check'))}")
+        print("  " + _state_line(data, human_bytes))
         if data.get("error"):
             print(f"  error: {data['error']}")
         for w in data.get("wheels", []):
@@ -301,6 +321,25 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         for flag in data.get("flags", []) or []:
             print(f"  ! {flag}")
     return EXIT_OK
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"
+
+
+def _state_line(data: dict[str, Any], human_bytes: Any) -> str:
+    """`state: warm since … — 3 of 3 wheel(s) warm, 1.2 GiB`, then what is being done and the next retry."""
+    line = f"state: {data['state']}" + (f" since {_when(data['since'])}" if data.get("since") else "")
+    if data["wheels_planned"]:
+        line += (f" — {data['wheels_warm']} of {data['wheels_planned']} wheel(s) warm, "
+                 f"{human_bytes(data['bytes_saved'])} of {human_bytes(data['bytes_planned'])}")
+    if data.get("reason") and data["reason"] != data.get("error"):
+        line += f"; {data['reason']}"
+    if data.get("activity") and data["activity"] != data["state"]:
+        line += f"; {data['activity']} now"
+    if data.get("next_retry"):
+        line += f"; next retry {_when(data['next_retry'])} (failure {data['failures']} in a row)"
+    return line
 
 
 def _doctor(args: argparse.Namespace, config: Config) -> int:

@@ -103,6 +103,7 @@ class Config:
     store_max_size: int | None = 100 * 2**30
     state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_state_dir(APP)))
     recheck_interval: float = 4 * 3600.0
+    retry_delay: float = 60.0  # the daemon's first retry of failed work; doubling up to recheck_interval
     download: DownloadSettings = DownloadSettings()
     watch: WatchSettings = WatchSettings()
     source: Path | None = None  # the file this was read from, for messages
@@ -172,6 +173,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         kwargs["store_max_size"] = r.size("store-max-size")
     if "recheck-interval" in data:
         kwargs["recheck_interval"] = r.duration("recheck-interval")
+    if "retry-delay" in data:
+        kwargs["retry_delay"] = r.duration("retry-delay", lo=1.0)
     if (b := r.bool("warm-unhashed")) is not None:
         kwargs["warm_unhashed"] = b
     if (tables := r.tables("project")) is not None:
@@ -282,7 +285,7 @@ class _Reader:
         n = int(float(m.group(1)) * 1024 ** " KMGT".index(unit or " "))
         return n or None
 
-    def duration(self, key: str) -> float:
+    def duration(self, key: str, lo: float = 60.0) -> float:
         v = self._get(key, (str, int, float), 'a duration like "4h" or seconds')
         if isinstance(v, (int, float)):
             seconds = float(v)
@@ -291,8 +294,9 @@ class _Reader:
             if not m:
                 raise ConfigError(f"{self.where}: {self.prefix}{key} = {v!r} is not a duration like \"4h\"")
             seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-        if seconds < 60:
-            raise ConfigError(f"{self.where}: {self.prefix}{key} must be at least a minute")
+        if seconds < lo:
+            least = "a minute" if lo == 60 else f"{lo:g} s"
+            raise ConfigError(f"{self.where}: {self.prefix}{key} must be at least {least}")
         return seconds
 
     def table(self, key: str) -> _Reader | None:

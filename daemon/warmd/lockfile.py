@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .errors import LockError
-from .model import WheelFile
+from .model import FileStamp, WheelFile
 
 _SHA256 = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 # A uv.lock of a large monorepo is a few MiB; one of 64 MiB or more is not a lock warmd should parse.
@@ -65,6 +68,7 @@ class Lock:
     requires_python: str | None
     packages: tuple[LockedPackage, ...]
     conflicts: tuple[tuple[ConflictItem, ...], ...] = ()  # sets of extras/groups that exclude each other
+    stamp: FileStamp | None = None  # the bytes this was parsed from
 
     @property
     def roots(self) -> list[LockedPackage]:
@@ -72,20 +76,36 @@ class Lock:
         return [p for p in self.packages if p.is_root]
 
 
+def _read(path: Path, limit: int) -> tuple[bytes, FileStamp]:
+    """The file's bytes and the stamp of exactly those bytes (one open: a rename onto it cannot mix two)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size >= limit:
+            raise LockError(f"{path}: {st.st_size} bytes is too large for a uv.lock")
+        data = f.read(limit)
+    return data, FileStamp(hashlib.sha256(data).hexdigest(), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def file_stamp(path: Path) -> FileStamp:
+    """The stamp of the file at `path` now (sha256 None when there is none or it cannot be read)."""
+    try:
+        return _read(path, MAX_LOCK_BYTES)[1]
+    except (OSError, LockError):
+        return FileStamp(None)
+
+
 def read_lock(path: Path) -> Lock:
     """Parse the uv.lock at `path`; any problem is a LockError naming the file."""
     try:
-        size = path.stat().st_size
-        if size >= MAX_LOCK_BYTES:
-            raise LockError(f"{path}: {size} bytes is too large for a uv.lock")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw, stamp = _read(path, MAX_LOCK_BYTES)
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise LockError(f"{path}: no such uv.lock (run `uv lock` in the project first)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise LockError(f"{path}: not valid TOML ({exc}); is the lock truncated?") from None
+        raise LockError(f"{path}: not valid TOML ({exc}); is the lock truncated? `uv lock` writes it anew") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LockError(f"{path}: cannot read: {exc}") from None
-    return parse_lock(data, path)
+    return dataclasses.replace(parse_lock(data, path), stamp=stamp)
 
 
 def parse_lock(data: dict[str, Any], path: Path) -> Lock:

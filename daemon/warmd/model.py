@@ -7,6 +7,20 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class FileStamp:
+    """What a project file was when warmd read it: its content hash and the inode that held it.
+
+    Content alone says whether two reads saw the same lock; inode and mtime also tell a lock
+    rewritten in between, even back to the same text (pins moving back and forth).
+    """
+
+    sha256: str | None  # None: there was no such file
+    inode: int = 0
+    mtime_ns: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True)
 class WheelFile:
     """One wheel file named in a uv.lock, with the hash the lock pins."""
 
@@ -62,6 +76,15 @@ WheelStateName = str  # one of: "cold", "fetching", "warm", "unproven", "failed"
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What one finished run concluded about a project (policy.outcome_of), as it is recorded."""
+
+    state: str  # "warm", "unproven", "failed" or "nothing to warm"
+    reason: str | None = None  # why, for anything but warm
+    retry: bool = False  # failed, and waiting may mend it (not bad input): the daemon retries it
+
+
+@dataclass(frozen=True)
 class WheelReport:
     """What one run did for one pinned wheel of one project."""
 
@@ -70,6 +93,7 @@ class WheelReport:
     reason: str | None = None  # why failed / unproven, one line
     bytes_downloaded: int = 0
     bytes_reused: int = 0
+    fix: str | None = None  # for a failure the user must act on (a hash mismatch, a full disk): what to do
 
 
 @dataclass(frozen=True)
@@ -96,9 +120,13 @@ class ProjectReport:
     notes: tuple[str, ...] = ()  # what the user may want to settle (an ambiguous choice ...)
     error: str | None = None  # set when the project could not be planned (bad lock, ...)
     error_is_input: bool = False  # True when `error` is bad input (exit 2) rather than a failure
+    stamp: FileStamp | None = None  # the uv.lock this report is about, as it was read
+    # Why the work was called off before it could say anything (the lock changed, warmd is
+    # stopping): not an outcome, nothing about the wheels is known from it.
+    superseded: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when every pinned wheel is warm and nothing failed."""
-        return (self.error is None and all(w.state == "warm" for w in self.wheels)
+        return (self.error is None and self.superseded is None and all(w.state == "warm" for w in self.wheels)
                 and all(s.state in ("warm", "skipped") for s in self.skipped))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -14,12 +16,15 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from loguru import logger
 
+from .cancel import Cancelled
 from .config import Config
 from .errors import WarmdError
 from .feeder import Feeder
+from .lockfile import file_stamp
 from .fetch import Fetcher, FetchSkipped, ProgressEvent
 from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
 from .plan import Planner, ProjectPlan
+from .policy import outcome_of
 from .store import Store
 from .uvcache import ProbeResult, Uv
 
@@ -66,6 +71,10 @@ class Pipeline:
         """The report of a project that could not be planned or run, naming its variant as a plan would."""
         return self._planner.failure(project, exc)
 
+    def superseded(self, project: Path, reason: str) -> ProjectReport:
+        """The report of a project whose run was called off before it concluded anything."""
+        return self._planner.superseded(project, reason)
+
     def pins(self, project: Path) -> list[Pin]:
         """The pins of a project, without fetching anything."""
         return list(self.plan(project).pins)
@@ -75,7 +84,17 @@ class Pipeline:
         logger.debug("uv {} at {}", self.uv.version, self.uv.exe)
 
     def warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
-        """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once."""
+        """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once.
+
+        Work for a uv.lock that changed since it was planned, or that was called off (cancel.scope),
+        comes back `superseded` and is not recorded: it says nothing about the lock there is now.
+        """
+        try:
+            return self._warm(projects)
+        except Cancelled as exc:
+            return [self._planner.superseded(p, exc.reason) for p in projects]
+
+    def _warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
         # Without a usable uv nothing can be imported or proven: say so before spending a byte.
         self.check_uv()
         plans, failed = self._planner.plan_all(projects)
@@ -90,16 +109,19 @@ class Pipeline:
                 early = pool.submit(self._fetch, list(speculative.values()), importer.ready)
                 try:
                     before = {pl.project: self._probe(pl) for pl in plans}
-                except BaseException:
-                    for sha in speculative:  # uv could not be asked: stop downloading at once
-                        self.fetcher.skip(sha)
+                except BaseException as exc:
+                    # uv could not be asked: stop downloading at once. Work called off keeps its
+                    # downloads: verified, they serve the next lock too when its pins come back.
+                    if not isinstance(exc, Cancelled):
+                        for sha in speculative:
+                            self.fetcher.skip(sha)
                     raise
                 need: dict[str, Pin] = {}
                 for pl in plans:
                     for pin in pl.pins:
                         if pin.name not in before[pl.project][pin.python].warm:
                             need.setdefault(pin.wheel.sha256, pin)
-                    self._mark(pl, need, "fetching")
+                    self._progress(pl, before[pl.project], need)
                 for sha in speculative.keys() - need.keys():
                     self.fetcher.skip(sha)
                 # Each verified file goes to uv as soon as it is in the store, while others download.
@@ -107,15 +129,20 @@ class Pipeline:
                 fetched = early.result()
                 fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative], importer.ready))
                 import_errors = importer.finish()
+                after = {pl.project: self._proof(pl, before[pl.project], need, fetched, import_errors, feeder)
+                         for pl in plans}
             for pl in plans:
-                touched = any(p.wheel.sha256 in need for p in pl.pins)
-                after = self._probe(pl) if touched else before[pl.project]
-                reports.append(self._report(pl, before[pl.project], after, fetched, import_errors,
-                                            self._unhashed(pl)))
-        reports += failed
+                unhashed = self._unhashed(pl)
+                if not pl.is_current():  # what uv said may be about another lock
+                    reports.append(_superseded(pl))
+                    continue
+                reports.append(self._report(pl, before[pl.project], after[pl.project], fetched, import_errors,
+                                            unhashed))
+        reports = [_superseded_if_changed(r) for r in reports + failed]
         if self.state is not None:
             for r in reports:
-                self.state.record_report(r)
+                if r.superseded is None:
+                    self.state.record_report(r, outcome_of(r), uv_version=str(self.uv.version))
         # Only now, with the new pins recorded and warm, may old files make room.
         self._evict({p.wheel.sha256 for pl in plans for p in pl.pins})
         return reports
@@ -133,6 +160,22 @@ class Pipeline:
     def _probe(self, pl: ProjectPlan) -> dict[str, ProbeResult]:
         return probe_plan(self.uv, pl)
 
+    def _proof(self, pl: ProjectPlan, before: dict[str, ProbeResult], need: dict[str, Pin],
+               fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str],
+               feeder: Feeder) -> dict[str, ProbeResult]:
+        """What uv says after the imports; wheels it lost right after theirs (a `uv cache clean`) get one more."""
+        if not any(p.wheel.sha256 in need for p in pl.pins):
+            return before
+        after = self._probe(pl)
+        lost = [p for p in pl.pins if p.wheel.sha256 in need and p.wheel.sha256 not in import_errors
+                and isinstance(fetched.get(p.wheel.sha256), Fetched) and p.name in after[p.python].cold]
+        if not lost:
+            return after
+        logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
+                    pl.project, len(lost))
+        import_errors.update(self._import(lost, feeder))
+        return self._probe(pl)
+
     def _unhashed(self, pl: ProjectPlan) -> dict[tuple[str, str], SkippedReport]:
         """With `warm-unhashed`, have uv download the wheels the lock pins without a sha256, and probe them."""
         wanted = [s for s in pl.skipped if s.unhashed and s.platform is not None]
@@ -146,7 +189,7 @@ class Pipeline:
             try:
                 self.uv.import_unverified(group, python=python, platform=platform)
             except WarmdError as exc:
-                logger.error("{}", exc)
+                logger.warning("{}: {}", pl.project, exc)
                 out.update({(s.name, python): SkippedReport(s, "failed", str(exc)) for s in group})
                 continue
             res = self.uv.probe(pl.project, selected=[s.name for s in group], others=pl.lock_packages,
@@ -186,7 +229,7 @@ class Pipeline:
             try:
                 self.uv.import_wheels(group, urls, python=python, platform=platform)
             except WarmdError as exc:
-                logger.error("{}", exc)
+                logger.warning("{}", exc)  # each project's report names the wheels it cost
                 errors.update({s: str(exc) for s in by_sha})
         return errors
 
@@ -206,7 +249,7 @@ class Pipeline:
             if pin.name in res.warm:
                 wheels.append(WheelReport(pin, "warm", None, down, reused))
             elif isinstance(got, WarmdError):
-                wheels.append(WheelReport(pin, "failed", str(got), down, reused))
+                wheels.append(WheelReport(pin, "failed", str(got), down, reused, fix=got.fix))
             elif pin.wheel.sha256 in import_errors:
                 wheels.append(WheelReport(pin, "failed", import_errors[pin.wheel.sha256], down, reused))
             elif pin.name in res.unproven:
@@ -227,12 +270,13 @@ class Pipeline:
         logger.info("{}: {} of {} pinned wheel(s) warm", pl.project, warm, len(wheels))
         return report_of(pl, wheels=tuple(wheels), skipped=skipped)
 
-    def _mark(self, pl: ProjectPlan, need: dict[str, Pin], state: str) -> None:
-        if self.state is None:
+    def _progress(self, pl: ProjectPlan, before: dict[str, ProbeResult], need: dict[str, Pin]) -> None:
+        """Record the plan being warmed, with what uv has already, when something is to be done."""
+        if self.state is None or not any(pin.wheel.sha256 in need for pin in pl.pins):
             return
-        for pin in pl.pins:
-            if pin.wheel.sha256 in need:
-                self.state.set_wheel_state(pl.project, pin.wheel.sha256, state)
+        wheels = tuple(WheelReport(pin, "fetching" if pin.wheel.sha256 in need else
+                                   "warm" if pin.name in before[pin.python].warm else "cold") for pin in pl.pins)
+        self.state.record_progress(report_of(pl, wheels=wheels))
 
     def _evict(self, protect: set[str]) -> None:
         """Keep the store under its cap, never dropping a file any known project pins."""
@@ -276,7 +320,10 @@ class _Importer:
         self._pins: dict[str, list[Pin]] | None = None  # known once uv said what it lacks
         self._closing = False
         self._errors: dict[str, str] = {}
-        self._thread = threading.Thread(target=self._loop, name="warmd-import", daemon=True)
+        self._cancelled: Cancelled | None = None
+        # In the run's context: a run called off stops its uv imports too (cancel.scope).
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
+                                        name="warmd-import", daemon=True)
 
     def __enter__(self) -> _Importer:
         self._thread.start()
@@ -308,6 +355,8 @@ class _Importer:
             self._cv.notify()
         if self._thread.is_alive():
             self._thread.join()
+        if self._cancelled is not None:
+            raise self._cancelled
         return self._errors
 
     def _loop(self) -> None:
@@ -321,6 +370,9 @@ class _Importer:
             if batch:
                 try:
                     self._errors.update(self._import(batch, self._feeder))
+                except Cancelled as exc:
+                    self._cancelled = exc
+                    return
                 except Exception as exc:  # a bug here must still leave a report, not a hung run
                     logger.exception("import failed")
                     self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in batch})
@@ -335,7 +387,22 @@ def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
     """A project's report: its plan's variant, choice and Pythons, with these wheel outcomes."""
     return ProjectReport(project=pl.project, lock=pl.lock, variant=pl.variant, python=pl.pythons, wheels=wheels,
                          skipped=skipped if skipped is not None else tuple(SkippedReport(s) for s in pl.skipped),
-                         chosen_by=pl.chosen_by, flags=pl.flags, notes=pl.notes)
+                         chosen_by=pl.chosen_by, flags=pl.flags, notes=pl.notes, stamp=pl.lock_stamp)
+
+
+_LOCK_CHANGED = "uv.lock changed while it was warmed"
+
+
+def _superseded(pl: ProjectPlan) -> ProjectReport:
+    return dataclasses.replace(report_of(pl, wheels=()), skipped=(), superseded=_LOCK_CHANGED)
+
+
+def _superseded_if_changed(report: ProjectReport) -> ProjectReport:
+    """The report, or, when its uv.lock is no longer the file it is about, a superseded one."""
+    if report.superseded is not None or report.stamp is None or file_stamp(report.lock) == report.stamp:
+        return report
+    return dataclasses.replace(report, wheels=(), skipped=(), error=None, error_is_input=False,
+                               superseded=_LOCK_CHANGED)
 
 
 def probe_plan(uv: Uv, pl: ProjectPlan) -> dict[str, ProbeResult]:

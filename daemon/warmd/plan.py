@@ -28,14 +28,19 @@ from packaging.version import InvalidVersion, Version
 
 from loguru import logger
 
+from .cancel import Cancelled
 from .config import Config, ProjectSettings
 from .errors import InputError, LockError, WarmdError
-from .lockfile import ConflictItem, Lock, LockedPackage, LockedWheel, read_lock, wheel_tags
-from .model import Pin, ProjectReport, Skipped
+from .lockfile import ConflictItem, Lock, LockedPackage, LockedWheel, file_stamp, read_lock, wheel_tags
+from .model import FileStamp, Pin, ProjectReport, Skipped
 from .uvcache import Interpreter, Uv
 from .variant import Detection, resolve_variant
 
 UNHASHED = "no sha256 in the lock: not verified, left to uv"
+# A plan reads these files (uv export reads pyproject.toml too): one rewritten while it was being
+# planned means the plan may mix two versions, so it is made again, this many times at most.
+PLAN_INPUTS = ("uv.lock", "pyproject.toml", ".python-version")
+PLAN_ATTEMPTS = 3
 
 # A local version label (or the last part of an index URL) that names a GPU build.
 _BUILD_LABEL = re.compile(r"^(cpu|xpu|cu\d{2,3}|rocm\d+(?:\.\d+){1,2})(?=$|\.)")
@@ -110,6 +115,11 @@ class ProjectPlan:
     skipped: tuple[Skipped, ...]  # what the sync installs from the globs but warmd does not fetch
     notes: tuple[str, ...] = ()  # what the user may want to settle (an ambiguous choice ...)
     lock_packages: frozenset[str] = field(default_factory=frozenset)  # every package name in the lock
+    lock_stamp: FileStamp | None = None  # the uv.lock as it was read for this plan
+
+    def is_current(self) -> bool:
+        """True while uv.lock is still the very file this plan was made from."""
+        return self.lock_stamp is not None and file_stamp(self.lock) == self.lock_stamp
 
 
 # -- paths and settings --------------------------------------------------------------------------------
@@ -192,6 +202,7 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
         skipped=tuple(sorted(skipped.values(), key=lambda s: (s.python, s.name, s.version))),
         notes=choice.notes,
         lock_packages=frozenset(p.name for p in lock.packages),
+        lock_stamp=lock.stamp,
     )
 
 
@@ -213,8 +224,25 @@ class Planner:
         return self._detection
 
     def plan(self, project: Path) -> ProjectPlan:
-        """One project's plan (raises InputError on a bad lock or project)."""
-        return plan_project(project, uv=self.uv, options=self.options, detection=self.detection)
+        """One project's plan, made while its files stood still (raises InputError on a bad lock or project).
+
+        A uv.lock (or pyproject.toml, .python-version) rewritten while it was planned is planned
+        again, also when the plan failed on it; one that keeps changing raises Cancelled.
+        """
+        folder = project_folder(project)
+        for _attempt in range(PLAN_ATTEMPTS):
+            before = _inputs(folder)
+            try:
+                pl = plan_project(project, uv=self.uv, options=self.options, detection=self.detection)
+            except WarmdError:
+                if _inputs(folder) == before:
+                    raise
+                logger.info("{}: changed while it was read; reading it again", folder)
+                continue
+            if _inputs(folder) == before:
+                return pl
+            logger.info("{}: changed while it was planned; planning it again", folder)
+        raise Cancelled(f"uv.lock kept changing while it was read ({PLAN_ATTEMPTS} tries)")
 
     def plan_all(self, projects: Sequence[Path]) -> tuple[list[ProjectPlan], list[ProjectReport]]:
         """Plans of the projects that could be planned, and a report naming why for the others."""
@@ -223,8 +251,11 @@ class Planner:
         for p in projects:
             try:
                 plans.append(self.plan(p))
+            except Cancelled as exc:
+                failed.append(self.superseded(p, exc.reason))
             except WarmdError as exc:
-                logger.error("{}", exc)
+                # Bad input waits for the user; anything else the daemon retries on its own.
+                (logger.error if isinstance(exc, InputError) else logger.warning)("{}", exc)
                 failed.append(self.failure(p, exc))
         return plans, failed
 
@@ -233,7 +264,19 @@ class Planner:
         folder = project_folder(project)
         return ProjectReport(project=folder, lock=folder / "uv.lock",
                              variant=project_variant(self.options, folder, self.detection).variant, python=(),
-                             error=str(exc), error_is_input=isinstance(exc, InputError))
+                             error=str(exc), error_is_input=isinstance(exc, InputError),
+                             stamp=file_stamp(folder / "uv.lock"))
+
+    def superseded(self, project: Path, reason: str) -> ProjectReport:
+        """The report of a project whose work was called off before it said anything (not a failure)."""
+        folder = project_folder(project)
+        return ProjectReport(project=folder, lock=folder / "uv.lock",
+                             variant=project_variant(self.options, folder, self.detection).variant, python=(),
+                             superseded=reason)
+
+
+def _inputs(folder: Path) -> tuple[FileStamp, ...]:
+    return tuple(file_stamp(folder / name) for name in PLAN_INPUTS)
 
 
 def allowed_pythons(pythons: Sequence[str], lock: Lock) -> list[str]:

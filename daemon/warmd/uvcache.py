@@ -10,8 +10,8 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 from packaging.version import InvalidVersion, Version
 
+from . import cancel, scratch
 from .errors import LockError, UvError
 from .model import Pin, Skipped
 
@@ -93,19 +94,38 @@ class Uv:
         return Path(found).resolve()
 
     def _run(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-             timeout: float = _TIMEOUT) -> subprocess.CompletedProcess[str]:
+             timeout: float = _TIMEOUT, pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
+        """Run uv; a run called off (cancel.Cancelled) stops it at once and raises instead of answering."""
         cmd = [str(self.exe), *args]
         full_env = {**self._env, **(env or {})}
         if self._cache_dir is not None:
             full_env["UV_CACHE_DIR"] = str(self._cache_dir)
+        token = cancel.current()
+        if token is not None:
+            token.check()
         logger.debug("uv: {}", " ".join(cmd))
         try:
-            return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise UvError(f"`uv {' '.join(args[:2])}` did not finish within {timeout:.0f} s") from None
+            proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, pass_fds=tuple(pass_fds))
         except OSError as exc:
             raise UvError(f"cannot run {self.exe}: {exc}") from None
+        with proc:
+            try:
+                if token is None:
+                    out, err = proc.communicate(timeout=timeout)
+                else:
+                    with token.watching(proc):
+                        out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise UvError(f"`uv {' '.join(args[:2])}` did not finish within {timeout:.0f} s") from None
+            except BaseException:
+                proc.kill()  # as subprocess.run does: no uv outlives an interrupted warmd call
+                raise
+        if token is not None:
+            token.check()  # stopped by warmd's own cancel: not uv's failure, and not an answer
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     @cached_property
     def version(self) -> Version:
@@ -113,7 +133,7 @@ class Uv:
         out = self._run(["--version"], timeout=60)
         m = re.search(r"uv (\d+\.\d+\.\d+)", out.stdout)
         if out.returncode != 0 or m is None:
-            raise UvError(f"{self.exe} --version did not print a uv version: {_last_line(out)}")
+            raise UvError(f"{self.exe} --version did not print a uv version: {uv_reason(out)}")
         try:
             return Version(m.group(1))
         except InvalidVersion:
@@ -126,7 +146,7 @@ class Uv:
             return self._cache_dir
         out = self._run(["cache", "dir"], timeout=60)
         if out.returncode != 0 or not out.stdout.strip():
-            raise UvError(f"`uv cache dir` failed: {_last_line(out)}")
+            raise UvError(f"`uv cache dir` failed: {uv_reason(out)}")
         return Path(out.stdout.strip().splitlines()[-1])
 
     def project_python(self, project: Path) -> str | None:
@@ -175,7 +195,7 @@ class Uv:
                         env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=600)
         if out.returncode != 0:
             raise LockError(f"{project / 'uv.lock'}: uv cannot plan a sync of it ({' '.join(flags) or 'no flags'}): "
-                            f"{_last_line(out)}")
+                            f"{uv_reason(out)}")
         return out.stdout
 
     def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str) -> None:
@@ -214,22 +234,24 @@ class Uv:
 
     def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,
                      config: str | None = None) -> None:
-        with tempfile.TemporaryDirectory(prefix="warmd-import-") as tmp:
-            req = Path(tmp) / name
+        with scratch.folder("import") as work:
+            tmp = work.path
+            req = tmp / name
             req.write_text(text, encoding="utf-8")
             extra: list[str] = []
             if config is not None:
-                (Path(tmp) / "uv.toml").write_text(config, encoding="utf-8")
-                extra = ["--config-file", str(Path(tmp) / "uv.toml")]
+                (tmp / "uv.toml").write_text(config, encoding="utf-8")
+                extra = ["--config-file", str(tmp / "uv.toml")]
             out = self._run(
-                ["pip", "install", "--no-deps", *extra, "--target", str(Path(tmp) / "target"),
+                ["pip", "install", "--no-deps", *extra, "--target", str(tmp / "target"),
                  "--python-version", python, "--python-platform", platform,
                  # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
                  "--link-mode", "symlink", "-r", str(req)],
                 env={"UV_PYTHON_DOWNLOADS": "never"},
+                pass_fds=(work.fd,),  # uv holds the folder's lock too, for as long as it runs
             )
             if out.returncode != 0:
-                raise UvError(f"uv could not import {what} for Python {python}: {_last_line(out)}")
+                raise UvError(f"uv could not import {what} for Python {python}: {uv_reason(out)}")
 
     def probe(self, project: Path, *, selected: Iterable[str], others: Iterable[str], python: str,
               flags: Sequence[str] = ()) -> ProbeResult:
@@ -269,12 +291,13 @@ class Uv:
         args = ["sync", "--frozen", "--dry-run", "--offline", "--no-install-workspace", "--python", python, *flags]
         for name in exclude:
             args += ["--no-install-package", name]
-        with tempfile.TemporaryDirectory(prefix="warmd-probe-") as tmp:
+        with scratch.folder("probe") as work:
             # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
-            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(Path(tmp) / "venv"),
-                                                    "UV_PYTHON_DOWNLOADS": "never"}, timeout=600)
+            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv"),
+                                                    "UV_PYTHON_DOWNLOADS": "never"}, timeout=600,
+                            pass_fds=(work.fd,))
         if out.returncode != 0:
-            return f"uv could not plan a sync for Python {python}: {_last_line(out)}"
+            return f"uv could not plan a sync for Python {python}: {uv_reason(out)}"
         text = out.stdout + "\n" + out.stderr
         m = _DOWNLOADS.search(text)
         listed = set()
@@ -317,7 +340,42 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _last_line(out: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln.strip() for ln in (out.stderr or out.stdout or "").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith(("error", "×", "Caused by"))]
-    return (errors or lines or [f"exit status {out.returncode}"])[-1]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CAUSE_PREFIXES = ("Caused by:", "cause:")
+_MIETTE_CAUSES = ("├─▶", "╰─▶")
+
+
+def uv_reason(out: subprocess.CompletedProcess[str]) -> str:
+    """Why uv failed, in one line: its `error:` (or `×`) line and the causes under it.
+
+    uv prints `error: X` with `Caused by: Y` / `cause: Y` lines under it, or miette's `× X` with
+    `├─▶ Y` causes (0.8 for some commands); wrapped lines are joined. Progress lines such as
+    "Prepared 1 package" are never the reason. A uv stopped by a signal says which.
+    """
+    parts: list[str] = []
+    miette = False
+    lines = [_ANSI.sub("", raw).strip() for raw in (out.stderr or "").splitlines()]
+    for line in lines:
+        if line.startswith("error:"):
+            parts, miette = [line[len("error:"):].strip()], False
+        elif line.startswith("×"):
+            parts, miette = [line[1:].strip()], True
+        elif not parts or not line or line.startswith(("hint:", "help:", "warning:")):
+            continue
+        elif line.startswith(_CAUSE_PREFIXES):
+            parts.append(line.split(":", 1)[1].strip())
+        elif line.startswith(_MIETTE_CAUSES):
+            parts.append(line[3:].strip())
+        elif miette:
+            parts[-1] += " " + line.lstrip("│ ")  # miette wraps a long message or cause
+    parts = [p for p in parts if p]
+    if parts:
+        return ": ".join(parts)
+    if out.returncode < 0:
+        try:
+            name = signal.Signals(-out.returncode).name
+        except ValueError:
+            name = f"signal {-out.returncode}"
+        return f"uv was stopped by {name}"
+    last = next((ln for ln in reversed(lines) if ln), None)
+    return f"exit status {out.returncode}" + (f" ({last})" if last else "")

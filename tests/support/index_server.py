@@ -79,6 +79,9 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # same length and ETag, some bytes flipped
     replace: dict[str, bytes] = field(default_factory=dict)  # new bytes, new ETag/Last-Modified
     no_head: bool = False  # 405 to every HEAD of a wheel
+    # status_burst and drop_after hit only clients whose User-Agent starts with this (None: all),
+    # e.g. "warmd/": the index misbehaves for warmd's downloads, `uv lock` still gets its metadata
+    agent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -317,10 +320,11 @@ class _Handler(BaseHTTPRequestHandler):
         name = wheel.filename
         faults = owner.faults
         with owner._lock:
-            burst = faults.status_burst.get(name)
+            aimed = faults.agent is None or self.headers.get("User-Agent", "").startswith(faults.agent)
+            burst = faults.status_burst.get(name) if aimed else None
             status = burst.pop(0) if burst else None
             drop = None
-            if status is None and not head and faults.drop_after.get(name):
+            if status is None and not head and aimed and faults.drop_after.get(name):
                 drop = faults.drop_after[name].pop(0)
             stall = faults.stall.get(name, 0.0)
             ignore_range = name in faults.ignore_range
