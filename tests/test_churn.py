@@ -12,17 +12,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from tests.support.config import write_warmd_config
-from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
+from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, scratch_made
 from tests.support.index_server import IndexServer
 from tests.support.projects import WheelSet, lock_project, make_project, run_uv, torch_like_set
 from warmd.state import STATE_FILE, State
@@ -52,17 +49,6 @@ def _warm_line(project: Path) -> str:
 def _pin(project: Path, server: IndexServer, ws: WheelSet) -> None:
     make_project(project.parent, project.name, server=server, variant="cu128", deps=[ws.requirement()],
                  gpu_packages=ws.gpu_packages)
-
-
-class _Scratch(FileSystemEventHandler):
-    """Set when warmd makes a scratch folder: a uv child of it is about to run."""
-
-    def __init__(self) -> None:
-        self.made = threading.Event()
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        if Path(os.fsdecode(event.src_path)).name.startswith("warmd-"):
-            self.made.set()
 
 
 class Status:
@@ -139,18 +125,12 @@ def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path,
             # Mid-churn, with a uv child at work, SIGKILL: nothing that was warm may be reported
             # otherwise, and the state must be whole.
             warm_before = {name for name, p in status().items() if p["state"] == "warm"}
-            scratch, watcher = _Scratch(), Observer()
-            watcher.schedule(scratch, str(daemon_tmp))
-            watcher.start()
-            try:
+            with scratch_made(daemon_tmp) as made:
                 (broken / "uv.lock").unlink()  # `uv lock` cannot read the broken one either
                 lock_project(broken, uv_bin, uv_environ)
-                assert scratch.made.wait(WAIT), "warmd never ran uv for the repaired lock"
+                assert made.wait(WAIT), "warmd never ran uv for the repaired lock"
                 first.proc.kill()
                 first.proc.wait()
-            finally:
-                watcher.stop()
-                watcher.join(5)
             after_kill = status()
             assert {name for name in warm_before if after_kill[name]["state"] == "warm"} == warm_before, after_kill
             assert "steady" in warm_before

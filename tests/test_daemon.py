@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from warmd import cancel
 from warmd.config import load_config
 from warmd.daemon import Daemon, WorkQueue
 from warmd.policy import project_statuses
@@ -73,6 +75,40 @@ def test_work_queue_coalesces_changes_during_a_run() -> None:
     release.set()
     assert q.wait_completed(3, WAIT)
     assert sorted(runs) == [a, a, b]  # exactly one more run of a, not three
+    q.close()
+    assert q.join(WAIT)
+
+
+def test_work_queue_calls_a_run_off_kills_its_child_and_runs_it_once_more() -> None:
+    started: queue.Queue[subprocess.Popen] = queue.Queue()
+    states: list[tuple[Path, str | None]] = []
+    ends: list[str] = []
+
+    def run(p: Path) -> None:
+        token = cancel.current()  # each run has its own, ambient for the code it calls
+        assert token is not None
+        if not ends:  # the first run waits on a child, as a run waits on uv
+            child = subprocess.Popen(["sleep", "600"])
+            started.put(child)
+            with token.watching(child):
+                child.wait()
+        try:
+            cancel.checkpoint()
+            ends.append("finished")
+        except cancel.Cancelled as exc:
+            ends.append(exc.reason)
+
+    q = WorkQueue(1, run, on_state=lambda p, s: states.append((p, s)))
+    a = Path("/a")
+    q.submit(a)
+    child = started.get(timeout=WAIT)
+    assert not q.cancel(Path("/b"), "nothing runs there")
+    q.submit(a)  # the lock changed: once more after this run ...
+    assert q.cancel(a, "uv.lock changed")  # ... and this one is called off now
+    assert q.wait_completed(2, WAIT)
+    assert child.returncode == -signal.SIGKILL
+    assert ends == ["uv.lock changed", "finished"]
+    assert states == [(a, "queued"), (a, "warming"), (a, "queued"), (a, "warming"), (a, None)]
     q.close()
     assert q.join(WAIT)
 

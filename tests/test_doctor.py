@@ -304,6 +304,7 @@ def test_inotify_limit_below_the_project_count_is_a_problem(tmp_path: Path) -> N
         assert "3 project(s)" in f.message
         if status != "ok":
             assert f.fix and f.fix.startswith(TROUBLESHOOTING["inotify"].do)
+            assert "/etc/sysctl.d/90-warmd.conf" in f.fix  # the watcher's own hint (watch.inotify_fix)
 
 
 def test_disk_too_small_for_the_planned_wheels_is_a_problem(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from . import cancel, scratch
 from .cancel import CancelToken
 from .config import Config, load_config
 from .credentials import index_auth
-from .errors import WarmdError
+from .errors import EXIT_OK, WarmdError
 from .headers import check_pins, compare, redact
 from .lockfile import file_stamp
 from .model import FileStamp, ProjectReport
@@ -217,7 +217,7 @@ class Daemon:
         finally:
             self._shutdown()
             restore()
-        return 0
+        return EXIT_OK
 
     def _loop(self) -> None:
         ping = self.notifier.watchdog_interval()

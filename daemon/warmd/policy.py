@@ -31,7 +31,7 @@ STATES: dict[str, str] = {
     "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant",
     "queued": "the daemon will warm this uv.lock; nothing is known about it yet",
     "warming": "a warmd is warming this uv.lock now; nothing is known about it yet",
-    "stale": "uv.lock changed since warmd last looked (or warming was interrupted), and no warmd is at it",
+    "stale": "uv.lock changed since warmd last looked (or warming was interrupted), and no warmd has taken it up yet",
 }
 OUTCOMES = ("warm", "unproven", "failed", "nothing to warm")
 

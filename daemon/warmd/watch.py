@@ -51,7 +51,7 @@ def inotify_fix(needed: int | None = None) -> str:
     watches = max(INOTIFY_WATCHES, needed or 0)
     return (f"as root, `sysctl fs.inotify.max_user_watches={watches}` and `sysctl fs.inotify.max_user_instances=1024`"
             + (f" (about {needed} watches needed here)" if needed else "")
-            + f"; make them permanent in /etc/sysctl.d/90-warmd.conf")
+            + "; make them permanent in /etc/sysctl.d/90-warmd.conf")
 
 
 _LIMIT_HINT = "inotify limit reached while watching {path}: {n} project(s) fall back to a check every rescan; "

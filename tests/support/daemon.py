@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
 
 WAIT = 120.0  # upper bounds for waits that end on an event; a slow CI box must not fail them
 
@@ -119,3 +124,26 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class _Made(FileSystemEventHandler):
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.event = threading.Event()
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if Path(os.fsdecode(event.src_path)).name.startswith(self.prefix):
+            self.event.set()
+
+
+@contextmanager
+def scratch_made(folder: Path, prefix: str = "warmd-") -> Iterator[threading.Event]:
+    """An event set when warmd makes a scratch folder in `folder` (its TMPDIR): a uv child is about to run."""
+    handler, observer = _Made(prefix), Observer()
+    observer.schedule(handler, str(folder))
+    observer.start()
+    try:
+        yield handler.event
+    finally:
+        observer.stop()
+        observer.join(5)
