@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jsonschema
@@ -85,7 +86,7 @@ def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path,
             lock_project(p, uv_bin, uv_environ)
         cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES, extra=[
             f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "retry-delay = 1",
-            "[download]", "retries = 1", "[watch]", "debounce = 0.3"])
+            "[download]", "retries = 1", "[watch]", "debounce = 0.1"])
         env = dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1", TMPDIR=str(daemon_tmp))
         status = Status(cfg, uv_environ)
         runs: list[DaemonProcess] = []
@@ -102,12 +103,22 @@ def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path,
             server.faults.agent = "warmd/"
             server.faults.status_burst[new_torch] = [503] * 12
             server.faults.drop_after[new_torch] = [4 * KiB, 4 * KiB]
-            for rnd in range(3):
-                for i, p in enumerate(churning):
-                    if p == broken and rnd == 2:
-                        continue
-                    _pin(p, server, new if (i + rnd) % 2 == 0 else old)
+
+            def relock(p: Path, sets: list[WheelSet]) -> None:
+                for ws in sets:
+                    _pin(p, server, ws)
                     lock_project(p, uv_bin, uv_environ)
+
+            def churn(plans: dict[Path, list[WheelSet]]) -> None:
+                """Each project re-locked through its pins, all at once, as from several terminals."""
+                with ThreadPoolExecutor(len(plans)) as pool:
+                    for done in [pool.submit(relock, p, sets) for p, sets in plans.items()]:
+                        done.result()
+
+            for rnd in range(3):
+                # Pins moving back and forth, a lock a few tenths of a second after the last.
+                churn({p: [new, old] * 2 + [new] if (i + rnd) % 2 == 0 else [old, new] * 2 + [old]
+                       for i, p in enumerate(churning) if not (p == broken and rnd == 2)})
                 if rnd == 0:
                     first.expect("uv.lock changed")
                     run_uv(uv_bin, ["cache", "clean"], cwd=root, env=uv_environ)  # while it warms

@@ -88,6 +88,19 @@ def test_store_hit_makes_no_request(index_server: IndexServer, tmp_path: Path) -
     assert (got.bytes_downloaded, got.bytes_reused) == (0, wheel.size)
 
 
+def test_a_file_skipped_once_is_fetched_when_asked_for_again(index_server: IndexServer, tmp_path: Path) -> None:
+    """skip() calls off the download under way, not every later one (a daemon's Fetcher lives long)."""
+    wheel = _wheel(index_server, tmp_path)
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f:
+        f.skip(wheel.sha256)  # uv had it then
+        with pytest.raises(FetchError):
+            f.fetch(wheel)
+        got = f.fetch_many([wheel])[wheel.sha256]  # uv lost it since (`uv cache clean`): asked for again
+    assert isinstance(got, Fetched), got
+    _check(store, wheel, got)
+
+
 def test_parallel_segments_use_several_connections(slow_server: IndexServer, tmp_path: Path) -> None:
     wheel = _wheel(slow_server, tmp_path, size=2 * MiB)
     store = Store(tmp_path / "store")

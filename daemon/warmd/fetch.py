@@ -328,6 +328,10 @@ class Fetcher:
         unique: dict[str, WheelFile] = {}
         for w in wheels:
             unique.setdefault(w.sha256.lower(), w)
+        with self._lock:
+            # skip() said "not needed" of a download under way then, not of every later one: a
+            # daemon's Fetcher lives for months, and uv may lose a file it had (`uv cache clean`).
+            self._skipped -= unique.keys()
         # Biggest first, so a small wheel never holds back torch; the PyTorch index's locks carry
         # no sizes, so ask the server (one HEAD each, in parallel) where the lock is silent.
         sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])

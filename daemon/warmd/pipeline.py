@@ -122,8 +122,10 @@ class Pipeline:
                         if pin.name not in before[pl.project][pin.python].warm:
                             need.setdefault(pin.wheel.sha256, pin)
                     self._progress(pl, before[pl.project], need)
-                for sha in speculative.keys() - need.keys():
-                    self.fetcher.skip(sha)
+                # Only uv's answer about the very locks planned may call a download off.
+                if all(pl.is_current() for pl in plans):
+                    for sha in speculative.keys() - need.keys():
+                        self.fetcher.skip(sha)
                 # Each verified file goes to uv as soon as it is in the store, while others download.
                 importer.start([pin for pl in plans for pin in pl.pins if pin.wheel.sha256 in need])
                 fetched = early.result()
