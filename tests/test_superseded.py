@@ -197,6 +197,37 @@ def test_uv_failing_is_reported_with_its_error_and_causes_not_its_last_line(
     assert "\n" not in text and "warning" not in text.lower() and "Using CPython" not in text
 
 
+def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str], index_server: IndexServer,
+        wheel_dir: Path, own_tmp: Path) -> None:
+    """A stray `pkill -HUP -f warmd` also hits warmd's uv children (their arguments name warmd-import-…)."""
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=16 * KiB, pythons=("cp311",))
+    torch = next(w for w in ws.wheels if w.name.startswith("torch-"))
+    from warmd.model import Pin, WheelFile
+
+    pin = Pin("torch", ws.torch_version, index_server.index_url("cu128"),
+              WheelFile(index_server.file_url(torch.name, "cu128"), torch.name, index_server.sha256_of(torch.name),
+                        torch.stat().st_size), "3.11", "x86_64-manylinux_2_28")
+    uv = Uv(str(uv_bin), cache_dir=uv_cache, env=uv_environ)
+    caught: list[BaseException] = []
+
+    def imp() -> None:
+        try:
+            uv.import_wheels([pin], {pin.wheel.sha256: pin.wheel.url}, python="3.11", platform="x86_64-manylinux_2_28")
+        except BaseException as exc:  # noqa: BLE001 - the assertion below says what it was
+            caught.append(exc)
+
+    with uv_cache_held(uv_cache):
+        t = threading.Thread(target=imp)
+        t.start()
+        [child] = _poll(_uv_children)
+        os.kill(child, signal.SIGHUP)
+        t.join(WAIT)
+    assert len(caught) == 1 and isinstance(caught[0], UvError), caught
+    assert str(caught[0]) == "uv could not import 1 wheel(s) for Python 3.11: uv was stopped by SIGHUP"
+    assert _litter(own_tmp) == []
+
+
 def test_the_sweep_takes_a_dead_warmds_scratch_and_leaves_a_live_ones(tmp_path: Path) -> None:
     code = ("import os, signal, sys; from pathlib import Path; from warmd import scratch\n"
             "with scratch.folder(sys.argv[1]) as s:\n"

@@ -20,8 +20,8 @@ from .cancel import Cancelled
 from .config import Config
 from .errors import WarmdError
 from .feeder import Feeder
-from .lockfile import file_stamp
 from .fetch import Fetcher, FetchSkipped, ProgressEvent
+from .lockfile import file_stamp
 from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
 from .plan import Planner, ProjectPlan
 from .policy import outcome_of
