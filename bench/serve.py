@@ -1,16 +1,18 @@
 """The test index server in its own process, with counters the benchmark can read.
 
-    python bench/serve.py --dir D [--rate BPS] [--latency S]
+    python bench/serve.py --dir D [--rate BPS] [--link-rate BPS] [--latency S] [--tls-dir T]
 
 Serves every .whl under D like `python -m tests.support.index_server` (D/<variant>/*.whl on
-/whl/<variant>/, files directly in D on /simple) and prints its URL as the first stdout line.
+/whl/<variant>/, files directly in D on /simple) and prints its URL as the first stdout line (https:// with --tls-dir, whose files
+tests/support/tls.py wrote; clients trust them through SSL_CERT_FILE).
 Then it answers one JSON line per command read from stdin (the side channel; the server's
 threads never share a GIL with the process being measured):
 
     stats                      -> {"bytes": {filename: n}, "total": n, "gets": n,
                                    "first_get": t, "last_end": t}
     reset                      -> {"ok": true}   forget counters and the first-GET time
-    set RATE LATENCY           -> {"ok": true}   RATE bytes/s per connection (0: uncapped)
+    set RATE LATENCY [LINK]    -> {"ok": true}   RATE bytes/s per connection, LINK bytes/s for
+                                                 all connections together (0: uncapped)
     quit (or EOF)              -> stop
 
 `first_get` is the wall-clock time (time.time()) at which the first wheel GET since the last
@@ -32,6 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support import index_server as _ix  # noqa: E402
+from tests.support.tls import TlsFiles  # noqa: E402
 
 _first_get: list[float] = []
 _first_lock = threading.Lock()
@@ -83,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/serve.py")
     ap.add_argument("--dir", required=True, type=Path)
     ap.add_argument("--rate", type=int, default=0, help="bytes/s per connection (0: uncapped)")
+    ap.add_argument("--link-rate", type=int, default=0, help="bytes/s for all connections together (0: uncapped)")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds before each response")
+    ap.add_argument("--tls-dir", type=Path, default=None, help="serve HTTPS with the files tests.support.tls wrote")
     args = ap.parse_args(argv)
-    server = _Server(rate_limit=args.rate or None, latency=args.latency)
+    tls = TlsFiles.in_folder(args.tls_dir) if args.tls_dir else None
+    server = _Server(rate_limit=args.rate or None, link_rate=args.link_rate or None, latency=args.latency, tls=tls)
     server.start()
     root = args.dir.resolve()
     for whl in sorted(root.rglob("*.whl")):
@@ -107,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                     _first_get.clear()
                     _last_end.clear()
                 out = {"ok": True}
-            elif cmd[0] == "set" and len(cmd) == 3:
+            elif cmd[0] == "set" and len(cmd) in (3, 4):
                 server.rate_limit = int(cmd[1]) or None
                 server.latency = float(cmd[2])
+                server.link_rate = (int(cmd[3]) if len(cmd) == 4 else 0) or None
                 out = {"ok": True}
             else:
                 out = {"error": f"unknown command {line.strip()!r}"}

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.config import write_warmd_config
+from tests.support.index_server import IndexServer
+from tests.support.projects import lock_project, make_project, torch_like_set
+from warmd import __version__
 
 
 def warmd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -58,21 +64,61 @@ def test_prefetch_without_paths_or_roots_is_bad_usage(tmp_path: Path, uv_bin: Pa
 
 
 def test_version_and_help(uv_environ: dict[str, str]) -> None:
-    assert warmd("--version", env=uv_environ).stdout.startswith("warmd ")
-    helped = warmd("--help", env=uv_environ).stdout
+    version = warmd("--version", env=uv_environ)
+    assert version.returncode == 0 and version.stdout == f"warmd {__version__}\n", version
+    helped = warmd("--help", env=uv_environ)
+    assert helped.returncode == 0, helped.stderr
     for command in ("prefetch", "run", "status", "doctor", "install-service"):
-        assert command in helped
+        assert command in helped.stdout
 
 
-def test_prefetch_with_a_missing_uv_says_how_to_fix_it(tmp_path: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
-    project = tmp_path / "proj"
-    project.mkdir()
-    (project / ".python-version").write_text("3.11\n")
-    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-small" / "uv.lock"
-    (project / "uv.lock").write_text(example.read_text())
-    cfg = write_warmd_config(tmp_path, tmp_path / "no" / "uv", uv_cache, packages=["nvidia-*"])
-    proc = warmd("--config", str(cfg), "prefetch", str(project), env=uv_environ)
-    assert proc.returncode == 1
+@pytest.fixture
+def locked_project(tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path,
+                   uv_environ: dict[str, str]) -> Path:
+    """A cu128 project locked by the real uv against the local index; the index's counters reset."""
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024)
+    project = make_project(tmp_path, "proj", server=index_server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, uv_bin, uv_environ)
+    index_server.reset_counters()
+    return project
+
+
+def _not_uv(tmp_path: Path) -> Path:
+    """An executable that runs but is not uv (prints no version)."""
+    fake = tmp_path / "fake-bin" / "uv"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'this is not uv' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def _not_runnable(tmp_path: Path) -> Path:
+    """A file with the exec bit that the kernel cannot run (no #!, no ELF)."""
+    bad = tmp_path / "bad-bin" / "uv"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x00\x01 not a program\n")
+    bad.chmod(0o755)
+    return bad
+
+
+@pytest.mark.parametrize("command", ["prefetch", "run"])
+@pytest.mark.parametrize("broken, words", [("missing", "uv not found"), ("not-uv", "did not print a uv version"),
+                                           ("not-runnable", "cannot run")])
+def test_an_unusable_uv_is_one_line_before_any_download(tmp_path: Path, uv_cache: Path, uv_environ: dict[str, str],
+                                                        locked_project: Path, index_server: IndexServer,
+                                                        command: str, broken: str, words: str) -> None:
+    uv = {"missing": lambda: tmp_path / "no" / "uv", "not-uv": lambda: _not_uv(tmp_path),
+          "not-runnable": lambda: _not_runnable(tmp_path)}[broken]()
+    extra = [f"roots = [{json.dumps(str(locked_project.parent))}]"]
+    cfg = write_warmd_config(tmp_path, uv, uv_cache, packages=["torch", "pytorch-triton*", "nvidia-*"], extra=extra)
+    args = ["prefetch", str(locked_project)] if command == "prefetch" else ["run"]
+    proc = warmd("--config", str(cfg), *args, env=uv_environ)
+    assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("warmd: uv not found") and "set `uv =" in last
+    assert last.startswith("warmd: ") and words in last and str(uv) in last, proc.stderr
+    if broken == "missing":
+        assert "set `uv =" in last
     assert "Traceback" not in proc.stderr
+    assert index_server.hits == [], "warmd spent requests before it knew uv was usable"
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]

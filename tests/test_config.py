@@ -16,12 +16,13 @@ def test_example_config_is_complete_and_matches_the_defaults() -> None:
     cfg = load_config(EXAMPLE)
     default = Config()
     for field in ("variant", "roots", "packages", "python", "uv", "cache_dir", "store_max_size",
-                  "recheck_interval", "download", "watch"):
+                  "recheck_interval", "download", "watch", "warm_unhashed", "projects"):
         assert getattr(cfg, field) == getattr(default, field), field
     text = EXAMPLE.read_text()
     for key in ("variant", "roots", "packages", "python", "uv", "cache-dir", "store-dir", "store-max-size",
                 "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
-                "max-depth", "debounce", "ignore"):
+                "max-depth", "debounce", "ignore", "warm-unhashed", "path", "extras", "groups",
+                "no-default-groups", "all-packages"):
         assert f"{key} =" in text, f"config.example.toml does not document {key}"
 
 
@@ -56,11 +57,30 @@ def test_values_are_read(tmp_path: Path) -> None:
         ({"store-max-size": "big"}, "store-max-size"),
         ({"recheck-interval": "5s"}, "at least a minute"),
         ({"watch": {"debounce": -1}}, "watch.debounce"),
+        ({"warm-unhashed": "yes"}, "warm-unhashed must be true or false"),
+        ({"project": {"path": "x"}}, r"project must be an array of tables \(\[\[project\]\]\)"),
+        ({"project": [{"extras": ["gpu"]}]}, r"project\[0\]\.path is missing"),
+        ({"project": [{"path": "x", "extra": ["gpu"]}]}, r"unknown key project\[0\]\.extra"),
+        ({"project": [{"path": "x", "variant": "cuda"}]}, r"project\[0\]\.variant = 'cuda'"),
+        ({"project": [{"path": "x", "groups": "gpu"}]}, r"project\[0\]\.groups must be a list"),
+        ({"project": [{"path": "/x"}, {"path": "/x/"}]}, "two \\[\\[project\\]\\] tables for /x"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         parse_config(data, source=Path("c.toml"))
+
+
+def test_project_tables_are_read_with_paths_from_the_config_folder(tmp_path: Path) -> None:
+    cfg = parse_config({"project": [
+        {"path": "proj", "extras": ["gpu"], "variant": "cu128"},
+        {"path": "~/ws", "groups": [], "no-default-groups": True, "all-packages": True},
+    ]}, source=tmp_path / "warmd.toml")
+    first, second = cfg.projects
+    assert first.path == tmp_path / "proj" and first.extras == ("gpu",) and first.groups is None
+    assert first.variant == "cu128" and not first.no_default_groups
+    assert second.path == Path.home() / "ws" and second.groups == () and second.extras is None
+    assert second.no_default_groups and second.all_packages and second.variant is None
 
 
 def test_missing_default_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,62 +16,18 @@ from pathlib import Path
 import pytest
 
 from tests.support.config import write_warmd_config
+from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from warmd import cancel
 from warmd.config import load_config
 from warmd.daemon import Daemon, WorkQueue
+from warmd.policy import project_statuses
 from warmd.schedule import build_scheduler
 from warmd.state import State
 from warmd.store import Store
 
-WAIT = 120.0  # upper bounds for waits that end on an event; a slow CI box must not fail them
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
-
-
-class NotifySocket:
-    """The datagram socket systemd would listen on; a thread drains it as systemd does."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.seen: list[str] = []
-        self._cv = threading.Condition()
-        self._closed = False
-        self.sock.settimeout(0.2)  # lets close() end the reader; close() alone would not wake recv()
-        # A reader that falls behind fills the socket queue and blocks the sender: read at once.
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._closed:
-            try:
-                msg = self.sock.recv(4096).decode()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._cv:
-                self.seen.append(msg)
-                self._cv.notify_all()
-
-    def until(self, pred: Callable[[str], bool], timeout: float = WAIT) -> str:
-        """Wait for a message satisfying pred (messages already received count too)."""
-        with self._cv:
-            found: list[str] = []
-            ok = self._cv.wait_for(lambda: found.extend(m for m in self.seen if pred(m)) or found, timeout)
-            if not ok:
-                raise AssertionError(f"no matching sd_notify message; got {self.seen}")
-            return found[0]
-
-    def clear(self) -> None:
-        with self._cv:
-            self.seen.clear()
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture
@@ -91,7 +46,7 @@ def _config(tmp: Path, uv: Path, cache: Path, root: Path, *, keep: bool = False)
 def _status(state_dir: Path) -> dict[str, dict]:
     st = State.open(state_dir)  # a second connection, as `warmd status` opens one
     try:
-        return {s.path.name: s.to_json() for s in st.status()}
+        return {s.path.name: s.to_json() for s in project_statuses(st)}
     finally:
         st.close()
 
@@ -121,6 +76,40 @@ def test_work_queue_coalesces_changes_during_a_run() -> None:
     release.set()
     assert q.wait_completed(3, WAIT)
     assert sorted(runs) == [a, a, b]  # exactly one more run of a, not three
+    q.close()
+    assert q.join(WAIT)
+
+
+def test_work_queue_calls_a_run_off_kills_its_child_and_runs_it_once_more() -> None:
+    started: queue.Queue[subprocess.Popen] = queue.Queue()
+    states: list[tuple[Path, str | None]] = []
+    ends: list[str] = []
+
+    def run(p: Path) -> None:
+        token = cancel.current()  # each run has its own, ambient for the code it calls
+        assert token is not None
+        if not ends:  # the first run waits on a child, as a run waits on uv
+            child = subprocess.Popen(["sleep", "600"])
+            started.put(child)
+            with token.watching(child):
+                child.wait()
+        try:
+            cancel.checkpoint()
+            ends.append("finished")
+        except cancel.Cancelled as exc:
+            ends.append(exc.reason)
+
+    q = WorkQueue(1, run, on_state=lambda p, s: states.append((p, s)))
+    a = Path("/a")
+    q.submit(a)
+    child = started.get(timeout=WAIT)
+    assert not q.cancel(Path("/b"), "nothing runs there")
+    q.submit(a)  # the lock changed: once more after this run ...
+    assert q.cancel(a, "uv.lock changed")  # ... and this one is called off now
+    assert q.wait_completed(2, WAIT)
+    assert child.returncode == -signal.SIGKILL
+    assert ends == ["uv.lock changed", "finished"]
+    assert states == [(a, "queued"), (a, "warming"), (a, "queued"), (a, "warming"), (a, None)]
     q.close()
     assert q.join(WAIT)
 
@@ -207,6 +196,11 @@ def test_daemon_warms_heals_upgrades_and_flags(
         assert all(w["state"] == "warm" for w in status["app"]["wheels"])
         assert t.is_alive()
 
+        # A project folder deleted under the root leaves `warmd status` at the next rescan.
+        shutil.rmtree(broken)
+        d.rescan()
+        assert set(_status(config.state_dir)) == {"app"}
+
         # A pinned file whose bytes change upstream is flagged in status, and stays flagged.
         d.check_headers()
         status = _status(config.state_dir)["app"]
@@ -233,35 +227,6 @@ def _wait_for(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.05)
-
-
-class DaemonProcess:
-    """`python -m warmd --config CFG run` with its stderr lines in a queue."""
-
-    def __init__(self, cfg: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(cfg), "run"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.all: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.all.append(line)
-            self.lines.put(line)
-
-    def expect(self, text: str, timeout: float = WAIT) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            if text in line:
-                return line
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
@@ -319,3 +284,37 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
         # The restart fetched only what the first daemon had not kept.
         assert 0 < server.bytes_served(torch_file) <= size - kept.done_bytes()
         assert all(h.status == 206 for h in server.wheel_gets(torch_file))
+
+
+def test_sighup_with_other_roots_and_interval_takes_effect(
+    tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
+    uv_environ: dict[str, str], notify: NotifySocket,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024)
+    app = make_project(second, "app", server=index_server, variant="cu128",
+                       deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(app, uv_bin, uv_environ)
+    index_server.reset_counters()
+    cfg = _config(tmp_path, uv_bin, uv_cache, first)
+    daemon = DaemonProcess(cfg, dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1"))
+    try:
+        notify.until(lambda m: m == "READY=1")
+        notify.until(lambda m: m == "STATUS=idle, 0 projects warm")
+        assert _gpu_gets(index_server) == []  # `second` is not watched yet
+        cfg.write_text(cfg.read_text().replace(json.dumps(str(first)), json.dumps(str(second)))
+                       .replace('recheck-interval = "1h"', 'recheck-interval = "2h"'))
+        notify.clear()
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert str(second) in daemon.expect("now watching")
+        assert "every 7200 s" in daemon.expect("re-checking")
+        daemon.expect("config reloaded")
+        notify.until(lambda m: m == "STATUS=idle, 1 project warm")
+        st = _status(tmp_path / "state")["app"]
+        assert st["wheels"] and all(w["state"] == "warm" for w in st["wheels"]), st
+        assert _gpu_gets(index_server), "the project under the new root was never fetched"
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
+    finally:
+        daemon.kill()

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
+from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import Config, parse_config
 from warmd.doctor import (
@@ -303,6 +304,7 @@ def test_inotify_limit_below_the_project_count_is_a_problem(tmp_path: Path) -> N
         assert "3 project(s)" in f.message
         if status != "ok":
             assert f.fix and f.fix.startswith(TROUBLESHOOTING["inotify"].do)
+            assert "/etc/sysctl.d/90-warmd.conf" in f.fix  # the watcher's own hint (watch.inotify_fix)
 
 
 def test_disk_too_small_for_the_planned_wheels_is_a_problem(tmp_path: Path) -> None:
@@ -329,3 +331,67 @@ def test_readme_troubleshooting_rows_are_doctors_own() -> None:
     for row in rows:
         says, do = (cell.strip() for cell in row.strip("|").split(" | ", 1))
         assert (says, do) in ours, f"README row not in doctor.TROUBLESHOOTING: {row}"
+
+
+# -- findings README's troubleshooting table promises, each through `warmd doctor` -----------------
+
+
+def test_a_uv_older_than_supported_is_a_warning_with_the_upgrade(tmp_path: Path, uv_older_bin: Path, uv_cache: Path,
+                                                                 env: dict[str, str]) -> None:
+    _code, report = doctor(write_config(tmp_path, uv_older_bin, uv_cache), env)
+    old = [f for f in of(report, "uv") if f["status"] == "warn"]
+    assert len(old) == 1 and "uv 0.8.0 is older than 0.8.2" in old[0]["message"], report
+    assert old[0]["fix"].startswith(TROUBLESHOOTING["uv-old"].do)
+
+
+def test_no_cache_in_a_projects_pyproject_and_uv_toml_is_a_problem(tmp_path: Path, gpu_project: Path, uv_bin: Path,
+                                                                    uv_cache: Path, env: dict[str, str]) -> None:
+    pyproject = gpu_project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.uv]\nno-cache = true\n")
+    (gpu_project / "uv.toml").write_text("no-cache = true\n")
+    code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), env, str(gpu_project))
+    assert code == 1
+    found = {f["message"]: f["fix"] for f in of(report, "uv-cache") if f["status"] == "problem"}
+    assert len(found) == 2, report
+    assert any(str(gpu_project / "uv.toml") in m for m in found) and any(str(pyproject) in m for m in found)
+    assert all(fix.startswith(TROUBLESHOOTING["no-cache"].do) for fix in found.values())
+
+
+def test_a_fix_that_cannot_be_written_is_a_problem_and_changes_nothing(tmp_path: Path, gpu_project: Path,
+                                                                       uv_bin: Path, uv_cache: Path,
+                                                                       env: dict[str, str]) -> None:
+    need("mount")
+    before = (gpu_project / "pyproject.toml").read_bytes()
+    # The project folder read-only, as on a read-only checkout (root ignores file modes, not this).
+    subprocess.run(["mount", "--bind", str(gpu_project), str(gpu_project)], check=True, timeout=60)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(gpu_project)], check=True, timeout=60)
+        code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), env, str(gpu_project), "--fix")
+    finally:
+        subprocess.run(["umount", str(gpu_project)], check=False, timeout=60)
+    assert code == 1
+    [failed] = of(report, "fix")
+    assert failed["status"] == "problem" and "could not add the override" in failed["message"], report
+    assert "Read-only file system" in failed["message"] and CACHE_CONTROL_LINE in failed["fix"]
+    assert (gpu_project / "pyproject.toml").read_bytes() == before
+
+
+@pytest.mark.parametrize("active, status, kind, code", [
+    ("inactive", "warn", "service-inactive", 0),
+    ("failed", "problem", "service-failed", 1),
+])
+def test_service_state_is_reported_with_its_fix(tmp_path: Path, uv_bin: Path, uv_cache: Path, env: dict[str, str],
+                                               active: str, status: str, kind: str, code: int) -> None:
+    # systemd as the user's manager cannot run here: its `systemctl show` answers from a fixture.
+    bindir = tmp_path / "systemd-bin"
+    bindir.mkdir()
+    unit = tmp_path / "xdg" / "systemd" / "user" / "warmd.service"
+    (bindir / "systemctl").write_text(
+        f"#!/bin/sh\nprintf 'LoadState=loaded\\nActiveState={active}\\nFragmentPath={unit}\\n'\n")
+    (bindir / "systemctl").chmod(0o755)
+    service_env = env | {"PATH": f"{bindir}:{env['PATH']}", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"}
+    got, report = doctor(write_config(tmp_path, uv_bin, uv_cache), service_env)
+    [service] = of(report, "service")
+    assert service["status"] == status and TROUBLESHOOTING[kind].says in service["message"], service
+    assert service["fix"].startswith(TROUBLESHOOTING[kind].do) and str(unit) in service["message"]
+    assert got == code

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -31,8 +32,10 @@ import pytest
 
 from tests.support.cache import traces
 from tests.support.index_server import Faults, Hit, IndexServer, _Handler, normalize
+from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
 from tests.support.wheels import make_wheel, sha256_file
+from warmd.state import STATE_FILE, State
 from warmd.store import Store
 
 MiB = 2**20
@@ -48,16 +51,20 @@ WAIT = 120.0  # upper bound for waits that end on an event; a slow box must not 
 
 
 class _LiveHandler(_Handler):
-    """The index's handler, counting wheel body bytes as they go out (Hits only appear at the end)."""
+    """The index's handler, counting wheel body bytes as they go out (Hits only appear at the end);
+    a ranged GET of a file in `hold` stops once it has sent that many bytes, until the gate opens."""
 
     def _write(self, data: bytes) -> None:  # type: ignore[override]
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         if not path.endswith(".whl"):
             return super()._write(data)
         name = path.rsplit("/", 1)[-1]
+        held = self.owner.hold.get(name) if self.headers.get("Range") else None  # type: ignore[attr-defined]
         view = memoryview(data)
         step = self._chunk_size()  # the pieces the rate limiter paces: count each as it leaves
         for i in range(0, len(view), step):
+            if held is not None and self.sent >= held[1]:
+                held[0].wait(WAIT)
             piece = view[i : i + step]
             super()._write(piece)
             self.owner._live_add(name, len(piece))  # type: ignore[attr-defined]
@@ -71,6 +78,7 @@ class DrillServer(IndexServer):
         self._cv = threading.Condition()
         self._live: dict[str, int] = {}
         self.on_hit: list[Callable[[Hit], None]] = []
+        self.hold: dict[str, tuple[threading.Event, int]] = {}  # filename -> (gate, bytes let through first)
 
     def start(self) -> DrillServer:
         super().start()
@@ -89,6 +97,11 @@ class DrillServer(IndexServer):
             cb(hit)
         with self._cv:
             self._cv.notify_all()
+
+    def finished(self, filename: str) -> list[Hit]:
+        """Requests of `filename` answered so far, without waiting for those in flight (held ones)."""
+        with self._lock:
+            return [h for h in self._hits if h.path.rsplit("/", 1)[-1] == filename]
 
     def live_bytes(self, filename: str) -> int:
         """Body bytes of `filename` written so far, requests in flight included."""
@@ -114,6 +127,9 @@ class DrillServer(IndexServer):
         self.faults = Faults()
         self.rate_limit = None
         self.on_hit.clear()
+        for gate, _ in self.hold.values():
+            gate.set()
+        self.hold.clear()
         self.reset_counters()
         with self._cv:
             self._live.clear()
@@ -216,15 +232,24 @@ class Drill:
         assert traces(self.cache, prefix) == []
 
     def assert_cache_verified(self, project: Path) -> None:
-        """(a) every cache entry installs offline as exactly the locked version, files matching RECORD."""
+        """(a) every cache entry installs offline as exactly the locked version, files matching RECORD;
+        and uv itself counts the locked packages without an entry as the ones it would download, so
+        an empty (or unreadable) cache is checked too, never waved through."""
         present = self.entries()
-        if not present:
-            return
-        locked = {normalize(p["name"]): p["version"]
-                  for p in tomllib.loads((project / "uv.lock").read_text())["package"]}
-        assert present <= set(locked), present
+        packages = tomllib.loads((project / "uv.lock").read_text())["package"]
+        locked = {normalize(p["name"]): p["version"] for p in packages}
+        registry = {normalize(p["name"]) for p in packages if "registry" in p.get("source", {})}
+        assert present <= registry, present
         self._venvs += 1
         venv = self.tmp / f"check-venv-{self._venvs}"
+        plan = subprocess.run([str(self.uv), "sync", "--offline", "--frozen", "--dry-run", "--no-install-project"],
+                              cwd=project, env=self.env | {"UV_PROJECT_ENVIRONMENT": str(venv)},
+                              capture_output=True, text=True, timeout=300)
+        assert plan.returncode == 0, plan.stderr
+        m = re.search(r"Would download (\d+) packages?", plan.stdout + plan.stderr)
+        assert (int(m.group(1)) if m else 0) == len(registry - present), (present, plan.stderr)
+        if not present:
+            return
         skip = [a for n in sorted(set(locked) - present) for a in ("--no-install-package", n)]
         proc = subprocess.run([str(self.uv), "sync", "--offline", "--frozen", "--no-install-project", *skip],
                               cwd=project, env=self.env | {"UV_PROJECT_ENVIRONMENT": str(venv)},
@@ -524,15 +549,12 @@ def test_sigkill_at_random_points_of_fetch_and_import(drill: Drill) -> None:
 def test_disk_filling_up_during_a_fetch(drill: Drill) -> None:
     w = drill.world
     project = drill.project(w.big)
+    need("mount")
     mnt = drill.tmp / "small-disk"
     mnt.mkdir()
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                                 capture_output=True, text=True, timeout=60)
-    except OSError as exc:
-        pytest.skip(f"cannot mount a small tmpfs here: {exc}")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                             capture_output=True, text=True, timeout=60)
+    assert mounted.returncode == 0, f"cannot mount a small tmpfs here: {mounted.stderr.strip()}"
     try:
         store = mnt / "store"
         proc = drill.prefetch(project, store=store)
@@ -570,11 +592,18 @@ def test_users_uv_sync_clean_and_prune_at_the_same_moment(drill: Drill) -> None:
     project = drill.project(w.small)
     user = drill.tmp / "user-copy"  # the user works in their own checkout of the same lock
     shutil.copytree(project, user)
-    w.server.rate_limit = 1 * MiB  # about a second of fetching for the others to land in
+    name, sha = w.small_torch, w.server.sha256_of(w.small_torch)
+    gate = threading.Event()
+    # warmd's downloads stall until the gate opens: torch after its first bytes (so it is visibly
+    # mid-download), filelock before any (so nothing is imported before the user's commands)
+    w.server.hold[name] = (gate, 1)
+    w.server.hold[w.filelock] = (gate, 0)
     proc = drill.popen(project)
     results: dict[str, subprocess.CompletedProcess[str]] = {}
     try:
-        assert w.server.wait_until(lambda: w.server.live_bytes(w.small_torch) > 0 or proc.poll() is not None)
+        # warmd has asked uv (the wheel is marked fetching only after the probe) and is mid-download
+        assert _poll_until(lambda: proc.poll() is not None or (
+            w.server.live_bytes(name) > 0 and _wheel_state(drill.state, project, sha) == "fetching"))
         assert proc.poll() is None, "the prefetch ended before it fetched"
 
         def user_runs(args: list[str]) -> None:
@@ -587,28 +616,48 @@ def test_users_uv_sync_clean_and_prune_at_the_same_moment(drill: Drill) -> None:
             t.start()
         for t in threads:
             t.join(WAIT)
+        # The overlap is the point: all three ran while warmd held a partial of the same wheel.
+        # (and the user's sync downloaded torch itself, in full, while warmd's ranges stayed held)
+        users = [h for h in w.server.finished(name) if h.method == "GET" and h.range is None]
+        assert [h.body_bytes for h in users] == [w.sizes[name]], users
+        assert proc.poll() is None and w.server.live_bytes(name) - w.sizes[name] < w.sizes[name]
+        gate.set()
         out, err = proc.communicate(timeout=WAIT)
     finally:
+        gate.set()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode in (0, 1), err  # a wheel uv lost meanwhile may be reported failed; no crash
-    assert "Traceback" not in err
-    json.loads(out)
     assert len(results) == 3 and all(r.returncode == 0 for r in results.values()), \
         {k: r.stderr[-500:] for k, r in results.items()}
+    # uv cleaned its cache under warmd's feet before warmd imported: warmd still ends all warm.
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert {x["state"] for x in json.loads(out)["projects"][0]["wheels"]} == {"warm"}
     drill.assert_cache_verified(project)
 
     w.server.clear()
     proc2 = drill.prefetch(project)
     assert proc2.returncode == 0, proc2.stderr
     assert {x["state"] for x in _wheels(proc2).values()} == {"warm"}
+    assert w.server.bytes_served() == 0  # warm already: the second run asked uv and fetched nothing
     offline = subprocess.run([str(drill.uv), "sync", "--offline"], cwd=project, env=drill.env,
                              capture_output=True, text=True, timeout=WAIT)
     assert offline.returncode == 0, offline.stderr
     assert f"torch=={SMALL_TORCH}+{VARIANT}" in offline.stderr
     drill.assert_cache_verified(project)
     drill.assert_store_verified()
+
+
+def _wheel_state(state_dir: Path, project: Path, sha: str) -> str | None:
+    """What warmd's state says of one wheel of a project (read from another connection, as status does)."""
+    if not (state_dir / STATE_FILE).exists():  # warmd creates it; opening it first would race that
+        return None
+    st = State.open(state_dir)
+    try:
+        return st.wheel_state(project, sha)
+    finally:
+        st.close()
 
 
 def test_two_prefetches_at_once_fetch_the_wheel_once(drill: Drill) -> None:

@@ -156,9 +156,8 @@ def test_unsafe_wheel_urls_are_refused(henv: Env) -> None:
         ('version = 1\npackage = "torch"\n', "must be an array of tables"),
         ('version = 1\n[[package]]\nname = 5\n', "has no name"),
         (_lock('{ path = "/etc/passwd" }'), "has no url"),
-        (_lock('{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl" }'), "no sha256 hash"),
-        (_lock(f'{{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl", hash = "md5:{"a" * 32}" }}'),
-         "no sha256 hash"),
+        (_lock(f'{{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl", hash = "sha256:{"a" * 9}" }}'),
+         "malformed hash"),
         (_lock(f'{{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl", hash = "sha256:{SHA}", '
                "size = -1 }"), "invalid size"),
         (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), requires_python="three"),
@@ -166,13 +165,27 @@ def test_unsafe_wheel_urls_are_refused(henv: Env) -> None:
         (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), torch="not-a-version"),
          "not a valid version"),
     ],
-    ids=["not-toml", "binary", "no-version", "package-string", "name-int", "path-wheel", "no-hash", "md5",
+    ids=["not-toml", "binary", "no-version", "package-string", "name-int", "path-wheel", "bad-hash",
          "negative-size", "bad-requires-python", "bad-version"],
 )
 def test_malformed_locks_are_refused(henv: Env, lock: str | bytes, words: str) -> None:
     project, before = _project(henv, lock)
     proc = henv.warmd(henv.config(), project)
     assert_refused(henv, proc, project, before, words)
+
+
+@pytest.mark.parametrize("hash_", [None, f"md5:{'a' * 32}"], ids=["no-hash", "md5"])
+def test_a_wheel_without_a_sha256_is_skipped_not_refused(henv: Env, hash_: str | None) -> None:
+    """No sha256 is not bad input (nightly indexes publish none): the wheel is named as skipped, exit 0,
+    and nothing is fetched or written."""
+    extra = f', hash = "{hash_}"' if hash_ else ""
+    project, before = _project(henv, _lock(f'{{ url = "http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"{extra} }}'))
+    proc = henv.warmd(henv.config(), project)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped  torch-2.8.0-py3-none-any.whl — no sha256 in the lock: not verified, left to uv" in proc.stdout
+    assert _snapshot(project) == before
+    assert not any(henv.cache.rglob("*")), "uv's cache was written"
+    assert not [p for p in henv.store.rglob("*") if p.is_file()], "warmd's store was written"
 
 
 def test_truncated_real_lock_is_refused(henv: Env, index_server: IndexServer, wheel_dir: Path) -> None:

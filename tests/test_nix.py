@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from tests.support.prereqs import need
+
 REPO = Path(__file__).resolve().parents[1]
 NIX_FILES = [REPO / "flake.nix", *sorted((REPO / "nix").glob("*.nix"))]
-NIX = shutil.which("nix-instantiate")
-pytestmark = pytest.mark.skipif(
-    NIX is None, reason="nix-instantiate is not installed (Debian: apt-get install nix-bin)"
-)
+pytestmark = pytest.mark.usefixtures("nix")  # missing, each test says what to install (fails under CI)
+
+
+@pytest.fixture
+def nix() -> Path:
+    return need("nix-instantiate")
 
 # Just enough of nixpkgs' lib and pkgs to evaluate the module's config: options become their
 # attrsets, mkIf keeps its condition, packages are store-path strings.
@@ -49,9 +52,8 @@ in
 
 
 def nix_eval(expr: str) -> object:
-    assert NIX is not None
     done = subprocess.run(
-        [NIX, "--eval", "--strict", "--json", "--expr", expr.replace("REPO", str(REPO))],
+        [str(need("nix-instantiate")), "--eval", "--strict", "--json", "--expr", expr.replace("REPO", str(REPO))],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -60,8 +62,7 @@ def nix_eval(expr: str) -> object:
 
 @pytest.mark.parametrize("path", NIX_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_nix_file_parses(path: Path) -> None:
-    assert NIX is not None
-    done = subprocess.run([NIX, "--parse", str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(need("nix-instantiate")), "--parse", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
 

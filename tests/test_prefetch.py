@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,10 @@ import pytest
 from tests.support.cache import traces
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, make_two_build_project, run_uv, torch_like_set
+from tests.support.projects import (lock_project, make_project, make_two_build_project, run_uv, torch_like_set,
+                                    uv_env, write_project)
+from tests.support.uvplan import dry_run, find_interpreter, of_globs, planned, tree, uv_sync_plan
+from tests.support.wheels import make_wheel
 
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*", "filelock"]  # filelock: so the offline sync has everything
 
@@ -218,6 +222,182 @@ def test_flaky_index_is_survived(setup: Setup, index_server: IndexServer, wheel_
     assert all(w["state"] == "warm" for w in setup.report(proc)["projects"][0]["wheels"])
 
 
+# -- wheels a lock pins by direct URL, and wheels without a sha256 -------------------------------------
+
+
+def _direct_url_project(setup: Setup, server: IndexServer, wheel_dir: Path, folder: str) -> tuple[Path, Path, str]:
+    """A project pinning a prebuilt kernel by URL (as on a release page), locked with a cache of its own:
+    `uv lock` downloads the wheel to hash it, and that must not count as warming."""
+    wheel = make_wheel(wheel_dir / "releases", "flash-attn", "2.6.3+cu128torch2.8", "cp311-cp311-linux_x86_64", 96 * 1024)
+    url = server.add_wheel(wheel, "releases", folder=folder)
+    server.add_wheel(make_wheel(wheel_dir, "filelock", "3.18.0", "py3-none-any", 4096), None)
+    project = write_project(setup.tmp, "kernels", "3.11", [
+        "[project]", 'name = "kernels"', 'version = "0.1.0"', 'requires-python = ">=3.11"',
+        f'dependencies = ["flash-attn @ {url}", "filelock"]', "",
+        "[[tool.uv.index]]", 'name = "pypi"', f'url = "{server.simple_url}"', "default = true", "",
+    ])
+    lock_project(project, setup.uv, uv_env(setup.tmp / "lock-cache"))
+    assert f'source = {{ url = "{url}" }}' in (project / "uv.lock").read_text()
+    server.reset_counters()
+    return project, wheel, url
+
+
+@pytest.mark.parametrize("which", ["pinned", "0.8.2"])
+def test_a_direct_url_wheel_is_warmed_under_its_url(tmp_path: Path, uv_bin: Path, uv_cache: Path,
+                                                    uv_environ: dict[str, str], index_server: IndexServer,
+                                                    wheel_dir: Path, which: str, request: pytest.FixtureRequest) -> None:
+    """uv keys a direct-URL wheel by that URL (wheels-vN/url/<digest of the URL>/), not by an index: warmd
+    verifies the file, then has uv download it from the URL with the lock's sha256, so uv files it there."""
+    uv = uv_bin if which == "pinned" else request.getfixturevalue("uv_old_bin")
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv, uv_cache, packages=["flash-attn*", "filelock"]),
+                  tmp_path / "store", uv, uv_environ, uv_cache)
+    project, wheel, url = _direct_url_project(setup, index_server, wheel_dir, "/files/releases/v1")
+    _plans_as_uv_does(setup, project, ["flash-attn*", "filelock"])
+    proc = setup.prefetch(project)
+    assert proc.returncode == 0, proc.stderr
+    fa = next(w for w in setup.report(proc)["projects"][0]["wheels"] if w["name"] == "flash-attn")
+    assert (fa["state"], fa["index"], fa["url"], fa["verified"]) == ("warm", None, url, True)
+    assert list(uv_cache.glob("wheels-v*/url/*/flash-attn/*.http")), "not filed under uv's URL bucket"
+    assert not list(uv_cache.glob("wheels-v*/index/*/flash-attn")), "filed under an index: a sync would miss it"
+
+    index_server.reset_counters()
+    run_uv(uv, ["sync"], cwd=project, env=setup.env)
+    assert index_server.wheel_gets(wheel.name) == [], "a fresh uv sync downloaded the direct-URL wheel again"
+    run_uv(uv, ["venv", "--clear", str(project / ".venv")], cwd=project, env=setup.env)
+    offline = subprocess.run([str(uv), "sync", "--offline"], cwd=project, env=setup.env, capture_output=True, text=True)
+    assert offline.returncode == 0, offline.stderr
+
+
+def test_a_direct_url_wheel_whose_server_says_no_store_is_not_called_warm(setup: Setup, index_server: IndexServer,
+                                                                           wheel_dir: Path) -> None:
+    """With no-store, uv keeps no copy of a direct-URL wheel (there is no index to override): warmd says so."""
+    write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=["flash-attn*", "filelock"])
+    project, _wheel, _url = _direct_url_project(setup, index_server, wheel_dir, "/releases/v1")
+    proc = setup.prefetch(project)
+    assert proc.returncode == 1, proc.stderr
+    fa = next(w for w in setup.report(proc)["projects"][0]["wheels"] if w["name"] == "flash-attn")
+    assert fa["state"] == "failed" and "uv kept no copy" in fa["reason"]
+
+
+def _plans_as_uv_does(setup: Setup, project: Path, packages: list[str]) -> None:
+    """These lab-made shapes, too: warmd's dry-run plan is uv's own plan of the globs."""
+    python = find_interpreter("3.11", setup.uv)
+    env = {**setup.env, "PATH": f"{python.parent}:{setup.env['PATH']}"}
+    expected = of_globs(uv_sync_plan(setup.uv, project, python, [], env), packages)
+    assert planned(dry_run(setup.config, env, project)["projects"][0], "3.11") == expected
+    assert not (setup.tmp / "state").exists(), "a dry run opened warmd's state"
+
+
+def _unhashed_project(setup: Setup, server: IndexServer, wheel_dir: Path):
+    ws = torch_like_set(server, wheel_dir, "rocm6.4", pythons=("cp311",))
+    server.hashless.add("rocm6.4")  # a nightly index: no #sha256= in its pages
+    project = make_project(setup.tmp, "nightly", server=server, variant="rocm6.4",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, setup.uv, setup.env)
+    assert "rocm6.4/torch-2.8.0%2Brocm6.4-cp311-cp311-manylinux_2_28_x86_64.whl\" }" in (project / "uv.lock").read_text()
+    server.reset_counters()
+    return project, ws
+
+
+def test_unhashed_wheels_are_skipped_by_name_and_the_hashed_ones_warm(setup: Setup, index_server: IndexServer,
+                                                                      wheel_dir: Path) -> None:
+    project, ws = _unhashed_project(setup, index_server, wheel_dir)
+    _plans_as_uv_does(setup, project, PACKAGES)
+    proc = setup.prefetch(project)
+    assert proc.returncode == 0, proc.stderr
+    wheels = {w["name"]: w for w in setup.report(proc)["projects"][0]["wheels"]}
+    assert wheels["filelock"]["state"] == "warm"
+    for name in ("torch", "pytorch-triton"):
+        assert wheels[name]["state"] == "skipped", wheels[name]
+        assert wheels[name]["reason"] == "no sha256 in the lock: not verified, left to uv"
+        assert wheels[name]["filename"] and wheels[name]["sha256"] is None
+    assert gpu_gets(index_server, ws.filenames) == [], "an unverifiable wheel was fetched"
+    text = subprocess.run([sys.executable, "-m", "warmd", "--config", str(setup.config), "prefetch", str(project)],
+                          env=setup.env, capture_output=True, text=True, timeout=300)
+    assert text.returncode == 0 and "skipped  torch-2.8.0+rocm6.4-cp311" in text.stdout, text.stdout
+
+
+def test_warm_unhashed_has_uv_fetch_them_unverified_and_keep_them(setup: Setup, index_server: IndexServer,
+                                                                  wheel_dir: Path) -> None:
+    """The opt-in: uv downloads them itself from their no-store index, with uv's cache-control override,
+    so a later plain `uv sync` finds them; the report says they are not verified."""
+    project, ws = _unhashed_project(setup, index_server, wheel_dir)
+    write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=PACKAGES, extra=["warm-unhashed = true"])
+    proc = setup.prefetch(project)
+    assert proc.returncode == 0, proc.stderr
+    wheels = {w["name"]: w for w in setup.report(proc)["projects"][0]["wheels"]}
+    for name in ("torch", "pytorch-triton"):
+        assert (wheels[name]["state"], wheels[name]["verified"]) == ("warm", False), wheels[name]
+        assert "not verified" in wheels[name]["reason"]
+    index_server.reset_counters()
+    run_uv(setup.uv, ["sync"], cwd=project, env=setup.env)
+    assert gpu_gets(index_server, ws.filenames) == []
+
+
+# -- the dry run ---------------------------------------------------------------------------------------------
+
+
+def test_dry_run_plans_offline_writes_nothing_and_asks_uv_what_is_warm(tmp_path: Path, uv_bin: Path, uv_cache: Path,
+                                                                        uv_environ: dict[str, str], wheel_dir: Path) -> None:
+    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, uv_environ, uv_cache)
+    state = tmp_path / "state"
+    with IndexServer(pep691=True) as server:  # PEP 691 pages carry sizes, so the plan knows the bytes to fetch
+        ws = torch_like_set(server, wheel_dir, "cu128")
+        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, setup.env)
+        server.reset_counters()
+        before = tree(uv_cache)
+
+        proc = setup.prefetch(project, extra=["--dry-run"])
+        assert proc.returncode == 0, proc.stderr
+        report = setup.report(proc)["projects"][0]
+        assert server.hits == [], "a dry run used the network"
+        after = tree(uv_cache)
+        # The probe is a `uv sync`: uv makes its (empty) build scratch folder when it is missing, as any
+        # sync does. Nothing else may appear, change or go.
+        scratch = {k for k in after.keys() - before.keys() if k.startswith("builds-v") and "/" not in k}
+        assert all(not any((uv_cache / k).iterdir()) for k in scratch)
+        assert {k: v for k, v in after.items() if k not in scratch} == before, "a dry run changed uv's cache"
+        assert not setup.store.exists() and not state.exists(), "a dry run wrote warmd's store or state"
+        assert report["variant"] == "cu128" and report["python"] == ["3.11"] and report["flags"] == []
+        assert "plain `uv sync`" in report["chosen_by"]
+        wheels = report["wheels"]
+        assert {w["name"] for w in wheels} == {"torch", "pytorch-triton", "nvidia-nvtx-cu12", "filelock"}
+        assert all(w["state"] == "cold" and w["size"] and w["index"] for w in wheels), wheels
+        assert report["bytes_to_fetch"] == sum(w["size"] for w in wheels) and report["unknown_sizes"] == 0
+
+        assert setup.prefetch(project).returncode == 0
+        server.reset_counters()
+        shutil.rmtree(state)  # what is warm comes from uv, not from warmd's memory
+        store = tree(setup.store)
+        warm = setup.report(setup.prefetch(project, extra=["--dry-run"]))["projects"][0]
+        assert all(w["state"] == "warm" for w in warm["wheels"]), warm["wheels"]
+        assert warm["bytes_to_fetch"] == 0
+        assert not state.exists() and tree(setup.store) == store
+
+        run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=setup.env)
+        cold = setup.report(setup.prefetch(project, extra=["--dry-run"]))["projects"][0]
+        assert all(w["state"] == "cold" for w in cold["wheels"]), cold["wheels"]
+        assert server.hits == []
+
+
+def test_dry_run_text_shows_the_plan(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:
+    cpu = torch_like_set(index_server, wheel_dir, "cpu")
+    cu = torch_like_set(index_server, wheel_dir, "cu128")
+    project = make_two_build_project(setup.tmp, "two", server=index_server,
+                                     extras={"cpu": [cpu.requirement()], "cu128": [cu.requirement()]},
+                                     gpu_packages={"cpu": cpu.gpu_packages, "cu128": cu.gpu_packages})
+    lock_project(project, setup.uv, setup.env)
+    proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(setup.config), "prefetch", "--dry-run",
+                           str(project)], env=setup.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    head, *lines = proc.stdout.splitlines()
+    assert head.startswith(f"{project}: variant cu128, Python 3.11; `uv sync --extra cu128` — extra `cu128`"), head
+    assert any(ln.split()[:2] == ["cold", "torch-2.8.0+cu128-cp311-cp311-manylinux_2_28_x86_64.whl"] for ln in lines)
+    assert lines[-1].startswith("4 wheel(s) to fetch, ") and "0 warm, 0 skipped" in lines[-1], lines[-1]
+
+
 # -- bad input: one line, exit 2, nothing changed ---------------------------------------------------
 
 
@@ -282,7 +462,8 @@ def test_bad_config_exits_2_with_one_line(setup: Setup) -> None:
     _assert_one_line(proc, "not valid TOML")
     bad.write_text("colour = 'blue'\n")
     proc = _run(setup, "--config", str(bad), "prefetch")
-    _assert_one_line(proc, "unknown key colour")
+    assert proc.returncode == 2
+    _assert_one_line(proc, "unknown key colour", str(bad))
 
 
 def test_bad_usage_exits_2(setup: Setup) -> None:
@@ -295,16 +476,35 @@ def test_bad_usage_exits_2(setup: Setup) -> None:
 
 
 def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
-    """The example the README runs: its lock parses and selects the three pinned CUDA wheels."""
-    from warmd.lockfile import read_lock
-    from warmd.select import select_pins
-
+    """The example the README runs: `--dry-run` plans its three pinned CUDA wheels from PyPI, offline."""
     example = Path(__file__).resolve().parent.parent / "examples" / "cuda-small"
-    lock = read_lock(example / "uv.lock")
-    sel = select_pins(lock, variant="cu128", patterns=["nvidia-*"], pythons=["3.11"],
-                      platforms=["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"])
-    assert sorted(p.name for p in sel.pins) == ["nvidia-cuda-cupti-cu12", "nvidia-cuda-runtime-cu12", "nvidia-nvtx-cu12"]
-    assert all(p.wheel.url.startswith("https://files.pythonhosted.org/") for p in sel.pins)
+    proc = setup.prefetch(example, extra=["--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    project = setup.report(proc)["projects"][0]
+    assert sorted(w["name"] for w in project["wheels"]) == [
+        "nvidia-cuda-cupti-cu12", "nvidia-cuda-runtime-cu12", "nvidia-nvtx-cu12"]
+    assert all(w["url"].startswith("https://files.pythonhosted.org/") and w["state"] == "cold"
+               for w in project["wheels"])
+    assert project["bytes_to_fetch"] == sum(w["size"] for w in project["wheels"]) > 0
+
+
+def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
+    """examples/cuda-torch (the real-index benchmark row): `--dry-run` plans 18 GPU wheels, 3.8 GiB, offline."""
+    from warmd.config import DEFAULT_PACKAGES
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-torch"
+    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=DEFAULT_PACKAGES)  # as a user has it
+    proc = setup.prefetch(example, extra=["--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    project = setup.report(proc)["projects"][0]
+    wheels = project["wheels"]
+    names = {w["name"] for w in wheels}
+    assert {"torch", "torchvision", "triton", "nvidia-cudnn-cu12"} <= names and len(names) == len(wheels) == 18, sorted(names)
+    assert {(w["name"], w["version"]) for w in wheels if w["name"] in ("torch", "torchvision")} == {
+        ("torch", "2.9.1"), ("torchvision", "0.24.1")}
+    assert project["python"] == ["3.11"]
+    assert 3.7 * 2**30 < project["bytes_to_fetch"] == sum(w["size"] for w in wheels) < 3.9 * 2**30
+    assert all(w["url"].startswith("https://files.pythonhosted.org/") and w["state"] == "cold" for w in wheels)
 
 
 @pytest.mark.internet
@@ -318,3 +518,51 @@ def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> N
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert all(w["state"] == "warm" for w in json.loads(proc.stdout)["projects"][0]["wheels"])
+
+
+def test_prefetch_over_https_makes_a_fresh_sync_download_nothing(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """Every GPU index is HTTPS: uv and warmd both trust the run's CA through SSL_CERT_FILE alone."""
+    assert https_index_server.url.startswith("https://")
+    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, https_environ, uv_cache)
+    _story(setup, https_index_server, wheel_dir, uv_bin)
+
+
+def test_prefetch_over_https_with_uv_0_8_2(
+    tmp_path: Path, uv_old_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """uv 0.8.2 has its own TLS stack too (rustls, webpki roots): it also honours SSL_CERT_FILE."""
+    setup = Setup(tmp_path, write_config(tmp_path, uv_old_bin, uv_cache), tmp_path / "store", uv_old_bin,
+                  https_environ, uv_cache)
+    _story(setup, https_index_server, wheel_dir, uv_old_bin)
+
+
+def test_untrusted_certificate_fails_at_once_naming_the_fix(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, https_environ: dict[str, str], https_index_server: IndexServer,
+    wheel_dir: Path,
+) -> None:
+    """A certificate no CA vouches for is not a flaky network: no retries, one line saying what to set."""
+    ws = torch_like_set(https_index_server, wheel_dir, "cu128")
+    project = make_project(tmp_path, "proj", server=https_index_server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, uv_bin, https_environ)
+    untrusted = {k: v for k, v in https_environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, untrusted, uv_cache)
+    https_index_server.reset_counters()
+
+    proc = setup.prefetch(project)
+    assert proc.returncode == 1, proc.stderr
+    wheels = setup.report(proc)["projects"][0]["wheels"]
+    assert wheels and all(w["state"] == "failed" for w in wheels), wheels
+    for w in wheels:
+        assert "certificate" in w["reason"] and "SSL_CERT_FILE" in w["reason"], w["reason"]
+        assert "\n" not in w["reason"]
+    assert "Traceback" not in proc.stderr
+    # one refused handshake per wheel for its size (HEAD) and one for its download; a retry loop
+    # (8 retries per wheel) would show here as many more
+    assert 0 < https_index_server.refused_handshakes <= 2 * len(wheels)
+    assert https_index_server.wheel_gets() == []
+    assert not list((tmp_path / "store").glob("blobs/**/*.whl"))

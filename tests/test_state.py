@@ -13,6 +13,7 @@ import pytest
 from warmd.errors import WarmdError
 from warmd.headers import HeaderCheck
 from warmd.model import Pin, ProjectReport, WheelFile, WheelReport
+from warmd.policy import outcome_of, project_statuses
 from warmd.state import SCHEMA_VERSION, STATE_FILE, State
 
 INDEX = "https://download.example.org/whl/cu128"
@@ -30,20 +31,24 @@ def _report(project: Path, *wheels: WheelReport, error: str | None = None) -> Pr
                          wheels=tuple(wheels), error=error)
 
 
+def _record(state: State, report: ProjectReport) -> None:
+    state.record_report(report, outcome_of(report))
+
+
 def test_round_trip_and_status(tmp_path: Path) -> None:
     state = State.open(tmp_path / "state")
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
     proj = tmp_path / "app"
     torch = _pin("torch", "2.8.0+cu128", "a" * 64, size=5000)
     triton = _pin("pytorch-triton", "3.4.0", "b" * 64, size=None)
-    state.record_report(_report(
+    _record(state, _report(
         proj,
         WheelReport(torch, "warm", None, bytes_downloaded=5000),
         WheelReport(triton, "failed", "HTTP 503 after 8 retries", bytes_downloaded=10),
     ))
     assert state.projects() == [proj]
     assert sorted(state.all_pins(), key=lambda x: x[1].name) == [(proj, triton), (proj, torch)]
-    [st] = state.status()
+    [st] = project_statuses(state)
     assert (st.path, st.variant, st.python, st.error) == (proj, "cu128", ("3.11",), None)
     by_name = {w.name: w for w in st.wheels}
     assert by_name["torch"].state == "warm" and by_name["torch"].bytes_saved == 5000
@@ -59,17 +64,17 @@ def test_round_trip_and_status(tmp_path: Path) -> None:
     state.set_wheel_state(proj, "a" * 64, "fetching")
     assert state.wheel_state(proj, "a" * 64) == "fetching"
     torch2 = _pin("torch", "2.9.0+cu128", "c" * 64)
-    state.record_report(_report(proj, WheelReport(torch2, "warm", None, bytes_reused=1000)))
-    [st] = state.status()
+    _record(state, _report(proj, WheelReport(torch2, "warm", None, bytes_reused=1000)))
+    [st] = project_statuses(state)
     assert [(w.name, w.version, w.state) for w in st.wheels] == [("torch", "2.9.0+cu128", "warm")]
     assert state.wheel_state(proj, "b" * 64) is None
 
     # a lock that cannot be read records the error and keeps what was known
-    state.record_report(_report(proj, error="uv.lock: not valid TOML"))
-    [st] = state.status()
+    _record(state, _report(proj, error="uv.lock: not valid TOML"))
+    [st] = project_statuses(state)
     assert st.error == "uv.lock: not valid TOML" and len(st.wheels) == 1
     state.forget_project(proj)
-    assert state.status() == [] and state.all_pins() == []
+    assert project_statuses(state) == [] and state.all_pins() == []
     state.close()
 
 
@@ -77,7 +82,7 @@ def test_schema_version_and_reopen(tmp_path: Path) -> None:
     state = State.open(tmp_path)
     assert state.schema_version == SCHEMA_VERSION >= 1
     proj = tmp_path / "p"
-    state.record_report(_report(proj, WheelReport(_pin("torch", "1", "d" * 64), "warm")))
+    _record(state, _report(proj, WheelReport(_pin("torch", "1", "d" * 64), "warm")))
     state.close()
     again = State.open(tmp_path)  # migrating twice is a no-op, data stays
     assert again.schema_version == SCHEMA_VERSION and again.projects() == [proj]
@@ -93,7 +98,7 @@ def test_headers_history_and_moved_file_flag(tmp_path: Path) -> None:
     state = State.open(tmp_path)
     proj = tmp_path / "p"
     pin = _pin("torch", "2.8.0+cu128", "e" * 64)
-    state.record_report(_report(proj, WheelReport(pin, "warm")))
+    _record(state, _report(proj, WheelReport(pin, "warm")))
     secret = pin.wheel.url.replace("https://", "https://user:s3cret@")
     first = HeaderCheck(url=secret, status=200, cache_control="no-store", etag='"v1"', content_length=1000,
                         checked_at=2e9)
@@ -104,14 +109,14 @@ def test_headers_history_and_moved_file_flag(tmp_path: Path) -> None:
                                      checked_at=2e9))
     state.record_headers(HeaderCheck(url=pin.wheel.url, status=503, checked_at=2e9 + 1, error="HTTP 503"))
     assert state.last_headers(pin.wheel.url).etag == '"v1"'  # the last *good* answer
-    [st] = state.status()
+    [st] = project_statuses(state)
     assert st.indexes[0].verdict == "not kept"
     assert not any("moved" in f for f in st.flags)
 
     state.record_headers(HeaderCheck(url=pin.wheel.url, status=200, etag='"v2"', checked_at=2e9 + 2),
                          warning="torch...whl: ETag \"v1\" -> \"v2\" upstream: the bytes behind a locked hash moved")
     state.record_headers(HeaderCheck(url=pin.wheel.url, status=200, etag='"v2"', checked_at=2e9 + 3))
-    [st] = state.status()
+    [st] = project_statuses(state)
     # still flagged after a calm re-check: a moved file is never silently re-trusted
     assert st.wheels[0].warnings and "moved" in st.wheels[0].warnings[0]
     assert any("moved" in f for f in st.flags)
@@ -132,7 +137,7 @@ def test_reader_in_another_connection_while_writing(tmp_path: Path) -> None:
                 proj = tmp_path / f"p{i % 5}"
                 pin = _pin("torch", f"{i}", f"{i:064x}")
                 writer.set_wheel_state(proj, pin.wheel.sha256, "fetching")
-                writer.record_report(_report(proj, WheelReport(pin, "warm", None, bytes_downloaded=i)))
+                _record(writer, _report(proj, WheelReport(pin, "warm", None, bytes_downloaded=i)))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
         finally:
@@ -142,13 +147,13 @@ def test_reader_in_another_connection_while_writing(tmp_path: Path) -> None:
     t.start()
     reads = 0
     while not done.is_set():
-        for st in reader.status():  # one snapshot: a reported project has exactly its one pin
+        for st in project_statuses(reader):  # one snapshot: a reported project has exactly its one pin
             assert len(st.wheels) == (1 if st.last_check else 0)
         reads += 1
     t.join()
     assert errors == []
     assert reads > 0
-    final = {st.path.name: st.wheels[0].version for st in reader.status()}
+    final = {st.path.name: st.wheels[0].version for st in project_statuses(reader)}
     assert final == {f"p{k}": str(n - 5 + k) for k in range(5)}
     writer.close()
     reader.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
@@ -104,8 +105,8 @@ def test_lock_serialises_writers_and_cancel_stops_waiting(tmp_path: Path) -> Non
     store = Store(tmp_path)
     sha = "cd" * 32
     order: list[str] = []
-    held = threading.Event()
-    release = threading.Event()
+    held, release = threading.Event(), threading.Event()
+    trying, entered = threading.Event(), threading.Event()
 
     def first() -> None:
         with store.lock(sha):
@@ -114,14 +115,27 @@ def test_lock_serialises_writers_and_cancel_stops_waiting(tmp_path: Path) -> Non
             order.append("first-done")
 
     def second() -> None:
+        trying.set()
         with store.lock(sha):
+            entered.set()
             order.append("second-in")
 
     t1 = threading.Thread(target=first)
     t1.start()
     assert held.wait(10)
+    # Held across file descriptions too, as another process would see it.
+    fd = os.open(store.locks / f"{sha}.lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
     t2 = threading.Thread(target=second)
     t2.start()
+    assert trying.wait(10)
+    # The second holder is blocked: a lock that let it through would set `entered` at once.
+    assert not entered.wait(0.5), "the second holder got the lock while the first held it"
+    assert order == [] and t2.is_alive()
     stop = threading.Event()
     stop.set()
     with pytest.raises(FetchError, match="cancelled"):
@@ -129,6 +143,7 @@ def test_lock_serialises_writers_and_cancel_stops_waiting(tmp_path: Path) -> Non
             pass
     release.set()
     t1.join(10)
+    assert entered.wait(10)  # and it gets the lock once the first lets go
     t2.join(10)
     assert order == ["first-done", "second-in"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import ssl
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.index_server import NO_STORE, IndexServer
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.support.index_server import NO_STORE, IndexServer, _LinkBucket
 from tests.support.projects import (
     lock_project,
     make_project,
@@ -21,6 +24,7 @@ from tests.support.projects import (
     run_uv,
     torch_like_set,
 )
+from tests.support.tls import TlsFiles
 from tests.support.wheels import make_wheel, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -238,3 +242,49 @@ def test_per_index_cache_control_override_keeps_wheels(
     index_server.reset_counters()
     run_uv(uv_bin, ["sync", "--frozen"], cwd=project, env=uv_environ)
     assert index_server.wheel_hits() == []
+
+
+def test_https_index_answers_a_client_that_trusts_the_run_ca_only(https_index_server: IndexServer, tls_files: TlsFiles,
+                                                                  wheel_dir: Path) -> None:
+    path = make_wheel(wheel_dir, "torch", "2.8.0+cu128", "cp311-cp311-manylinux_2_28_x86_64", payload_size=5000)
+    url = https_index_server.add_wheel(path, "cu128")
+    assert url.startswith("https://127.0.0.1:")
+    data = path.read_bytes()
+    trusting = ssl.create_default_context(cafile=str(tls_files.ca))
+    with httpx.Client(trust_env=False, verify=trusting, timeout=10) as c:
+        r = c.get(url, headers={"Range": "bytes=10-19"})
+        assert r.status_code == 206 and r.content == data[10:20]
+        assert r.headers["cache-control"] == NO_STORE
+        assert r.http_version == "HTTP/1.1"
+    assert https_index_server.refused_handshakes == 0
+    with httpx.Client(trust_env=False, timeout=10) as c:  # certifi's roots: the run's CA is not among them
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            c.get(url)
+    assert https_index_server.refused_handshakes == 1
+    assert [h.status for h in https_index_server.wheel_hits(path.name)] == [206]
+
+
+def test_link_rate_is_one_budget_for_every_connection() -> None:
+    """The shared cap books every piece, whichever connection sends it, on one timeline."""
+    bucket = _LinkBucket()
+    with ThreadPoolExecutor(4) as pool:  # four connections, one piece each
+        dues = sorted(pool.map(lambda _: bucket.reserve(1000, rate=1000), range(4)))
+    steps = [b - a for a, b in zip(dues, dues[1:])]
+    assert steps == pytest.approx([1.0, 1.0, 1.0])  # a second of link each: no connection gets its own budget
+
+
+def test_link_rate_serves_parallel_ranges_intact(wheel_dir: Path) -> None:
+    path = make_wheel(wheel_dir, "torch", "2.8.0+cu128", "cp311-cp311-manylinux_2_28_x86_64", payload_size=512 * 1024)
+    data = path.read_bytes()
+    half = len(data) // 2
+    with IndexServer(link_rate=8 * 1024 * 1024) as server:
+        url = server.add_wheel(path, "cu128")
+
+        def get(rng: tuple[int, int]) -> bytes:
+            with _client() as c:
+                return c.get(url, headers={"Range": f"bytes={rng[0]}-{rng[1]}"}).content
+
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(get, [(0, half - 1), (half, len(data) - 1)]))
+        assert b"".join(parts) == data
+        assert len({h.conn for h in server.wheel_gets(path.name)}) == 2

@@ -13,7 +13,7 @@ from loguru import logger
 from watchdog.observers import Observer
 
 from warmd.config import DEFAULT_IGNORED_DIRS
-from warmd.watch import ProjectWatcher, discover
+from warmd.watch import ProjectWatcher, WatchSet, discover, inotify_fix, watch_set
 
 WAIT = 10.0  # generous: a loaded CI box; the waits end on the event, not on the clock
 
@@ -148,6 +148,8 @@ def test_watches_grow_with_projects_not_folders(tmp_path: Path, make_watcher) ->
     w = make_watcher([root])
     assert w.start() == projects
     assert w.watched_paths == {root, root / "group", *projects}
+    # doctor counts this very set against the inotify limit
+    assert watch_set([root], 3, DEFAULT_IGNORED_DIRS) == WatchSet(tuple(projects), frozenset(w.watched_paths))
 
 
 def test_inotify_limit_falls_back_to_rescan(tmp_path: Path, calls: Calls, make_watcher) -> None:
@@ -174,6 +176,7 @@ def test_inotify_limit_falls_back_to_rescan(tmp_path: Path, calls: Calls, make_w
     unwatched = set(projects[2:])  # the root and p0, p1 used the budget
     assert w.fallback_projects == unwatched
     assert len(lines) == 1 and "sysctl fs.inotify.max_user_watches" in lines[0]
+    assert inotify_fix() in lines[0]  # the hint doctor gives, word for word
     # A change in an unwatched project is found by the rescan, and only the changed one.
     (projects[3] / "uv.lock").write_text("version = 1\n# changed behind inotify's back\n")
     w.rescan()

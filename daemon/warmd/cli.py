@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import __version__
 from .config import Config, load_config
-from .errors import InputError, WarmdError
-from .model import ProjectReport
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
+from .model import ProjectReport, SkippedReport, WheelReport
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+# A project whose uv.lock is rewritten while prefetch warms it is warmed again for the new lock,
+# this many times at most.
+PREFETCH_ROUNDS = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                     help="project folder or uv.lock (default: every project under `roots`)")
     pf.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    pf.add_argument("--dry-run", action="store_true",
+                    help="show the plan (variant, extras, Python, each wheel warm / cold / skipped, bytes to "
+                         "fetch) without network or writes")
 
     sub.add_parser("run", help="the daemon: watch the roots and keep every project warm")
 
@@ -73,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("warmd: interrupted; partial downloads are kept and resume next time", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _prefetch(args: argparse.Namespace, config: Config) -> int:
@@ -85,10 +97,21 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     if not paths:
         raise InputError("no PATH given and no projects under the configured `roots`")
     started = time.monotonic()
+    if args.dry_run:
+        from .pipeline import preview
+
+        reports = preview(config, paths)  # opens no state, no store: a dry run writes nothing
+        elapsed = time.monotonic() - started
+        if args.json:
+            print(json.dumps(_reports_json(reports, elapsed, dry_run=True), indent=2))
+        else:
+            _print_plan(reports)
+        return exit_code(reports)
     state = State.open(config.state_dir)
     pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
     try:
-        reports = pipeline.warm(paths)
+        with _cancel_on_ctrl_c(pipeline):
+            reports = _warm_settled(pipeline, paths)
     finally:
         pipeline.close()
         state.close()
@@ -100,11 +123,45 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     return exit_code(reports)
 
 
+def _warm_settled(pipeline: Pipeline, paths: Sequence[Path]) -> list[ProjectReport]:
+    """Warm the projects; one whose uv.lock changed meanwhile is warmed again for the lock it has now."""
+    reports = pipeline.warm(paths)
+    for _round in range(PREFETCH_ROUNDS - 1):
+        again = [r.project for r in reports if r.superseded is not None]
+        if not again:
+            break
+        redone = {r.project: r for r in pipeline.warm(again)}
+        reports = [redone.get(r.project, r) if r.superseded is not None else r for r in reports]
+    return [_unsettled(r) if r.superseded is not None else r for r in reports]
+
+
+def _unsettled(r: ProjectReport) -> ProjectReport:
+    return dataclasses.replace(r, error=f"{r.lock}: kept changing while it was warmed ({r.superseded}); "
+                                        "run `warmd prefetch` again once it settles")
+
+
+@contextmanager
+def _cancel_on_ctrl_c(pipeline: Pipeline) -> Iterator[None]:
+    """Ctrl-C stops the downloads at once (partials kept), instead of after the files in flight."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        # From a thread: the main thread may hold a lock cancel() takes when the signal lands.
+        threading.Thread(target=pipeline.cancel, name="warmd-cancel", daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def exit_code(reports: Sequence[ProjectReport]) -> int:
     """2 when any input was bad, 1 when any wheel failed, else 0."""
     if any(r.error_is_input for r in reports):
         return EXIT_USAGE
-    if any(r.error or any(w.state == "failed" for w in r.wheels) for r in reports):
+    if any(r.error or any(w.state == "failed" for w in r.wheels) or any(s.state == "failed" for s in r.skipped)
+           for r in reports):
         return EXIT_FAILED
     return EXIT_OK
 
@@ -118,50 +175,91 @@ def _discover_all(config: Config) -> list[Path]:
     return found
 
 
-def _reports_json(reports: Sequence[ProjectReport], elapsed: float) -> dict[str, Any]:
-    return {
-        "projects": [
-            {
-                "project": str(r.project),
-                "lock": str(r.lock),
-                "variant": r.variant,
-                "python": list(r.python),
-                "error": r.error,
-                "wheels": [
-                    {
-                        "name": w.pin.name,
-                        "version": w.pin.version,
-                        "filename": w.pin.wheel.filename,
-                        "python": w.pin.python,
-                        "sha256": w.pin.wheel.sha256,
-                        "state": w.state,
-                        "reason": w.reason,
-                        "bytes_downloaded": w.bytes_downloaded,
-                        "bytes_reused": w.bytes_reused,
-                    }
-                    for w in r.wheels
-                ],
-            }
-            for r in reports
-        ],
-        "summary": _totals(reports) | {"seconds": round(elapsed, 3)},
-        "exit_code": exit_code(reports),
-    }
+def _reports_json(reports: Sequence[ProjectReport], elapsed: float, *, dry_run: bool = False) -> dict[str, Any]:
+    projects = []
+    for r in reports:
+        entry: dict[str, Any] = {
+            "project": str(r.project),
+            "lock": str(r.lock),
+            "variant": r.variant,
+            "chosen_by": r.chosen_by,
+            "flags": list(r.flags),
+            "notes": list(r.notes),
+            "python": list(r.python),
+            "error": r.error,
+            "wheels": [_wheel_json(w) for w in r.wheels] + [_skipped_json(s) for s in r.skipped],
+        }
+        if dry_run:
+            entry["bytes_to_fetch"], entry["unknown_sizes"] = _to_fetch([r])
+        projects.append(entry)
+    summary = _totals(reports) | {"seconds": round(elapsed, 3)}
+    if dry_run:
+        summary["bytes_to_fetch"], summary["unknown_sizes"] = _to_fetch(reports)
+    return {"projects": projects, "summary": summary, "exit_code": exit_code(reports)}
+
+
+def _wheel_json(w: WheelReport) -> dict[str, Any]:
+    pin = w.pin
+    return {"name": pin.name, "version": pin.version, "filename": pin.wheel.filename, "python": pin.python,
+            "sha256": pin.wheel.sha256, "size": pin.wheel.size, "index": pin.index, "url": pin.wheel.url,
+            "verified": True, "state": w.state, "reason": w.reason,
+            "bytes_downloaded": w.bytes_downloaded, "bytes_reused": w.bytes_reused}
+
+
+def _skipped_json(r: SkippedReport) -> dict[str, Any]:
+    s = r.skipped
+    return {"name": s.name, "version": s.version, "filename": s.filename, "python": s.python, "sha256": None,
+            "size": s.size, "index": s.index, "url": s.url, "verified": False, "state": r.state,
+            "reason": r.reason or s.reason, "bytes_downloaded": 0, "bytes_reused": 0}
+
+
+def _to_fetch(reports: Sequence[ProjectReport]) -> tuple[int, int]:
+    """Bytes of the cold wheels (a file shared by projects once), and how many of them have no known size."""
+    cold = {w.pin.wheel.sha256: w.pin.wheel.size for r in reports for w in r.wheels if w.state == "cold"}
+    return sum(n or 0 for n in cold.values()), sum(1 for n in cold.values() if n is None)
 
 
 def _totals(reports: Sequence[ProjectReport]) -> dict[str, int]:
     seen: dict[str, tuple[int, int]] = {}
-    counts = {"warm": 0, "failed": 0, "unproven": 0}
+    counts = {"warm": 0, "failed": 0, "unproven": 0, "skipped": 0}
     for r in reports:
         for w in r.wheels:
             counts[w.state] = counts.get(w.state, 0) + 1
             # A wheel shared by projects was fetched once: count its bytes once.
             seen.setdefault(w.pin.wheel.sha256, (w.bytes_downloaded, w.bytes_reused))
+        for s in r.skipped:
+            counts[s.state] = counts.get(s.state, 0) + 1
     return counts | {
         "bytes_downloaded": sum(d for d, _ in seen.values()),
         "bytes_reused": sum(r for _, r in seen.values()),
         "projects_with_errors": sum(1 for r in reports if r.error),
     }
+
+
+def _print_plan(reports: Sequence[ProjectReport]) -> None:
+    from .progress import human_bytes
+
+    for r in reports:
+        if r.error:
+            print(f"{r.project}: {r.error}")
+            continue
+        print(f"{r.project}: variant {r.variant}, Python {', '.join(r.python)}; "
+              f"`uv sync{''.join(' ' + f for f in r.flags)}` — {r.chosen_by}")
+        for note in r.notes:
+            print(f"  ! {note}")
+        for w in r.wheels:
+            size = human_bytes(w.pin.wheel.size) if w.pin.wheel.size is not None else "size unknown"
+            why = f" — {w.reason}" if w.reason else ""
+            print(f"  {w.state:8} {w.pin.wheel.filename}  {size}  {w.pin.index or w.pin.wheel.url}{why}")
+        for s in r.skipped:
+            what = s.skipped.filename or f"{s.skipped.name} {s.skipped.version}"
+            print(f"  {s.state:8} {what} (Python {s.skipped.python}) — {s.reason or s.skipped.reason}")
+        if not r.wheels and not r.skipped:
+            print(f"  no {r.variant} GPU wheels in what it installs for Python {', '.join(r.python)}")
+    n, unknown = _to_fetch(reports)
+    t = _totals(reports)
+    print(f"{t.get('cold', 0)} wheel(s) to fetch, {human_bytes(n)}" + (f" + {unknown} of unknown size" if unknown else "")
+          + f"; {t['warm']} warm, {t['skipped']} skipped, {t['unproven']} unproven")
 
 
 def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
@@ -171,14 +269,17 @@ def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
         if r.error:
             print(f"{r.project}: {r.error}")
             continue
-        if not r.wheels:
+        if not r.wheels and not r.skipped:
             print(f"{r.project}: no {r.variant} GPU wheels pinned for Python {', '.join(r.python)}")
         for w in r.wheels:
             why = f" — {w.reason}" if w.reason else ""
             print(f"{r.project}: {w.state:8} {w.pin.wheel.filename}{why}")
+        for s in r.skipped:
+            what = s.skipped.filename or f"{s.skipped.name} {s.skipped.version}"
+            print(f"{r.project}: {s.state:8} {what} — {s.reason or s.skipped.reason}")
     t = _totals(reports)
     print(
-        f"{t['warm']} wheel(s) warm, {t['failed']} failed, {t['unproven']} unproven; "
+        f"{t['warm']} wheel(s) warm, {t['failed']} failed, {t['unproven']} unproven, {t['skipped']} skipped; "
         f"{human_bytes(t['bytes_downloaded'])} fetched, {human_bytes(t['bytes_reused'])} reused; "
         f"{elapsed:.1f} s"
     )
@@ -191,12 +292,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
+    from .policy import project_statuses
     from .progress import human_bytes
     from .state import State
 
     state = State.open(config.state_dir)
     try:
-        rows = state.status()
+        rows = project_statuses(state)
     finally:
         state.close()
     if args.json:
@@ -206,9 +308,8 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         print("no projects known yet (run `warmd prefetch PATH` or start `warmd run`)")
     for row in rows:
         data = row.to_json()
-        checked = data.get("last_check")
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(checked)) if checked else "never"
-        print(f"{data['project']}  variant {data.get('variant')}  last check {when}")
+        print(f"{data['project']}  variant {data.get('variant')}  last check {_when(data.get('last_check'))}")
+        print("  " + _state_line(data, human_bytes))
         if data.get("error"):
             print(f"  error: {data['error']}")
         for w in data.get("wheels", []):
@@ -220,6 +321,25 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         for flag in data.get("flags", []) or []:
             print(f"  ! {flag}")
     return EXIT_OK
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"
+
+
+def _state_line(data: dict[str, Any], human_bytes: Any) -> str:
+    """`state: warm since … — 3 of 3 wheel(s) warm, 1.2 GiB`, then what is being done and the next retry."""
+    line = f"state: {data['state']}" + (f" since {_when(data['since'])}" if data.get("since") else "")
+    if data["wheels_planned"]:
+        line += (f" — {data['wheels_warm']} of {data['wheels_planned']} wheel(s) warm, "
+                 f"{human_bytes(data['bytes_saved'])} of {human_bytes(data['bytes_planned'])}")
+    if data.get("reason") and data["reason"] != data.get("error"):
+        line += f"; {data['reason']}"
+    if data.get("activity") and data["activity"] != data["state"]:
+        line += f"; {data['activity']} now"
+    if data.get("next_retry"):
+        line += f"; next retry {_when(data['next_retry'])} (failure {data['failures']} in a row)"
+    return line
 
 
 def _doctor(args: argparse.Namespace, config: Config) -> int:

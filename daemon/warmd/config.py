@@ -25,6 +25,7 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "nvidia-*",
     "xformers",
     "flash-attn*",
+    "cuda-*",  # CUDA 13 builds of torch on PyPI pull unsuffixed `cuda-*` and `nvidia-*` packages
     "jax-cuda*",
     "jaxlib",
     "cupy-cuda*",
@@ -75,6 +76,18 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class ProjectSettings:
+    """A `[[project]]` table: how one project is synced, in uv's own knobs, when warmd's guess is not it."""
+
+    path: Path  # absolute
+    variant: str | None = None  # None: the global variant
+    extras: tuple[str, ...] | None = None  # None: chosen by the variant; () means none
+    groups: tuple[str, ...] | None = None
+    no_default_groups: bool = False  # `uv sync --no-default-groups`
+    all_packages: bool = False  # `uv sync --all-packages`: every workspace member
+
+
+@dataclass(frozen=True)
 class Config:
     """warmd's settings, with defaults for every key."""
 
@@ -82,6 +95,8 @@ class Config:
     roots: tuple[Path, ...] = ()
     packages: tuple[str, ...] = DEFAULT_PACKAGES
     python: tuple[str, ...] = ()  # extra Python versions to warm besides each project's own
+    projects: tuple[ProjectSettings, ...] = ()  # the `[[project]]` tables
+    warm_unhashed: bool = False  # also have uv download wheels the lock pins without a sha256
     uv: str = "uv"
     cache_dir: Path | None = None  # None: whatever `uv cache dir` says
     store_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP)) / "store")
@@ -91,6 +106,7 @@ class Config:
     keep_wheels: bool = False
     state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_state_dir(APP)))
     recheck_interval: float = 4 * 3600.0
+    retry_delay: float = 60.0  # the daemon's first retry of failed work; doubling up to recheck_interval
     download: DownloadSettings = DownloadSettings()
     watch: WatchSettings = WatchSettings()
     source: Path | None = None  # the file this was read from, for messages
@@ -140,12 +156,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         })
     )
     kwargs: dict[str, Any] = {}
-    if (v := r.str("variant")) is not None:
-        if not _VARIANT.match(v):
-            raise ConfigError(
-                f"{where}: variant = {v!r} is not one of uv's names "
-                "(auto, cpu, xpu, cu118 … cu132, rocm6.3 …)"
-            )
+    if (v := _variant(r, where)) is not None:
         kwargs["variant"] = v
     if (roots := r.strings("roots")) is not None:
         kwargs["roots"] = tuple(_path(p) for p in roots)
@@ -167,8 +178,46 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         kwargs["keep_wheels"] = keep
     if "recheck-interval" in data:
         kwargs["recheck_interval"] = r.duration("recheck-interval")
+    if "retry-delay" in data:
+        kwargs["retry_delay"] = r.duration("retry-delay", lo=1.0)
+    if (b := r.bool("warm-unhashed")) is not None:
+        kwargs["warm_unhashed"] = b
+    if (tables := r.tables("project")) is not None:
+        kwargs["projects"] = tuple(_project(t, source.parent if source else Path.cwd()) for t in tables)
+        seen: dict[Path, None] = {}
+        for ps in kwargs["projects"]:
+            if ps.path in seen:
+                raise ConfigError(f"{where}: two [[project]] tables for {ps.path}")
+            seen[ps.path] = None
     r.done({"download", "watch"})
     return Config(download=download, watch=watch, source=source, **kwargs)
+
+
+def _variant(r: _Reader, where: str) -> str | None:
+    v = r.str("variant")
+    if v is not None and not _VARIANT.match(v):
+        raise ConfigError(
+            f"{where}: {r.prefix}variant = {v!r} is not one of uv's names "
+            "(auto, cpu, xpu, cu118 … cu132, rocm6.3 …)"
+        )
+    return v
+
+
+def _project(t: _Reader, base: Path) -> ProjectSettings:
+    raw = t.str("path")
+    if raw is None:
+        raise ConfigError(f"{t.where}: {t.prefix}path is missing (the project folder this table is about)")
+    extras, groups = t.strings("extras"), t.strings("groups")
+    settings = ProjectSettings(
+        path=(base / _path(raw)).absolute(),  # a relative path is read from the config file's folder
+        variant=_variant(t, t.where),
+        extras=tuple(extras) if extras is not None else None,
+        groups=tuple(groups) if groups is not None else None,
+        no_default_groups=bool(t.bool("no-default-groups")),
+        all_packages=bool(t.bool("all-packages")),
+    )
+    t.done(set())
+    return settings
 
 
 def _section(r: _Reader, name: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +290,7 @@ class _Reader:
         n = int(float(m.group(1)) * 1024 ** " KMGT".index(unit or " "))
         return n or None
 
-    def duration(self, key: str) -> float:
+    def duration(self, key: str, lo: float = 60.0) -> float:
         v = self._get(key, (str, int, float), 'a duration like "4h" or seconds')
         if isinstance(v, (int, float)):
             seconds = float(v)
@@ -250,13 +299,22 @@ class _Reader:
             if not m:
                 raise ConfigError(f"{self.where}: {self.prefix}{key} = {v!r} is not a duration like \"4h\"")
             seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-        if seconds < 60:
-            raise ConfigError(f"{self.where}: {self.prefix}{key} must be at least a minute")
+        if seconds < lo:
+            least = "a minute" if lo == 60 else f"{lo:g} s"
+            raise ConfigError(f"{self.where}: {self.prefix}{key} must be at least {least}")
         return seconds
 
     def table(self, key: str) -> _Reader | None:
         v = self._get(key, dict, "a table")
         return None if v is None else _Reader(v, self.where, f"{self.prefix}{key}.")
+
+    def tables(self, key: str) -> list[_Reader] | None:
+        v = self._get(key, list, "an array of tables ([[" + key + "]])")
+        if v is None:
+            return None
+        if not all(isinstance(x, dict) for x in v):
+            raise ConfigError(f"{self.where}: {self.prefix}{key} must be an array of tables ([[{key}]])")
+        return [_Reader(x, self.where, f"{self.prefix}{key}[{i}].") for i, x in enumerate(v)]
 
     def done(self, also: set[str]) -> None:
         unknown = sorted(set(self.data) - self.seen - also)

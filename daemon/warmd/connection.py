@@ -5,16 +5,14 @@ wheel from PyPI in one stream costs 0.53 s of CPU with `readinto` on a 1 MiB buf
 with httpx's `iter_raw` (h11 handles every 16 KiB TLS record in Python); see ARCHITECTURE.md.
 httpx still serves the header checks. What `trust_env` makes httpx read is read here the same
 way: HTTP(S)_PROXY / ALL_PROXY / NO_PROXY, SSL_CERT_FILE / SSL_CERT_DIR; and `.netrc` (NETRC),
-as uv does, for hosts whose URL carries no credentials.
+as uv does, for hosts whose URL carries no credentials (credentials.py, the header checks' too).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import http.client
-import netrc
 import os
 import socket
 import ssl
@@ -23,6 +21,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from .credentials import IndexAuth, basic
 from .errors import FetchError
 from .redact import redact
 
@@ -39,13 +38,18 @@ class TransportError(Exception):
         self.kind = kind
 
 
+class Untrusted(FetchError):
+    """The server's TLS certificate is not vouched for by any trusted CA: no retry will change that."""
+
+
 @dataclass(frozen=True)
 class HttpSettings:
     """What every connection of a Fetcher shares."""
 
     timeout: float  # seconds to connect, and without a byte, before TransportError
     user_agent: str
-    trust_env: bool = True  # proxies, SSL_CERT_FILE/SSL_CERT_DIR and .netrc from the environment
+    trust_env: bool = True  # proxies and SSL_CERT_FILE/SSL_CERT_DIR from the environment
+    auth: IndexAuth | None = None  # credentials for hosts whose URL carries none (the netrc)
 
 
 @functools.lru_cache(maxsize=4)
@@ -66,18 +70,6 @@ def tls_context(trust_env: bool) -> ssl.SSLContext:
     return _tls_context(None, None)
 
 
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-
-def _netrc_auth(host: str) -> str | None:
-    try:
-        found = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return None  # no file, or one uv would not read either
-    return _basic(found[0] or "", found[2] or "") if found else None
-
-
 @dataclass(frozen=True)
 class _Route:
     """Where one URL's request goes: the origin, the request target, and the headers it needs."""
@@ -88,18 +80,19 @@ class _Route:
     proxy_auth: str | None = None  # for the proxy (in the request, or in CONNECT for https)
 
 
-def _route(url: str, trust_env: bool) -> _Route:
+def _route(url: str, trust_env: bool, auth: IndexAuth | None) -> _Route:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
     port = parts.port or (443 if scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers: dict[str, str] = {}
-    if parts.username is not None:
-        headers["Authorization"] = _basic(urllib.parse.unquote(parts.username),
-                                          urllib.parse.unquote(parts.password or ""))
-    elif trust_env and (auth := _netrc_auth(host)):
-        headers["Authorization"] = auth
+    user = urllib.parse.unquote(parts.username) if parts.username is not None else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    if auth is not None and (value := auth.authorization(host, user, password)):
+        headers["Authorization"] = value
+    elif user is not None:
+        headers["Authorization"] = basic(user, password or "")
     if not trust_env:
         return _Route((scheme, host, port, None), path, headers)
     proxies = urllib.request.getproxies_environment()
@@ -110,7 +103,7 @@ def _route(url: str, trust_env: bool) -> _Route:
     if p.scheme.lower() != "http":
         raise FetchError(f"proxy {redact(chosen)}: only http:// proxies are supported for downloads; "
                          "unset it or add this host to NO_PROXY")
-    proxy_auth = (_basic(urllib.parse.unquote(p.username), urllib.parse.unquote(p.password or ""))
+    proxy_auth = (basic(urllib.parse.unquote(p.username), urllib.parse.unquote(p.password or ""))
                   if p.username is not None else None)
     origin = (scheme, host, port, f"{p.hostname}:{p.port or 80}")
     if scheme == "https":  # a CONNECT tunnel: the proxy sees only host and port
@@ -177,7 +170,7 @@ class Connection:
     def request(self, method: str, url: str, headers: dict[str, str]) -> Response:
         """Send `method` to `url` (following redirects); raises TransportError when the connection fails."""
         for _ in range(_MAX_REDIRECTS + 1):
-            route = _route(url, self.settings.trust_env)
+            route = _route(url, self.settings.trust_env, self.settings.auth)
             raw = self._send(method, route, {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
                                      **route.headers, **headers})
             location = raw.getheader("location")
@@ -239,6 +232,11 @@ class Connection:
         except (TimeoutError, socket.timeout):
             self.drop()
             raise TransportError("ConnectTimeout", f"no connection to {at_host}:{at_port} within {timeout:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            self.drop()
+            where = host if port == 443 else f"{host}:{port}"
+            raise Untrusted(f"the TLS certificate of {where} is not trusted ({exc.verify_message}); if a proxy or "
+                            "your network uses its own CA, point SSL_CERT_FILE at a bundle holding it") from None
         except (OSError, http.client.HTTPException) as exc:
             self.drop()
             raise TransportError("ConnectError", str(exc) or type(exc).__name__) from None

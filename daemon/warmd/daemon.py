@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -11,27 +12,38 @@ from typing import Callable
 import httpx
 from loguru import logger
 
+from . import cancel, scratch
+from .cancel import CancelToken
 from .config import Config, load_config
-from .errors import WarmdError
-from .headers import check_pins, compare, cache_verdict, index_page
-from .model import ProjectReport
+from .credentials import index_auth
+from .errors import EXIT_OK, WarmdError
+from .headers import check_pins, compare
+from .lockfile import file_stamp
+from .model import FileStamp, ProjectReport
+from .policy import needs_user, outcome_of, retry_delay, uv_keeps
 from .redact import redact
 from .schedule import build_scheduler
 from .service import Notifier
 from .state import State
+from .uvconfig import Override, index_overrides, norm_url
 from .watch import LOCK, ProjectWatcher
 
 STOP_DEADLINE = 3.5  # seconds the workers get after SIGTERM; systemd's TimeoutStopSec is longer
 
 
 class WorkQueue:
-    """Runs projects on a fixed pool: one run per project at a time, changes during a run coalesced into one more."""
+    """Runs projects on a fixed pool: one run per project at a time, changes during a run coalesced
+    into one more after it; a running one can be called off (cancel), each run under its own token."""
 
-    def __init__(self, workers: int, run: Callable[[Path], None]) -> None:
+    def __init__(self, workers: int, run: Callable[[Path], None], *,
+                 on_state: Callable[[Path, str | None], None] | None = None) -> None:
         self._run = run
+        # Told, under the queue's lock so they arrive in order, when a project is queued, starts
+        # warming, or is done with (None).
+        self._on_state = on_state
         self._cv = threading.Condition()
         self._pending: dict[Path, None] = {}  # insertion-ordered set
-        self._running: set[Path] = set()
+        self._running: dict[Path, CancelToken] = {}
         self._again: set[Path] = set()
         self._closed = False
         self.completed = 0
@@ -50,7 +62,29 @@ class WorkQueue:
                 self._again.add(project)
             elif project not in self._pending:
                 self._pending[project] = None
+                self._state(project, "queued")
                 self._cv.notify()
+
+    def running(self, project: Path) -> bool:
+        """True while a run of `project` is under way."""
+        with self._cv:
+            return project in self._running
+
+    def cancel(self, project: Path, reason: str) -> bool:
+        """Call off the run of `project` under way (its uv children stop now); False when none runs."""
+        with self._cv:
+            token = self._running.get(project)
+        if token is None:
+            return False
+        token.cancel(reason)
+        return True
+
+    def cancel_all(self, reason: str) -> None:
+        """Call off every run under way."""
+        with self._cv:
+            tokens = list(self._running.values())
+        for token in tokens:
+            token.cancel(reason)
 
     def busy(self) -> int:
         """Projects running or waiting."""
@@ -73,6 +107,8 @@ class WorkQueue:
         """Take no more work and drop what waits; running projects finish (or are cancelled by the caller)."""
         with self._cv:
             self._closed = True
+            for project in self._pending:
+                self._state(project, None)
             self._pending.clear()
             self._again.clear()
             self._cv.notify_all()
@@ -84,6 +120,14 @@ class WorkQueue:
             t.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
+    def _state(self, project: Path, state: str | None) -> None:
+        if self._on_state is None:
+            return
+        try:
+            self._on_state(project, state)
+        except Exception as exc:  # bookkeeping must not stop the workers
+            logger.warning(f"{project}: could not record that it is {state or 'done'}: {exc}")
+
     def _work(self) -> None:
         while True:
             with self._cv:
@@ -92,16 +136,21 @@ class WorkQueue:
                     return
                 project = next(iter(self._pending))
                 del self._pending[project]
-                self._running.add(project)
+                token = self._running[project] = CancelToken()
+                self._state(project, "warming")
             try:
-                self._run(project)
+                with cancel.scope(token):
+                    self._run(project)
             finally:
                 with self._cv:
-                    self._running.discard(project)
+                    del self._running[project]
                     self.completed += 1
                     if project in self._again and not self._closed:
                         self._again.discard(project)
                         self._pending[project] = None
+                        self._state(project, "queued")
+                    else:
+                        self._state(project, None)
                     self._cv.notify_all()
 
 
@@ -126,6 +175,8 @@ class Daemon:
         self._reload = threading.Event()
         self._lock = threading.Lock()
         self._ok: dict[Path, bool] = {}  # project -> all its wheels warm after the last run
+        self._started: dict[Path, FileStamp] = {}  # project -> its uv.lock when its run began
+        self._retries: dict[Path, float] = {}  # project -> when its failed work is tried again (time.time())
         self.state: State | None = None
         self.queue: WorkQueue | None = None
         self.watcher: ProjectWatcher | None = None
@@ -139,11 +190,15 @@ class Daemon:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT or stop_event; returns the exit code."""
         self.state = State.open(self.config.state_dir)
+        # What a killed warmd left: its scratch folders, its word that it was warming something.
+        scratch.sweep()
+        self.state.clear_activity()
         # Signals first: a SIGTERM during a slow discovery still means a clean stop.
         restore = self._install_signals()
         try:
             self._ref = _PipelineRef(self._new_pipeline(self.config))
-            self.queue = WorkQueue(self.config.download.parallel_files, self._run_project)
+            self._ref.pipeline.check_uv()  # type: ignore[attr-defined]  # a service without uv fails at start
+            self.queue = WorkQueue(self.config.download.parallel_files, self._run_project, on_state=self._on_state)
             self.watcher = self._new_watcher(self.config)
             projects = self.watcher.start()
             logger.info(f"watching {len(self.config.roots)} root(s): {len(projects)} project(s), "
@@ -163,7 +218,7 @@ class Daemon:
         finally:
             self._shutdown()
             restore()
-        return 0
+        return EXIT_OK
 
     def _loop(self) -> None:
         ping = self.notifier.watchdog_interval()
@@ -174,6 +229,7 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            self._retry_due()
             now = time.monotonic()
             if ping and now - last_ping >= ping * 0.9:
                 self.notifier.watchdog()
@@ -194,6 +250,7 @@ class Daemon:
             self.state.close()
             return
         self.queue.close()
+        self.queue.cancel_all("warmd is stopping")  # their uv children stop now, their scratch goes
         for ref in [self._ref, *self._retired]:
             if ref is not None:
                 ref.pipeline.cancel()
@@ -208,7 +265,9 @@ class Daemon:
         for ref in [self._ref, *self._retired]:
             if ref is not None:
                 ref.pipeline.close()
+        self.state.clear_activity()
         self.state.close()
+        scratch.sweep()  # what the uv children of a killed predecessor were still using at start
         self.notifier.close()
 
     def _install_signals(self) -> Callable[[], None]:
@@ -253,37 +312,52 @@ class Daemon:
     def _on_change(self, project: Path) -> None:
         logger.info(f"{project}: uv.lock changed")
         assert self.queue is not None
-        self.queue.submit(project)
+        started = self._started.get(project)
+        # Work for the lock that was there is superseded: stop it now rather than finish and throw it away.
+        if self.queue.running(project) and file_stamp(project / LOCK) != started:
+            self.queue.cancel(project, "uv.lock changed while it was warmed")
+        self._submit(project)
 
     def _on_new_project(self, project: Path) -> None:
         if (project / LOCK).is_file():
-            assert self.queue is not None
-            self.queue.submit(project)
+            self._submit(project)
         else:
             logger.debug(f"{project}: a project without uv.lock yet; waiting for `uv lock`")
+
+    def _submit(self, project: Path) -> None:
+        assert self.queue is not None
+        with self._lock:
+            self._retries.pop(project, None)  # the run now queued is the retry
+        self.queue.submit(project)
+
+    def _on_state(self, project: Path, activity: str | None) -> None:
+        """The queue's word on a project, recorded for `warmd status` (with the retry, once done)."""
+        assert self.state is not None
+        with self._lock:
+            retry_at = self._retries.get(project) if activity is None else None
+        self.state.set_activity(project, activity, retry_at=retry_at)
+
+    def _retry_due(self) -> None:
+        now = time.time()
+        with self._lock:
+            due = [p for p, at in self._retries.items() if at <= now]
+        for project in due:
+            logger.info(f"{project}: trying the failed work again")
+            self._submit(project)
 
     def _run_project(self, project: Path) -> None:
         with self._lock:
             ref = self._ref
             assert ref is not None
             ref.users += 1
+            self._started[project] = file_stamp(project / LOCK)
         try:
             reports = ref.pipeline.warm([project])  # type: ignore[attr-defined]
-            with self._lock:
-                for r in reports:
-                    self._ok[r.project] = r.ok
+        except cancel.Cancelled as exc:  # called off before the pipeline took over
+            reports = [ref.pipeline.superseded(project, exc.reason)]  # type: ignore[attr-defined]
         except Exception as exc:  # one project's crash must not stop the daemon
             logger.opt(exception=exc).debug(f"{project}: traceback")
-            logger.error(f"{project}: run failed: {type(exc).__name__}: {exc}")
-            with self._lock:
-                self._ok[project] = False
-            try:
-                assert self.state is not None
-                self.state.record_report(ProjectReport(project=project, lock=project / LOCK,
-                                                       variant=self.config.variant, python=(),
-                                                       error=f"run failed: {exc}"))
-            except Exception as exc2:
-                logger.error(f"{project}: could not record the failure: {exc2}")
+            reports = [self._record_crash(ref, project, exc)]
         finally:
             with self._lock:
                 ref.users -= 1
@@ -292,6 +366,55 @@ class Daemon:
                     self._retired.remove(ref)
             if close:
                 ref.pipeline.close()  # type: ignore[attr-defined]
+        for r in reports:
+            self._settled(r)
+
+    def _record_crash(self, ref: _PipelineRef, project: Path, exc: Exception) -> ProjectReport:
+        report = ref.pipeline.failure(  # type: ignore[attr-defined]
+            project, WarmdError(f"run failed: {type(exc).__name__}: {exc} (a bug in warmd: please report it with "
+                                "the log of `warmd -v run`)"))
+        try:
+            assert self.state is not None
+            self.state.record_report(report, outcome_of(report))
+        except Exception as exc2:
+            logger.error(f"{project}: could not record the failure in {self.config.state_dir}: {exc2} "
+                         "(is its disk full or read-only?)")
+        return report
+
+    def _settled(self, report: ProjectReport) -> None:
+        """Log what a run concluded, at the level it deserves, and schedule the retry of failed work."""
+        project = report.project
+        if report.superseded is not None:
+            if self.stop_event.is_set():
+                logger.info(f"{project}: {report.superseded}; warmd warms it at the next start")
+            else:
+                logger.info(f"{project}: {report.superseded}; warming it again")
+                self._submit(project)
+            return
+        outcome = outcome_of(report)
+        with self._lock:
+            self._ok[project] = report.ok
+        lock = f"uv.lock {report.stamp.sha256[:12]}" if report.stamp and report.stamp.sha256 else "no uv.lock"
+        if outcome.state != "failed":
+            why = f": {outcome.reason}" if outcome.reason else ""
+            logger.info(f"{project}: {outcome.state} ({lock}){why}")
+            return
+        if report.error_is_input:  # the planner said what is wrong with it (an ERROR naming the file)
+            logger.info(f"{project}: failed ({lock}); warmd tries again when uv.lock changes")
+            return
+        assert self.state is not None
+        delay = None
+        if outcome.retry:
+            delay = retry_delay(self.state.failures(project), first=self.config.retry_delay,
+                                cap=self.config.recheck_interval)
+            with self._lock:
+                self._retries[project] = time.time() + delay
+        then = f"; retrying in {delay:.0f} s" if delay is not None else ""
+        fix = needs_user(report)
+        if fix:
+            logger.error(f"{project}: failed ({lock}): {outcome.reason}; {fix}{then}")
+        else:  # waiting mends it, and the daemon waits on its own
+            logger.warning(f"{project}: failed ({lock}): {outcome.reason}{then}")
 
     def status_line(self) -> str:
         """The one-line STATUS for systemd: what is being done, or how much is warm."""
@@ -314,7 +437,7 @@ class Daemon:
         projects = [p for p in self.watcher.projects if (p / LOCK).is_file()]
         logger.info(f"re-probing {len(projects)} project(s)")
         for p in projects:
-            self.queue.submit(p)
+            self._submit(p)
 
     def rescan(self) -> None:
         """Walk the roots for what events missed."""
@@ -330,30 +453,49 @@ class Daemon:
     def check_headers(self) -> None:
         """HEAD every pinned file and index; record them; warn loudly when a pinned file moved."""
         assert self.state is not None
-        pins = [pin for _project, pin in self.state.all_pins()]
+        pinned = self.state.all_pins()
+        pins = [pin for _project, pin in pinned]
         if not pins:
             return
         wheel_urls = {redact(p.wheel.url) for p in pins}
         with httpx.Client(timeout=self.config.download.timeout, follow_redirects=True, trust_env=True,
-                          headers={"User-Agent": "warmd"}) as client:
+                          auth=index_auth(), headers={"User-Agent": "warmd"}) as client:
             checks = check_pins(pins, client)
-        not_kept = []
+        answered = {}
         for h in checks:
             warning = None
             if h.url in wheel_urls:
                 warning = compare(self.state.last_headers(h.url), h)
                 if warning:
                     logger.warning(warning)
-            elif h.ok and cache_verdict(h.cache_control) == "not kept":
-                not_kept.append(h.url)
+                if h.ok:
+                    answered[h.url] = h
             if h.error:
                 logger.warning(f"header check of {h.url}: {h.error}")
             self.state.record_headers(h, warning=warning)
-        indexes = {redact(index_page(p.index)) for p in pins}
-        for url in not_kept:
-            if url in indexes:
-                logger.info(f"index {url} answers no-store/no-cache: uv keeps none of its wheels by itself")
+        self._report_not_kept(pinned, answered)
         logger.info(f"checked headers of {len(checks)} URL(s)")
+
+    def _report_not_kept(self, pinned: list, answered: dict) -> None:
+        """Name each project's indexes whose files uv keeps no copy of (the verdict doctor and status give)."""
+        try:
+            uv_version: str | None = str(self._ref.pipeline.uv.version)  # type: ignore[union-attr]
+        except WarmdError:
+            uv_version = None
+        overrides: dict[Path, dict[str, Override]] = {}
+        seen: set[tuple[Path, str]] = set()
+        for project, pin in pinned:
+            h = answered.get(redact(pin.wheel.url))
+            if pin.index is None or h is None or (project, norm_url(pin.index)) in seen:
+                continue
+            seen.add((project, norm_url(pin.index)))
+            if project not in overrides:
+                overrides[project] = index_overrides(project, os.environ)
+            keep = uv_keeps(pin.wheel.url, h.cache_control, override=overrides[project].get(norm_url(pin.index)),
+                            uv_version=uv_version)
+            if keep.verdict == "not kept":
+                logger.info(f"{project}: index {redact(pin.index)} answers Cache-Control {h.cache_control!r}: "
+                            f"{keep.why}; warmd keeps its wheels warm")
 
     # --- reload -------------------------------------------------------------------------
 
@@ -366,7 +508,8 @@ class Daemon:
         try:
             new = load_config(self.config_path)
         except WarmdError as exc:
-            logger.error(f"reload failed, keeping the running config: {exc}")
+            logger.error(f"reload failed, keeping the running config: {exc}; fix the file and send SIGHUP again "
+                         "(`systemctl --user reload warmd`)")
             return
         self.notifier.reloading()
         old = self.config
@@ -387,11 +530,14 @@ class Daemon:
             assert self.watcher is not None
             self.watcher.stop()
             self.watcher = self._new_watcher(new)
-            for p in self.watcher.start():
+            projects = self.watcher.start()
+            logger.info(f"now watching {', '.join(map(str, new.roots)) or 'no root'}: {len(projects)} project(s)")
+            for p in projects:
                 self._on_new_project(p)
         if new.recheck_interval != old.recheck_interval and self._scheduler is not None:
             for job in self._scheduler.get_jobs():
                 job.reschedule("interval", seconds=new.recheck_interval, jitter=new.recheck_interval * 0.1)
+            logger.info(f"re-checking headers, the uv cache and the roots every {new.recheck_interval:.0f} s")
         self.notifier.ready()
         logger.info(f"config reloaded from {new.source or 'defaults'}")
 

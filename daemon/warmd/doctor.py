@@ -15,20 +15,23 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from .atomic import write_atomic
 from .config import Config, default_config_path
-from .errors import InputError, WarmdError
-from .headers import cache_verdict, check_url, is_immutable_host
+from .credentials import index_auth
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
+from .headers import check_url
 from .lockfile import Lock, read_lock
 from .model import Pin
+from .plan import PlanOptions, plan_project, project_folder
+from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
 from .redact import redact
-from .select import select_pins
 from .uvcache import Uv
+from .uvconfig import Override, dig, index_overrides, norm_url, read_toml, uv_toml_files
 from .variant import Detection, resolve_variant
+from .watch import INOTIFY_WATCHES, inotify_fix, watch_set
 
 Status = Literal["ok", "warn", "problem", "info"]
 
@@ -36,7 +39,6 @@ Status = Literal["ok", "warn", "problem", "info"]
 IMMUTABLE_FILES = "max-age=365000000, immutable"
 CACHE_CONTROL_LINE = f'cache-control = {{ files = "{IMMUTABLE_FILES}" }}'
 OLDEST_TESTED_UV = Version("0.8.2")
-INOTIFY_WATCHES_SUGGESTED = 524288
 _SHELL_TIMEOUT = 5.0
 _HTTP_TIMEOUT = 10.0
 
@@ -77,24 +79,19 @@ TROUBLESHOOTING: dict[str, Trouble] = {
         "uv uses a throw-away cache: warming is pointless until you remove it"),
     "inotify": Trouble(
         "inotify watch limit reached",
-        f"`sysctl fs.inotify.max_user_watches={INOTIFY_WATCHES_SUGGESTED}` (those projects fall back to the "
+        f"`sysctl fs.inotify.max_user_watches={INOTIFY_WATCHES}` (those projects fall back to the "
         "periodic rescan meanwhile)"),
     "unproven": Trouble(
         "wheel `unproven`",
         "uv has no interpreter for that Python here; install it (`uv python install 3.12`) or drop it from `python`"),
-    "sha256": Trouble(
-        "sha256 mismatch",
-        "the index serves other bytes than the lock pins; they were kept out of your cache — "
-        "re-lock or report upstream"),
+    "sha256": Trouble("sha256 mismatch", HashMismatch.fix or ""),
     "uv-old": Trouble(
         "uv older than 0.8.2",
         "upgrade uv (`uv self update`, or your package manager); warmd is tested from 0.8.2 on"),
     "uv-cache-differs": Trouble(
         "warmd's uv cache differs from your shell's",
         "set `cache-dir` in the config to the folder your shell's `uv cache dir` prints, or remove it"),
-    "disk": Trouble(
-        "not enough free space",
-        "free space there, or move warmd's `store-dir` / uv's cache (`UV_CACHE_DIR`) to a bigger disk"),
+    "disk": Trouble("not enough free space", DiskFull.fix or ""),
     "service-failed": Trouble(
         "service failed",
         "`journalctl --user -u warmd` says why; then `systemctl --user restart warmd`"),
@@ -132,8 +129,8 @@ class _Report:
     @property
     def exit_code(self) -> int:
         if self.bad_input:
-            return 2
-        return 1 if any(f.status == "problem" for f in self.findings) else 0
+            return EXIT_USAGE
+        return EXIT_FAILED if any(f.status == "problem" for f in self.findings) else EXIT_OK
 
 
 def run_doctor(config: Config, *, projects: Sequence[Path] = (), as_json: bool = False, fix: bool = False) -> int:
@@ -175,7 +172,7 @@ def diagnose(
             f"candidates {', '.join(detection.candidates) or detection.variant}")
     pins: dict[str, Pin] = {}
     sizes_known = True
-    with httpx.Client(trust_env=True, timeout=_HTTP_TIMEOUT, follow_redirects=True) as client:
+    with httpx.Client(trust_env=True, auth=index_auth(env), timeout=_HTTP_TIMEOUT, follow_redirects=True) as client:
         for path in projects:
             planned = _check_project(rep, config, path, uv, uv_version, detection, client, fix, env)
             if planned is None:
@@ -279,27 +276,6 @@ def _compare_shell_uvs(rep: _Report, config: Config, env: dict[str, str], exe: P
                     "with the same cache")
 
 
-def uv_toml_files(env: Mapping[str, str], project: Path | None = None) -> list[Path]:
-    """The uv.toml files uv reads (user, system, and the project's own), as uv looks for them."""
-    if env.get("UV_NO_CONFIG"):
-        return []
-    files: list[Path] = []
-    if env.get("UV_CONFIG_FILE"):
-        files.append(Path(env["UV_CONFIG_FILE"]))
-    xdg = env.get("XDG_CONFIG_HOME")
-    home = env.get("HOME")
-    if xdg and os.path.isabs(xdg):
-        files.append(Path(xdg) / "uv" / "uv.toml")
-    elif home:
-        files.append(Path(home) / ".config" / "uv" / "uv.toml")
-    dirs = [d for d in env.get("XDG_CONFIG_DIRS", "").split(":") if d and os.path.isabs(d)]
-    files += [Path(d) / "uv" / "uv.toml" for d in dirs]
-    files.append(Path("/etc/uv/uv.toml"))
-    if project is not None:
-        files.append(project / "uv.toml")
-    return list(dict.fromkeys(files))
-
-
 def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Path]) -> None:
     flagged = False
     value = env.get("UV_NO_CACHE")
@@ -309,38 +285,22 @@ def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Pat
                 fix_text("no-cache", "unset UV_NO_CACHE (and remove it from your shell profile)"))
     files = uv_toml_files(env)
     for project in projects:
-        folder = project.parent if project.name in ("uv.lock", "pyproject.toml") else project
-        files += [folder.expanduser().absolute() / "uv.toml"]
+        files += [project_folder(project) / "uv.toml"]
     for path in dict.fromkeys(files):
-        data = _read_toml(path)
+        data = read_toml(path)
         if data is not None and data.get("no-cache") is True:
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in uv.toml {path}: uv uses a throw-away cache",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {path}"))
     for project in projects:
-        folder = project.parent if project.name in ("uv.lock", "pyproject.toml") else project
-        data = _read_toml(folder.expanduser().absolute() / "pyproject.toml") or {}
-        if _get(data, "tool", "uv", "no-cache") is True:
+        folder = project_folder(project)
+        data = read_toml(folder / "pyproject.toml") or {}
+        if dig(data, "tool", "uv", "no-cache") is True:
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {folder / 'pyproject.toml'}",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {folder / 'pyproject.toml'}"))
     if not flagged:
         rep.add("uv-cache", "ok", "no `no-cache` in uv.toml or UV_NO_CACHE: uv keeps its cache")
-
-
-def _read_toml(path: Path) -> dict[str, Any] | None:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-
-
-def _get(data: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(k)
-    return data
 
 
 # -- projects and their indexes -------------------------------------------------------------------
@@ -351,21 +311,15 @@ class _Index:
     url: str
     name: str | None = None  # the [[tool.uv.index]] name, when the project declares it
     declared: bool = False
-    override: str | None = None  # cache-control.files set for this index
-    override_in: str = ""  # the file that sets it
+    override: Override | None = None  # cache-control.files set for this index, and where
     sample: str | None = None  # one pinned wheel URL from this index
-
-
-def _norm(url: str) -> str:
-    return url.rstrip("/")
 
 
 def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_version: Version | None,
                    detection: Detection, client: httpx.Client, fix: bool,
                    env: Mapping[str, str]) -> list[Pin] | None:
     """Report the project's indexes; return its planned pins (None when they cannot be known)."""
-    path = path.expanduser().absolute()
-    folder = path.parent if path.name in ("uv.lock", "pyproject.toml") else path
+    folder = project_folder(path)
     pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
     missing = [p.name for p in (pyproject, lock_path) if not p.is_file()]
     if not folder.is_dir() or missing:
@@ -386,20 +340,13 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
         rep.add("project", "problem", str(exc))
         return None
 
-    pins = _plan(rep, config, folder, lock, uv, detection)
+    pins = _plan(rep, config, folder, uv, detection)
     indexes = _indexes(data, lock, pins or [])
     # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
-    for toml in uv_toml_files(env, folder):
-        entries = (_read_toml(toml) or {}).get("index")
-        for e in entries if isinstance(entries, list) else []:
-            files = _get(e, "cache-control", "files")
-            idx = indexes.get(_norm(e.get("url", ""))) if isinstance(e, dict) else None
-            if idx is not None and idx.override is None and isinstance(files, str):
-                idx.override, idx.override_in = files, str(toml)
+    overrides = index_overrides(folder, env)
     changed: list[str] = []
-    for idx in indexes.values():
-        if idx.override is not None and not idx.override_in:
-            idx.override_in = str(pyproject)
+    for key, idx in indexes.items():
+        idx.override = overrides.get(key)
         kept = _check_index(rep, folder, idx, uv_version, client, fix and idx.declared and idx.override is None)
         if kept == "fixable":
             changed.append(idx.url)
@@ -416,56 +363,46 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     return pins
 
 
-def _plan(rep: _Report, config: Config, folder: Path, lock: Lock, uv: Uv | None,
-          detection: Detection) -> list[Pin] | None:
-    """The pins warmd would warm for this project, like Pipeline.plan, without touching any folder."""
-    pythons = list(config.python)
-    if uv is not None:
-        try:
-            own = uv.project_python(folder)
-        except WarmdError:
-            own = None
-        if own:
-            pythons.insert(0, own)
-    pythons = _admitted(list(dict.fromkeys(pythons)), lock.requires_python)
-    if not pythons:
-        rep.add("project", "warn", f"{folder}: no Python to select wheels for (no .python-version, no interpreter "
-                "uv would use, no `python` in the config); the planned size is unknown")
+def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: Detection) -> list[Pin] | None:
+    """The pins warmd would warm for this project: the same plan `prefetch` makes."""
+    if uv is None:
+        rep.add("project", "warn", f"{folder}: without uv there is no plan; the planned size is unknown")
         return None
-    sel = select_pins(lock, variant=detection.variant, patterns=config.packages, pythons=pythons)
-    size = sum(p.wheel.size or 0 for p in {p.wheel.sha256: p for p in sel.pins}.values())
-    unknown = sum(1 for p in sel.pins if p.wheel.size is None)
-    rep.add("project", "info", f"{folder}: {len(sel.pins)} {detection.variant} wheel(s) planned for Python "
-            f"{', '.join(pythons)}, {human_bytes(size)}" + (f" + {unknown} of unknown size" if unknown else ""))
-    return list(sel.pins)
-
-
-def _admitted(pythons: list[str], requires_python: str | None) -> list[str]:
     try:
-        spec = SpecifierSet(requires_python) if requires_python else None
-    except InvalidSpecifier:
-        return pythons
-    return [p for p in pythons
-            if spec is None or spec.contains(f"{p}.0", prereleases=True) or spec.contains(f"{p}.99", prereleases=True)]
+        pl = plan_project(folder, uv=uv, options=PlanOptions.from_config(config), detection=detection)
+    except WarmdError as exc:
+        rep.bad_input = rep.bad_input or isinstance(exc, InputError)
+        rep.add("project", "warn" if not isinstance(exc, InputError) else "problem",
+                f"{exc}; the planned size is unknown")
+        return None
+    pins = {p.wheel.sha256: p for p in pl.pins}
+    size = sum(p.wheel.size or 0 for p in pins.values())
+    unknown = sum(1 for p in pins.values() if p.wheel.size is None)
+    skipped = sum(1 for s in pl.skipped if s.unhashed)
+    rep.add("project", "info", f"{folder}: {len(pl.pins)} {pl.variant} wheel(s) planned for Python "
+            f"{', '.join(pl.pythons)}, {human_bytes(size)}" + (f" + {unknown} of unknown size" if unknown else "")
+            + f"; {pl.chosen_by}" + (f"; {skipped} without a sha256 left to uv" if skipped else ""))
+    for note in pl.notes:
+        rep.add("project", "warn", f"{folder}: {note}")
+    return list(pl.pins)
 
 
 def _indexes(pyproject: dict[str, Any], lock: Lock, pins: list[Pin]) -> dict[str, _Index]:
     """The project's indexes: its [[tool.uv.index]] entries and the registries its lock uses."""
     out: dict[str, _Index] = {}
-    entries = _get(pyproject, "tool", "uv", "index")
+    entries = dig(pyproject, "tool", "uv", "index")
     for e in entries if isinstance(entries, list) else []:
         if isinstance(e, dict) and isinstance(e.get("url"), str):
-            cc = e.get("cache-control")
-            files = cc.get("files") if isinstance(cc, dict) else None
-            out.setdefault(_norm(e["url"]), _Index(e["url"], e.get("name"), True,
-                                                   files if isinstance(files, str) else None))
+            out.setdefault(norm_url(e["url"]), _Index(e["url"], e.get("name"), True))
     # A wheel warmd would warm is the best sample; any locked wheel of that index will do.
     for pin in pins:
-        idx = out.setdefault(_norm(pin.index), _Index(pin.index))
+        if pin.index is None:
+            continue  # a wheel pinned by direct URL belongs to no index
+        idx = out.setdefault(norm_url(pin.index), _Index(pin.index))
         idx.sample = idx.sample or pin.wheel.url
     for pkg in lock.packages:
         if pkg.registry and pkg.wheels:
-            idx = out.setdefault(_norm(pkg.registry), _Index(pkg.registry))
+            idx = out.setdefault(norm_url(pkg.registry), _Index(pkg.registry))
             idx.sample = idx.sample or pkg.wheels[0].url
     return out
 
@@ -478,33 +415,27 @@ def _check_index(rep: _Report, folder: Path, idx: _Index, uv_version: Version | 
         rep.add("index", "info", f"{label}: no locked wheel comes from it; nothing to check")
         return "unknown"
     hc = check_url(client, idx.sample)
-    override_kept = idx.override is not None and cache_verdict(idx.override) == "kept"
+    keep = uv_keeps(idx.sample, hc.cache_control, known=hc.error is None, override=idx.override,
+                    uv_version=str(uv_version) if uv_version is not None else None)
     if hc.error:
-        status: Status = "ok" if override_kept else "warn"
+        status: Status = "ok" if keep.verdict == "kept" else "warn"
         rep.add("index", status, f"{label}: could not read the headers of {hc.url}: {hc.error}",
-                None if override_kept else fix_text("headers-unreadable"))
+                None if keep.verdict == "kept" else fix_text("headers-unreadable"))
         return "unknown"
     cc = hc.cache_control or "(none)"
     host = urlsplit(idx.sample).hostname or ""
     served = f"{label}: files answer Cache-Control: {cc}"
-    if override_kept:
-        rep.add("index", "ok", f"{served}; `cache-control = {{ files = \"{idx.override}\" }}` in "
-                f"{idx.override_in} makes uv keep them")
-        return "kept"
-    if uv_version is not None and is_immutable_host(idx.sample, str(uv_version)):
-        rep.add("index", "ok", f"{served}; uv {uv_version} treats files from {host} as immutable and keeps them")
-        return "kept"
-    if cache_verdict(hc.cache_control) == "kept":
-        rep.add("index", "ok", f"{served}; uv keeps them")
+    if keep.verdict == "kept":
+        rep.add("index", "ok", f"{served}; {keep.why}")
         return "kept"
     if idx.override is not None:
-        where = f"in place of the `files = \"{idx.override}\"` set for this index in {idx.override_in}"
+        where = f"in place of the `files = \"{idx.override.files}\"` set for this index in {idx.override.where}"
     elif idx.declared:
         where = f"to the [[tool.uv.index]] named {idx.name!r} in {folder / 'pyproject.toml'}"
     else:
         where = (f"to the `[[index]]` of {redact(idx.url)} where it is defined (uv.toml), or declare it in "
                  f"{folder / 'pyproject.toml'} as a [[tool.uv.index]] with that line")
-    newer = _immutable_since(idx.sample)
+    newer = immutable_since(idx.sample)
     note = f" (uv {newer} and newer keep files from {host} by host name)" if newer else ""
     if may_fix:
         rep.add("index", "ok", f"{served}; uv alone keeps no copy, so the override was added (see `fix`){note}")
@@ -516,13 +447,6 @@ def _check_index(rep: _Report, folder: Path, idx: _Index, uv_version: Version | 
     return "not kept"
 
 
-def _immutable_since(url: str) -> str | None:
-    for probe in ("0.8.14", "0.9.20"):
-        if is_immutable_host(url, probe):
-            return probe
-    return None
-
-
 def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
     """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place,
     keeping the file's formatting and comments; returns the URLs whose entry changed."""
@@ -530,12 +454,12 @@ def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
 
     text = pyproject.read_text(encoding="utf-8")
     doc = tomlkit.parse(text)
-    wanted = {_norm(u) for u in urls}
+    wanted = {norm_url(u) for u in urls}
     entries = doc.get("tool", {}).get("uv", {}).get("index", [])
     changed: list[str] = []
     for entry in entries:
         url = entry.get("url")
-        if not isinstance(url, str) or _norm(url) not in wanted:
+        if not isinstance(url, str) or norm_url(url) not in wanted:
             continue
         cc = entry.get("cache-control")
         if isinstance(cc, dict):
@@ -621,18 +545,9 @@ def _check_inotify(rep: _Report, config: Config, proc: Path = Path("/proc/sys/fs
     if not config.roots:
         rep.add("inotify", "info", "no `roots` in the config: the daemon watches nothing")
         return
-    from .watch import discover
-
-    projects: list[Path] = []
-    for root in config.roots:
-        projects += discover(root, config.watch.max_depth, config.watch.ignore)
-    # The daemon watches each project folder and the folders between it and its root.
-    folders = set(projects)
-    for root in config.roots:
-        folders.add(root)
-        for p in projects:
-            if p.is_relative_to(root):
-                folders.update(a for a in p.parents if a.is_relative_to(root))
+    # The very set the daemon's watcher watches: each project and the folders above them.
+    ws = watch_set(config.roots, config.watch.max_depth, config.watch.ignore)
+    projects, folders = ws.projects, ws.folders
     watches, instances = _read_int(proc / "max_user_watches"), _read_int(proc / "max_user_instances")
     if watches is None:
         rep.add("inotify", "info", f"{len(projects)} project(s) under the roots; no inotify limits readable here")
@@ -642,10 +557,9 @@ def _check_inotify(rep: _Report, config: Config, proc: Path = Path("/proc/sys/fs
     # Editors, file sync and IDEs draw from the same per-user limit.
     if len(folders) > watches:
         rep.add("inotify", "problem", f"inotify watch limit reached: {msg}", fix_text(
-            "inotify", f"as root; persist it in /etc/sysctl.d/90-warmd.conf (about {len(folders)} needed)"))
+            "inotify", inotify_fix(len(folders))))
     elif len(folders) > watches // 2 or (instances is not None and instances < 8):
-        rep.add("inotify", "warn", f"close to the inotify limits: {msg}", fix_text(
-            "inotify", "and `sysctl fs.inotify.max_user_instances=1024`; persist both in /etc/sysctl.d/90-warmd.conf"))
+        rep.add("inotify", "warn", f"close to the inotify limits: {msg}", fix_text("inotify", inotify_fix()))
     else:
         rep.add("inotify", "ok", msg)
 

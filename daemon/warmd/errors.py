@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+# The exit codes of every warmd command, here and nowhere else.
+EXIT_OK = 0  # nothing failed
+EXIT_FAILED = 1  # some work failed (network, hash, disk), or uv is unusable
+EXIT_USAGE = 2  # bad usage, config or lock
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
 
 class WarmdError(Exception):
     """Base of every error warmd reports to a user."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
+    # What the user can do about it, when waiting is not enough (the daemon retries the rest itself).
+    fix: str | None = None
 
 
 class InputError(WarmdError):
     """Bad usage or input: a config, lock or argument that cannot be used (exit 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(InputError):
@@ -30,6 +38,9 @@ class FetchError(WarmdError):
 class HashMismatch(FetchError):
     """Downloaded bytes do not match the sha256 pinned in the lock."""
 
+    fix = ("the index serves other bytes than the lock pins; they were kept out of your cache — "
+           "re-lock or report upstream")
+
     def __init__(self, filename: str, expected: str, actual: str) -> None:
         super().__init__(
             f"{filename}: sha256 mismatch (lock pins {expected}, server sent {actual}); "
@@ -42,6 +53,8 @@ class HashMismatch(FetchError):
 
 class DiskFull(FetchError):
     """No space left where warmd keeps its downloads."""
+
+    fix = "free space there, or move warmd's `store-dir` / uv's cache (`UV_CACHE_DIR`) to a bigger disk"
 
 
 class UvError(WarmdError):

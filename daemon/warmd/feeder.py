@@ -79,6 +79,13 @@ class Shelf:
             item = self._items.get(sha)
             return item
 
+    def close(self) -> None:
+        """Nothing more will be offered: requests waiting for an expected file get none."""
+        with self._cv:
+            for sha in self._expected:
+                self._items.setdefault(sha, None)
+            self._cv.notify_all()
+
     def withdrawn(self, sha: str) -> bool:
         """True when `sha` was withdrawn."""
         with self._cv:
@@ -152,6 +159,13 @@ class Feeder:
 def _handler(feeder: Feeder) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def handle(self) -> None:
+            # uv hangs up whenever it has what it needs (or gave up): not an error to print
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
         def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
             self._serve(body=False)

@@ -9,6 +9,7 @@ What a host taught one file (capped or not) is what its next files start with.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import urllib.parse
@@ -20,6 +21,7 @@ from loguru import logger
 
 from . import __version__
 from .connection import Connection, HttpSettings, TransportError
+from .credentials import index_auth
 from .download import FileDownload
 from .errors import FetchError, WarmdError
 from .growing import GrowingFile
@@ -77,7 +79,9 @@ class Fetcher:
         self.piece_size = piece_size
         self.fast_stream = fast_stream  # bytes/s one stream must reach to be "fast" (None: per CPU count)
         self.policy = RetryPolicy(retries, backoff, max_backoff)
-        self.settings = HttpSettings(timeout=timeout, user_agent=user_agent, trust_env=trust_env)
+        # the environment's netrc, as uv reads it (credentials.py)
+        self.settings = HttpSettings(timeout=timeout, user_agent=user_agent, trust_env=trust_env,
+                                     auth=index_auth() if trust_env else None)
         self.progress = progress
         self._stop = threading.Event()
         self._skipped: set[str] = set()
@@ -187,6 +191,10 @@ class Fetcher:
         unique: dict[str, WheelFile] = {}
         for w in wheels:
             unique.setdefault(w.sha256.lower(), w)
+        with self._lock:
+            # skip() said "not needed" of a download under way then, not of every later one: a
+            # daemon's Fetcher lives for months, and uv may lose a file it had (`uv cache clean`).
+            self._skipped -= unique.keys()
         # The PyTorch index's locks carry no sizes: ask the server (HEAD, in parallel) where it is silent.
         sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
         unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or sizes.get(kv[0], 0))))
@@ -301,7 +309,7 @@ class Fetcher:
         """Content-Length of each wheel by HEAD, for ordering only (never trusted beyond that)."""
         if len(wheels) < 2:
             return {}
-        settings = HttpSettings(min(self.settings.timeout, 5.0), self.settings.user_agent, self.settings.trust_env)
+        settings = dataclasses.replace(self.settings, timeout=min(self.settings.timeout, 5.0))
 
         def head(w: WheelFile) -> tuple[str, int]:
             conn = Connection(settings)

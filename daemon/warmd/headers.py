@@ -138,5 +138,6 @@ def check_pins(pins: Iterable[Pin], client: httpx.Client) -> list[HeaderCheck]:
     indexes: dict[str, None] = {}
     for pin in pins:
         urls.setdefault(pin.wheel.url, None)
-        indexes.setdefault(index_page(pin.index), None)
+        if pin.index is not None:  # a wheel pinned by direct URL has no index page
+            indexes.setdefault(index_page(pin.index), None)
     return [check_url(client, u) for u in list(urls) + [i for i in indexes if i not in urls]]

@@ -9,10 +9,17 @@ name the index's URLs; when uv cannot fetch them, `refused()` says which.
 When a download fails, the feeder cuts that wheel off and uv gives up the whole call; the wheels
 it finished are in its cache already. Once every download of the group has ended, one more call
 imports the verified rest (uv finds the ones it has without asking the feeder).
+
+A wheel the lock pins by URL is keyed by that URL in uv's cache, so the feeder cannot stand in
+for it: uv downloads it from there itself, once warmd's own download verified it.
+
+The threads run in the caller's context: a run called off (cancel.scope) stops their uv too, and
+`finish` raises its Cancelled.
 """
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
 from collections import defaultdict
@@ -20,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
+from .cancel import Cancelled
 from .errors import WarmdError
 from .feeder import Feeder, Shelf
 from .model import Pin
@@ -50,6 +58,7 @@ class Importer:
         self._threads: list[threading.Thread] = []
         self._errors: dict[str, str] = {}
         self._refused: set[str] = set()
+        self._cancelled: Cancelled | None = None
         self._lock = threading.Lock()
 
     def start(self, pins: Sequence[Pin], *, direct: bool = False) -> None:
@@ -60,8 +69,10 @@ class Importer:
             # a pylock names each package once, and the same file from two indexes (a mirror) is
             # two cache entries: one call per index and Python
             groups[(pin.python, pin.index, _family(pin.platform))][pin.wheel.sha256] = pin
-        for (python, _index, _family_), by_sha in groups.items():
-            t = threading.Thread(target=self._direct if direct else self._group, args=(list(by_sha.values()), python),
+        for (python, index, _family_), by_sha in groups.items():
+            work = self._direct if direct else self._by_url if index is None else self._import_until_settled
+            t = threading.Thread(target=contextvars.copy_context().run,
+                                 args=(self._guard, work, list(by_sha.values()), python),
                                  daemon=True, name=f"warmd-import-{len(self._threads)}")
             self._threads.append(t)
             t.start()
@@ -70,11 +81,23 @@ class Importer:
         """Wait for every import; returns sha256 -> error for the wheels uv refused."""
         for t in self._threads:
             t.join()
+        if self._cancelled is not None:
+            raise self._cancelled
         return dict(self._errors)
 
     def refused(self) -> set[str]:
         """The wheels uv could not fetch itself (after finish()): warmd's engine must."""
         return set(self._refused)
+
+    def _guard(self, work: Callable[[list[Pin], str], None], pins: list[Pin], python: str) -> None:
+        try:
+            work(pins, python)
+        except Cancelled as exc:
+            self._cancelled = exc
+        except Exception as exc:  # a bug here must still leave a report, not a hung run
+            logger.exception("import failed")
+            with self._lock:
+                self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in pins})
 
     def _direct(self, pins: list[Pin], python: str) -> None:
         try:
@@ -84,18 +107,17 @@ class Importer:
             logger.info("uv could not fetch {} wheel(s) itself: {}", len(pins), exc)
             with self._lock:
                 self._refused.update(p.wheel.sha256 for p in pins)
-        except Exception as exc:  # a bug here must still leave a report, not a hung run
-            logger.exception("import failed")
-            with self._lock:
-                self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in pins})
 
-    def _group(self, pins: list[Pin], python: str) -> None:
+    def _by_url(self, pins: list[Pin], python: str) -> None:
+        verified = [p for p in pins if self._shelf.get(p.wheel.sha256, settled=True) is not None]
+        if not verified:
+            return
         try:
-            self._import_until_settled(pins, python)
-        except Exception as exc:  # a bug here must still leave a report, not a hung run
-            logger.exception("import failed")
+            self._run_uv(verified, {}, python, target([p.platform for p in verified]), False)
+        except WarmdError as exc:
+            logger.warning("{}", exc)  # each project's report names the wheels it cost
             with self._lock:
-                self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in pins})
+                self._errors.update({p.wheel.sha256: str(exc) for p in verified})
 
     def _import_until_settled(self, pins: list[Pin], python: str) -> None:
         try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -13,7 +16,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .errors import LockError
-from .model import WheelFile
+from .model import FileStamp, WheelFile
 
 _SHA256 = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 # A uv.lock of a large monorepo is a few MiB; one of 64 MiB or more is not a lock warmd should parse.
@@ -21,14 +24,26 @@ MAX_LOCK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
-class Dependency:
-    """An edge in the lock's graph: which package (and which build of it) under which marker."""
+class LockedWheel:
+    """One wheel entry of a `[[package]]`: the file, and the sha256 the lock pins (None: no sha256)."""
 
-    name: str
-    version: str | None = None  # set when the lock holds several versions of `name`
-    registry: str | None = None
-    marker: str | None = None
-    extras: tuple[str, ...] = ()
+    url: str
+    filename: str
+    sha256: str | None  # lowercase hex; None when the lock has no hash or only another algorithm's
+    size: int | None  # PyTorch-index wheels often carry no size
+
+    def file(self) -> WheelFile | None:
+        """The verifiable file, or None when the lock pins no sha256 for it."""
+        return None if self.sha256 is None else WheelFile(self.url, self.filename, self.sha256, self.size)
+
+
+@dataclass(frozen=True)
+class ConflictItem:
+    """One member of a `conflicts` set: an extra or a dependency group of a package."""
+
+    package: str | None  # normalized; None when the lock does not say (then: the project itself)
+    extra: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,12 +52,12 @@ class LockedPackage:
 
     name: str  # normalized
     version: str
-    registry: str | None  # `source = { registry = ... }`; None for virtual/editable/url/git/path
+    registry: str | None  # `source = { registry = ... }` when that is an http(s) index
     is_root: bool  # a workspace member or the project itself (virtual/editable/directory source)
-    wheels: tuple[WheelFile, ...] = ()
-    dependencies: tuple[Dependency, ...] = ()
-    optional: dict[str, tuple[Dependency, ...]] = field(default_factory=dict)  # extras
-    groups: dict[str, tuple[Dependency, ...]] = field(default_factory=dict)  # dependency groups
+    wheels: tuple[LockedWheel, ...] = ()
+    url: str | None = None  # `source = { url = ... }`: a wheel or sdist pinned by its URL
+    source: str = "registry"  # the kind of source: registry, url, git, path, directory, editable, virtual
+    has_sdist: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,16 +67,8 @@ class Lock:
     path: Path
     requires_python: str | None
     packages: tuple[LockedPackage, ...]
-    conflicts: tuple[tuple[str, ...], ...] = ()  # sets of extras/groups that exclude each other
-
-    def find(self, dep: Dependency) -> list[LockedPackage]:
-        """The packages a dependency edge may point at."""
-        out = [p for p in self.packages if p.name == dep.name]
-        if dep.version is not None:
-            out = [p for p in out if p.version == dep.version] or out
-        if dep.registry is not None and len(out) > 1:
-            out = [p for p in out if p.registry == dep.registry] or out
-        return out
+    conflicts: tuple[tuple[ConflictItem, ...], ...] = ()  # sets of extras/groups that exclude each other
+    stamp: FileStamp | None = None  # the bytes this was parsed from
 
     @property
     def roots(self) -> list[LockedPackage]:
@@ -69,20 +76,36 @@ class Lock:
         return [p for p in self.packages if p.is_root]
 
 
+def _read(path: Path, limit: int) -> tuple[bytes, FileStamp]:
+    """The file's bytes and the stamp of exactly those bytes (one open: a rename onto it cannot mix two)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size >= limit:
+            raise LockError(f"{path}: {st.st_size} bytes is too large for a uv.lock")
+        data = f.read(limit)
+    return data, FileStamp(hashlib.sha256(data).hexdigest(), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def file_stamp(path: Path) -> FileStamp:
+    """The stamp of the file at `path` now (sha256 None when there is none or it cannot be read)."""
+    try:
+        return _read(path, MAX_LOCK_BYTES)[1]
+    except (OSError, LockError):
+        return FileStamp(None)
+
+
 def read_lock(path: Path) -> Lock:
     """Parse the uv.lock at `path`; any problem is a LockError naming the file."""
     try:
-        size = path.stat().st_size
-        if size >= MAX_LOCK_BYTES:
-            raise LockError(f"{path}: {size} bytes is too large for a uv.lock")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw, stamp = _read(path, MAX_LOCK_BYTES)
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise LockError(f"{path}: no such uv.lock (run `uv lock` in the project first)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise LockError(f"{path}: not valid TOML ({exc}); is the lock truncated?") from None
+        raise LockError(f"{path}: not valid TOML ({exc}); is the lock truncated? `uv lock` writes it anew") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LockError(f"{path}: cannot read: {exc}") from None
-    return parse_lock(data, path)
+    return dataclasses.replace(parse_lock(data, path), stamp=stamp)
 
 
 def parse_lock(data: dict[str, Any], path: Path) -> Lock:
@@ -93,16 +116,35 @@ def parse_lock(data: dict[str, Any], path: Path) -> Lock:
     if not isinstance(raw_packages, list):
         raise LockError(f"{path}: `package` must be an array of tables")
     packages = tuple(_package(raw, path, i) for i, raw in enumerate(raw_packages))
-    conflicts = []
-    for group in _list(data.get("manifest", {}).get("conflicts") if isinstance(data.get("manifest"), dict) else None):
-        if isinstance(group, list):
-            conflicts.append(tuple(str(item.get("extra") or item.get("group")) for item in group if isinstance(item, dict)))
     rp = data.get("requires-python")
-    return Lock(path=path, requires_python=rp if isinstance(rp, str) else None, packages=packages, conflicts=tuple(conflicts))
+    return Lock(path=path, requires_python=rp if isinstance(rp, str) else None, packages=packages,
+                conflicts=_conflicts(data.get("conflicts")))
+
+
+def _conflicts(value: Any) -> tuple[tuple[ConflictItem, ...], ...]:
+    # uv writes `[tool.uv] conflicts` at the top of the lock, each item naming its package.
+    out = []
+    for group in _list(value):
+        items = []
+        for item in _list(group):
+            if not isinstance(item, dict):
+                continue
+            pkg, extra, grp = item.get("package"), item.get("extra"), item.get("group")
+            items.append(ConflictItem(
+                package=canonicalize_name(pkg) if isinstance(pkg, str) else None,
+                extra=extra if isinstance(extra, str) else None,
+                group=grp if isinstance(grp, str) else None,
+            ))
+        if items:
+            out.append(tuple(items))
+    return tuple(out)
 
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+_SOURCE_KINDS = ("registry", "url", "git", "path", "directory", "editable", "virtual")
 
 
 def _package(raw: Any, path: Path, index: int) -> LockedPackage:
@@ -118,56 +160,34 @@ def _package(raw: Any, path: Path, index: int) -> LockedPackage:
     source = raw.get("source", {})
     if not isinstance(source, dict):
         raise LockError(f"{where}: `source` must be a table")
-    registry = source.get("registry")
-    if registry is not None and not isinstance(registry, str):
-        raise LockError(f"{where}: `source.registry` must be a string")
-    is_root = any(k in source for k in ("virtual", "editable")) or source.get("directory") == "."
-    wheels: tuple[WheelFile, ...] = ()
-    if registry is not None and _is_remote(registry):
+    kind = next((k for k in _SOURCE_KINDS if k in source), "registry")
+    registry, url = source.get("registry"), source.get("url")
+    for key, value in (("registry", registry), ("url", url)):
+        if value is not None and not isinstance(value, str):
+            raise LockError(f"{where}: `source.{key}` must be a string")
+    is_root = kind in ("virtual", "editable") or source.get("directory") == "."
+    wheels: tuple[LockedWheel, ...] = ()
+    # Only wheels served over http(s) are fetched; a registry may also be a local folder (find-links).
+    remote = registry if registry is not None and _is_remote(registry) else None
+    if remote is not None or (url is not None and _is_remote(url)):
         wheels = tuple(_wheel(w, name, version, where) for w in _list(raw.get("wheels")))
     return LockedPackage(
         name=canonicalize_name(name),
         version=version,
-        registry=registry,
+        registry=remote,
         is_root=is_root,
         wheels=wheels,
-        dependencies=_deps(raw.get("dependencies"), where),
-        optional=_dep_tables(raw.get("optional-dependencies"), where),
-        groups=_dep_tables(raw.get("dev-dependencies"), where),
+        url=url if url is not None and _is_remote(url) else None,
+        source=kind,
+        has_sdist=isinstance(raw.get("sdist"), dict),
     )
 
 
-def _is_remote(registry: str) -> bool:
-    # A registry may be a local folder (find-links); only http(s) indexes serve wheels to fetch.
-    return urlsplit(registry).scheme in ("http", "https")
+def _is_remote(location: str) -> bool:
+    return urlsplit(location).scheme in ("http", "https")
 
 
-def _deps(value: Any, where: str) -> tuple[Dependency, ...]:
-    out = []
-    for d in _list(value):
-        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
-            raise LockError(f"{where}: a dependency has no name")
-        src = d.get("source") if isinstance(d.get("source"), dict) else {}
-        extras = d.get("extra", [])
-        out.append(
-            Dependency(
-                name=canonicalize_name(d["name"]),
-                version=d.get("version") if isinstance(d.get("version"), str) else None,
-                registry=src.get("registry") if isinstance(src.get("registry"), str) else None,
-                marker=d.get("marker") if isinstance(d.get("marker"), str) else None,
-                extras=tuple(e for e in extras if isinstance(e, str)) if isinstance(extras, list) else (),
-            )
-        )
-    return tuple(out)
-
-
-def _dep_tables(value: Any, where: str) -> dict[str, tuple[Dependency, ...]]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): _deps(v, f"{where} [{k}]") for k, v in value.items()}
-
-
-def _wheel(raw: Any, name: str, version: str, where: str) -> WheelFile:
+def _wheel(raw: Any, name: str, version: str, where: str) -> LockedWheel:
     if not isinstance(raw, dict):
         raise LockError(f"{where}: a wheel entry is not a table")
     url, hash_ = raw.get("url"), raw.get("hash")
@@ -176,14 +196,24 @@ def _wheel(raw: Any, name: str, version: str, where: str) -> WheelFile:
     filename = check_wheel_url(url, name, version, where)
     declared = raw.get("filename")
     if declared is not None and declared != filename:
-        raise LockError(f"{where}: wheel filename {declared!r} does not match its url")
-    m = _SHA256.match(hash_) if isinstance(hash_, str) else None
-    if m is None:
-        raise LockError(f"{where}: wheel {filename} has no sha256 hash; warmd only fetches verifiable files")
+        raise LockError(f"{where}: wheel {filename!r} does not match its url")
     size = raw.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise LockError(f"{where}: wheel {filename} has an invalid size {size!r}")
-    return WheelFile(url=url, filename=filename, sha256=m.group(1).lower(), size=size)
+    return LockedWheel(url=url, filename=filename, sha256=_sha256(hash_, filename, where), size=size)
+
+
+def _sha256(hash_: Any, filename: str, where: str) -> str | None:
+    """The sha256 hex of a lock's `hash`; None when there is none (nightly indexes, some mirrors)."""
+    if hash_ is None:
+        return None
+    algorithm = hash_.partition(":")[0] if isinstance(hash_, str) else ""
+    if algorithm in ("md5", "sha384", "sha512"):
+        return None  # a hash warmd does not check: the wheel is left to uv like an unhashed one
+    m = _SHA256.match(hash_) if isinstance(hash_, str) else None
+    if m is None:
+        raise LockError(f"{where}: wheel {filename} has a malformed hash {hash_!r}")
+    return m.group(1).lower()
 
 
 def check_wheel_url(url: str, name: str, version: str, where: str) -> str:

@@ -1,9 +1,23 @@
-"""Typed values passed between the pipeline's steps (lockfile -> select -> fetch -> store -> uvcache)."""
+"""Typed values passed between the pipeline's steps (lockfile -> plan -> fetch -> store -> uvcache)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What a project file was when warmd read it: its content hash and the inode that held it.
+
+    Content alone says whether two reads saw the same lock; inode and mtime also tell a lock
+    rewritten in between, even back to the same text (pins moving back and forth).
+    """
+
+    sha256: str | None  # None: there was no such file
+    inode: int = 0
+    mtime_ns: int = 0
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -22,7 +36,9 @@ class Pin:
 
     name: str  # normalized (PEP 503)
     version: str
-    index: str  # the registry URL from `source = { registry = ... }`: uv's cache key
+    # The registry URL from `source = { registry = ... }`: with the file name, uv's cache key.
+    # None for a wheel the lock pins by direct URL (`source = { url = ... }`): uv keys it by that URL.
+    index: str | None
     wheel: WheelFile
     python: str  # the Python version ("3.12") this wheel was selected for
     platform: str  # uv's --python-platform name this wheel was selected for
@@ -52,7 +68,33 @@ class Fetched:
     bytes_reused: int  # bytes that were already on disk (store hit or resumed partial)
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A package the plan names but warmd does not fetch itself, and why (one line)."""
+
+    name: str
+    version: str
+    python: str
+    reason: str
+    filename: str | None = None  # the wheel uv would take, when there is one
+    url: str | None = None
+    size: int | None = None
+    index: str | None = None  # registry URL, as in Pin
+    platform: str | None = None  # uv's --python-platform target for that wheel
+    # A wheel the lock pins without a sha256: uv may still be asked to download it unverified.
+    unhashed: bool = False
+
+
 WheelStateName = str  # one of: "cold", "fetching", "warm", "unproven", "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one finished run concluded about a project (policy.outcome_of), as it is recorded."""
+
+    state: str  # "warm", "unproven", "failed" or "nothing to warm"
+    reason: str | None = None  # why, for anything but warm
+    retry: bool = False  # failed, and waiting may mend it (not bad input): the daemon retries it
 
 
 @dataclass(frozen=True)
@@ -64,6 +106,16 @@ class WheelReport:
     reason: str | None = None  # why failed / unproven, one line
     bytes_downloaded: int = 0
     bytes_reused: int = 0
+    fix: str | None = None  # for a failure the user must act on (a hash mismatch, a full disk): what to do
+
+
+@dataclass(frozen=True)
+class SkippedReport:
+    """What one run did for a package warmd does not fetch itself."""
+
+    skipped: Skipped
+    state: WheelStateName = "skipped"  # or, for an unhashed wheel handed to uv on request: warm / failed / unproven
+    reason: str | None = None  # defaults to skipped.reason
 
 
 @dataclass(frozen=True)
@@ -75,10 +127,19 @@ class ProjectReport:
     variant: str
     python: tuple[str, ...]  # the Python versions wheels were selected for
     wheels: tuple[WheelReport, ...] = ()
+    skipped: tuple[SkippedReport, ...] = ()
+    chosen_by: str = ""  # how the variant's extras and groups were chosen, one sentence
+    flags: tuple[str, ...] = ()  # the `uv sync` flags that select that variant
+    notes: tuple[str, ...] = ()  # what the user may want to settle (an ambiguous choice ...)
     error: str | None = None  # set when the project could not be planned (bad lock, ...)
     error_is_input: bool = False  # True when `error` is bad input (exit 2) rather than a failure
+    stamp: FileStamp | None = None  # the uv.lock this report is about, as it was read
+    # Why the work was called off before it could say anything (the lock changed, warmd is
+    # stopping): not an outcome, nothing about the wheels is known from it.
+    superseded: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when every pinned wheel is warm and nothing failed."""
-        return self.error is None and all(w.state == "warm" for w in self.wheels)
+        return (self.error is None and self.superseded is None and all(w.state == "warm" for w in self.wheels)
+                and all(s.state in ("warm", "skipped") for s in self.skipped))

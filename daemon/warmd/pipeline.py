@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
 import re
 import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,17 +18,18 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from loguru import logger
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 
+from .cancel import Cancelled
 from .config import Config
-from .errors import InputError, LockError, WarmdError
+from .errors import WarmdError
 from .feeder import Feeder, Shelf
-from .fetch import Fetcher, FetchSkipped
-from .headers import cache_verdict, is_immutable_host
+from .fetch import Fetcher, FetchSkipped, ProgressEvent
 from .importer import Importer
-from .lockfile import Lock, read_lock
-from .model import Fetched, Pin, ProgressEvent, ProjectReport, WheelReport
-from .select import Selection, select_pins
+from .lockfile import file_stamp
+from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
+from .plan import Planner, ProjectPlan
+from .policy import outcome_of, uv_keeps
 from .store import Store
 from .uvcache import ProbeResult, Uv
 
@@ -37,24 +40,16 @@ _MEASURE_WAIT = 0.6  # seconds to wait after the probe for the first download's 
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
 
 
-@dataclass(frozen=True)
-class Plan:
-    """One project's lock and the wheels selected from it."""
+@dataclass
+class _Run:
+    """What one warm found and did, for the reports: uv's answers before and after, and each wheel's fate."""
 
-    project: Path
-    lock: Lock
-    selection: Selection
-    pythons: tuple[str, ...]
-
-
-def project_of(path: Path) -> tuple[Path, Path]:
-    """(project folder, uv.lock path) for a folder or a uv.lock given on the command line."""
-    path = path.expanduser().absolute()
-    if path.name == "uv.lock" or path.is_file():
-        return path.parent, path
-    if not path.is_dir():
-        raise InputError(f"{path}: no such project folder")
-    return path, path / "uv.lock"
+    before: dict[Path, dict[str, ProbeResult]]
+    after: dict[Path, dict[str, ProbeResult]]
+    need: dict[str, Pin]  # sha256 -> a pin of a file uv lacked
+    fetched: dict[str, Fetched | WarmdError]
+    import_errors: dict[str, str]
+    by_uv: set[str]  # files uv downloaded itself
 
 
 class Pipeline:
@@ -82,62 +77,66 @@ class Pipeline:
             progress=progress,
             max_parallel_files=config.download.parallel_files,
         )
-        self._variant: str | None = None
+        self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
     @property
     def variant(self) -> str:
-        """The configured variant, or the detected one when the config says `auto`."""
-        if self._variant is None:
-            from .variant import resolve_variant
+        """The global variant: the configured one, or the detected one when the config says `auto`."""
+        return self._planner.detection.variant
 
-            detection = resolve_variant(self.config.variant)
-            logger.info("variant {} ({}: {})", detection.variant, detection.source, detection.detail)
-            self._variant = detection.variant
-        return self._variant
+    def plan(self, project: Path) -> ProjectPlan:
+        """The project's plan (raises InputError on a bad lock or project)."""
+        return self._planner.plan(project)
 
-    def plan(self, project: Path) -> Plan:
-        """Read the project's lock and select its pins (raises InputError on a bad lock)."""
-        project, lock_path = project_of(project)
-        lock = read_lock(lock_path)
-        own = self.uv.project_python(project)
-        pythons = _allowed([own, *self.config.python] if own else list(self.config.python), lock)
-        if not pythons:
-            raise InputError(f"{project}: no Python version to select wheels for (no .python-version, "
-                             "no interpreter uv would use, no `python` in the config)")
-        selection = select_pins(lock, variant=self.variant, patterns=self.config.packages, pythons=pythons)
-        return Plan(project=project, lock=lock, selection=selection, pythons=tuple(pythons))
+    def failure(self, project: Path, exc: Exception) -> ProjectReport:
+        """The report of a project that could not be planned or run, naming its variant as a plan would."""
+        return self._planner.failure(project, exc)
+
+    def superseded(self, project: Path, reason: str) -> ProjectReport:
+        """The report of a project whose run was called off before it concluded anything."""
+        return self._planner.superseded(project, reason)
 
     def pins(self, project: Path) -> list[Pin]:
         """The pins of a project, without fetching anything."""
-        return list(self.plan(project).selection.pins)
+        return list(self.plan(project).pins)
+
+    def check_uv(self) -> None:
+        """Raise UvError unless the configured uv is found, runs, and says its version."""
+        logger.debug("uv {} at {}", self.uv.version, self.uv.exe)
 
     def warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
-        """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once."""
-        failed: list[ProjectReport] = []
-        plans: list[Plan] = []
-        for p in projects:
-            try:
-                plans.append(self.plan(p))
-            except WarmdError as exc:
-                logger.error("{}", exc)
-                folder = p.parent if p.name == "uv.lock" else p
-                failed.append(ProjectReport(project=folder, lock=folder / "uv.lock", variant=self._variant or "?",
-                                            python=(), error=str(exc), error_is_input=isinstance(exc, InputError)))
+        """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once.
+
+        Work for a uv.lock that changed since it was planned, or that was called off (cancel.scope),
+        comes back `superseded` and is not recorded: it says nothing about the lock there is now.
+        """
+        try:
+            return self._warm(projects)
+        except Cancelled as exc:
+            return [self._planner.superseded(p, exc.reason) for p in projects]
+
+    def _warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
+        # Without a usable uv nothing can be imported or proven: say so before spending a byte.
+        self.check_uv()
+        plans, failed = self._planner.plan_all(projects)
         reports = []
         with self._project_locks([pl.project for pl in plans]):
-            before, need, fetched, import_errors, by_uv = self._fetch_and_import(plans)
+            run = self._fetch_and_import(plans)
             for pl in plans:
-                touched = any(p.wheel.sha256 in need for p in pl.selection.pins)
-                after = self._probe(pl) if touched else before[pl.project]
-                reports.append(self._report(pl, before[pl.project], after, fetched, import_errors, by_uv))
-            self._tidy(reports, need, by_uv)
-        reports += failed
+                unhashed = self._unhashed(pl)
+                if not pl.is_current():  # what uv said may be about another lock
+                    reports.append(_superseded(pl))
+                    continue
+                reports.append(self._report(pl, run, unhashed))
+            self._tidy(reports, run)
+        reports = [_superseded_if_changed(r) for r in reports + failed]
         if self.state is not None:
             for r in reports:
-                self.state.record_report(r)
+                if r.superseded is None:
+                    self.state.record_report(r, outcome_of(r), uv_version=str(self.uv.version))
         # Only now, with the new pins recorded and warm, may old files make room.
-        self._evict({p.wheel.sha256 for pl in plans for p in pl.selection.pins})
+        self._evict({p.wheel.sha256 for pl in plans for p in pl.pins})
         return reports
 
     def cancel(self) -> None:
@@ -150,15 +149,13 @@ class Pipeline:
 
     # -- fetch and import ----------------------------------------------------------------------
 
-    def _fetch_and_import(self, plans: list[Plan]) -> tuple[dict[Path, dict[str, ProbeResult]], dict[str, Pin],
-                                                              dict[str, Fetched | WarmdError], dict[str, str], set[str]]:
-        """Probe, then get every wheel uv lacks into its cache; returns (probe before, needed, fetch
-        results, import errors, wheels uv fetched itself)."""
-        pins = [pin for pl in plans for pin in pl.selection.pins]
+    def _fetch_and_import(self, plans: list[ProjectPlan]) -> _Run:
+        """Probe, then get every wheel uv lacks into its cache, then ask uv again."""
+        pins = [pin for pl in plans for pin in pl.pins]
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
         # Downloads start at once for files neither the store nor an earlier run has seen
         # warm; meanwhile uv says what it already has, and those downloads are called off.
-        speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.selection.pins
+        speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
                        if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
         shelf = Shelf()
         with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
@@ -167,18 +164,23 @@ class Pipeline:
                 early = pool.submit(self._fetch, list(speculative.values()), shelf)
                 try:
                     before = {pl.project: self._probe(pl) for pl in plans}
-                except BaseException:
-                    for sha in speculative:  # uv could not be asked: stop downloading at once
-                        self.fetcher.skip(sha)
+                except BaseException as exc:
+                    # uv could not be asked: stop downloading at once. Work called off keeps its
+                    # downloads: verified, they serve the next lock too when its pins come back.
+                    if not isinstance(exc, Cancelled):
+                        for sha in speculative:
+                            self.fetcher.skip(sha)
                     raise
                 need: dict[str, Pin] = {}
                 for pl in plans:
-                    for pin in pl.selection.pins:
+                    for pin in pl.pins:
                         if pin.name not in before[pl.project][pin.python].warm:
                             need.setdefault(pin.wheel.sha256, pin)
-                    self._mark(pl, need, "fetching")
-                for sha in speculative.keys() - need.keys():
-                    self.fetcher.skip(sha)
+                    self._progress(pl, before[pl.project], need)
+                # Only uv's answer about the very locks planned may call a download off.
+                if all(pl.is_current() for pl in plans):
+                    for sha in speculative.keys() - need.keys():
+                        self.fetcher.skip(sha)
                 by_uv = self._for_uv(need, resumable, speculative)
                 for sha in by_uv:
                     self.fetcher.skip(sha)
@@ -202,17 +204,22 @@ class Pipeline:
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
+                run = _Run(before, {}, need, fetched, import_errors, by_uv)
+                run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
                 raise
-        return before, need, fetched, import_errors, by_uv
+            finally:
+                shelf.close()  # a uv still asking for a file that will not come gets its answer: none
+        return run
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
         """The needed wheels uv should download itself: on a host one stream of which outruns uv's
         unpacking, warmd's own copy of the bytes would only cost CPU (ARCHITECTURE.md, "Who downloads")."""
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
-        candidates = {sha: pin for sha, pin in need.items() if sha not in resumable and not self.store.has(sha)}
+        candidates = {sha: pin for sha, pin in need.items()
+                      if pin.index is not None and sha not in resumable and not self.store.has(sha)}
         hosts = {_host(p.wheel.url) for p in candidates.values()}
         measuring = {_host(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
         links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
@@ -224,37 +231,40 @@ class Pipeline:
             link = links.get(_host(pin.wheel.url))
             # uv must keep the file by itself: no per-index override is passed (the user's uv
             # settings stay in force), so only where the file's headers or its host allow it
-            if link is not None and link.kind == "fast" and (
-                    cache_verdict(link.cache_control) == "kept" or is_immutable_host(pin.wheel.url, version)):
+            if link is not None and link.kind == "fast" and \
+                    uv_keeps(pin.wheel.url, link.cache_control, uv_version=version).verdict == "kept":
                 out.add(sha)
         if out:
             logger.info("{}: one stream outruns uv's unpacking; uv fetches {} wheel(s) itself",
                         ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
         return out
 
-    def _tidy(self, reports: list[ProjectReport], need: dict[str, Pin], by_uv: set[str]) -> None:
+    def _proof(self, pl: ProjectPlan, run: _Run, feeder: Feeder, shelf: Shelf) -> dict[str, ProbeResult]:
+        """What uv says after the imports; wheels it lost right after theirs (a `uv cache clean`) get one more."""
+        before = run.before[pl.project]
+        if not any(p.wheel.sha256 in run.need for p in pl.pins):
+            return before
+        after = self._probe(pl)
+        lost = [p for p in pl.pins if p.wheel.sha256 in run.need and p.wheel.sha256 not in run.import_errors
+                and isinstance(run.fetched.get(p.wheel.sha256), Fetched) and p.name in after[p.python].cold]
+        if not lost:
+            return after
+        logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
+                    pl.project, len(lost))
+        again = Importer(self._run_import, feeder, shelf)
+        again.start(lost)
+        run.import_errors.update(again.finish())
+        return self._probe(pl)
+
+    def _tidy(self, reports: list[ProjectReport], run: _Run) -> None:
         """Without keep-wheels, drop what this run downloaded once uv has it (and partials uv made moot)."""
         warm = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state == "warm"}
         cold = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state != "warm"}
-        for sha in (need.keys() & warm) - cold:
-            if sha in by_uv:
+        for sha in (run.need.keys() & warm) - cold:
+            if sha in run.by_uv:
                 self.store.drop_partial(sha)  # a speculative start, never finished
             elif not self.config.keep_wheels:
                 self.store.remove(sha)
-
-    # -- steps ---------------------------------------------------------------------------------
-
-    def _probe(self, pl: Plan) -> dict[str, ProbeResult]:
-        names = {p.name for p in pl.lock.packages}
-        out = {}
-        for python in pl.pythons:
-            selected = [p.name for p in pl.selection.pins if p.python == python]
-            out[python] = self.uv.probe(pl.project, selected=selected, others=names, python=python,
-                                        extras=pl.selection.extras)
-        return out
-
-    def _was_warm(self, project: Path, pin: Pin) -> bool:
-        return self.state is not None and self.state.wheel_state(project, pin.wheel.sha256) == "warm"
 
     def _fetch(self, pins: list[Pin], shelf: Shelf) -> dict[str, Fetched | WarmdError]:
         if not pins:
@@ -282,7 +292,7 @@ class Pipeline:
 
         def line(text: str) -> None:
             m = _UV_DOWNLOADED.match(text)
-            if m and (p := by_name.pop(_normalize(m.group(1)), None)) is not None:
+            if m and (p := by_name.pop(canonicalize_name(m.group(1)), None)) is not None:
                 self._emit(p, "done", "downloaded by uv")
 
         try:
@@ -302,45 +312,88 @@ class Pipeline:
             self.progress(ProgressEvent(pin.wheel.filename, pin.wheel.sha256, size,
                                         size or 0 if state == "done" else 0, 0, state, message))
 
-    def _report(self, pl: Plan, before: dict[str, ProbeResult], after: dict[str, ProbeResult],
-                fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str],
-                by_uv: set[str] = frozenset()) -> ProjectReport:  # type: ignore[assignment]
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _probe(self, pl: ProjectPlan) -> dict[str, ProbeResult]:
+        return probe_plan(self.uv, pl)
+
+    def _unhashed(self, pl: ProjectPlan) -> dict[tuple[str, str], SkippedReport]:
+        """With `warm-unhashed`, have uv download the wheels the lock pins without a sha256, and probe them."""
+        wanted = [s for s in pl.skipped if s.unhashed and s.platform is not None]
+        if not self.config.warm_unhashed or not wanted:
+            return {}
+        out: dict[tuple[str, str], SkippedReport] = {}
+        groups: dict[tuple[str, str], list] = defaultdict(list)
+        for s in wanted:
+            groups[(s.python, s.platform or "")].append(s)
+        for (python, platform), group in groups.items():
+            try:
+                self.uv.import_unverified(group, python=python, platform=platform)
+            except WarmdError as exc:
+                logger.warning("{}: {}", pl.project, exc)
+                out.update({(s.name, python): SkippedReport(s, "failed", str(exc)) for s in group})
+                continue
+            res = self.uv.probe(pl.project, selected=[s.name for s in group], others=pl.lock_packages,
+                                python=_probe_python(pl, python), flags=pl.flags)
+            for s in group:
+                if s.name in res.warm:
+                    out[(s.name, python)] = SkippedReport(s, "warm", "not verified (no sha256 in the lock); uv fetched it")
+                elif s.name in res.unproven:
+                    out[(s.name, python)] = SkippedReport(s, "unproven", res.unproven[s.name])
+                else:
+                    out[(s.name, python)] = SkippedReport(s, "failed", "uv still would download it after fetching it "
+                                                          "(does its server forbid caching?)")
+        return out
+
+    def _was_warm(self, project: Path, pin: Pin) -> bool:
+        return self.state is not None and self.state.wheel_state(project, pin.wheel.sha256) == "warm"
+
+    def _report(self, pl: ProjectPlan, run: _Run, unhashed: dict[tuple[str, str], SkippedReport]) -> ProjectReport:
+        before, after = run.before[pl.project], run.after[pl.project]
+        fetched, import_errors = run.fetched, run.import_errors
         wheels = []
-        for pin in pl.selection.pins:
+        for pin in pl.pins:
             res = after[pin.python]
             got = fetched.get(pin.wheel.sha256)
             if isinstance(got, FetchSkipped):
                 got = None  # uv had it already: not a failure
             down = got.bytes_downloaded if isinstance(got, Fetched) else 0
             reused = got.bytes_reused if isinstance(got, Fetched) else 0
-            if pin.wheel.sha256 in by_uv:
+            if pin.wheel.sha256 in run.by_uv:
                 down = pin.wheel.size or 0  # fetched all the same, by uv
             if pin.name in before[pin.python].warm:
                 reused = pin.wheel.size or 0
             if pin.name in res.warm:
                 wheels.append(WheelReport(pin, "warm", None, down, reused))
             elif isinstance(got, WarmdError):
-                wheels.append(WheelReport(pin, "failed", str(got), down, reused))
+                wheels.append(WheelReport(pin, "failed", str(got), down, reused, fix=got.fix))
             elif pin.wheel.sha256 in import_errors:
                 wheels.append(WheelReport(pin, "failed", import_errors[pin.wheel.sha256], down, reused))
             elif pin.name in res.unproven:
                 wheels.append(WheelReport(pin, "unproven", res.unproven[pin.name], down, reused))
+            elif pin.index is None:
+                wheels.append(WheelReport(pin, "failed", "uv kept no copy after downloading it from its URL "
+                                          "(does its server forbid caching?)", down, reused))
             else:
                 wheels.append(WheelReport(pin, "failed", "uv still would download it after the import", down, reused))
         for w in wheels:
             if w.state != "warm":
                 logger.warning("{}: {} {}{}", pl.project, w.pin.wheel.filename, w.state, f" ({w.reason})" if w.reason else "")
+        skipped = tuple(unhashed.get((s.name, s.python)) or SkippedReport(s) for s in pl.skipped)
+        for r in skipped:
+            if r.state == "skipped":
+                logger.info("{}: {} {} skipped: {}", pl.project, r.skipped.name, r.skipped.version, r.skipped.reason)
         warm = sum(1 for w in wheels if w.state == "warm")
         logger.info("{}: {} of {} pinned wheel(s) warm", pl.project, warm, len(wheels))
-        return ProjectReport(project=pl.project, lock=pl.lock.path, variant=self.variant, python=pl.pythons,
-                             wheels=tuple(wheels))
+        return report_of(pl, wheels=tuple(wheels), skipped=skipped)
 
-    def _mark(self, pl: Plan, need: dict[str, Pin], state: str) -> None:
-        if self.state is None:
+    def _progress(self, pl: ProjectPlan, before: dict[str, ProbeResult], need: dict[str, Pin]) -> None:
+        """Record the plan being warmed, with what uv has already, when something is to be done."""
+        if self.state is None or not any(pin.wheel.sha256 in need for pin in pl.pins):
             return
-        for pin in pl.selection.pins:
-            if pin.wheel.sha256 in need:
-                self.state.set_wheel_state(pl.project, pin.wheel.sha256, state)
+        wheels = tuple(WheelReport(pin, "fetching" if pin.wheel.sha256 in need else
+                                   "warm" if pin.name in before[pin.python].warm else "cold") for pin in pl.pins)
+        self.state.record_progress(report_of(pl, wheels=wheels))
 
     def _evict(self, protect: set[str]) -> None:
         """Keep the store under its cap, never dropping a file any known project pins."""
@@ -373,24 +426,70 @@ class Pipeline:
                 os.close(fd)
 
 
+def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
+              skipped: tuple[SkippedReport, ...] | None = None) -> ProjectReport:
+    """A project's report: its plan's variant, choice and Pythons, with these wheel outcomes."""
+    return ProjectReport(project=pl.project, lock=pl.lock, variant=pl.variant, python=pl.pythons, wheels=wheels,
+                         skipped=skipped if skipped is not None else tuple(SkippedReport(s) for s in pl.skipped),
+                         chosen_by=pl.chosen_by, flags=pl.flags, notes=pl.notes, stamp=pl.lock_stamp)
+
+
+_LOCK_CHANGED = "uv.lock changed while it was warmed"
+
+
+def _superseded(pl: ProjectPlan) -> ProjectReport:
+    return dataclasses.replace(report_of(pl, wheels=()), skipped=(), superseded=_LOCK_CHANGED)
+
+
+def _superseded_if_changed(report: ProjectReport) -> ProjectReport:
+    """The report, or, when its uv.lock is no longer the file it is about, a superseded one."""
+    if report.superseded is not None or report.stamp is None or file_stamp(report.lock) == report.stamp:
+        return report
+    return dataclasses.replace(report, wheels=(), skipped=(), error=None, error_is_input=False,
+                               superseded=_LOCK_CHANGED)
+
+
+def probe_plan(uv: Uv, pl: ProjectPlan) -> dict[str, ProbeResult]:
+    """Ask uv, per Python of the plan, which of its pinned wheels a fresh `uv sync` would download."""
+    out = {}
+    for python in pl.pythons:
+        selected = [p.name for p in pl.pins if p.python == python]
+        out[python] = uv.probe(pl.project, selected=selected, others=pl.lock_packages,
+                               python=_probe_python(pl, python), flags=pl.flags)
+    return out
+
+
 def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _probe_python(pl: ProjectPlan, python: str) -> str:
+    # The interpreter the plan's markers came from, so uv plans the same sync.
+    found = pl.interpreters.get(python)
+    return str(found) if found is not None else python
 
 
-def _allowed(pythons: Sequence[str], lock: Lock) -> list[str]:
-    """Keep the Python versions the lock's requires-python admits, in order, without repeats."""
-    out: list[str] = []
-    try:
-        spec = SpecifierSet(lock.requires_python) if lock.requires_python else None
-    except InvalidSpecifier:
-        raise LockError(f"{lock.path}: requires-python {lock.requires_python!r} is not a valid specifier") from None
-    for py in pythons:
-        if py in out:
-            continue
-        if spec is None or spec.contains(f"{py}.0", prereleases=True) or spec.contains(f"{py}.99", prereleases=True):
-            out.append(py)
-    return out
+def preview(config: Config, projects: Sequence[Path], uv: Uv | None = None) -> list[ProjectReport]:
+    """The plan of each project with each wheel's state as uv sees it now: no network, nothing written.
+
+    "warm" and "cold" come from the offline `uv sync --dry-run` probe, never from warmd's state.
+    """
+    uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
+    uv.exe
+    # No cache folder yet: everything is cold, and asking uv would create one.
+    fresh = not uv.cache_dir.exists()
+    plans, failed = Planner(config, uv).plan_all(projects)
+    reports = []
+    for pl in plans:
+        probed = {py: ProbeResult() for py in pl.pythons} if fresh else probe_plan(uv, pl)
+        wheels = []
+        for pin in pl.pins:
+            res = probed[pin.python]
+            if pin.name in res.warm:
+                wheels.append(WheelReport(pin, "warm"))
+            elif pin.name in res.unproven:
+                wheels.append(WheelReport(pin, "unproven", res.unproven[pin.name]))
+            else:
+                wheels.append(WheelReport(pin, "cold"))
+        reports.append(report_of(pl, wheels=tuple(wheels)))
+    return reports + failed

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from .connection import Connection, Response, TransportError
+from .connection import Connection, Response, TransportError, Untrusted
 from .errors import FetchError
 from .model import WheelFile
 from .partial import Sidecar, missing_ranges
@@ -139,7 +139,10 @@ class RangeRequests:
         headers = {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
         if validator:
             headers["If-Range"] = validator
-        resp = conn.get(self.wheel.url, headers)
+        try:
+            resp = conn.get(self.wheel.url, headers)
+        except Untrusted as exc:
+            raise FetchError(f"{self.wheel.filename}: {exc}") from None
         if resp.status in (200, 206):
             return resp
         resp.close()

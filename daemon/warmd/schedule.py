@@ -48,6 +48,7 @@ def _logged(name: str, fn: Callable[[], None]) -> Callable[[], None]:
             fn()
         except Exception as exc:
             logger.opt(exception=exc).debug(f"scheduled job {name} failed")
-            logger.error(f"scheduled {name} failed: {exc}")
+            # The job runs again at its next interval on its own: worth a warning, not an alarm.
+            logger.warning(f"scheduled {name} failed: {exc}; it runs again at the next interval")
 
     return run

@@ -1,89 +1,84 @@
-"""warmd's memory in SQLite: projects, their pins, each wheel's state, and header history."""
+"""warmd's memory in SQLite: projects, their pins, each wheel's state, outcomes, and header history.
+
+It stores and reads; what a user is told from it is composed in policy.py.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import WarmdError
-from .headers import HeaderCheck, cache_verdict, index_page
-from .model import Pin, ProjectReport, WheelFile
+from .headers import HeaderCheck
+from .model import FileStamp, Outcome, Pin, ProjectReport, WheelFile
+from .owner import Owner
 from .redact import redact
 
 STATE_FILE = "state.sqlite3"
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)
+OUTCOME_HISTORY = 50  # outcome changes kept per project
+ACTIVITIES = ("queued", "warming")
 WHEEL_STATES = ("cold", "fetching", "warm", "unproven", "failed")
 
 
 @dataclass(frozen=True)
-class WheelStatus:
-    """One pinned wheel of a project as `warmd status` shows it."""
+class StoredWheel:
+    """One pin of a project and what was last recorded of its wheel."""
 
     name: str
     version: str
     filename: str
     sha256: str
+    index: str | None
     url: str  # credentials stripped
     python: str
     platform: str
-    state: str
+    state: str  # as recorded: cold, fetching, warm, unproven, failed
     reason: str | None
     size: int | None
-    bytes_downloaded: int  # from the network, summed over every run
-    bytes_reused: int  # taken from the store or a resumed partial in the last run
-    bytes_saved: int  # what a fresh `uv sync` no longer downloads: the size of a warm wheel
+    bytes_downloaded: int
+    bytes_reused: int
     updated_at: float | None
-    warnings: tuple[str, ...] = ()  # e.g. the ETag of the pinned file changed upstream
+    since: float  # when the lock started pinning it
+    warnings: tuple[str, ...] = ()  # header warnings about its file since then
 
 
 @dataclass(frozen=True)
-class IndexStatus:
-    """The header verdict of one index a project pins wheels from."""
-
-    url: str
-    verdict: str  # "kept", "not kept" (uv keeps nothing), or "unknown" (not checked yet)
-    cache_control: str | None
-    checked_at: float | None
-    error: str | None
-
-
-@dataclass(frozen=True)
-class ProjectStatus:
-    """One project as `warmd status` shows it."""
+class StoredProject:
+    """One project's row as recorded: the last outcome, the lock it is about, what is being done now."""
 
     path: Path
     lock: Path | None
     variant: str | None
     python: tuple[str, ...]
-    last_check: float | None
+    last_run: float | None  # when the last outcome was recorded
     error: str | None
-    wheels: tuple[WheelStatus, ...]
-    indexes: tuple[IndexStatus, ...]
-    flags: tuple[str, ...]  # one-line warnings worth the user's attention
+    outcome: str | None  # None: no outcome for the recorded lock (yet)
+    reason: str | None
+    retry: bool  # a failed outcome that waiting may mend
+    failures: int  # failed outcomes in a row
+    since: float | None  # when the outcome became what it is (the history)
+    lock_stamp: FileStamp | None  # the uv.lock the outcome and pins are about
+    uv_version: str | None  # the uv that gave the outcome
+    activity: str | None  # "queued" / "warming", by activity_owner
+    activity_since: float | None
+    activity_owner: str | None  # owner.Owner tag of the process doing it
+    retry_at: float | None  # when activity_owner retries failed work
+    wheels: tuple[StoredWheel, ...]
 
-    @property
-    def bytes_saved(self) -> int:
-        """Bytes of warm wheels a fresh `uv sync` will not download."""
-        return sum(w.bytes_saved for w in self.wheels)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (paths as strings)."""
-        d = asdict(self)
-        d["path"] = str(self.path)
-        d["project"] = d["path"]  # the key `warmd status` prints
-        d["headers"] = [f"{i.url}: {i.verdict}" + (f" (Cache-Control: {i.cache_control})" if i.cache_control else "")
-                        for i in self.indexes]
-        d["lock"] = str(self.lock) if self.lock else None
-        d["python"] = list(self.python)
-        d["flags"] = list(self.flags)
-        d["bytes_saved"] = self.bytes_saved
-        for w in d["wheels"]:
-            w["warnings"] = list(w["warnings"])
-        return d
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything `warmd status` is made from, read in one transaction."""
+
+    projects: tuple[StoredProject, ...]
+    headers: Mapping[str, HeaderCheck]  # URL -> its latest check
+    good_headers: Mapping[str, HeaderCheck]  # URL -> its latest check answered with a 2xx
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -149,8 +144,40 @@ def _script(db: sqlite3.Connection, sql: str) -> None:
             db.execute(stmt)
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    # Outcomes with the lock they are about, what the daemon does now (owned by a process, so a
+    # killed daemon's "warming" is not believed), and a history of outcome changes.
+    _script(
+        db,
+        """
+        ALTER TABLE projects ADD COLUMN outcome TEXT;
+        ALTER TABLE projects ADD COLUMN reason TEXT;
+        ALTER TABLE projects ADD COLUMN retry INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE projects ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE projects ADD COLUMN lock_sha256 TEXT;
+        ALTER TABLE projects ADD COLUMN lock_inode INTEGER;
+        ALTER TABLE projects ADD COLUMN lock_mtime_ns INTEGER;
+        ALTER TABLE projects ADD COLUMN lock_size INTEGER;
+        ALTER TABLE projects ADD COLUMN uv_version TEXT;
+        ALTER TABLE projects ADD COLUMN activity TEXT;
+        ALTER TABLE projects ADD COLUMN activity_since REAL;
+        ALTER TABLE projects ADD COLUMN activity_owner TEXT;
+        ALTER TABLE projects ADD COLUMN retry_at REAL;
+        CREATE TABLE history (
+            id INTEGER PRIMARY KEY,
+            project TEXT NOT NULL REFERENCES projects(path) ON DELETE CASCADE,
+            at REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT,
+            lock_sha256 TEXT
+        );
+        CREATE INDEX history_project ON history(project, id);
+        """
+    )
+
+
 # Index i migrates a database at user_version i to i + 1; append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -215,52 +242,126 @@ class State:
 
     # --- writes -------------------------------------------------------------------------
 
-    def record_report(self, report: ProjectReport) -> None:
-        """Store one run's outcome: the project row, its pins (replaced), each wheel's state."""
+    def record_report(self, report: ProjectReport, outcome: Outcome, *, uv_version: str | None = None) -> int:
+        """Store one finished run: the project's outcome for its lock, its pins (replaced), each wheel's state.
+
+        Clears what this process was doing for it; returns the failed outcomes in a row now.
+        """
         now = time.time()
         project = str(report.project)
+        me = Owner.me().tag
         with self._tx() as db:
+            self._upsert_project(db, report, now)
             db.execute(
-                "INSERT INTO projects(path, lock, variant, python, last_run, error) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(path) DO UPDATE SET lock=excluded.lock, variant=excluded.variant, "
-                "python=excluded.python, last_run=excluded.last_run, error=excluded.error",
-                (project, str(report.lock), report.variant, ",".join(report.python), now, report.error),
+                "UPDATE projects SET last_run=?, error=?, outcome=?, reason=?, retry=?, "
+                "failures=CASE WHEN ?='failed' THEN failures + 1 ELSE 0 END, uv_version=coalesce(?, uv_version), "
+                "activity=CASE WHEN activity_owner=? THEN NULL ELSE activity END, "
+                "retry_at=CASE WHEN activity_owner=? THEN NULL ELSE retry_at END WHERE path=?",
+                (now, report.error, outcome.state, outcome.reason, int(outcome.retry), outcome.state, uv_version,
+                 me, me, project),
             )
-            if report.error is not None and not report.wheels:
-                return  # a lock that cannot be read says nothing about the pins we knew
-            since = {
-                (r[0], r[1], r[2]): r[3]
-                for r in db.execute("SELECT sha256, python, platform, since FROM pins WHERE project=?", (project,))
-            }
-            db.execute("DELETE FROM pins WHERE project=?", (project,))
-            keep = []
-            for w in report.wheels:
-                p = w.pin
-                key = (p.wheel.sha256, p.python, p.platform)
-                db.execute(
-                    "INSERT OR REPLACE INTO pins VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (project, *key, p.name, p.version, p.index, p.wheel.url, p.wheel.filename,
-                     p.wheel.size, since.get(key, now)),
-                )
-                keep.append(p.wheel.sha256)
-                size = p.wheel.size or (w.bytes_downloaded + w.bytes_reused) or None
-                db.execute(
-                    "INSERT INTO wheels(project, sha256, state, reason, bytes_downloaded, bytes_reused, size, "
-                    "updated_at, warm_since) VALUES (?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(project, sha256) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
-                    "bytes_downloaded=wheels.bytes_downloaded + excluded.bytes_downloaded, "
-                    "bytes_reused=excluded.bytes_reused, "
-                    "size=coalesce(excluded.size, wheels.size), updated_at=excluded.updated_at, "
-                    "warm_since=CASE WHEN excluded.state='warm' THEN coalesce(wheels.warm_since, excluded.updated_at) "
-                    "ELSE NULL END",
-                    (project, p.wheel.sha256, w.state, w.reason, w.bytes_downloaded, w.bytes_reused, size, now,
-                     now if w.state == "warm" else None),
-                )
-            # Wheels the lock no longer pins are forgotten with their pins.
+            last = db.execute("SELECT outcome, reason, lock_sha256 FROM history WHERE project=? ORDER BY id DESC "
+                              "LIMIT 1", (project,)).fetchone()
+            sha = report.stamp.sha256 if report.stamp else None
+            if last != (outcome.state, outcome.reason, sha):
+                db.execute("INSERT INTO history(project, at, outcome, reason, lock_sha256) VALUES (?,?,?,?,?)",
+                           (project, now, outcome.state, outcome.reason, sha))
+                db.execute("DELETE FROM history WHERE project=?1 AND id NOT IN "
+                           "(SELECT id FROM history WHERE project=?1 ORDER BY id DESC LIMIT ?2)",
+                           (project, OUTCOME_HISTORY))
+            if not (report.error is not None and not report.wheels):
+                # (a lock that cannot be read says nothing about the pins we knew)
+                self._replace_pins(db, report, now)
+            return db.execute("SELECT failures FROM projects WHERE path=?", (project,)).fetchone()[0]
+
+    def record_progress(self, report: ProjectReport) -> None:
+        """Store the plan a run is warming now (pins, what uv has already): no outcome for it yet."""
+        now = time.time()
+        with self._tx() as db:
+            self._upsert_project(db, report, now)
             db.execute(
-                f"DELETE FROM wheels WHERE project=? AND sha256 NOT IN ({','.join('?' * len(keep))})",
-                (project, *keep),
+                "UPDATE projects SET outcome=NULL, reason=NULL, activity='warming', "
+                "activity_since=CASE WHEN activity='warming' AND activity_owner=?1 THEN activity_since ELSE ?2 END, "
+                "activity_owner=?1, retry_at=NULL WHERE path=?3",
+                (Owner.me().tag, now, str(report.project)),
             )
+            self._replace_pins(db, report, now)
+
+    def set_activity(self, project: Path, activity: str | None, *, retry_at: float | None = None) -> None:
+        """Record what this process does for a project now ("queued", "warming", None) and when it retries."""
+        if activity is not None and activity not in ACTIVITIES:
+            raise ValueError(f"unknown activity {activity!r}")
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO projects(path) VALUES (?)", (str(project),))
+            db.execute(
+                "UPDATE projects SET activity=?1, "
+                "activity_since=CASE WHEN activity IS ?1 AND activity_owner=?2 THEN activity_since ELSE ?3 END, "
+                "activity_owner=?2, retry_at=?4 WHERE path=?5",
+                (activity, Owner.me().tag, time.time(), retry_at, str(project)),
+            )
+
+    def clear_activity(self) -> int:
+        """Forget what processes that are gone (or this one) said they were doing; returns the rows cleared."""
+        me = Owner.me()
+        with self._tx() as db:
+            stale = []
+            for path, tag in db.execute("SELECT path, activity_owner FROM projects WHERE activity_owner IS NOT NULL"):
+                owner = Owner.from_tag(tag)
+                if owner is None or owner == me or not owner.alive():
+                    stale.append(path)
+            for path in stale:
+                db.execute("UPDATE projects SET activity=NULL, activity_since=NULL, activity_owner=NULL, "
+                           "retry_at=NULL WHERE path=?", (path,))
+            return len(stale)
+
+    def _upsert_project(self, db: sqlite3.Connection, report: ProjectReport, now: float) -> None:
+        stamp = report.stamp or FileStamp(None)
+        db.execute(
+            "INSERT INTO projects(path, lock, variant, python) VALUES (?,?,?,?) "
+            "ON CONFLICT(path) DO UPDATE SET lock=excluded.lock, variant=excluded.variant, python=excluded.python",
+            (str(report.project), str(report.lock), report.variant, ",".join(report.python)),
+        )
+        if report.stamp is not None:
+            db.execute("UPDATE projects SET lock_sha256=?, lock_inode=?, lock_mtime_ns=?, lock_size=? WHERE path=?",
+                       # "" for a lock that was not there: known to be missing, not unknown
+                       (stamp.sha256 or "", stamp.inode, stamp.mtime_ns, stamp.size, str(report.project)))
+
+    def _replace_pins(self, db: sqlite3.Connection, report: ProjectReport, now: float) -> None:
+        project = str(report.project)
+        since = {
+            (r[0], r[1], r[2]): r[3]
+            for r in db.execute("SELECT sha256, python, platform, since FROM pins WHERE project=?", (project,))
+        }
+        db.execute("DELETE FROM pins WHERE project=?", (project,))
+        keep = []
+        for w in report.wheels:
+            p = w.pin
+            key = (p.wheel.sha256, p.python, p.platform)
+            db.execute(
+                "INSERT OR REPLACE INTO pins VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                # "" for a wheel pinned by direct URL: the column predates them and is NOT NULL.
+                (project, *key, p.name, p.version, p.index or "", p.wheel.url, p.wheel.filename,
+                 p.wheel.size, since.get(key, now)),
+            )
+            keep.append(p.wheel.sha256)
+            size = p.wheel.size or (w.bytes_downloaded + w.bytes_reused) or None
+            db.execute(
+                "INSERT INTO wheels(project, sha256, state, reason, bytes_downloaded, bytes_reused, size, "
+                "updated_at, warm_since) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(project, sha256) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
+                "bytes_downloaded=wheels.bytes_downloaded + excluded.bytes_downloaded, "
+                "bytes_reused=excluded.bytes_reused, "
+                "size=coalesce(excluded.size, wheels.size), updated_at=excluded.updated_at, "
+                "warm_since=CASE WHEN excluded.state='warm' THEN coalesce(wheels.warm_since, excluded.updated_at) "
+                "ELSE NULL END",
+                (project, p.wheel.sha256, w.state, w.reason, w.bytes_downloaded, w.bytes_reused, size, now,
+                 now if w.state == "warm" else None),
+            )
+        # Wheels the lock no longer pins are forgotten with their pins.
+        db.execute(
+            f"DELETE FROM wheels WHERE project=? AND sha256 NOT IN ({','.join('?' * len(keep))})",
+            (project, *keep),
+        )
 
     def set_wheel_state(self, project: Path, sha256: str, state: str, reason: str | None = None) -> None:
         """Live update of one wheel's state (e.g. "fetching") between full reports."""
@@ -324,6 +425,12 @@ class State:
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
+    def failures(self, project: Path) -> int:
+        """The project's failed outcomes in a row (0 when the last one was not a failure)."""
+        with self._lock:
+            row = self._db.execute("SELECT failures FROM projects WHERE path=?", (str(project),)).fetchone()
+        return row[0] if row else 0
+
     def wheel_state(self, project: Path, sha256: str) -> str | None:
         """The recorded state of one wheel of one project, or None."""
         with self._lock:
@@ -332,68 +439,51 @@ class State:
             ).fetchone()
         return row[0] if row else None
 
-    def status(self) -> list[ProjectStatus]:
-        """Everything `warmd status` shows, one entry per project."""
+    def history(self, project: Path) -> list[tuple[float, str, str | None, str | None]]:
+        """The project's outcome changes, oldest first: (at, outcome, reason, lock sha256)."""
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(  # type: ignore[misc]
+                "SELECT at, outcome, reason, lock_sha256 FROM history WHERE project=? ORDER BY id", (str(project),))]
+
+    def snapshot(self) -> Snapshot:
+        """Every project with its pins, and the latest header checks, as of one moment."""
         with self._lock:
             self._db.execute("BEGIN")  # one snapshot for all the reads below, however busy the writer
             try:
-                projects, pins, latest, warnings = self._status_rows()
+                projects, pins, since, headers, good, warnings = self._snapshot_rows()
             finally:
                 self._db.execute("COMMIT")
-        by_project: dict[str, list[tuple]] = {}
+        by_project: dict[str, list[StoredWheel]] = {}
         for r in pins:
-            by_project.setdefault(r[0], []).append(r)
-        out = []
-        for path, lock, variant, python, last_run, error in projects:
-            wheels = []
-            index_urls: dict[str, None] = {}
-            flags: list[str] = []
-            for r in by_project.get(path, []):
-                (_, sha, py, plat, name, version, idx, url, filename, psize, since,
-                 state, reason, down, reused, wsize, updated) = r
-                safe = redact(url)
+            (project, sha, py, plat, name, version, idx, url, filename, psize, pin_since,
+             state, reason, down, reused, wsize, updated) = r
+            safe = redact(url)
+            by_project.setdefault(project, []).append(StoredWheel(
+                name=name, version=version, filename=filename, sha256=sha, index=idx or None, url=safe, python=py,
+                platform=plat, state=state or "cold", reason=reason, size=psize or wsize,
+                bytes_downloaded=down or 0, bytes_reused=reused or 0, updated_at=updated, since=pin_since,
                 # A moved file stays flagged for as long as the lock pins it: never silently re-trusted.
-                warns = tuple(w for at, w in warnings.get(safe, []) if at >= since)
-                size = psize or wsize
-                state = state or "cold"
-                wheels.append(WheelStatus(
-                    name=name, version=version, filename=filename, sha256=sha, url=safe, python=py,
-                    platform=plat, state=state, reason=reason, size=size, bytes_downloaded=down or 0,
-                    bytes_reused=reused or 0, bytes_saved=(size or 0) if state == "warm" else 0,
-                    updated_at=updated, warnings=warns,
-                ))
-                for w in warns:
-                    if w not in flags:
-                        flags.append(w)
-                index_urls.setdefault(idx, None)
-                if (h := latest.get(safe)) is not None and h[1] is not None and 200 <= h[1] < 300 \
-                        and cache_verdict(h[2]) == "not kept":
-                    note = f"{safe}: answers Cache-Control {h[2]!r}: uv keeps no copy, warmd's warm copy is the only one"
-                    if note not in flags:
-                        flags.append(note)
-            indexes = []
-            for idx in index_urls:
-                page = redact(index_page(idx))
-                h = latest.get(page)
-                if h is None:
-                    indexes.append(IndexStatus(url=redact(idx), verdict="unknown", cache_control=None,
-                                               checked_at=None, error=None))
-                else:
-                    verdict = cache_verdict(h[2]) if h[1] is not None and 200 <= h[1] < 300 else "unknown"
-                    indexes.append(IndexStatus(url=redact(idx), verdict=verdict, cache_control=h[2],
-                                               checked_at=h[3], error=h[4]))
-                    if verdict == "not kept":
-                        flags.append(f"index {redact(idx)} answers no-store/no-cache: uv will not keep its wheels")
-            out.append(ProjectStatus(
-                path=Path(path), lock=Path(lock) if lock else None, variant=variant,
-                python=tuple(p for p in (python or "").split(",") if p), last_check=last_run, error=error,
-                wheels=tuple(wheels), indexes=tuple(indexes), flags=tuple(flags),
+                warnings=tuple(w for at, w in warnings.get(safe, []) if at >= pin_since),
             ))
-        return out
+        out = []
+        for (path, lock, variant, python, last_run, error, outcome, reason, retry, failures, sha, inode, mtime,
+             size, uv_version, activity, activity_since, owner, retry_at) in projects:
+            out.append(StoredProject(
+                path=Path(path), lock=Path(lock) if lock else None, variant=variant,
+                python=tuple(p for p in (python or "").split(",") if p), last_run=last_run, error=error,
+                outcome=outcome, reason=reason, retry=bool(retry), failures=failures or 0, since=since.get(path),
+                lock_stamp=FileStamp(sha or None, inode or 0, mtime or 0, size or 0) if sha is not None else None,
+                uv_version=uv_version, activity=activity, activity_since=activity_since, activity_owner=owner,
+                retry_at=retry_at, wheels=tuple(by_project.get(path, ())),
+            ))
+        return Snapshot(projects=tuple(out), headers={u: _header(r) for u, r in headers.items()},
+                        good_headers={u: _header(r) for u, r in good.items()})
 
-    def _status_rows(self) -> tuple[list, list, dict, dict[str, list[tuple[float, str]]]]:
+    def _snapshot_rows(self) -> tuple[list, list, dict[str, float], dict, dict, dict[str, list[tuple[float, str]]]]:
         projects = self._db.execute(
-            "SELECT path, lock, variant, python, last_run, error FROM projects ORDER BY path"
+            "SELECT path, lock, variant, python, last_run, error, outcome, reason, retry, failures, lock_sha256, "
+            "lock_inode, lock_mtime_ns, lock_size, uv_version, activity, activity_since, activity_owner, retry_at "
+            "FROM projects ORDER BY path"
         ).fetchall()
         pins = self._db.execute(
             "SELECT p.project, p.sha256, p.python, p.platform, p.name, p.version, p.idx, p.url, p.filename, "
@@ -401,32 +491,20 @@ class State:
             "FROM pins p LEFT JOIN wheels w ON w.project=p.project AND w.sha256=p.sha256 "
             "ORDER BY p.project, p.name, p.version, p.python, p.platform"
         ).fetchall()
-        latest = {
-            r[0]: r for r in self._db.execute(
-                "SELECT url, status, cache_control, checked_at, error FROM headers h WHERE id = "
-                "(SELECT id FROM headers WHERE url=h.url ORDER BY checked_at DESC, id DESC LIMIT 1)"
-            )
-        }
+        # The outcome holds since its latest change (history rows are written only on a change).
+        since = dict(self._db.execute("SELECT project, max(at) FROM history GROUP BY project").fetchall())
+        latest = {r[1]: r for r in self._db.execute(
+            "SELECT * FROM headers h WHERE id = "
+            "(SELECT id FROM headers WHERE url=h.url ORDER BY checked_at DESC, id DESC LIMIT 1)")}
+        good = {r[1]: r for r in self._db.execute(
+            "SELECT * FROM headers h WHERE id = (SELECT id FROM headers WHERE url=h.url AND status BETWEEN 200 "
+            "AND 299 ORDER BY checked_at DESC, id DESC LIMIT 1)")}
         warnings: dict[str, list[tuple[float, str]]] = {}
         for url, at, warning in self._db.execute(
             "SELECT url, checked_at, warning FROM headers WHERE warning IS NOT NULL ORDER BY checked_at"
         ):
             warnings.setdefault(url, []).append((at, warning))
-        return projects, pins, latest, warnings
-
-
-
-def _wal(db: sqlite3.Connection, attempts: int = 200) -> None:
-    """Switch to WAL; a second process opening a new database at the same moment gets "locked"
-    at once (SQLite does not wait on its busy timeout for this), so try again for a while."""
-    for attempt in range(attempts):
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.05)  # nothing to wait on: the other process does not announce its commit
+        return projects, pins, since, latest, good, warnings
 
 
 class _Tx:
@@ -459,5 +537,18 @@ def _header(row: tuple) -> HeaderCheck:
 
 def _pin(r: tuple) -> Pin:
     sha, py, plat, name, version, idx, url, filename, size = r
-    return Pin(name=name, version=version, index=idx, wheel=WheelFile(url=url, filename=filename, sha256=sha,
+    return Pin(name=name, version=version, index=idx or None, wheel=WheelFile(url=url, filename=filename, sha256=sha,
                size=size), python=py, platform=plat)
+
+
+def _wal(db: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch to WAL; two warmd processes opening a new state file at once can see SQLITE_BUSY here
+    without the busy timeout being applied, so wait for the other one's schema and try again."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)

@@ -7,11 +7,12 @@ the one the user's uv reads.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,16 +23,51 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 from packaging.version import InvalidVersion, Version
 
-from .errors import UvError
-from .model import Pin
+from . import cancel, scratch
+from .errors import LockError, UvError
+from .model import Pin, Skipped
 
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
-_INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)==(\S+)")
+# ` + torch==2.8.0`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…` (not cached yet)
+_INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)\s*(?:==|@)")
 _PY_VERSION = re.compile(r"(\d+\.\d+)")
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
 _DROPS_BAD_WHEELS_FROM = Version("0.13.8")
 _TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
+
+
+# PEP 508's marker variables, as the interpreter itself reports them (packaging is not installed there).
+_MARKERS_SCRIPT = """
+import json, os, platform, sys
+def fmt(v):
+    s = "%d.%d.%d" % (v.major, v.minor, v.micro)
+    return s if v.releaselevel == "final" else s + v.releaselevel[0] + str(v.serial)
+print(json.dumps({
+    "implementation_name": sys.implementation.name,
+    "implementation_version": fmt(sys.implementation.version),
+    "os_name": os.name,
+    "platform_machine": platform.machine(),
+    "platform_python_implementation": platform.python_implementation(),
+    "platform_release": platform.release(),
+    "platform_system": platform.system(),
+    "platform_version": platform.version(),
+    "python_full_version": platform.python_version(),
+    "python_version": "%d.%d" % sys.version_info[:2],
+    "sys_platform": sys.platform,
+}))
+"""
+# What a cache-control override for a no-store index looks like to uv (DESIGN.md fact 3).
+_KEEP_FILES = "max-age=365000000, immutable"
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """A Python interpreter uv found, and the PEP 508 marker values it has."""
+
+    path: Path
+    version: str  # "3.12"
+    markers: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -63,21 +99,43 @@ class Uv:
         return Path(found).resolve()
 
     def _run(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-             timeout: float = _TIMEOUT, on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess[str]:
+             timeout: float = _TIMEOUT, pass_fds: Sequence[int] = (),
+             on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run uv; a run called off (cancel.Cancelled) stops it at once and raises instead of answering.
+
+        `on_line` is handed each line uv prints (stdout and stderr, merged into stderr), as it prints it.
+        """
         cmd = [str(self.exe), *args]
         full_env = {**self._env, **(env or {})}
         if self._cache_dir is not None:
             full_env["UV_CACHE_DIR"] = str(self._cache_dir)
+        token = cancel.current()
+        if token is not None:
+            token.check()
         logger.debug("uv: {}", " ".join(cmd))
         try:
-            if on_line is None:
-                return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-                                      stdin=subprocess.DEVNULL)
-            return _run_reading(cmd, cwd, full_env, timeout, on_line)
-        except subprocess.TimeoutExpired:
-            raise UvError(f"`uv {' '.join(args[:2])}` did not finish within {timeout:.0f} s") from None
+            proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE if on_line is None else subprocess.STDOUT, text=True,
+                                    pass_fds=tuple(pass_fds))
         except OSError as exc:
             raise UvError(f"cannot run {self.exe}: {exc}") from None
+        with proc:
+            try:
+                with token.watching(proc) if token is not None else contextlib.nullcontext():
+                    if on_line is None:
+                        out, err = proc.communicate(timeout=timeout)
+                    else:
+                        out, err = "", _read_lines(proc, timeout, on_line)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise UvError(f"`uv {' '.join(args[:2])}` did not finish within {timeout:.0f} s") from None
+            except BaseException:
+                proc.kill()  # as subprocess.run does: no uv outlives an interrupted warmd call
+                raise
+        if token is not None:
+            token.check()  # stopped by warmd's own cancel: not uv's failure, and not an answer
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     @cached_property
     def version(self) -> Version:
@@ -85,7 +143,7 @@ class Uv:
         out = self._run(["--version"], timeout=60)
         m = re.search(r"uv (\d+\.\d+\.\d+)", out.stdout)
         if out.returncode != 0 or m is None:
-            raise UvError(f"{self.exe} --version did not print a uv version: {_last_line(out)}")
+            raise UvError(f"{self.exe} --version did not print a uv version: {uv_reason(out)}")
         try:
             return Version(m.group(1))
         except InvalidVersion:
@@ -107,7 +165,7 @@ class Uv:
             return self._cache_dir
         out = self._run(["cache", "dir"], timeout=60)
         if out.returncode != 0 or not out.stdout.strip():
-            raise UvError(f"`uv cache dir` failed: {_last_line(out)}")
+            raise UvError(f"`uv cache dir` failed: {uv_reason(out)}")
         return Path(out.stdout.strip().splitlines()[-1])
 
     def project_python(self, project: Path) -> str | None:
@@ -122,55 +180,124 @@ class Uv:
                         return m.group(1)
         except (OSError, UnicodeDecodeError):
             pass
-        out = self._run(["python", "find"], cwd=project, env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=120)
+        found = self.interpreter(project)
+        return found.version if found else None
+
+    def interpreter(self, project: Path, request: str | None = None) -> Interpreter | None:
+        """The interpreter `uv python find [request]` picks in the project, or None when uv finds none."""
+        # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
+        args = ["python", "find", "--no-cache"] + ([request] if request else [])
+        out = self._run(args, cwd=project, env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=120)
         if out.returncode != 0 or not out.stdout.strip():
             return None
-        interp = out.stdout.strip().splitlines()[-1]
+        path = Path(out.stdout.strip().splitlines()[-1])
         try:
-            ver = subprocess.run([interp, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
+            ran = subprocess.run([str(path), "-I", "-c", _MARKERS_SCRIPT], capture_output=True, text=True,
+                                 timeout=60, stdin=subprocess.DEVNULL)
+            markers = json.loads(ran.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
             return None
-        m = _PY_VERSION.search(ver.stdout)
-        return m.group(1) if m else None
+        if not isinstance(markers, dict) or not isinstance(markers.get("python_version"), str):
+            return None
+        return Interpreter(path=path, version=markers["python_version"], markers=markers)
+
+    def export(self, project: Path, flags: Sequence[str]) -> str:
+        """What a `uv sync` with `flags` could install, for every platform: `uv export` of the lock, offline.
+
+        One `name==version ; marker` line per package (with the lock's hashes), conflicts, extras,
+        groups and workspace members already decided by uv. The user's uv configuration is read,
+        as their own `uv sync` reads it.
+        """
+        # --no-cache: the export reads only the lock; uv's cache is neither needed nor to be touched.
+        out = self._run(["export", "--frozen", "--offline", "--no-cache", "--format", "requirements-txt",
+                         "--no-emit-project", "--no-header", "--no-annotate", *flags], cwd=project,
+                        env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=600)
+        if out.returncode != 0:
+            raise LockError(f"{project / 'uv.lock'}: uv cannot plan a sync of it ({' '.join(flags) or 'no flags'}): "
+                            f"{uv_reason(out)}")
+        return out.stdout
 
     def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
                       patient: bool = False, on_line: Callable[[str], None] | None = None) -> None:
         """Have uv download `pins` from `urls` (sha256 -> URL) into its cache, checking hashes.
 
+        A pin without an index (a wheel the lock pins by direct URL) is keyed by that URL in uv's
+        cache, so uv downloads it from there itself; the lock's sha256 is checked all the same.
         `patient`: the URLs are the feeder's, which may hold an answer back for as long as a
         download takes; `on_line` is handed each line uv prints, as it prints it.
         """
-        if not pins:
-            return
-        with tempfile.TemporaryDirectory(prefix="warmd-import-", dir=_scratch_dir()) as tmp:
+        env = {"UV_PYTHON_DOWNLOADS": "never"}
+        if patient:
+            # uv asks for every wheel at once; the feeder answers each as its download proceeds,
+            # so one queued behind others may wait longer than uv's 30 s default. The feeder ends
+            # every answer (whole, or cut off when a download fails).
+            env["UV_HTTP_TIMEOUT"] = str(_TIMEOUT_FEEDER)
+        registry = [p for p in pins if p.index is not None]
+        direct = [p for p in pins if p.index is None]
+        if registry:
             # PEP 751 wants this exact file name; uv refuses other names for a pylock.
-            lock = Path(tmp) / "pylock.toml"
-            lock.write_text(render_pylock(pins, urls), encoding="utf-8")
-            env = {"UV_PYTHON_DOWNLOADS": "never"}
-            if patient:
-                # uv asks for every wheel at once; the feeder answers each as its download
-                # proceeds, so one queued behind others may wait longer than uv's 30 s default.
-                # The feeder ends every answer (whole, or cut off when a download fails).
-                env["UV_HTTP_TIMEOUT"] = str(_TIMEOUT_FEEDER)
+            self._pip_install("pylock.toml", render_pylock(registry, urls), python=python, platform=platform,
+                              what=f"{len(registry)} wheel(s)", env=env, on_line=on_line)
+        if direct:
+            self._pip_install("requirements.txt", render_requirements(direct), python=python, platform=platform,
+                              what=f"{len(direct)} direct-URL wheel(s)", on_line=on_line)
+
+    def import_unverified(self, wheels: Sequence[Skipped], *, python: str, platform: str) -> None:
+        """Have uv download wheels the lock pins without a sha256, from where the lock says, unverified.
+
+        Registry wheels are asked for by name and version from their index, declared in a config
+        file with uv's cache-control override, so uv keeps them even when the index says no-store.
+        """
+        registry = [w for w in wheels if w.index is not None]
+        direct = [w for w in wheels if w.index is None and w.url is not None]
+        for index in dict.fromkeys(w.index for w in registry):
+            group = [w for w in registry if w.index == index]
+            config = f"[[index]]\nurl = {_toml_str(index or '')}\ndefault = true\n" \
+                     f"cache-control = {{ files = {_toml_str(_KEEP_FILES)} }}\n"
+            self._pip_install("requirements.txt", "".join(f"{w.name}=={w.version}\n" for w in group),
+                              python=python, platform=platform, what=f"{len(group)} unhashed wheel(s)", config=config)
+        if direct:
+            self._pip_install("requirements.txt", "".join(f"{w.name} @ {w.url}\n" for w in direct),
+                              python=python, platform=platform, what=f"{len(direct)} unhashed wheel(s)")
+
+    def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,
+                     config: str | None = None, env: Mapping[str, str] | None = None,
+                     on_line: Callable[[str], None] | None = None) -> None:
+        # In memory where there is some: the install is thousands of symlinks (torch alone
+        # ~13,000); making and removing them on a disk busy writing back uv's unpacked wheels
+        # took 1-3 s, on tmpfs a few ms.
+        with scratch.folder("import", memory=True) as work:
+            tmp = work.path
+            req = tmp / name
+            req.write_text(text, encoding="utf-8")
+            extra: list[str] = []
+            if config is not None:
+                (tmp / "uv.toml").write_text(config, encoding="utf-8")
+                extra = ["--config-file", str(tmp / "uv.toml")]
             out = self._run(
-                ["pip", "install", "--no-deps", "--target", str(Path(tmp) / "target"),
+                ["pip", "install", "--no-deps", *extra, "--target", str(tmp / "target"),
                  "--python-version", python, "--python-platform", platform,
                  # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
-                 "--link-mode", "symlink", "-r", str(lock)],
-                env=env, on_line=on_line,
+                 "--link-mode", "symlink", "-r", str(req)],
+                env=env or {"UV_PYTHON_DOWNLOADS": "never"},
+                pass_fds=(work.fd,),  # uv holds the folder's lock too, for as long as it runs
+                on_line=on_line,
             )
             if out.returncode != 0:
-                raise UvError(f"uv could not import {len(pins)} wheel(s) for Python {python}: {_last_line(out)}")
+                raise UvError(f"uv could not import {what} for Python {python}: {uv_reason(out)}")
 
     def probe(self, project: Path, *, selected: Iterable[str], others: Iterable[str], python: str,
-              extras: Sequence[str] = ()) -> ProbeResult:
-        """Ask uv, offline and without touching the project's venv, which selected packages it would download."""
+              flags: Sequence[str] = ()) -> ProbeResult:
+        """Ask uv, offline and without touching the project's venv, which selected packages it would download.
+
+        `python` is a version or an interpreter path; `flags` select the extras and groups of the
+        plan (`--extra gpu`, `--no-default-groups` ...), so uv plans the same sync.
+        """
         selected = sorted(set(selected))
         if not selected:
             return ProbeResult()
         exclude = sorted(set(others) - set(selected))
-        first = self._probe_once(project, selected, exclude, python, extras)
+        first = self._probe_once(project, selected, exclude, python, flags)
         if isinstance(first, str):
             return ProbeResult(unproven={n: first for n in selected})
         downloads, listed = first
@@ -183,7 +310,7 @@ class Uv:
             return ProbeResult(cold=frozenset(present), unproven=unproven)
         warm, cold = set(), set()
         for name in present:  # tell which ones: one probe per package, the rest excluded
-            one = self._probe_once(project, [name], exclude + [n for n in present if n != name], python, extras)
+            one = self._probe_once(project, [name], exclude + [n for n in present if n != name], python, flags)
             if isinstance(one, str):
                 unproven[name] = one
             elif one[0] == 0:
@@ -193,18 +320,17 @@ class Uv:
         return ProbeResult(warm=frozenset(warm), cold=frozenset(cold), unproven=unproven)
 
     def _probe_once(self, project: Path, selected: Sequence[str], exclude: Sequence[str], python: str,
-                    extras: Sequence[str]) -> tuple[int, set[str]] | str:
-        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-install-workspace", "--python", python]
-        for e in extras:
-            args += ["--extra", e]
+                    flags: Sequence[str]) -> tuple[int, set[str]] | str:
+        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-install-workspace", "--python", python, *flags]
         for name in exclude:
             args += ["--no-install-package", name]
-        with tempfile.TemporaryDirectory(prefix="warmd-probe-") as tmp:
+        with scratch.folder("probe") as work:
             # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
-            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(Path(tmp) / "venv"),
-                                                    "UV_PYTHON_DOWNLOADS": "never"}, timeout=600)
+            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv"),
+                                                    "UV_PYTHON_DOWNLOADS": "never"}, timeout=600,
+                            pass_fds=(work.fd,))
         if out.returncode != 0:
-            return f"uv could not plan a sync for Python {python}: {_last_line(out)}"
+            return f"uv could not plan a sync for Python {python}: {uv_reason(out)}"
         text = out.stdout + "\n" + out.stderr
         m = _DOWNLOADS.search(text)
         listed = set()
@@ -215,39 +341,24 @@ class Uv:
         return (int(m.group(1)) if m else 0), listed
 
 
-def _run_reading(cmd: list[str], cwd: Path | None, env: Mapping[str, str], timeout: float,
-                 on_line: Callable[[str], None]) -> subprocess.CompletedProcess[str]:
-    """Run `cmd`, handing each line of its output to `on_line` as it comes; the output is kept too."""
+def _read_lines(proc: subprocess.Popen[str], timeout: float, on_line: Callable[[str], None]) -> str:
+    """Hand each line of `proc`'s output to `on_line` as it comes; returns the whole output."""
     lines: list[str] = []
     expired = threading.Event()
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as proc:
-        timer = threading.Timer(timeout, lambda: (expired.set(), proc.kill()))
-        timer.start()
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.append(line)
-                with contextlib.suppress(Exception):
-                    on_line(line.rstrip("\n"))
-            code = proc.wait()
-        finally:
-            timer.cancel()
+    timer = threading.Timer(timeout, lambda: (expired.set(), proc.kill()))
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            with contextlib.suppress(Exception):
+                on_line(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        timer.cancel()
     if expired.is_set():
-        raise subprocess.TimeoutExpired(cmd, timeout)
-    return subprocess.CompletedProcess(cmd, code, "", "".join(lines))
-
-
-def _scratch_dir() -> str | None:
-    """A memory-backed folder for the import's throw-away install, when there is one.
-
-    The install is thousands of symlinks (torch alone ~13,000); creating and removing them on a
-    disk busy writing back uv's unpacked wheels took 1-3 s, on tmpfs a few ms.
-    """
-    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
-        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
-            return candidate
-    return None
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return "".join(lines)
 
 
 def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
@@ -258,7 +369,7 @@ def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
             "[[packages]]",
             f"name = {_toml_str(pin.name)}",
             f"version = {_toml_str(pin.version)}",
-            f"index = {_toml_str(pin.index)}",
+            f"index = {_toml_str(pin.index or '')}",  # only registry pins come here
             "",
             "[[packages.wheels]]",
             f"name = {_toml_str(pin.wheel.filename)}",
@@ -269,6 +380,11 @@ def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+def render_requirements(pins: Sequence[Pin]) -> str:
+    """A requirements file naming each pin by its direct URL and sha256: uv keys such a wheel by that URL."""
+    return "".join(f"{pin.name} @ {pin.wheel.url} --hash=sha256:{pin.wheel.sha256}\n" for pin in pins)
+
+
 def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -277,7 +393,42 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _last_line(out: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln.strip() for ln in (out.stderr or out.stdout or "").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith(("error", "×", "Caused by"))]
-    return (errors or lines or [f"exit status {out.returncode}"])[-1]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CAUSE_PREFIXES = ("Caused by:", "cause:")
+_MIETTE_CAUSES = ("├─▶", "╰─▶")
+
+
+def uv_reason(out: subprocess.CompletedProcess[str]) -> str:
+    """Why uv failed, in one line: its `error:` (or `×`) line and the causes under it.
+
+    uv prints `error: X` with `Caused by: Y` / `cause: Y` lines under it, or miette's `× X` with
+    `├─▶ Y` causes (0.8 for some commands); wrapped lines are joined. Progress lines such as
+    "Prepared 1 package" are never the reason. A uv stopped by a signal says which.
+    """
+    parts: list[str] = []
+    miette = False
+    lines = [_ANSI.sub("", raw).strip() for raw in (out.stderr or "").splitlines()]
+    for line in lines:
+        if line.startswith("error:"):
+            parts, miette = [line[len("error:"):].strip()], False
+        elif line.startswith("×"):
+            parts, miette = [line[1:].strip()], True
+        elif not parts or not line or line.startswith(("hint:", "help:", "warning:")):
+            continue
+        elif line.startswith(_CAUSE_PREFIXES):
+            parts.append(line.split(":", 1)[1].strip())
+        elif line.startswith(_MIETTE_CAUSES):
+            parts.append(line[3:].strip())
+        elif miette:
+            parts[-1] += " " + line.lstrip("│ ")  # miette wraps a long message or cause
+    parts = [p for p in parts if p]
+    if parts:
+        return ": ".join(parts)
+    if out.returncode < 0:
+        try:
+            name = signal.Signals(-out.returncode).name
+        except ValueError:
+            name = f"signal {-out.returncode}"
+        return f"uv was stopped by {name}"
+    last = next((ln for ln in reversed(lines) if ln), None)
+    return f"exit status {out.returncode}" + (f" ({last})" if last else "")

@@ -43,11 +43,18 @@ _EVENT_FILTER = [
 ]
 
 _LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
-_LIMIT_HINT = (
-    "inotify limit reached while watching {path}: {n} project(s) fall back to a check every rescan; "
-    "raise the limit with `sudo sysctl fs.inotify.max_user_watches=524288` "
-    "(and fs.inotify.max_user_instances=1024), made permanent in /etc/sysctl.d/90-inotify.conf"
-)
+INOTIFY_WATCHES = 524288  # what to raise fs.inotify.max_user_watches to (many distributions' new default)
+
+
+def inotify_fix(needed: int | None = None) -> str:
+    """How to raise the inotify limits: the one hint the watcher logs and doctor gives."""
+    watches = max(INOTIFY_WATCHES, needed or 0)
+    return (f"as root, `sysctl fs.inotify.max_user_watches={watches}` and `sysctl fs.inotify.max_user_instances=1024`"
+            + (f" (about {needed} watches needed here)" if needed else "")
+            + "; make them permanent in /etc/sysctl.d/90-warmd.conf")
+
+
+_LIMIT_HINT = "inotify limit reached while watching {path}: {n} project(s) fall back to a check every rescan; "
 
 StatKey = tuple[int, int, int] | None  # (mtime_ns, inode, size) of a uv.lock, None when absent
 
@@ -113,6 +120,27 @@ def _walk(root: Path, max_depth: int, ignore: _Ignore) -> tuple[list[Path], list
 def discover(root: Path, max_depth: int, ignore: Iterable[str]) -> list[Path]:
     """Project folders (holding uv.lock or pyproject.toml) under `root`, at most `max_depth` below it."""
     return _walk(root, max_depth, _Ignore(ignore))[0]
+
+
+@dataclass(frozen=True)
+class WatchSet:
+    """The projects under some roots and the folders the watcher puts a watch on for them."""
+
+    projects: tuple[Path, ...]
+    folders: frozenset[Path]  # each project, and every folder above one within max-depth: new projects appear there
+
+
+def watch_set(roots: Iterable[Path], max_depth: int, ignore: Iterable[str]) -> WatchSet:
+    """What ProjectWatcher watches for these roots (and what `doctor` counts against the inotify limit)."""
+    projects: list[Path] = []
+    folders: set[Path] = set()
+    skip = _Ignore(ignore)
+    for root in roots:
+        found, skeleton = _walk(Path(os.path.abspath(root)), max_depth, skip)
+        projects += found
+        folders.update(found)
+        folders.update(f for f, _depth in skeleton)
+    return WatchSet(tuple(projects), frozenset(folders))
 
 
 class _Handler(FileSystemEventHandler):
@@ -288,7 +316,7 @@ class ProjectWatcher:
         self._limit_reported = True  # one line, not one per folder
         folder = self._limit_hit or next(iter(self._fallback))
         n = len([p for p in self._fallback if p in self._projects])
-        logger.error(_LIMIT_HINT.format(path=folder, n=n))
+        logger.error(_LIMIT_HINT.format(path=folder, n=n) + inotify_fix())
 
     def _unwatch(self, folder: Path) -> None:
         watch = self._watches.pop(folder, None)
@@ -422,4 +450,5 @@ class ProjectWatcher:
             fn(project)
         except Exception as exc:  # the daemon's callback failing must not stop the watching
             logger.opt(exception=exc).debug("watch callback failed")
-            logger.error(f"{project}: callback failed: {exc}")
+            logger.error(f"{project}: could not queue it: {exc} (a bug in warmd: please report it with the log of "
+                         f"`warmd -v run`; `warmd prefetch {project}` warms it meanwhile)")

@@ -6,13 +6,20 @@ Layout (PyTorch-like):
   /whl/<variant>/<filename>       the wheel
   /simple/, /simple/<project>/    a PyPI-like default index; its files live at /files/<filename>
 
+With basic_auth set, every request without those credentials gets 401 (an index behind `.netrc`).
 Every /whl response carries the configured Cache-Control (PyTorch's no-store by default), every
 /simple and /files response default_cache_control (PyPI's immutable by default); wheel files
 also ETag, Last-Modified, Accept-Ranges and Content-Length. Counters (`hits`) record every request
 with the body bytes actually written, so tests assert on what crossed the wire.
 
+Closer to a real GPU index when asked: HTTPS with a certificate of a CA made for the run
+(`tls=`, see tests/support/tls.py; clients trust it through SSL_CERT_FILE), a cap per connection
+(`rate_limit`, as CDNs do) and a cap on the whole link shared by every connection (`link_rate`,
+one token bucket: splitting a file over more connections cannot beat it).
+
 CLI (for benchmarks that want the server in another process):
-  python -m tests.support.index_server --dir D [--port P] [--rate BPS] [--latency S]
+  python -m tests.support.index_server --dir D [--port P] [--rate BPS] [--link-rate BPS] [--latency S]
+                                       [--tls-dir T]
 serves every .whl under D (files in D/<sub>/ go to variant <sub>, files directly in D to /simple)
 and prints its URL as the first line of stdout.
 """
@@ -20,6 +27,7 @@ and prints its URL as the first line of stdout.
 from __future__ import annotations
 
 import argparse
+import base64
 import email.utils
 import hashlib
 import html
@@ -28,6 +36,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -35,6 +44,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from tests.support.tls import TlsFiles
 
 NO_STORE = "no-cache,no-store,must-revalidate"
 PYPI_CACHE_CONTROL = "max-age=365000000, immutable, public"  # what pypi.org sends with files
@@ -68,6 +79,9 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # same length and ETag, some bytes flipped
     replace: dict[str, bytes] = field(default_factory=dict)  # new bytes, new ETag/Last-Modified
     no_head: bool = False  # 405 to every HEAD of a wheel
+    # status_burst and drop_after hit only clients whose User-Agent starts with this (None: all),
+    # e.g. "warmd/": the index misbehaves for warmd's downloads, `uv lock` still gets its metadata
+    agent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,22 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: IndexServer
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request, client_address) -> None:  # noqa: ANN001
+        # The TLS handshake runs here, in the connection's own thread: a slow or failing client
+        # must not hold up the accept loop (wrapping the listening socket would do that).
+        if self.tls is not None:
+            request.settimeout(30)
+            self.owner._handshake_begin()
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                self.owner._handshake_end(refused=True)  # e.g. a client that does not trust the CA
+                return
+            self.owner._handshake_end(refused=False)
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001
         # client disconnects are expected (drops, cancelled downloads): no tracebacks on stderr
@@ -193,6 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.owner.latency:
                 self.owner._wait(self.owner.latency)
+            if not self._authorized():
+                return self._simple(401, b"credentials required\n", head,
+                                    {"WWW-Authenticate": 'Basic realm="warmd-test-index"'})
             self._route(path, head)
         except _DISCONNECTS + (OSError,):
             self.close_connection = True
@@ -200,6 +233,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner._record(
                 Hit(self.command, path, self.headers.get("Range"), self.status, self.sent, self.conn_id)
             )
+
+    def _authorized(self) -> bool:
+        creds = self.owner.basic_auth
+        if creds is None:
+            return True
+        expected = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        return self.headers.get("Authorization") == expected
 
     def _route(self, path: str, head: bool) -> None:
         owner = self.owner
@@ -258,15 +298,16 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "filename": w.filename,
                         "url": f"{base}/{urllib.parse.quote(w.filename)}",
-                        "hashes": {"sha256": w.sha256},
+                        "hashes": {} if variant in owner.hashless else {"sha256": w.sha256},
                         "size": w.size,
                     }
                     for w in files
                 ],
             }
             return self._doc(json.dumps(doc).encode(), "application/vnd.pypi.simple.v1+json", head)
+        fragment = "" if variant in owner.hashless else "#sha256={}"
         links = "".join(
-            f'<a href="{base}/{urllib.parse.quote(w.filename)}#sha256={w.sha256}">{html.escape(w.filename)}</a><br/>\n'
+            f'<a href="{base}/{urllib.parse.quote(w.filename)}{fragment.format(w.sha256)}">{html.escape(w.filename)}</a><br/>\n'
             for w in files
         )
         self._doc(_page(f"Links for {name}", links), "text/html", head)
@@ -279,10 +320,11 @@ class _Handler(BaseHTTPRequestHandler):
         name = wheel.filename
         faults = owner.faults
         with owner._lock:
-            burst = faults.status_burst.get(name)
+            aimed = faults.agent is None or self.headers.get("User-Agent", "").startswith(faults.agent)
+            burst = faults.status_burst.get(name) if aimed else None
             status = burst.pop(0) if burst else None
             drop = None
-            if status is None and not head and faults.drop_after.get(name):
+            if status is None and not head and aimed and faults.drop_after.get(name):
                 drop = faults.drop_after[name].pop(0)
             stall = faults.stall.get(name, 0.0)
             ignore_range = name in faults.ignore_range
@@ -340,10 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner._transfer_end()
         if drop is not None:
             # abrupt end mid-body: FIN after the n bytes, no more data for this response
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(self.connection)
 
     def _stall(self, seconds: float) -> bool:
         """Hold the response; False as soon as the client hangs up (or the server stops)."""
@@ -354,7 +393,8 @@ class _Handler(BaseHTTPRequestHandler):
             readable, _, _ = select.select([self.connection], [], [], min(left, 0.5))
             if readable:
                 try:
-                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    # socket.socket's own recv: an SSLSocket refuses flags; the raw bytes say EOF
+                    if socket.socket.recv(self.connection, 1, socket.MSG_PEEK) == b"":
                         return False  # EOF: the client gave up waiting
                 except OSError:
                     return False
@@ -385,10 +425,11 @@ class _Handler(BaseHTTPRequestHandler):
                 remaining -= len(chunk)
 
     def _chunk_size(self) -> int:
-        rate = self.owner.rate_limit
-        if not rate:
+        # small pieces under a cap, so the rate holds within a fraction of a second
+        rates = [r for r in (self.owner.rate_limit, self.owner.link_rate) if r]
+        if not rates:
             return _CHUNK
-        return max(1024, min(_CHUNK, rate // 20))
+        return max(1024, min(_CHUNK, min(rates) // 20))
 
     def _write(self, data: bytes) -> None:
         rate = self.owner.rate_limit
@@ -396,14 +437,42 @@ class _Handler(BaseHTTPRequestHandler):
         step = self._chunk_size()
         for i in range(0, len(view), step):
             piece = view[i : i + step]
+            due = 0.0
             if rate:
                 now = time.monotonic()
                 self.bucket_t = max(self.bucket_t, now - 0.05)  # small burst allowance
                 self.bucket_t += len(piece) / rate
-                if self.bucket_t > now:
-                    self.owner._wait(self.bucket_t - now)
+                due = self.bucket_t
+            if self.owner.link_rate:
+                due = max(due, self.owner._link.reserve(len(piece), self.owner.link_rate))
+            wait = due - time.monotonic()
+            if wait > 0:
+                self.owner._wait(wait)
             self.wfile.write(piece)
             self.sent += len(piece)
+
+
+class _LinkBucket:
+    """One token bucket for every connection: the link's total rate, whoever sends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._t = 0.0  # the time at which every byte reserved so far has gone out
+
+    def reserve(self, n: int, rate: int) -> float:
+        """Book n bytes on the link; the monotonic time at which they may be sent."""
+        with self._lock:
+            self._t = max(self._t, time.monotonic() - 0.05) + n / rate  # the same small burst
+            return self._t
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # socket.socket's shutdown, also for an SSLSocket: its own override drops the TLS state,
+    # which a thread still writing to it would trip over; the raw FIN/RST is what we want.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _flipped(chunk: bytes, pos: int, flip: int) -> bytes:
@@ -429,19 +498,29 @@ class IndexServer:
         *,
         cache_control: str = NO_STORE,
         rate_limit: int | None = None,  # bytes/s per connection (CDN-like cap)
+        link_rate: int | None = None,  # bytes/s for all connections together (the link's cap)
         latency: float = 0.0,  # seconds before each response
         pep691: bool = False,  # also answer PEP 691 JSON when asked (PyTorch's index does not)
         # the PyPI-like default index (/simple, /files) answers like PyPI, so only the PyTorch-like
         # variant indexes show the no-store problem; pass NO_STORE to make it behave the same
         default_cache_control: str = PYPI_CACHE_CONTROL,
         port: int = 0,
+        basic_auth: tuple[str, str] | None = None,  # (user, password) every request must carry, else 401
+        tls: TlsFiles | None = None,  # serve HTTPS with this certificate (tests/support/tls.py)
     ) -> None:
         self.cache_control = cache_control
         self.default_cache_control = default_cache_control
         self.rate_limit = rate_limit
+        self.link_rate = link_rate
+        self._link = _LinkBucket()
+        self.tls = tls
         self.latency = latency
         self.pep691 = pep691
+        self.basic_auth = basic_auth
         self.faults = Faults()
+        # Variants (None: /simple) whose pages link files without `#sha256=`, as nightly indexes and
+        # some mirrors do; `uv lock` then records those wheels without a hash.
+        self.hashless: set[str | None] = set()
         self._hits: list[Hit] = []
         self._inflight = 0
         self._settled = threading.Condition()
@@ -455,6 +534,7 @@ class IndexServer:
         self._conn_serial = 0
         self._active = 0
         self.peak_transfers = 0  # most wheel bodies being sent at once since reset_counters()
+        self._refused = 0
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -465,8 +545,11 @@ class IndexServer:
         """Bind 127.0.0.1 and serve in a daemon thread."""
         httpd = _Server(("127.0.0.1", self._port), _Handler)
         httpd.owner = self
+        if self.tls is not None:
+            httpd.tls = self.tls.server_context()
         self._httpd = httpd
-        self.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
         self._stopping.clear()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
@@ -481,10 +564,7 @@ class IndexServer:
         with self._lock:
             conns = list(self._conns.values())
         for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(s)
         self._httpd.server_close()
         if self._thread:
             self._thread.join(timeout=5)
@@ -554,6 +634,12 @@ class IndexServer:
         with self._settled:
             return self._settled.wait_for(lambda: self._inflight == 0, timeout)
 
+    @property
+    def refused_handshakes(self) -> int:
+        """TLS handshakes that failed since reset_counters() (waits for those in flight)."""
+        self.settle()
+        return self._refused
+
     def wheel_hits(self, filename: str | None = None) -> list[Hit]:
         """GET/HEAD requests of .whl files (optionally of one filename)."""
         self.settle()
@@ -576,11 +662,12 @@ class IndexServer:
         return sum(h.body_bytes for h in self.wheel_hits(filename) if h.status in (200, 206))
 
     def reset_counters(self) -> None:
-        """Forget recorded hits and the transfer peak."""
+        """Forget recorded hits, the transfer peak and the refused handshakes."""
         self.settle()
         with self._lock:
             self._hits.clear()
             self.peak_transfers = 0
+            self._refused = 0
 
     # -- internals used by the handler ----------------------------------------------------
 
@@ -608,6 +695,16 @@ class IndexServer:
     def _unregister_conn(self, sock: socket.socket) -> None:
         with self._lock:
             self._conns.pop(id(sock), None)
+
+    def _handshake_begin(self) -> None:
+        with self._settled:
+            self._inflight += 1  # settle() also waits for handshakes, so a refusal is counted in time
+
+    def _handshake_end(self, *, refused: bool) -> None:
+        with self._settled:
+            self._refused += refused
+            self._inflight -= 1
+            self._settled.notify_all()
 
     def _transfer_begin(self) -> None:
         with self._lock:
@@ -650,10 +747,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", required=True, type=Path)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--rate", type=int, default=None, help="bytes/s per connection")
+    ap.add_argument("--link-rate", type=int, default=None, help="bytes/s for all connections together")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds before each response")
     ap.add_argument("--cache-control", default=NO_STORE)
+    ap.add_argument("--tls-dir", type=Path, default=None, help="serve HTTPS with the files tests.support.tls wrote there")
     args = ap.parse_args(argv)
-    server = IndexServer(cache_control=args.cache_control, rate_limit=args.rate, latency=args.latency, port=args.port)
+    tls = TlsFiles.in_folder(args.tls_dir) if args.tls_dir else None
+    server = IndexServer(cache_control=args.cache_control, rate_limit=args.rate, link_rate=args.link_rate,
+                         latency=args.latency, port=args.port, tls=tls)
     server.start()
     root = args.dir.resolve()
     for whl in sorted(root.rglob("*.whl")):

@@ -69,7 +69,8 @@ def _default_index(server: IndexServer) -> list[str]:
     return ["[[tool.uv.index]]", 'name = "pypi"', f"url = {_toml_str(server.simple_url)}", "default = true", ""]
 
 
-def _write(root: Path, name: str, python: str, lines: list[str]) -> Path:
+def write_project(root: Path, name: str, python: str, lines: list[str]) -> Path:
+    """Write root/name/pyproject.toml from `lines` and a .python-version; return the project folder."""
     project = Path(root) / name
     project.mkdir(parents=True, exist_ok=True)
     (project / "pyproject.toml").write_text("\n".join(lines))
@@ -106,7 +107,7 @@ def make_project(
     lines.append("[tool.uv.sources]")
     lines += [f'{pkg} = [{{ index = "{index_name}" }}]' for pkg in gpu_packages]
     lines.append("")
-    return _write(root, name, python, lines)
+    return write_project(root, name, python, lines)
 
 
 def make_two_build_project(
@@ -149,7 +150,7 @@ def make_two_build_project(
         entries = ", ".join(f'{{ index = "pytorch-{v}", extra = "{v}" }}' for v in extras if pkg in per_extra.get(v, []))
         lines.append(f"{pkg} = [{entries}]")
     lines.append("")
-    return _write(root, name, python, lines)
+    return write_project(root, name, python, lines)
 
 
 def run_uv(uv: Path, args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,57 @@
+"""Credentials for index requests, found where uv and curl find them: the URL, else the user's netrc."""
+
+from __future__ import annotations
+
+import base64
+import netrc
+import os
+from collections.abc import Generator, Mapping
+from pathlib import Path
+
+import httpx
+from loguru import logger
+
+
+def basic(user: str, password: str) -> str:
+    """An `Authorization: Basic` value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+class IndexAuth(httpx.Auth):
+    """Basic credentials per host: `user:password@` in the URL first, else the netrc entry of the host."""
+
+    def __init__(self, entries: netrc.netrc | None) -> None:
+        self._netrc = entries
+
+    def authorization(self, host: str, user: str | None = None, password: str | None = None) -> str | None:
+        """The Authorization value for a request to `host`, given the URL's own user and password (if any)."""
+        if not user and not password:
+            found = self._netrc.authenticators(host) if self._netrc is not None else None
+            user, password = (found[0], found[2]) if found and found[2] else (None, None)
+        if user is None and password is None:
+            return None
+        return basic(user or "", password or "")
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        url = request.url
+        value = self.authorization(url.host, url.username, url.password)
+        if value is not None:
+            request.headers["Authorization"] = value
+        yield request
+
+
+def netrc_path(env: Mapping[str, str] = os.environ) -> Path:
+    """The netrc file uv reads: $NETRC, else ~/.netrc."""
+    return Path(env["NETRC"]) if env.get("NETRC") else Path(env.get("HOME") or Path.home()) / ".netrc"
+
+
+def index_auth(env: Mapping[str, str] = os.environ) -> IndexAuth:
+    """The auth for index requests; an unreadable netrc is logged once and left out."""
+    path = netrc_path(env)
+    if not path.is_file():
+        return IndexAuth(None)
+    try:
+        return IndexAuth(netrc.netrc(str(path)))
+    except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
+        logger.warning("{}: not used for index credentials: {}", path, exc)
+        return IndexAuth(None)

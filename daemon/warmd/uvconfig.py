@@ -1,0 +1,81 @@
+"""What the user's uv configuration says that warmd weighs: which uv.toml files uv reads, and the
+per-index `cache-control` override that makes uv keep an index's files (DESIGN.md fact 3)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Override:
+    """uv's `cache-control = { files = ... }` for one index, and the file that sets it."""
+
+    files: str
+    where: Path
+
+
+def norm_url(url: str) -> str:
+    """An index URL as uv compares them: without the trailing slash."""
+    return url.rstrip("/")
+
+
+def uv_toml_files(env: Mapping[str, str], project: Path | None = None) -> list[Path]:
+    """The uv.toml files uv reads (user, system, and the project's own), as uv looks for them."""
+    if env.get("UV_NO_CONFIG"):
+        return []
+    files: list[Path] = []
+    if env.get("UV_CONFIG_FILE"):
+        files.append(Path(env["UV_CONFIG_FILE"]))
+    xdg = env.get("XDG_CONFIG_HOME")
+    home = env.get("HOME")
+    if xdg and os.path.isabs(xdg):
+        files.append(Path(xdg) / "uv" / "uv.toml")
+    elif home:
+        files.append(Path(home) / ".config" / "uv" / "uv.toml")
+    dirs = [d for d in env.get("XDG_CONFIG_DIRS", "").split(":") if d and os.path.isabs(d)]
+    files += [Path(d) / "uv" / "uv.toml" for d in dirs]
+    files.append(Path("/etc/uv/uv.toml"))
+    if project is not None:
+        files.append(project / "uv.toml")
+    return list(dict.fromkeys(files))
+
+
+def read_toml(path: Path) -> dict[str, Any] | None:
+    """The parsed TOML file, or None when it is missing or unreadable."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def dig(data: Any, *keys: str) -> Any:
+    """data[k1][k2]… or None where a level is missing or not a table."""
+    for k in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(k)
+    return data
+
+
+def index_overrides(folder: Path, env: Mapping[str, str]) -> dict[str, Override]:
+    """The `files` cache-control override uv applies per index URL (norm_url) for the project in `folder`.
+
+    The project's own `[[tool.uv.index]]` entries come first, then the `[[index]]` entries of the
+    uv.toml files in the order uv reads them.
+    """
+    out: dict[str, Override] = {}
+    pyproject = folder / "pyproject.toml"
+    sources = [(pyproject, dig(read_toml(pyproject), "tool", "uv", "index"))]
+    sources += [(toml, dig(read_toml(toml), "index")) for toml in uv_toml_files(env, folder)]
+    for where, entries in sources:
+        for e in entries if isinstance(entries, list) else []:
+            files = dig(e, "cache-control", "files")
+            url = e.get("url") if isinstance(e, dict) else None
+            if isinstance(url, str) and isinstance(files, str):
+                out.setdefault(norm_url(url), Override(files, where))
+    return out

@@ -1,0 +1,193 @@
+"""The plan against uv itself on lab-made locks, for the shapes the shared corpus lacks: a workspace with a
+path dependency, CUDA chosen by dependency groups (one of them a default group), CUDA 13's unsuffixed
+`nvidia-*`/`cuda-*` names, and two extras bringing the same build. Each lock is made by the real `uv lock`
+against the local index; each plan is compared with uv's own `uv sync --dry-run` of the same flags."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.config import write_warmd_config
+from tests.support.index_server import IndexServer
+from tests.support.projects import lock_project, run_uv, torch_like_set, write_project
+from tests.support.uvplan import dry_run, find_interpreter, of_globs, planned, prefetch_json, uv_sync_plan
+from tests.support.wheels import make_wheel
+
+GLOBS = ["torch", "pytorch-triton*", "nvidia-*", "cuda-*"]
+LINUX = "platform_system == 'Linux'"
+
+
+@dataclass
+class Lab:
+    tmp: Path
+    server: IndexServer
+    wheels: Path
+    uv: Path
+    env: dict[str, str]
+    python: Path  # a CPython 3.11 for uv's own plan
+
+    def index(self, name: str, variant: str) -> list[str]:
+        return ["[[tool.uv.index]]", f'name = "{name}"', f'url = "{self.server.index_url(variant)}"', "explicit = true", ""]
+
+    def default_index(self) -> list[str]:
+        return ["[[tool.uv.index]]", 'name = "pypi"', f'url = "{self.server.simple_url}"', "default = true", ""]
+
+    def check(self, project: Path, variant: str, flags: list[str], *, uv: Path | None = None,
+              extra: list[str] = ()) -> dict:  # type: ignore[assignment]
+        """warmd's plan for `variant` equals uv's plan for `flags`; returns warmd's project report."""
+        uv = uv or self.uv
+        expected = of_globs(uv_sync_plan(uv, project, self.python, flags, self.env), GLOBS)
+        config = write_warmd_config(self.tmp, uv, self.tmp / "uv-cache", packages=GLOBS, variant=variant,
+                                    extra=list(extra))
+        report = dry_run(config, self.env, project)["projects"][0]
+        assert report["error"] is None, report["error"]
+        assert planned(report, "3.11") == expected, report["chosen_by"]
+        assert report["flags"] == flags, report["chosen_by"]
+        return report
+
+
+@pytest.fixture
+def lab(tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_environ: dict[str, str]) -> Lab:
+    python = find_interpreter("3.11", uv_bin)
+    env = dict(uv_environ)
+    env["PATH"] = f"{python.parent}:{env['PATH']}"
+    return Lab(tmp_path, index_server, wheel_dir, uv_bin, env, python)
+
+
+def _two_builds(lab: Lab) -> None:
+    torch_like_set(lab.server, lab.wheels, "cpu", pythons=("cp311",), size=4096)
+    torch_like_set(lab.server, lab.wheels, "cu128", pythons=("cp311",), size=4096)
+
+
+@pytest.mark.parametrize("which", ["pinned", "0.8.2"])
+def test_workspace_members_and_path_dependencies(lab: Lab, which: str, request: pytest.FixtureRequest) -> None:
+    """A plain sync installs the root's dependencies (a path dependency's among them); a member's
+    torch only with `--all-packages`, asked for in a [[project]] table."""
+    uv = lab.uv if which == "pinned" else request.getfixturevalue("uv_old_bin")
+    ws = torch_like_set(lab.server, lab.wheels, "cu128", pythons=("cp311",), size=4096)
+    nvtx = next(w for w in ws.wheels if w.name.startswith("nvidia_nvtx"))
+    lab.server.add_wheel(nvtx, None)  # the path dependency takes it from the default index
+    root = write_project(lab.tmp, "ws", "3.11", [
+        "[project]", 'name = "ws"', 'version = "0.1.0"', 'requires-python = ">=3.11"',
+        'dependencies = ["filelock", "helper"]', "",
+        "[tool.uv.workspace]", 'members = ["packages/*"]', "",
+        "[tool.uv.sources]", 'helper = { path = "libs/helper" }', "",
+        *lab.index("pytorch-cu128", "cu128"), *lab.default_index(),
+    ])
+    write_project(root / "packages", "trainer", "3.11", [
+        "[project]", 'name = "trainer"', 'version = "0.1.0"', 'requires-python = ">=3.11"',
+        f'dependencies = ["{ws.requirement()}", "pytorch-triton"]', "",
+        "[tool.uv.sources]", 'torch = { index = "pytorch-cu128" }', 'pytorch-triton = { index = "pytorch-cu128" }', "",
+    ])
+    write_project(root / "libs", "helper", "3.11", [
+        "[project]", 'name = "helper"', 'version = "0.1.0"', 'requires-python = ">=3.11"',
+        'dependencies = ["nvidia-nvtx-cu12"]', "",
+        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+    ])
+    lock_project(root, lab.uv, lab.env)
+    plain = lab.check(root, "cu128", [], uv=uv)
+    assert {w["name"] for w in plain["wheels"]} == {"nvidia-nvtx-cu12"}  # via the path dependency
+    everything = lab.check(root, "cu128", ["--all-packages"], uv=uv,
+                           extra=["[[project]]", f"path = {json.dumps(str(root))}", "all-packages = true"])
+    assert {w["name"] for w in everything["wheels"]} == {"torch", "pytorch-triton", "nvidia-nvtx-cu12"}
+    assert all(w["state"] == "cold" and w["verified"] for w in everything["wheels"])
+
+
+def _groups_project(lab: Lab, defaults: list[str]) -> Path:
+    _two_builds(lab)
+    project = write_project(lab.tmp, "grp", "3.11", [
+        "[project]", 'name = "grp"', 'version = "0.1.0"', 'requires-python = ">=3.11"', 'dependencies = ["filelock"]', "",
+        "[dependency-groups]", 'dev = ["filelock"]', 'cpu = ["torch==2.8.0+cpu"]',
+        'cu128 = ["torch==2.8.0+cu128", "pytorch-triton", "nvidia-nvtx-cu12"]', "",
+        "[tool.uv]", f"default-groups = {json.dumps(defaults)}",
+        'conflicts = [[{ group = "cpu" }, { group = "cu128" }]]', "",
+        "[tool.uv.sources]",
+        'torch = [{ index = "pytorch-cpu", group = "cpu" }, { index = "pytorch-cu128", group = "cu128" }]',
+        'pytorch-triton = [{ index = "pytorch-cu128", group = "cu128" }]',
+        'nvidia-nvtx-cu12 = [{ index = "pytorch-cu128", group = "cu128" }]', "",
+        *lab.index("pytorch-cpu", "cpu"), *lab.index("pytorch-cu128", "cu128"), *lab.default_index(),
+    ])
+    lock_project(project, lab.uv, lab.env)
+    return project
+
+
+@pytest.mark.parametrize("defaults", [["dev"], ["cu128"]], ids=["groups", "gpu-in-a-default-group"])
+def test_cuda_chosen_by_dependency_groups(lab: Lab, defaults: list[str]) -> None:
+    """Groups in [tool.uv] conflicts, matched by the build they bring; a default group that conflicts with
+    the one chosen is left out with `--no-group`, as uv needs."""
+    project = _groups_project(lab, defaults)
+    in_defaults = "cu128" in defaults
+    cu = lab.check(project, "cu128", [] if in_defaults else ["--group", "cu128"])
+    assert {(w["name"], w["version"]) for w in cu["wheels"]} >= {("torch", "2.8.0+cu128")}
+    assert "group `cu128`" in cu["chosen_by"]
+    cpu = lab.check(project, "cpu", ["--group", "cpu"] + (["--no-group", "cu128"] if in_defaults else []))
+    assert {(w["name"], w["version"]) for w in cpu["wheels"]} == {("torch", "2.8.0+cpu")}
+
+
+def test_the_probe_asks_uv_about_the_same_groups(lab: Lab) -> None:
+    """Warming the cpu group of a project whose default group is CUDA: the probe passes the plan's flags,
+    so the wheels are proven warm, and a fresh sync with those flags downloads none of them."""
+    project = _groups_project(lab, ["cu128"])
+    lab.server.reset_counters()
+    config = write_warmd_config(lab.tmp, lab.uv, lab.tmp / "uv-cache", packages=GLOBS, variant="cpu")
+    code, report = prefetch_json(config, lab.env, project)
+    assert code == 0, report
+    wheels = report["projects"][0]["wheels"]
+    assert [(w["name"], w["version"], w["state"]) for w in wheels] == [("torch", "2.8.0+cpu", "warm")]
+    lab.server.reset_counters()
+    run_uv(lab.uv, ["sync", "--group", "cpu", "--no-group", "cu128"], cwd=project, env=lab.env)
+    assert [h for h in lab.server.wheel_gets() if "torch-" in h.path] == []
+
+
+def test_cuda_13_names_from_the_default_index(lab: Lab) -> None:
+    """PyPI's newer torch brings CUDA 13 as unsuffixed nvidia-* and cuda-* packages: an extra holding it
+    is matched as cu130 (from nvidia-cuda-runtime's version), the other extra as cpu."""
+    cpu = torch_like_set(lab.server, lab.wheels, "cpu", version="2.10.0", pythons=("cp311",), size=4096)
+    shared = lab.wheels / "cu13"
+    deps = {"nvidia-cuda-runtime": ("13.0.96", "py3-none-manylinux_2_27_x86_64"),
+            "nvidia-cublas": ("13.1.0.3", "py3-none-manylinux_2_27_x86_64"),
+            "cuda-bindings": ("13.0.3", "cp311-cp311-manylinux_2_28_x86_64"),
+            "cuda-pathfinder": ("1.3.0", "py3-none-any")}
+    for name, (version, tag) in deps.items():
+        lab.server.add_wheel(make_wheel(shared, name, version, tag, 2048), None)
+    requires = ["filelock"] + [f"{n}=={v}; {LINUX}" for n, (v, _t) in deps.items()]
+    lab.server.add_wheel(make_wheel(shared, "torch", "2.10.0", "cp311-cp311-manylinux_2_28_x86_64", 4096,
+                                    requires=requires), None)
+    project = write_project(lab.tmp, "cu13", "3.11", [
+        "[project]", 'name = "cu13"', 'version = "0.1.0"', 'requires-python = ">=3.11"', "dependencies = []", "",
+        "[project.optional-dependencies]", f'cpu = ["{cpu.requirement()}"]', 'cuda = ["torch==2.10.0"]', "",
+        "[tool.uv]", 'conflicts = [[{ extra = "cpu" }, { extra = "cuda" }]]', "",
+        "[tool.uv.sources]", 'torch = [{ index = "pytorch-cpu", extra = "cpu" }]', "",
+        *lab.index("pytorch-cpu", "cpu"), *lab.default_index(),
+    ])
+    lock_project(project, lab.uv, lab.env)
+    report = lab.check(project, "cu130", ["--extra", "cuda"])
+    assert {w["name"] for w in report["wheels"]} == {"torch", *deps}
+    assert "nvidia-cuda-runtime 13.0.96" in report["chosen_by"]
+    lab.check(project, "cpu", ["--extra", "cpu"])
+
+
+def test_two_extras_of_one_build_are_ambiguous_until_a_project_table_settles_it(lab: Lab) -> None:
+    _two_builds(lab)
+    project = write_project(lab.tmp, "amb", "3.11", [
+        "[project]", 'name = "amb"', 'version = "0.1.0"', 'requires-python = ">=3.11"', "dependencies = []", "",
+        "[project.optional-dependencies]", 'cpu = ["torch==2.8.0+cpu"]', 'cuda = ["torch==2.8.0+cu128", "pytorch-triton", "nvidia-nvtx-cu12"]',
+        'gpu = ["torch==2.8.0+cu128", "pytorch-triton", "nvidia-nvtx-cu12"]', "",
+        "[tool.uv]", 'conflicts = [[{ extra = "cpu" }, { extra = "cuda" }, { extra = "gpu" }]]', "",
+        "[tool.uv.sources]",
+        'torch = [{ index = "pytorch-cpu", extra = "cpu" }, { index = "pytorch-cu128", extra = "cuda" }, '
+        '{ index = "pytorch-cu128", extra = "gpu" }]',
+        'pytorch-triton = [{ index = "pytorch-cu128", extra = "cuda" }, { index = "pytorch-cu128", extra = "gpu" }]',
+        'nvidia-nvtx-cu12 = [{ index = "pytorch-cu128", extra = "cuda" }, { index = "pytorch-cu128", extra = "gpu" }]', "",
+        *lab.index("pytorch-cpu", "cpu"), *lab.index("pytorch-cu128", "cu128"), *lab.default_index(),
+    ])
+    lock_project(project, lab.uv, lab.env)
+    guessed = lab.check(project, "cu128", ["--extra", "cuda"])
+    assert len(guessed["notes"]) == 1 and "ambiguous" in guessed["notes"][0] and "extra `gpu`" in guessed["notes"][0]
+    settled = lab.check(project, "cu128", ["--extra", "gpu"],
+                        extra=["[[project]]", f"path = {json.dumps(str(project))}", 'extras = ["gpu"]'])
+    assert settled["notes"] == [] and "[[project]]" in settled["chosen_by"]

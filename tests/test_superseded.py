@@ -1,0 +1,260 @@
+"""Work for a lock that changed is superseded, not failed; a run called off stops its uv at once and
+leaves no scratch; uv's own reasons reach the report; a killed warmd's scratch is swept, a live one's not.
+
+uv is held where it really waits: on the exclusive lock of its cache (what `uv cache clean` takes),
+so a run is caught in the middle of a real uv call without faking uv.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.support.config import write_warmd_config
+from tests.support.daemon import WAIT, scratch_made
+from tests.support.index_server import IndexServer
+from tests.support.projects import lock_project, make_project, torch_like_set
+from warmd import cancel, scratch
+from warmd.cancel import CancelToken
+from warmd.config import load_config
+from warmd.errors import UvError
+from warmd.owner import Owner
+from warmd.pipeline import Pipeline
+from warmd.policy import project_statuses
+from warmd.state import State
+from warmd.uvcache import Uv
+
+PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
+KiB = 1024
+
+
+@contextmanager
+def uv_cache_held(cache: Path) -> Iterator[None]:
+    """Hold uv's cache exclusively, as `uv cache clean` does: every uv that uses the cache waits."""
+    fd = os.open(cache / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TMPDIR of this test's own, for this process and the warmd it starts."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    return folder
+
+
+def _litter(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("warmd-"))
+
+
+def test_a_run_called_off_stops_its_uv_now_records_nothing_and_leaves_no_scratch(
+        tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
+        uv_environ: dict[str, str], own_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
+    app = make_project(tmp_path, "app", server=index_server, variant="cu128", deps=[ws.requirement()],
+                       gpu_packages=ws.gpu_packages)
+    lock_project(app, uv_bin, uv_environ)
+    for k, v in uv_environ.items():
+        monkeypatch.setenv(k, v)
+    config = load_config(write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES))
+    state = State.open(config.state_dir)
+    pipeline = Pipeline(config, state=state)
+    token = CancelToken()
+    out: list = []
+    try:
+        with uv_cache_held(uv_cache), scratch_made(own_tmp) as made:
+            def run() -> None:
+                with cancel.scope(token):
+                    out.extend(pipeline.warm([app]))
+
+            t = threading.Thread(target=run)
+            t.start()
+            assert made.wait(WAIT)  # the probe's scratch folder: its uv starts now, and waits on the cache
+            children = _poll(_uv_children)
+            assert children, "no uv child to call off"
+            token.cancel("uv.lock changed while it was warmed")
+            t.join(WAIT)  # within the cache lock still held: the uv child was killed, not waited for
+            assert not t.is_alive()
+        assert all(not _alive(pid) for pid in children)
+    finally:
+        pipeline.close()
+    [report] = out
+    assert report.superseded == "uv.lock changed while it was warmed" and report.error is None
+    assert report.wheels == () and not report.ok
+    assert _litter(own_tmp) == []
+    assert project_statuses(state) == []  # nothing was recorded for work that said nothing
+    state.close()
+
+
+def test_a_lock_swapped_under_a_prefetch_is_warmed_for_the_new_pins_never_reported_failed(
+        tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
+        uv_environ: dict[str, str], own_tmp: Path) -> None:
+    old = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
+    new = torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", size=64 * KiB, pythons=("cp311",))
+    app = make_project(tmp_path, "app", server=index_server, variant="cu128", deps=[old.requirement()],
+                       gpu_packages=old.gpu_packages)
+    lock_project(app, uv_bin, uv_environ)
+    # The same project re-locked elsewhere with the new torch: its files are what `uv lock` writes.
+    other = make_project(tmp_path / "elsewhere", "app", server=index_server, variant="cu128",
+                         deps=[new.requirement()], gpu_packages=new.gpu_packages)
+    lock_project(other, uv_bin, uv_environ)
+    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+    env = dict(uv_environ, TMPDIR=str(own_tmp))
+    with uv_cache_held(uv_cache), scratch_made(own_tmp) as made:
+        proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(cfg), "prefetch", str(app), "--json"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert made.wait(WAIT)  # planned for the old torch, and waiting for uv to say what it has
+            for name in ("pyproject.toml", "uv.lock"):  # as `uv lock` does: a whole file renamed onto it
+                shutil.copy(other / name, app / f".{name}.new")
+                os.replace(app / f".{name}.new", app / name)
+        except BaseException:
+            proc.kill()
+            raise
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, err
+    [project] = json.loads(out)["projects"]
+    torch = [w for w in project["wheels"] if w["name"] == "torch"]
+    assert [(w["version"], w["state"]) for w in torch] == [(new.torch_version, "warm")], project
+    assert all(w["state"] == "warm" for w in project["wheels"]), project
+    assert '"state": "failed"' not in out and " ERROR " not in err
+    assert _litter(own_tmp) == []
+    state = State.open(tmp_path / "state")
+    try:
+        # The only outcome ever recorded is the one for the lock there is now.
+        assert [o for _at, o, _r, _sha in state.history(app)] == ["warm"]
+    finally:
+        state.close()
+
+
+def _uv_children() -> list[int]:
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[1] == me and cmd.endswith(b"uv"):
+            found.append(int(entry.name))
+    return found
+
+
+def _poll(found: Callable[[], list[int]]) -> list[int]:
+    deadline = time.monotonic() + WAIT
+    while not (got := found()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # /proc has no event to wait on
+    return got
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("which", ["pinned", "old"])
+def test_uv_failing_is_reported_with_its_error_and_causes_not_its_last_line(
+        which: str, request: pytest.FixtureRequest, tmp_path: Path, uv_cache: Path, uv_environ: dict[str, str],
+        index_server: IndexServer, wheel_dir: Path) -> None:
+    uv_exe = request.getfixturevalue("uv_bin" if which == "pinned" else "uv_old_bin")
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=16 * KiB, pythons=("cp311",))
+    torch = next(w for w in ws.wheels if w.name.startswith("torch-"))
+    from warmd.model import Pin, WheelFile
+
+    pin = Pin("torch", ws.torch_version, index_server.index_url("cu128"),
+              WheelFile(index_server.file_url(torch.name, "cu128"), torch.name, index_server.sha256_of(torch.name),
+                        torch.stat().st_size), "3.11", "x86_64-manylinux_2_28")
+    uv = Uv(str(uv_exe), cache_dir=uv_cache, env=dict(uv_environ, UV_HTTP_RETRIES="0"))
+    dead = "http://127.0.0.1:9/" + torch.name  # nothing listens on the discard port: uv gets ECONNREFUSED
+    with pytest.raises(UvError) as caught:
+        uv.import_wheels([pin], {pin.wheel.sha256: dead}, python="3.11", platform="x86_64-manylinux_2_28")
+    text = str(caught.value)
+    assert text.startswith("uv could not import 1 wheel(s) for Python 3.11: ")
+    assert "Failed to download" in text and "Connection refused" in text, text  # the error and its root cause
+    assert "\n" not in text and "warning" not in text.lower() and "Using CPython" not in text
+
+
+def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str], index_server: IndexServer,
+        wheel_dir: Path, own_tmp: Path) -> None:
+    """A stray `pkill -HUP -f warmd` also hits warmd's uv children (their arguments name warmd-import-…)."""
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=16 * KiB, pythons=("cp311",))
+    torch = next(w for w in ws.wheels if w.name.startswith("torch-"))
+    from warmd.model import Pin, WheelFile
+
+    pin = Pin("torch", ws.torch_version, index_server.index_url("cu128"),
+              WheelFile(index_server.file_url(torch.name, "cu128"), torch.name, index_server.sha256_of(torch.name),
+                        torch.stat().st_size), "3.11", "x86_64-manylinux_2_28")
+    uv = Uv(str(uv_bin), cache_dir=uv_cache, env=uv_environ)
+    caught: list[BaseException] = []
+
+    def imp() -> None:
+        try:
+            uv.import_wheels([pin], {pin.wheel.sha256: pin.wheel.url}, python="3.11", platform="x86_64-manylinux_2_28")
+        except BaseException as exc:  # noqa: BLE001 - the assertion below says what it was
+            caught.append(exc)
+
+    with uv_cache_held(uv_cache):
+        t = threading.Thread(target=imp)
+        t.start()
+        [child] = _poll(_uv_children)
+        os.kill(child, signal.SIGHUP)
+        t.join(WAIT)
+    assert len(caught) == 1 and isinstance(caught[0], UvError), caught
+    assert str(caught[0]) == "uv could not import 1 wheel(s) for Python 3.11: uv was stopped by SIGHUP"
+    assert _litter(own_tmp) == []
+
+
+def test_the_sweep_takes_a_dead_warmds_scratch_and_leaves_a_live_ones(tmp_path: Path) -> None:
+    code = ("import os, signal, sys; from pathlib import Path; from warmd import scratch\n"
+            "with scratch.folder(sys.argv[1]) as s:\n"
+            "    (s.path / 'work').write_text('x')\n"
+            "    if sys.argv[1] == 'orphan':\n"  # a uv child inherits the lock and outlives its warmd
+            "        os.set_inheritable(s.fd, True)\n"
+            "        pid = os.fork()\n"
+            "        if pid == 0:\n"
+            "            os.execvp(sys.executable, [sys.executable, '-c', 'import sys; sys.stdin.read()'])\n"
+            "    print(s.path, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL if sys.argv[1] != 'live' else signal.SIGSTOP)\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    procs = {}
+    for what in ("dead", "live", "orphan"):
+        procs[what] = subprocess.Popen([sys.executable, "-c", code, what], env=env, stdout=subprocess.PIPE,
+                                       stdin=subprocess.PIPE, text=True)
+    folders = {what: Path(p.stdout.readline().strip()) for what, p in procs.items()}
+    try:
+        procs["dead"].wait(WAIT)
+        procs["orphan"].wait(WAIT)
+        assert all(f.is_dir() for f in folders.values())
+        (tmp_path / "warmd-unrelated").mkdir()  # not a scratch folder of warmd's own naming: never touched
+        assert scratch.sweep(tmp_path) == [folders["dead"]]
+        assert folders["live"].is_dir() and folders["orphan"].is_dir() and (tmp_path / "warmd-unrelated").is_dir()
+    finally:
+        os.kill(procs["live"].pid, signal.SIGKILL)
+        procs["live"].wait(WAIT)
+        for p in procs.values():
+            p.stdin.close()  # type: ignore[union-attr]  # the orphan's child reads stdin: this ends it
+    assert Owner.me().alive() and not Owner(procs["dead"].pid, 0).alive()
