@@ -499,12 +499,12 @@ def test_sigkill_at_random_points_of_fetch_and_import(drill: Drill) -> None:
     kills = {"fetch": 0, "import": 0, "import-group": 0}
     for seed in range(12):
         rng = random.Random(seed)
-        # while more than k bytes are left to download, kill after k more bytes; otherwise kill
-        # while uv imports the wheel: warmd alone (its uv child lives on) or its whole process group
-        # warmd marks bytes done after each fsync'd MiB: a kill loses what came since the last one,
-        # so land kills between those points (a loss of about half a MiB each), at 2 or 3 MiB in
-        k = rng.choice([2, 3]) * MiB + rng.randint(384 * KiB, 640 * KiB)
-        fetch_mode = rng.random() < 0.85 and _left_to_fetch(drill.store, w.server.sha256_of(name), size) > k + MiB
+        # while enough is left to download, kill after a quarter to two fifths of what is left (so the
+        # first three runs always die mid-download, whatever a kill loses); otherwise kill while uv
+        # imports the wheel: warmd alone (its uv child lives on) or its whole process group
+        left = _left_to_fetch(drill.store, w.server.sha256_of(name), size)
+        k = int(left * rng.uniform(0.25, 0.4))
+        fetch_mode = left > 2 * MiB and (kills["fetch"] < 3 or rng.random() < 0.5)
         mode = "fetch" if fetch_mode else ("import", "import-group")[seed % 2]
         base = w.server.live_bytes(name)
         proc = drill.popen(project)
