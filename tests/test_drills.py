@@ -500,12 +500,13 @@ def test_sigkill_at_random_points_of_fetch_and_import(drill: Drill) -> None:
     kills = {"fetch": 0, "import": 0, "import-group": 0}
     for seed in range(12):
         rng = random.Random(seed)
-        # while more than k bytes are left to download, kill after k more bytes; otherwise kill
-        # while uv imports the wheel: warmd alone (its uv child lives on) or its whole process group.
-        # A kill loses what arrived since warmd last recorded its progress (every 256 KiB or
-        # 0.1 s here): kills at 1 to 2.6 MiB in leave room for at least three of them mid-download
-        k = rng.choice([1, 2]) * MiB + rng.randint(0, 640 * KiB)
-        fetch_mode = rng.random() < 0.85 and _left_to_fetch(drill.store, w.server.sha256_of(name), size) > k + MiB
+        # while enough is left to download, kill after a quarter to two fifths of what is left (so the
+        # first three runs always die mid-download, whatever a kill loses); otherwise kill while uv
+        # imports the wheel: warmd alone (its uv child lives on) or its whole process group. A kill loses
+        # what arrived since warmd last recorded its progress (every 256 KiB or 0.1 s)
+        left = _left_to_fetch(drill.store, w.server.sha256_of(name), size)
+        k = int(left * rng.uniform(0.25, 0.4))
+        fetch_mode = left > 2 * MiB and (kills["fetch"] < 3 or rng.random() < 0.5)
         mode = "fetch" if fetch_mode else ("import", "import-group")[seed % 2]
         base = w.server.live_bytes(name)
         proc = drill.popen(project)
