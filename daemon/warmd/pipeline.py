@@ -36,7 +36,7 @@ from .uvcache import ProbeResult, Uv
 if TYPE_CHECKING:
     from .state import State
 
-_MEASURE_WAIT = 0.6  # seconds to wait after the probe for the first download's rate
+_MEASURE_WAIT = 1.2  # seconds to wait after the probe for a host's verdict (a trial takes ~0.8 s)
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
 
 
@@ -214,8 +214,12 @@ class Pipeline:
         return run
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
-        """The needed wheels uv should download itself: on a host one stream of which outruns uv's
-        unpacking, warmd's own copy of the bytes would only cost CPU (ARCHITECTURE.md, "Who downloads")."""
+        """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
+
+        Only files uv keeps by itself qualify (no per-index override is passed: the user's uv
+        settings stay in force). Of those, warmd keeps a file only where its ranges beat uv's one
+        stream per file: on a host that caps each connection, or one it has already begun.
+        """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
         candidates = {sha: pin for sha, pin in need.items()
@@ -229,13 +233,15 @@ class Pipeline:
         out = set()
         for sha, pin in candidates.items():
             link = links.get(_host(pin.wheel.url))
-            # uv must keep the file by itself: no per-index override is passed (the user's uv
-            # settings stay in force), so only where the file's headers or its host allow it
-            if link is not None and link.kind == "fast" and \
-                    uv_keeps(pin.wheel.url, link.cache_control, uv_version=version).verdict == "kept":
+            kind = link.kind if link is not None else None
+            if kind == "capped" or (kind != "fast" and self.store.part_path(sha).exists()):
+                continue  # warmd's ranges win there; or its bytes have begun to come (a fast host's are cheap)
+            keeps = uv_keeps(pin.wheel.url, link.cache_control if link else None, known=link is not None,
+                             uv_version=version)
+            if keeps.verdict == "kept":
                 out.add(sha)
         if out:
-            logger.info("{}: one stream outruns uv's unpacking; uv fetches {} wheel(s) itself",
+            logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
         return out
 
