@@ -46,6 +46,7 @@ class Link:
     kind: str  # "capped" (per connection), "shared" (one link for all), "fast" (one stream outruns uv)
     cache_control: str | None
     at: float  # time.monotonic()
+    stream_rate: float = 0.0  # one stream's best rate there, bytes/s
 
 
 class FetchSkipped(FetchError):
@@ -264,10 +265,11 @@ class Fetcher:
         return {h: link for h in wanted if (link := self.link(h)) is not None}
 
     def _learn(self, host: str, kind: str, dl: FileDownload) -> None:
-        logger.debug("{}: {}", host, {"capped": "capped per connection", "shared": "one link shared by all",
-                                     "fast": "one stream outruns uv's unpacking"}[kind])
+        logger.debug("{}: {} (one stream {:.0f} MiB/s)", host,
+                     {"capped": "capped per connection", "shared": "one link shared by all",
+                      "fast": "one stream outruns uv's unpacking"}[kind], dl.width.stream_rate / 2**20)
         with self._links_cv:
-            self._links[host] = Link(kind, dl.cache_control, time.monotonic())
+            self._links[host] = Link(kind, dl.cache_control, time.monotonic(), dl.width.stream_rate)
             others = [d for d in self._downloads.values()
                       if d is not dl and (urllib.parse.urlsplit(d.wheel.url).hostname or "").lower() == host]
             self._links_cv.notify_all()

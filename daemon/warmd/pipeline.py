@@ -36,6 +36,10 @@ from .uvcache import ProbeResult, Uv
 if TYPE_CHECKING:
     from .state import State
 
+# Below this rate per stream on a host that caps each connection, uv's one stream per file leaves
+# most of the link idle and warmd's ranges pay for their second pass over the bytes; above it
+# (PyPI's CDN gives ~100 MiB/s a stream here), uv's own parallel downloads keep up.
+_SLOW_STREAM = 32 * 2**20
 _MEASURE_WAIT = 1.2  # seconds to wait after the probe for a host's verdict (a trial takes ~0.8 s)
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
 
@@ -218,7 +222,7 @@ class Pipeline:
 
         Only files uv keeps by itself qualify (no per-index override is passed: the user's uv
         settings stay in force). Of those, warmd keeps a file only where its ranges beat uv's one
-        stream per file: on a host that caps each connection, or one it has already begun.
+        stream per file: on a host that caps each connection to a slow stream; or one it has begun.
         """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
@@ -234,7 +238,8 @@ class Pipeline:
         for sha, pin in candidates.items():
             link = links.get(_host(pin.wheel.url))
             kind = link.kind if link is not None else None
-            if kind == "capped" or (kind != "fast" and self.store.part_path(sha).exists()):
+            if (kind == "capped" and link is not None and link.stream_rate < _SLOW_STREAM) or \
+                    (kind != "fast" and self.store.part_path(sha).exists()):
                 continue  # warmd's ranges win there; or its bytes have begun to come (a fast host's are cheap)
             keeps = uv_keeps(pin.wheel.url, link.cache_control if link else None, known=link is not None,
                              uv_version=version)

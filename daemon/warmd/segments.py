@@ -142,6 +142,12 @@ class Width:
             if self.state == "measure":
                 self._adopted = verdict
 
+    @property
+    def stream_rate(self) -> float:
+        """One stream's best rate, bytes/s, as measured so far (0 before a measurement)."""
+        with self._lock:
+            return self._rate1 or self._best
+
     def cut_first(self) -> bool:
         """Once, after adopting "capped": the running stream must shorten its piece for the others."""
         with self._lock:
