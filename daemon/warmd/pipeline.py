@@ -9,7 +9,7 @@ import hashlib
 import os
 import re
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +42,32 @@ if TYPE_CHECKING:
 _SLOW_STREAM = 32 * 2**20
 _MEASURE_WAIT = 1.2  # seconds to wait after the probe for a host's verdict (a trial takes ~0.8 s)
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
+
+
+# The files each warm under way in this process plans, per store: a warm that is done with a
+# file must not drop it from the store while another still hands it to uv (keep-wheels off).
+_in_use: Counter[tuple[Path, str]] = Counter()
+_in_use_lock = threading.Lock()
+
+
+@contextmanager
+def _using(root: Path, shas: set[str]) -> Iterator[None]:
+    keys = [(root, sha) for sha in shas]
+    with _in_use_lock:
+        _in_use.update(keys)
+    try:
+        yield
+    finally:
+        with _in_use_lock:
+            _in_use.subtract(keys)
+            for k in keys:
+                if _in_use[k] <= 0:
+                    del _in_use[k]
+
+
+def _used_elsewhere(root: Path, sha: str) -> bool:
+    with _in_use_lock:
+        return _in_use[(root, sha)] > 1
 
 
 @dataclass
@@ -125,7 +151,8 @@ class Pipeline:
         self.check_uv()
         plans, failed = self._planner.plan_all(projects)
         reports = []
-        with self._project_locks([pl.project for pl in plans]):
+        with self._project_locks([pl.project for pl in plans]), \
+                _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
             run = self._fetch_and_import(plans)
             for pl in plans:
                 unhashed = self._unhashed(pl)
@@ -272,6 +299,8 @@ class Pipeline:
         warm = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state == "warm"}
         cold = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state != "warm"}
         for sha in (run.need.keys() & warm) - cold:
+            if _used_elsewhere(self.store.root, sha):
+                continue  # another warm in this process (another project, or the run a reload left) still feeds it
             if sha in run.by_uv:
                 self.store.drop_partial(sha)  # a speculative start, never finished
             elif not self.config.keep_wheels:
