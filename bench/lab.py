@@ -138,7 +138,7 @@ def locked_project(tmp: Path, name: str, server: Server, uv: Path, torch_version
 
 def warmd_config(folder: Path, uv: Path, cache: Path, *, roots: tuple[Path, ...] = (),
                  debounce: float | None = None, connections: int | None = None,
-                 variant: str = VARIANT) -> Path:
+                 variant: str = VARIANT, keep_wheels: bool = False) -> Path:
     """A warmd config with its own store and state under `folder`; default packages and connections."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -149,6 +149,8 @@ def warmd_config(folder: Path, uv: Path, cache: Path, *, roots: tuple[Path, ...]
         f"state-dir = {json.dumps(str(folder / 'state'))}",
         f"roots = {json.dumps([str(r) for r in roots])}",
     ]
+    if keep_wheels:
+        lines.append("keep-wheels = true")
     if connections is not None:
         lines += ["[download]", f"connections = {connections}"]
     if debounce is not None:

@@ -24,7 +24,7 @@ def placeholders(mode: Mode) -> list[Row]:
     """The rows as they read when not measured."""
     name = mode.real_project
     return [Row("1a", f"real index (PyPI): prefetch vs uv's cold `uv sync`, `examples/{name}`"),
-            Row("1b", f"real index (PyPI): import + proof only (store full, uv cache empty), `examples/{name}`")]
+            Row("1b", f"real index (PyPI): `keep-wheels = true`: healing an emptied uv cache from the store (import + proof only), `examples/{name}`")]
 
 
 def _copy_project(example: Path, into: Path) -> Path:
@@ -80,16 +80,20 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
         warmd_reports.append(report)
         log(f"  [real index] warmd prefetch #{i + 1}: {m.wall:.2f} s, CPU {m.cpu:.1f} s, "
             f"{mib(m.rx_bytes)} in at {mib(m.rx_rate)}/s")
-        # the floor: the same wheels from the store into an empty uv cache (no network, fresh state)
+        # the floor, and what the store buys (keep-wheels): the same wheels from a full store into an
+        # empty uv cache (no network, fresh state), as after a `uv cache clean`; the store is filled
+        # by an untimed keep-wheels prefetch
+        keep = warmd_config(fresh(tmp / "ri-keep"), uv, fresh(cache), variant="auto", keep_wheels=True)
+        check_warm(prefetch(keep, project, env).stdout)
         fresh(cache)
-        remove(folder / "state")
-        again = prefetch(cfg, project, env)
+        remove(tmp / "ri-keep" / "state")
+        again = prefetch(keep, project, env)
         fetched = json.loads(again.stdout)["summary"]["bytes_downloaded"]
         if fetched:
             raise RuntimeError(f"the import-only prefetch downloaded {fetched} bytes; the store should have had all")
         import_only.append(again)
         log(f"  [real index] import + proof only #{i + 1}: {again.wall:.2f} s, CPU {again.cpu:.1f} s")
-        remove(cache, folder)
+        remove(cache, folder, tmp / "ri-keep")
         return m
 
     need = NEED.get(mode.real_project, 1 * GiB)
@@ -130,7 +134,8 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     full.warmd = f"`warmd prefetch` {secs([m.wall for m in import_only])}; {detail(import_only)}"
     full.baseline = f"cold `uv sync` {med([m.wall for m in uv_runs]):.2f} s (row 1a)"
     full.result = versus(import_only, uv_runs)
-    full.note = ("right after each 1a warmd run: uv's cache and warmd's state emptied, the store kept; "
+    full.note = ("right after each 1a warmd run, with `keep-wheels = true` (the store filled by an untimed "
+                 "prefetch): uv's cache and warmd's state emptied, the store kept, as after a `uv cache clean`; "
                  "0 bytes fetched; what is left is uv unpacking the wheels (`uv pip install` from warmd's "
                  "loopback feeder) and the `uv sync --dry-run --offline` proofs; warmd's own process used "
                  f"{med([m.own_cpu for m in import_only]):.1f} s of the CPU")

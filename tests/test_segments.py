@@ -67,6 +67,22 @@ def test_a_host_verdict_decides_from_the_start_and_one_request_measures() -> Non
     assert Width(8, None).limit(64 * MiB) is None  # no gaps between requests in the measurement
 
 
+def test_a_file_still_measuring_adopts_the_verdict_another_file_found() -> None:
+    clock, verdicts = Clock(), []
+    capped = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
+    _feed(capped, clock, 10 * MiB, 0.1, remaining=500 * MiB)
+    capped.adopt("capped")
+    assert capped.received(1, 500 * MiB, False) == 7  # every other connection at once
+    assert capped.state == "wide" and capped.cut_first() and not capped.cut_first()  # the first stream cut once
+    shared = Width(8, None, fast=500 * MiB, clock=clock)
+    shared.adopt("shared")
+    assert shared.received(1, 500 * MiB, False) == 0 and shared.state == "single"
+    trial, _, _ = _trial(11 * MiB)  # a file past its own measurement keeps its own verdict
+    trial.adopt("capped")
+    assert trial.state == "single" and trial.received(1, 500 * MiB, False) == 0
+    assert verdicts == []  # adopting is not finding: nothing reported back to the host
+
+
 def test_pieces_are_handed_out_front_first_and_a_long_one_shortened() -> None:
     p = Pieces([(0, 10), (20, 30)])
     a, b = p.take(4), p.take(None)

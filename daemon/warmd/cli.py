@@ -320,7 +320,20 @@ def _status(args: argparse.Namespace, config: Config) -> int:
             print(f"  index: {line}")
         for flag in data.get("flags", []) or []:
             print(f"  ! {flag}")
+    if rows:
+        print(_disk_line([r.to_json() for r in rows], config, human_bytes))
     return EXIT_OK
+
+
+def _disk_line(projects: list[dict[str, Any]], config: Config, human_bytes: Any) -> str:
+    """`disk: 3.8 GiB of warm wheels in uv's cache (2 projects); store 0 B (...)`: what warming costs on disk."""
+    from .store import Store
+
+    warm = {w["sha256"]: w.get("size") or 0 for p in projects for w in p.get("wheels", []) if w.get("state") == "warm"}
+    held = Store(config.store_dir).total_bytes() if config.store_dir.is_dir() else 0
+    kept = "a copy of each warm wheel (keep-wheels)" if config.keep_wheels else "downloads in progress only"
+    return (f"disk: {human_bytes(sum(warm.values()))} of warm wheels ({len(warm)} file(s)) in uv's cache; "
+            f"warmd's store {human_bytes(held)}, {kept}")
 
 
 def _when(t: float | None) -> str:

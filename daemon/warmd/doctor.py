@@ -28,7 +28,9 @@ from .plan import PlanOptions, plan_project, project_folder
 from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
 from .redact import redact
+from .store import Store
 from .uvcache import Uv
+from .uvdisk import cache_use
 from .uvconfig import Override, dig, index_overrides, norm_url, read_toml, uv_toml_files
 from .variant import Detection, resolve_variant
 from .watch import INOTIFY_WATCHES, inotify_fix, watch_set
@@ -92,6 +94,9 @@ TROUBLESHOOTING: dict[str, Trouble] = {
         "warmd's uv cache differs from your shell's",
         "set `cache-dir` in the config to the folder your shell's `uv cache dir` prints, or remove it"),
     "disk": Trouble("not enough free space", DiskFull.fix or ""),
+    "prune": Trouble(
+        "unpacked wheel(s) no entry points to",
+        "`warmd doctor --fix` asks uv to remove them (`uv cache prune`; uv waits for running uv commands)"),
     "service-failed": Trouble(
         "service failed",
         "`journalctl --user -u warmd` says why; then `systemctl --user restart warmd`"),
@@ -181,6 +186,7 @@ def diagnose(
             for pin in planned:
                 pins.setdefault(pin.wheel.sha256, pin)
     _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known)
+    _check_footprint(rep, config.store_dir, config.keep_wheels, uv, cache_dir, fix)
     _check_inotify(rep, config)
     _check_service(rep)
     return rep.findings, rep.exit_code
@@ -532,6 +538,33 @@ def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], 
                     fix_text("disk", f"about {human_bytes(need - free)} more is needed"))
         else:
             rep.add("disk", "ok", msg)
+
+
+def _check_footprint(rep: _Report, store_dir: Path, keep_wheels: bool, uv: Uv | None, cache: Path | None,
+                     fix: bool) -> None:
+    """What warmd's store and uv's cache take, and what `uv cache prune` would give back."""
+    why = "keeps a copy of each warm wheel (keep-wheels)" if keep_wheels else "holds only downloads in progress"
+    if store_dir.is_dir():
+        rep.add("store", "info", f"{store_dir}: {human_bytes(Store(store_dir).total_bytes())}; it {why}")
+    if cache is None:
+        return
+    use = cache_use(cache)
+    msg = f"{cache}: {human_bytes(use.total_bytes)}"
+    if not use.orphans:
+        rep.add("uv-cache-use", "ok", msg + "; no unpacked wheel is left without an entry")
+        return
+    msg += (f"; {use.orphans} unpacked wheel(s) no entry points to (left by syncs from a no-store index), "
+            f"about {human_bytes(use.orphan_bytes)} to reclaim")
+    if not fix or uv is None:
+        rep.add("uv-cache-use", "warn" if use.orphan_bytes else "info", msg,
+                fix_text("prune") if use.orphan_bytes else None)
+        return
+    try:
+        said = uv.prune()
+    except WarmdError as exc:
+        rep.add("uv-cache-use", "problem", f"{msg}; {exc}", fix_text("prune"))
+        return
+    rep.add("fix", "info", f"{cache}: `uv cache prune`: {said}")
 
 
 def _read_int(path: Path) -> int | None:

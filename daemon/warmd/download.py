@@ -123,6 +123,9 @@ class FileDownload:
                 self._ledger.save(wait=True)
             self._report(self, "progress", "", True)
             self._on_growing(self._growing)
+            if not self._whole and self.width.wanted() > 1:
+                # a host known to cap each connection: every connection from the start, not one
+                self._spawn(self.width.wanted() - 1, joining=False)
             self._worker(conn, first_piece, resp, joining=False)
             self._join_workers()
             self._ledger.save(wait=True)
@@ -337,8 +340,8 @@ class FileDownload:
                 left = (self.total or 0) - self.reused - self.downloaded
             more = self.width.received(n, left, joining)
             if more:
-                if self.width.state == "trial":
-                    self._pieces.shorten(self.width.keep())  # room for the trial's pieces
+                if self.width.state == "trial" or self.width.cut_first():
+                    self._pieces.shorten(self.width.keep())  # room for the trial's (or the others') pieces
                 self._spawn(more, joining=self.width.state == "trial")
             self._report(self, "progress", "", False)
         if piece.pos >= piece.end and resp.header("content-length") is not None:

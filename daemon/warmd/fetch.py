@@ -36,7 +36,6 @@ __all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
 _LINK_TTL = 600.0  # seconds what a host was found to be like is trusted
-_MEASURE_WAIT = 2.0  # seconds a file waits for another's measurement of their host, at most
 HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched
 
 
@@ -47,6 +46,7 @@ class Link:
     kind: str  # "capped" (per connection), "shared" (one link for all), "fast" (one stream outruns uv)
     cache_control: str | None
     at: float  # time.monotonic()
+    stream_rate: float = 0.0  # one stream's best rate there, bytes/s
 
 
 class FetchSkipped(FetchError):
@@ -88,7 +88,6 @@ class Fetcher:
         self._downloads: dict[str, FileDownload] = {}
         self._conns: set[Connection] = set()
         self._links: dict[str, Link] = {}  # host -> what its last measured download found
-        self._measuring: set[str] = set()  # hosts a download is measuring now
         self._last_emit: dict[str, float] = {}
         self._lock = threading.Lock()
         self._links_cv = threading.Condition(self._lock)
@@ -226,15 +225,10 @@ class Fetcher:
                   holdback: int | None) -> Fetched:
         host = (urllib.parse.urlsplit(wheel.url).hostname or "").lower()
         with self._links_cv:
-            # One file at a time measures an unknown host: the others wait for what it finds
-            # (if one stream is fast, uv may be handed them instead; see pipeline._for_uv).
-            self._links_cv.wait_for(lambda: self._link(host) is not None or host not in self._measuring
-                                    or self._stop.is_set(), _MEASURE_WAIT)
+            # Files of a host not measured yet each start with one stream; the first verdict
+            # found is adopted by the others still measuring (Width.adopt), so none waits for it.
             known = self._link(host)
-            measuring = known is None and host not in self._measuring
-            if measuring:
-                self._measuring.add(host)
-            if sha in self._skipped:  # skip() ran while waiting
+            if sha in self._skipped:  # skip() ran before the download began
                 raise FetchSkipped(f"{wheel.filename}: not needed after all")
         dl: FileDownload | None = None
         dl = FileDownload(
@@ -251,9 +245,6 @@ class Fetcher:
         finally:
             with self._links_cv:
                 self._downloads.pop(sha, None)
-                if measuring:
-                    self._measuring.discard(host)
-                    self._links_cv.notify_all()
 
     def link(self, host: str) -> Link | None:
         """What this host was found to be like in the last ten minutes, if anything."""
@@ -274,12 +265,16 @@ class Fetcher:
         return {h: link for h in wanted if (link := self.link(h)) is not None}
 
     def _learn(self, host: str, kind: str, dl: FileDownload) -> None:
-        logger.debug("{}: {}", host, {"capped": "capped per connection", "shared": "one link shared by all",
-                                     "fast": "one stream outruns uv's unpacking"}[kind])
+        logger.debug("{}: {} (one stream {:.0f} MiB/s)", host,
+                     {"capped": "capped per connection", "shared": "one link shared by all",
+                      "fast": "one stream outruns uv's unpacking"}[kind], dl.width.stream_rate / 2**20)
         with self._links_cv:
-            self._links[host] = Link(kind, dl.cache_control, time.monotonic())
-            self._measuring.discard(host)
+            self._links[host] = Link(kind, dl.cache_control, time.monotonic(), dl.width.stream_rate)
+            others = [d for d in self._downloads.values()
+                      if d is not dl and (urllib.parse.urlsplit(d.wheel.url).hostname or "").lower() == host]
             self._links_cv.notify_all()
+        for other in others:
+            other.width.adopt(kind)
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:

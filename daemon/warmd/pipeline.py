@@ -9,7 +9,7 @@ import hashlib
 import os
 import re
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +36,38 @@ from .uvcache import ProbeResult, Uv
 if TYPE_CHECKING:
     from .state import State
 
-_MEASURE_WAIT = 0.6  # seconds to wait after the probe for the first download's rate
+# Below this rate per stream on a host that caps each connection, uv's one stream per file leaves
+# most of the link idle and warmd's ranges pay for their second pass over the bytes; above it
+# (PyPI's CDN gives ~100 MiB/s a stream here), uv's own parallel downloads keep up.
+_SLOW_STREAM = 32 * 2**20
+_MEASURE_WAIT = 1.2  # seconds to wait after the probe for a host's verdict (a trial takes ~0.8 s)
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
+
+
+# The files each warm under way in this process plans, per store: a warm that is done with a
+# file must not drop it from the store while another still hands it to uv (keep-wheels off).
+_in_use: Counter[tuple[Path, str]] = Counter()
+_in_use_lock = threading.Lock()
+
+
+@contextmanager
+def _using(root: Path, shas: set[str]) -> Iterator[None]:
+    keys = [(root, sha) for sha in shas]
+    with _in_use_lock:
+        _in_use.update(keys)
+    try:
+        yield
+    finally:
+        with _in_use_lock:
+            _in_use.subtract(keys)
+            for k in keys:
+                if _in_use[k] <= 0:
+                    del _in_use[k]
+
+
+def _used_elsewhere(root: Path, sha: str) -> bool:
+    with _in_use_lock:
+        return _in_use[(root, sha)] > 1
 
 
 @dataclass
@@ -121,7 +151,8 @@ class Pipeline:
         self.check_uv()
         plans, failed = self._planner.plan_all(projects)
         reports = []
-        with self._project_locks([pl.project for pl in plans]):
+        with self._project_locks([pl.project for pl in plans]), \
+                _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
             run = self._fetch_and_import(plans)
             for pl in plans:
                 unhashed = self._unhashed(pl)
@@ -214,8 +245,12 @@ class Pipeline:
         return run
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
-        """The needed wheels uv should download itself: on a host one stream of which outruns uv's
-        unpacking, warmd's own copy of the bytes would only cost CPU (ARCHITECTURE.md, "Who downloads")."""
+        """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
+
+        Only files uv keeps by itself qualify (no per-index override is passed: the user's uv
+        settings stay in force). Of those, warmd keeps a file only where its ranges beat uv's one
+        stream per file: on a host that caps each connection to a slow stream; or one it has begun.
+        """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
         candidates = {sha: pin for sha, pin in need.items()
@@ -229,13 +264,16 @@ class Pipeline:
         out = set()
         for sha, pin in candidates.items():
             link = links.get(_host(pin.wheel.url))
-            # uv must keep the file by itself: no per-index override is passed (the user's uv
-            # settings stay in force), so only where the file's headers or its host allow it
-            if link is not None and link.kind == "fast" and \
-                    uv_keeps(pin.wheel.url, link.cache_control, uv_version=version).verdict == "kept":
+            kind = link.kind if link is not None else None
+            if (kind == "capped" and link is not None and link.stream_rate < _SLOW_STREAM) or \
+                    (kind != "fast" and self.store.part_path(sha).exists()):
+                continue  # warmd's ranges win there; or its bytes have begun to come (a fast host's are cheap)
+            keeps = uv_keeps(pin.wheel.url, link.cache_control if link else None, known=link is not None,
+                             uv_version=version)
+            if keeps.verdict == "kept":
                 out.add(sha)
         if out:
-            logger.info("{}: one stream outruns uv's unpacking; uv fetches {} wheel(s) itself",
+            logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
         return out
 
@@ -261,6 +299,8 @@ class Pipeline:
         warm = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state == "warm"}
         cold = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state != "warm"}
         for sha in (run.need.keys() & warm) - cold:
+            if _used_elsewhere(self.store.root, sha):
+                continue  # another warm in this process (another project, or the run a reload left) still feeds it
             if sha in run.by_uv:
                 self.store.drop_partial(sha)  # a speculative start, never finished
             elif not self.config.keep_wheels:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 MiB = 2**20
 
-MEASURE = 0.4  # seconds of transfer behind each decision
+MEASURE = 0.25  # seconds of transfer behind each decision
 WINDOW = 0.1  # seconds over which a rate is taken
 # Two connections must bring this many times one connection's rate to open more. A wrong "no"
 # on a capped server costs a factor of `connections`; a wrong "yes" only some CPU: lean to yes.
@@ -133,6 +133,26 @@ class Width:
         self._samples: deque[tuple[float, int]] = deque()  # (time, bytes) of the last WINDOW seconds
         self._best = 0.0  # the best WINDOW rate of the running measurement
         self._rate1 = 0.0  # one stream's best
+        self._adopted: str | None = None  # a verdict another file of the host found, not acted on yet
+        self._cut_first = False  # the first stream's open-ended request must make room (adopted "capped")
+
+    def adopt(self, verdict: str) -> None:
+        """Another file of the same host found what it is like: a file still measuring follows it."""
+        with self._lock:
+            if self.state == "measure":
+                self._adopted = verdict
+
+    @property
+    def stream_rate(self) -> float:
+        """One stream's best rate, bytes/s, as measured so far (0 before a measurement)."""
+        with self._lock:
+            return self._rate1 or self._best
+
+    def cut_first(self) -> bool:
+        """Once, after adopting "capped": the running stream must shorten its piece for the others."""
+        with self._lock:
+            cut, self._cut_first = self._cut_first, False
+            return cut
 
     def wanted(self) -> int:
         """Connections this file should have now."""
@@ -169,6 +189,13 @@ class Width:
         add = 0
         with self._lock:
             self._bytes += n
+            if self._adopted is not None and self.state == "measure":
+                kind, self._adopted = self._adopted, None
+                if kind == "capped" and self.most > 1:
+                    self.state, self._cut_first = "wide", True
+                    return self.most - 1
+                self.state = "single"
+                return 0
             if self.state not in ("measure", "trial"):
                 return 0
             if self._mark is None:

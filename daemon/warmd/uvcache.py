@@ -217,6 +217,14 @@ class Uv:
                             f"{uv_reason(out)}")
         return out.stdout
 
+    def prune(self, timeout: float = 300) -> str:
+        """`uv cache prune`: uv removes what nothing in its cache points to; returns uv's summary line."""
+        out = self._run(["cache", "prune"], timeout=timeout)
+        if out.returncode != 0:
+            raise UvError(f"`uv cache prune` failed: {uv_reason(out)}")
+        lines = [ln.strip() for ln in (out.stdout + "\n" + out.stderr).splitlines() if ln.strip()]
+        return next((ln for ln in reversed(lines) if ln.startswith(("Removed", "No unused"))), lines[-1] if lines else "")
+
     def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
                       patient: bool = False, on_line: Callable[[str], None] | None = None) -> None:
         """Have uv download `pins` from `urls` (sha256 -> URL) into its cache, checking hashes.
