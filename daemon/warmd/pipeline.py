@@ -75,6 +75,11 @@ class Pipeline:
         """The report of a project whose run was called off before it concluded anything."""
         return self._planner.superseded(project, reason)
 
+    @property
+    def planner(self) -> Planner:
+        """The planner of this pipeline's runs (one variant detection for all of them)."""
+        return self._planner
+
     def pins(self, project: Path) -> list[Pin]:
         """The pins of a project, without fetching anything."""
         return list(self.plan(project).pins)
@@ -94,12 +99,28 @@ class Pipeline:
         except Cancelled as exc:
             return [self._planner.superseded(p, exc.reason) for p in projects]
 
+    def warm_plans(self, plans: Sequence[ProjectPlan]) -> list[ProjectReport]:
+        """Make the pinned wheels of plans made elsewhere warm (the look-ahead's would-be locks).
+
+        They are no project of the user's: nothing is recorded in the state and no project is
+        locked. Work called off (cancel.scope) comes back `superseded`.
+        """
+        try:
+            self.check_uv()
+            return self._warm_plans(plans, [], record=False)
+        except Cancelled as exc:
+            return [dataclasses.replace(report_of(pl, wheels=()), skipped=(), superseded=exc.reason) for pl in plans]
+
     def _warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
         # Without a usable uv nothing can be imported or proven: say so before spending a byte.
         self.check_uv()
         plans, failed = self._planner.plan_all(projects)
+        return self._warm_plans(plans, failed, record=True)
+
+    def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *,
+                    record: bool) -> list[ProjectReport]:
         reports = []
-        with self._project_locks([pl.project for pl in plans]):
+        with self._project_locks([pl.project for pl in plans] if record else []):
             # Downloads start at once for files neither the store nor an earlier run has seen
             # warm; meanwhile uv says what it already has, and those downloads are called off.
             speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
@@ -121,7 +142,8 @@ class Pipeline:
                     for pin in pl.pins:
                         if pin.name not in before[pl.project][pin.python].warm:
                             need.setdefault(pin.wheel.sha256, pin)
-                    self._progress(pl, before[pl.project], need)
+                    if record:
+                        self._progress(pl, before[pl.project], need)
                 # Only uv's answer about the very locks planned may call a download off.
                 if all(pl.is_current() for pl in plans):
                     for sha in speculative.keys() - need.keys():
@@ -141,7 +163,7 @@ class Pipeline:
                 reports.append(self._report(pl, before[pl.project], after[pl.project], fetched, import_errors,
                                             unhashed))
         reports = [_superseded_if_changed(r) for r in reports + failed]
-        if self.state is not None:
+        if record and self.state is not None:
             for r in reports:
                 if r.superseded is None:
                     self.state.record_report(r, outcome_of(r), uv_version=str(self.uv.version))
