@@ -5,11 +5,16 @@ user's own `uv lock --upgrade-package` writes later."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
+
+import pytest
 
 from tests.support.index_server import IndexServer
 from tests.support.projects import run_uv, torch_like_set
 from tests.support.uvplan import tree
+from warmd.errors import WarmdError
 from warmd.lockfile import read_lock
 from warmd.upgrade import COPY_LIMIT, copy_for_lock, needs_build, would_be_lock
 from warmd.uvcache import Uv
@@ -132,3 +137,20 @@ def test_a_package_uv_must_build_is_copied_whole_but_its_venv_and_vcs(tmp_path: 
         "wheels/local-1.0-py3-none-any.whl"}
     assert (out / "wheels" / "local-1.0-py3-none-any.whl").resolve() == wheel  # read by uv, never copied
     assert COPY_LIMIT >= 64 * 2**20
+
+
+def test_a_fifo_or_socket_in_a_package_is_left_out_and_a_copy_that_fails_says_where(tmp_path: Path) -> None:
+    project = tmp_path / "app"
+    _write(project / "pyproject.toml", '[project]\nname = "app"\ndynamic = ["version"]\n')
+    _write(project / "uv.lock", 'version = 1\n\n[[package]]\nname = "app"\nsource = { editable = "." }\n\n'
+           '[[package]]\nname = "torch"\nversion = "2.8.0"\nsource = { registry = "https://i.example/simple" }\n')
+    os.mkfifo(project / "fifo")  # opening it to copy would block the look-ahead for good
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(project / "sock"))
+        copy = copy_for_lock(project, read_lock(project / "uv.lock"), tmp_path / "scratch")
+    assert sorted(p.name for p in copy.iterdir()) == ["pyproject.toml", "uv.lock"]
+
+    blocked = _write(tmp_path / "not-a-folder", "")  # the scratch folder cannot be made there
+    uv = Uv("uv", env={})
+    with pytest.raises(WarmdError, match=r"app: cannot copy what `uv lock` reads into .*not-a-folder"):
+        would_be_lock(uv, project, read_lock(project / "uv.lock"), ["torch"], blocked / "x")

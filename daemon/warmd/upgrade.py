@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Sequence
+
+from loguru import logger
 
 from .errors import WarmdError
 from .lockfile import Lock
@@ -48,9 +52,16 @@ def would_be_lock(uv: Uv, folder: Path, lock: Lock, packages: Sequence[str], des
     names = sorted({p.name for p in lock.packages if not p.is_root and p.local is None and matches(p.name, packages)})
     if not names:
         return None
-    copy = copy_for_lock(folder, lock, dest, ignore=ignore)
+    try:
+        copy = copy_for_lock(folder, lock, dest, ignore=ignore)
+    except OSError as exc:  # a full TMPDIR, a file that vanished mid-copy: the project itself is fine
+        raise WarmdError(f"{folder}: cannot copy what `uv lock` reads into {dest}: "
+                         f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}") from None
     registries = {p.registry for p in lock.packages if p.registry and p.name in names}
-    add_cache_control(copy / "pyproject.toml", sorted(registries))
+    try:
+        add_cache_control(copy / "pyproject.toml", sorted(registries))
+    except ValueError as exc:  # tomlkit refuses a file uv reads: the lock comes out the same, uv keeps less
+        logger.debug("{}: no cache-control override in the look-ahead's copy: {}", folder, exc)
     uv.lock_upgrade(copy, names, pass_fds=pass_fds)
     return copy
 
@@ -113,7 +124,26 @@ def _copy_package(src: Path, dst: Path, skip: set[str]) -> None:
             raise WarmdError(f"{src}: uv must build it to lock it (its metadata is dynamic), and it holds more "
                              f"than {COPY_LIMIT // 2**20} MiB besides {', '.join(sorted(skip))}: too much to copy "
                              "for a look-ahead")
-    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(*skip), dirs_exist_ok=True)
+    shutil.copytree(src, dst, symlinks=True, ignore=_skipping(skip), dirs_exist_ok=True)
+
+
+def _skipping(skip: set[str]) -> Callable[[str, list[str]], set[str]]:
+    """copytree's ignore: the names in `skip`, and whatever is not a file, folder or symlink.
+
+    A FIFO would block the copy on its open, a socket fail it; no build reads either.
+    """
+    def ignore(where: str, names: list[str]) -> set[str]:
+        out = set(names) & skip
+        for name in set(names) - out:
+            try:
+                mode = os.lstat(os.path.join(where, name)).st_mode
+            except OSError:
+                continue  # gone meanwhile: copytree says so if it matters
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                out.add(name)
+        return out
+
+    return ignore
 
 
 def _config_above(folder: Path) -> Path | None:
