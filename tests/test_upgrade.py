@@ -52,9 +52,10 @@ def _workspace(code: Path, server: IndexServer) -> Path:
     return ws
 
 
-def _same_upgrade(tmp_path: Path, project: Path, uv_bin: Path, env: dict[str, str]) -> Path:
+def _same_upgrade(tmp_path: Path, project: Path, uv_bin: Path, env: dict[str, str], server: IndexServer) -> Path:
     """The would-be lock made in a scratch copy, then the user's own upgrade in the project: the same
-    lock, byte for byte, and the project untouched until the user's own `uv lock`. Returns the copy."""
+    lock, byte for byte, and the project untouched until the user's own `uv lock`, which finds the
+    GPU wheels' metadata in uv's cache (no request for a wheel of the GPU index). Returns the copy."""
     code = project.parent
     before = tree(code, folder_mtimes=True)
     uv = Uv(str(uv_bin), env=env)
@@ -63,9 +64,12 @@ def _same_upgrade(tmp_path: Path, project: Path, uv_bin: Path, env: dict[str, st
     assert tree(code, folder_mtimes=True) == before  # only read
     would_be = (copy / "uv.lock").read_text()
     assert "2.9.0+cu128" in would_be
+    server.reset_counters()
     run_uv(uv_bin, ["lock", *[f for p in ("nvidia-nvtx-cu12", "pytorch-triton", "torch")
                               for f in ("--upgrade-package", p)]], cwd=project, env=env)
     assert (project / "uv.lock").read_text() == would_be
+    gpu = [(h.method, h.path, h.range) for h in server.wheel_hits() if "/whl/" in h.path]
+    assert gpu == []
     return copy
 
 
@@ -80,7 +84,7 @@ def test_a_workspace_with_a_path_dependency_locks_in_the_copy_as_in_the_project(
     run_uv(uv_bin, ["lock"], cwd=ws, env=uv_environ)
     torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", pythons=("cp311",), size=16 * 1024)
 
-    copy = _same_upgrade(tmp_path, ws, uv_bin, uv_environ)
+    copy = _same_upgrade(tmp_path, ws, uv_bin, uv_environ, index_server)
     assert copy == tmp_path / "scratch" / "code" / "ws"
     assert _copied(tmp_path / "scratch") == {
         "code/ws/pyproject.toml", "code/ws/uv.lock", "code/ws/.python-version",
@@ -103,9 +107,11 @@ def test_the_uv_toml_above_a_project_without_tool_uv_goes_with_the_copy(
     run_uv(uv_bin, ["lock"], cwd=plain, env=uv_environ)
     torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", pythons=("cp311",), size=16 * 1024)
 
-    copy = _same_upgrade(tmp_path, plain, uv_bin, uv_environ)
+    copy = _same_upgrade(tmp_path, plain, uv_bin, uv_environ, index_server)
     assert copy == tmp_path / "scratch" / "code" / "plain"
     assert _copied(tmp_path / "scratch") == {"code/uv.toml", "code/plain/pyproject.toml", "code/plain/uv.lock"}
+    assert "cache-control" in (tmp_path / "scratch" / "code" / "uv.toml").read_text()
+    assert "cache-control" not in (code / "uv.toml").read_text()
 
 
 def test_a_package_uv_must_build_is_copied_whole_but_its_venv_and_vcs(tmp_path: Path) -> None:

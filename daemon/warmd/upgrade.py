@@ -13,7 +13,8 @@ dependency `../lib` is beside the copy as it is beside the project):
 A path dependency given by an absolute path stays where it is; uv reads it there, as it would.
 
 The copy also gets uv's per-index `cache-control` files override for the indexes of the packages
-looked ahead for, so that the wheel metadata uv reads while locking (Range requests to a no-store
+looked ahead for (in its pyproject.toml and uv.toml files; an index only the user's own uv.toml
+declares keeps uv's default, and its metadata is fetched again by the user's lock), so that the wheel metadata uv reads while locking (Range requests to a no-store
 index) stays in the user's uv cache: the user's own `uv lock --upgrade-package` later reads it
 from there and sends no wheel request at all. It changes what uv keeps, never what it resolves.
 """
@@ -58,10 +59,11 @@ def would_be_lock(uv: Uv, folder: Path, lock: Lock, packages: Sequence[str], des
         raise WarmdError(f"{folder}: cannot copy what `uv lock` reads into {dest}: "
                          f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}") from None
     registries = {p.registry for p in lock.packages if p.registry and p.name in names}
-    try:
-        add_cache_control(copy / "pyproject.toml", sorted(registries))
-    except ValueError as exc:  # tomlkit refuses a file uv reads: the lock comes out the same, uv keeps less
-        logger.debug("{}: no cache-control override in the look-ahead's copy: {}", folder, exc)
+    for config in _uv_configs(dest):
+        try:
+            add_cache_control(config, sorted(registries))
+        except ValueError as exc:  # tomlkit refuses a file uv reads: the lock comes out the same, uv keeps less
+            logger.debug("{}: no cache-control override in the look-ahead's copy: {}", config, exc)
     uv.lock_upgrade(copy, names, pass_fds=pass_fds)
     return copy
 
@@ -95,6 +97,14 @@ def copy_for_lock(folder: Path, lock: Lock, dest: Path, *, ignore: Sequence[str]
     copy = mirror(folder)
     shutil.copy2(folder / "uv.lock", copy / "uv.lock")
     return copy
+
+
+def _uv_configs(dest: Path) -> list[Path]:
+    """The pyproject.toml and uv.toml files of a copy, where uv finds the indexes it locks against."""
+    found = []
+    for where, dirs, files in os.walk(dest):  # never into a symlinked folder: that is not the copy's
+        found += [Path(where) / f for f in sorted(files) if f in ("pyproject.toml", "uv.toml")]
+    return found
 
 
 def needs_build(pyproject: dict[str, Any] | None) -> bool:

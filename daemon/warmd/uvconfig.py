@@ -87,14 +87,16 @@ def index_overrides(folder: Path, env: Mapping[str, str]) -> dict[str, Override]
 
 
 def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
-    """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place,
-    keeping the file's formatting and comments; returns the URLs whose entry changed."""
+    """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place
+    ([[index]] in a uv.toml), keeping the file's formatting and comments; returns the URLs whose
+    entry changed."""
     import tomlkit
 
     text = pyproject.read_text(encoding="utf-8")
     doc = tomlkit.parse(text)
     wanted = {norm_url(u) for u in urls}
-    entries = doc.get("tool", {}).get("uv", {}).get("index", [])
+    settings = doc if pyproject.name == "uv.toml" else doc.get("tool", {}).get("uv", {})
+    entries = settings.get("index", [])
     changed: list[str] = []
     for entry in entries:
         url = entry.get("url")
