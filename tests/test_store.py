@@ -14,8 +14,9 @@ import pytest
 from warmd.ahead import expire
 from warmd.errors import FetchError
 from warmd.model import AheadReport, FileStamp, Outcome, Pin, ProjectReport, WheelFile, WheelReport
+from warmd.partial import Sidecar, merge_ranges, missing_ranges
 from warmd.state import State
-from warmd.store import Sidecar, Store, merge_ranges, missing_ranges
+from warmd.store import Store
 
 
 def _blob(store: Store, data: bytes, mtime: float | None = None) -> str:

@@ -21,12 +21,13 @@ from packaging.version import Version
 from .config import Config, default_config_path
 from .credentials import index_auth
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
-from .headers import check_url, redact
+from .headers import check_url
 from .lockfile import Lock, read_lock
 from .model import Pin
 from .plan import PlanOptions, plan_project, project_folder
 from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
+from .redact import redact
 from .uvcache import Uv
 from .uvconfig import (CACHE_CONTROL_LINE, Override, add_cache_control, dig, index_overrides, norm_url, read_toml,
                        uv_toml_files)

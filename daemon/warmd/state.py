@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import WarmdError
-from .headers import HeaderCheck, redact
+from .headers import HeaderCheck
 from .model import AheadReport, FileStamp, Outcome, Pin, ProjectReport, Upgrade, WheelFile, WheelReport
 from .owner import Owner
+from .redact import redact
 
 STATE_FILE = "state.sqlite3"
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)
@@ -506,6 +507,12 @@ class State:
                 "SELECT state FROM wheels WHERE project=? AND sha256=?", (str(project), sha256)
             ).fetchone()
         return row[0] if row else None
+
+    def warmed_ahead(self, sha256: str) -> bool:
+        """True when the look-ahead warmed this file and no expiry has forgotten it yet."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM ahead_files WHERE sha256=?", (sha256,)).fetchone()
+        return row is not None
 
     def history(self, project: Path) -> list[tuple[float, str, str | None, str | None]]:
         """The project's outcome changes, oldest first: (at, outcome, reason, lock sha256)."""

@@ -4,12 +4,13 @@ per-index `cache-control` override that makes uv keep an index's files (DESIGN.m
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_atomic
 
 # uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
 IMMUTABLE_FILES = "max-age=365000000, immutable"
@@ -112,7 +113,7 @@ def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
                         tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
         changed.append(str(url))
     if changed:
-        _write_atomic(pyproject, tomlkit.dumps(doc))
+        write_atomic(pyproject, tomlkit.dumps(doc))
     return changed
 
 
@@ -126,21 +127,3 @@ def _append_key(entry: Any, key: str, item: Any) -> None:
         entry.value._insert_after(keys[-1].key, key, item)
     else:
         entry[key] = item
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
