@@ -69,6 +69,12 @@ class Server:
         """Change the per-connection cap, the latency and the link cap (0: none)."""
         self.cmd(f"set {rate} {latency} {link}")
 
+    def add(self, wheel: Path, variant: str | None = VARIANT) -> None:
+        """Publish one more wheel on the running index (a release that came after the lock)."""
+        answer = self.cmd(f"add {wheel} {variant or ''}".rstrip())
+        if not answer.get("ok"):
+            raise RuntimeError(f"bench/serve.py did not add {wheel.name}: {answer}")
+
     def close(self) -> None:
         """Stop the server process."""
         if self.proc.poll() is None:
@@ -115,11 +121,13 @@ def gpu_bytes(files: dict[str, Path]) -> int:
     return sum(p.stat().st_size for n, p in files.items() if n != "filelock")
 
 
-def gpu_project(root: Path, name: str, server: Server, torch_version: str, *, extras: bool = True) -> Path:
-    """A uv project pinning torch==V+cu128 from the server's no-store index, for Python 3.11 only."""
+def gpu_project(root: Path, name: str, server: Server, torch_version: str, *, extras: bool = True,
+                requirement: str | None = None) -> Path:
+    """A uv project pinning torch==V+cu128 (or requiring `requirement`) from the server's no-store
+    index, for Python 3.11 only."""
     gpu = ["torch", "pytorch-triton", "nvidia-nvtx-cu12"] if extras else ["torch"]
     project = make_project(root, name, server=server, variant=VARIANT,  # type: ignore[arg-type]
-                           deps=[f"torch=={torch_version}+{VARIANT}"], gpu_packages=gpu)
+                           deps=[requirement or f"torch=={torch_version}+{VARIANT}"], gpu_packages=gpu)
     pp = project / "pyproject.toml"
     # the synthetic release has cp311 wheels only: keep the universal resolution to 3.11
     pp.write_text(pp.read_text().replace('requires-python = ">=3.11"', 'requires-python = "==3.11.*"'))

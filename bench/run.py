@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import daemon, discovery, memory, per_connection, real_index, resume, shared_link, uncapped  # noqa: E402
+from bench import ahead, daemon, discovery, memory, per_connection, real_index, resume, shared_link, uncapped  # noqa: E402
 from bench.core import FULL, QUICK, Mode, Row, not_measured, uv_bin, workspace  # noqa: E402
 from bench.table import machine, render, write_doc  # noqa: E402
 
@@ -39,6 +39,7 @@ GROUPS: list[tuple[str, RowsFn, list[tuple[str, str]]]] = [
     ("memory", memory.rows, [("7", "peak memory fetching a big wheel")]),
     ("daemon", daemon.rows, [("8", "daemon idle with 300 projects"), ("9", "reaction to a lock change")]),
     ("discovery", discovery.rows, [("10", "discovery time")]),
+    ("upgrade", ahead.rows, [("11", "upgrade to a ready venv, look-ahead vs none")]),
 ]
 
 

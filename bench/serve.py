@@ -13,6 +13,8 @@ threads never share a GIL with the process being measured):
     reset                      -> {"ok": true}   forget counters and the first-GET time
     set RATE LATENCY [LINK]    -> {"ok": true}   RATE bytes/s per connection, LINK bytes/s for
                                                  all connections together (0: uncapped)
+    add PATH [VARIANT]         -> {"ok": true}   publish one more wheel (a release after the
+                                                 project was locked), on /whl/VARIANT or /simple
     quit (or EOF)              -> stop
 
 `first_get` is the wall-clock time (time.time()) at which the first wheel GET since the last
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 server.rate_limit = int(cmd[1]) or None
                 server.latency = float(cmd[2])
                 server.link_rate = (int(cmd[3]) if len(cmd) == 4 else 0) or None
+                out = {"ok": True}
+            elif cmd[0] == "add" and len(cmd) in (2, 3):
+                server.add_wheel(Path(cmd[1]), cmd[2] if len(cmd) == 3 else None)
                 out = {"ok": True}
             else:
                 out = {"error": f"unknown command {line.strip()!r}"}

@@ -16,13 +16,14 @@ def test_example_config_is_complete_and_matches_the_defaults() -> None:
     cfg = load_config(EXAMPLE)
     default = Config()
     for field in ("variant", "roots", "packages", "python", "uv", "cache_dir", "store_max_size",
-                  "recheck_interval", "download", "watch", "warm_unhashed", "projects"):
+                  "recheck_interval", "download", "watch", "ahead", "warm_unhashed", "projects"):
         assert getattr(cfg, field) == getattr(default, field), field
     text = EXAMPLE.read_text()
     for key in ("variant", "roots", "packages", "python", "uv", "cache-dir", "store-dir", "store-max-size",
                 "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
                 "max-depth", "debounce", "ignore", "warm-unhashed", "path", "extras", "groups",
-                "no-default-groups", "all-packages"):
+                "no-default-groups", "all-packages", "enable", "interval", "budget", "max-age", "on-metered",
+                "on-battery"):
         assert f"{key} =" in text, f"config.example.toml does not document {key}"
 
 
@@ -58,6 +59,11 @@ def test_values_are_read(tmp_path: Path) -> None:
         ({"recheck-interval": "5s"}, "at least a minute"),
         ({"watch": {"debounce": -1}}, "watch.debounce"),
         ({"warm-unhashed": "yes"}, "warm-unhashed must be true or false"),
+        ({"ahead": {"enable": 1}}, "ahead.enable must be true or false"),
+        ({"ahead": {"interval": "10s"}}, "ahead.interval must be at least a minute"),
+        ({"ahead": {"budget": "lots"}}, "ahead.budget"),
+        ({"ahead": {"packages": "torch"}}, "ahead.packages must be a list"),
+        ({"ahead": {"on-wifi": True}}, "unknown key ahead.on-wifi"),
         ({"project": {"path": "x"}}, r"project must be an array of tables \(\[\[project\]\]\)"),
         ({"project": [{"extras": ["gpu"]}]}, r"project\[0\]\.path is missing"),
         ({"project": [{"path": "x", "extra": ["gpu"]}]}, r"unknown key project\[0\]\.extra"),
@@ -69,6 +75,16 @@ def test_values_are_read(tmp_path: Path) -> None:
 def test_bad_values_name_the_key(data: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         parse_config(data, source=Path("c.toml"))
+
+
+def test_the_look_ahead_is_off_by_default_and_upgrades_what_warmd_warms() -> None:
+    default = parse_config({"packages": ["torch", "nvidia-*"]})
+    assert default.ahead.enable is False and default.ahead.packages == ("torch", "nvidia-*")
+    assert not default.ahead.on_metered and not default.ahead.on_battery
+    cfg = parse_config({"ahead": {"enable": True, "packages": ["torch"], "interval": "6h", "budget": "2GiB",
+                                  "max-age": "3d", "on-metered": True}})
+    assert (cfg.ahead.enable, cfg.ahead.packages, cfg.ahead.interval) == (True, ("torch",), 6 * 3600)
+    assert (cfg.ahead.budget, cfg.ahead.max_age, cfg.ahead.on_metered) == (2 * 2**30, 3 * 86400, True)
 
 
 def test_project_tables_are_read_with_paths_from_the_config_folder(tmp_path: Path) -> None:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from warmd.ahead import expire
 from warmd.errors import FetchError
+from warmd.model import AheadReport, FileStamp, Outcome, Pin, ProjectReport, WheelFile, WheelReport
 from warmd.partial import Sidecar, merge_ranges, missing_ranges
+from warmd.state import State
 from warmd.store import Store
 
 
@@ -99,6 +102,43 @@ def test_evict_removes_idle_partials_but_not_running_ones(tmp_path: Path) -> Non
     with store.lock(running):
         assert store.evict() == [idle]
     assert store.part_path(running).exists() and not store.part_path(idle).exists()
+
+
+def test_discard_drops_a_blob_unless_a_download_holds_it(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    sha = _blob(store, b"w" * 1234)
+    with store.lock(sha):
+        assert store.discard(sha) == 0 and store.has(sha)
+    assert store.discard(sha) == 1234 and not store.has(sha)
+    assert store.discard(sha) == 0  # already gone
+
+
+def _ahead_pin(sha: str, name: str) -> Pin:
+    wheel = WheelFile(url=f"https://i.example/whl/{name}-1.0-py3-none-any.whl", filename=f"{name}-1.0-py3-none-any.whl",
+                      sha256=sha, size=None)
+    return Pin(name=name, version="1.0", index="https://i.example/whl", wheel=wheel, python="3.11",
+               platform="x86_64-manylinux_2_28")
+
+
+def test_warmed_ahead_wheels_no_lock_adopts_leave_the_store_after_max_age(tmp_path: Path) -> None:
+    store, state = Store(tmp_path / "store"), State.open(tmp_path / "state")
+    project = tmp_path / "app"
+    stale, adopted, young = (_blob(store, data) for data in (b"s" * 100, b"a" * 200, b"y" * 300))
+    day = 86400.0
+    for sha, name, at in ((stale, "torch", 1000.0), (adopted, "triton", 1000.0), (young, "nvtx", 1000.0 + 10 * day)):
+        state.record_ahead(AheadReport(project, "0" * 64, "ready", wheels=(WheelReport(_ahead_pin(sha, name), "warm"),),
+                                       checked_at=at))
+    # The user upgrades: a run records the new lock's pins, the triton warmed ahead among them.
+    state.record_report(ProjectReport(project=project, lock=project / "uv.lock", variant="cu128", python=("3.11",),
+                                      wheels=(WheelReport(_ahead_pin(adopted, "triton"), "warm"),),
+                                      stamp=FileStamp("1" * 64)), Outcome("warm"))
+
+    assert expire(state, store, max_age=14 * day, now=1000.0 + 13 * day) == []
+    assert {f.sha256 for f in state.ahead_files()} == {stale, young}  # the adopted one is a pin now
+    assert expire(state, store, max_age=14 * day, now=1000.0 + 15 * day) == [stale]
+    assert not store.has(stale) and store.has(adopted) and store.has(young)
+    assert {f.sha256 for f in state.ahead_files()} == {young}
+    state.close()
 
 
 def test_lock_serialises_writers_and_cancel_stops_waiting(tmp_path: Path) -> None:

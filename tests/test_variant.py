@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fakes import FakeTools, fake_root
 from warmd.variant import KNOWN_VARIANTS, Detection, detect_variant, resolve_variant
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
@@ -13,26 +14,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 
 def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
-
-
-class FakeTools:
-    """Answers commands from fixture files and records which commands were asked for."""
-
-    def __init__(self, **outputs: str) -> None:
-        self.outputs = {k.replace("_", "-") if k == "nvidia_smi" else k: v for k, v in outputs.items()}
-        self.calls: list[list[str]] = []
-
-    def __call__(self, argv: list[str]) -> str | None:
-        self.calls.append(argv)
-        return self.outputs.get(argv[0])
-
-
-def fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        p = tmp_path / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    return tmp_path
 
 
 def test_nothing_found_is_cpu(tmp_path: Path) -> None:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from . import __version__
 from .config import Config, load_config
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
-from .model import ProjectReport, SkippedReport, WheelReport
+from .model import AheadReport, ProjectReport, SkippedReport, WheelReport
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
+    from .policy import UpgradeStatus
 
 # A project whose uv.lock is rewritten while prefetch warms it is warmed again for the new lock,
 # this many times at most.
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--dry-run", action="store_true",
                     help="show the plan (variant, extras, Python, each wheel warm / cold / skipped, bytes to "
                          "fetch) without network or writes")
+    pf.add_argument("--ahead", action="store_true",
+                    help="then look ahead: warm what `uv lock --upgrade-package` would pin next ([ahead] in the "
+                         "config: packages, budget), leaving the projects as they are")
 
     sub.add_parser("run", help="the daemon: watch the roots and keep every project warm")
 
@@ -96,6 +100,8 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     paths = list(args.paths) or _discover_all(config)
     if not paths:
         raise InputError("no PATH given and no projects under the configured `roots`")
+    if args.dry_run and args.ahead:
+        raise InputError("--ahead runs `uv lock` against your indexes and warms what it finds: it cannot be a dry run")
     started = time.monotonic()
     if args.dry_run:
         from .pipeline import preview
@@ -109,18 +115,47 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
         return exit_code(reports)
     state = State.open(config.state_dir)
     pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
+    ahead: list[AheadReport] = []
     try:
         with _cancel_on_ctrl_c(pipeline):
             reports = _warm_settled(pipeline, paths)
+            if args.ahead:
+                from .ahead import look_ahead
+                from .conditions import read_conditions
+
+                ready = [r.project for r in reports if r.error is None and r.superseded is None]
+                ahead = look_ahead(pipeline, ready, settings=config.ahead, state=state,
+                                   conditions=read_conditions(), ignore=config.watch.ignore)
     finally:
         pipeline.close()
         state.close()
     elapsed = time.monotonic() - started
     if args.json:
-        print(json.dumps(_reports_json(reports, elapsed), indent=2))
+        out = _reports_json(reports, elapsed)
+        if args.ahead:
+            out["ahead"] = [_ahead_json(r) for r in ahead]
+            out["exit_code"] = _with_ahead(out["exit_code"], ahead)
+        print(json.dumps(out, indent=2))
     else:
         _print_summary(reports, elapsed)
-    return exit_code(reports)
+        for r in ahead:
+            print(f"{r.project}: {_upgrade(r).line()}")
+    return _with_ahead(exit_code(reports), ahead)
+
+
+def _upgrade(r: AheadReport) -> UpgradeStatus:
+    from .policy import upgrade_of
+
+    return upgrade_of(r)
+
+
+def _ahead_json(r: AheadReport) -> dict[str, Any]:
+    return {"project": str(r.project), **_upgrade(r).to_json(), "wheels": [_wheel_json(w) for w in r.wheels]}
+
+
+def _with_ahead(code: int, ahead: Sequence[AheadReport]) -> int:
+    """A look-ahead that failed (not one postponed: waiting mends that) is failed work."""
+    return EXIT_FAILED if code == EXIT_OK and any(r.outcome == "failed" for r in ahead) else code
 
 
 def _warm_settled(pipeline: Pipeline, paths: Sequence[Path]) -> list[ProjectReport]:
@@ -310,6 +345,8 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         data = row.to_json()
         print(f"{data['project']}  variant {data.get('variant')}  last check {_when(data.get('last_check'))}")
         print("  " + _state_line(data, human_bytes))
+        if data.get("upgrade"):
+            print("  " + data["upgrade"]["line"])
         if data.get("error"):
             print(f"  error: {data['error']}")
         for w in data.get("wheels", []):

@@ -76,6 +76,19 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class AheadSettings:
+    """The upgrade look-ahead: warm what `uv lock --upgrade-package` would pin next, before it is asked for."""
+
+    enable: bool = False  # the daemon looks ahead on its schedule; `prefetch --ahead` does on request
+    packages: tuple[str, ...] = DEFAULT_PACKAGES  # name globs to upgrade (default: the top-level `packages`)
+    interval: float = 86400.0  # seconds between look-aheads of one project
+    budget: int | None = 20 * 2**30  # bytes of warmed-ahead wheels no lock has adopted yet; None: no cap
+    max_age: float = 14 * 86400.0  # seconds before a warmed-ahead wheel no lock adopted leaves the store
+    on_metered: bool = False  # look ahead on a connection NetworkManager calls metered
+    on_battery: bool = False  # look ahead while the machine runs on battery
+
+
+@dataclass(frozen=True)
 class ProjectSettings:
     """A `[[project]]` table: how one project is synced, in uv's own knobs, when warmd's guess is not it."""
 
@@ -109,6 +122,7 @@ class Config:
     retry_delay: float = 60.0  # the daemon's first retry of failed work; doubling up to recheck_interval
     download: DownloadSettings = DownloadSettings()
     watch: WatchSettings = WatchSettings()
+    ahead: AheadSettings = AheadSettings()
     source: Path | None = None  # the file this was read from, for messages
 
 
@@ -189,8 +203,23 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
             if ps.path in seen:
                 raise ConfigError(f"{where}: two [[project]] tables for {ps.path}")
             seen[ps.path] = None
-    r.done({"download", "watch"})
-    return Config(download=download, watch=watch, source=source, **kwargs)
+    ahead = _ahead(r, kwargs.get("packages", DEFAULT_PACKAGES))
+    r.done({"download", "watch", "ahead"})
+    return Config(download=download, watch=watch, ahead=ahead, source=source, **kwargs)
+
+
+def _ahead(r: _Reader, packages: tuple[str, ...]) -> AheadSettings:
+    # The look-ahead upgrades what warmd warms unless told otherwise.
+    read = _section(r, "ahead", {
+        "enable": lambda s, k: s.bool(k),
+        "packages": lambda s, k: tuple(s.strings(k)),
+        "interval": lambda s, k: s.duration(k),
+        "budget": lambda s, k: s.size(k),
+        "max-age": lambda s, k: s.duration(k),
+        "on-metered": lambda s, k: s.bool(k),
+        "on-battery": lambda s, k: s.bool(k),
+    })
+    return AheadSettings(**{"packages": packages, **read})
 
 
 def _variant(r: _Reader, where: str) -> str | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 from loguru import logger
@@ -184,6 +186,12 @@ class Daemon:
         self._retired: list[_PipelineRef] = []
         self._scheduler = None
         self._signal: str | None = None
+        # The look-ahead: one pass at a time (shutdown waits for it), its off switch, and when a
+        # postponed one is tried again (time.time()), with how many were postponed in a row.
+        self._ahead_lock = threading.Lock()
+        self._ahead_token: CancelToken | None = None
+        self._ahead_retry: float | None = None
+        self._ahead_postponed = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -207,12 +215,15 @@ class Daemon:
                 logger.warning("no `roots` in the config: nothing to watch (add the folders holding your projects)")
             self._scheduler = build_scheduler(
                 self.config.recheck_interval,
-                jobs={"headers": self.check_headers, "reprobe": self.reprobe, "rescan": self.rescan},
-                run_now=("headers",),
+                jobs={"headers": self.check_headers, "reprobe": self.reprobe, "rescan": self.rescan,
+                      "ahead": self.look_ahead},
+                # The look-ahead's first pass waits for the start-up warming to be done.
+                run_now=("headers", "ahead"),
+                intervals={"ahead": self.config.ahead.interval},
             )
-            self._scheduler.start()
             for p in projects:
                 self._on_new_project(p)
+            self._scheduler.start()  # after the queue holds the projects: the look-ahead waits for them
             self.notifier.ready()  # after discovery is set up, not after warming: that can take hours
             self._loop()
         finally:
@@ -251,6 +262,9 @@ class Daemon:
             return
         self.queue.close()
         self.queue.cancel_all("warmd is stopping")  # their uv children stop now, their scratch goes
+        with self._lock:
+            if self._ahead_token is not None:
+                self._ahead_token.cancel("warmd is stopping")
         for ref in [self._ref, *self._retired]:
             if ref is not None:
                 ref.pipeline.cancel()
@@ -258,7 +272,12 @@ class Daemon:
             self._scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
+        deadline = time.monotonic() + STOP_DEADLINE
         finished = self.queue.join(STOP_DEADLINE)
+        if finished and self._ahead_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._ahead_lock.release()  # no look-ahead pass runs, and none starts: the stop event is set
+        else:
+            finished = False
         if not finished:
             logger.warning("a run did not stop in time; exiting anyway (its partial downloads resume next start)")
             return  # closing the state or pipeline under a running thread would only add errors
@@ -341,23 +360,28 @@ class Daemon:
         now = time.time()
         with self._lock:
             due = [p for p, at in self._retries.items() if at <= now]
+            ahead_due = self._ahead_retry is not None and self._ahead_retry <= now
+            if ahead_due:
+                self._ahead_retry = None
         for project in due:
             logger.info(f"{project}: trying the failed work again")
             self._submit(project)
+        if ahead_due:
+            self._run_job_now("ahead")
 
-    def _run_project(self, project: Path) -> None:
+    def _run_job_now(self, job: str) -> None:
+        if self._scheduler is not None:
+            self._scheduler.modify_job(job, next_run_time=dt.datetime.now(dt.timezone.utc))
+
+    @contextmanager
+    def _pipeline(self) -> Iterator[_PipelineRef]:
+        """The current pipeline for one run; a SIGHUP meanwhile retires it, and the last run using it closes it."""
         with self._lock:
             ref = self._ref
             assert ref is not None
             ref.users += 1
-            self._started[project] = file_stamp(project / LOCK)
         try:
-            reports = ref.pipeline.warm([project])  # type: ignore[attr-defined]
-        except cancel.Cancelled as exc:  # called off before the pipeline took over
-            reports = [ref.pipeline.superseded(project, exc.reason)]  # type: ignore[attr-defined]
-        except Exception as exc:  # one project's crash must not stop the daemon
-            logger.opt(exception=exc).debug(f"{project}: traceback")
-            reports = [self._record_crash(ref, project, exc)]
+            yield ref
         finally:
             with self._lock:
                 ref.users -= 1
@@ -366,6 +390,18 @@ class Daemon:
                     self._retired.remove(ref)
             if close:
                 ref.pipeline.close()  # type: ignore[attr-defined]
+
+    def _run_project(self, project: Path) -> None:
+        with self._lock:
+            self._started[project] = file_stamp(project / LOCK)
+        with self._pipeline() as ref:
+            try:
+                reports = ref.pipeline.warm([project])  # type: ignore[attr-defined]
+            except cancel.Cancelled as exc:  # called off before the pipeline took over
+                reports = [ref.pipeline.superseded(project, exc.reason)]  # type: ignore[attr-defined]
+            except Exception as exc:  # one project's crash must not stop the daemon
+                logger.opt(exception=exc).debug(f"{project}: traceback")
+                reports = [self._record_crash(ref, project, exc)]
         for r in reports:
             self._settled(r)
 
@@ -449,6 +485,56 @@ class Daemon:
             if not p.exists() and any(r == p or r in p.parents for r in roots):
                 logger.info(f"{p}: gone; forgetting it")
                 self.state.forget_project(p)
+
+    def look_ahead(self) -> None:
+        """Warm each project's next upgrade (`[ahead]`), once the daemon has nothing else to do.
+
+        A project is looked ahead for once per `[ahead] interval` and uv.lock; one postponed (an
+        index down, a metered connection, on battery) is tried again after `retry-delay`, doubling.
+        """
+        from .ahead import look_ahead
+        from .conditions import read_conditions
+
+        assert self.queue is not None and self.watcher is not None and self.state is not None
+        config = self.config
+        if not config.ahead.enable:
+            return
+        while not self.queue.wait_idle(1.0):  # the locks the user has now come first
+            if self.stop_event.is_set():
+                return
+        with self._ahead_lock:
+            if self.stop_event.is_set():
+                return
+            done = self.state.snapshot().ahead
+            now = time.time()
+            projects = []
+            for p in self.watcher.projects:
+                last = done.get(p)
+                if not (p / LOCK).is_file():
+                    continue
+                if (last is not None and last.outcome != "postponed" and now - last.checked_at < config.ahead.interval
+                        and last.lock_sha256 == file_stamp(p / LOCK).sha256):
+                    continue  # looked ahead for this very lock within the interval
+                projects.append(p)
+            if not projects:
+                return
+            token = CancelToken()
+            with self._lock:
+                self._ahead_token = token
+            try:
+                with self._pipeline() as ref, cancel.scope(token):
+                    reports = look_ahead(ref.pipeline, projects, settings=config.ahead,  # type: ignore[arg-type]
+                                         state=self.state, conditions=read_conditions(), ignore=config.watch.ignore)
+            finally:
+                with self._lock:
+                    self._ahead_token = None
+        postponed = any(r.outcome == "postponed" for r in reports) or len(reports) < len(projects)
+        with self._lock:
+            self._ahead_postponed = self._ahead_postponed + 1 if postponed else 0
+            delay = retry_delay(self._ahead_postponed, first=config.retry_delay, cap=config.ahead.interval)
+            self._ahead_retry = time.time() + delay if postponed and not self.stop_event.is_set() else None
+        if postponed:
+            logger.info(f"upgrade look-ahead: trying again in {delay:.0f} s")
 
     def check_headers(self) -> None:
         """HEAD every pinned file and index; record them; warn loudly when a pinned file moved."""
@@ -536,8 +622,14 @@ class Daemon:
                 self._on_new_project(p)
         if new.recheck_interval != old.recheck_interval and self._scheduler is not None:
             for job in self._scheduler.get_jobs():
-                job.reschedule("interval", seconds=new.recheck_interval, jitter=new.recheck_interval * 0.1)
+                if job.id != "ahead":
+                    job.reschedule("interval", seconds=new.recheck_interval, jitter=new.recheck_interval * 0.1)
             logger.info(f"re-checking headers, the uv cache and the roots every {new.recheck_interval:.0f} s")
+        if new.ahead.interval != old.ahead.interval and self._scheduler is not None:
+            self._scheduler.reschedule_job("ahead", trigger="interval", seconds=new.ahead.interval,
+                                           jitter=new.ahead.interval * 0.1)
+        if new.ahead.enable and not old.ahead.enable:
+            self._run_job_now("ahead")  # turned on: look ahead now, not an interval from now
         self.notifier.ready()
         logger.info(f"config reloaded from {new.source or 'defaults'}")
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,6 @@ from urllib.parse import urlsplit
 import httpx
 from packaging.version import Version
 
-from .atomic import write_atomic
 from .config import Config, default_config_path
 from .credentials import index_auth
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
@@ -31,15 +31,13 @@ from .redact import redact
 from .store import Store
 from .uvcache import Uv
 from .uvdisk import cache_use
-from .uvconfig import Override, dig, index_overrides, norm_url, read_toml, uv_toml_files
+from .uvconfig import (CACHE_CONTROL_LINE, Override, add_cache_control, dig, index_overrides, norm_url, read_toml,
+                       uv_toml_files)
 from .variant import Detection, resolve_variant
 from .watch import INOTIFY_WATCHES, inotify_fix, watch_set
 
 Status = Literal["ok", "warn", "problem", "info"]
 
-# uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
-IMMUTABLE_FILES = "max-age=365000000, immutable"
-CACHE_CONTROL_LINE = f'cache-control = {{ files = "{IMMUTABLE_FILES}" }}'
 OLDEST_TESTED_UV = Version("0.8.2")
 _SHELL_TIMEOUT = 5.0
 _HTTP_TIMEOUT = 10.0
@@ -187,6 +185,7 @@ def diagnose(
                 pins.setdefault(pin.wheel.sha256, pin)
     _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known)
     _check_footprint(rep, config.store_dir, config.keep_wheels, uv, cache_dir, fix)
+    _check_ahead(rep, config)
     _check_inotify(rep, config)
     _check_service(rep)
     return rep.findings, rep.exit_code
@@ -453,46 +452,6 @@ def _check_index(rep: _Report, folder: Path, idx: _Index, uv_version: Version | 
     return "not kept"
 
 
-def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
-    """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place,
-    keeping the file's formatting and comments; returns the URLs whose entry changed."""
-    import tomlkit
-
-    text = pyproject.read_text(encoding="utf-8")
-    doc = tomlkit.parse(text)
-    wanted = {norm_url(u) for u in urls}
-    entries = doc.get("tool", {}).get("uv", {}).get("index", [])
-    changed: list[str] = []
-    for entry in entries:
-        url = entry.get("url")
-        if not isinstance(url, str) or norm_url(url) not in wanted:
-            continue
-        cc = entry.get("cache-control")
-        if isinstance(cc, dict):
-            if "files" in cc:
-                continue  # the user's own choice: never overwrite it
-            cc["files"] = IMMUTABLE_FILES
-        else:
-            _append_key(entry, "cache-control",
-                        tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
-        changed.append(str(url))
-    if changed:
-        write_atomic(pyproject, tomlkit.dumps(doc))
-    return changed
-
-
-def _append_key(entry: Any, key: str, item: Any) -> None:
-    """Add `key` after the entry's last key, so its trailing comments and blank lines stay below it."""
-    from tomlkit.items import Table
-
-    body = entry.value.body if isinstance(entry, Table) else None
-    keys = [k for k, _v in body or [] if k is not None]
-    if keys and hasattr(entry.value, "_insert_after"):
-        entry.value._insert_after(keys[-1].key, key, item)
-    else:
-        entry[key] = item
-
-
 # -- disk, inotify, service ------------------------------------------------------------------------
 
 
@@ -565,6 +524,41 @@ def _check_footprint(rep: _Report, store_dir: Path, keep_wheels: bool, uv: Uv | 
         rep.add("uv-cache-use", "problem", f"{msg}; {exc}", fix_text("prune"))
         return
     rep.add("fix", "info", f"{cache}: `uv cache prune`: {said}")
+def _check_ahead(rep: _Report, config: Config) -> None:
+    """The upgrade look-ahead: on or off, how much of its budget is used, and whether it would wait now."""
+    from .ahead import postpone_reason
+    from .conditions import read_conditions
+    from .policy import ahead_held
+    from .state import STATE_FILE, State
+
+    settings = config.ahead
+    held = []
+    if (config.state_dir / STATE_FILE).is_file():  # nothing recorded yet: nothing warmed ahead either
+        state = State.open(config.state_dir)
+        try:
+            held = ahead_held(state.ahead_files(), {pin.wheel.sha256 for _p, pin in state.all_pins()})
+        finally:
+            state.close()
+    used = sum(f.size or 0 for f in held)
+    cap = human_bytes(settings.budget) if settings.budget is not None else "no cap"
+    state_of = "on" if settings.enable else "off (`[ahead] enable = false`; `warmd prefetch --ahead` looks ahead on request)"
+    msg = (f"upgrade look-ahead {state_of}; budget: {human_bytes(used)} of {cap} used by {len(held)} warmed-ahead "
+           "wheel(s) no lock has adopted yet")
+    if held:
+        oldest = (time.time() - held[0].warmed_at) / 86400
+        msg += f" (the oldest {oldest:.1f} d old; dropped from warmd's store at {settings.max_age / 86400:.0f} d)"
+    if settings.budget is not None and used > settings.budget:
+        rep.add("ahead", "warn", msg, "raise `[ahead] budget`, or wait: warmed-ahead wheels no lock adopts leave "
+                "warmd's store after `[ahead] max-age`; nothing new is warmed ahead meanwhile")
+    else:
+        rep.add("ahead", "info", msg)
+    conditions = read_conditions()
+    why = postpone_reason(settings, conditions)
+    readings = f"connection: {conditions.metered.detail}; power: {conditions.battery.detail}"
+    if why is not None and settings.enable:
+        rep.add("ahead", "info", f"the look-ahead waits now: {why}")
+    else:
+        rep.add("ahead", "info", readings)
 
 
 def _read_int(path: Path) -> int | None:

@@ -61,5 +61,9 @@ class UvError(WarmdError):
     """The configured uv failed, is missing, or answered something warmd does not understand."""
 
 
+class IndexUnreachable(UvError):
+    """uv could not reach an index (down, too slow, no network): waiting mends it."""
+
+
 class Busy(WarmdError):
     """Another warmd process holds the lock on the state directory."""

@@ -58,6 +58,9 @@ class LockedPackage:
     url: str | None = None  # `source = { url = ... }`: a wheel or sdist pinned by its URL
     source: str = "registry"  # the kind of source: registry, url, git, path, directory, editable, virtual
     has_sdist: bool = False
+    # For a path, directory, editable or virtual source: where it is, as the lock says it (relative
+    # to the lock's folder, or absolute).
+    local: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ def _package(raw: Any, path: Path, index: int) -> LockedPackage:
         if value is not None and not isinstance(value, str):
             raise LockError(f"{where}: `source.{key}` must be a string")
     is_root = kind in ("virtual", "editable") or source.get("directory") == "."
+    local = source.get(kind) if kind in ("path", "directory", "editable", "virtual") else None
     wheels: tuple[LockedWheel, ...] = ()
     # Only wheels served over http(s) are fetched; a registry may also be a local folder (find-links).
     remote = registry if registry is not None and _is_remote(registry) else None
@@ -180,6 +184,7 @@ def _package(raw: Any, path: Path, index: int) -> LockedPackage:
         url=url if url is not None and _is_remote(url) else None,
         source=kind,
         has_sdist=isinstance(raw.get("sdist"), dict),
+        local=local if isinstance(local, str) else None,
     )
 
 

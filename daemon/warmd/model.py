@@ -143,3 +143,27 @@ class ProjectReport:
         """True when every pinned wheel is warm and nothing failed."""
         return (self.error is None and self.superseded is None and all(w.state == "warm" for w in self.wheels)
                 and all(s.state in ("warm", "skipped") for s in self.skipped))
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """One warmed package a would-be lock moves: from the version the project pins to the one uv would lock."""
+
+    name: str
+    old: str | None  # None: the project does not pin it now
+    new: str | None  # None: the would-be lock drops it
+
+
+@dataclass(frozen=True)
+class AheadReport:
+    """What one look-ahead concluded for one project: the upgrade uv would lock, and how warm it is."""
+
+    project: Path
+    lock_sha256: str | None  # the project's uv.lock it started from: it is about that lock only
+    outcome: str  # "ready", "partial", "none", "postponed" or "failed"
+    reason: str | None = None  # why, for anything but ready
+    upgrades: tuple[Upgrade, ...] = ()
+    # The would-be lock's wheels the project does not pin now, each as the look-ahead left it
+    # ("cold" with a reason for those the budget had no room for).
+    wheels: tuple[WheelReport, ...] = ()
+    checked_at: float = 0.0  # unix time

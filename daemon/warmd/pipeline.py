@@ -127,6 +127,11 @@ class Pipeline:
         """The report of a project whose run was called off before it concluded anything."""
         return self._planner.superseded(project, reason)
 
+    @property
+    def planner(self) -> Planner:
+        """The planner of this pipeline's runs (one variant detection for all of them)."""
+        return self._planner
+
     def pins(self, project: Path) -> list[Pin]:
         """The pins of a project, without fetching anything."""
         return list(self.plan(project).pins)
@@ -146,14 +151,30 @@ class Pipeline:
         except Cancelled as exc:
             return [self._planner.superseded(p, exc.reason) for p in projects]
 
+    def warm_plans(self, plans: Sequence[ProjectPlan]) -> list[ProjectReport]:
+        """Make the pinned wheels of plans made elsewhere warm (the look-ahead's would-be locks).
+
+        They are no project of the user's: nothing is recorded in the state and no project is
+        locked. Work called off (cancel.scope) comes back `superseded`.
+        """
+        try:
+            self.check_uv()
+            return self._warm_plans(plans, [], record=False)
+        except Cancelled as exc:
+            return [dataclasses.replace(report_of(pl, wheels=()), skipped=(), superseded=exc.reason) for pl in plans]
+
     def _warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
         # Without a usable uv nothing can be imported or proven: say so before spending a byte.
         self.check_uv()
         plans, failed = self._planner.plan_all(projects)
+        return self._warm_plans(plans, failed, record=True)
+
+    def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *,
+                    record: bool) -> list[ProjectReport]:
         reports = []
-        with self._project_locks([pl.project for pl in plans]), \
+        with self._project_locks([pl.project for pl in plans] if record else []), \
                 _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
-            run = self._fetch_and_import(plans)
+            run = self._fetch_and_import(plans, record=record)
             for pl in plans:
                 unhashed = self._unhashed(pl)
                 if not pl.is_current():  # what uv said may be about another lock
@@ -162,7 +183,7 @@ class Pipeline:
                 reports.append(self._report(pl, run, unhashed))
             self._tidy(reports, run)
         reports = [_superseded_if_changed(r) for r in reports + failed]
-        if self.state is not None:
+        if record and self.state is not None:
             for r in reports:
                 if r.superseded is None:
                     self.state.record_report(r, outcome_of(r), uv_version=str(self.uv.version))
@@ -180,8 +201,9 @@ class Pipeline:
 
     # -- fetch and import ----------------------------------------------------------------------
 
-    def _fetch_and_import(self, plans: list[ProjectPlan]) -> _Run:
-        """Probe, then get every wheel uv lacks into its cache, then ask uv again."""
+    def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool = True) -> _Run:
+        """Probe, then get every wheel uv lacks into its cache, then ask uv again (`record`: say how
+        far each project is in the state)."""
         pins = [pin for pl in plans for pin in pl.pins]
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
         # Downloads start at once for files neither the store nor an earlier run has seen
@@ -207,7 +229,8 @@ class Pipeline:
                     for pin in pl.pins:
                         if pin.name not in before[pl.project][pin.python].warm:
                             need.setdefault(pin.wheel.sha256, pin)
-                    self._progress(pl, before[pl.project], need)
+                    if record:
+                        self._progress(pl, before[pl.project], need)
                 # Only uv's answer about the very locks planned may call a download off.
                 if all(pl.is_current() for pl in plans):
                     for sha in speculative.keys() - need.keys():
@@ -386,7 +409,10 @@ class Pipeline:
         return out
 
     def _was_warm(self, project: Path, pin: Pin) -> bool:
-        return self.state is not None and self.state.wheel_state(project, pin.wheel.sha256) == "warm"
+        # A wheel the look-ahead warmed is in uv's cache as surely as one a run of the project did:
+        # the lock that adopts it should not start downloading it before uv is asked.
+        return self.state is not None and (self.state.wheel_state(project, pin.wheel.sha256) == "warm"
+                                           or self.state.warmed_ahead(pin.wheel.sha256))
 
     def _report(self, pl: ProjectPlan, run: _Run, unhashed: dict[tuple[str, str], SkippedReport]) -> ProjectReport:
         before, after = run.before[pl.project], run.after[pl.project]

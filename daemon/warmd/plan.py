@@ -10,6 +10,7 @@ build, whatever it is called. Nothing here writes anything or uses the network.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import platform as _platform
 import re
@@ -243,6 +244,19 @@ class Planner:
                 return pl
             logger.info("{}: changed while it was planned; planning it again", folder)
         raise Cancelled(f"uv.lock kept changing while it was read ({PLAN_ATTEMPTS} tries)")
+
+    def plan_as(self, folder: Path, like: ProjectPlan) -> ProjectPlan:
+        """Plan another folder holding a copy of `like`'s project (a would-be lock) with `like`'s build.
+
+        The variant, extras and groups are `like`'s, and so are the `[[project]]` table's other
+        knobs: the copy is planned as the user's `uv sync` would sync it, not chosen afresh.
+        """
+        own = self.options.settings(like.project)
+        settings = ProjectSettings(path=project_folder(folder), variant=like.variant, extras=like.extras,
+                                   groups=like.groups, no_default_groups=bool(own and own.no_default_groups),
+                                   all_packages=bool(own and own.all_packages))
+        options = dataclasses.replace(self.options, projects=(settings,))
+        return plan_project(folder, uv=self.uv, options=options, detection=self.detection)
 
     def plan_all(self, projects: Sequence[Path]) -> tuple[list[ProjectPlan], list[ProjectReport]]:
         """Plans of the projects that could be planned, and a report naming why for the others."""

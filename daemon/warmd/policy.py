@@ -16,12 +16,13 @@ from urllib.parse import urlsplit
 
 from .headers import HeaderCheck, cache_verdict, is_immutable_host
 from .lockfile import file_stamp
-from .model import Outcome, ProjectReport
+from .model import AheadReport, Outcome, ProjectReport, Upgrade
 from .owner import Owner
+from .progress import human_bytes
 from .uvconfig import Override, index_overrides, norm_url
 
 if TYPE_CHECKING:
-    from .state import Snapshot, State, StoredProject
+    from .state import AheadFile, Snapshot, State, StoredProject
 
 # The states of a project, the contract of `warmd status` (docs/status.schema.json lists the same).
 STATES: dict[str, str] = {
@@ -34,6 +35,16 @@ STATES: dict[str, str] = {
     "stale": "uv.lock changed since warmd last looked (or warming was interrupted), and no warmd has taken it up yet",
 }
 OUTCOMES = ("warm", "unproven", "failed", "nothing to warm")
+# What a look-ahead concluded (`upgrade.state` of `warmd status --json`).
+AHEAD_OUTCOMES: dict[str, str] = {
+    "ready": "every wheel the would-be lock adds is warm: upgrading downloads none of them",
+    "partial": "some of them are warm; the rest did not fit the look-ahead budget, or uv could not be asked",
+    "none": "uv would upgrade nothing warmd warms: the project's constraints allow no newer build",
+    "postponed": "not looked ahead now (an index down or slow, a metered connection, on battery); tried again later",
+    "failed": "the look-ahead failed in a way waiting does not mend; `reason` says why",
+}
+# The packages whose version names an upgrade best, in this order.
+_HEADLINE = ("torch", "torchvision", "torchaudio", "jax", "jaxlib")
 
 
 # -- does uv keep this index's files --------------------------------------------------------------------
@@ -151,6 +162,80 @@ class IndexStatus:
 
 
 @dataclass(frozen=True)
+class UpgradeStatus:
+    """The upgrade the look-ahead found for a project's current uv.lock, as `warmd status` shows it."""
+
+    state: str  # AHEAD_OUTCOMES
+    reason: str | None
+    checked_at: float
+    lock_sha256: str | None
+    packages: tuple[Upgrade, ...]
+    wheels_planned: int  # the would-be lock's wheels the project does not pin now
+    wheels_warm: int
+    bytes_planned: int  # their known sizes
+    bytes_warm: int
+
+    def line(self) -> str:
+        """`upgrade ready: torch 2.9.0+cu128, 2.4 GiB warm`, and the like for every other state."""
+        return upgrade_line(self.state, self.reason, self.packages, self.bytes_warm, self.bytes_planned)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `upgrade` object of `warmd status --json` (docs/status.schema.json)."""
+        d = asdict(self)
+        d["packages"] = [{"name": u.name, "from": u.old, "to": u.new} for u in self.packages]
+        d["line"] = self.line()
+        return d
+
+
+def upgrade_line(state: str, reason: str | None, packages: tuple[Upgrade, ...], bytes_warm: int,
+                 bytes_planned: int) -> str:
+    """One line saying what a look-ahead found: what uv would upgrade to and how much of it is warm."""
+    what = headline(packages)
+    if state == "ready":
+        return f"upgrade ready: {what}, {human_bytes(bytes_warm)} warm"
+    if state == "partial":
+        return (f"upgrade partly ready: {what}, {human_bytes(bytes_warm)} of {human_bytes(bytes_planned)} warm"
+                + (f" ({reason})" if reason else ""))
+    if state == "none":
+        return f"no upgrade: {reason}" if reason else "no upgrade"
+    return f"upgrade look-ahead {state}: {reason}" if reason else f"upgrade look-ahead {state}"
+
+
+def headline(packages: tuple[Upgrade, ...]) -> str:
+    """`torch 2.9.0+cu128` (and how many other packages move with it)."""
+    moved = [u for u in packages if u.new is not None]
+    if not moved:
+        return "nothing new"
+    ranked = sorted(moved, key=lambda u: (_HEADLINE.index(u.name) if u.name in _HEADLINE else len(_HEADLINE), u.name))
+    first = ranked[0]
+    more = len(ranked) - 1
+    return f"{first.name} {first.new}" + (f" (+{more} more)" if more else "")
+
+
+def upgrade_status(report: AheadReport | None, current_sha: str | None) -> UpgradeStatus | None:
+    """The project's last look-ahead, when it is about the uv.lock there is now (None otherwise)."""
+    if report is None or current_sha is None or report.lock_sha256 != current_sha:
+        return None
+    return upgrade_of(report)
+
+
+def upgrade_of(report: AheadReport) -> UpgradeStatus:
+    """What one look-ahead found, as `warmd status` and `prefetch --ahead` show it."""
+    warm = [w for w in report.wheels if w.state == "warm"]
+    return UpgradeStatus(
+        state=report.outcome, reason=report.reason, checked_at=report.checked_at, lock_sha256=report.lock_sha256,
+        packages=report.upgrades, wheels_planned=len(report.wheels), wheels_warm=len(warm),
+        bytes_planned=sum(w.pin.wheel.size or 0 for w in report.wheels),
+        bytes_warm=sum(w.pin.wheel.size or 0 for w in warm),
+    )
+
+
+def ahead_held(files: list[AheadFile], pinned: set[str]) -> list[AheadFile]:
+    """The warmed-ahead wheels that count against the budget: those no project's lock pins yet."""
+    return [f for f in files if f.sha256 not in pinned]
+
+
+@dataclass(frozen=True)
 class ProjectStatus:
     """One project as `warmd status` shows it: its state (STATES) and what it rests on."""
 
@@ -172,6 +257,7 @@ class ProjectStatus:
     wheels: tuple[WheelStatus, ...]
     indexes: tuple[IndexStatus, ...]
     flags: tuple[str, ...]  # one-line warnings worth the user's attention
+    upgrade: UpgradeStatus | None = None  # the look-ahead's word on this uv.lock, if any
 
     @property
     def bytes_saved(self) -> int:
@@ -195,6 +281,7 @@ class ProjectStatus:
         d["bytes_downloaded"] = sum(w.bytes_downloaded for w in self.wheels)
         for w in d["wheels"]:
             w["warnings"] = list(w["warnings"])
+        d["upgrade"] = self.upgrade.to_json() if self.upgrade else None
         return d
 
 
@@ -236,6 +323,7 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
         next_retry=p.retry_at if live and state == "failed" else None, failures=p.failures,
         lock_sha256=p.lock_stamp.sha256 if p.lock_stamp else None, uv=p.uv_version, variant=p.variant,
         python=p.python, last_check=p.last_run, error=p.error, wheels=wheels, indexes=indexes, flags=tuple(flags),
+        upgrade=upgrade_status(snap.ahead.get(p.path), now_sha),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from loguru import logger
@@ -15,8 +15,10 @@ def build_scheduler(
     jobs: dict[str, Callable[[], None]],
     jitter_fraction: float = 0.1,
     run_now: Iterable[str] = (),
+    intervals: Mapping[str, float] | None = None,
 ) -> BackgroundScheduler:
-    """A not-yet-started scheduler running each job every `interval` seconds (± jitter); `run_now` jobs also run at start."""
+    """A not-yet-started scheduler running each job every `interval` seconds (± jitter), or every
+    `intervals[name]` for the jobs named there; `run_now` jobs also run at start."""
     scheduler = BackgroundScheduler(
         timezone=dt.timezone.utc,  # no tzlocal guessing on hosts without /etc/localtime
         job_defaults={
@@ -29,11 +31,12 @@ def build_scheduler(
     first = set(run_now)
     now = dt.datetime.now(dt.timezone.utc)
     for name, fn in jobs.items():
+        every = (intervals or {}).get(name, interval)
         scheduler.add_job(
             _logged(name, fn),
             "interval",
-            seconds=interval,
-            jitter=interval * jitter_fraction,
+            seconds=every,
+            jitter=every * jitter_fraction,
             id=name,
             name=name,
             **({"next_run_time": now} if name in first else {}),

@@ -5,17 +5,18 @@ It stores and reads; what a user is told from it is composed in policy.py.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .errors import WarmdError
 from .headers import HeaderCheck
-from .model import FileStamp, Outcome, Pin, ProjectReport, WheelFile
+from .model import AheadReport, FileStamp, Outcome, Pin, ProjectReport, Upgrade, WheelFile, WheelReport
 from .owner import Owner
 from .redact import redact
 
@@ -73,12 +74,24 @@ class StoredProject:
 
 
 @dataclass(frozen=True)
+class AheadFile:
+    """A wheel the look-ahead warmed for a would-be lock: it counts against the budget until a lock adopts it."""
+
+    sha256: str
+    filename: str
+    size: int | None
+    project: Path  # the project whose would-be lock first wanted it
+    warmed_at: float
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything `warmd status` is made from, read in one transaction."""
 
     projects: tuple[StoredProject, ...]
     headers: Mapping[str, HeaderCheck]  # URL -> its latest check
     good_headers: Mapping[str, HeaderCheck]  # URL -> its latest check answered with a 2xx
+    ahead: Mapping[Path, AheadReport] = field(default_factory=dict)  # project -> its last look-ahead
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -176,8 +189,34 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    # The upgrade look-ahead: each project's last one (its upgrades and new wheels as JSON, read
+    # back whole), and the wheels it warmed, which count against its budget until a lock pins them.
+    _script(
+        db,
+        """
+        CREATE TABLE ahead (
+            project TEXT PRIMARY KEY REFERENCES projects(path) ON DELETE CASCADE,
+            lock_sha256 TEXT,
+            checked_at REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT,
+            upgrades TEXT NOT NULL DEFAULT '[]',
+            wheels TEXT NOT NULL DEFAULT '[]'
+        );
+        CREATE TABLE ahead_files (
+            sha256 TEXT PRIMARY KEY,
+            filename TEXT NOT NULL,
+            size INTEGER,
+            project TEXT NOT NULL,
+            warmed_at REAL NOT NULL
+        );
+        """
+    )
+
+
 # Index i migrates a database at user_version i to i + 1; append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -395,6 +434,36 @@ class State:
                 (redact(h.url), HEADER_HISTORY),
             )
 
+    def record_ahead(self, report: AheadReport) -> None:
+        """Store a project's latest look-ahead (replacing the one before) and track the wheels it warmed."""
+        upgrades = [{"name": u.name, "old": u.old, "new": u.new} for u in report.upgrades]
+        wheels = [_wheel_json(w) for w in report.wheels]
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO projects(path) VALUES (?)", (str(report.project),))
+            db.execute(
+                "INSERT OR REPLACE INTO ahead(project, lock_sha256, checked_at, outcome, reason, upgrades, wheels) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (str(report.project), report.lock_sha256, report.checked_at or time.time(), report.outcome,
+                 report.reason, json.dumps(upgrades), json.dumps(wheels)),
+            )
+            for w in report.wheels:
+                if w.state == "warm":  # the first look-ahead that warmed a file starts its age
+                    db.execute("INSERT OR IGNORE INTO ahead_files(sha256, filename, size, project, warmed_at) "
+                               "VALUES (?,?,?,?,?)", (w.pin.wheel.sha256, w.pin.wheel.filename, w.pin.wheel.size,
+                                                      str(report.project), report.checked_at or time.time()))
+
+    def ahead_files(self) -> list[AheadFile]:
+        """Every wheel the look-ahead warmed that is still tracked, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT sha256, filename, size, project, warmed_at FROM ahead_files "
+                                    "ORDER BY warmed_at, sha256").fetchall()
+        return [AheadFile(r[0], r[1], r[2], Path(r[3]), r[4]) for r in rows]
+
+    def forget_ahead_files(self, shas: Iterable[str]) -> None:
+        """Stop tracking these warmed-ahead wheels (a lock adopted them, or they were dropped)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM ahead_files WHERE sha256=?", [(s,) for s in shas])
+
     def forget_project(self, path: Path) -> None:
         """Drop a project, its pins and wheel states (header history stays: it is per URL)."""
         with self._tx() as db:
@@ -439,6 +508,12 @@ class State:
             ).fetchone()
         return row[0] if row else None
 
+    def warmed_ahead(self, sha256: str) -> bool:
+        """True when the look-ahead warmed this file and no expiry has forgotten it yet."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM ahead_files WHERE sha256=?", (sha256,)).fetchone()
+        return row is not None
+
     def history(self, project: Path) -> list[tuple[float, str, str | None, str | None]]:
         """The project's outcome changes, oldest first: (at, outcome, reason, lock sha256)."""
         with self._lock:
@@ -451,6 +526,8 @@ class State:
             self._db.execute("BEGIN")  # one snapshot for all the reads below, however busy the writer
             try:
                 projects, pins, since, headers, good, warnings = self._snapshot_rows()
+                ahead = self._db.execute("SELECT project, lock_sha256, checked_at, outcome, reason, upgrades, wheels "
+                                         "FROM ahead").fetchall()
             finally:
                 self._db.execute("COMMIT")
         by_project: dict[str, list[StoredWheel]] = {}
@@ -477,7 +554,8 @@ class State:
                 retry_at=retry_at, wheels=tuple(by_project.get(path, ())),
             ))
         return Snapshot(projects=tuple(out), headers={u: _header(r) for u, r in headers.items()},
-                        good_headers={u: _header(r) for u, r in good.items()})
+                        good_headers={u: _header(r) for u, r in good.items()},
+                        ahead={Path(r[0]): _ahead(r) for r in ahead})
 
     def _snapshot_rows(self) -> tuple[list, list, dict[str, float], dict, dict, dict[str, list[tuple[float, str]]]]:
         projects = self._db.execute(
@@ -533,6 +611,30 @@ def _header(row: tuple) -> HeaderCheck:
     _, url, status, cc, etag, lm, length, method, at, error, _warning = row
     return HeaderCheck(url=url, status=status, cache_control=cc, etag=etag, last_modified=lm,
                        content_length=length, method=method, checked_at=at, error=error)
+
+
+def _wheel_json(w: WheelReport) -> dict:
+    p = w.pin
+    return {"name": p.name, "version": p.version, "index": p.index, "url": redact(p.wheel.url),
+            "filename": p.wheel.filename, "sha256": p.wheel.sha256, "size": p.wheel.size, "python": p.python,
+            "platform": p.platform, "state": w.state, "reason": w.reason}
+
+
+def _ahead(r: tuple) -> AheadReport:
+    project, lock_sha, at, outcome, reason, upgrades, wheels = r
+    try:
+        ups, whs = json.loads(upgrades), json.loads(wheels)
+    except ValueError:  # written by this module only; unreadable means another writer: show no detail
+        ups, whs = [], []
+    return AheadReport(
+        project=Path(project), lock_sha256=lock_sha, outcome=outcome, reason=reason, checked_at=at,
+        upgrades=tuple(Upgrade(u["name"], u.get("old"), u.get("new")) for u in ups),
+        wheels=tuple(WheelReport(Pin(name=w["name"], version=w["version"], index=w.get("index"),
+                                     wheel=WheelFile(url=w["url"], filename=w["filename"], sha256=w["sha256"],
+                                                     size=w.get("size")),
+                                     python=w["python"], platform=w["platform"]), w["state"], w.get("reason"))
+                     for w in whs),
+    )
 
 
 def _pin(r: tuple) -> Pin:

@@ -96,6 +96,19 @@ class Store:
                 return None
         return p
 
+    def discard(self, sha: str) -> int:
+        """Remove the complete blob for `sha` unless a download of it holds its lock; returns the bytes freed."""
+        if self._busy(sha):
+            return 0
+        p = self.blob_path(sha)
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            return 0
+        logger.debug("store: dropped {} ({} bytes)", sha[:12], size)
+        return size
+
     def commit(self, sha: str, part_path: Path) -> Path:
         """Move a verified partial into blobs/ atomically and durably; returns the blob path."""
         dest = self.blob_path(sha)

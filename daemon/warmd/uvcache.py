@@ -24,13 +24,19 @@ from loguru import logger
 from packaging.version import InvalidVersion, Version
 
 from . import cancel, scratch
-from .errors import LockError, UvError
+from .errors import IndexUnreachable, LockError, UvError
 from .model import Pin, Skipped
 
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
 # ` + torch==2.8.0`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…` (not cached yet)
 _INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)\s*(?:==|@)")
 _PY_VERSION = re.compile(r"(\d+\.\d+)")
+# What uv says when an index is down, too slow or out of reach (0.8.2 and 0.13.x word it alike).
+_UNREACHABLE = re.compile(r"Failed to fetch|error sending request|Request failed after|operation timed out|"
+                          r"Connection refused|connection reset|dns error|server error \(5\d\d|429 Too Many|"
+                          r"Network connectivity is disabled", re.IGNORECASE)
+# `uv lock` resolves against the network: an index slower than this postpones it.
+_LOCK_TIMEOUT = 600.0
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
 _DROPS_BAD_WHEELS_FROM = Version("0.13.8")
@@ -224,6 +230,24 @@ class Uv:
             raise UvError(f"`uv cache prune` failed: {uv_reason(out)}")
         lines = [ln.strip() for ln in (out.stdout + "\n" + out.stderr).splitlines() if ln.strip()]
         return next((ln for ln in reversed(lines) if ln.startswith(("Removed", "No unused"))), lines[-1] if lines else "")
+
+    def lock_upgrade(self, folder: Path, packages: Sequence[str], *, pass_fds: Sequence[int] = ()) -> None:
+        """Run `uv lock --upgrade-package P ...` in `folder`, as the user would, writing its uv.lock there.
+
+        Raises IndexUnreachable when uv could not reach an index (or took longer than a slow index
+        would excuse), UvError for anything else uv refused.
+        """
+        args = ["lock", *(f for p in packages for f in ("--upgrade-package", p))]
+        try:
+            out = self._run(args, cwd=folder, env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=_LOCK_TIMEOUT,
+                            pass_fds=pass_fds)
+        except UvError as exc:
+            if "did not finish within" not in str(exc):  # _run's own words for a timeout
+                raise
+            raise IndexUnreachable(f"{exc} (is an index that slow?)") from None
+        if out.returncode != 0:
+            why = uv_reason(out)
+            raise (IndexUnreachable if _UNREACHABLE.search(why) else UvError)(f"`uv lock --upgrade-package` failed: {why}")
 
     def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
                       patient: bool = False, on_line: Callable[[str], None] | None = None) -> None:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_atomic
+
+# uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
+IMMUTABLE_FILES = "max-age=365000000, immutable"
+CACHE_CONTROL_LINE = f'cache-control = {{ files = "{IMMUTABLE_FILES}" }}'
 
 
 @dataclass(frozen=True)
@@ -79,3 +85,45 @@ def index_overrides(folder: Path, env: Mapping[str, str]) -> dict[str, Override]
             if isinstance(url, str) and isinstance(files, str):
                 out.setdefault(norm_url(url), Override(files, where))
     return out
+
+
+def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
+    """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place
+    ([[index]] in a uv.toml), keeping the file's formatting and comments; returns the URLs whose
+    entry changed."""
+    import tomlkit
+
+    text = pyproject.read_text(encoding="utf-8")
+    doc = tomlkit.parse(text)
+    wanted = {norm_url(u) for u in urls}
+    settings = doc if pyproject.name == "uv.toml" else doc.get("tool", {}).get("uv", {})
+    entries = settings.get("index", [])
+    changed: list[str] = []
+    for entry in entries:
+        url = entry.get("url")
+        if not isinstance(url, str) or norm_url(url) not in wanted:
+            continue
+        cc = entry.get("cache-control")
+        if isinstance(cc, dict):
+            if "files" in cc:
+                continue  # the user's own choice: never overwrite it
+            cc["files"] = IMMUTABLE_FILES
+        else:
+            _append_key(entry, "cache-control",
+                        tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
+        changed.append(str(url))
+    if changed:
+        write_atomic(pyproject, tomlkit.dumps(doc))
+    return changed
+
+
+def _append_key(entry: Any, key: str, item: Any) -> None:
+    """Add `key` after the entry's last key, so its trailing comments and blank lines stay below it."""
+    from tomlkit.items import Table
+
+    body = entry.value.body if isinstance(entry, Table) else None
+    keys = [k for k, _v in body or [] if k is not None]
+    if keys and hasattr(entry.value, "_insert_after"):
+        entry.value._insert_after(keys[-1].key, key, item)
+    else:
+        entry[key] = item

@@ -102,18 +102,19 @@ def dry_run(config: Path, env: dict[str, str], *paths: Path) -> dict:
     return report
 
 
-def tree(root: Path) -> dict[str, tuple]:
+def tree(root: Path, *, folder_mtimes: bool = False) -> dict[str, tuple]:
     """Every entry under root: files with size and mtime, symlinks with their target, folders by name.
 
-    Folder mtimes are left out: uv makes and removes a scratch folder (builds-v0/...) on every run.
+    Folder mtimes are left out unless asked for: uv makes and removes a scratch folder
+    (builds-v0/...) in its cache on every run. In a project they tell a file made and removed again.
     """
-    out: dict[str, tuple] = {}
+    out: dict[str, tuple] = {".": ("dir", root.stat().st_mtime_ns)} if folder_mtimes else {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
         if p.is_symlink():
             out[rel] = ("link", os.readlink(p))
         elif p.is_dir():
-            out[rel] = ("dir",)
+            out[rel] = ("dir", p.stat().st_mtime_ns) if folder_mtimes else ("dir",)
         else:
             st = p.stat()
             out[rel] = ("file", st.st_size, st.st_mtime_ns)

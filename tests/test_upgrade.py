@@ -1,0 +1,162 @@
+"""The would-be lock: the scratch copy holds what `uv lock` reads (workspace members, path
+dependencies, the uv.toml above the project), and the user's uv writes there exactly the lock the
+user's own `uv lock --upgrade-package` writes later."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.support.index_server import IndexServer
+from tests.support.projects import run_uv, torch_like_set
+from tests.support.uvplan import tree
+from warmd.errors import WarmdError
+from warmd.lockfile import read_lock
+from warmd.upgrade import COPY_LIMIT, copy_for_lock, needs_build, would_be_lock
+from warmd.uvcache import Uv
+
+UPGRADE = ["torch", "pytorch-triton*", "nvidia-*"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _workspace(code: Path, server: IndexServer) -> Path:
+    """code/ws: a workspace root with member packages/core and a path dependency ../lib beside it."""
+    ws = code / "ws"
+    gpu = ["torch", "pytorch-triton", "nvidia-nvtx-cu12"]
+    _write(ws / "pyproject.toml", "\n".join([
+        "[project]", 'name = "ws"', 'version = "0.1.0"', 'requires-python = "==3.11.*"',
+        'dependencies = ["core", "lib", "torch>=2.5", "pytorch-triton", "nvidia-nvtx-cu12"]', "",
+        "[tool.uv.workspace]", 'members = ["packages/*"]', "",
+        "[tool.uv.sources]", "core = { workspace = true }", 'lib = { path = "../lib" }',
+        *[f'{p} = {{ index = "pytorch-cu128" }}' for p in gpu], "",
+        "[[tool.uv.index]]", 'name = "pytorch-cu128"', f"url = {json.dumps(server.index_url('cu128'))}",
+        "explicit = true", "",
+        "[[tool.uv.index]]", f"url = {json.dumps(server.simple_url)}", "default = true", ""]))
+    _write(ws / ".python-version", "3.11\n")
+    _write(ws / "packages" / "core" / "pyproject.toml",
+           '[project]\nname = "core"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = ["filelock"]\n')
+    _write(code / "lib" / "pyproject.toml",
+           '[project]\nname = "lib"\nversion = "0.2.0"\nrequires-python = ">=3.11"\ndependencies = []\n')
+    # What uv never reads for a lock, and the copy must leave out.
+    _write(ws / "data" / "weights.bin", "x" * 4096)
+    _write(ws / ".venv" / "lib" / "python3.11" / "site-packages" / "torch" / "__init__.py", "")
+    return ws
+
+
+def _same_upgrade(tmp_path: Path, project: Path, uv_bin: Path, env: dict[str, str], server: IndexServer) -> Path:
+    """The would-be lock made in a scratch copy, then the user's own upgrade in the project: the same
+    lock, byte for byte, and the project untouched until the user's own `uv lock`, which finds the
+    GPU wheels' metadata in uv's cache (no request for a wheel of the GPU index). Returns the copy."""
+    code = project.parent
+    before = tree(code, folder_mtimes=True)
+    uv = Uv(str(uv_bin), env=env)
+    copy = would_be_lock(uv, project, read_lock(project / "uv.lock"), UPGRADE, tmp_path / "scratch")
+    assert copy is not None
+    assert tree(code, folder_mtimes=True) == before  # only read
+    would_be = (copy / "uv.lock").read_text()
+    assert "2.9.0+cu128" in would_be
+    server.reset_counters()
+    run_uv(uv_bin, ["lock", *[f for p in ("nvidia-nvtx-cu12", "pytorch-triton", "torch")
+                              for f in ("--upgrade-package", p)]], cwd=project, env=env)
+    assert (project / "uv.lock").read_text() == would_be
+    gpu = [(h.method, h.path, h.range) for h in server.wheel_hits() if "/whl/" in h.path]
+    assert gpu == []
+    return copy
+
+
+def _copied(scratch: Path) -> set[str]:
+    return {str(p.relative_to(scratch)) for p in scratch.rglob("*") if p.is_file()}
+
+
+def test_a_workspace_with_a_path_dependency_locks_in_the_copy_as_in_the_project(
+        tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_environ: dict[str, str]) -> None:
+    torch_like_set(index_server, wheel_dir, "cu128", pythons=("cp311",), size=16 * 1024)
+    ws = _workspace(tmp_path / "code", index_server)
+    run_uv(uv_bin, ["lock"], cwd=ws, env=uv_environ)
+    torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", pythons=("cp311",), size=16 * 1024)
+
+    copy = _same_upgrade(tmp_path, ws, uv_bin, uv_environ, index_server)
+    assert copy == tmp_path / "scratch" / "code" / "ws"
+    assert _copied(tmp_path / "scratch") == {
+        "code/ws/pyproject.toml", "code/ws/uv.lock", "code/ws/.python-version",
+        "code/ws/packages/core/pyproject.toml", "code/lib/pyproject.toml"}
+    # The cache-control override given to the copy is the copy's alone.
+    assert "cache-control" in (copy / "pyproject.toml").read_text()
+    assert "cache-control" not in (ws / "pyproject.toml").read_text()
+
+
+def test_the_uv_toml_above_a_project_without_tool_uv_goes_with_the_copy(
+        tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_environ: dict[str, str]) -> None:
+    # Its indexes are only there: uv reads the nearest uv.toml above a project that has no [tool.uv].
+    torch_like_set(index_server, wheel_dir, "cu128", pythons=("cp311",), size=16 * 1024)
+    code = tmp_path / "code"
+    _write(code / "uv.toml", f'[[index]]\nname = "pytorch-cu128"\nurl = {json.dumps(index_server.index_url("cu128"))}\n\n'
+           f'[[index]]\nurl = {json.dumps(index_server.simple_url)}\ndefault = true\n')
+    plain = code / "plain"
+    _write(plain / "pyproject.toml", '[project]\nname = "plain"\nversion = "0.1.0"\nrequires-python = "==3.11.*"\n'
+           'dependencies = ["torch>=2.5"]\n')
+    run_uv(uv_bin, ["lock"], cwd=plain, env=uv_environ)
+    torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", pythons=("cp311",), size=16 * 1024)
+
+    copy = _same_upgrade(tmp_path, plain, uv_bin, uv_environ, index_server)
+    assert copy == tmp_path / "scratch" / "code" / "plain"
+    assert _copied(tmp_path / "scratch") == {"code/uv.toml", "code/plain/pyproject.toml", "code/plain/uv.lock"}
+    assert "cache-control" in (tmp_path / "scratch" / "code" / "uv.toml").read_text()
+    assert "cache-control" not in (code / "uv.toml").read_text()
+
+
+def test_a_package_uv_must_build_is_copied_whole_but_its_venv_and_vcs(tmp_path: Path) -> None:
+    project = tmp_path / "src" / "app"
+    _write(project / "pyproject.toml", '[project]\nname = "app"\nversion = "1"\ndependencies = ["gen"]\n')
+    gen = tmp_path / "src" / "gen"
+    _write(gen / "pyproject.toml", '[project]\nname = "gen"\ndynamic = ["version"]\n\n[build-system]\n'
+           'requires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n')
+    _write(gen / "backend.py", "# the in-tree build backend uv runs to learn gen's version\n")
+    _write(gen / "gen" / "__init__.py", '__version__ = "3.1"\n')
+    for skipped in (".git/HEAD", ".venv/pyvenv.cfg", "node_modules/x/index.js"):
+        _write(gen / skipped, "not for uv\n")
+    wheel = _write(tmp_path / "src" / "wheels" / "local-1.0-py3-none-any.whl", "zip bytes")
+    _write(project / "uv.lock", "\n".join([
+        "version = 1", 'requires-python = ">=3.11"', "",
+        "[[package]]", 'name = "app"', 'version = "1"', 'source = { editable = "." }', "",
+        "[[package]]", 'name = "gen"', 'source = { directory = "../gen" }', "",
+        "[[package]]", 'name = "local"', 'version = "1.0"', 'source = { path = "../wheels/local-1.0-py3-none-any.whl" }',
+        ""]))
+    assert needs_build({"project": {"name": "gen", "dynamic": ["version"]}})
+    assert not needs_build({"project": {"name": "app", "version": "1"}}) and needs_build(None)
+
+    copy = copy_for_lock(project, read_lock(project / "uv.lock"), tmp_path / "scratch",
+                         ignore=[".venv", "node_modules"])
+    assert copy == tmp_path / "scratch" / "src" / "app"
+    out = tmp_path / "scratch" / "src"
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or p.is_symlink()} == {
+        "app/pyproject.toml", "app/uv.lock", "gen/pyproject.toml", "gen/backend.py", "gen/gen/__init__.py",
+        "wheels/local-1.0-py3-none-any.whl"}
+    assert (out / "wheels" / "local-1.0-py3-none-any.whl").resolve() == wheel  # read by uv, never copied
+    assert COPY_LIMIT >= 64 * 2**20
+
+
+def test_a_fifo_or_socket_in_a_package_is_left_out_and_a_copy_that_fails_says_where(tmp_path: Path) -> None:
+    project = tmp_path / "app"
+    _write(project / "pyproject.toml", '[project]\nname = "app"\ndynamic = ["version"]\n')
+    _write(project / "uv.lock", 'version = 1\n\n[[package]]\nname = "app"\nsource = { editable = "." }\n\n'
+           '[[package]]\nname = "torch"\nversion = "2.8.0"\nsource = { registry = "https://i.example/simple" }\n')
+    os.mkfifo(project / "fifo")  # opening it to copy would block the look-ahead for good
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(project / "sock"))
+        copy = copy_for_lock(project, read_lock(project / "uv.lock"), tmp_path / "scratch")
+    assert sorted(p.name for p in copy.iterdir()) == ["pyproject.toml", "uv.lock"]
+
+    blocked = _write(tmp_path / "not-a-folder", "")  # the scratch folder cannot be made there
+    uv = Uv("uv", env={})
+    with pytest.raises(WarmdError, match=r"app: cannot copy what `uv lock` reads into .*not-a-folder"):
+        would_be_lock(uv, project, read_lock(project / "uv.lock"), ["torch"], blocked / "x")
