@@ -22,6 +22,7 @@ from .errors import WarmdError
 from .feeder import Feeder
 from .fetch import Fetcher, FetchSkipped, ProgressEvent
 from .lockfile import file_stamp
+from .mirrors import MirroredFetcher
 from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
 from .plan import Planner, ProjectPlan
 from .policy import outcome_of
@@ -47,14 +48,11 @@ class Pipeline:
         self.state = state
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
-        self.fetcher = Fetcher(
-            self.store,
-            connections=config.download.connections,
-            timeout=config.download.timeout,
-            retries=config.download.retries,
-            progress=progress,
-            max_parallel_files=config.download.parallel_files,
-        )
+        # Wheels a lab mirror serves are fetched from it first, by the same engine (mirrors.py).
+        engine = dict(connections=config.download.connections, timeout=config.download.timeout,
+                      retries=config.download.retries, max_parallel_files=config.download.parallel_files)
+        self.fetcher = MirroredFetcher(config.mirrors, lambda **kw: Fetcher(self.store, **(engine | kw)),
+                                       timeout=config.download.timeout, progress=progress)
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
@@ -90,7 +88,8 @@ class Pipeline:
         comes back `superseded` and is not recorded: it says nothing about the lock there is now.
         """
         try:
-            return self._warm(projects)
+            with self.fetcher.run():  # what this run learns of a mirror's health ends with it
+                return self._warm(projects)
         except Cancelled as exc:
             return [self._planner.superseded(p, exc.reason) for p in projects]
 
@@ -248,8 +247,9 @@ class Pipeline:
             reused = got.bytes_reused if isinstance(got, Fetched) else 0
             if pin.name in before[pin.python].warm:
                 reused = pin.wheel.size or 0
+            where = dict(via=got.via, mirror_error=got.mirror_error) if isinstance(got, Fetched) else {}
             if pin.name in res.warm:
-                wheels.append(WheelReport(pin, "warm", None, down, reused))
+                wheels.append(WheelReport(pin, "warm", None, down, reused, **where))
             elif isinstance(got, WarmdError):
                 wheels.append(WheelReport(pin, "failed", str(got), down, reused, fix=got.fix))
             elif pin.wheel.sha256 in import_errors:

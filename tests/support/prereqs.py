@@ -47,6 +47,12 @@ def _file(path: Callable[[], Path]) -> Callable[[], Path | None]:
     return lambda: path() if path().is_file() else None
 
 
+def _nginx() -> Path | None:
+    # Debian keeps it in /usr/sbin, which a non-root PATH often lacks.
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    return Path(found) if found else None
+
+
 def _root() -> Path | None:
     return Path("/") if os.geteuid() == 0 else None
 
@@ -70,6 +76,7 @@ PREREQS: dict[str, Prereq] = {
     "nix-instantiate": Prereq("nix-instantiate", _which("nix-instantiate"), "apt-get install nix-bin"),
     "systemd-analyze": Prereq("systemd-analyze", _which("systemd-analyze"), "apt-get install systemd"),
     "systemctl": Prereq("systemctl", _which("systemctl"), "apt-get install systemd"),
+    "nginx": Prereq("nginx (the lab mirror's engine, contrib/nginx)", _nginx, "apt-get install nginx"),
     "mount": Prereq("the right to mount a small tmpfs (root)", _root,
                     "run the tests as root (the disk-full drills mount a tmpfs of a few MiB)"),
 }

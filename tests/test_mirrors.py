@@ -1,0 +1,218 @@
+"""A lab's mirror: the real nginx with the shipped config in front of the local index, and real
+workstations (each its own uv cache, store and state) warming one project through it.
+
+Counted at the origin (the index server): the second workstation makes no request there at all;
+a mirror whose cached copy is damaged is caught by the sha256 and the origin serves that wheel;
+a mirror that hangs costs one connection per run, not one per wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.config import write_warmd_config
+from tests.support.index_server import IndexServer
+from tests.support.mirror import NginxMirror
+from tests.support.prereqs import need
+from tests.support.projects import lock_project, make_project, run_uv, torch_like_set, uv_env
+from warmd.config import MirrorSettings
+from warmd.mirrors import mirror_for, mirror_url
+
+PACKAGES = ["torch", "pytorch-triton*", "nvidia-*", "filelock"]
+MiB = 1024 * 1024
+
+
+@dataclass
+class Workstation:
+    """One machine of the lab: its own uv cache, warmd store and state, the same project."""
+
+    root: Path
+    config: Path
+    env: dict[str, str]
+    uv: Path
+
+    def prefetch(self, project: Path) -> tuple[int, dict, str]:
+        cmd = [sys.executable, "-m", "warmd", "--config", str(self.config), "prefetch", str(project), "--json"]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
+        assert proc.stdout, proc.stderr
+        return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+    def sync_offline(self, project: Path) -> None:
+        env = self.env | {"UV_PROJECT_ENVIRONMENT": str(self.root / "venv")}
+        run_uv(self.uv, ["sync", "--offline", "--frozen"], cwd=project, env=env)
+
+
+def workstation(root: Path, uv: Path, mirrors: list[tuple[str, str]], *, timeout: float | None = None) -> Workstation:
+    root.mkdir()
+    cache = root / "uv-cache"
+    cache.mkdir()
+    extra = [f"[[mirrors]]\norigin = {json.dumps(o)}\nurl = {json.dumps(u)}" for o, u in mirrors]
+    if timeout is not None:
+        extra.insert(0, f"[download]\ntimeout = {timeout}")
+    return Workstation(root, write_warmd_config(root, uv, cache, packages=PACKAGES, extra=extra), uv_env(cache), uv)
+
+
+def host_of(server: IndexServer) -> str:
+    return server.url.split("//", 1)[1]
+
+
+@pytest.fixture
+def nginx() -> Path:
+    return need("nginx")
+
+
+@pytest.fixture
+def lab(tmp_path: Path, index_server: IndexServer, uv_bin: Path, uv_environ: dict[str, str], nginx: Path):
+    """The origin with a torch-like set (torch big enough for several slices and segments), a
+    locked project, and the mirror in front of the origin."""
+    ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", size=20 * MiB)
+    project = make_project(tmp_path, "proj", server=index_server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, uv_bin, uv_environ)
+    with NginxMirror(nginx, tmp_path / "mirror", {host_of(index_server): index_server.url}) as mirror:
+        index_server.reset_counters()  # `uv lock` read metadata from the origin: not the lab's traffic
+        yield project, mirror, ws
+
+
+def origin_entry(server: IndexServer, mirror: NginxMirror) -> tuple[str, str]:
+    return server.url + "/", mirror.prefix_for(host_of(server))
+
+
+def test_a_wheel_url_is_rewritten_under_the_longest_matching_origin() -> None:
+    mirrors = [MirrorSettings("https://download.pytorch.org", "http://m:3142/download.pytorch.org"),
+               MirrorSettings("https://download.pytorch.org/whl/nightly/", "http://n/nightly/")]
+    url = "https://download.pytorch.org/whl/cu128/torch-2.8.0%2Bcu128-cp311-cp311-manylinux_2_28_x86_64.whl"
+    m = mirror_for(mirrors, url)
+    assert m is mirrors[0]
+    assert mirror_url(m, url) == ("http://m:3142/download.pytorch.org/whl/cu128/"
+                                  "torch-2.8.0%2Bcu128-cp311-cp311-manylinux_2_28_x86_64.whl")
+    assert mirror_for(mirrors, "https://download.pytorch.org/whl/nightly/x.whl") is mirrors[1]
+    # At a path boundary only: another host that merely starts with the same letters is not served.
+    assert mirror_for(mirrors, "https://download.pytorch.org.evil/x.whl") is None
+
+
+def test_a_second_workstation_warms_through_the_mirror_without_reaching_the_origin(
+        lab, tmp_path: Path, index_server: IndexServer, uv_bin: Path) -> None:
+    project, mirror, ws = lab
+    entry = origin_entry(index_server, mirror)
+    first = workstation(tmp_path / "ws1", uv_bin, [entry])
+    code, report, err = first.prefetch(project)
+    assert code == 0, err
+    wheels = report["projects"][0]["wheels"]
+    assert wheels and all(w["state"] == "warm" for w in wheels), wheels
+    assert all(w["via"] == entry[1].rstrip("/") or w["via"] == entry[1] for w in wheels), wheels
+    # The first machine's bytes came from the origin once, through the mirror, in 8 MiB slices.
+    assert index_server.wheel_gets(), "the mirror never asked the origin"
+    assert all(h.range and h.range.startswith("bytes=") for h in index_server.wheel_gets())
+    first_bytes = index_server.bytes_served()
+
+    index_server.reset_counters()
+    second = workstation(tmp_path / "ws2", uv_bin, [entry])
+    code, report, err = second.prefetch(project)
+    assert code == 0, err
+    wheels = report["projects"][0]["wheels"]
+    assert all(w["state"] == "warm" and w["bytes_downloaded"] > 0 for w in wheels), wheels
+    index_server.settle()
+    assert index_server.hits == [], "the second workstation's warm reached the origin"
+    assert first_bytes >= sum(w["bytes_downloaded"] for w in wheels)
+    second.sync_offline(project)  # filed under the origin's index: uv needs neither mirror nor network
+
+
+def _damage_cached(mirror: NginxMirror, filename: str) -> None:
+    """Flip one byte of the wheel's first cached slice, as a failing disk on the mirror would."""
+    key = filename.replace("+", "%2B").encode()
+    for path in mirror.cached_files():
+        data = bytearray(path.read_bytes())
+        if key in data[:4096]:
+            data[-1] ^= 0xFF  # the body ends the file; its header (with the key) comes first
+            path.write_bytes(bytes(data))
+            return
+    raise AssertionError(f"no cached slice of {filename} in {mirror.cache_dir}")
+
+
+def test_a_mirror_serving_damaged_bytes_is_caught_and_the_origin_used(
+        lab, tmp_path: Path, index_server: IndexServer, uv_bin: Path) -> None:
+    project, mirror, ws = lab
+    entry = origin_entry(index_server, mirror)
+    code, _report, err = workstation(tmp_path / "ws1", uv_bin, [entry]).prefetch(project)
+    assert code == 0, err
+    triton = next(f for f in ws.filenames if f.startswith("pytorch_triton") and "cp311" in f)
+    _damage_cached(mirror, triton)
+
+    index_server.reset_counters()
+    second = workstation(tmp_path / "ws2", uv_bin, [entry])
+    code, report, err = second.prefetch(project)
+    assert code == 0, err
+    wheels = {w["filename"]: w for w in report["projects"][0]["wheels"]}
+    assert all(w["state"] == "warm" for w in wheels.values()), wheels
+    bad = wheels[triton]
+    assert bad["via"] is None and "fail the lock's sha256" in bad["mirror_error"], bad
+    assert "the mirror's fault" in err and "kept out of the store" in err
+    # Only that wheel came from the origin; the others from the mirror, untouched by the origin.
+    index_server.settle()
+    assert {h.path.rsplit("/", 1)[1] for h in index_server.wheel_gets()} == {triton}
+    assert all(w["via"] for f, w in wheels.items() if f != triton)
+    second.sync_offline(project)
+
+
+class Hanging:
+    """A 'mirror' that accepts connections and never answers (a wedged cache server); counts them."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self._sock.close()
+        for c in self._held:
+            c.close()
+
+
+def test_a_mirror_that_hangs_costs_one_timeout_per_run_not_one_per_wheel(
+        lab, tmp_path: Path, index_server: IndexServer, uv_bin: Path) -> None:
+    project, _mirror, ws = lab
+    hanging = Hanging()
+    try:
+        station = workstation(tmp_path / "ws", uv_bin, [(index_server.url + "/", hanging.url + "/m/")], timeout=1)
+        code, report, err = station.prefetch(project)
+        assert code == 0, err
+        wheels = report["projects"][0]["wheels"]
+        assert len(wheels) >= 3 and all(w["state"] == "warm" and w["via"] is None for w in wheels), wheels
+        assert hanging.accepted == 1, f"{hanging.accepted} connections to a hung mirror in one run"
+        assert err.count("is down") == 1, err
+        assert index_server.wheel_gets(), "the origin served nothing"
+    finally:
+        hanging.close()
+
+
+def test_a_mirror_that_refuses_connections_is_passed_over(lab, tmp_path: Path, index_server: IndexServer,
+                                                           uv_bin: Path) -> None:
+    project, _mirror, _ws = lab
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/m/"  # closed below: nothing listens there
+    station = workstation(tmp_path / "ws", uv_bin, [(index_server.url + "/", dead)])
+    code, report, err = station.prefetch(project)
+    assert code == 0, err
+    assert all(w["state"] == "warm" and w["via"] is None for w in report["projects"][0]["wheels"])
+    assert err.count("is down") == 1, err
+    station.sync_offline(project)
