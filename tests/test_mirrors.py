@@ -216,3 +216,45 @@ def test_a_mirror_that_refuses_connections_is_passed_over(lab, tmp_path: Path, i
     assert all(w["state"] == "warm" and w["via"] is None for w in report["projects"][0]["wheels"])
     assert err.count("is down") == 1, err
     station.sync_offline(project)
+
+
+def doctor(station: Workstation, project: Path) -> tuple[int, list[dict]]:
+    cmd = [sys.executable, "-m", "warmd", "--config", str(station.config), "doctor", str(project), "--json"]
+    env = {k: v for k, v in station.env.items() if k != "SHELL"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.stdout, proc.stderr
+    return proc.returncode, [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "mirror"]
+
+
+def test_doctor_checks_a_mirror_with_the_smallest_planned_wheel(lab, tmp_path: Path, index_server: IndexServer,
+                                                                 uv_bin: Path) -> None:
+    project, mirror, ws = lab
+    entry = origin_entry(index_server, mirror)
+    station = workstation(tmp_path / "ws", uv_bin, [entry])
+    _code, found = doctor(station, project)
+    assert len(found) == 1, found
+    f = found[0]
+    assert f["status"] == "ok", f
+    assert "answers Range" in f["message"] and "cache MISS" in f["message"]
+    assert "matches the lock's sha256" in f["message"] and "filelock" in f["message"]
+    # Bounded: of the wheels, only the small sample went through the mirror; torch's 20 MiB did not.
+    index_server.settle()
+    assert {h.path.rsplit("/", 1)[1] for h in index_server.wheel_gets()} == {ws.default_wheels[0].name}
+    _code, found = doctor(station, project)
+    assert "cache HIT" in found[0]["message"], found
+
+    _damage_cached(mirror, ws.default_wheels[0].name)
+    code, found = doctor(station, project)
+    assert found[0]["status"] == "problem" and "not the lock's" in found[0]["message"], found
+    assert found[0]["fix"].startswith("purge that file from the mirror's cache") and code == 1
+
+
+def test_doctor_says_a_mirror_is_down_and_what_to_check(lab, tmp_path: Path, index_server: IndexServer,
+                                                       uv_bin: Path) -> None:
+    project, _mirror, _ws = lab
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/m/"
+    station = workstation(tmp_path / "ws", uv_bin, [(index_server.url + "/", dead)])
+    _code, found = doctor(station, project)
+    assert len(found) == 1 and found[0]["status"] == "warn" and "ConnectError" in found[0]["message"], found
+    assert "meanwhile warmd fetches from the origin" in found[0]["fix"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -49,13 +50,75 @@ def mirror_for(mirrors: Sequence[MirrorSettings], url: str) -> MirrorSettings | 
     return max(found, key=lambda m: len(_prefix(m.origin))) if found else None
 
 
+# doctor hashes a whole sample wheel only up to this size: enough for the small wheels every GPU
+# stack pins (nvidia-nvtx, filelock), never the gigabytes of torch.
+SAMPLE_CAP = 64 * 1024 * 1024
+CACHE_STATUS = "X-Cache-Status"  # the header contrib/nginx adds: HIT, MISS, EXPIRED …
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorCheck:
+    """What doctor learnt of one mirror from one sample wheel (fields are None when not known)."""
+
+    url: str  # the mirror URL asked, redacted
+    unreachable: str | None = None  # why no HTTP answer came, one line
+    status: int | None = None  # the answer to a one-byte Range request
+    ranges: bool | None = None  # it answered that request with 206 and a Content-Range
+    cache_status: str | None = None  # the engine's cache status header on that first answer
+    size: int | None = None
+    matches: bool | None = None  # the sample's sha256 matches the lock; None: not downloaded
+    actual: str | None = None  # the sha256 it sent, when it does not match
+
+
+def check_mirror(client: httpx.Client, mirror: MirrorSettings, sample: WheelFile | None,
+                 cap: int = SAMPLE_CAP) -> MirrorCheck:
+    """Ask the mirror for a sample wheel: reachable, Range, cache status, and (up to `cap` bytes) its sha256."""
+    url = mirror_url(mirror, sample.url) if sample is not None else _prefix(mirror.url)
+    where = redact(url)
+    try:
+        with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as resp:
+            resp.read()
+    except httpx.TransportError as exc:
+        return MirrorCheck(where, unreachable=_why(exc))
+    cache_status = resp.headers.get(CACHE_STATUS)
+    if sample is None or resp.status_code not in (200, 206):
+        return MirrorCheck(where, status=resp.status_code, cache_status=cache_status)
+    total = resp.headers.get("content-range", "").rpartition("/")[2]
+    ranges = resp.status_code == 206 and total.isdigit()
+    size = int(total) if ranges else sample.size
+    check = MirrorCheck(where, status=resp.status_code, ranges=ranges, cache_status=cache_status, size=size)
+    if size is None or size > cap:
+        return check
+    h = hashlib.sha256()
+    try:
+        with client.stream("GET", url) as resp:
+            resp.raise_for_status()
+            for chunk in resp.iter_bytes():
+                h.update(chunk)
+    except httpx.HTTPError as exc:
+        return dataclasses.replace(check, unreachable=f"the sample's download failed: {exc}")
+    actual = h.hexdigest()
+    return dataclasses.replace(check, matches=actual == sample.sha256.lower(),
+                               actual=None if actual == sample.sha256.lower() else actual)
+
+
+def sample_for(mirror: MirrorSettings, wheels: Iterable[WheelFile]) -> WheelFile | None:
+    """The wheel doctor asks the mirror for: the smallest of known size it serves, else any it serves."""
+    served = [w for w in wheels if mirror_for([mirror], w.url) is not None]
+    return min(served, key=lambda w: (w.size is None, w.size or 0, w.filename), default=None)
+
+
 def reach(client: httpx.Client, url: str) -> str | None:
     """None when the server at `url` answers at all (any status), else why it does not, in one line."""
     try:
         client.head(url).close()
     except httpx.TransportError as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return _why(exc)
     return None
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class _Health:
