@@ -114,6 +114,8 @@ def test_a_second_workstation_warms_through_the_mirror_without_reaching_the_orig
     assert all(h.range and h.range.startswith("bytes=") for h in index_server.wheel_gets())
     first_bytes = index_server.bytes_served()
 
+    mirror.stop()  # the mirror's cache outlives a restart of its server
+    mirror.start()
     index_server.reset_counters()
     second = workstation(tmp_path / "ws2", uv_bin, [entry])
     code, report, err = second.prefetch(project)
@@ -124,6 +126,28 @@ def test_a_second_workstation_warms_through_the_mirror_without_reaching_the_orig
     assert index_server.hits == [], "the second workstation's warm reached the origin"
     assert first_bytes >= sum(w["bytes_downloaded"] for w in wheels)
     second.sync_offline(project)  # filed under the origin's index: uv needs neither mirror nor network
+
+
+def test_two_workstations_warming_at_once_pull_each_slice_from_the_origin_once(
+        lab, tmp_path: Path, index_server: IndexServer, uv_bin: Path) -> None:
+    project, mirror, ws = lab
+    index_server.rate_limit = 8 * MiB  # a capped uplink, so that the two runs overlap
+    entry = origin_entry(index_server, mirror)
+    stations = [workstation(tmp_path / f"ws{i}", uv_bin, [entry]) for i in (1, 2)]
+    cmds = [[sys.executable, "-m", "warmd", "--config", str(s.config), "prefetch", str(project), "--json"]
+            for s in stations]
+    procs = [subprocess.Popen(c, env=s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c, s in zip(cmds, stations)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert all(w["state"] == "warm" for w in json.loads(out)["projects"][0]["wheels"])
+    index_server.settle()
+    asked = [(h.path, h.range) for h in index_server.wheel_gets()]
+    # proxy_cache_lock: a slice one client is filling is waited for by the other, never fetched twice.
+    assert asked and len(asked) == len(set(asked)), sorted(asked)
+    torch = [r for path, r in asked if "/torch-" in path and "cp311" in path]
+    assert sorted(torch) == ["bytes=0-8388607", "bytes=16777216-25165823", "bytes=8388608-16777215"]
 
 
 def _damage_cached(mirror: NginxMirror, filename: str) -> None:
