@@ -20,7 +20,9 @@ import pytest
 
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
+from tests.support.lab_net import ORIGIN, LabNet
 from tests.support.mirror import NginxMirror
+from tests.support.netguard import LAB_ENV
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set, uv_env
 from warmd.config import MirrorSettings
@@ -282,3 +284,49 @@ def test_doctor_says_a_mirror_is_down_and_what_to_check(lab, tmp_path: Path, ind
     _code, found = doctor(station, project)
     assert len(found) == 1 and found[0]["status"] == "warn" and "ConnectError" in found[0]["message"], found
     assert "meanwhile warmd fetches from the origin" in found[0]["fix"]
+
+
+def test_in_network_namespaces_the_second_workstation_has_no_route_to_the_origin(
+        tmp_path: Path, uv_bin: Path, uv_environ: dict[str, str], nginx: Path) -> None:
+    """Origin, mirror and two workstations on hosts of their own: "never reached the origin" is
+    counted at the origin and enforced by the network (the workstations have no route there)."""
+    need("netns")
+    with LabNet(workstations=2) as net:
+        origin = net.run_in(net.origin, lambda: IndexServer(host=ORIGIN).start())
+        try:
+            ws = torch_like_set(origin, tmp_path / "wheels", "cu128", size=20 * MiB)
+            project = make_project(tmp_path, "proj", server=origin, variant="cu128",
+                                   deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+            lock_env = uv_environ | {"NO_PROXY": f"{ORIGIN},127.0.0.1", "no_proxy": f"{ORIGIN},127.0.0.1"}
+            subprocess.run([*net.exec_prefix(net.origin), str(uv_bin), "lock"], cwd=project, env=lock_env,
+                           check=True, capture_output=True, timeout=240)  # the origin's own host locks it
+            port = int(origin.url.rsplit(":", 1)[1])
+            host = f"{ORIGIN}:{port}"
+            with NginxMirror(nginx, tmp_path / "mirror", {host: origin.url}, host="0.0.0.0",
+                             wrap=net.exec_prefix(net.mirror)):
+                origin.reset_counters()
+                reports = []
+                for n, ns in enumerate(net.workstations, 1):
+                    assert net.can_connect(ns, net.mirror_ip(n), 3142) == "ok"
+                    assert "unreachable" in net.can_connect(ns, ORIGIN, port).lower()
+                    station = workstation(tmp_path / f"ws{n}", uv_bin, [(origin.url + "/", f"http://{net.mirror_ip(n)}:3142/{host}/")])
+                    lab_env = {LAB_ENV: ",".join(net.hosts), "NO_PROXY": ",".join([*net.hosts, "127.0.0.1"])}
+                    station.env = station.env | lab_env | {"no_proxy": lab_env["NO_PROXY"]}
+                    cmd = [*net.exec_prefix(ns), sys.executable, "-m", "warmd", "--config", str(station.config),
+                           "prefetch", str(project), "--json"]
+                    proc = subprocess.run(cmd, env=station.env, capture_output=True, text=True, timeout=300)
+                    assert proc.returncode == 0, proc.stderr
+                    reports.append(json.loads(proc.stdout))
+                    origin.settle()
+                    if n == 1:
+                        assert origin.wheel_gets(), "the mirror never asked the origin for the first workstation"
+                        origin.reset_counters()
+                    else:
+                        assert origin.hits == [], "a later workstation's warm reached the origin"
+                    subprocess.run([*net.exec_prefix(ns), str(uv_bin), "sync", "--offline", "--frozen"], cwd=project,
+                                   env=station.env | {"UV_PROJECT_ENVIRONMENT": str(station.root / "venv")},
+                                   check=True, capture_output=True, timeout=240)
+                for report in reports:
+                    assert all(w["state"] == "warm" and w["via"] for w in report["projects"][0]["wheels"]), report
+        finally:
+            origin.stop()

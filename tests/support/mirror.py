@@ -102,8 +102,9 @@ class NginxMirror:
             time.sleep(0.05)  # polling a child's start-up: nginx has no readiness notification here
 
     def _accepts(self) -> bool:
-        if self.wrap:
-            return True  # in another namespace: the pid file is the sign
+        if self.wrap:  # in another network namespace: ask from there (bash's /dev/tcp, no Python guard)
+            probe = [*self.wrap, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{self.port}"]
+            return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
         try:
             socket.create_connection((self.host, self.port), timeout=1).close()
         except OSError:
