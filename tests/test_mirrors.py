@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -189,29 +190,28 @@ def test_a_mirror_serving_damaged_bytes_is_caught_and_the_origin_used(
     second.sync_offline(project)
 
 
-class Hanging:
+class _Hang(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.server.accepted += 1  # type: ignore[attr-defined]
+        self.server.release.wait()  # type: ignore[attr-defined]
+
+
+class Hanging(socketserver.ThreadingTCPServer):
     """A 'mirror' that accepts connections and never answers (a wedged cache server); counts them."""
 
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.accepted = 0
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+    daemon_threads = True
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._held.append(conn)
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Hang)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.accepted = 0
+        self.release = threading.Event()
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
 
     def close(self) -> None:
-        self._sock.close()
-        for c in self._held:
-            c.close()
+        self.release.set()
+        self.shutdown()
+        self.server_close()
 
 
 def test_a_mirror_that_hangs_costs_one_timeout_per_run_not_one_per_wheel(
