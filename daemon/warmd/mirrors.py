@@ -211,7 +211,8 @@ class MirroredFetcher:
                     if sha in abandoned:
                         return
                 if isinstance(result, Fetched):
-                    result = dataclasses.replace(result, via=redact(mirror.url))
+                    if result.bytes_downloaded:  # a store hit came from no mirror
+                        result = dataclasses.replace(result, via=redact(mirror.url))
                     results[sha] = result
                 if not _fell_back(result):
                     if on_done is not None:
@@ -264,8 +265,8 @@ class MirroredFetcher:
         routed: dict[str, tuple[MirrorSettings, WheelFile]] = {}
         for w in wheels:
             m = mirror_for(self.mirrors, w.url)
-            if m is None:
-                continue
+            if m is None or self.origin.store.has(w.sha256):
+                continue  # a file the store has costs no request, and no probe of its mirror
             at = dataclasses.replace(w, url=mirror_url(m, w.url))
             if health.usable(m, at.url):
                 routed.setdefault(w.sha256.lower(), (m, at))
