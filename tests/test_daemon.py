@@ -37,8 +37,9 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     n.close()
 
 
-def _config(tmp: Path, uv: Path, cache: Path, root: Path) -> Path:
-    extra = [f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "[watch]", "debounce = 0.3"]
+def _config(tmp: Path, uv: Path, cache: Path, root: Path, *, keep: bool = False) -> Path:
+    extra = [f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', f"keep-wheels = {json.dumps(keep)}",
+             "[watch]", "debounce = 0.3"]
     return write_warmd_config(tmp, uv, cache, packages=PACKAGES, extra=extra)
 
 
@@ -139,7 +140,7 @@ def test_daemon_warms_heals_upgrades_and_flags(
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    cfg_path = _config(tmp_path, uv_bin, uv_cache, root)
+    cfg_path = _config(tmp_path, uv_bin, uv_cache, root, keep=True)  # the store heals a `uv cache clean`
     config = load_config(cfg_path)
     stop = threading.Event()
     d = Daemon(config, config_path=cfg_path, stop_event=stop)
@@ -279,7 +280,7 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
             assert second.proc.wait(timeout=5) == 0
         finally:
             second.kill()
-        assert store.has(sha)
+        assert not store.part_path(sha).exists()  # resumed, verified, handed to uv (and not kept: the default)
         # The restart fetched only what the first daemon had not kept.
         assert 0 < server.bytes_served(torch_file) <= size - kept.done_bytes()
         assert all(h.status == 206 for h in server.wheel_gets(torch_file))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cache import traces
 from tests.support.index_server import Faults, Hit, IndexServer, _Handler, normalize
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
@@ -228,7 +229,7 @@ class Drill:
 
     def assert_no_trace_of(self, prefix: str) -> None:
         """Nothing in uv's cache is named after the wheel: not an entry, not an unzipped copy."""
-        assert not [p for p in self.cache.rglob("*") if p.name.startswith(prefix)]
+        assert traces(self.cache, prefix) == []
 
     def assert_cache_verified(self, project: Path) -> None:
         """(a) every cache entry installs offline as exactly the locked version, files matching RECORD;
@@ -413,11 +414,11 @@ def test_etag_changing_between_two_ranges_restarts_the_file(drill: Drill) -> Non
                        1 * MiB, seed=7)
     new_bytes = other.read_bytes()
     assert hashlib.sha256(new_bytes).hexdigest() != w.server.sha256_of(name)
-    w.server.faults.drop_after[name] = [300 * KiB]
+    w.server.faults.drop_after[name] = [100 * KiB]  # less than any first request asks for
     swapped = threading.Event()
 
     def swap(hit: Hit) -> None:  # the first range just ended short: upstream replaces the file now
-        if hit.path.rsplit("/", 1)[-1] == name and hit.body_bytes == 300 * KiB and not swapped.is_set():
+        if hit.path.rsplit("/", 1)[-1] == name and hit.body_bytes == 100 * KiB and not swapped.is_set():
             w.server.faults.replace[name] = new_bytes
             swapped.set()
 
@@ -501,7 +502,8 @@ def test_sigkill_at_random_points_of_fetch_and_import(drill: Drill) -> None:
         rng = random.Random(seed)
         # while enough is left to download, kill after a quarter to two fifths of what is left (so the
         # first three runs always die mid-download, whatever a kill loses); otherwise kill while uv
-        # imports the wheel: warmd alone (its uv child lives on) or its whole process group
+        # imports the wheel: warmd alone (its uv child lives on) or its whole process group. A kill loses
+        # what arrived since warmd last recorded its progress (every 256 KiB or 0.1 s)
         left = _left_to_fetch(drill.store, w.server.sha256_of(name), size)
         k = int(left * rng.uniform(0.25, 0.4))
         fetch_mode = left > 2 * MiB and (kills["fetch"] < 3 or rng.random() < 0.5)

@@ -9,7 +9,8 @@ import pytest
 
 from tests.support.index_server import NO_STORE, IndexServer
 from tests.support.wheels import make_wheel
-from warmd.headers import cache_verdict, check_pins, check_url, compare, is_immutable_host, redact
+from warmd.headers import cache_verdict, check_pins, check_url, compare, is_immutable_host
+from warmd.redact import redact
 from warmd.model import Pin, WheelFile
 
 

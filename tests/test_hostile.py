@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, torch_like_set
-from warmd.store import merge_ranges, missing_ranges
+from warmd.partial import merge_ranges, missing_ranges
 
 SHA = "a" * 64
 REGISTRY = "http://127.0.0.1:9/whl/cpu"  # the discard port: nothing could be fetched from it anyway

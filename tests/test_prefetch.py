@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cache import traces
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import (lock_project, make_project, make_two_build_project, run_uv, torch_like_set,
@@ -153,7 +154,7 @@ def test_corrupt_wheel_is_refused_and_the_others_are_warm(setup: Setup, index_se
     assert "sha256 mismatch" in wheels["torch"]["reason"] and wheels["torch"]["sha256"] in wheels["torch"]["reason"]
     assert all(w["state"] == "warm" for n, w in wheels.items() if n != "torch")
     # The bad bytes reached neither uv's cache nor warmd's store.
-    assert not [p for p in setup.cache.rglob("*") if p.name.startswith("torch")]
+    assert traces(setup.cache, "torch") == []
     assert not [p for p in setup.store.rglob("*") if p.is_file() and p.name == wheels["torch"]["sha256"]]
 
     index_server.faults.corrupt.clear()  # the index is fixed: the next run finishes the job
@@ -164,6 +165,7 @@ def test_corrupt_wheel_is_refused_and_the_others_are_warm(setup: Setup, index_se
 def test_shared_wheel_fetched_once_and_uv_cache_clean_rewarmed_offline(
     setup: Setup, index_server: IndexServer, wheel_dir: Path
 ) -> None:
+    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=PACKAGES, extra=["keep-wheels = true"])
     ws = torch_like_set(index_server, wheel_dir, "cu128")
     projects = []
     for name in ("a", "b"):
@@ -186,6 +188,25 @@ def test_shared_wheel_fetched_once_and_uv_cache_clean_rewarmed_offline(
     assert all(w["state"] == "warm" for p in report["projects"] for w in p["wheels"])
     assert index_server.wheel_gets() == [], "re-warming after `uv cache clean` should come from the store"
     assert report["summary"]["bytes_downloaded"] == 0
+
+
+def test_by_default_the_store_keeps_no_second_copy(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:
+    ws = torch_like_set(index_server, wheel_dir, "cu128")
+    project = make_project(setup.tmp, "proj", server=index_server, variant="cu128",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, setup.uv, setup.env)
+    proc = setup.prefetch(project)
+    assert proc.returncode == 0, proc.stderr
+    assert [p for p in (setup.store / "blobs").rglob("*") if p.is_file()] == []  # uv's cache has them
+    assert [p for p in (setup.store / "partial").iterdir()] == []
+
+    run_uv(setup.uv, ["cache", "clean"], cwd=setup.tmp, env=setup.env)
+    index_server.reset_counters()
+    proc = setup.prefetch(project)  # re-warmed from the index, each file once
+    assert proc.returncode == 0, proc.stderr
+    assert all(w["state"] == "warm" for w in setup.report(proc)["projects"][0]["wheels"])
+    torch311 = next(f for f in ws.filenames if f.startswith("torch-") and "cp311" in f)
+    assert index_server.bytes_served(torch311) == (wheel_dir / "cu128" / torch311).stat().st_size
 
 
 def test_flaky_index_is_survived(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:

@@ -253,7 +253,8 @@ def test_a_python_without_interpreter_is_unproven_and_the_python_key_adds_versio
 
 def test_store_max_size_evicts_what_no_project_pins_any_more(user: User, wheel_dir: Path, uv_bin: Path) -> None:
     w = user.world
-    cap = 'store-max-size = "1MiB"'  # room for one release of the three wheels, not two
+    # the store keeps copies only when asked to; then its cap has room for one release of three wheels
+    cap = 'keep-wheels = true\nstore-max-size = "1MiB"'
     assert user.warmd("prefetch", str(user.project), config=user.config(cap)).returncode == 0
     store = Store(user.tmp / "store")
     old = {p.name for p in store.blobs.glob("*/*")}
@@ -271,7 +272,7 @@ def test_store_max_size_evicts_what_no_project_pins_any_more(user: User, wheel_d
     assert new_torch in kept and w.server.sha256_of(w.torch311) not in kept
     assert store.total_bytes() <= 2**20 or kept <= {sha256_file(p) for p in new.wheels}
     # What is still pinned stays, even when it alone exceeds the cap.
-    proc = user.warmd("prefetch", str(user.project), config=user.config('store-max-size = "1KiB"'))
+    proc = user.warmd("prefetch", str(user.project), config=user.config('keep-wheels = true\nstore-max-size = "1KiB"'))
     assert proc.returncode == 0 and {p.name for p in store.blobs.glob("*/*")} == kept
 
 

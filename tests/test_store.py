@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from warmd.errors import FetchError
-from warmd.store import Sidecar, Store, merge_ranges, missing_ranges
+from warmd.partial import Sidecar, merge_ranges, missing_ranges
+from warmd.store import Store
 
 
 def _blob(store: Store, data: bytes, mtime: float | None = None) -> str:

@@ -110,6 +110,9 @@ class Config:
     cache_dir: Path | None = None  # None: whatever `uv cache dir` says
     store_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP)) / "store")
     store_max_size: int | None = 100 * 2**30
+    # Keep each verified wheel in the store after uv has it (a second copy: heals `uv cache
+    # clean` without the network). Off: the store holds only downloads in progress.
+    keep_wheels: bool = False
     state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_state_dir(APP)))
     recheck_interval: float = 4 * 3600.0
     retry_delay: float = 60.0  # the daemon's first retry of failed work; doubling up to recheck_interval
@@ -181,6 +184,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
             kwargs[attr] = _path(p)
     if "store-max-size" in data:
         kwargs["store_max_size"] = r.size("store-max-size")
+    if (keep := r.bool("keep-wheels")) is not None:
+        kwargs["keep_wheels"] = keep
     if "recheck-interval" in data:
         kwargs["recheck_interval"] = r.duration("recheck-interval")
     if "retry-delay" in data:

@@ -12,22 +12,31 @@ import httpx
 from loguru import logger
 
 
+def basic(user: str, password: str) -> str:
+    """An `Authorization: Basic` value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 class IndexAuth(httpx.Auth):
     """Basic credentials per host: `user:password@` in the URL first, else the netrc entry of the host."""
 
     def __init__(self, entries: netrc.netrc | None) -> None:
         self._netrc = entries
 
+    def authorization(self, host: str, user: str | None = None, password: str | None = None) -> str | None:
+        """The Authorization value for a request to `host`, given the URL's own user and password (if any)."""
+        if not user and not password:
+            found = self._netrc.authenticators(host) if self._netrc is not None else None
+            user, password = (found[0], found[2]) if found and found[2] else (None, None)
+        if user is None and password is None:
+            return None
+        return basic(user or "", password or "")
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         url = request.url
-        if url.username or url.password:
-            user, password = url.username, url.password
-        else:
-            found = self._netrc.authenticators(url.host) if self._netrc is not None else None
-            user, password = (found[0], found[2]) if found and found[2] else (None, None)
-        if user is not None or password is not None:
-            token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
-            request.headers["Authorization"] = f"Basic {token}"
+        value = self.authorization(url.host, url.username, url.password)
+        if value is not None:
+            request.headers["Authorization"] = value
         yield request
 
 

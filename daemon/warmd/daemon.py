@@ -17,10 +17,11 @@ from .cancel import CancelToken
 from .config import Config, load_config
 from .credentials import index_auth
 from .errors import EXIT_OK, WarmdError
-from .headers import check_pins, compare, redact
+from .headers import check_pins, compare
 from .lockfile import file_stamp
 from .model import FileStamp, ProjectReport
 from .policy import needs_user, outcome_of, retry_delay, uv_keeps
+from .redact import redact
 from .schedule import build_scheduler
 from .service import Notifier
 from .state import State

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,16 +17,18 @@ from urllib.parse import urlsplit
 import httpx
 from packaging.version import Version
 
+from .atomic import write_atomic
 from .config import Config, default_config_path
 from .credentials import index_auth
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
-from .headers import check_url, redact
+from .headers import check_url
 from .lockfile import Lock, read_lock
 from .mirrors import SAMPLE_CAP, MirrorCheck, check_mirror, sample_for
 from .model import Pin
 from .plan import PlanOptions, plan_project, project_folder
 from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
+from .redact import redact
 from .uvcache import Uv
 from .uvconfig import Override, dig, index_overrides, norm_url, read_toml, uv_toml_files
 from .variant import Detection, resolve_variant
@@ -511,7 +512,7 @@ def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
                         tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
         changed.append(str(url))
     if changed:
-        _write_atomic(pyproject, tomlkit.dumps(doc))
+        write_atomic(pyproject, tomlkit.dumps(doc))
     return changed
 
 
@@ -525,24 +526,6 @@ def _append_key(entry: Any, key: str, item: Any) -> None:
         entry.value._insert_after(keys[-1].key, key, item)
     else:
         entry[key] = item
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # -- disk, inotify, service ------------------------------------------------------------------------

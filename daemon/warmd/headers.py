@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
-from typing import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Iterable
+from urllib.parse import urlsplit
 
-import httpx
 from packaging.version import InvalidVersion, Version
 
 from .model import Pin
+from .redact import redact, scrub
 
-_USERINFO = re.compile(r"//[^/@\s]+@")
+if TYPE_CHECKING:  # httpx costs ~50 ms to import; `warmd prefetch` reads state without checking headers
+    import httpx
 
 # Servers that refuse HEAD answer one of these; a 1-byte ranged GET then gets the same headers.
 _HEAD_REFUSED = frozenset({403, 405, 501})
@@ -45,24 +45,10 @@ class HeaderCheck:
         return self.status is not None and 200 <= self.status < 300
 
 
-def redact(url: str) -> str:
-    """The URL without user:password, safe to store and log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
 def check_url(client: httpx.Client, url: str) -> HeaderCheck:
     """HEAD `url`, or GET its first byte where HEAD is refused; never raises for HTTP trouble."""
+    import httpx
+
     safe = redact(url)
     now = time.time()
     try:
@@ -74,7 +60,7 @@ def check_url(client: httpx.Client, url: str) -> HeaderCheck:
             return _from_response(safe, resp, "GET-range", now)
     except httpx.HTTPError as exc:
         # httpx messages can carry the URL: scrub any userinfo before keeping one.
-        msg = _USERINFO.sub("//", str(exc).replace(url, safe)).strip()
+        msg = scrub(str(exc).replace(url, safe)).strip()
         return HeaderCheck(url=safe, status=None, checked_at=now,
                            error=f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)
 

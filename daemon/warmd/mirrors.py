@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import httpx
 from loguru import logger
@@ -21,7 +22,8 @@ from loguru import logger
 from .config import MirrorSettings
 from .credentials import index_auth
 from .errors import HashMismatch, WarmdError
-from .fetch import FetchCancelled, Fetcher, FetchSkipped, ProgressEvent
+from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
+from .growing import GrowingFile
 from .headers import redact
 from .model import Fetched, WheelFile
 
@@ -155,18 +157,20 @@ class _Health:
 
 
 class MirroredFetcher:
-    """The engine's surface (fetch_many, skip, cancel, close), trying each wheel's mirror first.
+    """The engine's surface (fetch_many, skip, unskip, cancel, close, link, wait_links), trying each
+    wheel's mirror first.
 
-    `make(**overrides)` builds an engine on warmd's store with the configured settings; one is
-    for the origin, one (fewer retries, its failures shown as a step back to the origin) for the
-    mirrors. Wrap each run in `run()`: what a run learnt of a mirror's health ends with it.
+    `origin` is the engine for the lock's own URLs; `make_mirror_engine()` builds, on first need,
+    the one for mirrors (on the same store; fewer retries, its failures shown as a step back to the
+    origin: `mirror_progress`). Wrap each run in `run()`: what a run learnt of a mirror's health
+    ends with it. Without mirrors every call goes to `origin` as it is.
     """
 
-    def __init__(self, mirrors: Sequence[MirrorSettings], make: Callable[..., Fetcher], *, timeout: float,
-                 progress: Callable[[ProgressEvent], None] | None = None) -> None:
+    def __init__(self, mirrors: Sequence[MirrorSettings], origin: Fetcher, make_mirror_engine: Callable[[], Fetcher],
+                 *, timeout: float) -> None:
         self.mirrors = tuple(mirrors)
-        self.origin = make(progress=progress)
-        self._via_mirror = make(retries=MIRROR_RETRIES, progress=_as_retry(progress)) if self.mirrors else None
+        self.origin = origin
+        self._via_mirror = make_mirror_engine() if self.mirrors else None
         self._timeout = timeout
         self._runs = 0
         self._health: _Health | None = None
@@ -189,8 +193,14 @@ class MirroredFetcher:
                     self._health = None
 
     def fetch_many(self, wheels: Iterable[WheelFile], max_parallel_files: int = 2,
-                   on_done: Callable[[str, Fetched | WarmdError], None] | None = None) -> dict[str, Fetched | WarmdError]:
-        """Fetch several wheels, each from its mirror first; what a mirror could not give comes from the origin."""
+                   on_done: Callable[[str, Fetched | WarmdError], None] | None = None,
+                   on_growing: Callable[[str, GrowingFile], None] | None = None,
+                   **engine: Any) -> dict[str, Fetched | WarmdError]:
+        """Fetch several wheels, each from its mirror first; what a mirror could not give comes from the origin.
+
+        A mirror's bytes reach `on_done` only verified: they are never streamed to uv while they
+        arrive (`on_growing` is for the origin's downloads), so a mirror's bad bytes reach no one.
+        """
         wheels = list(wheels)
         with self._lock:
             health = self._health or _Health(self._timeout)  # outside run(), this call is the run
@@ -227,14 +237,14 @@ class MirroredFetcher:
                     for s in left:
                         via.skip(s)
 
-            got = via.fetch_many([w for _m, w in routed.values()], max_parallel_files, done)
+            got = via.fetch_many([w for _m, w in routed.values()], max_parallel_files, done, **engine)
             for sha, r in got.items():
                 if not (_fell_back(r) or sha in abandoned):
                     results.setdefault(sha, r)
         with self._lock:
             rest = [w for w in wheels if w.sha256.lower() not in results and w.sha256.lower() not in self._skipped]
         if rest:
-            got = self.origin.fetch_many(rest, max_parallel_files, _noted(on_done, faults))
+            got = self.origin.fetch_many(rest, max_parallel_files, _noted(on_done, faults), on_growing, **engine)
             results.update({sha: _with_fault(r, faults.get(sha)) for sha, r in got.items()})
         for w in wheels:  # skipped while its mirror was being tried: not fetched from the origin either
             results.setdefault(w.sha256.lower(), FetchSkipped(f"{w.filename}: not needed after all"))
@@ -246,6 +256,21 @@ class MirroredFetcher:
             self._skipped.add(sha256.lower())
         for f in self._engines():
             f.skip(sha256)
+
+    def unskip(self, sha256: str) -> None:
+        """Take back a skip(): the file may be downloaded again."""
+        with self._lock:
+            self._skipped.discard(sha256.lower())
+        for f in self._engines():
+            f.unskip(sha256)
+
+    def link(self, host: str) -> Link | None:
+        """What the origin's engine found `host` to be like (mirrors are not asked of it)."""
+        return self.origin.link(host)
+
+    def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
+        """The origin engine's wait for what it finds of these hosts."""
+        return self.origin.wait_links(hosts, timeout)
 
     def cancel(self) -> None:
         """Stop every download promptly; partial files stay for the next run."""
@@ -305,7 +330,7 @@ def _noted(on_done: Callable[[str, Fetched | WarmdError], None] | None,
     return lambda sha, result: on_done(sha, _with_fault(result, faults.get(sha)))
 
 
-def _as_retry(progress: Callable[[ProgressEvent], None] | None) -> Callable[[ProgressEvent], None] | None:
+def mirror_progress(progress: Callable[[ProgressEvent], None] | None) -> Callable[[ProgressEvent], None] | None:
     """The progress callback for mirror downloads: a mirror's failure is a step back to the origin."""
     if progress is None:
         return None

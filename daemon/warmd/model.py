@@ -45,6 +45,19 @@ class Pin:
 
 
 @dataclass(frozen=True)
+class ProgressEvent:
+    """A snapshot of one file's download, handed to the progress callback."""
+
+    filename: str
+    sha256: str
+    total: int | None
+    done: int  # bytes on disk, reused ones included
+    downloaded_this_run: int
+    state: str  # "start" | "progress" | "retry" | "done" | "failed"
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Fetched:
     """A verified file in the store."""
 

@@ -2,35 +2,55 @@
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import os
+import re
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 from loguru import logger
+from packaging.utils import canonicalize_name
 
 from .cancel import Cancelled
 from .config import Config
 from .errors import WarmdError
-from .feeder import Feeder
+from .feeder import Feeder, Shelf
 from .fetch import Fetcher, FetchSkipped, ProgressEvent
+from .importer import Importer
 from .lockfile import file_stamp
-from .mirrors import MirroredFetcher
+from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
 from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
 from .plan import Planner, ProjectPlan
-from .policy import outcome_of
+from .policy import outcome_of, uv_keeps
 from .store import Store
 from .uvcache import ProbeResult, Uv
 
 if TYPE_CHECKING:
     from .state import State
+
+_MEASURE_WAIT = 0.6  # seconds to wait after the probe for the first download's rate
+_UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
+
+
+@dataclass
+class _Run:
+    """What one warm found and did, for the reports: uv's answers before and after, and each wheel's fate."""
+
+    before: dict[Path, dict[str, ProbeResult]]
+    after: dict[Path, dict[str, ProbeResult]]
+    need: dict[str, Pin]  # sha256 -> a pin of a file uv lacked
+    fetched: dict[str, Fetched | WarmdError]
+    import_errors: dict[str, str]
+    by_uv: set[str]  # files uv downloaded itself
 
 
 class Pipeline:
@@ -43,16 +63,22 @@ class Pipeline:
         state: State | None = None,
         progress: Callable[[ProgressEvent], None] | None = None,
         uv: Uv | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
-        # Wheels a lab mirror serves are fetched from it first, by the same engine (mirrors.py).
+        self.progress = progress
         engine = dict(connections=config.download.connections, timeout=config.download.timeout,
-                      retries=config.download.retries, max_parallel_files=config.download.parallel_files)
-        self.fetcher = MirroredFetcher(config.mirrors, lambda **kw: Fetcher(self.store, **(engine | kw)),
-                                       timeout=config.download.timeout, progress=progress)
+                      max_parallel_files=config.download.parallel_files)
+        # A lab's mirrors are tried first, by an engine of their own on the same store (mirrors.py).
+        self.fetcher = MirroredFetcher(
+            config.mirrors,
+            fetcher or Fetcher(self.store, retries=config.download.retries, progress=progress, **engine),
+            lambda: Fetcher(self.store, retries=MIRROR_RETRIES, progress=mirror_progress(progress), **engine),
+            timeout=config.download.timeout,
+        )
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
@@ -99,13 +125,46 @@ class Pipeline:
         plans, failed = self._planner.plan_all(projects)
         reports = []
         with self._project_locks([pl.project for pl in plans]):
-            # Downloads start at once for files neither the store nor an earlier run has seen
-            # warm; meanwhile uv says what it already has, and those downloads are called off.
-            speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
-                           if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
-            with Feeder(self.store.path) as feeder, _Importer(self._import, feeder) as importer, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
-                early = pool.submit(self._fetch, list(speculative.values()), importer.ready)
+            run = self._fetch_and_import(plans)
+            for pl in plans:
+                unhashed = self._unhashed(pl)
+                if not pl.is_current():  # what uv said may be about another lock
+                    reports.append(_superseded(pl))
+                    continue
+                reports.append(self._report(pl, run, unhashed))
+            self._tidy(reports, run)
+        reports = [_superseded_if_changed(r) for r in reports + failed]
+        if self.state is not None:
+            for r in reports:
+                if r.superseded is None:
+                    self.state.record_report(r, outcome_of(r), uv_version=str(self.uv.version))
+        # Only now, with the new pins recorded and warm, may old files make room.
+        self._evict({p.wheel.sha256 for pl in plans for p in pl.pins})
+        return reports
+
+    def cancel(self) -> None:
+        """Stop downloads promptly; partial files stay for the next run."""
+        self.fetcher.cancel()
+
+    def close(self) -> None:
+        """Release connections."""
+        self.fetcher.close()
+
+    # -- fetch and import ----------------------------------------------------------------------
+
+    def _fetch_and_import(self, plans: list[ProjectPlan]) -> _Run:
+        """Probe, then get every wheel uv lacks into its cache, then ask uv again."""
+        pins = [pin for pl in plans for pin in pl.pins]
+        resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
+        # Downloads start at once for files neither the store nor an earlier run has seen
+        # warm; meanwhile uv says what it already has, and those downloads are called off.
+        speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
+                       if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
+        shelf = Shelf()
+        with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
+            importer = Importer(self._run_import, feeder, shelf)
+            try:
+                early = pool.submit(self._fetch, list(speculative.values()), shelf)
                 try:
                     before = {pl.project: self._probe(pl) for pl in plans}
                 except BaseException as exc:
@@ -125,57 +184,143 @@ class Pipeline:
                 if all(pl.is_current() for pl in plans):
                     for sha in speculative.keys() - need.keys():
                         self.fetcher.skip(sha)
-                # Each verified file goes to uv as soon as it is in the store, while others download.
-                importer.start([pin for pl in plans for pin in pl.pins if pin.wheel.sha256 in need])
+                by_uv = self._for_uv(need, resumable, speculative)
+                for sha in by_uv:
+                    self.fetcher.skip(sha)
+                # uv starts on every file it lacks now, and unpacks each while it downloads.
+                shelf.expect(need.keys() - by_uv)
+                importer.start([p for p in pins if p.wheel.sha256 in need and p.wheel.sha256 not in by_uv])
+                importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
                 fetched = early.result()
-                fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative], importer.ready))
+                fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative.keys() | by_uv],
+                                           shelf))
                 import_errors = importer.finish()
-                after = {pl.project: self._proof(pl, before[pl.project], need, fetched, import_errors, feeder)
-                         for pl in plans}
-            for pl in plans:
-                unhashed = self._unhashed(pl)
-                if not pl.is_current():  # what uv said may be about another lock
-                    reports.append(_superseded(pl))
-                    continue
-                reports.append(self._report(pl, before[pl.project], after[pl.project], fetched, import_errors,
-                                            unhashed))
-        reports = [_superseded_if_changed(r) for r in reports + failed]
-        if self.state is not None:
-            for r in reports:
-                if r.superseded is None:
-                    self.state.record_report(r, outcome_of(r), uv_version=str(self.uv.version))
-        # Only now, with the new pins recorded and warm, may old files make room.
-        self._evict({p.wheel.sha256 for pl in plans for p in pl.pins})
-        return reports
+                refused = importer.refused()
+                if refused:  # uv could not fetch them itself (its own settings, a proxy...): warmd does
+                    logger.info("uv could not fetch {} wheel(s) itself; warmd downloads them", len(refused))
+                    by_uv -= refused
+                    for sha in refused:
+                        self.fetcher.unskip(sha)
+                        import_errors.pop(sha, None)
+                    shelf.expect(refused, again=True)
+                    again = Importer(self._run_import, feeder, shelf)
+                    again.start([p for p in pins if p.wheel.sha256 in refused])
+                    fetched.update(self._fetch([need[sha] for sha in refused], shelf))
+                    import_errors.update(again.finish())
+                run = _Run(before, {}, need, fetched, import_errors, by_uv)
+                run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
+            except KeyboardInterrupt:
+                self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
+                raise
+            finally:
+                shelf.close()  # a uv still asking for a file that will not come gets its answer: none
+        return run
 
-    def cancel(self) -> None:
-        """Stop downloads promptly; partial files stay for the next run."""
-        self.fetcher.cancel()
+    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
+        """The needed wheels uv should download itself: on a host one stream of which outruns uv's
+        unpacking, warmd's own copy of the bytes would only cost CPU (ARCHITECTURE.md, "Who downloads")."""
+        if self.config.keep_wheels or not self.uv.drops_bad_wheels:
+            return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
+        # A wheel a lab mirror serves goes through warmd's engine: uv would fetch it from the origin.
+        candidates = {sha: pin for sha, pin in need.items()
+                      if pin.index is not None and sha not in resumable and not self.store.has(sha)
+                      and mirror_for(self.config.mirrors, pin.wheel.url) is None}
+        hosts = {_host(p.wheel.url) for p in candidates.values()}
+        measuring = {_host(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
+        links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
+        if measuring - links.keys():
+            links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
+        version = str(self.uv.version)
+        out = set()
+        for sha, pin in candidates.items():
+            link = links.get(_host(pin.wheel.url))
+            # uv must keep the file by itself: no per-index override is passed (the user's uv
+            # settings stay in force), so only where the file's headers or its host allow it
+            if link is not None and link.kind == "fast" and \
+                    uv_keeps(pin.wheel.url, link.cache_control, uv_version=version).verdict == "kept":
+                out.add(sha)
+        if out:
+            logger.info("{}: one stream outruns uv's unpacking; uv fetches {} wheel(s) itself",
+                        ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
+        return out
 
-    def close(self) -> None:
-        """Release connections."""
-        self.fetcher.close()
+    def _proof(self, pl: ProjectPlan, run: _Run, feeder: Feeder, shelf: Shelf) -> dict[str, ProbeResult]:
+        """What uv says after the imports; wheels it lost right after theirs (a `uv cache clean`) get one more."""
+        before = run.before[pl.project]
+        if not any(p.wheel.sha256 in run.need for p in pl.pins):
+            return before
+        after = self._probe(pl)
+        lost = [p for p in pl.pins if p.wheel.sha256 in run.need and p.wheel.sha256 not in run.import_errors
+                and isinstance(run.fetched.get(p.wheel.sha256), Fetched) and p.name in after[p.python].cold]
+        if not lost:
+            return after
+        logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
+                    pl.project, len(lost))
+        again = Importer(self._run_import, feeder, shelf)
+        again.start(lost)
+        run.import_errors.update(again.finish())
+        return self._probe(pl)
+
+    def _tidy(self, reports: list[ProjectReport], run: _Run) -> None:
+        """Without keep-wheels, drop what this run downloaded once uv has it (and partials uv made moot)."""
+        warm = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state == "warm"}
+        cold = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state != "warm"}
+        for sha in (run.need.keys() & warm) - cold:
+            if sha in run.by_uv:
+                self.store.drop_partial(sha)  # a speculative start, never finished
+            elif not self.config.keep_wheels:
+                self.store.remove(sha)
+
+    def _fetch(self, pins: list[Pin], shelf: Shelf) -> dict[str, Fetched | WarmdError]:
+        if not pins:
+            return {}
+        logger.info("fetching {} wheel(s)", len(pins))
+
+        def done(sha: str, result: Fetched | WarmdError) -> None:
+            if isinstance(result, Fetched):
+                shelf.offer(sha, result.path)
+            else:
+                shelf.withdraw(sha)
+
+        return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
+                                       max_parallel_files=self.config.download.parallel_files)
+
+    def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str,
+                    direct: bool) -> None:
+        if not direct:
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, patient=True)
+            return
+        # uv downloads these itself: what it prints is their only progress
+        by_name = {p.name: p for p in pins}
+        for p in pins:
+            self._emit(p, "start", "uv downloads it itself")
+
+        def line(text: str) -> None:
+            m = _UV_DOWNLOADED.match(text)
+            if m and (p := by_name.pop(canonicalize_name(m.group(1)), None)) is not None:
+                self._emit(p, "done", "downloaded by uv")
+
+        try:
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line)
+        except WarmdError as exc:
+            for p in by_name.values():
+                self._emit(p, "retry", f"uv could not fetch it: {exc}")
+            raise
+        for p in by_name.values():
+            self._emit(p, "done", "downloaded by uv")
+
+    def _emit(self, pin: Pin, state: str, message: str) -> None:
+        if self.progress is None:
+            return
+        size = pin.wheel.size
+        with contextlib.suppress(Exception):
+            self.progress(ProgressEvent(pin.wheel.filename, pin.wheel.sha256, size,
+                                        size or 0 if state == "done" else 0, 0, state, message))
 
     # -- steps ---------------------------------------------------------------------------------
 
     def _probe(self, pl: ProjectPlan) -> dict[str, ProbeResult]:
         return probe_plan(self.uv, pl)
-
-    def _proof(self, pl: ProjectPlan, before: dict[str, ProbeResult], need: dict[str, Pin],
-               fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str],
-               feeder: Feeder) -> dict[str, ProbeResult]:
-        """What uv says after the imports; wheels it lost right after theirs (a `uv cache clean`) get one more."""
-        if not any(p.wheel.sha256 in need for p in pl.pins):
-            return before
-        after = self._probe(pl)
-        lost = [p for p in pl.pins if p.wheel.sha256 in need and p.wheel.sha256 not in import_errors
-                and isinstance(fetched.get(p.wheel.sha256), Fetched) and p.name in after[p.python].cold]
-        if not lost:
-            return after
-        logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
-                    pl.project, len(lost))
-        import_errors.update(self._import(lost, feeder))
-        return self._probe(pl)
 
     def _unhashed(self, pl: ProjectPlan) -> dict[tuple[str, str], SkippedReport]:
         """With `warm-unhashed`, have uv download the wheels the lock pins without a sha256, and probe them."""
@@ -208,35 +353,9 @@ class Pipeline:
     def _was_warm(self, project: Path, pin: Pin) -> bool:
         return self.state is not None and self.state.wheel_state(project, pin.wheel.sha256) == "warm"
 
-    def _fetch(self, pins: list[Pin], on_done: Callable[[str, Fetched | WarmdError], None]) -> dict[str, Fetched | WarmdError]:
-        if not pins:
-            return {}
-        logger.info("fetching {} wheel(s)", len(pins))
-        return self.fetcher.fetch_many([p.wheel for p in pins], on_done=on_done,
-                                       max_parallel_files=self.config.download.parallel_files)
-
-    def _import(self, pins: list[Pin], feeder: Feeder) -> dict[str, str]:
-        """Hand verified files to uv; returns sha256 -> error for the groups uv refused."""
-        errors: dict[str, str] = {}
-        # One uv call per target and index: a pylock names each package once, and the same file
-        # pinned from two indexes (a mirror) is two cache entries. Direct-URL wheels (index None)
-        # are keyed by their URL, so uv fetches those itself.
-        groups: dict[tuple[str, str, str | None], dict[str, Pin]] = defaultdict(dict)
-        for pin in pins:
-            groups[(pin.python, pin.platform, pin.index)][pin.wheel.sha256] = pin
-        for (python, platform, _index), by_sha in groups.items():
-            group = list(by_sha.values())
-            urls = {p.wheel.sha256: feeder.url(p.wheel.sha256, p.wheel.filename) for p in group if p.index is not None}
-            try:
-                self.uv.import_wheels(group, urls, python=python, platform=platform)
-            except WarmdError as exc:
-                logger.warning("{}", exc)  # each project's report names the wheels it cost
-                errors.update({s: str(exc) for s in by_sha})
-        return errors
-
-    def _report(self, pl: ProjectPlan, before: dict[str, ProbeResult], after: dict[str, ProbeResult],
-                fetched: dict[str, Fetched | WarmdError], import_errors: dict[str, str],
-                unhashed: dict[tuple[str, str], SkippedReport]) -> ProjectReport:
+    def _report(self, pl: ProjectPlan, run: _Run, unhashed: dict[tuple[str, str], SkippedReport]) -> ProjectReport:
+        before, after = run.before[pl.project], run.after[pl.project]
+        fetched, import_errors = run.fetched, run.import_errors
         wheels = []
         for pin in pl.pins:
             res = after[pin.python]
@@ -245,6 +364,8 @@ class Pipeline:
                 got = None  # uv had it already: not a failure
             down = got.bytes_downloaded if isinstance(got, Fetched) else 0
             reused = got.bytes_reused if isinstance(got, Fetched) else 0
+            if pin.wheel.sha256 in run.by_uv:
+                down = pin.wheel.size or 0  # fetched all the same, by uv
             if pin.name in before[pin.python].warm:
                 reused = pin.wheel.size or 0
             where = dict(via=got.via, mirror_error=got.mirror_error) if isinstance(got, Fetched) else {}
@@ -311,79 +432,6 @@ class Pipeline:
                 os.close(fd)
 
 
-class _Importer:
-    """Hands verified files to uv in batches as they arrive, on a thread of its own."""
-
-    def __init__(self, import_: Callable[[list[Pin], Feeder], dict[str, str]], feeder: Feeder) -> None:
-        self._import = import_
-        self._feeder = feeder
-        self._cv = threading.Condition()
-        self._ready: list[str] = []  # verified, not imported yet
-        self._pins: dict[str, list[Pin]] | None = None  # known once uv said what it lacks
-        self._closing = False
-        self._errors: dict[str, str] = {}
-        self._cancelled: Cancelled | None = None
-        # In the run's context: a run called off stops its uv imports too (cancel.scope).
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
-                                        name="warmd-import", daemon=True)
-
-    def __enter__(self) -> _Importer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-
-    def ready(self, sha: str, result: Fetched | WarmdError) -> None:
-        """A fetch finished; verified files join the next batch."""
-        if isinstance(result, Fetched):
-            with self._cv:
-                self._ready.append(sha)
-                self._cv.notify()
-
-    def start(self, pins: Sequence[Pin]) -> None:
-        """The pins worth importing (files uv lacks); until this is called, nothing is imported."""
-        by_sha: dict[str, list[Pin]] = defaultdict(list)
-        for pin in pins:
-            by_sha[pin.wheel.sha256].append(pin)
-        with self._cv:
-            self._pins = dict(by_sha)
-            self._cv.notify()
-
-    def finish(self) -> dict[str, str]:
-        """Import what is left, stop, and return sha256 -> error for what uv refused."""
-        with self._cv:
-            self._closing = True
-            self._cv.notify()
-        if self._thread.is_alive():
-            self._thread.join()
-        if self._cancelled is not None:
-            raise self._cancelled
-        return self._errors
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._closing or (self._pins is not None and self._ready))
-                pins = self._pins or {}
-                batch = [p for sha in self._ready for p in pins.get(sha, ())]
-                self._ready.clear()
-                done = self._closing
-            if batch:
-                try:
-                    self._errors.update(self._import(batch, self._feeder))
-                except Cancelled as exc:
-                    self._cancelled = exc
-                    return
-                except Exception as exc:  # a bug here must still leave a report, not a hung run
-                    logger.exception("import failed")
-                    self._errors.update({p.wheel.sha256: f"import failed: {exc}" for p in batch})
-            if done:
-                with self._cv:
-                    if not self._ready:
-                        return
-
-
 def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
               skipped: tuple[SkippedReport, ...] | None = None) -> ProjectReport:
     """A project's report: its plan's variant, choice and Pythons, with these wheel outcomes."""
@@ -415,6 +463,10 @@ def probe_plan(uv: Uv, pl: ProjectPlan) -> dict[str, ProbeResult]:
         out[python] = uv.probe(pl.project, selected=selected, others=pl.lock_packages,
                                python=_probe_python(pl, python), flags=pl.flags)
     return out
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
 
 
 def _probe_python(pl: ProjectPlan, python: str) -> str:

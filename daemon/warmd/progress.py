@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .fetch import ProgressEvent
+from .model import ProgressEvent
 
 
 def human_bytes(n: float) -> str:

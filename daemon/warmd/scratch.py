@@ -1,4 +1,4 @@
-"""warmd's scratch folders in TMPDIR, and the sweep of those a killed warmd left behind.
+"""warmd's scratch folders in TMPDIR (or in memory), and the sweep of those a killed warmd left behind.
 
 Each folder is named `warmd-<what>-<owner>-<random>` and holds an flock on itself while in use.
 The uv child a folder is made for inherits that lock, so a uv still running after its warmd was
@@ -32,10 +32,26 @@ class Scratch:
     fd: int
 
 
+def memory_dir() -> Path | None:
+    """A memory-backed folder this user may write in ($XDG_RUNTIME_DIR, else /dev/shm), if there is one."""
+    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def bases() -> list[Path]:
+    """Every folder scratch folders are made in: TMPDIR, and the memory-backed one."""
+    found = [Path(tempfile.gettempdir()), memory_dir()]
+    return list(dict.fromkeys(p for p in found if p is not None))
+
+
 @contextmanager
-def folder(what: str) -> Iterator[Scratch]:
-    """A fresh scratch folder `warmd-<what>-…` in TMPDIR, locked while the block runs, then removed."""
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{what}-{Owner.me().tag}-"))
+def folder(what: str, *, memory: bool = False) -> Iterator[Scratch]:
+    """A fresh scratch folder `warmd-<what>-…` in TMPDIR (`memory`: in memory_dir() when there is
+    one), locked while the block runs, then removed."""
+    where = memory_dir() if memory else None
+    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{what}-{Owner.me().tag}-", dir=where))
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -46,8 +62,11 @@ def folder(what: str) -> Iterator[Scratch]:
 
 
 def sweep(where: Path | None = None) -> list[Path]:
-    """Remove the scratch folders in `where` (TMPDIR) whose warmd is gone and that nobody holds."""
-    base = Path(where or tempfile.gettempdir())
+    """Remove the scratch folders in `where` (None: every one of bases()) whose warmd is gone and
+    that nobody holds."""
+    if where is None:
+        return [p for base in bases() for p in sweep(base)]
+    base = Path(where)
     removed = []
     try:
         entries = list(base.iterdir())

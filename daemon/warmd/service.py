@@ -7,13 +7,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
+
+from .atomic import write_atomic
 
 UNIT_NAME = "warmd.service"
 
@@ -316,7 +317,7 @@ def install_service(
     if print_only:
         return InstallResult(unit_path, text, False, ENABLE_COMMAND)
     unit_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(unit_path, text)
+    write_atomic(unit_path, text, mode=0o644)
     return InstallResult(unit_path, text, True, ENABLE_COMMAND)
 
 
@@ -379,17 +380,3 @@ def _quote(arg: str, *, exec_line: bool = False) -> str:
         return arg
     escaped = arg.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

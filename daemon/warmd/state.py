@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import WarmdError
-from .headers import HeaderCheck, redact
+from .headers import HeaderCheck
 from .model import FileStamp, Outcome, Pin, ProjectReport, WheelFile
 from .owner import Owner
+from .redact import redact
 
 STATE_FILE = "state.sqlite3"
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)

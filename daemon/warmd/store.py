@@ -16,19 +16,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from loguru import logger
 
+from .atomic import fsync_dir, write_atomic
 from .errors import DiskFull, FetchError
+from .partial import Sidecar
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -47,75 +46,6 @@ def disk_full_error(store_dir: Path, needed: int | None, exc: OSError | None = N
         f"{store_dir}: {why}; the download needs {need}. Free space there, "
         "or lower store-max-size / move store-dir in warmd's config"
     )
-
-
-@dataclass
-class Sidecar:
-    """What a partial download needs to resume safely: which bytes of which version are on disk."""
-
-    url: str  # credentials stripped; informational only
-    size: int
-    etag: str | None = None
-    last_modified: str | None = None
-    done: list[tuple[int, int]] = field(default_factory=list)  # sorted, merged [start, end)
-
-    def validator(self) -> str | None:
-        """The If-Range value that proves the server still has the same file."""
-        return self.etag or self.last_modified
-
-    def done_bytes(self) -> int:
-        """Bytes marked durable on disk."""
-        return sum(e - s for s, e in self.done)
-
-    def to_json(self) -> str:
-        """Serialise for the sidecar file."""
-        return json.dumps({
-            "version": 1, "url": self.url, "size": self.size, "etag": self.etag,
-            "last_modified": self.last_modified, "done": [list(r) for r in self.done],
-        })
-
-    @classmethod
-    def from_json(cls, text: str) -> Sidecar:
-        """Parse a sidecar file; raises ValueError on anything unexpected."""
-        d = json.loads(text)
-        if d.get("version") != 1 or not isinstance(d.get("size"), int) or d["size"] < 0:
-            raise ValueError("bad sidecar")
-        done = [(int(s), int(e)) for s, e in d.get("done", [])]
-        if any(not 0 <= s < e <= d["size"] for s, e in done):
-            raise ValueError("sidecar range outside the file")
-        return cls(url=str(d.get("url", "")), size=d["size"], etag=d.get("etag"),
-                   last_modified=d.get("last_modified"), done=merge_ranges(done))
-
-
-def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sort and merge overlapping or touching [start, end) ranges."""
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(r for r in ranges if r[1] > r[0]):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
-def missing_ranges(done: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-    """The [start, end) ranges of a file of `size` bytes not covered by `done`."""
-    out, pos = [], 0
-    for s, e in merge_ranges(done):
-        if s > pos:
-            out.append((pos, s))
-        pos = max(pos, e)
-    if pos < size:
-        out.append((pos, size))
-    return out
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_sha(sha: str) -> str:
@@ -178,16 +108,21 @@ class Store:
                 os.close(fd)
             os.chmod(part_path, 0o444)
             os.replace(part_path, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             with contextlib.suppress(FileNotFoundError):
                 self.sidecar_path(sha).unlink()
-            _fsync_dir(self.partial)
+            fsync_dir(self.partial)
         except OSError as exc:
             if is_disk_full(exc):
                 raise disk_full_error(self.root, None, exc) from None
             raise
         os.utime(dest)
         return dest
+
+    def remove(self, sha: str) -> None:
+        """Delete the blob for `sha` (readers that have it open keep reading it)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.blob_path(sha).unlink()
 
     # -- partials -------------------------------------------------------------------------
 
@@ -202,6 +137,35 @@ class Store:
     def partial_paths(self, sha: str) -> tuple[Path, Path]:
         """(part file, sidecar file) for `sha`; neither need exist."""
         return self.part_path(sha), self.sidecar_path(sha)
+
+    def open_part(self, sha: str, size: int, fresh: bool) -> int:
+        """Open the partial for writing (fresh: created and preallocated, so a full disk fails now, not at 90 %)."""
+        part = self.part_path(sha)
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o644)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.root, size, exc) from None
+            raise FetchError(f"{part}: cannot open for writing: {exc.strerror}") from None
+        try:
+            if fresh:
+                try:
+                    if size:
+                        os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise
+                    os.ftruncate(fd, size)  # filesystem without fallocate: sparse is fine
+            elif os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            if fresh:
+                self.drop_partial(sha)  # nothing in it worth keeping
+            if is_disk_full(exc):
+                raise disk_full_error(self.root, size, exc) from None
+            raise FetchError(f"{part}: cannot allocate {size} bytes: {exc.strerror}") from None
+        return fd
 
     def read_sidecar(self, sha: str) -> Sidecar | None:
         """The sidecar of a partial that can be resumed, or None (absent, unreadable, no .part)."""
@@ -221,21 +185,14 @@ class Store:
         return sc
 
     def write_sidecar(self, sha: str, sidecar: Sidecar) -> None:
-        """Replace the sidecar atomically (temp file, fsync, rename, fsync dir)."""
-        side = self.sidecar_path(sha)
+        """Replace the sidecar atomically, without waiting for the disk.
+
+        No fsync: a killed process loses nothing the kernel has, and what a power loss tears
+        (a sidecar claiming bytes that never reached the disk) the final sha256 catches; the
+        file then starts over once.
+        """
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.partial, prefix=f".{sha[:16]}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(sidecar.to_json())
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, side)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(self.partial)
+            write_atomic(self.sidecar_path(sha), sidecar.to_json(), durable=False)
         except OSError as exc:
             if is_disk_full(exc):
                 raise disk_full_error(self.root, None, exc) from None

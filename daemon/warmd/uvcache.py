@@ -6,12 +6,15 @@ the one the user's uv reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +33,8 @@ _INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)\s*(?:==|@)")
 _PY_VERSION = re.compile(r"(\d+\.\d+)")
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
+_DROPS_BAD_WHEELS_FROM = Version("0.13.8")
+_TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
 
 
 # PEP 508's marker variables, as the interpreter itself reports them (packaging is not installed there).
@@ -94,8 +99,12 @@ class Uv:
         return Path(found).resolve()
 
     def _run(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-             timeout: float = _TIMEOUT, pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
-        """Run uv; a run called off (cancel.Cancelled) stops it at once and raises instead of answering."""
+             timeout: float = _TIMEOUT, pass_fds: Sequence[int] = (),
+             on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run uv; a run called off (cancel.Cancelled) stops it at once and raises instead of answering.
+
+        `on_line` is handed each line uv prints (stdout and stderr, merged into stderr), as it prints it.
+        """
         cmd = [str(self.exe), *args]
         full_env = {**self._env, **(env or {})}
         if self._cache_dir is not None:
@@ -106,16 +115,17 @@ class Uv:
         logger.debug("uv: {}", " ".join(cmd))
         try:
             proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, pass_fds=tuple(pass_fds))
+                                    stderr=subprocess.PIPE if on_line is None else subprocess.STDOUT, text=True,
+                                    pass_fds=tuple(pass_fds))
         except OSError as exc:
             raise UvError(f"cannot run {self.exe}: {exc}") from None
         with proc:
             try:
-                if token is None:
-                    out, err = proc.communicate(timeout=timeout)
-                else:
-                    with token.watching(proc):
+                with token.watching(proc) if token is not None else contextlib.nullcontext():
+                    if on_line is None:
                         out, err = proc.communicate(timeout=timeout)
+                    else:
+                        out, err = "", _read_lines(proc, timeout, on_line)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
@@ -138,6 +148,15 @@ class Uv:
             return Version(m.group(1))
         except InvalidVersion:
             raise UvError(f"{self.exe}: unreadable version {m.group(1)!r}") from None
+
+    @property
+    def drops_bad_wheels(self) -> bool:
+        """True when this uv keeps nothing of a wheel whose bytes fail the pinned sha256.
+
+        uv 0.13.8 (DESIGN.md fact 11) and the pinned 0.13.9 (tests/test_stream.py) keep nothing;
+        0.8.2 keeps the unpacked wrong bytes, so it is never handed a wheel it fetches itself.
+        """
+        return self.version >= _DROPS_BAD_WHEELS_FROM
 
     @cached_property
     def cache_dir(self) -> Path:
@@ -198,21 +217,30 @@ class Uv:
                             f"{uv_reason(out)}")
         return out.stdout
 
-    def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str) -> None:
-        """Have uv download `pins` from `urls` (sha256 -> loopback URL) into its cache, checking hashes.
+    def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
+                      patient: bool = False, on_line: Callable[[str], None] | None = None) -> None:
+        """Have uv download `pins` from `urls` (sha256 -> URL) into its cache, checking hashes.
 
         A pin without an index (a wheel the lock pins by direct URL) is keyed by that URL in uv's
         cache, so uv downloads it from there itself; the lock's sha256 is checked all the same.
+        `patient`: the URLs are the feeder's, which may hold an answer back for as long as a
+        download takes; `on_line` is handed each line uv prints, as it prints it.
         """
+        env = {"UV_PYTHON_DOWNLOADS": "never"}
+        if patient:
+            # uv asks for every wheel at once; the feeder answers each as its download proceeds,
+            # so one queued behind others may wait longer than uv's 30 s default. The feeder ends
+            # every answer (whole, or cut off when a download fails).
+            env["UV_HTTP_TIMEOUT"] = str(_TIMEOUT_FEEDER)
         registry = [p for p in pins if p.index is not None]
         direct = [p for p in pins if p.index is None]
         if registry:
             # PEP 751 wants this exact file name; uv refuses other names for a pylock.
             self._pip_install("pylock.toml", render_pylock(registry, urls), python=python, platform=platform,
-                              what=f"{len(registry)} wheel(s)")
+                              what=f"{len(registry)} wheel(s)", env=env, on_line=on_line)
         if direct:
             self._pip_install("requirements.txt", render_requirements(direct), python=python, platform=platform,
-                              what=f"{len(direct)} direct-URL wheel(s)")
+                              what=f"{len(direct)} direct-URL wheel(s)", on_line=on_line)
 
     def import_unverified(self, wheels: Sequence[Skipped], *, python: str, platform: str) -> None:
         """Have uv download wheels the lock pins without a sha256, from where the lock says, unverified.
@@ -233,8 +261,12 @@ class Uv:
                               python=python, platform=platform, what=f"{len(direct)} unhashed wheel(s)")
 
     def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,
-                     config: str | None = None) -> None:
-        with scratch.folder("import") as work:
+                     config: str | None = None, env: Mapping[str, str] | None = None,
+                     on_line: Callable[[str], None] | None = None) -> None:
+        # In memory where there is some: the install is thousands of symlinks (torch alone
+        # ~13,000); making and removing them on a disk busy writing back uv's unpacked wheels
+        # took 1-3 s, on tmpfs a few ms.
+        with scratch.folder("import", memory=True) as work:
             tmp = work.path
             req = tmp / name
             req.write_text(text, encoding="utf-8")
@@ -247,8 +279,9 @@ class Uv:
                  "--python-version", python, "--python-platform", platform,
                  # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
                  "--link-mode", "symlink", "-r", str(req)],
-                env={"UV_PYTHON_DOWNLOADS": "never"},
+                env=env or {"UV_PYTHON_DOWNLOADS": "never"},
                 pass_fds=(work.fd,),  # uv holds the folder's lock too, for as long as it runs
+                on_line=on_line,
             )
             if out.returncode != 0:
                 raise UvError(f"uv could not import {what} for Python {python}: {uv_reason(out)}")
@@ -306,6 +339,26 @@ class Uv:
             if lm:
                 listed.add(_normalize(lm.group(1)))
         return (int(m.group(1)) if m else 0), listed
+
+
+def _read_lines(proc: subprocess.Popen[str], timeout: float, on_line: Callable[[str], None]) -> str:
+    """Hand each line of `proc`'s output to `on_line` as it comes; returns the whole output."""
+    lines: list[str] = []
+    expired = threading.Event()
+    timer = threading.Timer(timeout, lambda: (expired.set(), proc.kill()))
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            with contextlib.suppress(Exception):
+                on_line(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return "".join(lines)
 
 
 def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:

@@ -1,0 +1,267 @@
+"""One HTTP/1.1 connection of the download engine: GETs whose bodies are read into a reused buffer.
+
+The data path uses the standard library's http.client, not httpx: reading the 858 MiB torch
+wheel from PyPI in one stream costs 0.53 s of CPU with `readinto` on a 1 MiB buffer and 1.21 s
+with httpx's `iter_raw` (h11 handles every 16 KiB TLS record in Python); see ARCHITECTURE.md.
+httpx still serves the header checks. What `trust_env` makes httpx read is read here the same
+way: HTTP(S)_PROXY / ALL_PROXY / NO_PROXY, SSL_CERT_FILE / SSL_CERT_DIR; and `.netrc` (NETRC),
+as uv does, for hosts whose URL carries no credentials (credentials.py, the header checks' too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import os
+import socket
+import ssl
+import threading
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from .credentials import IndexAuth, basic
+from .errors import FetchError
+from .redact import redact
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+_DRAIN = 64 * 1024  # a redirect's body worth reading to keep the connection; larger ones close it
+
+
+class TransportError(Exception):
+    """The connection failed: refused, reset, timed out, or the body ended early (worth a retry)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+class Untrusted(FetchError):
+    """The server's TLS certificate is not vouched for by any trusted CA: no retry will change that."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """What every connection of a Fetcher shares."""
+
+    timeout: float  # seconds to connect, and without a byte, before TransportError
+    user_agent: str
+    trust_env: bool = True  # proxies and SSL_CERT_FILE/SSL_CERT_DIR from the environment
+    auth: IndexAuth | None = None  # credentials for hosts whose URL carries none (the netrc)
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    if cafile is None and capath is None:
+        import certifi  # the bundle httpx trusts by default, so both clients agree
+
+        cafile = certifi.where()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
+def tls_context(trust_env: bool) -> ssl.SSLContext:
+    """The certificates to trust: SSL_CERT_FILE, else SSL_CERT_DIR (with trust_env), else certifi's."""
+    if trust_env and os.environ.get("SSL_CERT_FILE"):
+        return _tls_context(os.environ["SSL_CERT_FILE"], None)
+    if trust_env and os.environ.get("SSL_CERT_DIR"):
+        return _tls_context(None, os.environ["SSL_CERT_DIR"])
+    return _tls_context(None, None)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where one URL's request goes: the origin, the request target, and the headers it needs."""
+
+    origin: tuple[str, str, int, str | None]  # scheme, host, port, proxy ("host:port") or None
+    target: str
+    headers: dict[str, str]  # for the request itself
+    proxy_auth: str | None = None  # for the proxy (in the request, or in CONNECT for https)
+
+
+def _route(url: str, trust_env: bool, auth: IndexAuth | None) -> _Route:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers: dict[str, str] = {}
+    user = urllib.parse.unquote(parts.username) if parts.username is not None else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    if auth is not None and (value := auth.authorization(host, user, password)):
+        headers["Authorization"] = value
+    elif user is not None:
+        headers["Authorization"] = basic(user, password or "")
+    if not trust_env:
+        return _Route((scheme, host, port, None), path, headers)
+    proxies = urllib.request.getproxies_environment()
+    chosen = proxies.get(scheme) or proxies.get("all")
+    if not chosen or urllib.request.proxy_bypass_environment(host, proxies):
+        return _Route((scheme, host, port, None), path, headers)
+    p = urllib.parse.urlsplit(chosen if "://" in chosen else f"http://{chosen}")
+    if p.scheme.lower() != "http":
+        raise FetchError(f"proxy {redact(chosen)}: only http:// proxies are supported for downloads; "
+                         "unset it or add this host to NO_PROXY")
+    proxy_auth = (basic(urllib.parse.unquote(p.username), urllib.parse.unquote(p.password or ""))
+                  if p.username is not None else None)
+    origin = (scheme, host, port, f"{p.hostname}:{p.port or 80}")
+    if scheme == "https":  # a CONNECT tunnel: the proxy sees only host and port
+        return _Route(origin, path, headers, proxy_auth)
+    netloc = f"[{host}]" if ":" in host else host
+    target = f"http://{netloc}:{parts.port}{path}" if parts.port else f"http://{netloc}{path}"
+    if proxy_auth:
+        headers["Proxy-Authorization"] = proxy_auth
+    return _Route(origin, target, headers)
+
+
+class Response:
+    """An open response; the body is read with `readinto` and must be read to its end or closed."""
+
+    def __init__(self, conn: Connection, raw: http.client.HTTPResponse, url: str) -> None:
+        self._conn = conn
+        self._raw = raw
+        self.url = url  # after redirects
+        self.status = raw.status
+
+    def header(self, name: str) -> str | None:
+        """One response header, case-insensitively."""
+        return self._raw.getheader(name)
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill `buf` with the next body bytes (fewer only at the end); 0 once the body is complete."""
+        before = self._raw.length
+        try:
+            n = self._raw.readinto(buf)
+        except (TimeoutError, socket.timeout):
+            self._conn.drop()
+            raise TransportError("ReadTimeout", "no byte within the timeout") from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self._conn.drop()
+            raise TransportError("ReadError", str(exc) or type(exc).__name__) from None
+        if n == 0 and buf and before:  # http.client reports a body cut short as a quiet end
+            self._conn.drop()
+            raise TransportError("ReadError", f"connection closed {before} bytes before the end of the body")
+        return n
+
+    def close(self) -> None:
+        """Done with this response: the connection is kept only when the body was read to its end."""
+        if not self._raw.isclosed():
+            self._conn.drop()
+
+
+class Connection:
+    """One TCP (and TLS) connection, reused for requests to the same origin.
+
+    `interrupt()` from another thread cuts a blocked read or connect at once.
+    """
+
+    def __init__(self, settings: HttpSettings) -> None:
+        self.settings = settings
+        self._http: http.client.HTTPConnection | None = None
+        self._origin: tuple[str, str, int, str | None] | None = None
+        self._lock = threading.Lock()
+        self._interrupted = False
+
+    def get(self, url: str, headers: dict[str, str]) -> Response:
+        """GET `url` (following redirects); raises TransportError when the connection fails."""
+        return self.request("GET", url, headers)
+
+    def request(self, method: str, url: str, headers: dict[str, str]) -> Response:
+        """Send `method` to `url` (following redirects); raises TransportError when the connection fails."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            route = _route(url, self.settings.trust_env, self.settings.auth)
+            raw = self._send(method, route, {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
+                                     **route.headers, **headers})
+            location = raw.getheader("location")
+            if raw.status not in _REDIRECTS or not location:
+                return Response(self, raw, url)
+            body = raw.read(_DRAIN + 1)
+            if len(body) > _DRAIN or not raw.isclosed():
+                self.drop()
+            new = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(new).netloc != urllib.parse.urlsplit(url).netloc:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = new
+        raise TransportError("TooManyRedirects", f"more than {_MAX_REDIRECTS} redirects from {redact(url)}")
+
+    def _send(self, method: str, route: _Route, headers: dict[str, str]) -> http.client.HTTPResponse:
+        for attempt in (1, 2):
+            http_conn, reused = self._connect(route)
+            try:
+                http_conn.request(method, route.target, headers=headers)
+                return http_conn.getresponse()
+            except (TimeoutError, socket.timeout):
+                self.drop()
+                raise TransportError("ReadTimeout", "no answer within the timeout") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.drop()
+                if self._interrupted:
+                    raise TransportError("Cancelled", "the download was cancelled") from None
+                # A kept-alive connection the server closed while idle: once more on a new one.
+                if reused and attempt == 1 and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
+                                                                ConnectionResetError)):
+                    continue
+                raise TransportError("ConnectError", str(exc) or type(exc).__name__) from None
+        raise AssertionError("unreachable")
+
+    def _connect(self, route: _Route) -> tuple[http.client.HTTPConnection, bool]:
+        """The connection for the route's origin and whether it was reused."""
+        origin = route.origin
+        with self._lock:
+            if self._http is not None and self._origin == origin and self._http.sock is not None:
+                return self._http, True
+        self.drop()
+        scheme, host, port, proxy = origin
+        timeout = self.settings.timeout
+        at_host, at_port = (proxy.rsplit(":", 1)[0], int(proxy.rsplit(":", 1)[1])) if proxy else (host, port)
+        if scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                at_host, at_port, timeout=timeout, context=tls_context(self.settings.trust_env))
+            if proxy:
+                conn.set_tunnel(host, port, headers={"Proxy-Authorization": route.proxy_auth}
+                                if route.proxy_auth else None)
+        else:
+            conn = http.client.HTTPConnection(at_host, at_port, timeout=timeout)
+        with self._lock:
+            if self._interrupted:
+                raise TransportError("Cancelled", "the download was cancelled")
+            self._http, self._origin = conn, origin
+        try:
+            conn.connect()
+        except (TimeoutError, socket.timeout):
+            self.drop()
+            raise TransportError("ConnectTimeout", f"no connection to {at_host}:{at_port} within {timeout:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            self.drop()
+            where = host if port == 443 else f"{host}:{port}"
+            raise Untrusted(f"the TLS certificate of {where} is not trusted ({exc.verify_message}); if a proxy or "
+                            "your network uses its own CA, point SSL_CERT_FILE at a bundle holding it") from None
+        except (OSError, http.client.HTTPException) as exc:
+            self.drop()
+            raise TransportError("ConnectError", str(exc) or type(exc).__name__) from None
+        with self._lock:
+            interrupted = self._interrupted
+        if interrupted:  # interrupt() ran while connecting: it found no socket to cut
+            self.drop()
+            raise TransportError("Cancelled", "the download was cancelled")
+        return conn, False
+
+    def interrupt(self) -> None:
+        """Make the request or read in progress on another thread fail now; later ones fail too."""
+        with self._lock:
+            self._interrupted = True
+            sock = self._http.sock if self._http is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def drop(self) -> None:
+        """Close the socket (a response not read to its end cannot share it with the next request)."""
+        with self._lock:
+            conn, self._http, self._origin = self._http, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    close = drop

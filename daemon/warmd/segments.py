@@ -1,0 +1,203 @@
+"""Which bytes each connection of a file asks for next, and whether the file deserves more connections.
+
+A file starts with one stream. Splitting it pays only where the server caps each connection
+(a CDN's per-connection limit); on a shared link, or on a fast one where the CPU is the limit,
+more connections cost CPU and gain nothing. So `Width` measures: the first connection's rate
+(one request for the whole file: no gaps between requests in the measurement), then, with a
+second one, the rate of both; only a clear gain opens the rest, and only then is the first
+stream cut short to share the file out. Pieces are handed out front first, so the file's
+written prefix (what the feeder streams to uv) grows steadily.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MiB = 2**20
+
+MEASURE = 0.4  # seconds of transfer behind each decision
+WINDOW = 0.1  # seconds over which a rate is taken
+# Two connections must bring this many times one connection's rate to open more. A wrong "no"
+# on a capped server costs a factor of `connections`; a wrong "yes" only some CPU: lean to yes.
+GAIN = 1.3
+WORTH = 1.0  # a trial is worth it only if one stream would still need this many seconds
+# One stream faster than uv unpacks on this machine (measured: ~120 MiB/s of wheel per core)
+# cannot be helped by more: the import, not the download, sets the pace.
+FAST_PER_CORE = 120 * 2**20
+PIECE = 16 * MiB  # the largest piece when several connections share a file
+
+
+@dataclass(eq=False)
+class Piece:
+    """Bytes [start, end) one connection fetches; `end` may be lowered while it works (Pieces.shorten)."""
+
+    start: int
+    end: int
+    pos: int = -1  # how far the connection got (set by it)
+
+    def __post_init__(self) -> None:
+        if self.pos < 0:
+            self.pos = self.start
+
+
+class Pieces:
+    """The bytes of a file no connection has been given yet, handed out front first."""
+
+    def __init__(self, missing: list[tuple[int, int]]) -> None:
+        self._ranges = [r for r in missing if r[1] > r[0]]
+        self._active: list[Piece] = []
+        self._lock = threading.Lock()
+
+    def take(self, limit: int | None) -> Piece | None:
+        """The next piece, at most `limit` bytes (None: the rest of the first gap); None when all are given."""
+        with self._lock:
+            if not self._ranges:
+                return None
+            start, end = self._ranges[0]
+            stop = end if limit is None else min(end, start + max(1, limit))
+            if stop == end:
+                self._ranges.pop(0)
+            else:
+                self._ranges[0] = (stop, end)
+            piece = Piece(start, stop)
+            self._active.append(piece)
+            return piece
+
+    def hold(self, piece: Piece) -> None:
+        """`piece` (not taken from here: the first request's) is being fetched."""
+        with self._lock:
+            self._active.append(piece)
+
+    def release(self, piece: Piece) -> None:
+        """The connection stopped working on `piece`."""
+        with self._lock:
+            if piece in self._active:
+                self._active.remove(piece)
+
+    def shorten(self, keep: int) -> None:
+        """Let the piece with most still to come stop `keep` bytes further, and hand out the rest again.
+
+        How the first, open-ended request makes room for more connections: its connection stops
+        reading there and drops the answer (a server that caps each connection has sent little
+        beyond it: what a cap lets through in a round trip).
+        """
+        with self._lock:
+            if not self._active:
+                return
+            piece = max(self._active, key=lambda p: p.end - p.pos)
+            cut = piece.pos + max(keep, MiB)
+            if cut >= piece.end:
+                return
+            self._ranges.insert(0, (cut, piece.end))
+            piece.end = cut
+
+    def remaining(self) -> int:
+        """Bytes not yet given to any connection."""
+        with self._lock:
+            return sum(e - s for s, e in self._ranges)
+
+
+class Width:
+    """How many connections one file gets, decided from the rates it measures.
+
+    States: "measure" (one connection, growing pieces), "trial" (a second connection joined),
+    "single" (one stream takes the rest in one request), "wide" (up to `most` connections).
+    What a host is like (`verdict`: "capped" per connection, "shared" link, or "fast": one
+    stream outruns uv's unpacking) comes from an earlier file of the same host, or is found here
+    and reported through `on_verdict`.
+    """
+
+    def __init__(self, most: int, verdict: str | None, on_verdict: Callable[[str], None] = lambda v: None,
+                 *, piece: int = PIECE, fast: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.most = max(1, most)
+        self._max_piece = max(1, piece)
+        self._min_piece = min(MiB, self._max_piece)
+        self._fast = fast if fast is not None else FAST_PER_CORE * (os.cpu_count() or 1)
+        self._on_verdict = on_verdict
+        self._clock = clock
+        self._lock = threading.Lock()
+        if verdict == "capped" and self.most > 1:
+            self.state = "wide"
+        elif verdict is not None or self.most == 1:
+            self.state = "single"
+        else:
+            self.state = "measure"
+        self._bytes = 0
+        self._mark: tuple[float, int] | None = None  # (time, bytes) where the running measurement began
+        self._samples: deque[tuple[float, int]] = deque()  # (time, bytes) of the last WINDOW seconds
+        self._best = 0.0  # the best WINDOW rate of the running measurement
+        self._rate1 = 0.0  # one stream's best
+
+    def wanted(self) -> int:
+        """Connections this file should have now."""
+        return {"measure": 1, "single": 1, "trial": 2, "wide": self.most}[self.state]
+
+    def keep(self) -> int:
+        """What the first stream keeps to itself while a trial runs: a little more than a measurement's worth."""
+        with self._lock:
+            return int(self._rate1 * (MEASURE + 0.2))
+
+    def limit(self, remaining: int) -> int | None:
+        """The size of the next piece a connection takes (None: all the rest of its gap)."""
+        with self._lock:
+            if self.state == "single":
+                return None
+            if self.state == "measure":
+                return None  # one request: a CDN spends ~20 ms per request, which a measurement must not see
+            if self.state == "trial":
+                # about one measurement's worth each, so the trial ends before the pieces do
+                return max(self._min_piece, int(self._rate1 * MEASURE))
+            # several pieces per connection, so every connection stays busy to the end
+            return max(self._min_piece, min(self._max_piece, -(-remaining // (2 * self.most))))
+
+    def received(self, n: int, remaining: int, joining: bool, now: float | None = None) -> int:
+        """`n` more bytes arrived, `remaining` are still to come (`joining`: on the connection a trial
+        added); returns how many connections to add.
+
+        Rates are taken over the last WINDOW seconds, and a stream is judged by the best such
+        rate it reached: a new TCP connection starts slow (a CDN's stream ramps up for tenths of
+        a second), so an average from its first byte would make any server look capped.
+        """
+        now = self._clock() if now is None else now
+        verdict = None
+        add = 0
+        with self._lock:
+            self._bytes += n
+            if self.state not in ("measure", "trial"):
+                return 0
+            if self._mark is None:
+                if self.state == "measure" or joining:
+                    self._mark = (now, self._bytes)
+                    self._samples = deque([(now, self._bytes)])
+                    self._best = 0.0
+                return 0
+            self._samples.append((now, self._bytes))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= WINDOW:
+                self._samples.popleft()
+            t_old, b_old = self._samples[0]
+            if now - t_old >= WINDOW:
+                self._best = max(self._best, (self._bytes - b_old) / (now - t_old))
+            elapsed = now - self._mark[0]
+            if self.state == "measure" and self._best >= self._fast:
+                self.state, verdict = "single", "fast"
+            elif elapsed < MEASURE:
+                return 0
+            elif self.state == "measure":
+                if remaining < self._best * WORTH:
+                    self.state = "single"  # one stream ends soon anyway: no verdict learnt
+                else:
+                    self.state, self._rate1, self._mark = "trial", self._best, None
+                    add = 1
+            else:
+                capped = self._best >= GAIN * self._rate1
+                self.state, verdict = ("wide", "capped") if capped else ("single", "shared")
+                add = self.most - 2 if capped else 0
+        if verdict is not None:
+            self._on_verdict(verdict)
+        return add

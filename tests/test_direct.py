@@ -1,0 +1,120 @@
+"""Where one stream outruns uv's unpacking, uv downloads the wheels itself; where it cannot, warmd does.
+
+The rate that counts as fast is set to one byte a second here (the default scales with the
+CPUs), so the decision is the product's own, made on the first download's measured rate; the
+index serves its wheel files cacheable, as PyPI does, so uv keeps what it fetches by itself.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.index_server import PYPI_CACHE_CONTROL, IndexServer, _Handler
+from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from warmd.config import Config, DownloadSettings
+from warmd.fetch import Fetcher
+from warmd.pipeline import Pipeline
+from warmd.store import Store
+from warmd.uvcache import Uv
+
+MiB = 2**20
+PACKAGES = ("torch", "pytorch-triton*", "nvidia-*", "filelock")  # filelock: so an offline sync has all
+
+
+class _NoWholeFiles(_Handler):
+    """The index refuses whole-file GETs (what uv sends) and serves ranges (what warmd sends)."""
+
+    def _wheel(self, wheel: object, head: bool) -> None:  # type: ignore[override]
+        if not head and not self.headers.get("Range"):
+            return self._simple(503, b"no\n", head)
+        return super()._wheel(wheel, head)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server() -> Iterator[IndexServer]:
+    # 2 MiB/s per connection: the first download lasts long enough to be measured
+    with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB) as s:
+        yield s
+
+
+def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bool = False) -> Pipeline:
+    config = Config(variant="cu128", uv=str(uv), cache_dir=cache, store_dir=tmp / "store", state_dir=tmp / "state",
+                    packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2))
+    store = Store(config.store_dir)
+    fetcher = Fetcher(store, connections=4, timeout=10, retries=2, backoff=0.01, max_backoff=0.05,
+                      trust_env=False, fast_stream=1.0)
+    return Pipeline(config, uv=Uv(str(uv), cache_dir=cache, env=env), fetcher=fetcher)
+
+
+def _project(tmp: Path, server: IndexServer, uv: Path, env: dict[str, str]) -> tuple[Path, list[str]]:
+    ws = torch_like_set(server, tmp / "wheels", "cu128", pythons=("cp311",), size=2 * MiB)
+    project = make_project(tmp, "proj", server=server, variant="cu128", deps=[ws.requirement()],
+                           gpu_packages=ws.gpu_packages)
+    lock_project(project, uv, env)
+    return project, [f for f in ws.filenames if "cp312" not in f] + [w.name for w in ws.default_wheels]
+
+
+def _whole_gets(server: IndexServer, filename: str) -> list:
+    return [h for h in server.wheel_gets(filename) if h.range is None]
+
+
+def test_on_a_fast_link_uv_downloads_the_wheels_itself(tmp_path: Path, server: IndexServer, uv_bin: Path,
+                                                       uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    project, files = _project(tmp_path, server, uv_bin, uv_environ)
+    server.reset_counters()
+    pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ)
+    try:
+        report = pipeline.warm([project])[0]
+    finally:
+        pipeline.close()
+    assert {w.state for w in report.wheels} == {"warm"}, report
+    assert all(w.bytes_downloaded == (w.pin.wheel.size or 0) for w in report.wheels)  # the lock's size, if any
+    for name in files:  # uv's own whole-file GET, once; warmd at most began the first one
+        assert len(_whole_gets(server, name)) == 1, name
+    # warmd kept nothing: no second copy, no partial of the download it called off
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file() and "locks" not in p.parts] == []
+    server.reset_counters()
+    run_uv(uv_bin, ["sync", "--offline", "--frozen"], cwd=project, env=uv_environ)  # raises if it cannot
+    assert server.wheel_gets() == []
+
+
+def test_when_uv_cannot_fetch_them_warmd_does(tmp_path: Path, server: IndexServer, uv_bin: Path,
+                                              uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    project, files = _project(tmp_path, server, uv_bin, uv_environ)
+    assert server._httpd is not None
+    server._httpd.RequestHandlerClass = _NoWholeFiles
+    server.reset_counters()
+    pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ | {"UV_HTTP_RETRIES": "0"})
+    try:
+        report = pipeline.warm([project])[0]
+    finally:
+        pipeline.close()
+    assert {w.state for w in report.wheels} == {"warm"}, report
+    tried = [h.status for name in files for h in server.wheel_hits(name) if h.method == "GET" and not h.range]
+    assert tried and set(tried) == {503}  # uv tried (and gave up at its first refusal)
+    for name in files:
+        assert {h.status for h in server.wheel_gets(name) if h.range} == {206}, name  # warmd fetched it
+
+
+def test_with_keep_wheels_or_an_old_uv_warmd_downloads_everything(tmp_path: Path, server: IndexServer, uv_bin: Path,
+                                                                  uv_old_bin: Path, uv_cache: Path,
+                                                                  uv_environ: dict[str, str]) -> None:
+    project, files = _project(tmp_path, server, uv_bin, uv_environ)
+    for uv, keep in ((uv_bin, True), (uv_old_bin, False)):  # the store wants the bytes; 0.8.2 keeps bad ones
+        run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
+        subprocess.run(["rm", "-rf", str(tmp_path / "store")], check=True)
+        server.reset_counters()
+        pipeline = _pipeline(tmp_path, uv, uv_cache, uv_environ, keep=keep)
+        try:
+            report = pipeline.warm([project])[0]
+        finally:
+            pipeline.close()
+        assert {w.state for w in report.wheels} == {"warm"}, (uv, report)
+        assert [h for name in files for h in _whole_gets(server, name)] == [], uv
+        host = urllib.parse.urlsplit(server.url).hostname
+        assert pipeline.fetcher.link(host) is not None and pipeline.fetcher.link(host).kind == "fast"
