@@ -14,20 +14,25 @@ import socketserver
 import subprocess
 import sys
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.config import write_warmd_config
-from tests.support.index_server import IndexServer
+from tests.support.index_server import PYPI_CACHE_CONTROL, IndexServer
 from tests.support.lab_net import ORIGIN, LabNet
 from tests.support.mirror import NginxMirror
 from tests.support.netguard import LAB_ENV
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set, uv_env
-from warmd.config import MirrorSettings
+from warmd.config import Config, DownloadSettings, MirrorSettings
+from warmd.fetch import Fetcher
 from warmd.mirrors import mirror_for, mirror_url
+from warmd.pipeline import Pipeline
+from warmd.store import Store
+from warmd.uvcache import Uv
 
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*", "filelock"]
 MiB = 1024 * 1024
@@ -336,3 +341,41 @@ def test_in_network_namespaces_the_second_workstation_has_no_route_to_the_origin
                     assert all(w["state"] == "warm" and w["via"] for w in report["projects"][0]["wheels"]), report
         finally:
             origin.stop()
+
+
+def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Path, uv_bin: Path, uv_cache: Path,
+                                                                     uv_environ: dict[str, str], nginx: Path) -> None:
+    """On a link where uv would download the wheels itself, a wheel under a mirror's origin still goes
+    through warmd's engine and the mirror: uv would take it from the origin."""
+    with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB) as origin:
+        ws = torch_like_set(origin, tmp_path / "wheels", "cu128", pythons=("cp311",), size=2 * MiB)
+        project = make_project(tmp_path, "proj", server=origin, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ)
+        # One engine for both runs: what it learns of the origin's link in the first, it knows in the second.
+        engine = Fetcher(Store(tmp_path / "store"), connections=4, timeout=10, retries=2, backoff=0.01,
+                         max_backoff=0.05, trust_env=False, fast_stream=1.0)
+        uv = Uv(str(uv_bin), cache_dir=uv_cache, env=uv_environ)
+
+        def warm(mirrors: tuple[MirrorSettings, ...]) -> list:
+            config = Config(variant="cu128", uv=str(uv_bin), cache_dir=uv_cache, store_dir=tmp_path / "store",
+                            state_dir=tmp_path / "state", packages=tuple(PACKAGES), mirrors=mirrors,
+                            download=DownloadSettings(timeout=10, retries=2))
+            return list(Pipeline(config, uv=uv, fetcher=engine).warm([project])[0].wheels)
+
+        origin.reset_counters()
+        assert {w.state for w in warm(())} == {"warm"}
+        host = urllib.parse.urlsplit(origin.url).hostname or ""
+        link = engine.link(host)
+        assert link is not None and link.kind == "fast"
+        assert any(h.range is None for h in origin.wheel_gets()), "without a mirror, uv fetched nothing itself"
+
+        run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
+        with NginxMirror(nginx, tmp_path / "mirror", {host_of(origin): origin.url}) as mirror:
+            origin.reset_counters()
+            wheels = warm((MirrorSettings(origin.url + "/", mirror.prefix_for(host_of(origin))),))
+        assert {w.state for w in wheels} == {"warm"} and all(w.via for w in wheels), wheels
+        origin.settle()
+        # Only the mirror's slice requests reached the origin: no whole-file GET, which is what uv sends.
+        assert origin.wheel_gets() and all(h.range for h in origin.wheel_gets())
+        engine.close()
