@@ -379,3 +379,35 @@ def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Pa
         # Only the mirror's slice requests reached the origin: no whole-file GET, which is what uv sends.
         assert origin.wheel_gets() and all(h.range for h in origin.wheel_gets())
         engine.close()
+
+
+def test_a_mirror_s_credentials_come_from_netrc(lab, tmp_path: Path, index_server: IndexServer, uv_bin: Path) -> None:
+    """A mirror that wants a login gets the one ~/.netrc has for its host, as any index does."""
+    project, _mirror, ws = lab
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    with IndexServer(basic_auth=("lab", "s3cret")) as guarded:  # a mirror holding the origin's files at its paths
+        for w in ws.wheels:
+            guarded.add_wheel(w, "cu128")
+        for w in ws.default_wheels:
+            guarded.add_wheel(w, None)
+        # "localhost" for the mirror, 127.0.0.1 for the origin: two netrc machines
+        url = f"http://localhost:{guarded.url.rsplit(':', 1)[1]}/"
+        for password, through in (("s3cret", True), ("wrong", False)):
+            netrc.write_text(f"machine localhost\nlogin lab\npassword {password}\n")
+            netrc.chmod(0o600)
+            station = workstation(tmp_path / f"ws-{password}", uv_bin, [(index_server.url + "/", url)])
+            station.env = station.env | {"HOME": str(home)}
+            index_server.reset_counters()
+            guarded.reset_counters()
+            code, report, err = station.prefetch(project)
+            assert code == 0, err
+            wheels = report["projects"][0]["wheels"]
+            assert all(w["state"] == "warm" for w in wheels), wheels
+            if through:
+                assert all(w["via"] for w in wheels) and index_server.wheel_gets() == []
+                assert guarded.wheel_gets() and all(h.status in (200, 206) for h in guarded.wheel_gets())
+            else:  # refused (401): the origin serves, and the report says why the mirror was passed over
+                assert all(w["via"] is None and "401" in (w["mirror_error"] or "") for w in wheels), wheels
+                assert index_server.wheel_gets()
