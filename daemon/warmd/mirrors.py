@@ -24,7 +24,7 @@ from .credentials import index_auth
 from .errors import HashMismatch, WarmdError
 from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
 from .growing import GrowingFile
-from .headers import redact
+from .redact import redact
 from .model import Fetched, WheelFile
 
 # A mirror is on the lab's own network and the origin stands behind it: a file it cannot send
