@@ -1,4 +1,6 @@
-# NixOS module: a warmd systemd *user* service for the users listed in services.warmd.users.
+# NixOS module: a warmd systemd *user* service for the users listed in services.warmd.users, and
+# (services.warmd.mirror, on the machine that serves a lab) the wheel mirror of contrib/nginx on
+# NixOS's own nginx service.
 {
   config,
   lib,
@@ -24,6 +26,24 @@ let
   # "|", which makes them "triggering": the unit starts when any one of them holds. So every
   # other user's manager skips the unit (condition failed) instead of running it.
   userConditions = map (user: "|${user}") cfg.users;
+
+  mirror = cfg.mirror;
+  originsFile = pkgs.writeText "warmd-mirror-origins.map" (
+    builtins.concatStringsSep "" (map (host: "${host} ${mirror.origins.${host}};\n") (builtins.attrNames mirror.origins))
+  );
+  # The shipped config itself, its placeholders filled in: one file for Debian, NixOS and the tests.
+  mirrorConfig =
+    builtins.replaceStrings
+      [ "@LISTEN@" "@CACHE_DIR@" "@MAX_SIZE@" "@ORIGINS@" "@CA_FILE@" "@RESOLVER@" ]
+      [
+        (if mirror.address == "" then toString mirror.port else "${mirror.address}:${toString mirror.port}")
+        mirror.cacheDir
+        mirror.maxSize
+        "${originsFile}"
+        "/etc/ssl/certs/ca-certificates.crt"
+        mirror.resolver
+      ]
+      (builtins.readFile ../contrib/nginx/warmd-mirror.conf);
 in
 {
   options.services.warmd = {
@@ -64,9 +84,67 @@ in
         See config.example.toml in the warmd source for every key.
       '';
     };
+
+    mirror = {
+      enable = mkEnableOption ''
+        the lab's wheel mirror on this machine: NixOS's nginx (services.nginx) as a pull-through
+        cache of wheel files (contrib/nginx/warmd-mirror.conf), which every workstation's warmd
+        names in its `mirrors` setting
+      '';
+
+      port = mkOption {
+        type = types.port;
+        default = 3142;
+        description = "The port the workstations connect to.";
+      };
+
+      address = mkOption {
+        type = types.str;
+        default = "";
+        example = "10.0.0.5";
+        description = "The address nginx listens on for the mirror; empty: every address.";
+      };
+
+      cacheDir = mkOption {
+        type = types.str;
+        default = "/var/cache/nginx/warmd";
+        description = "Where the wheels are kept (inside nginx's CacheDirectory, which its unit may write).";
+      };
+
+      maxSize = mkOption {
+        type = types.str;
+        default = "500g";
+        description = "The cache's cap (nginx size syntax); the least recently used files go first.";
+      };
+
+      origins = mkOption {
+        type = types.attrsOf types.str;
+        default = {
+          "download.pytorch.org" = "https://download.pytorch.org";
+          "files.pythonhosted.org" = "https://files.pythonhosted.org";
+          "pypi.nvidia.com" = "https://pypi.nvidia.com";
+        };
+        description = ''
+          The origins served: a workstation asks http://MIRROR:PORT/<name>/<path> for <origin>/<path>.
+          Anything else is answered 404 (not an open proxy).
+        '';
+      };
+
+      resolver = mkOption {
+        type = types.str;
+        default = builtins.head ((config.networking.nameservers or [ ]) ++ [ "127.0.0.53" ]);
+        description = "The DNS server nginx resolves the origins' names with (nginx does not read resolv.conf).";
+      };
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the mirror's port in the firewall for the lab.";
+      };
+    };
   };
 
-  config = mkIf cfg.enable {
+  config = lib.mkMerge [ (mkIf cfg.enable {
     assertions = [
       {
         assertion = cfg.users != [ ];
@@ -144,5 +222,17 @@ in
       };
       environment.UV_CACHE_DIR = "%C/uv";
     };
-  };
+  })
+
+  (mkIf mirror.enable {
+    services.nginx = {
+      enable = true;
+      # nixpkgs builds nginx without the slice module unless asked (withSlice ? false); the
+      # mirror's config caches big wheels in slices fetched with Range.
+      package = lib.mkDefault (pkgs.nginx.override { withSlice = true; });
+      appendHttpConfig = mirrorConfig;
+    };
+    networking.firewall.allowedTCPPorts = mkIf mirror.openFirewall [ mirror.port ];
+  })
+  ];
 }

@@ -16,14 +16,14 @@ def test_example_config_is_complete_and_matches_the_defaults() -> None:
     cfg = load_config(EXAMPLE)
     default = Config()
     for field in ("variant", "roots", "packages", "python", "uv", "cache_dir", "store_max_size",
-                  "recheck_interval", "download", "watch", "ahead", "warm_unhashed", "projects"):
+                  "recheck_interval", "download", "watch", "ahead", "warm_unhashed", "projects", "mirrors"):
         assert getattr(cfg, field) == getattr(default, field), field
     text = EXAMPLE.read_text()
     for key in ("variant", "roots", "packages", "python", "uv", "cache-dir", "store-dir", "store-max-size",
                 "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
                 "max-depth", "debounce", "ignore", "warm-unhashed", "path", "extras", "groups",
                 "no-default-groups", "all-packages", "enable", "interval", "budget", "max-age", "on-metered",
-                "on-battery"):
+                "on-battery", "origin", "url"):
         assert f"{key} =" in text, f"config.example.toml does not document {key}"
 
 
@@ -70,6 +70,11 @@ def test_values_are_read(tmp_path: Path) -> None:
         ({"project": [{"path": "x", "variant": "cuda"}]}, r"project\[0\]\.variant = 'cuda'"),
         ({"project": [{"path": "x", "groups": "gpu"}]}, r"project\[0\]\.groups must be a list"),
         ({"project": [{"path": "/x"}, {"path": "/x/"}]}, "two \\[\\[project\\]\\] tables for /x"),
+        ({"mirrors": {"origin": "https://a/", "url": "http://m/"}}, r"mirrors must be an array of tables"),
+        ({"mirrors": [{"origin": "https://a/"}]}, r"mirrors\[0\]\.url is missing"),
+        ({"mirrors": [{"origin": "https://a/", "url": "wheels.lab:3142"}]}, r"mirrors\[0\]\.url = 'wheels.lab:3142' is not an http"),
+        ({"mirrors": [{"origin": "file:///srv", "url": "http://m/"}]}, r"mirrors\[0\]\.origin = 'file:///srv'"),
+        ({"mirrors": [{"origin": "https://a/", "url": "http://m/", "urls": []}]}, r"unknown key mirrors\[0\]\.urls"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, words: str) -> None:
@@ -97,6 +102,17 @@ def test_project_tables_are_read_with_paths_from_the_config_folder(tmp_path: Pat
     assert first.variant == "cu128" and not first.no_default_groups
     assert second.path == Path.home() / "ws" and second.groups == () and second.extras is None
     assert second.no_default_groups and second.all_packages and second.variant is None
+
+
+def test_mirrors_are_read_in_order() -> None:
+    cfg = parse_config({"mirrors": [
+        {"origin": "https://download.pytorch.org/", "url": "http://wheels.lab:3142/download.pytorch.org/"},
+        {"origin": "https://files.pythonhosted.org", "url": "https://cache.lab/pypi"},
+    ]})
+    assert [(m.origin, m.url) for m in cfg.mirrors] == [
+        ("https://download.pytorch.org/", "http://wheels.lab:3142/download.pytorch.org/"),
+        ("https://files.pythonhosted.org", "https://cache.lab/pypi"),
+    ]
 
 
 def test_missing_default_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,6 +67,25 @@ def test_a_python_child_is_refused_too(lock) -> None:
     assert len(refused) == 1 and refused[0].startswith("child: name lookup of 'pypi.org'"), refused
 
 
+def test_a_child_may_reach_only_the_lab_addresses_it_is_given(lock) -> None:
+    """WARMD_TEST_LAB_HOSTS widens a child's guard to those private addresses, and no others."""
+    code = ("import socket\n"
+            "for host in ('10.77.1.1', '10.77.0.1'):\n"
+            "    try: socket.create_connection((host, 9), timeout=0.2)\n"
+            "    except OSError as e: print(host, e)\n")
+    env = os.environ | {netguard.LAB_ENV: "10.77.1.1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    refused = lock.take_refusals()
+    # The lab's address got past the guard to the kernel (no route here: the lab is not up); the other did not.
+    assert len(refused) == 1 and refused[0].startswith("child: name lookup of '10.77.0.1'"), (refused, proc.stdout)
+    said = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert "loopback only" not in said["10.77.1.1"] and "loopback only" in said["10.77.0.1"], said
+    for bad in ("8.8.8.8", "127.0.0.1", "files.pythonhosted.org"):
+        with pytest.raises(ValueError):
+            netguard.lab_hosts(bad)
+    assert netguard.lab_hosts("10.77.0.1, 192.168.5.2") == {"10.77.0.1", "192.168.5.2"}
+
+
 def test_uv_is_stopped_at_the_tripwire(lock, uv_bin: Path, uv_environ: dict[str, str], tmp_path: Path) -> None:
     proc = subprocess.run([str(uv_bin), "pip", "install", "--no-config", "--target", str(tmp_path / "t"),
                            "--index-url", "https://pypi.org/simple", "six"],

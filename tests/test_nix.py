@@ -30,8 +30,10 @@ let
     mkOption = a: a;
     mkPackageOption = pkgs: name: _: { default = pkgs.${name}; };
     mkIf = condition: content: { _type = "if"; inherit condition content; };
+    mkMerge = contents: { _type = "merge"; inherit contents; };
     mkDefault = v: v;
-    types = { package = "package"; str = "str"; listOf = t: "listOf ${t}"; };
+    types = { package = "package"; str = "str"; port = "port"; bool = "bool"; listOf = t: "listOf ${t}";
+              attrsOf = t: "attrsOf ${t}"; };
     literalExpression = text: { _type = "literalExpression"; inherit text; };
     getExe = p: "${p}/bin/${p.meta.mainProgram}";
     genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
@@ -42,11 +44,19 @@ let
   drv = name: main: { outPath = "/nix/store/${name}"; meta.mainProgram = main; };
   pkgs = {
     formats.toml = _: { type = "toml"; generate = name: value: "/nix/store/${name}"; };
+    writeText = name: text: { outPath = "/nix/store/${name}"; inherit text; };
     uv = drv "uv" "uv";
     coreutils = drv "coreutils" "ls";
     warmd = drv "warmd" "warmd";
+    nginx = drv "nginx" "nginx" // { override = args: drv "nginx-custom" "nginx" // { inherit args; }; };
   };
-  moduleWith = cfg: import REPO/nix/module.nix { config.services.warmd = cfg; inherit lib pkgs; };
+  moduleWith = cfg: import REPO/nix/module.nix { config.services.warmd = { mirror = mirrorOff; } // cfg; inherit lib pkgs; };
+  # the mirror options' defaults, as the module system would fill them in
+  mirrorDefaults = m: builtins.mapAttrs (_: o: o.default) m.options.services.warmd.mirror;
+  mirrorOff = { enable = false; };
+  # the service's half of the module's config, and the mirror's
+  warmdPart = m: builtins.elemAt m.config.contents 0;
+  mirrorPart = m: builtins.elemAt m.config.contents 1;
 in
 """
 
@@ -71,14 +81,14 @@ def test_module_limits_the_user_service_to_its_users() -> None:
       let
         m = moduleWith { enable = true; users = [ "alice" "bob" ]; settings = { variant = "auto"; };
                          package = pkgs.warmd; uvPackage = pkgs.uv; };
-        svc = m.config.content.systemd.user.services.warmd;
+        svc = (warmdPart m).content.systemd.user.services.warmd;
       in {
-        enabled = m.config.condition;
+        enabled = (warmdPart m).condition;
         cond = svc.unitConfig.ConditionUser;
         exec = svc.serviceConfig.ExecStart;
         path = map toString svc.path;
         wanted = svc.wantedBy;
-        assertion = (builtins.head m.config.content.assertions).assertion;
+        assertion = (builtins.head (warmdPart m).content.assertions).assertion;
         keys = builtins.attrNames svc.serviceConfig;
         optionNames = builtins.attrNames m.options.services.warmd;
         settingsType = m.options.services.warmd.settings.type;
@@ -92,7 +102,7 @@ def test_module_limits_the_user_service_to_its_users() -> None:
     assert got["path"] == ["/nix/store/uv"]
     assert got["wanted"] == ["default.target"]
     assert got["assertion"] is True
-    assert got["optionNames"] == ["enable", "package", "settings", "users", "uvPackage"]
+    assert got["optionNames"] == ["enable", "mirror", "package", "settings", "users", "uvPackage"]
     assert got["settingsType"] == "toml"
     # The module hardens like the shipped unit: every [Service] key of one is in the other.
     unit = (REPO / "systemd" / "warmd.service").read_text()
@@ -104,9 +114,42 @@ def test_module_limits_the_user_service_to_its_users() -> None:
 def test_module_asserts_users_and_stays_off_when_disabled() -> None:
     got = nix_eval(STUBS + """
       let m = moduleWith { enable = false; users = [ ]; settings = { }; package = pkgs.warmd; uvPackage = pkgs.uv; };
-      in { enabled = m.config.condition; assertion = (builtins.head m.config.content.assertions).assertion; }
+      in { enabled = (warmdPart m).condition; assertion = (builtins.head (warmdPart m).content.assertions).assertion;
+           mirror = (mirrorPart m).condition; }
     """)
-    assert got == {"enabled": False, "assertion": False}
+    assert got == {"enabled": False, "assertion": False, "mirror": False}
+
+
+def test_mirror_option_sets_up_nixos_nginx_with_the_shipped_config() -> None:
+    """services.warmd.mirror.enable (without warmd itself) gives NixOS's nginx contrib/nginx's config, filled in."""
+    got = nix_eval(STUBS + """
+      let
+        m0 = moduleWith { };
+        m = moduleWith { enable = false; users = [ ]; mirror = mirrorDefaults m0 // { enable = true; openFirewall = true; }; };
+        part = mirrorPart m;
+      in {
+        enabled = part.condition;
+        warmd = (warmdPart m).condition;
+        nginx = part.content.services.nginx.enable;
+        nginxArgs = part.content.services.nginx.package.args;
+        http = part.content.services.nginx.appendHttpConfig;
+        firewall = part.content.networking.firewall.allowedTCPPorts.content;
+      }
+    """)
+    assert isinstance(got, dict)
+    assert got["enabled"] is True and got["warmd"] is False and got["nginx"] is True
+    assert got["nginxArgs"] == {"withSlice": True}  # nixpkgs' nginx leaves the slice module out by default
+    shipped = (REPO / "contrib" / "nginx" / "warmd-mirror.conf").read_text()
+    http = got["http"]
+    code = [line.split("#", 1)[0] for line in http.splitlines()]
+    assert not any("@" in line for line in code), "a placeholder left unfilled"
+    assert "listen 3142;" in http and "proxy_cache_path /var/cache/nginx/warmd " in http
+    assert "max_size=500g" in http and "resolver 127.0.0.53 " in http
+    assert "proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;" in http
+    # The rest is the shipped file, line for line.
+    assert len(http.splitlines()) == len(shipped.splitlines())
+    assert "include /nix/store/warmd-mirror-origins.map;" in http
+    assert got["firewall"] == [3142]
 
 
 def test_package_matches_pyproject() -> None:

@@ -238,7 +238,8 @@ def _wheel_json(w: WheelReport) -> dict[str, Any]:
     return {"name": pin.name, "version": pin.version, "filename": pin.wheel.filename, "python": pin.python,
             "sha256": pin.wheel.sha256, "size": pin.wheel.size, "index": pin.index, "url": pin.wheel.url,
             "verified": True, "state": w.state, "reason": w.reason,
-            "bytes_downloaded": w.bytes_downloaded, "bytes_reused": w.bytes_reused}
+            "bytes_downloaded": w.bytes_downloaded, "bytes_reused": w.bytes_reused,
+            "via": w.via, "mirror_error": w.mirror_error}
 
 
 def _skipped_json(r: SkippedReport) -> dict[str, Any]:
@@ -308,7 +309,9 @@ def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
             print(f"{r.project}: no {r.variant} GPU wheels pinned for Python {', '.join(r.python)}")
         for w in r.wheels:
             why = f" — {w.reason}" if w.reason else ""
-            print(f"{r.project}: {w.state:8} {w.pin.wheel.filename}{why}")
+            via = f" (via mirror {w.via})" if w.via else ""
+            fault = f" — from the origin: {w.mirror_error}" if w.mirror_error else ""
+            print(f"{r.project}: {w.state:8} {w.pin.wheel.filename}{via}{why}{fault}")
         for s in r.skipped:
             what = s.skipped.filename or f"{s.skipped.name} {s.skipped.version}"
             print(f"{r.project}: {s.state:8} {what} — {s.reason or s.skipped.reason}")

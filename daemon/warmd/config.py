@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,14 @@ class ProjectSettings:
 
 
 @dataclass(frozen=True)
+class MirrorSettings:
+    """A `mirrors` entry: wheel URLs under `origin` are fetched from the same path under `url` first."""
+
+    origin: str  # a URL prefix of wheel files ("https://download.pytorch.org/"), as the lock names them
+    url: str  # where the mirror serves those files ("http://wheels.lab:3142/download.pytorch.org/")
+
+
+@dataclass(frozen=True)
 class Config:
     """warmd's settings, with defaults for every key."""
 
@@ -123,6 +132,7 @@ class Config:
     download: DownloadSettings = DownloadSettings()
     watch: WatchSettings = WatchSettings()
     ahead: AheadSettings = AheadSettings()
+    mirrors: tuple[MirrorSettings, ...] = ()  # a lab's cache servers, tried before the origin
     source: Path | None = None  # the file this was read from, for messages
 
 
@@ -203,6 +213,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
             if ps.path in seen:
                 raise ConfigError(f"{where}: two [[project]] tables for {ps.path}")
             seen[ps.path] = None
+    if (tables := r.tables("mirrors")) is not None:
+        kwargs["mirrors"] = tuple(_mirror(t) for t in tables)
     ahead = _ahead(r, kwargs.get("packages", DEFAULT_PACKAGES))
     r.done({"download", "watch", "ahead"})
     return Config(download=download, watch=watch, ahead=ahead, source=source, **kwargs)
@@ -247,6 +259,20 @@ def _project(t: _Reader, base: Path) -> ProjectSettings:
     )
     t.done(set())
     return settings
+
+
+def _mirror(t: _Reader) -> MirrorSettings:
+    got = {}
+    for key in ("origin", "url"):
+        value = t.str(key)
+        if value is None:
+            raise ConfigError(f"{t.where}: {t.prefix}{key} is missing (mirrors take an `origin` and a `url`)")
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{t.where}: {t.prefix}{key} = {value!r} is not an http:// or https:// URL")
+        got[key] = value
+    t.done(set())
+    return MirrorSettings(**got)
 
 
 def _section(r: _Reader, name: str, keys: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from .credentials import index_auth
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
 from .headers import check_url
 from .lockfile import Lock, read_lock
+from .mirrors import SAMPLE_CAP, MirrorCheck, check_mirror, sample_for
 from .model import Pin
 from .plan import PlanOptions, plan_project, project_folder
 from .policy import immutable_since, uv_keeps
@@ -101,6 +102,14 @@ TROUBLESHOOTING: dict[str, Trouble] = {
     "service-inactive": Trouble(
         "service installed but not running",
         "`systemctl --user enable --now warmd`"),
+    "mirror-down": Trouble(
+        "a mirror is unreachable",
+        "check the mirror's host, its cache server (`systemctl status nginx`) and the `url` of its "
+        "`[[mirrors]]` entry; meanwhile warmd fetches from the origin"),
+    "mirror-bytes": Trouble(
+        "a mirror serves other bytes than the lock pins",
+        "purge that file from the mirror's cache (docs/MIRROR.md); warmd never keeps those bytes and "
+        "takes the wheel from the origin"),
     "headers-unreadable": Trouble(
         "could not read an index's headers",
         "check the network, proxy (`HTTPS_PROXY`) and `.netrc` credentials for that index; "
@@ -183,6 +192,9 @@ def diagnose(
                 continue
             for pin in planned:
                 pins.setdefault(pin.wheel.sha256, pin)
+        for mirror in config.mirrors:
+            sample = sample_for(mirror, (p.wheel for p in pins.values()))
+            _report_mirror(rep, mirror.origin, check_mirror(client, mirror, sample), sample is not None)
     _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known)
     _check_footprint(rep, config.store_dir, config.keep_wheels, uv, cache_dir, fix)
     _check_ahead(rep, config)
@@ -450,6 +462,75 @@ def _check_index(rep: _Report, folder: Path, idx: _Index, uv_version: Version | 
             f"keeps them warm{note}",
             fix_text("no-store", f"add this line {where}:\n{CACHE_CONTROL_LINE}"))
     return "not kept"
+
+
+def _report_mirror(rep: _Report, origin: str, mc: MirrorCheck, sampled: bool) -> None:
+    """Findings for one mirror: reachable, Range, the sample's bytes, the engine's hit or miss."""
+    label = f"{mc.url} (for {redact(origin)})"
+    if mc.unreachable is not None:
+        rep.add("mirror", "warn", f"{label}: {mc.unreachable}", fix_text("mirror-down"))
+        return
+    cache = f"; cache {mc.cache_status}" if mc.cache_status else "; no X-Cache-Status header (hit or miss unknown)"
+    if not sampled:
+        rep.add("mirror", "info", f"{label}: answers (HTTP {mc.status}){cache}; no wheel of the projects given lies "
+                "under its origin, so its bytes were not checked (name a project: `warmd doctor PROJECT`)")
+        return
+    if mc.status not in (200, 206):
+        rep.add("mirror", "warn", f"{label}: answers HTTP {mc.status} for a wheel the lock pins{cache}",
+                fix_text("mirror-down", "a mirror answering 4xx/5xx for a pinned wheel cannot serve it"))
+        return
+    ranges = "answers Range" if mc.ranges else "ignores Range (one stream per file: no segments, no resume)"
+    size = human_bytes(mc.size) if mc.size is not None else "size unknown"
+    if mc.matches is None:
+        rep.add("mirror", "warn" if not mc.ranges else "ok",
+                f"{label}: {ranges}{cache}; sample {size}, above doctor's {human_bytes(SAMPLE_CAP)} cap or of "
+                "unknown size, so its bytes were not checked (every download's sha256 still is)")
+    elif mc.matches:
+        rep.add("mirror", "ok" if mc.ranges else "warn", f"{label}: {ranges}{cache}; the sample ({size}) matches "
+                "the lock's sha256")
+    else:
+        rep.add("mirror", "problem", f"{label}: {ranges}{cache}; the sample ({size}) sent sha256 {mc.actual}, "
+                "not the lock's", fix_text("mirror-bytes"))
+
+
+def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
+    """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place,
+    keeping the file's formatting and comments; returns the URLs whose entry changed."""
+    import tomlkit
+
+    text = pyproject.read_text(encoding="utf-8")
+    doc = tomlkit.parse(text)
+    wanted = {norm_url(u) for u in urls}
+    entries = doc.get("tool", {}).get("uv", {}).get("index", [])
+    changed: list[str] = []
+    for entry in entries:
+        url = entry.get("url")
+        if not isinstance(url, str) or norm_url(url) not in wanted:
+            continue
+        cc = entry.get("cache-control")
+        if isinstance(cc, dict):
+            if "files" in cc:
+                continue  # the user's own choice: never overwrite it
+            cc["files"] = IMMUTABLE_FILES
+        else:
+            _append_key(entry, "cache-control",
+                        tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
+        changed.append(str(url))
+    if changed:
+        write_atomic(pyproject, tomlkit.dumps(doc))
+    return changed
+
+
+def _append_key(entry: Any, key: str, item: Any) -> None:
+    """Add `key` after the entry's last key, so its trailing comments and blank lines stay below it."""
+    from tomlkit.items import Table
+
+    body = entry.value.body if isinstance(entry, Table) else None
+    keys = [k for k, _v in body or [] if k is not None]
+    if keys and hasattr(entry.value, "_insert_after"):
+        entry.value._insert_after(keys[-1].key, key, item)
+    else:
+        entry[key] = item
 
 
 # -- disk, inotify, service ------------------------------------------------------------------------

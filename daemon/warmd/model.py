@@ -66,6 +66,8 @@ class Fetched:
     size: int
     bytes_downloaded: int  # bytes taken from the network for this file in this run
     bytes_reused: int  # bytes that were already on disk (store hit or resumed partial)
+    via: str | None = None  # the lab mirror the bytes came from (mirrors.py); None: the origin or the store
+    mirror_error: str | None = None  # why the wheel's mirror was passed over for the origin, one line
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class WheelReport:
     bytes_downloaded: int = 0
     bytes_reused: int = 0
     fix: str | None = None  # for a failure the user must act on (a hash mismatch, a full disk): what to do
+    via: str | None = None  # the lab mirror its bytes came from (Fetched.via)
+    mirror_error: str | None = None  # why its mirror was passed over for the origin (Fetched.mirror_error)
 
 
 @dataclass(frozen=True)

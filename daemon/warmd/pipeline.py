@@ -27,6 +27,7 @@ from .feeder import Feeder, Shelf
 from .fetch import Fetcher, FetchSkipped, ProgressEvent
 from .importer import Importer
 from .lockfile import file_stamp
+from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
 from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
 from .plan import Planner, ProjectPlan
 from .policy import outcome_of, uv_keeps
@@ -99,13 +100,14 @@ class Pipeline:
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
         self.progress = progress
-        self.fetcher = fetcher or Fetcher(
-            self.store,
-            connections=config.download.connections,
+        engine = dict(connections=config.download.connections, timeout=config.download.timeout,
+                      max_parallel_files=config.download.parallel_files)
+        # A lab's mirrors are tried first, by an engine of their own on the same store (mirrors.py).
+        self.fetcher = MirroredFetcher(
+            config.mirrors,
+            fetcher or Fetcher(self.store, retries=config.download.retries, progress=progress, **engine),
+            lambda: Fetcher(self.store, retries=MIRROR_RETRIES, progress=mirror_progress(progress), **engine),
             timeout=config.download.timeout,
-            retries=config.download.retries,
-            progress=progress,
-            max_parallel_files=config.download.parallel_files,
         )
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
@@ -147,7 +149,8 @@ class Pipeline:
         comes back `superseded` and is not recorded: it says nothing about the lock there is now.
         """
         try:
-            return self._warm(projects)
+            with self.fetcher.run():  # what this run learns of a mirror's health ends with it
+                return self._warm(projects)
         except Cancelled as exc:
             return [self._planner.superseded(p, exc.reason) for p in projects]
 
@@ -276,8 +279,10 @@ class Pipeline:
         """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
+        # A wheel a lab mirror serves goes through warmd's engine: uv would fetch it from the origin.
         candidates = {sha: pin for sha, pin in need.items()
-                      if pin.index is not None and sha not in resumable and not self.store.has(sha)}
+                      if pin.index is not None and sha not in resumable and not self.store.has(sha)
+                      and mirror_for(self.config.mirrors, pin.wheel.url) is None}
         hosts = {_host(p.wheel.url) for p in candidates.values()}
         measuring = {_host(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
         links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
@@ -429,8 +434,9 @@ class Pipeline:
                 down = pin.wheel.size or 0  # fetched all the same, by uv
             if pin.name in before[pin.python].warm:
                 reused = pin.wheel.size or 0
+            where = dict(via=got.via, mirror_error=got.mirror_error) if isinstance(got, Fetched) else {}
             if pin.name in res.warm:
-                wheels.append(WheelReport(pin, "warm", None, down, reused))
+                wheels.append(WheelReport(pin, "warm", None, down, reused, **where))
             elif isinstance(got, WarmdError):
                 wheels.append(WheelReport(pin, "failed", str(got), down, reused, fix=got.fix))
             elif pin.wheel.sha256 in import_errors:

@@ -507,7 +507,9 @@ class IndexServer:
         port: int = 0,
         basic_auth: tuple[str, str] | None = None,  # (user, password) every request must carry, else 401
         tls: TlsFiles | None = None,  # serve HTTPS with this certificate (tests/support/tls.py)
+        host: str = "127.0.0.1",  # another address only in a network namespace a test made (lab_net.py)
     ) -> None:
+        self.host = host
         self.cache_control = cache_control
         self.default_cache_control = default_cache_control
         self.rate_limit = rate_limit
@@ -542,14 +544,14 @@ class IndexServer:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> IndexServer:
-        """Bind 127.0.0.1 and serve in a daemon thread."""
-        httpd = _Server(("127.0.0.1", self._port), _Handler)
+        """Bind its address (127.0.0.1 unless told) and serve in a daemon thread."""
+        httpd = _Server((self.host, self._port), _Handler)
         httpd.owner = self
         if self.tls is not None:
             httpd.tls = self.tls.server_context()
         self._httpd = httpd
         scheme = "https" if self.tls is not None else "http"
-        self.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
+        self.url = f"{scheme}://{self.host}:{httpd.server_address[1]}"
         self._stopping.clear()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()

@@ -20,6 +20,9 @@ import socket
 import threading
 
 ON_ENV = "WARMD_TEST_LOOPBACK_ONLY"  # "1": children install the guard
+# Private addresses of a lab a test built in network namespaces of its own (tests/support/lab_net.py),
+# comma-separated: a child started in one of those namespaces may connect to these, and only these.
+LAB_ENV = "WARMD_TEST_LAB_HOSTS"
 REFUSALS_ENV = "WARMD_TEST_REFUSALS"  # file the children append their refusals to
 HINT = "the default test run is loopback only; a test that needs the internet is marked @pytest.mark.internet"
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
@@ -37,6 +40,24 @@ _real: dict = getattr(socket, "_warmd_netguard_real", None) or {
     "getaddrinfo": socket.getaddrinfo,
 }
 socket._warmd_netguard_real = _real  # type: ignore[attr-defined]
+
+
+_lab: frozenset[str] = frozenset()
+
+
+def lab_hosts(value: str | None) -> frozenset[str]:
+    """The addresses of LAB_ENV's value; anything but a private IPv4 address there is an error."""
+    hosts = frozenset(h.strip() for h in (value or "").split(",") if h.strip())
+    for h in hosts:
+        addr = ipaddress.ip_address(h)  # a name is refused: lab hosts are addresses
+        if addr.version != 4 or not addr.is_private or addr.is_loopback:
+            raise ValueError(f"{LAB_ENV}: {h} is not a private IPv4 address of a test's own network namespace")
+    return hosts
+
+
+def allowed(host: object) -> bool:
+    """True for loopback, and for an address of a lab the test made (LAB_ENV)."""
+    return is_loopback(host) or (isinstance(host, str) and host in _lab)
 
 
 def is_loopback(host: object) -> bool:
@@ -73,26 +94,26 @@ def _inet(sock: socket.socket) -> bool:
 
 
 def _connect(self: socket.socket, address: object) -> None:
-    if _enabled and _inet(self) and isinstance(address, tuple) and not is_loopback(address[0]):
+    if _enabled and _inet(self) and isinstance(address, tuple) and not allowed(address[0]):
         _refuse("connect", address)
     return _real["connect"](self, address)
 
 
 def _connect_ex(self: socket.socket, address: object) -> int:
-    if _enabled and _inet(self) and isinstance(address, tuple) and not is_loopback(address[0]):
+    if _enabled and _inet(self) and isinstance(address, tuple) and not allowed(address[0]):
         _refuse("connect", address)
     return _real["connect_ex"](self, address)
 
 
 def _sendto(self: socket.socket, data: bytes, *args: object) -> int:
     address = args[-1] if args else None
-    if _enabled and _inet(self) and isinstance(address, tuple) and not is_loopback(address[0]):
+    if _enabled and _inet(self) and isinstance(address, tuple) and not allowed(address[0]):
         _refuse("sendto", address)
     return _real["sendto"](self, data, *args)
 
 
 def _getaddrinfo(host: object, *args: object, **kwargs: object) -> list:
-    if _enabled and not is_loopback(host):
+    if _enabled and not allowed(host):
         _refuse("name lookup of", host)
     return _real["getaddrinfo"](host, *args, **kwargs)
 
@@ -124,5 +145,7 @@ def take_refusals() -> list[str]:
 
 def install_from_env() -> None:
     """What a child's sitecustomize calls: install when the test run asked for it."""
+    global _lab
     if os.environ.get(ON_ENV) == "1":
+        _lab = lab_hosts(os.environ.get(LAB_ENV))
         install(os.environ.get(REFUSALS_ENV) or None)

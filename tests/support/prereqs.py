@@ -47,6 +47,17 @@ def _file(path: Callable[[], Path]) -> Callable[[], Path | None]:
     return lambda: path() if path().is_file() else None
 
 
+def _nginx() -> Path | None:
+    # Debian keeps it in /usr/sbin, which a non-root PATH often lacks.
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    return Path(found) if found else None
+
+
+def _netns() -> Path | None:
+    ip = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
+    return Path(ip) if ip and os.geteuid() == 0 else None
+
+
 def _root() -> Path | None:
     return Path("/") if os.geteuid() == 0 else None
 
@@ -70,6 +81,9 @@ PREREQS: dict[str, Prereq] = {
     "nix-instantiate": Prereq("nix-instantiate", _which("nix-instantiate"), "apt-get install nix-bin"),
     "systemd-analyze": Prereq("systemd-analyze", _which("systemd-analyze"), "apt-get install systemd"),
     "systemctl": Prereq("systemctl", _which("systemctl"), "apt-get install systemd"),
+    "nginx": Prereq("nginx (the lab mirror's engine, contrib/nginx)", _nginx, "apt-get install nginx"),
+    "netns": Prereq("root and iproute2 (the lab test puts each host in a network namespace of its own)", _netns,
+                    "run the tests as root with iproute2 (apt-get install iproute2)"),
     "mount": Prereq("the right to mount a small tmpfs (root)", _root,
                     "run the tests as root (the disk-full drills mount a tmpfs of a few MiB)"),
 }
