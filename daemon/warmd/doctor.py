@@ -493,46 +493,6 @@ def _report_mirror(rep: _Report, origin: str, mc: MirrorCheck, sampled: bool) ->
                 "not the lock's", fix_text("mirror-bytes"))
 
 
-def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
-    """Add uv's `cache-control` files override to the [[tool.uv.index]] entries of `urls` in place,
-    keeping the file's formatting and comments; returns the URLs whose entry changed."""
-    import tomlkit
-
-    text = pyproject.read_text(encoding="utf-8")
-    doc = tomlkit.parse(text)
-    wanted = {norm_url(u) for u in urls}
-    entries = doc.get("tool", {}).get("uv", {}).get("index", [])
-    changed: list[str] = []
-    for entry in entries:
-        url = entry.get("url")
-        if not isinstance(url, str) or norm_url(url) not in wanted:
-            continue
-        cc = entry.get("cache-control")
-        if isinstance(cc, dict):
-            if "files" in cc:
-                continue  # the user's own choice: never overwrite it
-            cc["files"] = IMMUTABLE_FILES
-        else:
-            _append_key(entry, "cache-control",
-                        tomlkit.parse(CACHE_CONTROL_LINE + "\n")["cache-control"])
-        changed.append(str(url))
-    if changed:
-        write_atomic(pyproject, tomlkit.dumps(doc))
-    return changed
-
-
-def _append_key(entry: Any, key: str, item: Any) -> None:
-    """Add `key` after the entry's last key, so its trailing comments and blank lines stay below it."""
-    from tomlkit.items import Table
-
-    body = entry.value.body if isinstance(entry, Table) else None
-    keys = [k for k, _v in body or [] if k is not None]
-    if keys and hasattr(entry.value, "_insert_after"):
-        entry.value._insert_after(keys[-1].key, key, item)
-    else:
-        entry[key] = item
-
-
 # -- disk, inotify, service ------------------------------------------------------------------------
 
 
