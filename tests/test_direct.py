@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.index_server import PYPI_CACHE_CONTROL, IndexServer, _Handler
+from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import Config, DownloadSettings
 from warmd.fetch import Fetcher
@@ -118,3 +118,38 @@ def test_with_keep_wheels_or_an_old_uv_warmd_downloads_everything(tmp_path: Path
         assert [h for name in files for h in _whole_gets(server, name)] == [], uv
         host = urllib.parse.urlsplit(server.url).hostname
         assert pipeline.fetcher.link(host) is not None and pipeline.fetcher.link(host).kind == "fast"
+
+
+def test_from_a_no_store_index_uv_downloads_itself_under_warmds_override_unless_the_user_has_a_uv_toml(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    with IndexServer(cache_control=NO_STORE, rate_limit=2 * MiB) as nostore:
+        project, files = _project(tmp_path, nostore, uv_bin, uv_environ)
+        gpu = [f for f in files if not f.startswith("filelock")]
+        nostore.reset_counters()
+        pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ)
+        try:
+            report = pipeline.warm([project])[0]
+        finally:
+            pipeline.close()
+        assert {w.state for w in report.wheels} == {"warm"}, report
+        for name in gpu:  # uv's own whole-file GET, once: the index's no-store did not stop it keeping the file
+            assert len(_whole_gets(nostore, name)) == 1, name
+        nostore.reset_counters()
+        run_uv(uv_bin, ["sync", "--offline", "--frozen"], cwd=project, env=uv_environ)  # raises if it cannot
+        assert nostore.wheel_gets() == []
+
+        # A uv.toml of the user's would be replaced by warmd's config file: warmd downloads instead.
+        config_home = Path(uv_environ["XDG_CONFIG_HOME"])
+        (config_home / "uv").mkdir(parents=True, exist_ok=True)
+        (config_home / "uv" / "uv.toml").write_text("concurrent-downloads = 4\n")
+        run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
+        subprocess.run(["rm", "-rf", str(tmp_path / "store")], check=True)
+        nostore.reset_counters()
+        pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ)
+        try:
+            report = pipeline.warm([project])[0]
+        finally:
+            pipeline.close()
+        assert {w.state for w in report.wheels} == {"warm"}, report
+        assert [h for name in gpu for h in _whole_gets(nostore, name)] == []
+        assert all(h.range for name in gpu for h in nostore.wheel_gets(name))  # warmd's ranges only

@@ -33,6 +33,7 @@ from .plan import Planner, ProjectPlan
 from .policy import outcome_of, uv_keeps
 from .store import Store
 from .uvcache import ProbeResult, Uv
+from .uvconfig import uv_toml_files
 
 if TYPE_CHECKING:
     from .state import State
@@ -100,6 +101,8 @@ class Pipeline:
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
         self.progress = progress
+        self._keep_indexes: set[str] = set()  # indexes uv downloads from itself under warmd's override
+        self._user_uv_toml: bool | None = None
         engine = dict(connections=config.download.connections, timeout=config.download.timeout,
                       max_parallel_files=config.download.parallel_files)
         # A lab's mirrors are tried first, by an engine of their own on the same store (mirrors.py).
@@ -273,9 +276,12 @@ class Pipeline:
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
 
-        Only files uv keeps by itself qualify (no per-index override is passed: the user's uv
-        settings stay in force). Of those, warmd keeps a file only where its ranges beat uv's one
-        stream per file: on a host that caps each connection to a slow stream; or one it has begun.
+        Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
+        host one stream of which outruns uv's unpacking, or whose link all connections share, when
+        the user has no uv.toml: uv then gets the per-index override in a config file of warmd's,
+        which would replace theirs (`Uv.import_wheels(keep=...)`). Of those, warmd keeps a file only
+        where its ranges beat uv's one stream per file: on a host that caps each connection to a
+        slow stream; or one it has begun.
         """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
@@ -300,6 +306,9 @@ class Pipeline:
                              uv_version=version)
             if keeps.verdict == "kept":
                 out.add(sha)
+            elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
+                out.add(sha)
+                self._keep_indexes.add(pin.index or "")
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
@@ -348,6 +357,12 @@ class Pipeline:
         return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
                                        max_parallel_files=self.config.download.parallel_files)
 
+    def _no_user_uv_toml(self) -> bool:
+        """No uv.toml uv would read: a config file of warmd's for the import replaces nothing of the user's."""
+        if self._user_uv_toml is None:
+            self._user_uv_toml = any(p.is_file() for p in uv_toml_files(self.uv.env))
+        return not self._user_uv_toml
+
     def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str,
                     direct: bool) -> None:
         if not direct:
@@ -364,7 +379,8 @@ class Pipeline:
                 self._emit(p, "done", "downloaded by uv")
 
         try:
-            self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line)
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line,
+                                  keep=sorted({p.index for p in pins if p.index in self._keep_indexes}))
         except WarmdError as exc:
             for p in by_name.values():
                 self._emit(p, "retry", f"uv could not fetch it: {exc}")

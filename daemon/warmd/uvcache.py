@@ -249,14 +249,22 @@ class Uv:
             why = uv_reason(out)
             raise (IndexUnreachable if _UNREACHABLE.search(why) else UvError)(f"`uv lock --upgrade-package` failed: {why}")
 
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The environment uv runs in."""
+        return self._env
+
     def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
-                      patient: bool = False, on_line: Callable[[str], None] | None = None) -> None:
+                      patient: bool = False, on_line: Callable[[str], None] | None = None,
+                      keep: Sequence[str] = ()) -> None:
         """Have uv download `pins` from `urls` (sha256 -> URL) into its cache, checking hashes.
 
         A pin without an index (a wheel the lock pins by direct URL) is keyed by that URL in uv's
         cache, so uv downloads it from there itself; the lock's sha256 is checked all the same.
         `patient`: the URLs are the feeder's, which may hold an answer back for as long as a
-        download takes; `on_line` is handed each line uv prints, as it prints it.
+        download takes; `on_line` is handed each line uv prints, as it prints it. `keep`: index
+        URLs whose files uv must keep whatever they answer: uv's per-index `cache-control` override,
+        in a config file that takes the place of the user's uv.toml (call it only when they have none).
         """
         env = {"UV_PYTHON_DOWNLOADS": "never"}
         if patient:
@@ -268,8 +276,10 @@ class Uv:
         direct = [p for p in pins if p.index is None]
         if registry:
             # PEP 751 wants this exact file name; uv refuses other names for a pylock.
+            config = "".join(f"[[index]]\nurl = {_toml_str(i)}\ncache-control = {{ files = {_toml_str(_KEEP_FILES)} }}\n"
+                             for i in keep) or None
             self._pip_install("pylock.toml", render_pylock(registry, urls), python=python, platform=platform,
-                              what=f"{len(registry)} wheel(s)", env=env, on_line=on_line)
+                              what=f"{len(registry)} wheel(s)", env=env, on_line=on_line, config=config)
         if direct:
             self._pip_install("requirements.txt", render_requirements(direct), python=python, platform=platform,
                               what=f"{len(direct)} direct-URL wheel(s)", on_line=on_line)
