@@ -101,8 +101,6 @@ class Pipeline:
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
         self.progress = progress
-        self._keep_indexes: set[str] = set()  # indexes uv downloads from itself under warmd's override
-        self._user_uv_toml: bool | None = None
         engine = dict(connections=config.download.connections, timeout=config.download.timeout,
                       max_parallel_files=config.download.parallel_files)
         # A lab's mirrors are tried first, by an engine of their own on the same store (mirrors.py).
@@ -308,7 +306,6 @@ class Pipeline:
                 out.add(sha)
             elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
                 out.add(sha)
-                self._keep_indexes.add(pin.index or "")
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
@@ -359,9 +356,7 @@ class Pipeline:
 
     def _no_user_uv_toml(self) -> bool:
         """No uv.toml uv would read: a config file of warmd's for the import replaces nothing of the user's."""
-        if self._user_uv_toml is None:
-            self._user_uv_toml = any(p.is_file() for p in uv_toml_files(self.uv.env))
-        return not self._user_uv_toml
+        return not any(p.is_file() for p in uv_toml_files(self.uv.env))
 
     def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str,
                     direct: bool) -> None:
@@ -380,7 +375,9 @@ class Pipeline:
 
         try:
             self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line,
-                                  keep=sorted({p.index for p in pins if p.index in self._keep_indexes}))
+                                  # with no uv.toml of the user's to replace, uv keeps every file it fetches
+                                  # here, whatever its index answers (a no-store one among them)
+                                  keep=sorted({p.index for p in pins if p.index}) if self._no_user_uv_toml() else ())
         except WarmdError as exc:
             for p in by_name.values():
                 self._emit(p, "retry", f"uv could not fetch it: {exc}")

@@ -26,6 +26,7 @@ from packaging.version import InvalidVersion, Version
 from . import cancel, scratch
 from .errors import IndexUnreachable, LockError, UvError
 from .model import Pin, Skipped
+from .uvconfig import IMMUTABLE_FILES
 
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
 # ` + torch==2.8.0`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…` (not cached yet)
@@ -63,8 +64,6 @@ print(json.dumps({
     "sys_platform": sys.platform,
 }))
 """
-# What a cache-control override for a no-store index looks like to uv (DESIGN.md fact 3).
-_KEEP_FILES = "max-age=365000000, immutable"
 
 
 @dataclass(frozen=True)
@@ -276,7 +275,7 @@ class Uv:
         direct = [p for p in pins if p.index is None]
         if registry:
             # PEP 751 wants this exact file name; uv refuses other names for a pylock.
-            config = "".join(f"[[index]]\nurl = {_toml_str(i)}\ncache-control = {{ files = {_toml_str(_KEEP_FILES)} }}\n"
+            config = "".join(f"[[index]]\nurl = {_toml_str(i)}\ncache-control = {{ files = {_toml_str(IMMUTABLE_FILES)} }}\n"
                              for i in keep) or None
             self._pip_install("pylock.toml", render_pylock(registry, urls), python=python, platform=platform,
                               what=f"{len(registry)} wheel(s)", env=env, on_line=on_line, config=config)
@@ -295,7 +294,7 @@ class Uv:
         for index in dict.fromkeys(w.index for w in registry):
             group = [w for w in registry if w.index == index]
             config = f"[[index]]\nurl = {_toml_str(index or '')}\ndefault = true\n" \
-                     f"cache-control = {{ files = {_toml_str(_KEEP_FILES)} }}\n"
+                     f"cache-control = {{ files = {_toml_str(IMMUTABLE_FILES)} }}\n"
             self._pip_install("requirements.txt", "".join(f"{w.name}=={w.version}\n" for w in group),
                               python=python, platform=platform, what=f"{len(group)} unhashed wheel(s)", config=config)
         if direct:
