@@ -18,6 +18,7 @@ from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import Config, DownloadSettings
 from warmd.fetch import Fetcher
+from warmd.model import ProjectReport
 from warmd.pipeline import Pipeline
 from warmd.store import Store
 from warmd.uvcache import Uv
@@ -51,6 +52,15 @@ def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bo
     return Pipeline(config, uv=Uv(str(uv), cache_dir=cache, env=env), fetcher=fetcher)
 
 
+def _warm(project: Path, *args: object, **kwargs: object) -> tuple[ProjectReport, Pipeline]:
+    """Warm `project` with `_pipeline(*args, **kwargs)`; its report, and the closed pipeline to look at."""
+    pipeline = _pipeline(*args, **kwargs)  # type: ignore[arg-type]
+    try:
+        return pipeline.warm([project])[0], pipeline
+    finally:
+        pipeline.close()
+
+
 def _project(tmp: Path, server: IndexServer, uv: Path, env: dict[str, str]) -> tuple[Path, list[str]]:
     ws = torch_like_set(server, tmp / "wheels", "cu128", pythons=("cp311",), size=2 * MiB)
     project = make_project(tmp, "proj", server=server, variant="cu128", deps=[ws.requirement()],
@@ -67,11 +77,7 @@ def test_on_a_fast_link_uv_downloads_the_wheels_itself(tmp_path: Path, server: I
                                                        uv_cache: Path, uv_environ: dict[str, str]) -> None:
     project, files = _project(tmp_path, server, uv_bin, uv_environ)
     server.reset_counters()
-    pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ)
-    try:
-        report = pipeline.warm([project])[0]
-    finally:
-        pipeline.close()
+    report, pipeline = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)
     assert {w.state for w in report.wheels} == {"warm"}, report
     assert all(w.bytes_downloaded == (w.pin.wheel.size or 0) for w in report.wheels)  # the lock's size, if any
     for name in files:  # uv's own whole-file GET, once; warmd at most began the first one
@@ -89,11 +95,7 @@ def test_when_uv_cannot_fetch_them_warmd_does(tmp_path: Path, server: IndexServe
     assert server._httpd is not None
     server._httpd.RequestHandlerClass = _NoWholeFiles
     server.reset_counters()
-    pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ | {"UV_HTTP_RETRIES": "0"})
-    try:
-        report = pipeline.warm([project])[0]
-    finally:
-        pipeline.close()
+    report, pipeline = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ | {"UV_HTTP_RETRIES": "0"})
     assert {w.state for w in report.wheels} == {"warm"}, report
     tried = [h.status for name in files for h in server.wheel_hits(name) if h.method == "GET" and not h.range]
     assert tried and set(tried) == {503}  # uv tried (and gave up at its first refusal)
@@ -109,11 +111,7 @@ def test_with_keep_wheels_or_an_old_uv_warmd_downloads_everything(tmp_path: Path
         run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
         subprocess.run(["rm", "-rf", str(tmp_path / "store")], check=True)
         server.reset_counters()
-        pipeline = _pipeline(tmp_path, uv, uv_cache, uv_environ, keep=keep)
-        try:
-            report = pipeline.warm([project])[0]
-        finally:
-            pipeline.close()
+        report, pipeline = _warm(project, tmp_path, uv, uv_cache, uv_environ, keep=keep)
         assert {w.state for w in report.wheels} == {"warm"}, (uv, report)
         assert [h for name in files for h in _whole_gets(server, name)] == [], uv
         host = urllib.parse.urlsplit(server.url).hostname
@@ -126,11 +124,7 @@ def test_from_a_no_store_index_uv_downloads_itself_under_warmds_override_unless_
         project, files = _project(tmp_path, nostore, uv_bin, uv_environ)
         gpu = [f for f in files if not f.startswith("filelock")]
         nostore.reset_counters()
-        pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ)
-        try:
-            report = pipeline.warm([project])[0]
-        finally:
-            pipeline.close()
+        report, pipeline = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)
         assert {w.state for w in report.wheels} == {"warm"}, report
         for name in gpu:  # uv's own whole-file GET, once: the index's no-store did not stop it keeping the file
             assert len(_whole_gets(nostore, name)) == 1, name
@@ -145,11 +139,7 @@ def test_from_a_no_store_index_uv_downloads_itself_under_warmds_override_unless_
         run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
         subprocess.run(["rm", "-rf", str(tmp_path / "store")], check=True)
         nostore.reset_counters()
-        pipeline = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ)
-        try:
-            report = pipeline.warm([project])[0]
-        finally:
-            pipeline.close()
+        report, pipeline = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)
         assert {w.state for w in report.wheels} == {"warm"}, report
         assert [h for name in gpu for h in _whole_gets(nostore, name)] == []
         assert all(h.range for name in gpu for h in nostore.wheel_gets(name))  # warmd's ranges only
