@@ -354,6 +354,19 @@ class Pipeline:
         return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
                                        max_parallel_files=self.config.download.parallel_files)
 
+    def _needs_override(self, pins: Sequence[Pin]) -> list[str]:
+        """The indexes of these pins whose files uv would not keep by itself (`_for_uv` let them
+        through only when the user has no uv.toml for warmd's config file to replace)."""
+        version = str(self.uv.version)
+        out = set()
+        for p in pins:
+            link = self.fetcher.link(_host(p.wheel.url))
+            keeps = uv_keeps(p.wheel.url, link.cache_control if link else None, known=link is not None,
+                             uv_version=version)
+            if p.index and keeps.verdict != "kept":
+                out.add(p.index)
+        return sorted(out)
+
     def _no_user_uv_toml(self) -> bool:
         """No uv.toml uv would read: a config file of warmd's for the import replaces nothing of the user's."""
         return not any(p.is_file() for p in uv_toml_files(self.uv.env))
@@ -375,9 +388,7 @@ class Pipeline:
 
         try:
             self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line,
-                                  # with no uv.toml of the user's to replace, uv keeps every file it fetches
-                                  # here, whatever its index answers (a no-store one among them)
-                                  keep=sorted({p.index for p in pins if p.index}) if self._no_user_uv_toml() else ())
+                                  keep=self._needs_override(pins))
         except WarmdError as exc:
             for p in by_name.values():
                 self._emit(p, "retry", f"uv could not fetch it: {exc}")
