@@ -135,7 +135,7 @@ class Importer:
         try:
             self._call(verified, python)
         except WarmdError as exc:
-            logger.error("{}", exc)
+            logger.warning("{}", exc)  # each project's report names the wheels it cost
             with self._lock:
                 self._errors.update({p.wheel.sha256: str(exc) for p in verified})
 
