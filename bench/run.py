@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import ahead, daemon, discovery, memory, mirror, per_connection, real_index, resume, shared_link, uncapped  # noqa: E402
-from bench.core import FULL, QUICK, Mode, Row, not_measured, uv_bin, workspace  # noqa: E402
+from bench.core import FULL, QUICK, Mode, Row, compile_bytecode, not_measured, uv_bin, workspace  # noqa: E402
 from bench.table import machine, render, write_doc  # noqa: E402
 
 RowsFn = Callable[[Mode, Path, Path, Callable[[str], None]], list[Row]]
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown group(s) in --only: {', '.join(sorted(unknown))}")
     uv = uv_bin()
+    compile_bytecode()
     started = time.perf_counter()
 
     def log(msg: str) -> None:

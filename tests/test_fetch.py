@@ -118,6 +118,76 @@ def test_a_server_capping_each_connection_gets_several(slow_server: IndexServer,
     assert wheel.size <= slow_server.bytes_served(wheel.filename) <= wheel.size + 64 * KiB
 
 
+@pytest.mark.parametrize(("cap", "verdict"), [({"link_rate": 8 * MiB}, "shared"), ({"rate_limit": 4 * MiB}, "capped")])
+def test_two_files_at_once_judge_the_host_by_its_total(cap: dict[str, int], verdict: str, tmp_path: Path) -> None:
+    """The second file starts while the first measures. On a shared link a file given more streams
+    takes a bigger share from the other (two of three: 1.5x its rate) without the link getting any
+    faster: judged by that file's own rate, the link would look capped."""
+    with IndexServer(**cap) as server:  # type: ignore[arg-type]
+        first, second = (_wheel(server, tmp_path, f"pkg{i}", size=8 * MiB, seed=i) for i in range(2))
+        store = Store(tmp_path / "store")
+        begun = threading.Event()
+
+        def progress(ev: ProgressEvent) -> None:
+            if ev.sha256 == first.sha256 and ev.done >= 1 * MiB:
+                begun.set()
+
+        got: dict[str, Fetched] = {}
+        with _fetcher(store, connections=4, progress=progress) as f:
+            t = threading.Thread(target=lambda: got.setdefault(first.sha256, f.fetch(first)))
+            t.start()
+            assert begun.wait(30)
+            got[second.sha256] = f.fetch(second)
+            t.join()
+            link = f.link("127.0.0.1")
+        for w in (first, second):
+            _check(store, w, got[w.sha256])
+        assert link is not None and link.kind == verdict
+        conns = [len({h.conn for h in server.wheel_gets(w.filename)}) for w in (first, second)]
+        # shared: the measuring file's stream and its trial's, the other file's one; capped: both wide
+        assert (max(conns) <= 3 and min(conns) == 1) if verdict == "shared" else min(conns) >= 3, conns
+
+
+def test_a_file_the_caller_drops_stays_a_verified_partial_that_is_hashed_again_before_use(
+        index_server: IndexServer, tmp_path: Path) -> None:
+    """keep=False: no blob and no fsync for bytes about to be deleted. What a crash leaves is a
+    complete partial, verified again by the next fetch; one a power loss tore is fetched again."""
+    wheel = _wheel(index_server, tmp_path, size=1 * MiB)
+    store = Store(tmp_path / "store")
+    with _fetcher(store, keep=False) as f:
+        got = f.fetch(wheel)
+    assert got.path == store.part_path(wheel.sha256) and sha256_file(got.path) == wheel.sha256
+    assert _blobs(store) == [] and not store.has(wheel.sha256)
+    index_server.reset_counters()
+    with _fetcher(store, keep=False) as f:  # the run died before dropping it
+        again = f.fetch(wheel)
+    assert again.bytes_downloaded == 0 and index_server.bytes_served(wheel.filename) == 0
+    with open(got.path, "r+b") as torn:  # what a power loss may leave of pages never written back
+        torn.write(b"\0" * 4096)
+    with _fetcher(store) as f:
+        _check(store, wheel, f.fetch(wheel))
+    assert index_server.bytes_served(wheel.filename) == wheel.size
+
+
+def test_without_sizes_in_the_lock_the_biggest_file_goes_first_on_its_size_requests_connection(
+        index_server: IndexServer, tmp_path: Path) -> None:
+    """A PyTorch index's lock has no sizes: one HEAD per file orders them, and each first GET
+    goes out on a connection a HEAD opened (no second connect and TLS handshake before the bytes)."""
+    wheels = [_wheel(index_server, tmp_path, f"pkg{i}", size=(i + 1) * 256 * KiB, seed=i, with_size=False)
+              for i in range(3)]
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f:
+        got = f.fetch_many(wheels, max_parallel_files=1)
+        assert f._idle == []  # nothing left open once the run ends
+    for w in wheels:
+        _check(store, w, got[w.sha256])  # type: ignore[arg-type]
+    hits = index_server.wheel_hits()  # in the order they finished
+    heads = {h.conn for h in hits if h.method == "HEAD"}
+    gets = [h for h in hits if h.method == "GET"]
+    assert [h.path.rsplit("/", 1)[-1] for h in gets][0] == wheels[2].filename  # the biggest first
+    assert len(heads) == 3 and {h.conn for h in gets} <= heads
+
+
 def test_a_fast_server_is_read_in_one_stream(index_server: IndexServer, tmp_path: Path) -> None:
     wheel = _wheel(index_server, tmp_path, size=8 * MiB)
     store = Store(tmp_path / "store")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warmd.segments import MEASURE, Pieces, Width
+from warmd.segments import EARLY, MEASURE, HostMeter, Pieces, Width
 
 MiB = 2**20
 
@@ -24,14 +24,14 @@ def _feed(width: Width, clock: Clock, rate: float, seconds: float, remaining: in
     return added
 
 
-def _trial(second_rate: float) -> tuple[Width, list[str], int]:
+def _trial(second_rate: float, seconds: float = MEASURE + 0.05) -> tuple[Width, list[str], int]:
     clock, verdicts = Clock(), []
     w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
     assert w.state == "measure" and w.wanted() == 1
     assert _feed(w, clock, 10 * MiB, MEASURE + 0.05, remaining=500 * MiB) == 1  # a trial connection
     assert w.state == "trial" and w.wanted() == 2 and verdicts == []
     _feed(w, clock, 10 * MiB, 0.2, remaining=500 * MiB)  # the first stream alone: no measurement yet
-    added = _feed(w, clock, second_rate, MEASURE + 0.05, remaining=500 * MiB, joining=True)
+    added = _feed(w, clock, second_rate, seconds, remaining=500 * MiB, joining=True)
     return w, verdicts, added
 
 
@@ -39,6 +39,13 @@ def test_a_server_capping_each_connection_opens_them_all() -> None:
     w, verdicts, added = _trial(20 * MiB)  # two streams, twice the rate
     assert (w.state, verdicts, added, w.wanted()) == ("wide", ["capped"], 6, 8)
     assert w.limit(64 * MiB) == 4 * MiB  # two pieces per connection for what is left
+
+
+def test_a_cap_is_called_as_soon_as_the_trial_shows_the_gain_but_a_shared_link_waits_out_the_measurement() -> None:
+    w, verdicts, added = _trial(20 * MiB, EARLY + 0.02)
+    assert (w.state, verdicts, added) == ("wide", ["capped"], 6)
+    w, verdicts, added = _trial(11 * MiB, EARLY + 0.02)
+    assert (w.state, verdicts, added) == ("trial", [], 0)
 
 
 def test_a_shared_link_stays_on_one_stream() -> None:
@@ -81,6 +88,49 @@ def test_a_file_still_measuring_adopts_the_verdict_another_file_found() -> None:
     trial.adopt("capped")
     assert trial.state == "single" and trial.received(1, 500 * MiB, False) == 0
     assert verdicts == []  # adopting is not finding: nothing reported back to the host
+
+
+def _host_trial(total: float) -> tuple[Width, Width, list[str], int]:
+    """Two files of one host, each one stream at 10 MiB/s; the first measures, and once its two
+    trial connections join the host delivers `total` bytes/s, three quarters of it to that file."""
+    clock, verdicts, meter = Clock(), [], HostMeter()
+    a = Width(8, None, verdicts.append, fast=500 * MiB, meter=meter, clock=clock)
+    b = Width(8, None, verdicts.append, fast=500 * MiB, meter=meter, clock=clock)
+    meter.join(), meter.join()
+    added = 0
+    for _ in range(int((MEASURE + 0.05) / 0.01)):
+        clock.t += 0.01
+        added += a.received(int(10 * MiB * 0.01), 500 * MiB, False)
+        assert b.received(int(10 * MiB * 0.01), 500 * MiB, False) == 0  # b follows: no trial of its own
+    assert (a.state, b.state, added, a.wanted()) == ("trial", "measure", 2, 3)  # as many streams again
+    for _ in range(int((MEASURE + 0.1) / 0.01)):
+        clock.t += 0.01
+        added += a.received(int(total * 0.75 * 0.01), 500 * MiB, True)
+        b.received(int(total * 0.25 * 0.01), 500 * MiB, False)
+    return a, b, verdicts, added
+
+
+def test_a_shared_link_is_judged_by_the_hosts_total_not_by_one_files_bigger_share() -> None:
+    # with three streams of the host's four, the measured file gets 1.5x its rate: the link is no faster
+    a, b, verdicts, added = _host_trial(20 * MiB)
+    assert (a.state, verdicts, added) == ("single", ["shared"], 2)
+    assert abs(a.stream_rate - 10 * MiB) < 0.01 * MiB  # one stream's share of what the host gave two
+    b.adopt("shared")
+    assert b.received(1, 500 * MiB, False) == 0 and b.state == "single"
+
+
+def test_a_cap_per_connection_is_seen_in_the_hosts_total() -> None:
+    a, _, verdicts, added = _host_trial(40 * MiB)  # four streams bring twice what two did
+    assert (a.state, verdicts, added, a.wanted()) == ("wide", ["capped"], 7, 8)
+
+
+def test_a_file_that_ends_its_measurement_without_a_verdict_hands_it_to_the_next() -> None:
+    clock, meter = Clock(), HostMeter()
+    a = Width(8, None, fast=500 * MiB, meter=meter, clock=clock)
+    b = Width(8, None, fast=500 * MiB, meter=meter, clock=clock)
+    meter.join(), meter.join()
+    assert _feed(a, clock, 10 * MiB, MEASURE + 0.05, 1 * MiB) == 0 and a.state == "single"  # nearly done
+    assert _feed(b, clock, 10 * MiB, MEASURE + 0.05, 500 * MiB) == 2 and b.state == "trial"  # b measures now
 
 
 def test_pieces_are_handed_out_front_first_and_a_long_one_shortened() -> None:

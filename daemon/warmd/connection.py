@@ -11,6 +11,7 @@ as uv does, for hosts whose URL carries no credentials (credentials.py, the head
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import http.client
 import os
@@ -246,6 +247,15 @@ class Connection:
             self.drop()
             raise TransportError("Cancelled", "the download was cancelled")
         return conn, False
+
+    def retime(self, timeout: float) -> None:
+        """Use `timeout` from now on, for this connection's open socket too (a connection handed on)."""
+        self.settings = dataclasses.replace(self.settings, timeout=timeout)
+        with self._lock:
+            sock = self._http.sock if self._http is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
 
     def interrupt(self) -> None:
         """Make the request or read in progress on another thread fail now; later ones fail too."""

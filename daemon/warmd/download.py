@@ -44,7 +44,7 @@ class FileDownload:
     def __init__(self, wheel: WheelFile, store: Store, *, width: Width, policy: RetryPolicy,
                  stop: threading.Event, connect: Callable[[], Connection], release: Callable[[Connection], None],
                  report: Callable[[FileDownload, str, str, bool], None],
-                 on_growing: Callable[[GrowingFile], None], holdback: int) -> None:
+                 on_growing: Callable[[GrowingFile], None], holdback: int, keep: bool = True) -> None:
         self.wheel = wheel
         self.sha = wheel.sha256.lower()
         self.store = store
@@ -56,6 +56,7 @@ class FileDownload:
         self._report = report
         self._on_growing = on_growing
         self._holdback = holdback
+        self._keep = keep  # False: a verified file stays a complete partial (Fetcher.keep)
         self.total: int | None = wheel.size
         self.cache_control: str | None = None  # what the server said of this file: would uv keep it?
         self.reused = 0
@@ -160,7 +161,10 @@ class FileDownload:
             self.store.drop_partial(self.sha)
             raise HashMismatch(self.wheel.filename, self.sha, digest)
         self._growing.settle(True)  # the feeder may send the last bytes while the commit syncs
-        path = self._commit(self.store.part_path(self.sha))
+        # A file the caller drops once uv has it stays where it is, complete: no fsync of bytes
+        # about to be deleted. A crash before the drop leaves a partial whose sidecar says it is
+        # whole, and the next run hashes it again before anything uses it (_finish_offline).
+        path = self._commit(self.store.part_path(self.sha)) if self._keep else self.store.part_path(self.sha)
         self._report(self, "done", "", True)
         return Fetched(sha256=self.sha, path=path, size=sc.size, bytes_downloaded=self.downloaded,
                        bytes_reused=self.reused)
@@ -177,9 +181,9 @@ class FileDownload:
         except OSError as exc:
             raise FetchError(f"{part}: cannot read back the download: {exc.strerror or exc}") from None
         if actual != self.sha:
-            self.store.drop_partial(self.sha)
-            raise HashMismatch(self.wheel.filename, self.sha, actual or "?")
-        path = self._commit(part)
+            # bytes a power loss tore (the sidecar is written without fsync): start over once
+            raise Changed("the resumed partial did not verify")
+        path = self._commit(part) if self._keep else part
         self.total = self.reused = sc.size
         self._report(self, "done", "resumed: nothing left to download", True)
         return Fetched(sha256=self.sha, path=path, size=sc.size, bytes_downloaded=0, bytes_reused=sc.size)

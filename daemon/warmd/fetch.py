@@ -29,7 +29,7 @@ from .model import Fetched, ProgressEvent, WheelFile
 from .ranges import Changed, FetchCancelled
 from .redact import redact, scrub
 from .retry import RetryPolicy
-from .segments import PIECE, Width
+from .segments import PIECE, HostMeter, Width
 from .store import Store
 
 __all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent"]
@@ -71,6 +71,7 @@ class Fetcher:
         user_agent: str = f"warmd/{__version__}",
         max_parallel_files: int | None = None,
         fast_stream: float | None = None,
+        keep: bool = True,
     ) -> None:
         if connections < 1 or piece_size < 1:
             raise ValueError("connections and piece_size must be positive")
@@ -78,6 +79,9 @@ class Fetcher:
         self.connections = connections
         self.piece_size = piece_size
         self.fast_stream = fast_stream  # bytes/s one stream must reach to be "fast" (None: per CPU count)
+        # False: a verified file stays a complete partial (Fetched.path), for the caller to drop
+        # once uv has it; True: it is committed into the store's blobs, durably.
+        self.keep = keep
         self.policy = RetryPolicy(retries, backoff, max_backoff)
         # the environment's netrc, as uv reads it (credentials.py)
         self.settings = HttpSettings(timeout=timeout, user_agent=user_agent, trust_env=trust_env,
@@ -87,7 +91,9 @@ class Fetcher:
         self._skipped: set[str] = set()
         self._downloads: dict[str, FileDownload] = {}
         self._conns: set[Connection] = set()
+        self._idle: list[Connection] = []  # kept alive by the size requests, for the first downloads
         self._links: dict[str, Link] = {}  # host -> what its last measured download found
+        self._meters: dict[str, HostMeter] = {}  # host -> the bytes its files bring, for measuring it
         self._last_emit: dict[str, float] = {}
         self._lock = threading.Lock()
         self._links_cv = threading.Condition(self._lock)
@@ -116,8 +122,11 @@ class Fetcher:
         self._stop.set()
         with self._lock:
             conns = list(self._conns)
+            idle, self._idle = self._idle, []
         for c in conns:
             c.interrupt()
+        for c in idle:
+            c.close()
 
     def skip(self, sha256: str) -> None:
         """Do not start, or stop now, the download of this file; its partial stays for later."""
@@ -214,9 +223,15 @@ class Fetcher:
                 except Exception:
                     logger.exception("{}: on_done callback failed", w.filename)
 
-        with ThreadPoolExecutor(max_workers=max(1, max_parallel_files), thread_name_prefix="warmd-file") as pool:
-            for sha, w in unique.items():
-                pool.submit(one, sha, w)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, max_parallel_files), thread_name_prefix="warmd-file") as pool:
+                for sha, w in unique.items():
+                    pool.submit(one, sha, w)
+        finally:
+            with self._lock:  # what no download took (a daemon's Fetcher lives for months)
+                idle, self._idle = self._idle, []
+            for c in idle:
+                c.close()
         return results
 
     # -- internals --------------------------------------------------------------------------------
@@ -230,19 +245,22 @@ class Fetcher:
             known = self._link(host)
             if sha in self._skipped:  # skip() ran before the download began
                 raise FetchSkipped(f"{wheel.filename}: not needed after all")
+            meter = self._meters.setdefault(host, HostMeter())
         dl: FileDownload | None = None
         dl = FileDownload(
             wheel, self.store, width=Width(self.connections, known.kind if known else None,
                                            lambda kind: self._learn(host, kind, dl), piece=self.piece_size,
-                                           fast=self.fast_stream),
+                                           fast=self.fast_stream, meter=meter),
             policy=self.policy, stop=self._stop, connect=self._open_conn, release=self._close_conn,
             report=self._report, on_growing=on_growing or (lambda g: None),
-            holdback=holdback if holdback is not None else 2**63)
+            holdback=holdback if holdback is not None else 2**63, keep=self.keep)
         with self._lock:
             self._downloads[sha] = dl
+        meter.join()
         try:
             return dl.run()
         finally:
+            meter.leave(dl.width)
             with self._links_cv:
                 self._downloads.pop(sha, None)
 
@@ -310,19 +328,25 @@ class Fetcher:
             conn = Connection(settings)
             try:
                 resp = conn.request("HEAD", w.url, {})
+                resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
+                resp.close()
                 length = resp.header("content-length") or ""
-                return w.sha256.lower(), int(length) if resp.status == 200 and length.isdigit() else 0
+                size = int(length) if resp.status == 200 and length.isdigit() else 0
             except (TransportError, FetchError):
-                return w.sha256.lower(), 0
-            finally:
                 conn.close()
+                return w.sha256.lower(), 0
+            # the first downloads go to the same host: they start on this connection, TLS done
+            conn.retime(self.settings.timeout)
+            with self._lock:
+                self._idle.append(conn)
+            return w.sha256.lower(), size
 
         with ThreadPoolExecutor(max_workers=min(8, len(wheels)), thread_name_prefix="warmd-head") as pool:
             return dict(pool.map(head, wheels))
 
     def _open_conn(self) -> Connection:
-        conn = Connection(self.settings)
         with self._lock:
+            conn = self._idle.pop() if self._idle else Connection(self.settings)
             self._conns.add(conn)
         if self._stop.is_set():
             conn.interrupt()

@@ -102,7 +102,7 @@ class Pipeline:
         self.store = Store(config.store_dir, config.store_max_size)
         self.progress = progress
         engine = dict(connections=config.download.connections, timeout=config.download.timeout,
-                      max_parallel_files=config.download.parallel_files)
+                      max_parallel_files=config.download.parallel_files, keep=config.keep_wheels)
         # A lab's mirrors are tried first, by an engine of their own on the same store (mirrors.py).
         self.fetcher = MirroredFetcher(
             config.mirrors,
@@ -338,7 +338,8 @@ class Pipeline:
             if sha in run.by_uv:
                 self.store.drop_partial(sha)  # a speculative start, never finished
             elif not self.config.keep_wheels:
-                self.store.remove(sha)
+                self.store.drop_partial(sha)  # verified, never committed (Fetcher(keep=False))
+                self.store.remove(sha)  # a blob an earlier keep-wheels run left
 
     def _fetch(self, pins: list[Pin], shelf: Shelf) -> dict[str, Fetched | WarmdError]:
         if not pins:

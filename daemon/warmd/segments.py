@@ -2,11 +2,14 @@
 
 A file starts with one stream. Splitting it pays only where the server caps each connection
 (a CDN's per-connection limit); on a shared link, or on a fast one where the CPU is the limit,
-more connections cost CPU and gain nothing. So `Width` measures: the first connection's rate
-(one request for the whole file: no gaps between requests in the measurement), then, with a
-second one, the rate of both; only a clear gain opens the rest, and only then is the first
-stream cut short to share the file out. Pieces are handed out front first, so the file's
-written prefix (what the feeder streams to uv) grows steadily.
+more connections cost CPU and gain nothing. So `Width` measures what the host delivers: the rate
+of every stream it serves now (one per file, each one request for the whole file: no gaps
+between requests in the measurement), then, with as many streams again, the rate of them all;
+only a clear gain opens the rest, and only then is the first stream cut short to share the file
+out. It is the host's total that is compared, never one file's share: on a shared link a file
+given more streams takes a bigger share from the others without the link getting any faster.
+Pieces are handed out front first, so the file's written prefix (what the feeder streams to
+uv) grows steadily.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ MiB = 2**20
 
 MEASURE = 0.25  # seconds of transfer behind each decision
 WINDOW = 0.1  # seconds over which a rate is taken
+EARLY = 0.15  # a trial that shows its gain this soon decides at once (a link shared by all cannot)
 # Two connections must bring this many times one connection's rate to open more. A wrong "no"
 # on a capped server costs a factor of `connections`; a wrong "yes" only some CPU: lean to yes.
 GAIN = 1.3
@@ -102,6 +106,48 @@ class Pieces:
             return sum(e - s for s, e in self._ranges)
 
 
+class HostMeter:
+    """The bytes every file of one host received, how many of them are downloading, and which one
+    of them measures the host (one at a time: two trials at once would each see the other's streams)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+        self.streams = 0  # files of the host downloading now
+        self._measurer: object | None = None
+
+    def add(self, n: int) -> int:
+        """`n` more bytes arrived from the host; returns the total so far."""
+        with self._lock:
+            self.total += n
+            return self.total
+
+    def join(self) -> None:
+        """A file of the host began downloading."""
+        with self._lock:
+            self.streams += 1
+
+    def leave(self, width: object) -> None:
+        """A file of the host stopped downloading (it may have been the one measuring)."""
+        with self._lock:
+            self.streams = max(0, self.streams - 1)
+            if self._measurer is width:
+                self._measurer = None
+
+    def claim(self, width: object) -> bool:
+        """True when `width` measures the host: it already does, or nobody does."""
+        with self._lock:
+            if self._measurer is None:
+                self._measurer = width
+            return self._measurer is width
+
+    def release(self, width: object) -> None:
+        """`width` is done measuring."""
+        with self._lock:
+            if self._measurer is width:
+                self._measurer = None
+
+
 class Width:
     """How many connections one file gets, decided from the rates it measures.
 
@@ -109,13 +155,15 @@ class Width:
     "single" (one stream takes the rest in one request), "wide" (up to `most` connections).
     What a host is like (`verdict`: "capped" per connection, "shared" link, or "fast": one
     stream outruns uv's unpacking) comes from an earlier file of the same host, or is found here
-    and reported through `on_verdict`.
+    and reported through `on_verdict`. Files of one host share a `HostMeter`: one of them
+    measures the host's total while the others keep one stream each and adopt its verdict.
     """
 
     def __init__(self, most: int, verdict: str | None, on_verdict: Callable[[str], None] = lambda v: None,
-                 *, piece: int = PIECE, fast: float | None = None,
+                 *, piece: int = PIECE, fast: float | None = None, meter: HostMeter | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.most = max(1, most)
+        self.meter = meter if meter is not None else HostMeter()
         self._max_piece = max(1, piece)
         self._min_piece = min(MiB, self._max_piece)
         self._fast = fast if fast is not None else FAST_PER_CORE * (os.cpu_count() or 1)
@@ -128,11 +176,12 @@ class Width:
             self.state = "single"
         else:
             self.state = "measure"
-        self._bytes = 0
         self._mark: tuple[float, int] | None = None  # (time, bytes) where the running measurement began
         self._samples: deque[tuple[float, int]] = deque()  # (time, bytes) of the last WINDOW seconds
         self._best = 0.0  # the best WINDOW rate of the running measurement
-        self._rate1 = 0.0  # one stream's best
+        self._rate1 = 0.0  # the host's best with one stream per file
+        self._streams1 = 1  # how many streams that was
+        self._extra = 1  # connections the trial adds (as many as the host had)
         self._adopted: str | None = None  # a verdict another file of the host found, not acted on yet
         self._cut_first = False  # the first stream's open-ended request must make room (adopted "capped")
 
@@ -146,7 +195,7 @@ class Width:
     def stream_rate(self) -> float:
         """One stream's best rate, bytes/s, as measured so far (0 before a measurement)."""
         with self._lock:
-            return self._rate1 or self._best
+            return self._rate1 / self._streams1 if self._rate1 else self._best / max(1, self.meter.streams)
 
     def cut_first(self) -> bool:
         """Once, after adopting "capped": the running stream must shorten its piece for the others."""
@@ -156,12 +205,12 @@ class Width:
 
     def wanted(self) -> int:
         """Connections this file should have now."""
-        return {"measure": 1, "single": 1, "trial": 2, "wide": self.most}[self.state]
+        return {"measure": 1, "single": 1, "trial": 1 + self._extra, "wide": self.most}[self.state]
 
     def keep(self) -> int:
         """What the first stream keeps to itself while a trial runs: a little more than a measurement's worth."""
         with self._lock:
-            return int(self._rate1 * (MEASURE + 0.2))
+            return int(self._rate1 / self._streams1 * (MEASURE + 0.2))
 
     def limit(self, remaining: int) -> int | None:
         """The size of the next piece a connection takes (None: all the rest of its gap)."""
@@ -172,7 +221,7 @@ class Width:
                 return None  # one request: a CDN spends ~20 ms per request, which a measurement must not see
             if self.state == "trial":
                 # about one measurement's worth each, so the trial ends before the pieces do
-                return max(self._min_piece, int(self._rate1 * MEASURE))
+                return max(self._min_piece, int(self._rate1 / self._streams1 * MEASURE))
             # several pieces per connection, so every connection stays busy to the end
             return max(self._min_piece, min(self._max_piece, -(-remaining // (2 * self.most))))
 
@@ -180,17 +229,19 @@ class Width:
         """`n` more bytes arrived, `remaining` are still to come (`joining`: on the connection a trial
         added); returns how many connections to add.
 
-        Rates are taken over the last WINDOW seconds, and a stream is judged by the best such
-        rate it reached: a new TCP connection starts slow (a CDN's stream ramps up for tenths of
-        a second), so an average from its first byte would make any server look capped.
+        Rates are the host's (every file's bytes, through the meter), taken over the last WINDOW
+        seconds, and a measurement is judged by the best such rate it reached: a new TCP
+        connection starts slow (a CDN's stream ramps up for tenths of a second), so an average
+        from its first byte would make any server look capped.
         """
         now = self._clock() if now is None else now
+        total = self.meter.add(n)
         verdict = None
         add = 0
         with self._lock:
-            self._bytes += n
             if self._adopted is not None and self.state == "measure":
                 kind, self._adopted = self._adopted, None
+                self.meter.release(self)
                 if kind == "capped" and self.most > 1:
                     self.state, self._cut_first = "wide", True
                     return self.most - 1
@@ -198,33 +249,45 @@ class Width:
                 return 0
             if self.state not in ("measure", "trial"):
                 return 0
+            if self.state == "measure" and not self.meter.claim(self):
+                return 0  # another file measures the host; this one follows its verdict (adopt)
             if self._mark is None:
                 if self.state == "measure" or joining:
-                    self._mark = (now, self._bytes)
-                    self._samples = deque([(now, self._bytes)])
+                    self._mark = (now, total)
+                    self._samples = deque([(now, total)])
                     self._best = 0.0
                 return 0
-            self._samples.append((now, self._bytes))
+            self._samples.append((now, total))
             while len(self._samples) > 2 and now - self._samples[1][0] >= WINDOW:
                 self._samples.popleft()
             t_old, b_old = self._samples[0]
             if now - t_old >= WINDOW:
-                self._best = max(self._best, (self._bytes - b_old) / (now - t_old))
+                self._best = max(self._best, (total - b_old) / (now - t_old))
             elapsed = now - self._mark[0]
             if self.state == "measure" and self._best >= self._fast:
                 self.state, verdict = "single", "fast"
+            elif self.state == "trial" and elapsed >= EARLY and self._best >= GAIN * self._rate1:
+                # the host's total grew with its streams: a cap per connection, seen; no need to wait
+                self.state, verdict = "wide", "capped"
+                add = max(0, self.most - 1 - self._extra)
             elif elapsed < MEASURE:
                 return 0
             elif self.state == "measure":
-                if remaining < self._best * WORTH:
+                streams = max(1, self.meter.streams)
+                if remaining < self._best / streams * WORTH:
                     self.state = "single"  # one stream ends soon anyway: no verdict learnt
                 else:
-                    self.state, self._rate1, self._mark = "trial", self._best, None
-                    add = 1
+                    # as many streams again as the host has: a cap per connection doubles the total
+                    self._rate1, self._streams1, self._mark = self._best, streams, None
+                    self._extra = max(1, min(streams, self.most - 1))
+                    self.state = "trial"
+                    add = self._extra
             else:
                 capped = self._best >= GAIN * self._rate1
                 self.state, verdict = ("wide", "capped") if capped else ("single", "shared")
-                add = self.most - 2 if capped else 0
+                add = max(0, self.most - 1 - self._extra) if capped else 0
+            if self.state in ("single", "wide"):
+                self.meter.release(self)
         if verdict is not None:
             self._on_verdict(verdict)
         return add
