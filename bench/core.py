@@ -39,9 +39,10 @@ class Mode:
     real_project: str  # examples/<this> for the real-index rows
     cheap_projects: int = 299  # plus one real project: 300 watched by the daemon
     venv_folders: int = 200
+    real_reps: int = 3  # runs per side on the real index, whose rate drifts more than the lab's
 
 
-FULL = Mode(False, 256 * MiB, 1536 * MiB, 2048 * MiB, 3, 60.0, 100_000, 8 * MiB, "cuda-torch")
+FULL = Mode(False, 256 * MiB, 1536 * MiB, 2048 * MiB, 3, 60.0, 100_000, 8 * MiB, "cuda-torch", real_reps=5)
 QUICK = Mode(True, 64 * MiB, 256 * MiB, 512 * MiB, 3, 15.0, 20_000, 4 * MiB, "cuda-small")
 
 

@@ -101,7 +101,7 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     if free < need:
         cold.warmd = full.warmd = f"not measured: {mib(free)} free in {tmp}, need {mib(need)}"
         return [cold, full]
-    runs = alternate(mode.reps, {"uv": uv_side, "warmd": warmd_side})
+    runs = alternate(mode.real_reps, {"uv": uv_side, "warmd": warmd_side})
     remove(tmp / "ri")
     uv_runs, wd_runs = runs["uv"], runs["warmd"]
     set_bytes = _lock_bytes(example, warmd_reports[0])
@@ -127,6 +127,8 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
         f"warmd {mib(med([m.rx_rate for m in wd_runs]))}/s in {med([m.rx_window for m in wd_runs]):.1f} s, "
         f"uv {mib(med([m.rx_rate for m in uv_runs]))}/s in {med([m.rx_window for m in uv_runs]):.1f} s. "
         f"warmd's own process used {med([m.own_cpu for m in wd_runs]):.1f} s of its CPU, its uv runs the rest. "
+        f"Wall, warmd/uv pair by pair (each warmd run against the uv run just before it): "
+        f"{', '.join(f'{w.wall / u.wall:.2f}' for u, w in zip(uv_runs, wd_runs))}. "
         f"Peak RSS: the largest single process of the tree (ru_maxrss); its own process = the command's "
         f"own VmHWM, children not counted; tree = the largest sum of RSS over the live process tree, "
         f"sampled every 0.2 s")

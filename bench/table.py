@@ -58,7 +58,8 @@ def render(rows: Sequence[Row], info: dict[str, str], command: str, mode: Mode, 
         "- Lab (the other rows): tests/support/index_server.py in its own process (bench/serve.py), 127.0.0.1, "
         "`Cache-Control: no-cache,no-store,must-revalidate` on the GPU wheels like download.pytorch.org; "
         "HTTPS where a row says so, with a CA made for the run and trusted through `SSL_CERT_FILE`",
-        f"- Timed rows: {mode.reps} runs per side, sides alternating (A B, A B, …), median reported; every run "
+        f"- Timed rows: {mode.reps} runs per side ({mode.real_reps} on the real index), sides alternating "
+        "(A B, A B, …), median reported; every run "
         "starts with an empty uv cache and (warmd) an empty store. CPU = user + sys of the command's whole "
         "process tree (wait4's rusage, children included); peak RSS = the largest single process of the tree",
         "",

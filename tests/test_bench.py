@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.core import alternate, measure
+from bench.core import alternate, compile_bytecode, measure
 from bench.table import BEGIN, END, write_doc
 
 MiB = 2**20
@@ -59,3 +59,13 @@ def test_write_doc_replaces_only_the_generated_block(tmp_path: Path) -> None:
     doc.write_text(f"# Title\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## Reading\nkept\n")
     write_doc(doc, f"{BEGIN}\nnew table\n{END}\n")
     assert doc.read_text() == f"# Title\n\nintro\n\n{BEGIN}\nnew table\n{END}\n\n## Reading\nkept\n"
+
+
+def test_the_bench_runs_warmd_from_compiled_bytecode_as_an_installed_one_would() -> None:
+    import importlib.util
+
+    import warmd
+
+    compile_bytecode()
+    sources = sorted(Path(warmd.__file__).parent.glob("*.py"))
+    assert sources and all(Path(importlib.util.cache_from_source(str(src))).is_file() for src in sources)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -92,6 +95,32 @@ def test_schema_version_and_reopen(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(WarmdError, match="newer than this warmd"):
         State.open(tmp_path)
+
+
+@pytest.mark.parametrize("ending", ["close(wait=False) then exit", "os._exit before any close"])
+def test_a_prefetch_that_ends_before_sqlites_last_checkpoint_loses_nothing(ending: str, tmp_path: Path) -> None:
+    """`prefetch` does not wait for the checkpoint (and its fsync) of the last close: what it
+    recorded is in the WAL, and the next open has it, however the process ended."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        from tests.test_state import _pin, _record, _report
+        from warmd.model import WheelReport
+        from warmd.state import State
+        state = State.open(Path({str(tmp_path)!r}))
+        _record(state, _report(Path({str(tmp_path / "p")!r}), WheelReport(_pin("torch", "1", "d" * 64), "warm")))
+        if {ending.startswith("close")!r}:
+            state.close(wait=False)
+        else:
+            os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    again = State.open(tmp_path)
+    assert again.projects() == [tmp_path / "p"]
+    assert again.wheel_state(tmp_path / "p", "d" * 64) == "warm"
+    again.close()
+    assert not (tmp_path / f"{STATE_FILE}-wal").exists() or (tmp_path / f"{STATE_FILE}-wal").stat().st_size == 0
 
 
 def test_headers_history_and_moved_file_flag(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
                                    conditions=read_conditions(), ignore=config.watch.ignore)
     finally:
         pipeline.close()
-        state.close()
+        state.close(wait=False)  # the prefetch's result does not wait for SQLite's fsync
     elapsed = time.monotonic() - started
     if args.json:
         out = _reports_json(reports, elapsed)

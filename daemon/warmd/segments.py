@@ -26,8 +26,9 @@ MiB = 2**20
 MEASURE = 0.25  # seconds of transfer behind each decision
 WINDOW = 0.1  # seconds over which a rate is taken
 EARLY = 0.15  # a trial that shows its gain this soon decides at once (a link shared by all cannot)
-# Two connections must bring this many times one connection's rate to open more. A wrong "no"
-# on a capped server costs a factor of `connections`; a wrong "yes" only some CPU: lean to yes.
+# Twice the streams must bring the host this many times its total to open more (a cap per
+# connection brings ~2x, a shared link 1x). A wrong "no" on a capped server costs a factor of
+# `connections`; a wrong "yes" only some CPU: lean to yes.
 GAIN = 1.3
 WORTH = 1.0  # a trial is worth it only if one stream would still need this many seconds
 # One stream faster than uv unpacks on this machine (measured: ~120 MiB/s of wheel per core)
