@@ -143,3 +143,21 @@ def test_from_a_no_store_index_uv_downloads_itself_under_warmds_override_unless_
         assert {w.state for w in report.wheels} == {"warm"}, report
         assert [h for name in gpu for h in _whole_gets(nostore, name)] == []
         assert all(h.range for name in gpu for h in nostore.wheel_gets(name))  # warmd's ranges only
+
+
+def test_uv_is_told_the_interpreter_the_plan_found_and_looks_for_none(tmp_path: Path, server: IndexServer,
+                                                                      uv_bin: Path, uv_cache: Path,
+                                                                      uv_environ: dict[str, str]) -> None:
+    from loguru import logger
+
+    project, _files = _project(tmp_path, server, uv_bin, uv_environ)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="DEBUG")
+    try:
+        report, pipeline = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)
+    finally:
+        logger.remove(sink)
+    assert {w.state for w in report.wheels} == {"warm"}, report
+    (interpreter,) = {p for p in pipeline.plan(project).interpreters.values() if p is not None}
+    installs = [ln for ln in lines if ln.startswith("uv: ") and " pip install " in ln]
+    assert installs and all(f" --python {interpreter} " in ln for ln in installs), installs

@@ -23,7 +23,8 @@ import contextvars
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from loguru import logger
 
@@ -34,8 +35,9 @@ from .model import Pin
 
 _MANYLINUX = re.compile(r"^(?P<arch>[^-]+)-manylinux_2_(?P<glibc>\d+)$")
 
-# pins, sha -> url, python, platform, direct (the URLs are the index's own, not the feeder's)
-ImportCall = Callable[[Sequence[Pin], dict[str, str], str, str, bool], None]
+# pins, sha -> url, python, platform, direct (the URLs are the index's own, not the feeder's),
+# the interpreter the plan found for that Python (None: uv looks for one)
+ImportCall = Callable[[Sequence[Pin], dict[str, str], str, str, bool, Path | None], None]
 
 
 def target(platforms: Sequence[str]) -> str:
@@ -51,8 +53,12 @@ def _family(platform: str) -> str:
 class Importer:
     """Runs the uv imports of one warm, each on a thread of its own; `finish` waits for them."""
 
-    def __init__(self, run_uv: ImportCall, feeder: Feeder, shelf: Shelf) -> None:
+    def __init__(self, run_uv: ImportCall, feeder: Feeder, shelf: Shelf,
+                 interpreters: Mapping[str, Path | None] | None = None) -> None:
         self._run_uv = run_uv
+        # Named to uv, it looks for no interpreter of its own: through a pyenv shim that search
+        # was ~0.05 s before each import's first download (0.11 s against 0.06 s).
+        self._interpreters = dict(interpreters or {})
         self._feeder = feeder
         self._shelf = shelf
         self._threads: list[threading.Thread] = []
@@ -102,7 +108,7 @@ class Importer:
     def _direct(self, pins: list[Pin], python: str) -> None:
         try:
             self._run_uv(pins, {p.wheel.sha256: p.wheel.url for p in pins}, python,
-                         target([p.platform for p in pins]), True)
+                         target([p.platform for p in pins]), True, self._interpreters.get(python))
         except WarmdError as exc:
             logger.info("uv could not fetch {} wheel(s) itself: {}", len(pins), exc)
             with self._lock:
@@ -113,7 +119,8 @@ class Importer:
         if not verified:
             return
         try:
-            self._run_uv(verified, {}, python, target([p.platform for p in verified]), False)
+            self._run_uv(verified, {}, python, target([p.platform for p in verified]), False,
+                         self._interpreters.get(python))
         except WarmdError as exc:
             logger.warning("{}", exc)  # each project's report names the wheels it cost
             with self._lock:
@@ -141,4 +148,4 @@ class Importer:
 
     def _call(self, pins: list[Pin], python: str) -> None:
         urls = {p.wheel.sha256: self._feeder.url(p.wheel.sha256, p.wheel.filename) for p in pins}
-        self._run_uv(pins, urls, python, target([p.platform for p in pins]), False)
+        self._run_uv(pins, urls, python, target([p.platform for p in pins]), False, self._interpreters.get(python))

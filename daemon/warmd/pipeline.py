@@ -216,7 +216,8 @@ class Pipeline:
                        if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
         shelf = Shelf()
         with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
-            importer = Importer(self._run_import, feeder, shelf)
+            interpreters = {py: path for pl in plans for py, path in pl.interpreters.items() if path is not None}
+            importer = Importer(self._run_import, feeder, shelf, interpreters)
             try:
                 early = pool.submit(self._fetch, list(speculative.values()), shelf)
                 try:
@@ -258,7 +259,7 @@ class Pipeline:
                         self.fetcher.unskip(sha)
                         import_errors.pop(sha, None)
                     shelf.expect(refused, again=True)
-                    again = Importer(self._run_import, feeder, shelf)
+                    again = Importer(self._run_import, feeder, shelf, interpreters)
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
@@ -323,7 +324,7 @@ class Pipeline:
             return after
         logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
                     pl.project, len(lost))
-        again = Importer(self._run_import, feeder, shelf)
+        again = Importer(self._run_import, feeder, shelf, pl.interpreters)
         again.start(lost)
         run.import_errors.update(again.finish())
         return self._probe(pl)
@@ -373,9 +374,10 @@ class Pipeline:
         return not any(p.is_file() for p in uv_toml_files(self.uv.env))
 
     def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str,
-                    direct: bool) -> None:
+                    direct: bool, interpreter: Path | None) -> None:
         if not direct:
-            self.uv.import_wheels(pins, urls, python=python, platform=platform, patient=True)
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, patient=True,
+                                  interpreter=interpreter)
             return
         # uv downloads these itself: what it prints is their only progress
         by_name = {p.name: p for p in pins}
@@ -389,7 +391,7 @@ class Pipeline:
 
         try:
             self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line,
-                                  keep=self._needs_override(pins))
+                                  keep=self._needs_override(pins), interpreter=interpreter)
         except WarmdError as exc:
             for p in by_name.values():
                 self._emit(p, "retry", f"uv could not fetch it: {exc}")

@@ -255,7 +255,7 @@ class Uv:
 
     def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
                       patient: bool = False, on_line: Callable[[str], None] | None = None,
-                      keep: Sequence[str] = ()) -> None:
+                      keep: Sequence[str] = (), interpreter: Path | None = None) -> None:
         """Have uv download `pins` from `urls` (sha256 -> URL) into its cache, checking hashes.
 
         A pin without an index (a wheel the lock pins by direct URL) is keyed by that URL in uv's
@@ -264,6 +264,7 @@ class Uv:
         download takes; `on_line` is handed each line uv prints, as it prints it. `keep`: index
         URLs whose files uv must keep whatever they answer: uv's per-index `cache-control` override,
         in a config file that takes the place of the user's uv.toml (call it only when they have none).
+        `interpreter`: the plan's interpreter for `python`, so uv need not look for one.
         """
         env = {"UV_PYTHON_DOWNLOADS": "never"}
         if patient:
@@ -278,10 +279,11 @@ class Uv:
             config = "".join(f"[[index]]\nurl = {_toml_str(i)}\ncache-control = {{ files = {_toml_str(IMMUTABLE_FILES)} }}\n"
                              for i in keep) or None
             self._pip_install("pylock.toml", render_pylock(registry, urls), python=python, platform=platform,
-                              what=f"{len(registry)} wheel(s)", env=env, on_line=on_line, config=config)
+                              what=f"{len(registry)} wheel(s)", env=env, on_line=on_line, config=config,
+                              interpreter=interpreter)
         if direct:
             self._pip_install("requirements.txt", render_requirements(direct), python=python, platform=platform,
-                              what=f"{len(direct)} direct-URL wheel(s)", on_line=on_line)
+                              what=f"{len(direct)} direct-URL wheel(s)", on_line=on_line, interpreter=interpreter)
 
     def import_unverified(self, wheels: Sequence[Skipped], *, python: str, platform: str) -> None:
         """Have uv download wheels the lock pins without a sha256, from where the lock says, unverified.
@@ -303,7 +305,7 @@ class Uv:
 
     def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,
                      config: str | None = None, env: Mapping[str, str] | None = None,
-                     on_line: Callable[[str], None] | None = None) -> None:
+                     on_line: Callable[[str], None] | None = None, interpreter: Path | None = None) -> None:
         # In memory where there is some: the install is thousands of symlinks (torch alone
         # ~13,000); making and removing them on a disk busy writing back uv's unpacked wheels
         # took 1-3 s, on tmpfs a few ms.
@@ -311,10 +313,10 @@ class Uv:
             tmp = work.path
             req = tmp / name
             req.write_text(text, encoding="utf-8")
-            extra: list[str] = []
+            extra: list[str] = ["--python", str(interpreter)] if interpreter is not None else []
             if config is not None:
                 (tmp / "uv.toml").write_text(config, encoding="utf-8")
-                extra = ["--config-file", str(tmp / "uv.toml")]
+                extra += ["--config-file", str(tmp / "uv.toml")]
             out = self._run(
                 ["pip", "install", "--no-deps", *extra, "--target", str(tmp / "target"),
                  "--python-version", python, "--python-platform", platform,
