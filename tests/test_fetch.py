@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.index_server import IndexServer
+from tests.support.index_server import Hit, IndexServer
 from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.errors import DiskFull, FetchError, HashMismatch
@@ -103,12 +103,17 @@ def test_a_file_skipped_once_is_fetched_when_asked_for_again(index_server: Index
     _check(store, wheel, got)
 
 
-def test_a_server_capping_each_connection_gets_several(slow_server: IndexServer, tmp_path: Path) -> None:
-    wheel = _wheel(slow_server, tmp_path, size=4 * MiB)
+def _fetch_one(server: IndexServer, tmp_path: Path, size: int, connections: int) -> tuple[WheelFile, list[Hit]]:
+    """Fetch one fresh wheel of `size` and check it; the wheel and the GETs it took."""
+    wheel = _wheel(server, tmp_path, size=size)
     store = Store(tmp_path / "store")
-    with _fetcher(store, connections=4) as f:
+    with _fetcher(store, connections=connections) as f:
         _check(store, wheel, f.fetch(wheel))
-    gets = slow_server.wheel_gets(wheel.filename)
+    return wheel, server.wheel_gets(wheel.filename)
+
+
+def test_a_server_capping_each_connection_gets_several(slow_server: IndexServer, tmp_path: Path) -> None:
+    wheel, gets = _fetch_one(slow_server, tmp_path, 4 * MiB, connections=4)
     assert all(h.status == 206 for h in gets)
     assert f"bytes=0-{wheel.size - 1}" in {h.range for h in gets}  # one stream for the whole file first
     assert len({h.conn for h in gets}) >= 3  # the first stream, the trial, and the rest it opened
@@ -189,11 +194,7 @@ def test_without_sizes_in_the_lock_the_biggest_file_goes_first_on_its_size_reque
 
 
 def test_a_fast_server_is_read_in_one_stream(index_server: IndexServer, tmp_path: Path) -> None:
-    wheel = _wheel(index_server, tmp_path, size=8 * MiB)
-    store = Store(tmp_path / "store")
-    with _fetcher(store, connections=8) as f:
-        _check(store, wheel, f.fetch(wheel))
-    gets = index_server.wheel_gets(wheel.filename)
+    wheel, gets = _fetch_one(index_server, tmp_path, 8 * MiB, connections=8)
     # one connection, one request for the whole file: nothing to gain from more
     assert [h.range for h in gets] == [f"bytes=0-{wheel.size - 1}"] and index_server.peak_transfers == 1
     assert index_server.bytes_served(wheel.filename) == wheel.size
