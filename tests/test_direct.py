@@ -17,7 +17,7 @@ import pytest
 from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import Config, DownloadSettings
-from warmd.fetch import Fetcher
+from warmd.fetch import Fetcher, ProgressEvent
 from warmd.model import ProjectReport
 from warmd.pipeline import Pipeline
 from warmd.store import Store
@@ -43,13 +43,15 @@ def server() -> Iterator[IndexServer]:
         yield s
 
 
-def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bool = False) -> Pipeline:
+def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bool = False,
+              events: list[ProgressEvent] | None = None) -> Pipeline:
     config = Config(variant="cu128", uv=str(uv), cache_dir=cache, store_dir=tmp / "store", state_dir=tmp / "state",
                     packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2))
     store = Store(config.store_dir)
+    progress = events.append if events is not None else None
     fetcher = Fetcher(store, connections=4, timeout=10, retries=2, backoff=0.01, max_backoff=0.05,
-                      trust_env=False, fast_stream=1.0)
-    return Pipeline(config, uv=Uv(str(uv), cache_dir=cache, env=env), fetcher=fetcher)
+                      trust_env=False, fast_stream=1.0, progress=progress)
+    return Pipeline(config, uv=Uv(str(uv), cache_dir=cache, env=env), fetcher=fetcher, progress=progress)
 
 
 def _warm(project: Path, *args: object, **kwargs: object) -> tuple[ProjectReport, Pipeline]:
@@ -77,9 +79,15 @@ def test_on_a_fast_link_uv_downloads_the_wheels_itself(tmp_path: Path, server: I
                                                        uv_cache: Path, uv_environ: dict[str, str]) -> None:
     project, files = _project(tmp_path, server, uv_bin, uv_environ)
     server.reset_counters()
-    report, pipeline = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)
+    events: list[ProgressEvent] = []
+    report, pipeline = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ, events=events)
     assert {w.state for w in report.wheels} == {"warm"}, report
     assert all(w.bytes_downloaded == (w.pin.wheel.size or 0) for w in report.wheels)  # the lock's size, if any
+    # what a person reads: each file ends "downloaded by uv"; the download warmd began and called
+    # off is not reported as a file uv already had
+    ends = {e.filename: e.message for e in events if e.state == "done"}
+    assert set(ends.values()) == {"downloaded by uv"}, ends
+    assert not [e for e in events if e.state == "done" and e.message == "already in uv's cache"]
     for name in files:  # uv's own whole-file GET, once; warmd at most began the first one
         assert len(_whole_gets(server, name)) == 1, name
     # warmd kept nothing: no second copy, no partial of the download it called off

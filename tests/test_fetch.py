@@ -153,6 +153,24 @@ def test_two_files_at_once_judge_the_host_by_its_total(cap: dict[str, int], verd
         assert (max(conns) <= 3 and min(conns) == 1) if verdict == "shared" else min(conns) >= 3, conns
 
 
+def test_a_host_whose_files_all_ended_unmeasured_is_not_waited_for(index_server: IndexServer, tmp_path: Path) -> None:
+    """Small files end before a measurement can: nothing is left to tell what the host is like,
+    so a caller waiting for its Link (the pipeline, before it hands files to uv) gets none at once."""
+    wheels = [_wheel(index_server, tmp_path, f"pkg{i}", size=256 * KiB, seed=i) for i in range(3)]
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f:
+        got: dict[str, object] = {}
+        t = threading.Thread(target=lambda: got.update(f.fetch_many(wheels)))
+        t.start()
+        started = time.monotonic()
+        links = f.wait_links(["127.0.0.1"], timeout=120)
+        waited = time.monotonic() - started
+        t.join()
+    assert links == {}
+    assert waited < 60, waited  # not the timeout: the wait ended with the last download
+    assert sorted(got) == sorted(w.sha256 for w in wheels) and all(isinstance(r, Fetched) for r in got.values())
+
+
 def test_a_file_the_caller_drops_stays_a_verified_partial_that_is_hashed_again_before_use(
         index_server: IndexServer, tmp_path: Path) -> None:
     """keep=False: no blob and no fsync for bytes about to be deleted. What a crash leaves is a

@@ -125,10 +125,12 @@ def test_human_output_has_a_line_per_wheel_and_the_summary(user: User) -> None:
 
 def test_without_python_version_uv_picks_the_python_and_no_match_says_so(user: User) -> None:
     (user.project / ".python-version").unlink()  # then the Python is the one `uv python find` gives
-    proc = user.warmd("prefetch", str(user.project), "--json")
+    proc = user.warmd("-v", "prefetch", str(user.project), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)["projects"][0]
     assert report["python"] == ["%d.%d" % sys.version_info[:2]]  # the venv's Python, first on PATH
+    # the interpreter found for the project also serves its version: one lookup, not two
+    assert len(re.findall(r"uv: \S+ python find", proc.stderr)) == 1, proc.stderr
     assert {w["state"] for w in report["wheels"]} == {"warm"} and len(report["wheels"]) == 3
     nothing = write_warmd_config(user.tmp, _uv(), user.cache, packages=["jaxlib"])
     proc = user.warmd("prefetch", str(user.project), config=nothing)

@@ -228,6 +228,21 @@ def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
     assert _litter(own_tmp) == []
 
 
+def test_a_detached_scratch_folder_is_gone_when_its_process_has_exited(tmp_path: Path) -> None:
+    """The import's folder is removed beside the proof, not before it; the process still waits for
+    that removal before it exits, so nothing is left for a sweep."""
+    code = ("import sys; from warmd import scratch\n"
+            "with scratch.folder('import', detach=True) as s:\n"
+            "    for i in range(3000):\n"
+            "        (s.path / f'f{i}').symlink_to('/nonexistent')\n"
+            "print(s.path, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TMPDIR=str(tmp_path)),
+                         capture_output=True, text=True, timeout=WAIT, check=True)
+    folder = Path(out.stdout.strip())
+    assert folder.parent == tmp_path and not folder.exists()
+    assert _litter(tmp_path) == []
+
+
 def test_the_sweep_takes_a_dead_warmds_scratch_and_leaves_a_live_ones(tmp_path: Path) -> None:
     code = ("import os, signal, sys; from pathlib import Path; from warmd import scratch\n"
             "with scratch.folder(sys.argv[1]) as s:\n"

@@ -13,6 +13,7 @@ import dataclasses
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from .retry import RetryPolicy
 from .segments import PIECE, HostMeter, Width
 from .store import Store
 
-__all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent"]
+__all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent", "host_of"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
 _LINK_TTL = 600.0  # seconds what a host was found to be like is trusted
@@ -49,8 +50,20 @@ class Link:
     stream_rate: float = 0.0  # one stream's best rate there, bytes/s
 
 
+def host_of(url: str) -> str:
+    """The host a URL names, as Links are keyed (lower case; "" for none)."""
+    return (urllib.parse.urlsplit(url).hostname or "").lower()
+
+
 class FetchSkipped(FetchError):
-    """The caller said this file is not needed after all (uv's cache already has it)."""
+    """The caller said this file is not needed after all (uv's cache has it, or uv fetches it itself).
+
+    `why` is what its progress line says (None: nothing; another step reports the file).
+    """
+
+    def __init__(self, message: str, why: str | None = "already in uv's cache") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class Fetcher:
@@ -88,8 +101,9 @@ class Fetcher:
                                      auth=index_auth() if trust_env else None)
         self.progress = progress
         self._stop = threading.Event()
-        self._skipped: set[str] = set()
+        self._skipped: dict[str, str | None] = {}  # sha256 -> FetchSkipped.why
         self._downloads: dict[str, FileDownload] = {}
+        self._pending: Counter[str] = Counter()  # host -> its files in fetch_many() calls not ended yet
         self._conns: set[Connection] = set()
         self._idle: list[Connection] = []  # kept alive by the size requests, for the first downloads
         self._links: dict[str, Link] = {}  # host -> what its last measured download found
@@ -128,19 +142,22 @@ class Fetcher:
         for c in idle:
             c.close()
 
-    def skip(self, sha256: str) -> None:
-        """Do not start, or stop now, the download of this file; its partial stays for later."""
+    def skip(self, sha256: str, why: str | None = "already in uv's cache") -> None:
+        """Do not start, or stop now, the download of this file; its partial stays for later.
+
+        `why` is what the file's progress line says (None: none, another step reports it).
+        """
         sha = sha256.lower()
         with self._lock:
-            self._skipped.add(sha)
+            self._skipped[sha] = why
             dl = self._downloads.get(sha)
         if dl is not None:
-            dl.fail(FetchSkipped(f"{dl.wheel.filename}: not needed after all"))
+            dl.fail(FetchSkipped(f"{dl.wheel.filename}: not needed after all", why))
 
     def unskip(self, sha256: str) -> None:
         """Undo skip(): the file is needed after all (uv could not fetch it itself)."""
         with self._lock:
-            self._skipped.discard(sha256.lower())
+            self._skipped.pop(sha256.lower(), None)
 
     # -- fetching ---------------------------------------------------------------------------------
 
@@ -163,7 +180,7 @@ class Fetcher:
             with self._slot(), self.store.lock(sha, stop=self._stop):
                 with self._lock:
                     if sha in self._skipped:
-                        raise FetchSkipped(f"{wheel.filename}: not needed after all")
+                        raise FetchSkipped(f"{wheel.filename}: not needed after all", self._skipped[sha])
                 self._emit(wheel, sha, wheel.size, 0, 0, "start")
                 hit = self._hit(wheel, sha)  # another thread/process may have finished it
                 if hit is not None:
@@ -180,8 +197,9 @@ class Fetcher:
                             ) from None
                         logger.info("{}: changed upstream mid-download ({}); starting over", wheel.filename, exc)
                         self._emit(wheel, sha, wheel.size, 0, 0, "retry", f"changed upstream: {exc}")
-        except FetchSkipped:
-            self._emit(wheel, sha, wheel.size, 0, 0, "done", "already in uv's cache")
+        except FetchSkipped as exc:
+            if exc.why is not None:
+                self._emit(wheel, sha, wheel.size, 0, 0, "done", exc.why)
             raise
         except WarmdError as exc:
             self._emit(wheel, sha, wheel.size, 0, 0, "failed", str(exc))
@@ -202,10 +220,19 @@ class Fetcher:
         with self._lock:
             # skip() said "not needed" of a download under way then, not of every later one: a
             # daemon's Fetcher lives for months, and uv may lose a file it had (`uv cache clean`).
-            self._skipped -= unique.keys()
-        # The PyTorch index's locks carry no sizes: ask the server (HEAD, in parallel) where it is silent.
-        sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
-        unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or sizes.get(kv[0], 0))))
+            for sha in unique:
+                self._skipped.pop(sha, None)
+            # before the size requests: a wait_links() from now on waits for these files
+            self._pending.update(host_of(w.url) for w in unique.values())
+        ended: set[str] = set()
+
+        def end(sha: str) -> None:
+            with self._links_cv:  # a host with nothing left to download will not be measured now
+                if sha not in ended:
+                    ended.add(sha)
+                    self._pending[host_of(unique[sha].url)] -= 1
+                    self._links_cv.notify_all()
+
         results: dict[str, Fetched | WarmdError] = {}
 
         def one(sha: str, w: WheelFile) -> None:
@@ -217,6 +244,8 @@ class Fetcher:
             except Exception as exc:  # a bug must not take the other files down with it
                 logger.exception("{}: unexpected error while fetching", w.filename)
                 results[sha] = FetchError(f"{w.filename}: unexpected error: {scrub(str(exc))}")
+            finally:
+                end(sha)
             if on_done is not None:
                 try:
                     on_done(sha, results[sha])
@@ -224,10 +253,15 @@ class Fetcher:
                     logger.exception("{}: on_done callback failed", w.filename)
 
         try:
+            # The PyTorch index's locks carry no sizes: ask the server (HEAD, in parallel) where it is silent.
+            sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
+            unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or sizes.get(kv[0], 0))))
             with ThreadPoolExecutor(max_workers=max(1, max_parallel_files), thread_name_prefix="warmd-file") as pool:
                 for sha, w in unique.items():
                     pool.submit(one, sha, w)
         finally:
+            for sha in list(unique):
+                end(sha)  # files a failure kept from starting
             with self._lock:  # what no download took (a daemon's Fetcher lives for months)
                 idle, self._idle = self._idle, []
             for c in idle:
@@ -238,13 +272,13 @@ class Fetcher:
 
     def _download(self, wheel: WheelFile, sha: str, on_growing: Callable[[GrowingFile], None] | None,
                   holdback: int | None) -> Fetched:
-        host = (urllib.parse.urlsplit(wheel.url).hostname or "").lower()
+        host = host_of(wheel.url)
         with self._links_cv:
             # Files of a host not measured yet each start with one stream; the first verdict
             # found is adopted by the others still measuring (Width.adopt), so none waits for it.
             known = self._link(host)
             if sha in self._skipped:  # skip() ran before the download began
-                raise FetchSkipped(f"{wheel.filename}: not needed after all")
+                raise FetchSkipped(f"{wheel.filename}: not needed after all", self._skipped[sha])
             meter = self._meters.setdefault(host, HostMeter())
         dl: FileDownload | None = None
         dl = FileDownload(
@@ -274,12 +308,16 @@ class Fetcher:
         return found if found is not None and time.monotonic() - found.at < _LINK_TTL else None
 
     def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
-        """Wait (up to `timeout`) until every host has a Link; returns those known by then."""
+        """Wait (up to `timeout`) until every host has a Link, or has no file left downloading that
+        could measure it (small files end before a measurement does); returns the Links known by then."""
         wanted = {h.lower() for h in hosts}
         deadline = time.monotonic() + timeout
+
+        def settled() -> bool:
+            return self._stop.is_set() or all(h in self._links or self._pending[h] <= 0 for h in wanted)
+
         with self._links_cv:
-            self._links_cv.wait_for(lambda: wanted <= self._links.keys() or self._stop.is_set(),
-                                    max(0.0, deadline - time.monotonic()))
+            self._links_cv.wait_for(settled, max(0.0, deadline - time.monotonic()))
         return {h: link for h in wanted if (link := self.link(h)) is not None}
 
     def _learn(self, host: str, kind: str, dl: FileDownload) -> None:
@@ -289,7 +327,7 @@ class Fetcher:
         with self._links_cv:
             self._links[host] = Link(kind, dl.cache_control, time.monotonic(), dl.width.stream_rate)
             others = [d for d in self._downloads.values()
-                      if d is not dl and (urllib.parse.urlsplit(d.wheel.url).hostname or "").lower() == host]
+                      if d is not dl and host_of(d.wheel.url) == host]
             self._links_cv.notify_all()
         for other in others:
             other.width.adopt(kind)

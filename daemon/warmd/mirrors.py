@@ -250,12 +250,12 @@ class MirroredFetcher:
             results.setdefault(w.sha256.lower(), FetchSkipped(f"{w.filename}: not needed after all"))
         return results
 
-    def skip(self, sha256: str) -> None:
-        """Do not start, or stop now, the download of this file (from a mirror or the origin)."""
+    def skip(self, sha256: str, why: str | None = "already in uv's cache") -> None:
+        """Do not start, or stop now, the download of this file (from a mirror or the origin); `why` as Fetcher.skip."""
         with self._lock:
             self._skipped.add(sha256.lower())
         for f in self._engines():
-            f.skip(sha256)
+            f.skip(sha256, why)
 
     def unskip(self, sha256: str) -> None:
         """Take back a skip(): the file may be downloaded again."""

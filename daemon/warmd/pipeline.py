@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
-from urllib.parse import urlsplit
 
 from loguru import logger
 from packaging.utils import canonicalize_name
@@ -24,7 +23,7 @@ from .cancel import Cancelled
 from .config import Config
 from .errors import WarmdError
 from .feeder import Feeder, Shelf
-from .fetch import Fetcher, FetchSkipped, ProgressEvent
+from .fetch import Fetcher, FetchSkipped, ProgressEvent, host_of
 from .importer import Importer
 from .lockfile import file_stamp
 from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
@@ -227,7 +226,7 @@ class Pipeline:
                     # downloads: verified, they serve the next lock too when its pins come back.
                     if not isinstance(exc, Cancelled):
                         for sha in speculative:
-                            self.fetcher.skip(sha)
+                            self.fetcher.skip(sha, None)  # the run's error says why
                     raise
                 need: dict[str, Pin] = {}
                 for pl in plans:
@@ -242,7 +241,7 @@ class Pipeline:
                         self.fetcher.skip(sha)
                 by_uv = self._for_uv(need, resumable, speculative)
                 for sha in by_uv:
-                    self.fetcher.skip(sha)
+                    self.fetcher.skip(sha, None)  # the import's own progress lines follow
                 # uv starts on every file it lacks now, and unpacks each while it downloads.
                 shelf.expect(need.keys() - by_uv)
                 importer.start([p for p in pins if p.wheel.sha256 in need and p.wheel.sha256 not in by_uv])
@@ -288,15 +287,15 @@ class Pipeline:
         candidates = {sha: pin for sha, pin in need.items()
                       if pin.index is not None and sha not in resumable and not self.store.has(sha)
                       and mirror_for(self.config.mirrors, pin.wheel.url) is None}
-        hosts = {_host(p.wheel.url) for p in candidates.values()}
-        measuring = {_host(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
+        hosts = {host_of(p.wheel.url) for p in candidates.values()}
+        measuring = {host_of(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
         links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
         if measuring - links.keys():
             links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
         version = str(self.uv.version)
         out = set()
         for sha, pin in candidates.items():
-            link = links.get(_host(pin.wheel.url))
+            link = links.get(host_of(pin.wheel.url))
             kind = link.kind if link is not None else None
             if (kind == "capped" and link is not None and link.stream_rate < _SLOW_STREAM) or \
                     (kind != "fast" and self.store.part_path(sha).exists()):
@@ -309,7 +308,7 @@ class Pipeline:
                 out.add(sha)
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
-                        ", ".join(sorted({_host(need[s].wheel.url) for s in out})), len(out))
+                        ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
         return out
 
     def _proof(self, pl: ProjectPlan, run: _Run, feeder: Feeder, shelf: Shelf) -> dict[str, ProbeResult]:
@@ -362,7 +361,7 @@ class Pipeline:
         version = str(self.uv.version)
         out = set()
         for p in pins:
-            link = self.fetcher.link(_host(p.wheel.url))
+            link = self.fetcher.link(host_of(p.wheel.url))
             keeps = uv_keeps(p.wheel.url, link.cache_control if link else None, known=link is not None,
                              uv_version=version)
             if p.index and keeps.verdict != "kept":
@@ -556,10 +555,6 @@ def probe_plan(uv: Uv, pl: ProjectPlan) -> dict[str, ProbeResult]:
         out[python] = uv.probe(pl.project, selected=selected, others=pl.lock_packages,
                                python=_probe_python(pl, python), flags=pl.flags)
     return out
-
-
-def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
 
 
 def _probe_python(pl: ProjectPlan, python: str) -> str:

@@ -168,12 +168,17 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
     lock = read_lock(lock_path)
     settings = options.settings(folder)
     variant = project_variant(options, folder, detection)
-    own = uv.project_python(folder)
+    # The Python uv would use for the project: .python-version's, else the interpreter it finds
+    # there, which then also serves its version (one lookup, not two: ~0.05 s each).
+    own = uv.pinned_python(folder)
+    found = uv.interpreter(folder) if own is None else None
+    own = own or (found.version if found else None)
     pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), lock)
     if not pythons:
         raise InputError(f"{folder}: no Python version to select wheels for (no .python-version, "
                          "no interpreter uv would use, no `python` in the config)")
-    interpreters = {py: uv.interpreter(folder, py) for py in pythons}
+    interpreters = {py: found if found is not None and found.version == py else uv.interpreter(folder, py)
+                    for py in pythons}
     envs = {py: _marker_env(py, interpreters[py], target) for py in pythons}
     index = _LockIndex(lock)
     choice = _choose(uv, folder, lock, index, _read_pyproject(folder), settings, variant, envs[pythons[0]])

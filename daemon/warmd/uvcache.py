@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -118,6 +119,7 @@ class Uv:
         if token is not None:
             token.check()
         logger.debug("uv: {}", " ".join(cmd))
+        started = time.monotonic()
         try:
             proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE if on_line is None else subprocess.STDOUT, text=True,
@@ -138,6 +140,7 @@ class Uv:
             except BaseException:
                 proc.kill()  # as subprocess.run does: no uv outlives an interrupted warmd call
                 raise
+        logger.debug("uv {}: exit {} after {:.2f} s", args[0], proc.returncode, time.monotonic() - started)
         if token is not None:
             token.check()  # stopped by warmd's own cancel: not uv's failure, and not an answer
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -173,8 +176,8 @@ class Uv:
             raise UvError(f"`uv cache dir` failed: {uv_reason(out)}")
         return Path(out.stdout.strip().splitlines()[-1])
 
-    def project_python(self, project: Path) -> str | None:
-        """The Python version ("3.12") uv would use for the project, or None when uv finds none."""
+    def pinned_python(self, project: Path) -> str | None:
+        """The Python version ("3.12") the project's .python-version pins, if it pins one."""
         pin = project / ".python-version"
         try:
             for line in pin.read_text(encoding="utf-8").splitlines():
@@ -185,8 +188,7 @@ class Uv:
                         return m.group(1)
         except (OSError, UnicodeDecodeError):
             pass
-        found = self.interpreter(project)
-        return found.version if found else None
+        return None
 
     def interpreter(self, project: Path, request: str | None = None) -> Interpreter | None:
         """The interpreter `uv python find [request]` picks in the project, or None when uv finds none."""
@@ -309,7 +311,7 @@ class Uv:
         # In memory where there is some: the install is thousands of symlinks (torch alone
         # ~13,000); making and removing them on a disk busy writing back uv's unpacked wheels
         # took 1-3 s, on tmpfs a few ms.
-        with scratch.folder("import", memory=True) as work:
+        with scratch.folder("import", memory=True, detach=True) as work:
             tmp = work.path
             req = tmp / name
             req.write_text(text, encoding="utf-8")
