@@ -42,7 +42,7 @@ class Mode:
     real_reps: int = 3  # runs per side on the real index, whose rate drifts more than the lab's
 
 
-FULL = Mode(False, 256 * MiB, 1536 * MiB, 2048 * MiB, 3, 60.0, 100_000, 8 * MiB, "cuda-torch", real_reps=5)
+FULL = Mode(False, 256 * MiB, 1536 * MiB, 2048 * MiB, 3, 60.0, 100_000, 8 * MiB, "cuda-torch", real_reps=7)
 QUICK = Mode(True, 64 * MiB, 256 * MiB, 512 * MiB, 3, 15.0, 20_000, 4 * MiB, "cuda-small")
 
 
