@@ -23,6 +23,7 @@ from tests.support.network import (  # noqa: E402,F401  (pytest finds hooks and 
     pytest_runtest_call,
     pytest_runtest_teardown,
     pytest_terminal_summary,
+    pytest_unconfigure,
 )
 from tests.support.prereqs import need  # noqa: E402
 from tests.support.projects import uv_env  # noqa: E402

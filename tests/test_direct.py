@@ -20,6 +20,7 @@ from warmd.config import Config, DownloadSettings
 from warmd.fetch import Fetcher, ProgressEvent
 from warmd.model import ProjectReport
 from warmd.pipeline import Pipeline
+from warmd.state import State
 from warmd.store import Store
 from warmd.uvcache import Uv
 
@@ -44,14 +45,15 @@ def server() -> Iterator[IndexServer]:
 
 
 def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bool = False,
-              events: list[ProgressEvent] | None = None) -> Pipeline:
+              events: list[ProgressEvent] | None = None, state: State | None = None) -> Pipeline:
     config = Config(variant="cu128", uv=str(uv), cache_dir=cache, store_dir=tmp / "store", state_dir=tmp / "state",
                     packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2))
     store = Store(config.store_dir)
     progress = events.append if events is not None else None
     fetcher = Fetcher(store, connections=4, timeout=10, retries=2, backoff=0.01, max_backoff=0.05,
                       trust_env=False, fast_stream=1.0, progress=progress)
-    return Pipeline(config, uv=Uv(str(uv), cache_dir=cache, env=env), fetcher=fetcher, progress=progress)
+    return Pipeline(config, uv=Uv(str(uv), cache_dir=cache, env=env), fetcher=fetcher, progress=progress,
+                    state=state)
 
 
 def _warm(project: Path, *args: object, **kwargs: object) -> tuple[ProjectReport, Pipeline]:
@@ -95,6 +97,26 @@ def test_on_a_fast_link_uv_downloads_the_wheels_itself(tmp_path: Path, server: I
     server.reset_counters()
     run_uv(uv_bin, ["sync", "--offline", "--frozen"], cwd=project, env=uv_environ)  # raises if it cannot
     assert server.wheel_gets() == []
+
+
+def test_the_next_process_starts_from_what_this_one_found_of_the_host(tmp_path: Path, server: IndexServer,
+                                                                     uv_bin: Path, uv_cache: Path,
+                                                                     uv_environ: dict[str, str]) -> None:
+    project, _files = _project(tmp_path, server, uv_bin, uv_environ)
+    state = State.open(tmp_path / "state")
+    try:
+        first = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ, state=state)
+        assert first.fetcher.link("127.0.0.1") is None  # nothing found yet
+        first.close()
+        report, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ, state=state)
+        assert {w.state for w in report.wheels} == {"warm"}, report
+        found = state.links()["127.0.0.1"]
+        assert found.kind == "fast" and found.cache_control == PYPI_CACHE_CONTROL
+        later = _pipeline(tmp_path, uv_bin, uv_cache, uv_environ, state=state)  # a new process's, from the state
+        assert later.fetcher.link("127.0.0.1") == found
+        later.close()
+    finally:
+        state.close()
 
 
 def test_when_uv_cannot_fetch_them_warmd_does(tmp_path: Path, server: IndexServer, uv_bin: Path,

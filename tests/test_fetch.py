@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import signal
 import socket
@@ -20,11 +21,12 @@ from tests.support.index_server import Hit, IndexServer
 from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.errors import DiskFull, FetchError, HashMismatch
-from warmd.fetch import Fetcher, FetchCancelled, ProgressEvent
+from warmd.fetch import LINK_TTL, Fetcher, FetchCancelled, ProgressEvent
 from warmd.model import Fetched, WheelFile
 from warmd.partial import Sidecar
 from warmd.redact import redact
 from warmd.retry import retry_after
+from warmd.state import State
 from warmd.store import Store
 
 KiB, MiB = 1024, 2**20
@@ -151,6 +153,31 @@ def test_two_files_at_once_judge_the_host_by_its_total(cap: dict[str, int], verd
         conns = [len({h.conn for h in server.wheel_gets(w.filename)}) for w in (first, second)]
         # shared: the measuring file's stream and its trial's, the other file's one; capped: both wide
         assert (max(conns) <= 3 and min(conns) == 1) if verdict == "shared" else min(conns) >= 3, conns
+
+
+def test_a_host_found_capped_by_an_earlier_process_is_downloaded_wide_from_the_first_request(tmp_path: Path) -> None:
+    """The verdict outlives the process through the state: the next one measures nothing first.
+    One older than LINK_TTL is not trusted."""
+    with IndexServer(rate_limit=4 * MiB) as server:
+        first, second = (_wheel(server, tmp_path, f"pkg{i}", size=8 * MiB, seed=i) for i in range(2))
+        with _fetcher(Store(tmp_path / "store")) as f:
+            f.fetch(first)
+            learnt = f.links()
+        assert learnt["127.0.0.1"].kind == "capped"
+        state = State.open(tmp_path / "state")
+        state.record_links(learnt)
+        state.close()
+        server.reset_counters()
+        with _fetcher(Store(tmp_path / "store2")) as g:
+            g.remember(State.open(tmp_path / "state").links())
+            got = g.fetch(second)
+        _check(g.store, second, got)
+        gets = server.wheel_gets(second.filename)
+        assert f"bytes=0-{second.size - 1}" not in {h.range for h in gets}  # no one-stream measurement
+        assert len({h.conn for h in gets}) == 4, gets
+    with _fetcher(Store(tmp_path / "store3")) as h:
+        h.remember({"127.0.0.1": dataclasses.replace(learnt["127.0.0.1"], at=time.time() - LINK_TTL - 1)})
+        assert h.link("127.0.0.1") is None and h.links() == {}
 
 
 def test_a_host_whose_files_all_ended_unmeasured_is_not_waited_for(index_server: IndexServer, tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def test_a_run_with_a_test_that_reaches_out_fails(pytester: pytest.Pytester, mon
     """A whole pytest run with this policy: the tests that reach out fail it, even those that hide it."""
     pytester.makepyfile(test_inner=INNER)
     pytester.makeconftest("from tests.support.network import pytest_collection_finish, pytest_runtest_call, "
-                          "pytest_runtest_teardown\n")
+                          "pytest_runtest_teardown, pytest_unconfigure\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:cov")
     outcomes = result.parseoutcomes()

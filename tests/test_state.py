@@ -9,13 +9,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from warmd.errors import WarmdError
 from warmd.headers import HeaderCheck
-from warmd.model import Pin, ProjectReport, WheelFile, WheelReport
+from warmd.model import Link, Pin, ProjectReport, WheelFile, WheelReport
 from warmd.policy import outcome_of, project_statuses
 from warmd.state import SCHEMA_VERSION, STATE_FILE, State
 
@@ -95,6 +96,20 @@ def test_schema_version_and_reopen(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(WarmdError, match="newer than this warmd"):
         State.open(tmp_path)
+
+
+def test_what_a_host_was_found_to_be_like_is_kept_for_the_next_process_the_newer_finding_wins(tmp_path: Path) -> None:
+    state = State.open(tmp_path)
+    now = time.time()
+    state.record_links({"Files.Example.org": Link("capped", "no-store", now - 60, 16e6)})
+    state.record_links({"files.example.org": Link("fast", None, now - 120, 3e8)})  # older: ignored
+    state.record_links({"cdn.example.org": Link("shared", "max-age=60", now - 2 * 86400, 1e7)})  # long gone
+    state.close()
+    again = State.open(tmp_path)
+    assert again.links() == {"files.example.org": Link("capped", "no-store", now - 60, 16e6)}
+    again.record_links({"files.example.org": Link("fast", "immutable", now, 3e8)})
+    assert again.links()["files.example.org"] == Link("fast", "immutable", now, 3e8)
+    again.close()
 
 
 @pytest.mark.parametrize("ending", ["close(wait=False) then exit", "os._exit before any close"])

@@ -231,11 +231,15 @@ def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
 def test_a_detached_scratch_folder_is_gone_when_its_process_has_exited(tmp_path: Path) -> None:
     """The import's folder is removed beside the proof, not before it; the process still waits for
     that removal before it exits, so nothing is left for a sweep."""
-    code = ("import sys; from warmd import scratch\n"
-            "with scratch.folder('import', detach=True) as s:\n"
-            "    for i in range(3000):\n"
-            "        (s.path / f'f{i}').symlink_to('/nonexistent')\n"
-            "print(s.path, flush=True)\n")
+    code = ("import threading; from warmd import scratch\n"
+            "def use():\n"
+            "    with scratch.folder('import', detach=True) as s:\n"
+            "        for i in range(3000):\n"
+            "            (s.path / f'f{i}').symlink_to('/nonexistent')\n"
+            "    print(s.path, flush=True)\n"
+            # as the importer does: from a daemon thread, whose children are daemons unless told
+            "t = threading.Thread(target=use, daemon=True)\n"
+            "t.start(); t.join()\n")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TMPDIR=str(tmp_path)),
                          capture_output=True, text=True, timeout=WAIT, check=True)
     folder = Path(out.stdout.strip())

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,28 +26,18 @@ from .credentials import index_auth
 from .download import FileDownload
 from .errors import FetchError, WarmdError
 from .growing import GrowingFile
-from .model import Fetched, ProgressEvent, WheelFile
+from .model import Fetched, Link, ProgressEvent, WheelFile
 from .ranges import Changed, FetchCancelled
 from .redact import redact, scrub
 from .retry import RetryPolicy
 from .segments import PIECE, HostMeter, Width
 from .store import Store
 
-__all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent", "host_of"]
+__all__ = ["LINK_TTL", "FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent", "host_of"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
-_LINK_TTL = 600.0  # seconds what a host was found to be like is trusted
+LINK_TTL = 600.0  # seconds what a host was found to be like is trusted, in this process or the next
 HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched
-
-
-@dataclass(frozen=True)
-class Link:
-    """What a download found a host to be like, and what it said of the file it served."""
-
-    kind: str  # "capped" (per connection), "shared" (one link for all), "fast" (one stream outruns uv)
-    cache_control: str | None
-    at: float  # time.monotonic()
-    stream_rate: float = 0.0  # one stream's best rate there, bytes/s
 
 
 def host_of(url: str) -> str:
@@ -305,7 +295,20 @@ class Fetcher:
 
     def _link(self, host: str) -> Link | None:
         found = self._links.get(host.lower())
-        return found if found is not None and time.monotonic() - found.at < _LINK_TTL else None
+        return found if found is not None and 0 <= time.time() - found.at < LINK_TTL else None
+
+    def links(self) -> dict[str, Link]:
+        """Every host's Link still trusted (LINK_TTL), for the next process to start from (State)."""
+        with self._lock:
+            return {h: link for h in self._links if (link := self._link(h)) is not None}
+
+    def remember(self, links: Mapping[str, Link]) -> None:
+        """Start from what an earlier process found of these hosts; a newer Link found here stays."""
+        with self._lock:
+            for host, link in links.items():
+                mine = self._links.get(host.lower())
+                if mine is None or mine.at < link.at:
+                    self._links[host.lower()] = link
 
     def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
         """Wait (up to `timeout`) until every host has a Link, or has no file left downloading that
@@ -325,7 +328,7 @@ class Fetcher:
                      {"capped": "capped per connection", "shared": "one link shared by all",
                       "fast": "one stream outruns uv's unpacking"}[kind], dl.width.stream_rate / 2**20)
         with self._links_cv:
-            self._links[host] = Link(kind, dl.cache_control, time.monotonic(), dl.width.stream_rate)
+            self._links[host] = Link(kind, dl.cache_control, time.time(), dl.width.stream_rate)
             others = [d for d in self._downloads.values()
                       if d is not dl and host_of(d.wheel.url) == host]
             self._links_cv.notify_all()

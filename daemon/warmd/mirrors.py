@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -271,6 +271,14 @@ class MirroredFetcher:
     def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
         """The origin engine's wait for what it finds of these hosts."""
         return self.origin.wait_links(hosts, timeout)
+
+    def links(self) -> dict[str, Link]:
+        """The origin engine's Links (Fetcher.links)."""
+        return self.origin.links()
+
+    def remember(self, links: Mapping[str, Link]) -> None:
+        """Start the origin engine from Links an earlier process found (Fetcher.remember)."""
+        self.origin.remember(links)
 
     def cancel(self) -> None:
         """Stop every download promptly; partial files stay for the next run."""

@@ -58,6 +58,16 @@ class ProgressEvent:
 
 
 @dataclass(frozen=True)
+class Link:
+    """What a download found a host to be like, and what it said of the file it served."""
+
+    kind: str  # "capped" (per connection), "shared" (one link for all), "fast" (one stream outruns uv)
+    cache_control: str | None
+    at: float  # time.time() when it was found (the state keeps it for the next process)
+    stream_rate: float = 0.0  # one stream's best rate there, bytes/s
+
+
+@dataclass(frozen=True)
 class Fetched:
     """A verified file in the store."""
 

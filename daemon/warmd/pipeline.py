@@ -109,6 +109,9 @@ class Pipeline:
             lambda: Fetcher(self.store, retries=MIRROR_RETRIES, progress=mirror_progress(progress), **engine),
             timeout=config.download.timeout,
         )
+        if state is not None:
+            # what an earlier process found of the hosts: no measurement before the first choice
+            self.fetcher.remember(state.links())
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
@@ -178,6 +181,8 @@ class Pipeline:
         with self._project_locks([pl.project for pl in plans] if record else []), \
                 _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
             run = self._fetch_and_import(plans, record=record)
+            if self.state is not None:
+                self.state.record_links(self.fetcher.links())
             for pl in plans:
                 unhashed = self._unhashed(pl)
                 if not pl.is_current():  # what uv said may be about another lock

@@ -71,7 +71,8 @@ def folder(what: str, *, memory: bool = False, detach: bool = False) -> Iterator
         yield Scratch(path, fd)
     finally:
         if detach:
-            threading.Thread(target=remove, name="warmd-scratch-rm").start()  # not a daemon: exit waits
+            # daemon=False said outright: a thread inherits the flag, and the importer's are daemons
+            threading.Thread(target=remove, name="warmd-scratch-rm", daemon=False).start()
         else:
             remove()
 

@@ -16,13 +16,14 @@ from typing import Callable
 
 from .errors import WarmdError
 from .headers import HeaderCheck
-from .model import AheadReport, FileStamp, Outcome, Pin, ProjectReport, Upgrade, WheelFile, WheelReport
+from .model import AheadReport, FileStamp, Link, Outcome, Pin, ProjectReport, Upgrade, WheelFile, WheelReport
 from .owner import Owner
 from .redact import redact
 
 STATE_FILE = "state.sqlite3"
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)
 OUTCOME_HISTORY = 50  # outcome changes kept per project
+LINK_ROWS_KEPT = 86400.0  # seconds a host's Link row stays (long past its use: fetch.LINK_TTL)
 ACTIVITIES = ("queued", "warming")
 WHEEL_STATES = ("cold", "fetching", "warm", "unproven", "failed")
 
@@ -215,8 +216,25 @@ def _v3(db: sqlite3.Connection) -> None:
     )
 
 
+def _v4(db: sqlite3.Connection) -> None:
+    # What each host was found to be like (model.Link), so that the next process starts from it
+    # instead of measuring again; trusted for fetch.LINK_TTL after it was found.
+    _script(
+        db,
+        """
+        CREATE TABLE links (
+            host TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            cache_control TEXT,
+            stream_rate REAL NOT NULL,
+            found_at REAL NOT NULL
+        );
+        """
+    )
+
+
 # Index i migrates a database at user_version i to i + 1; append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -478,6 +496,23 @@ class State:
         """Stop tracking these warmed-ahead wheels (a lock adopted them, or they were dropped)."""
         with self._tx() as db:
             db.executemany("DELETE FROM ahead_files WHERE sha256=?", [(s,) for s in shas])
+
+    def record_links(self, links: Mapping[str, Link]) -> None:
+        """Keep what these hosts were found to be like (a newer Link replaces an older one)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO links(host, kind, cache_control, stream_rate, found_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(host) DO UPDATE SET kind=excluded.kind, cache_control=excluded.cache_control, "
+                "stream_rate=excluded.stream_rate, found_at=excluded.found_at WHERE excluded.found_at > links.found_at",
+                [(h.lower(), l.kind, l.cache_control, l.stream_rate, l.at) for h, l in links.items()],
+            )
+            db.execute("DELETE FROM links WHERE found_at < ?", (time.time() - LINK_ROWS_KEPT,))
+
+    def links(self) -> dict[str, Link]:
+        """What each host was last found to be like (the engine decides how long that holds)."""
+        with self._lock:
+            rows = self._db.execute("SELECT host, kind, cache_control, stream_rate, found_at FROM links").fetchall()
+        return {r[0]: Link(r[1], r[2], r[4], r[3]) for r in rows}
 
     def forget_project(self, path: Path) -> None:
         """Drop a project, its pins and wheel states (header history stays: it is per URL)."""

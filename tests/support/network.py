@@ -21,6 +21,7 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import struct
 import tempfile
@@ -163,6 +164,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="warmd-tests-net-"))
     _lockdown = _lock(tmp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the run's folder of child refusals (each run made one in TMPDIR)."""
+    if _lockdown is not None:
+        shutil.rmtree(_lockdown.child_log.parent, ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
