@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warmd.segments import EARLY, MEASURE, HostMeter, Pieces, Width
+from warmd.segments import EARLY, MEASURE, SURE, HostMeter, Pieces, Width
 
 MiB = 2**20
 
@@ -59,6 +59,20 @@ def test_a_stream_faster_than_uv_unpacks_is_called_fast_and_gets_no_trial() -> N
     w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
     assert _feed(w, clock, 600 * MiB, 0.2, 5000 * MiB) == 0
     assert (w.state, verdicts) == ("single", ["fast"])
+
+
+def test_a_host_that_brought_more_than_a_socket_buffer_at_the_fast_rate_is_fast_before_a_window_has_passed() -> None:
+    clock, verdicts = Clock(), []
+    w = Width(8, None, verdicts.append, fast=500 * MiB, clock=clock)
+    _feed(w, clock, 1000 * MiB, 0.01, 5000 * MiB)  # the first bytes only mark the start
+    _feed(w, clock, 1000 * MiB, 0.02, 5000 * MiB)  # 20 MiB in 0.02 s: past SURE, twice the fast rate
+    assert (w.state, verdicts) == ("single", ["fast"]) and w.stream_rate >= 500 * MiB
+    # a burst smaller than a socket buffer decides nothing, however fast it came
+    burst = Width(8, None, fast=500 * MiB, clock=clock)
+    burst.received(1, 5000 * MiB, False)
+    clock.t += 0.01
+    burst.received(SURE - 1 * MiB, 5000 * MiB, False)
+    assert burst.state == "measure"
 
 
 def test_a_file_nearly_done_gets_no_trial_and_no_verdict() -> None:
