@@ -157,7 +157,7 @@ def test_two_files_at_once_judge_the_host_by_its_total(cap: dict[str, int], verd
 
 def test_a_host_found_capped_by_an_earlier_process_is_downloaded_wide_from_the_first_request(tmp_path: Path) -> None:
     """The verdict outlives the process through the state: the next one measures nothing first.
-    One older than LINK_TTL is not trusted."""
+    One older than LINK_TTL is not trusted, and not waited past either."""
     with IndexServer(rate_limit=4 * MiB) as server:
         first, second = (_wheel(server, tmp_path, f"pkg{i}", size=8 * MiB, seed=i) for i in range(2))
         with _fetcher(Store(tmp_path / "store")) as f:
@@ -175,9 +175,17 @@ def test_a_host_found_capped_by_an_earlier_process_is_downloaded_wide_from_the_f
         gets = server.wheel_gets(second.filename)
         assert f"bytes=0-{second.size - 1}" not in {h.range for h in gets}  # no one-stream measurement
         assert len({h.conn for h in gets}) == 4, gets
-    with _fetcher(Store(tmp_path / "store3")) as h:
-        h.remember({"127.0.0.1": dataclasses.replace(learnt["127.0.0.1"], at=time.time() - LINK_TTL - 1)})
-        assert h.link("127.0.0.1") is None and h.links() == {}
+        # one older than LINK_TTL is none: the host is measured again, and waited for
+        stale = dataclasses.replace(learnt["127.0.0.1"], kind="fast", at=time.time() - LINK_TTL - 1)
+        with _fetcher(Store(tmp_path / "store3")) as h:
+            h.remember({"127.0.0.1": stale})
+            assert h.link("127.0.0.1") is None and h.links() == {}
+            third = _wheel(server, tmp_path, "pkg2", size=8 * MiB, seed=2)
+            t = threading.Thread(target=h.fetch_many, args=([third],))
+            t.start()
+            found = h.wait_links(["127.0.0.1"], timeout=120)
+            t.join()
+        assert found["127.0.0.1"].kind == "capped" and found["127.0.0.1"].at > stale.at
 
 
 def test_a_host_whose_files_all_ended_unmeasured_is_not_waited_for(index_server: IndexServer, tmp_path: Path) -> None:

@@ -303,11 +303,13 @@ class Fetcher:
             return {h: link for h in self._links if (link := self._link(h)) is not None}
 
     def remember(self, links: Mapping[str, Link]) -> None:
-        """Start from what an earlier process found of these hosts; a newer Link found here stays."""
+        """Start from what an earlier process found of these hosts, where still trusted (LINK_TTL);
+        a newer Link found here stays."""
+        now = time.time()
         with self._lock:
             for host, link in links.items():
                 mine = self._links.get(host.lower())
-                if mine is None or mine.at < link.at:
+                if 0 <= now - link.at < LINK_TTL and (mine is None or mine.at < link.at):
                     self._links[host.lower()] = link
 
     def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
@@ -316,8 +318,8 @@ class Fetcher:
         wanted = {h.lower() for h in hosts}
         deadline = time.monotonic() + timeout
 
-        def settled() -> bool:
-            return self._stop.is_set() or all(h in self._links or self._pending[h] <= 0 for h in wanted)
+        def settled() -> bool:  # a Link past LINK_TTL is none: the host is measured again
+            return self._stop.is_set() or all(self._link(h) is not None or self._pending[h] <= 0 for h in wanted)
 
         with self._links_cv:
             self._links_cv.wait_for(settled, max(0.0, deadline - time.monotonic()))

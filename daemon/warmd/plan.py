@@ -45,6 +45,7 @@ PLAN_ATTEMPTS = 3
 
 # A local version label (or the last part of an index URL) that names a GPU build.
 _BUILD_LABEL = re.compile(r"^(cpu|xpu|cu\d{2,3}|rocm\d+(?:\.\d+){1,2})(?=$|\.)")
+_PY_VERSION = re.compile(r"(\d+\.\d+)")  # "3.12" of a .python-version line ("3.12.4", "cpython@3.12")
 # The packages whose build says which variant a choice of extras brings, most telling first.
 _TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 _MANYLINUX_LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
@@ -140,6 +141,20 @@ def locate(path: Path) -> tuple[Path, Path]:
     return folder, folder / "uv.lock"
 
 
+def pinned_python(folder: Path) -> str | None:
+    """The Python version ("3.12") the project's .python-version pins, if it pins one (read as uv reads it)."""
+    try:
+        for line in (folder / ".python-version").read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                m = _PY_VERSION.search(line)
+                if m:
+                    return m.group(1)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
 def project_variant(options: PlanOptions, folder: Path, detection: Detection) -> Detection:
     """The variant of one project: its `[[project]]` table's, else the global (detected) one."""
     settings = options.settings(folder)
@@ -170,7 +185,7 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
     variant = project_variant(options, folder, detection)
     # The Python uv would use for the project: .python-version's, else the interpreter it finds
     # there, which then also serves its version (one lookup, not two: ~0.05 s each).
-    own = uv.pinned_python(folder)
+    own = pinned_python(folder)
     found = uv.interpreter(folder) if own is None else None
     own = own or (found.version if found else None)
     pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), lock)

@@ -32,7 +32,6 @@ from .uvconfig import IMMUTABLE_FILES
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
 # ` + torch==2.8.0`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…` (not cached yet)
 _INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)\s*(?:==|@)")
-_PY_VERSION = re.compile(r"(\d+\.\d+)")
 # What uv says when an index is down, too slow or out of reach (0.8.2 and 0.13.x word it alike).
 _UNREACHABLE = re.compile(r"Failed to fetch|error sending request|Request failed after|operation timed out|"
                           r"Connection refused|connection reset|dns error|server error \(5\d\d|429 Too Many|"
@@ -175,20 +174,6 @@ class Uv:
         if out.returncode != 0 or not out.stdout.strip():
             raise UvError(f"`uv cache dir` failed: {uv_reason(out)}")
         return Path(out.stdout.strip().splitlines()[-1])
-
-    def pinned_python(self, project: Path) -> str | None:
-        """The Python version ("3.12") the project's .python-version pins, if it pins one."""
-        pin = project / ".python-version"
-        try:
-            for line in pin.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    m = _PY_VERSION.search(line)
-                    if m:
-                        return m.group(1)
-        except (OSError, UnicodeDecodeError):
-            pass
-        return None
 
     def interpreter(self, project: Path, request: str | None = None) -> Interpreter | None:
         """The interpreter `uv python find [request]` picks in the project, or None when uv finds none."""
