@@ -99,6 +99,20 @@ def test_on_a_fast_link_uv_downloads_the_wheels_itself(tmp_path: Path, server: I
     assert server.wheel_gets() == []
 
 
+def test_a_download_begun_for_a_wheel_uv_turns_out_to_have_leaves_no_partial(
+        tmp_path: Path, server: IndexServer, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """Without a state to say so, warmd starts downloading before uv says it has everything; the
+    partial it called off is preallocated to the whole file, so it must not stay."""
+    project, _files = _project(tmp_path, server, uv_bin, uv_environ)
+    first, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)
+    assert {w.state for w in first.wheels} == {"warm"}, first
+    server.reset_counters()
+    again, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)  # a new process: no state, uv has all
+    assert {w.state for w in again.wheels} == {"warm"}, again
+    assert server.wheel_gets(), "no speculative download began: nothing was tested"
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*.part")) == []
+
+
 def test_the_next_process_starts_from_what_this_one_found_of_the_host(tmp_path: Path, server: IndexServer,
                                                                      uv_bin: Path, uv_cache: Path,
                                                                      uv_environ: dict[str, str]) -> None:

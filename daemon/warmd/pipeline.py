@@ -81,6 +81,7 @@ class _Run:
     fetched: dict[str, Fetched | WarmdError]
     import_errors: dict[str, str]
     by_uv: set[str]  # files uv downloaded itself
+    moot: set[str] = dataclasses.field(default_factory=set)  # begun on speculation, and uv had them
 
 
 class Pipeline:
@@ -241,9 +242,9 @@ class Pipeline:
                     if record:
                         self._progress(pl, before[pl.project], need)
                 # Only uv's answer about the very locks planned may call a download off.
-                if all(pl.is_current() for pl in plans):
-                    for sha in speculative.keys() - need.keys():
-                        self.fetcher.skip(sha)
+                moot = speculative.keys() - need.keys() if all(pl.is_current() for pl in plans) else set()
+                for sha in moot:
+                    self.fetcher.skip(sha)
                 by_uv = self._for_uv(need, resumable, speculative)
                 for sha in by_uv:
                     self.fetcher.skip(sha, None)  # the import's own progress lines follow
@@ -267,7 +268,7 @@ class Pipeline:
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv)
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
@@ -337,11 +338,14 @@ class Pipeline:
         """Without keep-wheels, drop what this run downloaded once uv has it (and partials uv made moot)."""
         warm = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state == "warm"}
         cold = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state != "warm"}
-        for sha in (run.need.keys() & warm) - cold:
+        moot = set() if self.config.keep_wheels else run.moot
+        for sha in ((run.need.keys() & warm) - cold) | moot:
             if _used_elsewhere(self.store.root, sha):
                 continue  # another warm in this process (another project, or the run a reload left) still feeds it
-            if sha in run.by_uv:
-                self.store.drop_partial(sha)  # a speculative start, never finished
+            if sha in run.by_uv or sha in moot:
+                # a speculative start never finished (uv fetched it), or one uv did not need: its
+                # partial is preallocated to the whole file's size, disk held for nothing
+                self.store.drop_partial(sha)
             elif not self.config.keep_wheels:
                 self.store.drop_partial(sha)  # verified, never committed (Fetcher(keep=False))
                 self.store.remove(sha)  # a blob an earlier keep-wheels run left
