@@ -680,7 +680,7 @@ def _check_unit(rep: _Report, unit: Path, config: Config, cache_dir: Path | None
         detail = (f"{unit} is not in your unit folder ({user_unit_dir(env)}): change it where it comes from, or "
                   "install your own")
     if not (review.missing or review.unwritable):
-        rep.add("service-unit", "warn", f"the unit was written by an older warmd ({unit}): "
+        rep.add("service-unit", "warn", f"the unit was written by an older warmd, or for other folders ({unit}): "
                 + "; ".join(review.outdated), fix_text("service-unit", detail))
         return
     said = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,8 +94,6 @@ def usable() -> str | None:
 
 
 def _which(tool: str) -> str | None:
-    import shutil
-
     return shutil.which(tool, path=ROOT_ENV["PATH"])
 
 
@@ -129,15 +128,15 @@ class Container:
     def start(self) -> Container:
         """Boot the container and wait until its systemd has finished starting up."""
         self.dir = Path(tempfile.mkdtemp(prefix="warmd-booted-"))
-        self._log = open(self.console_log, "wb")  # noqa: SIM115  (closed in stop())
-        binds = [f"--bind-ro={p}" for p in self._elsewhere()]
-        self.proc = subprocess.Popen(
-            # --pdeathsig: nspawn (exec'd in its place) gets SIGTERM, a clean halt, if the test run dies.
-            ["setpriv", "--pdeathsig", "SIGTERM", "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", _BOOT, "sh", str(self.dir), sys.executable, *binds],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=ROOT_ENV | {"WARMD_BOOT_MASK": " ".join(host_services())})
         try:
+            self._log = open(self.console_log, "wb")  # noqa: SIM115  (closed in stop())
+            binds = [f"--bind-ro={p}" for p in self._elsewhere()]
+            self.proc = subprocess.Popen(
+                # --pdeathsig: nspawn (exec'd in its place) gets SIGTERM, a clean halt, if the test run dies.
+                ["setpriv", "--pdeathsig", "SIGTERM", "unshare", "--mount", "--propagation", "private",
+                 "sh", "-c", _BOOT, "sh", str(self.dir), sys.executable, *binds],
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                env=ROOT_ENV | {"WARMD_BOOT_MASK": " ".join(host_services())})
             self.leader = wait_for(self._find_leader, "the container's systemd to start", describe=self.console)
             self.state = wait_for(self._booted, "the container to finish booting", describe=self.console)
             # nspawn's stand-in for /proc/kmsg makes ProtectKernelLogs= fail; a real host has none.
@@ -230,14 +229,11 @@ class Container:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"systemd-nspawn exited ({self.proc.returncode})\n{self.console()}")
-        try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        except OSError:
-            return None
-        for pid in children:
+        for entry in Path("/proc").iterdir():  # nspawn's child that has become systemd
             try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
-                    return int(pid)
+                if (entry.name.isdigit() and (entry / "comm").read_text().strip() == "systemd"
+                        and f"\nPPid:\t{self.proc.pid}\n" in (entry / "status").read_text()):
+                    return int(entry.name)
             except OSError:
                 continue
         return None

@@ -65,7 +65,7 @@ def _root() -> Path | None:
 def _nspawn() -> Path | None:
     from tests.support.booted import usable
 
-    found = shutil.which("systemd-nspawn")
+    found = shutil.which("systemd-nspawn", path="/usr/bin:/bin")
     return Path(found) if found and usable() is None else None
 
 
