@@ -395,3 +395,34 @@ def test_service_state_is_reported_with_its_fix(tmp_path: Path, uv_bin: Path, uv
     assert service["status"] == status and TROUBLESHOOTING[kind].says in service["message"], service
     assert service["fix"].startswith(TROUBLESHOOTING[kind].do) and str(unit) in service["message"]
     assert got == code
+
+
+def test_a_unit_that_cannot_start_or_is_from_an_older_warmd_is_found_with_its_fix(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, env: dict[str, str],
+) -> None:
+    """What `install-service` writes passes; the units of d5ad866 do not, and the fix is to write it again."""
+    config = write_config(tmp_path, uv_bin, uv_cache)
+    unit = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user" / "warmd.service"
+    done = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "install-service"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and unit.is_file(), done.stderr
+    assert "systemctl --user daemon-reload && systemctl --user restart warmd" in done.stdout
+    _code, report = doctor(config, env)
+    [found] = of(report, "service-unit")
+    assert found["status"] == "ok" and str(unit) in found["message"], found
+
+    old = (REPO / "tests" / "fixtures" / "units" / "warmd-d5ad866.service").read_text()
+    unit.write_text(old)  # the shipped unit of d5ad866, copied in
+    code, report = doctor(config, env)
+    [found] = of(report, "service-unit")
+    assert code == 1 and found["status"] == "problem", found
+    assert f"warmd's state {tmp_path / 'state'}" in found["message"] and "read-only" in found["message"]
+    assert "written by an older warmd" in found["message"]
+    assert found["fix"].startswith(TROUBLESHOOTING["service-unit"].do)
+
+    # d5ad866's install-service: ReadWritePaths= named the store, which nothing made.
+    unit.write_text(old.replace("ReadWritePaths=%C/uv", f"ReadWritePaths=%C/uv {tmp_path / 'store'}"))
+    _code, report = doctor(config, env)
+    [found] = of(report, "service-unit")
+    assert found["status"] == "problem" and f"names {tmp_path / 'store'}, which does not exist" in found["message"]
+    assert "226/NAMESPACE" in found["message"]

@@ -17,13 +17,17 @@ from tests.support.prereqs import need
 from warmd.service import (
     ENABLE_COMMAND,
     Notifier,
+    UnitReview,
     canonical_unit,
     default_warmd_exe,
     install_service,
     render_unit,
+    review_unit,
     service_state,
+    systemd_version,
     user_unit_dir,
     userns_available,
+    xdg_homes,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +139,13 @@ def test_shipped_unit_is_the_template_and_verifies(tmp_path: Path) -> None:
     shipped = (REPO / "systemd" / "warmd.service").read_text()
     assert shipped == canonical_unit()
     assert "ExecStart=%h/.local/bin/warmd run" in shipped
+    # The folders warmd's defaults resolve to, made at start and the only writable ones; no %S.
+    dirs = "%C/uv %C/warmd/store %h/.local/state/warmd"
+    assert _unit_values(shipped, "ExecStartPre") == [f"+/bin/mkdir -p {dirs}"]
+    assert _unit_values(shipped, "ReadWritePaths") == [dirs]
+    assert "XDG_STATE_HOME=%h/.local/state" in _unit_values(shipped, "Environment")
+    settings = [line for line in shipped.splitlines() if not line.startswith("#")]
+    assert not any("%S" in line or line.startswith("StateDirectory=") for line in settings)
     # verify needs the binary to exist: point %h/.local/bin/warmd at a real one.
     unit = tmp_path / "warmd.service"
     unit.write_text(shipped.replace("%h/.local/bin/warmd", str(_warmd_exe())))
@@ -152,8 +163,10 @@ def test_install_service_writes_unit_with_existing_paths(tmp_path: Path) -> None
     cfg = tmp_path / "config.toml"
     cfg.write_text("")
     unit_dir = tmp_path / "systemd" / "user"
+    store, state = tmp_path / "new" / "store", tmp_path / "new" / "state"  # not there yet: the unit makes them
+    xdg = xdg_homes({"XDG_STATE_HOME": str(tmp_path / "xdg state")}, home=tmp_path)
     res = install_service(unit_dir, print_only=False, warmd_exe=_warmd_exe(), uv_exe=UV,
-                          uv_cache_dir=cache, config_path=cfg)
+                          uv_cache_dir=cache, config_path=cfg, write_paths=[store, state], xdg=xdg)
     assert res.written and res.unit_path == unit_dir / "warmd.service"
     assert res.next_command == ENABLE_COMMAND and "enable --now warmd" in res.next_command
     text = res.unit_path.read_text()
@@ -166,7 +179,11 @@ def test_install_service_writes_unit_with_existing_paths(tmp_path: Path) -> None
     first = path_env.removeprefix("PATH=").split(":")[0]
     assert (Path(first) / "uv").is_file()  # the shell's uv comes first on the service's PATH
     assert f"UV_CACHE_DIR={cache}" in _unit_values(text, "Environment")
-    assert _unit_values(text, "ReadWritePaths") == [str(cache)]
+    assert _unit_values(text, "ReadWritePaths") == [f"{cache} {store} {state}"]
+    assert _unit_values(text, "ExecStartPre") == [f"+{shutil.which('mkdir')} -p {cache} {store} {state}"]
+    assert f'"XDG_STATE_HOME={tmp_path}/xdg state"' in _unit_values(text, "Environment")
+    assert f"XDG_CACHE_HOME={tmp_path}/.cache" in _unit_values(text, "Environment")
+    assert review_unit(text, writes=[cache, store, state], xdg=xdg, home=tmp_path, systemd_version=252).missing == ()
 
 
 def test_install_service_print_writes_nothing(tmp_path: Path) -> None:
@@ -214,3 +231,73 @@ def test_userns_available(tmp_path: Path) -> None:
     knob.parent.mkdir(parents=True)
     knob.write_text("0\n")
     assert not userns_available(tmp_path)
+
+
+# -- reading a unit back (what `warmd doctor` checks) ------------------------------------------------
+
+OLD_UNIT = REPO / "tests" / "fixtures" / "units" / "warmd-d5ad866.service"  # systemd/warmd.service at d5ad866
+
+
+def _fresh(home: Path) -> tuple[dict[str, Path], list[Path]]:
+    """A new account's XDG folders and what warmd writes there by default (nothing of it exists yet)."""
+    xdg = xdg_homes({}, home=home)
+    return xdg, [xdg["XDG_CACHE_HOME"] / "uv", xdg["XDG_CACHE_HOME"] / "warmd" / "store",
+                 xdg["XDG_STATE_HOME"] / "warmd"]
+
+
+@pytest.mark.parametrize("version", [252, 254, None])
+def test_the_units_warmd_writes_start_on_a_fresh_account_on_any_systemd(tmp_path: Path, version: int | None) -> None:
+    xdg, writes = _fresh(tmp_path)
+    assert review_unit(canonical_unit(), writes=writes, xdg=xdg, home=tmp_path, systemd_version=version) == UnitReview()
+    for sandbox in (True, False):
+        text = render_unit(warmd_exe=_warmd_exe(), uv_exe=UV, uv_cache_dir=writes[0], config_path=None,
+                           path_env="/usr/bin", write_paths=writes[1:], xdg=xdg, sandbox=sandbox)
+        got = review_unit(text, writes=writes, xdg=xdg, home=tmp_path, systemd_version=version)
+        assert (got.missing, got.unwritable, got.outdated, got.sandboxed) == ((), (), (), sandbox)
+
+
+def test_the_shipped_unit_of_d5ad866_leaves_the_state_read_only(tmp_path: Path) -> None:
+    xdg, writes = _fresh(tmp_path)
+    got = review_unit(OLD_UNIT.read_text(), writes=writes, xdg=xdg, home=tmp_path, systemd_version=252)
+    # StateDirectory= made ~/.config/warmd writable on 252, not ~/.local/state/warmd.
+    assert got.unwritable == (tmp_path / ".local/state/warmd",) and got.missing == ()
+    assert any("StateDirectory=" in o for o in got.outdated)
+    assert any("does not set XDG_CONFIG_HOME, XDG_CACHE_HOME, XDG_STATE_HOME" in o for o in got.outdated)
+    # From systemd 254, %S is $XDG_STATE_HOME: the same unit then lets warmd write its state.
+    assert review_unit(OLD_UNIT.read_text(), writes=writes, xdg=xdg, home=tmp_path,
+                       systemd_version=254).unwritable == ()
+
+
+def test_a_read_write_path_nothing_makes_is_missing_until_it_exists(tmp_path: Path) -> None:
+    # What d5ad866's install-service wrote: store and state in ReadWritePaths=, only the uv cache made.
+    xdg, writes = _fresh(tmp_path)
+    text = OLD_UNIT.read_text().replace("ReadWritePaths=%C/uv", "ReadWritePaths=%C/uv %C/warmd/store "
+                                        "%h/.local/state/warmd")
+    got = review_unit(text, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252)
+    assert got.missing == (writes[1], writes[2]) and got.unwritable == ()
+    writes[1].mkdir(parents=True)  # made by hand, as the report of issue 18 did
+    assert review_unit(text, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252).missing == (writes[2],)
+    optional = text.replace(" %h/.local/state/warmd", " -%h/.local/state/warmd")  # `-`: may be missing
+    assert review_unit(optional, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252).missing == ()
+
+
+def test_a_unit_for_other_xdg_folders_is_flagged_and_unknown_specifiers_are_left_alone(tmp_path: Path) -> None:
+    xdg, writes = _fresh(tmp_path)
+    text = render_unit(warmd_exe=_warmd_exe(), uv_exe=UV, uv_cache_dir=writes[0], config_path=None,
+                       path_env="/usr/bin", write_paths=writes[1:], xdg=xdg)
+    moved = xdg_homes({"XDG_STATE_HOME": str(tmp_path / "elsewhere")}, home=tmp_path)
+    got = review_unit(text, writes=[*writes[:2], moved["XDG_STATE_HOME"] / "warmd"], xdg=moved, home=tmp_path)
+    assert got.unwritable == (moved["XDG_STATE_HOME"] / "warmd",)
+    assert any(f"XDG_STATE_HOME={tmp_path}/.local/state, this shell has {tmp_path}/elsewhere" in o
+               for o in got.outdated)
+    # %S without knowing systemd's version, %U: cannot be judged here, so not reported.
+    odd = "[Service]\nReadWritePaths=%S/warmd %U/x\nExecStartPre=+/bin/mkdir -p %C/uv\n"
+    assert review_unit(odd, writes=[], xdg=xdg, home=tmp_path).missing == ()
+
+
+def test_xdg_homes_and_systemd_version(tmp_path: Path) -> None:
+    assert xdg_homes({"XDG_CACHE_HOME": "/c", "XDG_STATE_HOME": " "}, home=tmp_path) == {
+        "XDG_CONFIG_HOME": tmp_path / ".config", "XDG_CACHE_HOME": Path("/c"),
+        "XDG_STATE_HOME": tmp_path / ".local/state"}
+    assert systemd_version(lambda argv: "systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT\n") == 252
+    assert systemd_version(lambda argv: None) is None

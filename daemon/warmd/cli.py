@@ -402,7 +402,7 @@ def _doctor(args: argparse.Namespace, config: Config) -> int:
 
 
 def _install_service(args: argparse.Namespace, config: Config) -> int:
-    from .service import install_service
+    from .service import RESTART_COMMAND, install_service
     from .uvcache import Uv
 
     uv = Uv(config.uv, cache_dir=config.cache_dir)
@@ -415,6 +415,8 @@ def _install_service(args: argparse.Namespace, config: Config) -> int:
     else:
         print(f"wrote {result.unit_path}")
         print(f"start it with: {result.next_command}")
+        # A running service keeps the unit it was started with until it is restarted.
+        print(f"if it runs already: {RESTART_COMMAND}")
     return EXIT_OK
 
 

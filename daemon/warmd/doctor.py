@@ -102,6 +102,10 @@ TROUBLESHOOTING: dict[str, Trouble] = {
     "service-inactive": Trouble(
         "service installed but not running",
         "`systemctl --user enable --now warmd`"),
+    "service-unit": Trouble(
+        "the unit cannot start, or was written by an older warmd",
+        "run `warmd install-service` again (with `--no-sandbox` if you used it), then "
+        "`systemctl --user daemon-reload && systemctl --user restart warmd`"),
     "mirror-down": Trouble(
         "a mirror is unreachable",
         "check the mirror's host, its cache server (`systemctl status nginx`) and the `url` of its "
@@ -199,7 +203,7 @@ def diagnose(
     _check_footprint(rep, config.store_dir, config.keep_wheels, uv, cache_dir, fix)
     _check_ahead(rep, config)
     _check_inotify(rep, config)
-    _check_service(rep)
+    _check_service(rep, config, cache_dir, env)
     return rep.findings, rep.exit_code
 
 
@@ -632,10 +636,10 @@ def _check_inotify(rep: _Report, config: Config, proc: Path = Path("/proc/sys/fs
         rep.add("inotify", "ok", msg)
 
 
-def _check_service(rep: _Report) -> None:
+def _check_service(rep: _Report, config: Config, cache_dir: Path | None, env: Mapping[str, str]) -> None:
     from .service import service_state
 
-    st = service_state()
+    st = service_state(env)
     where = f" ({st.unit_path})" if st.unit_path else ""
     if st.installed is False:
         rep.add("service", "info", "the warmd user service is not installed (fine when you run `warmd prefetch` "
@@ -650,3 +654,44 @@ def _check_service(rep: _Report) -> None:
     else:
         rep.add("service", "warn", f"service installed but not running{where}: {st.detail}",
                 fix_text("service-inactive"))
+    if st.unit_path is not None:
+        _check_unit(rep, st.unit_path, config, cache_dir, env)
+
+
+def _check_unit(rep: _Report, unit: Path, config: Config, cache_dir: Path | None, env: Mapping[str, str]) -> None:
+    """Whether the unit can start on this account and lets warmd write where this shell's warmd does."""
+    from .service import review_unit, systemd_version, user_unit_dir, xdg_homes
+
+    try:
+        text = unit.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        rep.add("service-unit", "warn", f"cannot read {unit}: {exc}")
+        return
+    writes = {"the uv cache": cache_dir, "warmd's store": config.store_dir, "warmd's state": config.state_dir}
+    writes_abs = {name: p.expanduser().absolute() for name, p in writes.items() if p is not None}
+    runtime = env.get("XDG_RUNTIME_DIR")
+    review = review_unit(text, writes=list(writes_abs.values()), xdg=xdg_homes(env), home=Path.home(),
+                         runtime_dir=Path(runtime) if runtime else None, systemd_version=systemd_version())
+    if not (review.missing or review.unwritable or review.outdated):
+        rep.add("service-unit", "ok", f"{unit} makes and allows the folders warmd writes")
+        return
+    detail = None if review.sandboxed else "this unit has no mount sandbox: `warmd install-service --no-sandbox`"
+    if unit.parent != user_unit_dir(env):
+        detail = (f"{unit} is not in your unit folder ({user_unit_dir(env)}): change it where it comes from, or "
+                  "install your own")
+    if not (review.missing or review.unwritable):
+        rep.add("service-unit", "warn", f"the unit was written by an older warmd, or for other folders ({unit}): "
+                + "; ".join(review.outdated), fix_text("service-unit", detail))
+        return
+    said = []
+    if review.missing:
+        said.append(f"ReadWritePaths= names {', '.join(map(str, review.missing))}, which does not exist and which "
+                    "the unit does not make (systemd refuses the start: 226/NAMESPACE)")
+    if review.unwritable:
+        names = [f"{name} {p}" for name, p in writes_abs.items() if p in review.unwritable]
+        said.append(f"its sandbox leaves {', '.join(names)} read-only (for the state: `unable to open database "
+                    "file`)")
+    if review.outdated:
+        said.append("written by an older warmd: " + "; ".join(review.outdated))
+    rep.add("service-unit", "problem", f"the unit cannot start ({unit}): " + "; ".join(said),
+            fix_text("service-unit", detail))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from .atomic import write_atomic
 UNIT_NAME = "warmd.service"
 
 ENABLE_COMMAND = "systemctl --user daemon-reload && systemctl --user enable --now warmd"
+RESTART_COMMAND = "systemctl --user daemon-reload && systemctl --user restart warmd"
 
 
 class Notifier:
@@ -108,7 +111,9 @@ AmbientCapabilities=
 PrivateMounts=yes
 ProtectSystem=strict
 ProtectHome=read-only
-{write_paths}PrivateTmp=yes
+# Writable: exactly the uv cache and warmd's store and state (each made by ExecStartPre above).
+ReadWritePaths={write_paths}
+PrivateTmp=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -132,7 +137,10 @@ StartLimitBurst=5
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStartPre=+{mkdir} -p {uv_cache_dir}
+# The folders warmd writes (uv's cache, warmd's store and state), made before the sandbox is set
+# up: systemd refuses to start a unit whose ReadWritePaths= names a missing folder (226/NAMESPACE).
+# `+`: outside the sandbox, as the user.
+ExecStartPre=+{mkdir} -p {write_paths}
 ExecStart={exec_start}
 # SIGHUP makes warmd re-read its config between runs.
 ExecReload=/bin/kill -HUP $MAINPID
@@ -148,14 +156,15 @@ TimeoutStopSec=10
 # (first on PATH) and which uv cache (the one the shell's uv reports) to use.
 Environment={path_env}
 Environment={cache_env}
+# warmd resolves its config, store and state folders from these, as the shell that installed the
+# unit does: the service and `warmd status` read the same state database. Not StateDirectory= or
+# %S: in a user unit those are ~/.config up to systemd 253 and $XDG_STATE_HOME from 254 on.
+{xdg_env}
 # Never compete with training or a build: lowest CPU and I/O priority.
 Nice=19
 IOSchedulingClass=idle
 CPUWeight=idle
 CPUSchedulingPolicy=batch
-# warmd's own dirs (%C/warmd, %S/warmd) are created by systemd and stay writable.
-CacheDirectory=warmd
-StateDirectory=warmd
 UMask=0077
 
 # Hardening that works in any user unit (seccomp, no privilege gain).
@@ -218,6 +227,17 @@ def default_warmd_exe() -> Path:
     return Path(sys.executable).parent / "warmd"
 
 
+# The XDG base folders warmd's defaults (config, store, state) derive from, in that order.
+XDG_HOMES = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")
+_XDG_DEFAULTS = {"XDG_CONFIG_HOME": ".config", "XDG_CACHE_HOME": ".cache", "XDG_STATE_HOME": ".local/state"}
+
+
+def xdg_homes(env: Mapping[str, str] = os.environ, home: Path | None = None) -> dict[str, Path]:
+    """The XDG base folders as warmd resolves them (platformdirs): the variable when set, else the spec's default."""
+    home = home or Path.home()
+    return {k: Path(env[k]) if env.get(k, "").strip() else home / _XDG_DEFAULTS[k] for k in XDG_HOMES}
+
+
 def render_unit(
     *,
     warmd_exe: Path,
@@ -226,10 +246,15 @@ def render_unit(
     config_path: Path | None,
     path_env: str,
     write_paths: Sequence[Path] = (),
+    xdg: Mapping[str, Path] | None = None,
     sandbox: bool = True,
     generated_by: str | None = "warmd install-service",
 ) -> str:
-    """The text of a user unit running `warmd_exe` with `uv_exe` first on PATH and `uv_cache_dir` as uv's cache."""
+    """The text of a user unit running `warmd_exe` with `uv_exe` first on PATH and `uv_cache_dir` as uv's cache.
+
+    `write_paths`: the other folders warmd writes (its store and state), made at start and, in the
+    sandbox, the only ones writable besides the cache; `xdg`: the XDG base folders to pin (xdg_homes()).
+    """
     argv = [str(warmd_exe)]
     if config_path is not None:
         argv += ["--config", str(config_path)]
@@ -237,54 +262,56 @@ def render_unit(
     # uv's own folder first, so that `uv` in the service is the shell's uv.
     dirs = [str(uv_exe.parent)] + [d for d in path_env.split(":") if d and d != str(uv_exe.parent)]
     generated = f"# Written by `{generated_by}`; run it again rather than editing.\n" if generated_by else ""
+    xdg = xdg if xdg is not None else xdg_homes()
     return _fill(
         generated=generated,
         mkdir=_quote(shutil.which("mkdir") or "/bin/mkdir", exec_line=True),
         exec_start=" ".join(_quote(a, exec_line=True) for a in argv),
-        path_env=_quote("PATH=" + ":".join(dirs)),
-        uv_cache_dir=_quote(str(uv_cache_dir)),
-        write_paths=[_quote(str(p)) for p in write_paths],
+        path_env="PATH=" + ":".join(dirs),
+        uv_cache_dir=str(uv_cache_dir),
+        write_paths=[str(p) for p in write_paths],
+        xdg={k: str(v) for k, v in xdg.items()},
         sandbox=sandbox,
+        escape=True,
     )
 
 
 def canonical_unit() -> str:
-    """The unit shipped as systemd/warmd.service: warmd and uv in ~/.local/bin, uv's default cache."""
+    """The unit shipped as systemd/warmd.service: warmd and uv in ~/.local/bin, uv's default cache, XDG defaults."""
     return _fill(
-        generated="# For a warmd and uv installed in ~/.local/bin (uv tool install / pipx) and uv's\n"
-        "# default cache. `warmd install-service` writes the same unit with the absolute paths\n"
-        "# of your warmd, your shell's uv and the cache it uses.\n",
+        generated="# For a warmd and uv installed in ~/.local/bin (uv tool install / pipx), uv's default\n"
+        "# cache and the XDG default folders. `warmd install-service` writes the same unit with the\n"
+        "# absolute paths of your warmd, your shell's uv, the cache it uses and your folders.\n",
         mkdir="/bin/mkdir",
         exec_start="%h/.local/bin/warmd run",
         path_env="PATH=%h/.local/bin:/usr/local/bin:/usr/bin:/bin",
         uv_cache_dir="%C/uv",
-        write_paths=[],
+        # warmd's defaults under those XDG folders: the store in the cache, the state database.
+        write_paths=["%C/warmd/store", "%h/.local/state/warmd"],
+        xdg={"XDG_CONFIG_HOME": "%E", "XDG_CACHE_HOME": "%C", "XDG_STATE_HOME": "%h/.local/state"},
         sandbox=True,
+        escape=False,
     )
 
 
 def _fill(*, generated: str, mkdir: str, exec_start: str, path_env: str, uv_cache_dir: str,
-          write_paths: Sequence[str], sandbox: bool) -> str:
-    """Fill the unit template with values already escaped for a unit file."""
-    namespace = ""
-    if sandbox:
-        rw = " ".join([uv_cache_dir, *write_paths])
-        namespace = _NAMESPACE_OPTIONS.format(write_paths=f"ReadWritePaths={rw}\n")
-    cache_env = uv_cache_dir[1:-1] if uv_cache_dir.startswith('"') else uv_cache_dir
+          write_paths: Sequence[str], xdg: Mapping[str, str], sandbox: bool, escape: bool) -> str:
+    """Fill the unit template. `mkdir` and `exec_start` are unit syntax already; the paths and
+    environment values are plain when `escape` (quoted here), else unit syntax (specifiers)."""
+    dirs = list(dict.fromkeys([uv_cache_dir, *write_paths]))
+    word: Callable[[str], str] = _quote if escape else str
+    exec_word: Callable[[str], str] = (lambda a: _quote(a, exec_line=True)) if escape else str
+    namespace = _NAMESPACE_OPTIONS.format(write_paths=" ".join(map(word, dirs))) if sandbox else ""
     return _UNIT_TEMPLATE.format(
         generated=generated,
         mkdir=mkdir,
-        uv_cache_dir=uv_cache_dir,
+        write_paths=" ".join(map(exec_word, dirs)),
         exec_start=exec_start,
-        path_env=path_env,
-        cache_env=_requote("UV_CACHE_DIR=" + cache_env),
+        path_env=word(path_env),
+        cache_env=word("UV_CACHE_DIR=" + uv_cache_dir),
+        xdg_env="\n".join(f"Environment={word(f'{k}={v}')}" for k, v in xdg.items()),
         namespace=namespace,
     )
-
-
-def _requote(escaped: str) -> str:
-    """Quote an already-escaped KEY=value for Environment= when it holds a space."""
-    return f'"{escaped}"' if any(c in escaped for c in " \t\"'\\;") else escaped
 
 
 def install_service(
@@ -297,6 +324,7 @@ def install_service(
     config_path: Path | None = None,
     path_env: str | None = None,
     write_paths: Sequence[Path] = (),
+    xdg: Mapping[str, Path] | None = None,
     sandbox: bool = True,
 ) -> InstallResult:
     """Write warmd.service into the user's systemd folder (or only render it when print_only)."""
@@ -311,6 +339,7 @@ def install_service(
         config_path=config_path.absolute() if config_path else None,
         path_env=path_env,
         write_paths=[p.absolute() for p in write_paths],
+        xdg={k: v.absolute() for k, v in (xdg if xdg is not None else xdg_homes()).items()},
         sandbox=sandbox,
     )
     unit_path = (unit_dir or user_unit_dir()) / UNIT_NAME
@@ -347,6 +376,135 @@ def service_state(
     active = props.get("ActiveState", "unknown") or "unknown"
     return ServiceState(installed, active, Path(fragment) if fragment else unit_path,
                         f"LoadState={loaded or '?'} ActiveState={active}")
+
+
+# -- reading a unit back: what `warmd doctor` checks before systemd refuses it ---------------------
+
+# A user unit's directory settings: the base each one makes its folders under (a specifier).
+_DIRECTORY_SETTINGS = {"CacheDirectory": "%C", "StateDirectory": "%S", "ConfigurationDirectory": "%E",
+                       "RuntimeDirectory": "%t"}
+# Systemd 254 moved a user unit's %S (StateDirectory=) from $XDG_CONFIG_HOME to $XDG_STATE_HOME.
+STATE_MOVED_IN = 254
+
+
+@dataclass(frozen=True)
+class UnitReview:
+    """What a warmd unit lacks for a start on this account, read from its text (not by starting it)."""
+
+    missing: tuple[Path, ...] = ()  # ReadWritePaths= folders that do not exist and that the unit does not make
+    unwritable: tuple[Path, ...] = ()  # folders warmd writes that the unit's sandbox leaves read-only
+    outdated: tuple[str, ...] = ()  # what marks it as written by an older warmd, or for other folders
+    sandboxed: bool = True
+
+
+def review_unit(text: str, *, writes: Sequence[Path], xdg: Mapping[str, Path], home: Path,
+                runtime_dir: Path | None = None, systemd_version: int | None = None) -> UnitReview:
+    """Check a warmd unit against this account: the folders it names exist or are made at start,
+    the folders warmd writes (`writes`) are writable, and it pins the XDG folders as `xdg` says.
+
+    Specifiers are read as a user manager would with this environment; an entry with one whose
+    value cannot be known here (%S without the systemd version, %U, ...) is left unjudged.
+    """
+    settings = _service_settings(text)
+    state_base = None
+    if systemd_version is not None:
+        state_base = xdg["XDG_STATE_HOME"] if systemd_version >= STATE_MOVED_IN else xdg["XDG_CONFIG_HOME"]
+    spec = {"h": str(home), "C": str(xdg["XDG_CACHE_HOME"]), "E": str(xdg["XDG_CONFIG_HOME"]),
+            "S": str(state_base) if state_base else None, "t": str(runtime_dir) if runtime_dir else None}
+
+    def paths(words: Sequence[str]) -> list[Path]:
+        return [Path(p) for w in words if (p := _expand(w, spec)) is not None and p.startswith("/")]
+
+    made = []  # what systemd or an ExecStartPre= mkdir makes before the sandbox is set up
+    for key, base in _DIRECTORY_SETTINGS.items():
+        made += paths([f"{base}/{name.split(':', 1)[0]}" for v in settings.get(key, []) for name in _words(v)])
+    managed = list(made)  # directory settings are writable in the sandbox too
+    for line in settings.get("ExecStartPre", []):
+        argv = _words(line.lstrip("@-:+!"))
+        if argv and Path(argv[0]).name == "mkdir":
+            made += paths([a for a in argv[1:] if not a.startswith("-")])
+    rw_words = [w for v in settings.get("ReadWritePaths", []) for w in _words(v)]
+    required = paths([w.lstrip("+") for w in rw_words if not w.startswith("-")])
+    writable = paths([w.lstrip("-+") for w in rw_words]) + managed
+    missing = [p for p in required if not p.exists() and not any(_within(m, p) for m in made)]
+
+    protect_home = (settings.get("ProtectHome") or ["no"])[-1]
+    protect_system = (settings.get("ProtectSystem") or ["no"])[-1]
+    sandboxed = protect_system == "strict" or protect_home in ("yes", "true", "read-only", "tmpfs")
+    unwritable = [w for w in writes if sandboxed and not any(_within(w, r) for r in writable)]
+
+    outdated = []
+    if "StateDirectory" in settings or "CacheDirectory" in settings:
+        outdated.append("it has StateDirectory=/CacheDirectory=, which warmd's units no longer use")
+    env = dict(kv.split("=", 1) for v in settings.get("Environment", []) for kv in _words(v) if "=" in kv)
+    unset = [key for key in XDG_HOMES if key not in env]
+    if unset:
+        outdated.append(f"it does not set {', '.join(unset)}")
+    for key in XDG_HOMES:
+        if key not in env:
+            continue
+        pinned = _expand(env[key], spec)
+        if pinned is not None and Path(pinned) != xdg[key]:
+            outdated.append(f"it sets {key}={pinned}, this shell has {xdg[key]}: the service would use other "
+                            "folders than `warmd status`")
+    return UnitReview(tuple(dict.fromkeys(missing)), tuple(unwritable), tuple(outdated), sandboxed)
+
+
+def systemd_version(run: Callable[[list[str]], str | None] | None = None) -> int | None:
+    """The version of the systemd here (`systemctl --version`), or None."""
+    out = (run or _systemctl)(["systemctl", "--version"]) if shutil.which("systemctl") or run else None
+    m = re.match(r"systemd (\d+)", out or "")
+    return int(m.group(1)) if m else None
+
+
+def _service_settings(text: str) -> dict[str, list[str]]:
+    """The [Service] section's assignments, in order; an empty one resets the list, as systemd does."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line
+            continue
+        if section != "[Service]" or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        if value:
+            out.setdefault(key, []).append(value)
+        else:
+            out[key] = []
+    return out
+
+
+def _words(value: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError:  # an unbalanced quote: systemd would refuse the line too
+        return []
+
+
+def _expand(word: str, spec: Mapping[str, str | None]) -> str | None:
+    """`word` with the specifiers known in `spec` filled in (%% is %); None when one is unknown."""
+    unknown = False
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal unknown
+        if m.group(1) == "%":
+            return "%"
+        value = spec.get(m.group(1))
+        if value is None:
+            unknown = True
+            return ""
+        return value
+
+    out = re.sub(r"%(.)", one, word)
+    return None if unknown else out
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def userns_available(root: Path = Path("/")) -> bool:

@@ -62,6 +62,13 @@ def _root() -> Path | None:
     return Path("/") if os.geteuid() == 0 else None
 
 
+def _nspawn() -> Path | None:
+    from tests.support.booted import usable
+
+    found = shutil.which("systemd-nspawn", path="/usr/bin:/bin")
+    return Path(found) if found and usable() is None else None
+
+
 @dataclass(frozen=True)
 class Prereq:
     """One thing some tests need: what it is, how to find it, and the command that installs it."""
@@ -86,6 +93,10 @@ PREREQS: dict[str, Prereq] = {
                     "run the tests as root with iproute2 (apt-get install iproute2)"),
     "mount": Prereq("the right to mount a small tmpfs (root)", _root,
                     "run the tests as root (the disk-full drills mount a tmpfs of a few MiB)"),
+    "systemd-nspawn": Prereq("root and systemd-nspawn (the service tests boot this machine's systemd in a "
+                             "container: tests/support/booted.py)", _nspawn,
+                             "apt-get install systemd-container dbus-user-session procps, and run the tests as "
+                             "root"),
 }
 
 
