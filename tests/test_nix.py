@@ -38,7 +38,7 @@ def nix() -> None:
 
 def _run(expr: str) -> subprocess.CompletedProcess[str]:
     """nix-instantiate on `expr`, which sees `t`: tests/support/modules.nix for ROOT."""
-    prelude = (f'let t = import {REPO / "tests/support/modules.nix"} {{ shared = /. + "{SHARED_NIX}"; '
+    prelude = (f'let t = import (/. + "{REPO / "tests/support/modules.nix"}") {{ shared = /. + "{SHARED_NIX}"; '
                f'root = /. + "{ROOT}"; }}; inherit (t) lib; in ')
     return subprocess.run([str(need("nix-instantiate")), "--eval", "--strict", "--json", "--expr", prelude + expr],
                           capture_output=True, text=True, timeout=120)
@@ -338,28 +338,25 @@ HOME = Path("/home/alice")
 # systemd's specifiers in a user unit, as they expand for alice (no XDG_* variables set; %S as a
 # recent systemd has it: Debian 12's systemd 252 still puts it at ~/.config): a module that says
 # %C/uv and a unit that names /home/alice/.cache/uv mean the same folder.
-SPECIFIERS = [(HOME / ".cache", "%C"), (HOME / ".local/state", "%S"), (HOME / ".config", "%E"), (HOME, "%h")]
+SPECIFIERS = {"C": f"{HOME}/.cache", "S": f"{HOME}/.local/state", "E": f"{HOME}/.config", "h": str(HOME), "%": "%"}
 BOOLEANS = {"yes": "yes", "true": "yes", "on": "yes", "no": "no", "false": "no", "off": "no"}
 # Keys whose repeated lines systemd takes as one list (systemd.exec(5)); other keys' lines differ.
 LISTS = {"RestrictAddressFamilies", "ReadWritePaths", "CacheDirectory", "StateDirectory"}
 
 
-def _specified(word: str) -> str:
-    for path, specifier in SPECIFIERS:
-        if word == str(path) or word.startswith(f"{path}/"):
-            return specifier + word[len(str(path)):]
-    return word
+def _expanded(word: str) -> str:
+    return re.sub("%(.)", lambda m: SPECIFIERS.get(m.group(1), m.group()), word)
 
 
 def normal(key: str, lines: list[str]) -> Any:
-    """A key's lines as systemd reads them: words unquoted, paths under alice's home as
-    specifiers, booleans one way, an Exec line's program by its name (store paths aside)."""
+    """A key's lines as systemd reads them: words unquoted, specifiers expanded for alice,
+    booleans one way, an Exec line's program by its name (store paths aside)."""
     if key == "Environment":
-        return {name: _specified(value) for name, _, value in
+        return {name: _expanded(value) for name, _, value in
                 (item.partition("=") for line in lines for item in shlex.split(line))}
     out = []
     for line in lines:
-        words = [_specified(w) for w in shlex.split(line)]
+        words = [_expanded(w) for w in shlex.split(line)]
         if key.startswith("Exec") and words:
             prefix = re.match(r"[-+@!:]*", words[0])
             words[0] = prefix.group() + Path(words[0][prefix.end():]).name if prefix else words[0]
@@ -408,7 +405,8 @@ def test_same_service_as_install_service(module: str, sandbox: bool, monkeypatch
     # - ReadWritePaths=: install-service also names warmd's store and state folders; the modules
     #   have them from CacheDirectory= and StateDirectory=, which systemd creates and allows.
     if sandbox:
-        own = [f"%C/{d}" for d in mine["Service"]["CacheDirectory"]] + [f"%S/{d}" for d in mine["Service"]["StateDirectory"]]
+        own = ([_expanded(f"%C/{d}") for d in mine["Service"]["CacheDirectory"]]
+               + [_expanded(f"%S/{d}") for d in mine["Service"]["StateDirectory"]])
         extra = [p for p in cli["Service"]["ReadWritePaths"] if p not in mine["Service"]["ReadWritePaths"]]
         assert extra and all(any(p == d or p.startswith(d + "/") for d in own) for p in extra), (extra, own)
         cli["Service"]["ReadWritePaths"] = [p for p in cli["Service"]["ReadWritePaths"] if p not in extra]
