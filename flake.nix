@@ -11,6 +11,13 @@
         "aarch64-linux"
       ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      withPackage =
+        module:
+        { lib, pkgs, ... }:
+        {
+          imports = [ module ];
+          services.warmd.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        };
     in
     {
       packages = forAllSystems (pkgs: rec {
@@ -22,14 +29,12 @@
         warmd = final.python3Packages.callPackage ./nix/package.nix { };
       };
 
-      # The module alone falls back to pkgs.warmd or a build from this source; take the
+      # Each module alone falls back to pkgs.warmd or a build from this source; take the
       # flake's package by default so `services.warmd.enable = true` needs nothing else.
-      nixosModules.default =
-        { lib, pkgs, ... }:
-        {
-          imports = [ ./nix/module.nix ];
-          services.warmd.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-        };
+      nixosModules.default = withPackage ./nix/module.nix;
       nixosModules.warmd = self.nixosModules.default;
+
+      homeManagerModules.default = withPackage ./nix/hm-module.nix;
+      homeManagerModules.warmd = self.homeManagerModules.default;
     };
 }

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+SHARED_NIX = REPO.parent / "shared" / "nix"  # read-only test input beside the checkout, never copied in
 UV_OLD_VERSION = "0.8.2"  # the oldest uv warmd supports: the release of the original report
 UV_OLDER_VERSION = "0.8.0"  # one older than that, for doctor's "uv older than 0.8.2"
 
@@ -86,6 +87,10 @@ PREREQS: dict[str, Prereq] = {
                        f"python -m tests.support.prereqs install-uv-old  (uv pip install uv=={UV_OLDER_VERSION} "
                        "into .tools/)"),
     "nix-instantiate": Prereq("nix-instantiate", _which("nix-instantiate"), "apt-get install nix-bin"),
+    "nix-shared": Prereq("the real nixpkgs lib and home-manager modules (the Nix module tests evaluate with them)",
+                         _file(lambda: SHARED_NIX / "nixpkgs-lib" / "default.nix"),
+                         f"lay the project's shared folder beside the checkout ({SHARED_NIX.parent}); "
+                         "its nix/README.md says what is in it"),
     "systemd-analyze": Prereq("systemd-analyze", _which("systemd-analyze"), "apt-get install systemd"),
     "systemctl": Prereq("systemctl", _which("systemctl"), "apt-get install systemd"),
     "nginx": Prereq("nginx (the lab mirror's engine, contrib/nginx)", _nginx, "apt-get install nginx"),
