@@ -17,7 +17,7 @@ from . import cancel, scratch
 from .cancel import CancelToken
 from .config import Config, load_config
 from .errors import EXIT_OK, WarmdError
-from .headers import check_pins, compare
+from .headers import check_pins, compare, index_page
 from .lockfile import file_stamp
 from .model import FileStamp, ProjectReport
 from .policy import needs_user, outcome_of, retry_delay, uv_keeps
@@ -580,7 +580,7 @@ class Daemon:
         # What the state recorded was admitted then; trust may have been taken back since.
         pinned = [(project, pin) for project, pin in self.state.all_pins()
                   if guard.check(pin.wheel.url, project, index=pin.index).ok
-                  and (pin.index is None or guard.check(pin.index, project, index=pin.index).ok)]
+                  and (pin.index is None or guard.check(index_page(pin.index), project, index=pin.index).ok)]
         pins = [pin for _project, pin in pinned]
         if not pins:
             return

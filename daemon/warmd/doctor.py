@@ -430,9 +430,11 @@ def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: 
     size = sum(p.wheel.size or 0 for p in pins.values())
     unknown = sum(1 for p in pins.values() if p.wheel.size is None)
     skipped = sum(1 for s in pl.skipped if s.unhashed)
+    refused = len(pl.skipped) - skipped
     rep.add("project", "info", f"{folder}: {len(pl.pins)} {pl.variant} wheel(s) planned for Python "
             f"{', '.join(pl.pythons)}, {human_bytes(size)}" + (f" + {unknown} of unknown size" if unknown else "")
-            + f"; {pl.chosen_by}" + (f"; {skipped} without a sha256 left to uv" if skipped else ""))
+            + f"; {pl.chosen_by}" + (f"; {skipped} without a sha256 left to uv" if skipped else "")
+            + (f"; {refused} skipped: on a host warmd does not connect to for it" if refused else ""))
     for note in pl.notes:
         rep.add("project", "warn", f"{folder}: {note}")
     return list(pl.pins)

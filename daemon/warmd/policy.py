@@ -29,7 +29,8 @@ STATES: dict[str, str] = {
     "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock",
     "unproven": "nothing failed, but uv could not be asked about some wheels (no interpreter for that Python)",
     "failed": "the last run for this uv.lock failed; `reason` says why, `next_retry` when the daemon tries again",
-    "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant",
+    "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant, or every one was "
+                       "skipped (`reason` says why)",
     "queued": "the daemon will warm this uv.lock; nothing is known about it yet",
     "warming": "a warmd is warming this uv.lock now; nothing is known about it yet",
     "stale": "uv.lock changed since warmd last looked (or warming was interrupted), and no warmd has taken it up yet",
