@@ -15,6 +15,7 @@ from loguru import logger
 
 from . import cancel, scratch
 from .cancel import CancelToken
+from .clients import http_client
 from .config import Config, load_config
 from .errors import EXIT_OK, WarmdError
 from .headers import check_pins, compare, index_page
@@ -396,8 +397,10 @@ class Daemon:
             ref = self._ref
         if ref is not None:
             ref.pipeline.refresh_trust()  # type: ignore[attr-defined]  # for the runs already under way too
+        # by the folder itself: the path given to `warmd trust` may reach it through a symlink
+        concerned = {os.path.realpath(p) for p in changed}
         known = set(self.watcher.projects) | set(self.state.projects())
-        woken = sorted(p for p in changed if p in known and (p / LOCK).is_file())
+        woken = sorted(p for p in known if os.path.realpath(p) in concerned and (p / LOCK).is_file())
         if woken and self.config.ahead.enable:
             self._run_job_now("ahead")
         return woken
@@ -545,7 +548,9 @@ class Daemon:
                 last = done.get(p)
                 if not (p / LOCK).is_file():
                     continue
-                if (last is not None and last.outcome != "postponed" and now - last.checked_at < config.ahead.interval
+                # postponed: tried again; skipped (the guard): asked again, trust may have come since
+                if (last is not None and last.outcome not in ("postponed", "skipped")
+                        and now - last.checked_at < config.ahead.interval
                         and last.lock_sha256 == file_stamp(p / LOCK).sha256):
                     continue  # looked ahead for this very lock within the interval
                 projects.append(p)
@@ -572,8 +577,6 @@ class Daemon:
     def check_headers(self) -> None:
         """HEAD every pinned file and index; record them; warn loudly when a pinned file moved."""
         assert self.state is not None
-        from .clients import http_client
-
         with self._lock:
             assert self._ref is not None
             guard = self._ref.pipeline.guard  # type: ignore[attr-defined]
