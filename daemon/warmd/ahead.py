@@ -81,7 +81,7 @@ def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadS
     pinned = {pin.wheel.sha256 for _p, pin in state.all_pins()} if state is not None else set()
     held = {f.sha256: f.size or 0 for f in ahead_held(state.ahead_files(), pinned)} if state is not None else {}
     reports = []
-    pipeline.refresh_trust()
+    pipeline.refresh_guard()
     with http_client(pipeline.guard, timeout=_HTTP_TIMEOUT, user_agent="warmd") as client:
         for project in ordered:
             try:

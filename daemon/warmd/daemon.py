@@ -396,7 +396,7 @@ class Daemon:
         with self._lock:
             ref = self._ref
         if ref is not None:
-            ref.pipeline.refresh_trust()  # type: ignore[attr-defined]  # for the runs already under way too
+            ref.pipeline.refresh_guard()  # type: ignore[attr-defined]  # for the runs already under way too
         # by the folder itself: the path given to `warmd trust` may reach it through a symlink
         concerned = {os.path.realpath(p) for p in changed}
         known = set(self.watcher.projects) | set(self.state.projects())

@@ -224,13 +224,16 @@ class NetGuard:
         self._looked_up: dict[tuple[str, int], tuple[float, tuple[Address, ...]]] = {}
         self.set_trust(trust)
 
-    def set_trust(self, trust: Iterable[Trust]) -> None:
-        """Replace the trusted projects (what `warmd trust` / `untrust` changed); what earlier checks
-        admitted is forgotten, so a revoked trust holds for the next connection."""
+    def set_trust(self, trust: Iterable[Trust], vouches: Sequence[Vouch] | None = None) -> None:
+        """Replace the trusted projects (what `warmd trust` / `untrust` changed) and, when given, the
+        user's own prefixes; on a change what earlier checks admitted is forgotten, so a trust taken
+        back holds for the next connection."""
         table = {key(t.project): t for t in trust}
         with self._lock:
-            changed = table != self._trust
+            changed = table != self._trust or (vouches is not None and tuple(vouches) != self.vouches)
             self._trust = table
+            if vouches is not None:
+                self.vouches = tuple(vouches)
             if changed:
                 self._admitted.clear()
 
@@ -265,8 +268,9 @@ class NetGuard:
         p = place(url)
         if not verdict.ok or (p is not None and p.scheme == "https") or self.user_vouched(url, index):
             return verdict
-        return Verdict(False, f"{_show(url)} is plain http and no index of your own configuration: uv would "
-                              "send it your .netrc credentials, so warmd does not hand it to uv; add "
+        how = "plain http" if p is not None and p.scheme == "http" else f"{p.scheme if p else 'not'} https"
+        return Verdict(False, f"{_show(url)} is {how} and no index of your own configuration: uv would "
+                              "send it your credentials, so warmd does not hand it to uv; add "
                               f"{_prefix_hint(url, index)!r} to trusted-indexes to vouch for it")
 
     def user_vouched(self, url: str, index: str | None = None) -> bool:
@@ -398,12 +402,16 @@ def trusts(config: Config, recorded: Iterable[Trust] = ()) -> list[Trust]:
     return tables + [t for t in recorded if key(t.project) not in named]
 
 
-def guard_for(config: Config, recorded: Iterable[Trust] = (), *, env: Mapping[str, str] | None = None,
-              resolve: bool = True) -> NetGuard:
-    """The guard of a config: the user's uv indexes (warmd's environment), `[[mirrors]]`,
-    `trusted-indexes`, and the trusted projects (`trusts`)."""
+def vouches_of(config: Config, env: Mapping[str, str] | None = None) -> list[Vouch]:
+    """The user's own prefixes: their uv indexes (uv.toml files and UV_* variables of `env`, warmd's
+    environment by default), `[[mirrors]]` and `trusted-indexes`."""
     vouches = [Vouch(url, by) for url, by in user_index_urls(os.environ if env is None else env)]
     for m in config.mirrors:
         vouches += [Vouch(m.origin, "[[mirrors]] origin"), Vouch(m.url, "[[mirrors]] url")]
-    vouches += [Vouch(u, "trusted-indexes") for u in config.trusted_indexes]
-    return NetGuard(vouches, trusts(config, recorded), resolve=resolve)
+    return vouches + [Vouch(u, "trusted-indexes") for u in config.trusted_indexes]
+
+
+def guard_for(config: Config, recorded: Iterable[Trust] = (), *, env: Mapping[str, str] | None = None,
+              resolve: bool = True) -> NetGuard:
+    """The guard of a config: the user's own prefixes (`vouches_of`) and the trusted projects (`trusts`)."""
+    return NetGuard(vouches_of(config, env), trusts(config, recorded), resolve=resolve)

@@ -24,7 +24,7 @@ from .config import Config
 from .errors import WarmdError
 from .feeder import Feeder, Shelf
 from .fetch import Fetcher, FetchSkipped, ProgressEvent, host_of
-from .guard import NetGuard, guard_for, trusts
+from .guard import NetGuard, guard_for, trusts, vouches_of
 from .importer import Importer
 from .lockfile import file_stamp
 from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
@@ -103,8 +103,8 @@ class Pipeline:
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
         self.progress = progress
-        # What warmd, and the uv it runs, may connect to for each project (guard.py); the trust
-        # `warmd trust` records is read again at the start of every run.
+        # What warmd, and the uv it runs, may connect to for each project (guard.py); read again at
+        # the start of every run (refresh_guard).
         self.guard: NetGuard = guard_for(config, recorded(config.state_dir))
         engine = dict(connections=config.download.connections, timeout=config.download.timeout,
                       max_parallel_files=config.download.parallel_files, keep=config.keep_wheels, guard=self.guard)
@@ -145,9 +145,10 @@ class Pipeline:
         """The planner of this pipeline's runs (one variant detection for all of them)."""
         return self._planner
 
-    def refresh_trust(self) -> None:
-        """Read again which projects the user trusts (`warmd trust` may have run since)."""
-        self.guard.set_trust(trusts(self.config, recorded(self.config.state_dir)))
+    def refresh_guard(self) -> None:
+        """Read again which projects the user trusts (`warmd trust` may have run since) and the
+        indexes of their own uv configuration (a uv.toml they edited)."""
+        self.guard.set_trust(trusts(self.config, recorded(self.config.state_dir)), vouches_of(self.config))
 
     def admit(self, pl: ProjectPlan, project: Path | None = None) -> ProjectPlan:
         """The plan with every pin the guard refuses for its project (or `project`, the one a
@@ -190,7 +191,7 @@ class Pipeline:
     def _warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
         # Without a usable uv nothing can be imported or proven: say so before spending a byte.
         self.check_uv()
-        self.refresh_trust()
+        self.refresh_guard()
         plans, failed = self._planner.plan_all(projects)
         return self._warm_plans([self.admit(pl) for pl in plans], failed, record=True)
 
