@@ -426,11 +426,13 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
         raise InputError("give the project folders to trust, or --list (not both)")
     if args.list:
         for ps in config.projects:
-            print(f"{ps.path}: trusted by its [[project]] table in {config.source}: every host its uv.lock names")
-        for t in store.read():
+            print(f"{ps.path}: trusted by its [[project]] table in {config.source or 'the config'}: every host "
+                  "its uv.lock names")
+        rows = store.read()
+        for t in rows:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.trusted_at))
             print(f"{t.path}: trusted {when}: {', '.join(t.origins) or 'no host'}")
-        if not config.projects and not store.read():
+        if not config.projects and not rows:
             print("no trusted project (`warmd trust PATH` trusts one)")
         return EXIT_OK
     found = []
@@ -456,8 +458,8 @@ def _untrust(args: argparse.Namespace, config: Config) -> int:
         if store.remove(folder):
             print(f"untrusted {folder}: warmd reaches only public hosts and your own indexes for it")
         elif folder in tables:
-            print(f"warmd: {folder} is trusted by its [[project]] table in {config.source}; remove the table",
-                  file=sys.stderr)
+            print(f"warmd: {folder} is trusted by its [[project]] table in {config.source or 'the config'}; "
+                  "remove the table", file=sys.stderr)
             code = EXIT_USAGE
         else:
             print(f"{folder} was not trusted")

@@ -22,7 +22,7 @@ from loguru import logger
 
 from .atomic import write_atomic
 from .errors import InputError
-from .guard import Trust, origin
+from .guard import Trust, key, origin
 from .lockfile import Lock
 
 TRUST_FILE = "trust.json"
@@ -91,6 +91,8 @@ class TrustStore:
         row = Trusted(project, time.time(), lock_sha256, tuple(sorted(set(origins))))
 
         def put(projects: dict[str, Any]) -> bool:
+            for same in _same(projects, project):  # the folder by another path (a symlink)
+                del projects[same]
             projects[str(project)] = {"trusted_at": row.trusted_at, "lock_sha256": lock_sha256,
                                       "origins": list(row.origins)}
             return True
@@ -99,8 +101,15 @@ class TrustStore:
         return row
 
     def remove(self, project: Path) -> bool:
-        """Trust `project` no more; False when it was not trusted."""
-        return self._edit(lambda projects: projects.pop(str(project), None) is not None)
+        """Trust `project` no more (by whichever path it was trusted); False when it was not trusted."""
+
+        def drop(projects: dict[str, Any]) -> bool:
+            same = _same(projects, project)
+            for path in same:
+                del projects[path]
+            return bool(same)
+
+        return self._edit(drop)
 
     def _edit(self, change: Callable[[dict[str, Any]], bool]) -> bool:
         with self._locked():
@@ -121,6 +130,12 @@ class TrustStore:
             yield
         finally:
             os.close(fd)
+
+
+def _same(projects: dict[str, Any], project: Path) -> list[str]:
+    """The recorded paths that are `project`'s folder (symlinks resolved)."""
+    real = key(project)
+    return [p for p in projects if key(Path(p)) == real]
 
 
 def recorded(state_dir: Path) -> list[Trust]:
