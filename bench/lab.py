@@ -25,6 +25,10 @@ LATENCY = 0.020
 LINK = 100 * MiB  # the shared link cap
 
 
+# The servers running now: warmd reaches 127.0.0.1 only for an index its config vouches for.
+_RUNNING: list[str] = []
+
+
 class Server:
     """bench/serve.py in a child process; commands and answers over its stdin/stdout."""
 
@@ -41,6 +45,7 @@ class Server:
         if not self.url.startswith(("http://127.0.0.1:", "https://127.0.0.1:")):
             raise RuntimeError(f"bench/serve.py did not start (first line {self.url!r})")
         self.simple_url = f"{self.url}/simple"
+        _RUNNING.append(self.url)
 
     def index_url(self, variant: str) -> str:
         """The PyTorch-style index of a variant (what make_project needs of a server)."""
@@ -77,6 +82,8 @@ class Server:
 
     def close(self) -> None:
         """Stop the server process."""
+        if self.url in _RUNNING:
+            _RUNNING.remove(self.url)
         if self.proc.poll() is None:
             try:
                 assert self.proc.stdin is not None
@@ -156,6 +163,7 @@ def warmd_config(folder: Path, uv: Path, cache: Path, *, roots: tuple[Path, ...]
         f"store-dir = {json.dumps(str(folder / 'store'))}",
         f"state-dir = {json.dumps(str(folder / 'state'))}",
         f"roots = {json.dumps([str(r) for r in roots])}",
+        f"trusted-indexes = {json.dumps([u + '/' for u in _RUNNING])}",
     ]
     if keep_wheels:
         lines.append("keep-wheels = true")

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.support.config import forget as forget_configs  # noqa: E402
 from tests.support.index_server import IndexServer  # noqa: E402
 from tests.support.network import (  # noqa: E402,F401  (pytest finds hooks and fixtures by name here)
     _internet_when_marked,
@@ -30,6 +31,13 @@ from tests.support.projects import uv_env  # noqa: E402
 from tests.support.tls import TlsFiles, make_tls  # noqa: E402
 
 pytest_plugins = ["pytester"]  # test_loopback runs whole pytest sessions to show the guard fails them
+
+
+@pytest.fixture(autouse=True)
+def _configs_of_this_test() -> Iterator[None]:
+    """A lab server started in a later test rewrites none of this test's configs."""
+    yield
+    forget_configs()
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def test_version_and_help(uv_environ: dict[str, str]) -> None:
     assert version.returncode == 0 and version.stdout == f"warmd {__version__}\n", version
     helped = warmd("--help", env=uv_environ)
     assert helped.returncode == 0, helped.stderr
-    for command in ("prefetch", "run", "status", "doctor", "install-service"):
+    for command in ("prefetch", "run", "status", "doctor", "trust", "untrust", "install-service"):
         assert command in helped.stdout
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler
+from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler, running_urls
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import Config, DownloadSettings
 from warmd.fetch import Fetcher, ProgressEvent
@@ -47,7 +47,8 @@ def server() -> Iterator[IndexServer]:
 def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bool = False,
               events: list[ProgressEvent] | None = None, state: State | None = None) -> Pipeline:
     config = Config(variant="cu128", uv=str(uv), cache_dir=cache, store_dir=tmp / "store", state_dir=tmp / "state",
-                    packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2))
+                    packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2),
+                    trusted_indexes=tuple(u + "/" for u in running_urls()))
     store = Store(config.store_dir)
     progress = events.append if events is not None else None
     fetcher = Fetcher(store, connections=4, timeout=10, retries=2, backoff=0.01, max_backoff=0.05,

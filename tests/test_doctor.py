@@ -160,8 +160,9 @@ def test_an_override_in_uv_toml_counts_and_fix_leaves_the_project_alone(
 def test_headers_that_cannot_be_read_are_a_warning_not_a_crash(tmp_path: Path, gpu_project: Path, uv_bin: Path,
                                                                uv_cache: Path, env: dict[str, str],
                                                                index_server: IndexServer) -> None:
+    config = write_config(tmp_path, uv_bin, uv_cache)  # vouches for the index, which then goes down
     index_server.stop()
-    code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), env, str(gpu_project))
+    code, report = doctor(config, env, str(gpu_project))
     assert code == 0
     idx = of(report, "index")
     assert idx and all(f["status"] == "warn" for f in idx)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.config import trusted_lines
 from tests.support.cache import traces
 from tests.support.index_server import Faults, Hit, IndexServer, _Handler, normalize
 from tests.support.prereqs import need
@@ -201,6 +202,7 @@ class Drill:
             f"cache-dir = {json.dumps(str(self.cache))}",
             f"store-dir = {json.dumps(str(store or self.store))}",
             f"state-dir = {json.dumps(str(self.state))}",
+            *trusted_lines(),
             f"packages = {json.dumps(PACKAGES)}",
             "[download]",
         ] + [f"{k} = {json.dumps(v)}" for k, v in self.download.items()]

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.config import trusted_lines
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, torch_like_set
 from warmd.partial import merge_ranges, missing_ranges
@@ -44,6 +45,7 @@ class Env:
             f"cache-dir = {json.dumps(str(self.cache))}",
             f"store-dir = {json.dumps(str(self.store))}",
             f"state-dir = {json.dumps(str(self.tmp / 'state'))}",
+            *trusted_lines(),
             'packages = ["torch", "filelock"]',
             extra,
         ]) + "\n")

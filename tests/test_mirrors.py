@@ -360,7 +360,7 @@ def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Pa
         def warm(mirrors: tuple[MirrorSettings, ...]) -> list:
             config = Config(variant="cu128", uv=str(uv_bin), cache_dir=uv_cache, store_dir=tmp_path / "store",
                             state_dir=tmp_path / "state", packages=tuple(PACKAGES), mirrors=mirrors,
-                            download=DownloadSettings(timeout=10, retries=2))
+                            download=DownloadSettings(timeout=10, retries=2), trusted_indexes=(origin.url + "/",))
             return list(Pipeline(config, uv=uv, fetcher=engine).warm([project])[0].wheels)
 
         origin.reset_counters()

@@ -27,18 +27,20 @@ from loguru import logger
 
 from . import scratch
 from .cancel import Cancelled
+from .clients import http_client
 from .conditions import Conditions
 from .config import AheadSettings
-from .credentials import index_auth
 from .errors import IndexUnreachable, WarmdError
+from .guard import NetGuard
 from .headers import check_url
-from .lockfile import file_stamp, read_lock
+from .lockfile import Lock, file_stamp, read_lock
 from .model import AheadReport, Pin, Upgrade, WheelReport
 from .plan import ProjectPlan
 from .policy import ahead_held, upgrade_line
 from .progress import human_bytes
+from .redact import redact
 from .store import Store
-from .upgrade import would_be_lock
+from .upgrade import contacts, would_be_lock
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -79,8 +81,8 @@ def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadS
     pinned = {pin.wheel.sha256 for _p, pin in state.all_pins()} if state is not None else set()
     held = {f.sha256: f.size or 0 for f in ahead_held(state.ahead_files(), pinned)} if state is not None else {}
     reports = []
-    with httpx.Client(timeout=_HTTP_TIMEOUT, follow_redirects=True, trust_env=True, auth=index_auth(),
-                      headers={"User-Agent": "warmd"}) as client:
+    pipeline.refresh_guard()
+    with http_client(pipeline.guard, timeout=_HTTP_TIMEOUT, user_agent="warmd") as client:
         for project in ordered:
             try:
                 report = _one(pipeline, project, settings, held, pinned, client, ignore, now)
@@ -142,14 +144,21 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
             return None
         return AheadReport(project, sha, outcome, reason, upgrades, wheels, checked_at=started)
 
+    try:
+        lock = read_lock(current.lock)
+    except WarmdError as exc:
+        return report("failed", str(exc))
+    refused = refusal(pipeline.guard, project, lock)
+    if refused is not None:
+        return report("skipped", refused)
     with scratch.folder("ahead") as work:
         try:
-            lock = read_lock(current.lock)
             copy = would_be_lock(pipeline.uv, current.project, lock, settings.packages, work.path,
                                  ignore=ignore, pass_fds=(work.fd,))
             if copy is None:
                 return report("none", "the lock holds none of the packages `[ahead] packages` names")
-            future = pipeline.planner.plan_as(copy, like=current)
+            # the copy's pins, admitted for the project it stands for
+            future = pipeline.admit(pipeline.planner.plan_as(copy, like=current), project)
         except IndexUnreachable as exc:
             return report("postponed", str(exc))
         except WarmdError as exc:
@@ -174,6 +183,16 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
             if w.state == "warm":
                 held.setdefault(w.pin.wheel.sha256, w.pin.wheel.size or 0)
     return report(*_outcome(wheels), upgrades=upgrades, wheels=wheels)
+
+
+def refusal(guard: NetGuard, project: Path, lock: Lock) -> str | None:
+    """Why the look-ahead must not run for this project, or None: `uv lock` connects to every index
+    and source the project names, so each must pass the guard's check for uv."""
+    for url, where, index in contacts(project, lock):
+        verdict = guard.for_uv(url, project, index=index)
+        if not verdict.ok:
+            return f"`uv lock` would connect to {redact(url)} (named in {where}): {verdict.reason}"
+    return None
 
 
 def _upgrades(current: ProjectPlan, future: ProjectPlan) -> tuple[Upgrade, ...]:

@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true")
     dr.add_argument("--fix", action="store_true", help="add the cache-control override to the projects' indexes")
 
+    tr = sub.add_parser("trust", help="let warmd reach the private hosts a project's uv.lock names now",
+                        description="Vouch for projects: warmd (and the uv it runs) may then connect to the "
+                                    "loopback, private and link-local hosts their uv.lock names now. A host the "
+                                    "lock names later is not covered until you trust it again. A running daemon "
+                                    "takes it up within a second.")
+    tr.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="project folder or uv.lock")
+    tr.add_argument("--list", action="store_true", help="list the trusted projects and what each may reach")
+    un = sub.add_parser("untrust", help="take back `warmd trust`")
+    un.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="project folder or uv.lock")
+
     ins = sub.add_parser("install-service", help="write the systemd user unit")
     ins.add_argument("--print", action="store_true", dest="print_only", help="show the unit, write nothing")
     ins.add_argument("--no-sandbox", action="store_false", dest="sandbox",
@@ -81,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": _run,
             "status": _status,
             "doctor": _doctor,
+            "trust": _trust,
+            "untrust": _untrust,
             "install-service": _install_service,
         }[args.command]
         return handler(args, config)
@@ -356,6 +368,9 @@ def _status(args: argparse.Namespace, config: Config) -> int:
             saved = human_bytes(w.get("bytes_saved") or 0)
             reason = f" — {w['reason']}" if w.get("reason") else ""
             print(f"  {w.get('state', '?'):8} {w.get('name')} {w.get('version')}  {w.get('filename')}  saved {saved}{reason}")
+        for sk in data.get("skipped", []):
+            print(f"  {sk['state']:8} {sk['name']} {sk['version']}  {sk['filename'] or ''} (Python {sk['python']}) "
+                  f"— {sk['reason']}")
         for line in data.get("headers", []) or []:
             print(f"  index: {line}")
         for flag in data.get("flags", []) or []:
@@ -399,6 +414,56 @@ def _doctor(args: argparse.Namespace, config: Config) -> int:
     from .doctor import run_doctor
 
     return run_doctor(config, projects=list(args.paths), as_json=args.json, fix=args.fix)
+
+
+def _trust(args: argparse.Namespace, config: Config) -> int:
+    from .lockfile import read_lock
+    from .plan import locate
+    from .trust import TrustStore, lock_origins
+
+    store = TrustStore(config.state_dir)
+    if args.list == bool(args.paths):
+        raise InputError("give the project folders to trust, or --list (not both)")
+    if args.list:
+        for ps in config.projects:
+            print(f"{ps.path}: trusted by its [[project]] table in {config.source or 'the config'}: every host "
+                  "its uv.lock names")
+        rows = store.read()
+        for t in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.trusted_at))
+            print(f"{t.path}: trusted {when}: {', '.join(t.origins) or 'no host'}")
+        if not config.projects and not rows:
+            print("no trusted project (`warmd trust PATH` trusts one)")
+        return EXIT_OK
+    found = []
+    for path in args.paths:  # every path is read before anything is recorded: one bad path changes nothing
+        folder, lock_path = locate(path)
+        lock = read_lock(lock_path)
+        found.append((folder, lock_origins(lock), lock.stamp.sha256 if lock.stamp else None))
+    for folder, origins, sha in found:
+        store.add(folder, origins, sha)
+        print(f"trusted {folder}: warmd may connect to what its uv.lock names now: {', '.join(origins) or 'no host'}")
+    return EXIT_OK
+
+
+def _untrust(args: argparse.Namespace, config: Config) -> int:
+    from .plan import project_folder
+    from .trust import TrustStore
+
+    store = TrustStore(config.state_dir)
+    tables = {ps.path for ps in config.projects}
+    code = EXIT_OK
+    for path in args.paths:
+        folder = project_folder(path)
+        if store.remove(folder):
+            print(f"untrusted {folder}: warmd reaches only public hosts and your own indexes for it")
+        elif folder in tables:
+            print(f"warmd: {folder} is trusted by its [[project]] table in {config.source or 'the config'}; "
+                  "remove the table", file=sys.stderr)
+            code = EXIT_USAGE
+        else:
+            print(f"{folder} was not trusted")
+    return code
 
 
 def _install_service(args: argparse.Namespace, config: Config) -> int:

@@ -133,6 +133,9 @@ class Config:
     watch: WatchSettings = WatchSettings()
     ahead: AheadSettings = AheadSettings()
     mirrors: tuple[MirrorSettings, ...] = ()  # a lab's cache servers, tried before the origin
+    # -- the network a project may reach (guard.py) --
+    # URL prefixes of indexes on private addresses the user vouches for, for every project.
+    trusted_indexes: tuple[str, ...] = ()
     source: Path | None = None  # the file this was read from, for messages
 
 
@@ -215,6 +218,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
             seen[ps.path] = None
     if (tables := r.tables("mirrors")) is not None:
         kwargs["mirrors"] = tuple(_mirror(t) for t in tables)
+    if (trusted := r.strings("trusted-indexes")) is not None:
+        kwargs["trusted_indexes"] = tuple(_url(r, "trusted-indexes", u) for u in trusted)
     ahead = _ahead(r, kwargs.get("packages", DEFAULT_PACKAGES))
     r.done({"download", "watch", "ahead"})
     return Config(download=download, watch=watch, ahead=ahead, source=source, **kwargs)
@@ -267,12 +272,22 @@ def _mirror(t: _Reader) -> MirrorSettings:
         value = t.str(key)
         if value is None:
             raise ConfigError(f"{t.where}: {t.prefix}{key} is missing (mirrors take an `origin` and a `url`)")
-        parts = urllib.parse.urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"{t.where}: {t.prefix}{key} = {value!r} is not an http:// or https:// URL")
-        got[key] = value
+        got[key] = _url(t, key, value)
     t.done(set())
     return MirrorSettings(**got)
+
+
+def _url(r: _Reader, key: str, value: str) -> str:
+    """`value` when it is an http:// or https:// URL with a host, else a ConfigError naming the key."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{r.where}: {r.prefix}{key} = {value!r} is not an http:// or https:// URL")
+    return value
 
 
 def _section(r: _Reader, name: str, keys: dict[str, Any]) -> dict[str, Any]:

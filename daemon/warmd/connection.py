@@ -6,6 +6,9 @@ with httpx's `iter_raw` (h11 handles every 16 KiB TLS record in Python); see ARC
 httpx still serves the header checks. What `trust_env` makes httpx read is read here the same
 way: HTTP(S)_PROXY / ALL_PROXY / NO_PROXY, SSL_CERT_FILE / SSL_CERT_DIR; and `.netrc` (NETRC),
 as uv does, for hosts whose URL carries no credentials (credentials.py, the header checks' too).
+With a guard (guard.py, as every connection the pipeline opens has), each new connection is checked
+for the address it is about to connect to and connects to that address; credentials go only where
+the guard allows, and never past a redirect to another origin.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 from .credentials import IndexAuth, basic
 from .errors import FetchError
+from .guard import NetGuard, Refused, address_class, literal, origin
 from .redact import redact
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -51,6 +55,7 @@ class HttpSettings:
     user_agent: str
     trust_env: bool = True  # proxies and SSL_CERT_FILE/SSL_CERT_DIR from the environment
     auth: IndexAuth | None = None  # credentials for hosts whose URL carries none (the netrc)
+    guard: NetGuard | None = None  # None: no address is refused (only tests build such an engine)
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,7 +86,19 @@ class _Route:
     proxy_auth: str | None = None  # for the proxy (in the request, or in CONNECT for https)
 
 
-def _route(url: str, trust_env: bool, auth: IndexAuth | None) -> _Route:
+def proxy_for(url: str, trust_env: bool = True) -> str | None:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY, ALL_PROXY, less NO_PROXY), or None."""
+    if not trust_env:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    chosen = proxies.get(parts.scheme.lower()) or proxies.get("all")
+    if not chosen or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return chosen if "://" in chosen else f"http://{chosen}"
+
+
+def _route(url: str, trust_env: bool, auth: IndexAuth | None, creds: bool = True) -> _Route:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
@@ -90,17 +107,16 @@ def _route(url: str, trust_env: bool, auth: IndexAuth | None) -> _Route:
     headers: dict[str, str] = {}
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
-    if auth is not None and (value := auth.authorization(host, user, password)):
+    if not creds:
+        pass  # the guard's word, or a redirect to another origin: no credentials at all
+    elif auth is not None and (value := auth.authorization(host, user, password)):
         headers["Authorization"] = value
     elif user is not None:
         headers["Authorization"] = basic(user, password or "")
-    if not trust_env:
+    chosen = proxy_for(url, trust_env)
+    if chosen is None:
         return _Route((scheme, host, port, None), path, headers)
-    proxies = urllib.request.getproxies_environment()
-    chosen = proxies.get(scheme) or proxies.get("all")
-    if not chosen or urllib.request.proxy_bypass_environment(host, proxies):
-        return _Route((scheme, host, port, None), path, headers)
-    p = urllib.parse.urlsplit(chosen if "://" in chosen else f"http://{chosen}")
+    p = urllib.parse.urlsplit(chosen)
     if p.scheme.lower() != "http":
         raise FetchError(f"proxy {redact(chosen)}: only http:// proxies are supported for downloads; "
                          "unset it or add this host to NO_PROXY")
@@ -161,6 +177,7 @@ class Connection:
         self.settings = settings
         self._http: http.client.HTTPConnection | None = None
         self._origin: tuple[str, str, int, str | None] | None = None
+        self._private = False  # the open connection's target is not a public address
         self._lock = threading.Lock()
         self._interrupted = False
 
@@ -169,11 +186,17 @@ class Connection:
         return self.request("GET", url, headers)
 
     def request(self, method: str, url: str, headers: dict[str, str]) -> Response:
-        """Send `method` to `url` (following redirects); raises TransportError when the connection fails."""
+        """Send `method` to `url` (following redirects); raises TransportError when the connection fails,
+        Refused when the guard refuses an address (the URL's, or a redirect's)."""
+        guard = self.settings.guard
+        # A private address only for a URL the guard admitted; on a redirect to another origin, only
+        # when that URL is admitted in its own right. Credentials never cross to another origin.
+        private_ok = guard.admitted(url) if guard is not None else True
+        creds = guard.may_authenticate(url) if guard is not None else True
         for _ in range(_MAX_REDIRECTS + 1):
-            route = _route(url, self.settings.trust_env, self.settings.auth)
+            route = _route(url, self.settings.trust_env, self.settings.auth, creds)
             raw = self._send(method, route, {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
-                                     **route.headers, **headers})
+                                     **route.headers, **headers}, private_ok)
             location = raw.getheader("location")
             if raw.status not in _REDIRECTS or not location:
                 return Response(self, raw, url)
@@ -181,14 +204,16 @@ class Connection:
             if len(body) > _DRAIN or not raw.isclosed():
                 self.drop()
             new = urllib.parse.urljoin(url, location)
-            if urllib.parse.urlsplit(new).netloc != urllib.parse.urlsplit(url).netloc:
+            if origin(new) != origin(url):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                creds = False
+                private_ok = guard.admitted(new) if guard is not None else True
             url = new
         raise TransportError("TooManyRedirects", f"more than {_MAX_REDIRECTS} redirects from {redact(url)}")
 
-    def _send(self, method: str, route: _Route, headers: dict[str, str]) -> http.client.HTTPResponse:
+    def _send(self, method: str, route: _Route, headers: dict[str, str], private_ok: bool) -> http.client.HTTPResponse:
         for attempt in (1, 2):
-            http_conn, reused = self._connect(route)
+            http_conn, reused = self._connect(route, private_ok)
             try:
                 http_conn.request(method, route.target, headers=headers)
                 return http_conn.getresponse()
@@ -206,14 +231,20 @@ class Connection:
                 raise TransportError("ConnectError", str(exc) or type(exc).__name__) from None
         raise AssertionError("unreachable")
 
-    def _connect(self, route: _Route) -> tuple[http.client.HTTPConnection, bool]:
+    def _connect(self, route: _Route, private_ok: bool = True) -> tuple[http.client.HTTPConnection, bool]:
         """The connection for the route's origin and whether it was reused."""
-        origin = route.origin
+        where = route.origin
+        scheme, host, port, proxy = where
         with self._lock:
-            if self._http is not None and self._origin == origin and self._http.sock is not None:
-                return self._http, True
+            reusable = self._http is not None and self._origin == where and self._http.sock is not None
+            private = self._private
+        if reusable and private and not private_ok:
+            raise Refused(f"refusing to send a request for {scheme}://{host}:{port} over a connection to an address "
+                          "nobody vouched for this URL")
+        if reusable:
+            return self._http, True  # type: ignore[return-value]
         self.drop()
-        scheme, host, port, proxy = origin
+        addresses, private = self._check(host, port, private_ok, proxied=proxy is not None)
         timeout = self.settings.timeout
         at_host, at_port = (proxy.rsplit(":", 1)[0], int(proxy.rsplit(":", 1)[1])) if proxy else (host, port)
         if scheme == "https":
@@ -224,10 +255,14 @@ class Connection:
                                 if route.proxy_auth else None)
         else:
             conn = http.client.HTTPConnection(at_host, at_port, timeout=timeout)
+        if addresses and not proxy:
+            # Connect to the addresses the guard checked, not to the name again: an answer that
+            # changed meanwhile (DNS rebinding) is never used. TLS still checks the name.
+            conn._create_connection = _pinned(addresses)  # type: ignore[attr-defined]
         with self._lock:
             if self._interrupted:
                 raise TransportError("Cancelled", "the download was cancelled")
-            self._http, self._origin = conn, origin
+            self._http, self._origin, self._private = conn, where, private
         try:
             conn.connect()
         except (TimeoutError, socket.timeout):
@@ -247,6 +282,18 @@ class Connection:
             self.drop()
             raise TransportError("Cancelled", "the download was cancelled")
         return conn, False
+
+    def _check(self, host: str, port: int, private_ok: bool, *, proxied: bool) -> tuple[list[str], bool]:
+        """The addresses the guard lets this connection use (none: no guard), and whether one is private."""
+        guard = self.settings.guard
+        if guard is None:
+            return [], False
+        try:
+            addresses = guard.addresses(host, port, private_ok=private_ok, proxied=proxied)
+        except OSError as exc:  # the name does not resolve
+            raise TransportError("ConnectError", f"{host}: {exc.strerror or exc}") from None
+        private = any(address_class(a) is not None for x in addresses if (a := literal(x)) is not None)
+        return addresses, private
 
     def retime(self, timeout: float) -> None:
         """Use `timeout` from now on, for this connection's open socket too (a connection handed on)."""
@@ -269,9 +316,25 @@ class Connection:
     def drop(self) -> None:
         """Close the socket (a response not read to its end cannot share it with the next request)."""
         with self._lock:
-            conn, self._http, self._origin = self._http, None, None
+            conn, self._http, self._origin, self._private = self._http, None, None, False
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
 
     close = drop
+
+
+def _pinned(addresses: list[str]):  # noqa: ANN202  (http.client's _create_connection signature)
+    """A `socket.create_connection` that connects to these addresses, in order, whatever the name."""
+
+    def create(address: tuple[str, int], timeout: object = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+               source_address: tuple[str, int] | None = None) -> socket.socket:
+        error: OSError | None = None
+        for ip in addresses:
+            try:
+                return socket.create_connection((ip, address[1]), timeout, source_address)  # type: ignore[arg-type]
+            except OSError as exc:
+                error = exc
+        raise error or OSError(f"no address for {address[0]}")
+
+    return create

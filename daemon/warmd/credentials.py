@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import netrc
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 
 import httpx
@@ -18,10 +18,15 @@ def basic(user: str, password: str) -> str:
 
 
 class IndexAuth(httpx.Auth):
-    """Basic credentials per host: `user:password@` in the URL first, else the netrc entry of the host."""
+    """Basic credentials per host: `user:password@` in the URL first, else the netrc entry of the host.
 
-    def __init__(self, entries: netrc.netrc | None) -> None:
+    `allow(url)` says whether a request to that URL may carry credentials at all (the guard's
+    `may_authenticate`); httpx drops them itself on a redirect to another origin.
+    """
+
+    def __init__(self, entries: netrc.netrc | None, allow: Callable[[str], bool] | None = None) -> None:
         self._netrc = entries
+        self._allow = allow
 
     def authorization(self, host: str, user: str | None = None, password: str | None = None) -> str | None:
         """The Authorization value for a request to `host`, given the URL's own user and password (if any)."""
@@ -34,6 +39,9 @@ class IndexAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         url = request.url
+        if self._allow is not None and not self._allow(str(url)):
+            yield request
+            return
         value = self.authorization(url.host, url.username, url.password)
         if value is not None:
             request.headers["Authorization"] = value
@@ -45,13 +53,13 @@ def netrc_path(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env["NETRC"]) if env.get("NETRC") else Path(env.get("HOME") or Path.home()) / ".netrc"
 
 
-def index_auth(env: Mapping[str, str] = os.environ) -> IndexAuth:
-    """The auth for index requests; an unreadable netrc is logged once and left out."""
+def index_auth(env: Mapping[str, str] = os.environ, allow: Callable[[str], bool] | None = None) -> IndexAuth:
+    """The auth for index requests (`allow` as IndexAuth's); an unreadable netrc is logged once and left out."""
     path = netrc_path(env)
     if not path.is_file():
-        return IndexAuth(None)
+        return IndexAuth(None, allow)
     try:
-        return IndexAuth(netrc.netrc(str(path)))
+        return IndexAuth(netrc.netrc(str(path)), allow)
     except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
         logger.warning("{}: not used for index credentials: {}", path, exc)
-        return IndexAuth(None)
+        return IndexAuth(None, allow)

@@ -11,15 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-import httpx
 from loguru import logger
 
 from . import cancel, scratch
 from .cancel import CancelToken
+from .clients import http_client
 from .config import Config, load_config
-from .credentials import index_auth
 from .errors import EXIT_OK, WarmdError
-from .headers import check_pins, compare
+from .headers import check_pins, compare, index_page
 from .lockfile import file_stamp
 from .model import FileStamp, ProjectReport
 from .policy import needs_user, outcome_of, retry_delay, uv_keeps
@@ -27,6 +26,7 @@ from .redact import redact
 from .schedule import build_scheduler
 from .service import Notifier
 from .state import State
+from .trust import TrustStore
 from .uvconfig import Override, index_overrides, norm_url
 from .watch import LOCK, ProjectWatcher
 
@@ -192,6 +192,9 @@ class Daemon:
         self._ahead_token: CancelToken | None = None
         self._ahead_retry: float | None = None
         self._ahead_postponed = 0
+        # `warmd trust` / `untrust` from another process: the trust file as last seen, and its rows
+        self._trust_stamp: tuple[int, int, int] | None = None
+        self._trust_rows: dict[Path, tuple[str, ...]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -208,6 +211,7 @@ class Daemon:
             self._ref.pipeline.check_uv()  # type: ignore[attr-defined]  # a service without uv fails at start
             self.queue = WorkQueue(self.config.download.parallel_files, self._run_project, on_state=self._on_state)
             self.watcher = self._new_watcher(self.config)
+            self._trust_changed()  # what is trusted now; later changes wake the projects they concern
             projects = self.watcher.start()
             logger.info(f"watching {len(self.config.roots)} root(s): {len(projects)} project(s), "
                         f"{len(self.watcher.watched_paths)} watched folder(s)")
@@ -241,6 +245,9 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             self._retry_due()
+            for project in self._trust_changed():
+                logger.info(f"{project}: its trust changed (`warmd trust` / `untrust`); warming it again")
+                self._submit(project)
             now = time.monotonic()
             if ping and now - last_ping >= ping * 0.9:
                 self.notifier.watchdog()
@@ -368,6 +375,35 @@ class Daemon:
             self._submit(project)
         if ahead_due:
             self._run_job_now("ahead")
+
+    def _trust_changed(self) -> list[Path]:
+        """The known projects whose trust `warmd trust` / `untrust` changed since the last look (a
+        stat of the trust file per tick; it is read only when that changed)."""
+        store = TrustStore(self.config.state_dir)
+        stamp = store.stamp()
+        if stamp == self._trust_stamp:
+            return []
+        self._trust_stamp = stamp
+        try:
+            rows = {t.path: t.origins for t in store.read()}
+        except WarmdError as exc:
+            logger.error(f"{exc}")
+            rows = {}
+        changed = {p for p in rows.keys() | self._trust_rows.keys() if rows.get(p) != self._trust_rows.get(p)}
+        self._trust_rows = rows
+        if not changed or self.watcher is None or self.state is None:
+            return []
+        with self._lock:
+            ref = self._ref
+        if ref is not None:
+            ref.pipeline.refresh_guard()  # type: ignore[attr-defined]  # for the runs already under way too
+        # by the folder itself: the path given to `warmd trust` may reach it through a symlink
+        concerned = {os.path.realpath(p) for p in changed}
+        known = set(self.watcher.projects) | set(self.state.projects())
+        woken = sorted(p for p in known if os.path.realpath(p) in concerned and (p / LOCK).is_file())
+        if woken and self.config.ahead.enable:
+            self._run_job_now("ahead")
+        return woken
 
     def _run_job_now(self, job: str) -> None:
         if self._scheduler is not None:
@@ -512,7 +548,9 @@ class Daemon:
                 last = done.get(p)
                 if not (p / LOCK).is_file():
                     continue
-                if (last is not None and last.outcome != "postponed" and now - last.checked_at < config.ahead.interval
+                # postponed: tried again; skipped (the guard): asked again, trust may have come since
+                if (last is not None and last.outcome not in ("postponed", "skipped")
+                        and now - last.checked_at < config.ahead.interval
                         and last.lock_sha256 == file_stamp(p / LOCK).sha256):
                     continue  # looked ahead for this very lock within the interval
                 projects.append(p)
@@ -539,13 +577,18 @@ class Daemon:
     def check_headers(self) -> None:
         """HEAD every pinned file and index; record them; warn loudly when a pinned file moved."""
         assert self.state is not None
-        pinned = self.state.all_pins()
+        with self._lock:
+            assert self._ref is not None
+            guard = self._ref.pipeline.guard  # type: ignore[attr-defined]
+        # What the state recorded was admitted then; trust may have been taken back since.
+        pinned = [(project, pin) for project, pin in self.state.all_pins()
+                  if guard.check(pin.wheel.url, project, index=pin.index).ok
+                  and (pin.index is None or guard.check(index_page(pin.index), project, index=pin.index).ok)]
         pins = [pin for _project, pin in pinned]
         if not pins:
             return
         wheel_urls = {redact(p.wheel.url) for p in pins}
-        with httpx.Client(timeout=self.config.download.timeout, follow_redirects=True, trust_env=True,
-                          auth=index_auth(), headers={"User-Agent": "warmd"}) as client:
+        with http_client(guard, timeout=self.config.download.timeout, user_agent="warmd") as client:
             checks = check_pins(pins, client)
         answered = {}
         for h in checks:

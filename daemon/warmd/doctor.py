@@ -18,9 +18,10 @@ from urllib.parse import urlsplit
 import httpx
 from packaging.version import Version
 
+from .clients import http_client
 from .config import Config, default_config_path
-from .credentials import index_auth
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
+from .guard import NetGuard, guard_for, origin
 from .headers import check_url
 from .lockfile import Lock, read_lock
 from .mirrors import SAMPLE_CAP, MirrorCheck, check_mirror, sample_for
@@ -30,6 +31,7 @@ from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
 from .redact import redact
 from .store import Store
+from .trust import recorded
 from .uvcache import Uv
 from .uvdisk import cache_use
 from .uvconfig import (CACHE_CONTROL_LINE, Override, add_cache_control, dig, index_overrides, norm_url, read_toml,
@@ -114,6 +116,10 @@ TROUBLESHOOTING: dict[str, Trouble] = {
         "a mirror serves other bytes than the lock pins",
         "purge that file from the mirror's cache (docs/MIRROR.md); warmd never keeps those bytes and "
         "takes the wheel from the origin"),
+    "private-host": Trouble(
+        "a project's uv.lock names a private host nobody vouched for",
+        "nothing, if you do not know the project: warmd skips those wheels and never connects there; "
+        "if you trust it, `warmd trust PROJECT` (or add the index to `trusted-indexes`)"),
     "headers-unreadable": Trouble(
         "could not read an index's headers",
         "check the network, proxy (`HTTPS_PROXY`) and `.netrc` credentials for that index; "
@@ -188,9 +194,10 @@ def diagnose(
             f"candidates {', '.join(detection.candidates) or detection.variant}")
     pins: dict[str, Pin] = {}
     sizes_known = True
-    with httpx.Client(trust_env=True, auth=index_auth(env), timeout=_HTTP_TIMEOUT, follow_redirects=True) as client:
+    guard = guard_for(config, recorded(config.state_dir), env=env)
+    with http_client(guard, timeout=_HTTP_TIMEOUT, env=env) as client:
         for path in projects:
-            planned = _check_project(rep, config, path, uv, uv_version, detection, client, fix, env)
+            planned = _check_project(rep, config, path, uv, uv_version, detection, client, fix, env, guard)
             if planned is None:
                 sizes_known = False
                 continue
@@ -338,7 +345,7 @@ class _Index:
 
 def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_version: Version | None,
                    detection: Detection, client: httpx.Client, fix: bool,
-                   env: Mapping[str, str]) -> list[Pin] | None:
+                   env: Mapping[str, str], guard: NetGuard) -> list[Pin] | None:
     """Report the project's indexes; return its planned pins (None when they cannot be known)."""
     folder = project_folder(path)
     pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
@@ -361,13 +368,18 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
         rep.add("project", "problem", str(exc))
         return None
 
-    pins = _plan(rep, config, folder, uv, detection)
+    refused = _check_hosts(rep, folder, lock, guard)
+    pins = _plan(rep, config, folder, uv, detection, guard)
     indexes = _indexes(data, lock, pins or [])
     # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
     overrides = index_overrides(folder, env)
     changed: list[str] = []
     for key, idx in indexes.items():
         idx.override = overrides.get(key)
+        if idx.sample is not None and origin(idx.sample) in refused:
+            rep.add("index", "info", f"{folder.name}: index {redact(idx.url)}: not checked: warmd does not connect "
+                    "there for this project (see the `network` finding)")
+            continue
         kept = _check_index(rep, folder, idx, uv_version, client, fix and idx.declared and idx.override is None)
         if kept == "fixable":
             changed.append(idx.url)
@@ -384,13 +396,35 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     return pins
 
 
-def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: Detection) -> list[Pin] | None:
-    """The pins warmd would warm for this project: the same plan `prefetch` makes."""
+def _check_hosts(rep: _Report, folder: Path, lock: Lock, guard: NetGuard) -> set[str]:
+    """One finding per origin the lock names that warmd may not connect to for this project (a
+    private host nobody vouched for); returns those origins. Nothing is asked of them."""
+    refused: dict[str, str] = {}
+    for pkg in lock.packages:
+        for url in pkg.urls:
+            where = origin(url)
+            if where is None or where in refused:
+                continue
+            verdict = guard.check(url, folder, index=pkg.registry)
+            if not verdict.ok:
+                refused[where] = verdict.reason or ""
+    for where, why in refused.items():
+        rep.add("network", "warn", f"{folder}: its uv.lock names {why}", fix_text("private-host"))
+    if not refused:
+        rep.add("network", "ok", f"{folder}: every host its uv.lock names is public or vouched for")
+    return set(refused)
+
+
+def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: Detection,
+          guard: NetGuard) -> list[Pin] | None:
+    """The pins warmd would warm for this project: the same plan `prefetch` makes, less what the guard refuses."""
+    from .pipeline import admit
+
     if uv is None:
         rep.add("project", "warn", f"{folder}: without uv there is no plan; the planned size is unknown")
         return None
     try:
-        pl = plan_project(folder, uv=uv, options=PlanOptions.from_config(config), detection=detection)
+        pl = admit(guard, plan_project(folder, uv=uv, options=PlanOptions.from_config(config), detection=detection))
     except WarmdError as exc:
         rep.bad_input = rep.bad_input or isinstance(exc, InputError)
         rep.add("project", "warn" if not isinstance(exc, InputError) else "problem",
@@ -400,9 +434,11 @@ def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: 
     size = sum(p.wheel.size or 0 for p in pins.values())
     unknown = sum(1 for p in pins.values() if p.wheel.size is None)
     skipped = sum(1 for s in pl.skipped if s.unhashed)
+    refused = len(pl.skipped) - skipped
     rep.add("project", "info", f"{folder}: {len(pl.pins)} {pl.variant} wheel(s) planned for Python "
             f"{', '.join(pl.pythons)}, {human_bytes(size)}" + (f" + {unknown} of unknown size" if unknown else "")
-            + f"; {pl.chosen_by}" + (f"; {skipped} without a sha256 left to uv" if skipped else ""))
+            + f"; {pl.chosen_by}" + (f"; {skipped} without a sha256 left to uv" if skipped else "")
+            + (f"; {refused} skipped: on a host warmd does not connect to for it" if refused else ""))
     for note in pl.notes:
         rep.add("project", "warn", f"{folder}: {note}")
     return list(pl.pins)

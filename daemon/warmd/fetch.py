@@ -26,6 +26,7 @@ from .credentials import index_auth
 from .download import FileDownload
 from .errors import FetchError, WarmdError
 from .growing import GrowingFile
+from .guard import NetGuard
 from .model import Fetched, Link, ProgressEvent, WheelFile
 from .ranges import Changed, FetchCancelled
 from .redact import redact, scrub
@@ -75,6 +76,7 @@ class Fetcher:
         max_parallel_files: int | None = None,
         fast_stream: float | None = None,
         keep: bool = True,
+        guard: NetGuard | None = None,
     ) -> None:
         if connections < 1 or piece_size < 1:
             raise ValueError("connections and piece_size must be positive")
@@ -86,9 +88,10 @@ class Fetcher:
         # once uv has it; True: it is committed into the store's blobs, durably.
         self.keep = keep
         self.policy = RetryPolicy(retries, backoff, max_backoff)
-        # the environment's netrc, as uv reads it (credentials.py)
+        # the environment's netrc, as uv reads it (credentials.py); the guard on every connection
+        # (the pipeline's engines always have one)
         self.settings = HttpSettings(timeout=timeout, user_agent=user_agent, trust_env=trust_env,
-                                     auth=index_auth() if trust_env else None)
+                                     auth=index_auth() if trust_env else None, guard=guard)
         self.progress = progress
         self._stop = threading.Event()
         self._skipped: dict[str, str | None] = {}  # sha256 -> FetchSkipped.why
@@ -386,6 +389,10 @@ class Fetcher:
 
         with ThreadPoolExecutor(max_workers=min(8, len(wheels)), thread_name_prefix="warmd-head") as pool:
             return dict(pool.map(head, wheels))
+
+    def use_guard(self, guard: NetGuard) -> None:
+        """Check every connection opened from now on with `guard` (an engine handed to a Pipeline)."""
+        self.settings = dataclasses.replace(self.settings, guard=guard)
 
     def _open_conn(self) -> Connection:
         with self._lock:

@@ -61,6 +61,8 @@ class LockedPackage:
     # For a path, directory, editable or virtual source: where it is, as the lock says it (relative
     # to the lock's folder, or absolute).
     local: str | None = None
+    # Every network URL the entry names (its source, sdist and wheels): what `warmd trust` binds to.
+    urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,17 @@ def _package(raw: Any, path: Path, index: int) -> LockedPackage:
         source=kind,
         has_sdist=isinstance(raw.get("sdist"), dict),
         local=local if isinstance(local, str) else None,
+        urls=_urls(source, raw),
     )
+
+
+def _urls(source: dict[str, Any], raw: dict[str, Any]) -> tuple[str, ...]:
+    """The network URLs of one `[[package]]`: registry, url or git source, sdist, wheels."""
+    found = [source.get(k) for k in ("registry", "url", "git")]
+    sdist = raw.get("sdist")
+    found.append(sdist.get("url") if isinstance(sdist, dict) else None)
+    found += [w.get("url") for w in _list(raw.get("wheels")) if isinstance(w, dict)]
+    return tuple(dict.fromkeys(u for u in found if isinstance(u, str) and "://" in u and not u.startswith("file:")))
 
 
 def _is_remote(location: str) -> bool:

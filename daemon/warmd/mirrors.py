@@ -19,11 +19,12 @@ from typing import Any
 import httpx
 from loguru import logger
 
+from .clients import http_client
 from .config import MirrorSettings
-from .credentials import index_auth
 from .errors import HashMismatch, WarmdError
 from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
 from .growing import GrowingFile
+from .guard import NetGuard
 from .redact import redact
 from .model import Fetched, WheelFile
 
@@ -126,8 +127,9 @@ def _why(exc: Exception) -> str:
 class _Health:
     """What one run learnt of each mirror: reachable, or down for the rest of the run."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, guard: NetGuard) -> None:
         self._timeout = timeout
+        self._guard = guard
         self._down: dict[str, str] = {}  # mirror url -> why
         self._known: set[str] = set()
         self._lock = threading.Lock()  # one probe at a time: a mirror that hangs costs one timeout
@@ -148,7 +150,7 @@ class _Health:
             return mirror.url not in self._down
 
     def _probe(self, mirror: MirrorSettings, sample: str) -> None:
-        with httpx.Client(trust_env=True, auth=index_auth(), timeout=self._timeout) as client:
+        with http_client(self._guard, timeout=self._timeout, follow_redirects=False) as client:
             why = reach(client, sample)
         if why is not None:
             self._down[mirror.url] = why
@@ -167,11 +169,12 @@ class MirroredFetcher:
     """
 
     def __init__(self, mirrors: Sequence[MirrorSettings], origin: Fetcher, make_mirror_engine: Callable[[], Fetcher],
-                 *, timeout: float) -> None:
+                 *, timeout: float, guard: NetGuard) -> None:
         self.mirrors = tuple(mirrors)
         self.origin = origin
         self._via_mirror = make_mirror_engine() if self.mirrors else None
         self._timeout = timeout
+        self._guard = guard  # the mirror probes' (a mirror is the user's own: it is vouched for)
         self._runs = 0
         self._health: _Health | None = None
         self._skipped: set[str] = set()  # skip() of a file whose mirror is being tried: not from the origin either
@@ -183,7 +186,7 @@ class MirroredFetcher:
         with self._lock:
             self._runs += 1
             if self._health is None:
-                self._health = _Health(self._timeout)
+                self._health = _Health(self._timeout, self._guard)
         try:
             yield
         finally:
@@ -203,7 +206,7 @@ class MirroredFetcher:
         """
         wheels = list(wheels)
         with self._lock:
-            health = self._health or _Health(self._timeout)  # outside run(), this call is the run
+            health = self._health or _Health(self._timeout, self._guard)  # outside run(), this call is the run
             self._skipped.difference_update(w.sha256.lower() for w in wheels)
         routed = self._route(wheels, health)
         results: dict[str, Fetched | WarmdError] = {}

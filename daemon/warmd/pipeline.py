@@ -24,13 +24,15 @@ from .config import Config
 from .errors import WarmdError
 from .feeder import Feeder, Shelf
 from .fetch import Fetcher, FetchSkipped, ProgressEvent, host_of
+from .guard import NetGuard, guard_for, trusts, vouches_of
 from .importer import Importer
 from .lockfile import file_stamp
 from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
-from .model import Fetched, Pin, ProjectReport, SkippedReport, WheelReport
+from .model import Fetched, Pin, ProjectReport, Skipped, SkippedReport, WheelReport
 from .plan import Planner, ProjectPlan
 from .policy import outcome_of, uv_keeps
 from .store import Store
+from .trust import recorded
 from .uvcache import ProbeResult, Uv
 from .uvconfig import uv_toml_files
 
@@ -101,14 +103,19 @@ class Pipeline:
         self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
         self.store = Store(config.store_dir, config.store_max_size)
         self.progress = progress
+        # What warmd, and the uv it runs, may connect to for each project (guard.py); read again at
+        # the start of every run (refresh_guard).
+        self.guard: NetGuard = guard_for(config, recorded(config.state_dir))
         engine = dict(connections=config.download.connections, timeout=config.download.timeout,
-                      max_parallel_files=config.download.parallel_files, keep=config.keep_wheels)
+                      max_parallel_files=config.download.parallel_files, keep=config.keep_wheels, guard=self.guard)
+        if fetcher is not None:
+            fetcher.use_guard(self.guard)
         # A lab's mirrors are tried first, by an engine of their own on the same store (mirrors.py).
         self.fetcher = MirroredFetcher(
             config.mirrors,
             fetcher or Fetcher(self.store, retries=config.download.retries, progress=progress, **engine),
             lambda: Fetcher(self.store, retries=MIRROR_RETRIES, progress=mirror_progress(progress), **engine),
-            timeout=config.download.timeout,
+            timeout=config.download.timeout, guard=self.guard,
         )
         if state is not None:
             # what an earlier process found of the hosts: no measurement before the first choice
@@ -138,6 +145,16 @@ class Pipeline:
         """The planner of this pipeline's runs (one variant detection for all of them)."""
         return self._planner
 
+    def refresh_guard(self) -> None:
+        """Read again which projects the user trusts (`warmd trust` may have run since) and the
+        indexes of their own uv configuration (a uv.toml they edited)."""
+        self.guard.set_trust(trusts(self.config, recorded(self.config.state_dir)), vouches_of(self.config))
+
+    def admit(self, pl: ProjectPlan, project: Path | None = None) -> ProjectPlan:
+        """The plan with every pin the guard refuses for its project (or `project`, the one a
+        look-ahead's copy stands for) moved to `skipped`, with why."""
+        return admit(self.guard, pl, project)
+
     def pins(self, project: Path) -> list[Pin]:
         """The pins of a project, without fetching anything."""
         return list(self.plan(project).pins)
@@ -162,7 +179,8 @@ class Pipeline:
         """Make the pinned wheels of plans made elsewhere warm (the look-ahead's would-be locks).
 
         They are no project of the user's: nothing is recorded in the state and no project is
-        locked. Work called off (cancel.scope) comes back `superseded`.
+        locked. The caller has admitted them (`admit`, for the project they stand for). Work called
+        off (cancel.scope) comes back `superseded`.
         """
         try:
             self.check_uv()
@@ -173,8 +191,9 @@ class Pipeline:
     def _warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
         # Without a usable uv nothing can be imported or proven: say so before spending a byte.
         self.check_uv()
+        self.refresh_guard()
         plans, failed = self._planner.plan_all(projects)
-        return self._warm_plans(plans, failed, record=True)
+        return self._warm_plans([self.admit(pl) for pl in plans], failed, record=True)
 
     def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *,
                     record: bool) -> list[ProjectReport]:
@@ -290,9 +309,12 @@ class Pipeline:
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
         # A wheel a lab mirror serves goes through warmd's engine: uv would fetch it from the origin.
+        # So does one the guard would not hand to uv (plain http that is no index of the user's own:
+        # uv sends .netrc credentials wherever it connects).
         candidates = {sha: pin for sha, pin in need.items()
                       if pin.index is not None and sha not in resumable and not self.store.has(sha)
-                      and mirror_for(self.config.mirrors, pin.wheel.url) is None}
+                      and mirror_for(self.config.mirrors, pin.wheel.url) is None
+                      and self.guard.for_uv(pin.wheel.url, index=pin.index).ok}
         hosts = {host_of(p.wheel.url) for p in candidates.values()}
         measuring = {host_of(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
         links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
@@ -426,6 +448,13 @@ class Pipeline:
         if not self.config.warm_unhashed or not wanted:
             return {}
         out: dict[tuple[str, str], SkippedReport] = {}
+        # uv connects to their index (and the file) itself: only where the guard lets it.
+        for s in list(wanted):
+            refused = next((v for u in (s.index, s.url) if u is not None
+                            and not (v := self.guard.for_uv(u, pl.project, index=s.index)).ok), None)
+            if refused is not None:
+                wanted.remove(s)
+                out[(s.name, s.python)] = SkippedReport(s, "skipped", refused.reason)
         groups: dict[tuple[str, str], list] = defaultdict(list)
         for s in wanted:
             groups[(s.python, s.platform or "")].append(s)
@@ -533,6 +562,30 @@ class Pipeline:
                 os.close(fd)
 
 
+def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> ProjectPlan:
+    """`pl` with each pin `guard` refuses for its project (`project`, else the plan's) moved to
+    `skipped`, with the guard's reason.
+
+    A wheel pinned by URL is downloaded by uv itself (its cache keys it by that URL), so it must
+    pass the check for uv too; the others pass warmd's own (and go to uv only where `_for_uv` may).
+    """
+    kept: list[Pin] = []
+    left: list[Skipped] = []
+    for pin in pl.pins:
+        ask = guard.check if pin.index is not None else guard.for_uv
+        verdict = ask(pin.wheel.url, project or pl.project, index=pin.index)
+        if verdict.ok:
+            kept.append(pin)
+        else:
+            left.append(Skipped(pin.name, pin.version, pin.python, verdict.reason or "refused by the network guard",
+                                filename=pin.wheel.filename, url=pin.wheel.url, size=pin.wheel.size,
+                                index=pin.index, platform=pin.platform))
+    if not left:
+        return pl
+    logger.warning("{}: {} wheel(s) skipped: {}", pl.project, len(left), left[0].reason)
+    return dataclasses.replace(pl, pins=tuple(kept), skipped=pl.skipped + tuple(left))
+
+
 def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
               skipped: tuple[SkippedReport, ...] | None = None) -> ProjectReport:
     """A project's report: its plan's variant, choice and Pythons, with these wheel outcomes."""
@@ -581,7 +634,10 @@ def preview(config: Config, projects: Sequence[Path], uv: Uv | None = None) -> l
     uv.exe
     # No cache folder yet: everything is cold, and asking uv would create one.
     fresh = not uv.cache_dir.exists()
+    # The same guard as a run's, but it asks no name server: a dry run sends nothing anywhere.
+    guard = guard_for(config, recorded(config.state_dir), resolve=False)
     plans, failed = Planner(config, uv).plan_all(projects)
+    plans = [admit(guard, pl) for pl in plans]
     reports = []
     for pl in plans:
         probed = {py: ProbeResult() for py in pl.pythons} if fresh else probe_plan(uv, pl)

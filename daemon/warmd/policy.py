@@ -29,7 +29,8 @@ STATES: dict[str, str] = {
     "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock",
     "unproven": "nothing failed, but uv could not be asked about some wheels (no interpreter for that Python)",
     "failed": "the last run for this uv.lock failed; `reason` says why, `next_retry` when the daemon tries again",
-    "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant",
+    "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant, or every one was "
+                       "skipped (`reason` says why)",
     "queued": "the daemon will warm this uv.lock; nothing is known about it yet",
     "warming": "a warmd is warming this uv.lock now; nothing is known about it yet",
     "stale": "uv.lock changed since warmd last looked (or warming was interrupted), and no warmd has taken it up yet",
@@ -42,6 +43,8 @@ AHEAD_OUTCOMES: dict[str, str] = {
     "none": "uv would upgrade nothing warmd warms: the project's constraints allow no newer build",
     "postponed": "not looked ahead now (an index down or slow, a metered connection, on battery); tried again later",
     "failed": "the look-ahead failed in a way waiting does not mend; `reason` says why",
+    "skipped": "not looked ahead: `uv lock` would connect where warmd may not send it for this project "
+               "(`reason` says where, and how to vouch for it)",
 }
 # The packages whose version names an upgrade best, in this order.
 _HEADLINE = ("torch", "torchvision", "torchaudio", "jax", "jaxlib")
@@ -108,11 +111,20 @@ def outcome_of(report: ProjectReport) -> Outcome:
         first = unproven[0]
         return Outcome("unproven", f"{len(unproven)} wheel(s) unproven: {first.reason}")
     if not warm:
-        left = sum(1 for s in report.skipped if s.state == "skipped")
+        left = [s for s in report.skipped if s.state == "skipped"]
         pythons = ", ".join(report.python) or "?"
         why = f"no {report.variant} GPU wheels in what `uv sync` installs for Python {pythons}"
-        return Outcome("nothing to warm", why + (f"; {left} without a sha256 left to uv" if left else ""))
+        if left and all(s.skipped.unhashed for s in left):
+            why += f"; {len(left)} without a sha256 left to uv"
+        elif left:
+            why = f"{len(left)} wheel(s) skipped, none warmed; {_skip_line(left[0])}"
+        return Outcome("nothing to warm", why)
     return Outcome("warm")
+
+
+def _skip_line(s: Any) -> str:
+    """`torch-2.8.0-….whl: <reason>` for a SkippedReport."""
+    return f"{s.skipped.filename or s.skipped.name}: {s.reason or s.skipped.reason}"
 
 
 def retry_delay(failures: int, *, first: float, cap: float) -> float:
@@ -147,6 +159,20 @@ class WheelStatus:
     bytes_saved: int  # what a fresh `uv sync` no longer downloads: the size of a warm wheel
     updated_at: float | None
     warnings: tuple[str, ...] = ()  # e.g. the ETag of the pinned file changed upstream
+
+
+@dataclass(frozen=True)
+class SkipStatus:
+    """A package of a project's plan that warmd did not warm, and why (`warmd status` lists them)."""
+
+    name: str
+    version: str
+    python: str
+    filename: str | None
+    url: str | None  # credentials stripped
+    index: str | None
+    state: str  # "skipped"; for an unhashed wheel uv was asked to fetch: warm, failed or unproven
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -258,6 +284,7 @@ class ProjectStatus:
     indexes: tuple[IndexStatus, ...]
     flags: tuple[str, ...]  # one-line warnings worth the user's attention
     upgrade: UpgradeStatus | None = None  # the look-ahead's word on this uv.lock, if any
+    skipped: tuple[SkipStatus, ...] = ()  # what the last run left out (no sha256, an address nobody vouched for)
 
     @property
     def bytes_saved(self) -> int:
@@ -314,6 +341,8 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
             reason = "warming was interrupted before it finished"
         reason += "; `warmd prefetch` or the daemon warms it"
     wheels = tuple(_wheel(w, warming=activity == "warming") for w in p.wheels)
+    # What was left out is about the lock it was recorded for: not shown for another lock.
+    skipped = tuple(SkipStatus(**asdict(s)) for s in p.skipped) if current else ()
     indexes, flags = _indexes(p, snap, env)
     for w in wheels:
         flags += [x for x in w.warnings if x not in flags]
@@ -323,7 +352,7 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
         next_retry=p.retry_at if live and state == "failed" else None, failures=p.failures,
         lock_sha256=p.lock_stamp.sha256 if p.lock_stamp else None, uv=p.uv_version, variant=p.variant,
         python=p.python, last_check=p.last_run, error=p.error, wheels=wheels, indexes=indexes, flags=tuple(flags),
-        upgrade=upgrade_status(snap.ahead.get(p.path), now_sha),
+        upgrade=upgrade_status(snap.ahead.get(p.path), now_sha), skipped=skipped,
     )
 
 

@@ -17,6 +17,7 @@ from loguru import logger
 
 from .connection import Connection, Response, TransportError, Untrusted
 from .errors import FetchError
+from .guard import Refused
 from .model import WheelFile
 from .partial import Sidecar, missing_ranges
 from .redact import redact
@@ -141,7 +142,7 @@ class RangeRequests:
             headers["If-Range"] = validator
         try:
             resp = conn.get(self.wheel.url, headers)
-        except Untrusted as exc:
+        except (Untrusted, Refused) as exc:
             raise FetchError(f"{self.wheel.filename}: {exc}") from None
         if resp.status in (200, 206):
             return resp

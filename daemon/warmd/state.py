@@ -72,6 +72,21 @@ class StoredProject:
     activity_owner: str | None  # owner.Owner tag of the process doing it
     retry_at: float | None  # when activity_owner retries failed work
     wheels: tuple[StoredWheel, ...]
+    skipped: tuple[StoredSkip, ...] = ()  # what the last run left out, and why
+
+
+@dataclass(frozen=True)
+class StoredSkip:
+    """A package of a project's plan that the last run did not warm, and why (model.SkippedReport)."""
+
+    name: str
+    version: str
+    python: str
+    filename: str | None
+    url: str | None  # credentials stripped
+    index: str | None
+    state: str  # "skipped", or for an unhashed wheel handed to uv on request: warm / failed / unproven
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -233,8 +248,29 @@ def _v4(db: sqlite3.Connection) -> None:
     )
 
 
+def _v5(db: sqlite3.Connection) -> None:
+    # What each project's last run skipped (no sha256, an address nobody vouched for …), with the reason.
+    _script(
+        db,
+        """
+        CREATE TABLE skipped (
+            project TEXT NOT NULL REFERENCES projects(path) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            python TEXT NOT NULL,
+            filename TEXT,
+            url TEXT,
+            idx TEXT,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL
+        );
+        CREATE INDEX skipped_project ON skipped(project);
+        """
+    )
+
+
 # Index i migrates a database at user_version i to i + 1; append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -344,6 +380,7 @@ class State:
             if not (report.error is not None and not report.wheels):
                 # (a lock that cannot be read says nothing about the pins we knew)
                 self._replace_pins(db, report, now)
+                self._replace_skipped(db, report)
             return db.execute("SELECT failures FROM projects WHERE path=?", (project,)).fetchone()[0]
 
     def record_progress(self, report: ProjectReport) -> None:
@@ -433,6 +470,17 @@ class State:
         db.execute(
             f"DELETE FROM wheels WHERE project=? AND sha256 NOT IN ({','.join('?' * len(keep))})",
             (project, *keep),
+        )
+
+    def _replace_skipped(self, db: sqlite3.Connection, report: ProjectReport) -> None:
+        project = str(report.project)
+        db.execute("DELETE FROM skipped WHERE project=?", (project,))
+        db.executemany(
+            "INSERT INTO skipped(project, name, version, python, filename, url, idx, state, reason) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            [(project, r.skipped.name, r.skipped.version, r.skipped.python, r.skipped.filename,
+              redact(r.skipped.url) if r.skipped.url else None, r.skipped.index, r.state,
+              r.reason or r.skipped.reason) for r in report.skipped],
         )
 
     def set_wheel_state(self, project: Path, sha256: str, state: str, reason: str | None = None) -> None:
@@ -576,6 +624,8 @@ class State:
             self._db.execute("BEGIN")  # one snapshot for all the reads below, however busy the writer
             try:
                 projects, pins, since, headers, good, warnings = self._snapshot_rows()
+                skipped = self._db.execute("SELECT project, name, version, python, filename, url, idx, state, "
+                                           "reason FROM skipped ORDER BY project, python, name").fetchall()
                 ahead = self._db.execute("SELECT project, lock_sha256, checked_at, outcome, reason, upgrades, wheels "
                                          "FROM ahead").fetchall()
             finally:
@@ -592,6 +642,9 @@ class State:
                 # A moved file stays flagged for as long as the lock pins it: never silently re-trusted.
                 warnings=tuple(w for at, w in warnings.get(safe, []) if at >= pin_since),
             ))
+        left_out: dict[str, list[StoredSkip]] = {}
+        for project, *row in skipped:
+            left_out.setdefault(project, []).append(StoredSkip(*row))
         out = []
         for (path, lock, variant, python, last_run, error, outcome, reason, retry, failures, sha, inode, mtime,
              size, uv_version, activity, activity_since, owner, retry_at) in projects:
@@ -601,7 +654,7 @@ class State:
                 outcome=outcome, reason=reason, retry=bool(retry), failures=failures or 0, since=since.get(path),
                 lock_stamp=FileStamp(sha or None, inode or 0, mtime or 0, size or 0) if sha is not None else None,
                 uv_version=uv_version, activity=activity, activity_since=activity_since, activity_owner=owner,
-                retry_at=retry_at, wheels=tuple(by_project.get(path, ())),
+                retry_at=retry_at, wheels=tuple(by_project.get(path, ())), skipped=tuple(left_out.get(path, ())),
             ))
         return Snapshot(projects=tuple(out), headers={u: _header(r) for u, r in headers.items()},
                         good_headers={u: _header(r) for u, r in good.items()},

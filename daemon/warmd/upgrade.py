@@ -34,7 +34,7 @@ from .errors import WarmdError
 from .lockfile import Lock
 from .plan import matches
 from .uvcache import Uv
-from .uvconfig import add_cache_control, dig, read_toml
+from .uvconfig import add_cache_control, dig, read_toml, settings_urls
 
 # A local package uv must build to lock (dynamic metadata) is copied whole, up to this size.
 COPY_LIMIT = 256 * 2**20
@@ -97,6 +97,26 @@ def copy_for_lock(folder: Path, lock: Lock, dest: Path, *, ignore: Sequence[str]
     copy = mirror(folder)
     shutil.copy2(folder / "uv.lock", copy / "uv.lock")
     return copy
+
+
+def contacts(folder: Path, lock: Lock) -> list[tuple[str, str, str | None]]:
+    """What `uv lock` in `folder` may connect to: (URL, the file naming it, the registry it belongs
+    to). Every URL of the lock; the indexes, find-links and url/git sources of the project's, its
+    local packages' and the configuration above's pyproject.toml and uv.toml. The user's own uv
+    configuration is not listed: the guard vouches for it."""
+    folder = Path(os.path.abspath(folder))
+    out: list[tuple[str, str, str | None]] = [(u, str(lock.path), p.registry) for p in lock.packages for u in p.urls]
+    places = [folder] + [Path(os.path.normpath(folder / p.local)) for p in lock.packages
+                         if p.local is not None and p.source != "path"]
+    files = [f for d in dict.fromkeys(places) for f in (d / "pyproject.toml", d / "uv.toml")]
+    above = _config_above(folder)
+    if above is not None:
+        files.append(above)
+    for f in files:
+        data = read_toml(f)
+        settings = data if f.name == "uv.toml" else dig(data, "tool", "uv")
+        out += [(u, str(f), None) for u in settings_urls(settings) if "://" in u]
+    return out
 
 
 def _uv_configs(dest: Path) -> list[Path]:

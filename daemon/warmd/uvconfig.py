@@ -51,6 +51,53 @@ def uv_toml_files(env: Mapping[str, str], project: Path | None = None) -> list[P
     return list(dict.fromkeys(files))
 
 
+# Where uv reads index URLs from its environment (uv's `--help`): name, and how a value lists several.
+_ENV_INDEXES = (("UV_INDEX", " "), ("UV_DEFAULT_INDEX", None), ("UV_INDEX_URL", None),
+                ("UV_EXTRA_INDEX_URL", " "), ("UV_FIND_LINKS", ","))
+
+
+def user_index_urls(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(URL, where it is named) of every index and find-links location of the user's own uv
+    configuration: their user and system uv.toml files and the UV_* variables of `env`. A
+    project's own settings are not among them: whatever a clone brings is untrusted."""
+    out: list[tuple[str, str]] = []
+    for name, sep in _ENV_INDEXES:
+        for item in (env.get(name) or "").split(sep) if sep else [env.get(name) or ""]:
+            url = _index_entry(item.strip())
+            if url:
+                out.append((url, name))
+    for toml in uv_toml_files(env):
+        data = read_toml(toml)
+        out += [(url, str(toml)) for url in settings_urls(data, sources=False)]
+    return [(u, w) for u, w in out if "://" in u]
+
+
+def _index_entry(item: str) -> str:
+    """The URL of a `UV_INDEX` entry, which may be `name=url`."""
+    head, sep, tail = item.partition("=")
+    return tail if sep and "://" not in head else item
+
+
+def settings_urls(data: Any, *, sources: bool = True) -> list[str]:
+    """The URLs a uv settings table (a uv.toml, or `[tool.uv]`) names for uv to fetch from: indexes,
+    index-url, extra-index-url, find-links (also under [pip]) and, with `sources`, url and git sources."""
+    urls: list[str] = []
+    for table in (data, dig(data, "pip")):
+        if not isinstance(table, dict):
+            continue
+        for e in table.get("index") or []:
+            if isinstance(e, dict) and isinstance(e.get("url"), str):
+                urls.append(e["url"])
+        for k in ("index-url", "extra-index-url", "find-links"):
+            v = table.get(k)
+            urls += [x for x in (v if isinstance(v, list) else [v]) if isinstance(x, str)]
+    if sources and isinstance(dig(data, "sources"), dict):
+        for entries in data["sources"].values():
+            for e in entries if isinstance(entries, list) else [entries]:
+                urls += [e[k] for k in ("url", "git") if isinstance(e, dict) and isinstance(e.get(k), str)]
+    return urls
+
+
 def read_toml(path: Path) -> dict[str, Any] | None:
     """The parsed TOML file, or None when it is missing or unreadable."""
     try:

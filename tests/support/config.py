@@ -1,24 +1,78 @@
-"""A warmd config for tests: isolated store, state and uv cache, the uv under test."""
+"""A warmd config for tests: isolated store, state and uv cache, the uv under test.
+
+The lab's index servers live on 127.0.0.1, which warmd reaches only for an index the user vouched
+for (`trusted-indexes`), as a user of a private index vouches for it in their config. So a config
+written here names every lab index running in this process, also those started after it was
+written: each server's start rewrites the configs of the test under way (see `refresh`).
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Sequence
 
+from tests.support import index_server
+
+_written: dict[Path, tuple[list[str], list[str], str]] = {}  # path -> (lines before, after, text written)
+_lock = threading.Lock()
+
+
+def trusted_lines(trusted: Sequence[str] | None = None) -> list[str]:
+    """`trusted-indexes` naming `trusted`, or (None) every lab index running now."""
+    urls = index_server.running_urls() if trusted is None else list(trusted)
+    return [f"trusted-indexes = {json.dumps([u.rstrip('/') + '/' for u in urls])}"] if urls else []
+
 
 def write_warmd_config(tmp: Path, uv: Path | str, cache: Path, *, packages: Sequence[str],
-                       variant: str = "cu128", extra: Sequence[str] = ()) -> Path:
-    """Write tmp/warmd.toml keeping everything warmd writes under tmp; `extra` lines go last."""
-    lines = [
+                       variant: str = "cu128", extra: Sequence[str] = (),
+                       trusted: Sequence[str] | None = None) -> Path:
+    """Write tmp/warmd.toml keeping everything warmd writes under tmp; `extra` lines go last.
+    `trusted`: the trusted-indexes; None: every lab index of this test, whenever it starts."""
+    before = [
         f"variant = {json.dumps(variant)}",
         f"uv = {json.dumps(str(uv))}",
         f"cache-dir = {json.dumps(str(cache))}",
         f"store-dir = {json.dumps(str(tmp / 'store'))}",
         f"state-dir = {json.dumps(str(tmp / 'state'))}",
         f"packages = {json.dumps(list(packages))}",
-        *extra,
     ]
     path = tmp / "warmd.toml"
-    path.write_text("\n".join(lines) + "\n")
+    with _lock:
+        _written.pop(path, None)
+        text = _text(before, list(extra), trusted)
+        path.write_text(text)
+        if trusted is None:
+            _written[path] = (before, list(extra), text)
     return path
+
+
+def _text(before: list[str], after: list[str], trusted: Sequence[str] | None) -> str:
+    return "\n".join([*before, *trusted_lines(trusted), *after]) + "\n"
+
+
+def refresh() -> None:
+    """Name the lab indexes running now in every config of this test written without `trusted`
+    (one the test has since rewritten itself is left as it is)."""
+    with _lock:
+        for path, (before, after, text) in list(_written.items()):
+            try:
+                if path.read_text() != text:
+                    del _written[path]
+                    continue
+            except OSError:
+                del _written[path]
+                continue
+            new = _text(before, after, None)
+            path.write_text(new)
+            _written[path] = (before, after, new)
+
+
+def forget() -> None:
+    """The test is over: its configs are rewritten no more."""
+    with _lock:
+        _written.clear()
+
+
+index_server.on_start(refresh)

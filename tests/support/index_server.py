@@ -82,6 +82,7 @@ class Faults:
     # status_burst and drop_after hit only clients whose User-Agent starts with this (None: all),
     # e.g. "warmd/": the index misbehaves for warmd's downloads, `uv lock` still gets its metadata
     agent: str | None = None
+    redirect: dict[str, str] = field(default_factory=dict)  # 302 to this Location, HEAD and GET alike
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Hit:
     status: int
     body_bytes: int  # body bytes actually written (fewer than promised on drop/disconnect)
     conn: int = 0  # connection serial number: tells keep-alive reuse from parallel connections
+    authorization: bool = False  # the request carried an Authorization header
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self.owner._record(
-                Hit(self.command, path, self.headers.get("Range"), self.status, self.sent, self.conn_id)
+                Hit(self.command, path, self.headers.get("Range"), self.status, self.sent, self.conn_id,
+                    "Authorization" in self.headers)
             )
 
     def _authorized(self) -> bool:
@@ -319,6 +322,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         name = wheel.filename
         faults = owner.faults
+        if name in faults.redirect:
+            return self._simple(302, b"moved\n", head, {"Location": faults.redirect[name]})
         with owner._lock:
             aimed = faults.agent is None or self.headers.get("User-Agent", "").startswith(faults.agent)
             burst = faults.status_burst.get(name) if aimed else None
@@ -466,6 +471,24 @@ class _LinkBucket:
             return self._t
 
 
+# The servers running in this process, by URL: a user's config vouches for the lab index the way a
+# user vouches for their own (tests/support/config.py names them in `trusted-indexes`).
+_RUNNING: dict[int, str] = {}
+_RUNNING_LOCK = threading.Lock()
+_ON_START: list = []  # callables run after a server starts (tests/support/config.py's refresh)
+
+
+def running_urls() -> list[str]:
+    """The URL of every IndexServer running in this process now."""
+    with _RUNNING_LOCK:
+        return sorted(_RUNNING.values())
+
+
+def on_start(hook) -> None:  # noqa: ANN001
+    """Run `hook()` each time an IndexServer has started."""
+    _ON_START.append(hook)
+
+
 def _shutdown(sock: socket.socket) -> None:
     # socket.socket's shutdown, also for an SSLSocket: its own override drops the TLS state,
     # which a thread still writing to it would trip over; the raw FIN/RST is what we want.
@@ -552,15 +575,21 @@ class IndexServer:
         self._httpd = httpd
         scheme = "https" if self.tls is not None else "http"
         self.url = f"{scheme}://{self.host}:{httpd.server_address[1]}"
+        with _RUNNING_LOCK:
+            _RUNNING[id(self)] = self.url
         self._stopping.clear()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
+        for hook in _ON_START:
+            hook()
         return self
 
     def stop(self) -> None:
         """Stop serving and close every open connection."""
         if self._httpd is None:
             return
+        with _RUNNING_LOCK:
+            _RUNNING.pop(id(self), None)
         self._stopping.set()
         self._httpd.shutdown()
         with self._lock:

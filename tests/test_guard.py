@@ -1,0 +1,210 @@
+"""The network guard (warmd/guard.py) on its own: which addresses are private, what a URL prefix
+covers, who vouches for what, when credentials go along; then warmd's two kinds of connection (the
+engine's, httpx's) against local servers, counting what reached them."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from tests.support.index_server import IndexServer
+from tests.support.wheels import make_wheel
+from warmd.clients import http_client
+from warmd.config import Config, parse_config
+from warmd.connection import Connection, HttpSettings
+from warmd.credentials import index_auth
+from warmd.errors import ConfigError, InputError
+from warmd.guard import NetGuard, Refused, Trust, Vouch, address_class, guard_for, literal, under
+from warmd.headers import check_url
+from warmd.trust import TrustStore
+from warmd.uvconfig import user_index_urls
+
+
+@pytest.mark.parametrize("address, kind", [
+    ("127.0.0.1", "loopback"), ("127.255.0.9", "loopback"), ("::1", "loopback"),
+    ("10.0.0.5", "private"), ("172.16.3.4", "private"), ("192.168.1.1", "private"), ("100.100.100.100", "private"),
+    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+    ("fc00::1", "unique-local"), ("fd12:3456::1", "unique-local"),
+    ("224.0.0.251", "multicast"), ("ff02::fb", "multicast"),
+    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("255.255.255.255", "private"),
+    # an IPv4 address inside an IPv6 one is judged as that IPv4 address
+    ("::ffff:127.0.0.1", "loopback"), ("::ffff:169.254.169.254", "link-local"), ("::ffff:0.0.0.0", "unspecified"),
+    ("::127.0.0.1", "loopback"), ("2002:7f00:1::", "loopback"), ("64:ff9b::a00:5", "private"),
+    # public: the internet, and the ranges that are not routed but hold nothing of the user's
+    ("8.8.8.8", None), ("151.101.0.223", None), ("2606:4700::1111", None), ("::ffff:8.8.8.8", None),
+    ("2002:808:808::", None), ("203.0.113.80", None), ("198.18.0.1", None),
+])
+def test_address_classes(address: str, kind: str | None) -> None:
+    assert address_class(ipaddress.ip_address(address)) == kind
+
+
+def test_ip_literals_in_every_form_the_resolver_takes() -> None:
+    assert {str(literal(h)) for h in ("127.0.0.1", "127.1", "2130706433", "0x7f.0.0.1")} == {"127.0.0.1"}
+    assert literal("[::1]") == ipaddress.ip_address("::1")
+    assert literal("localhost") is None and literal("pypi.org") is None
+
+
+@pytest.mark.parametrize("url, prefix, inside", [
+    ("http://10.0.0.5:8080/simple/torch/", "http://10.0.0.5:8080/simple/", True),
+    ("http://10.0.0.5:8080/simple", "http://10.0.0.5:8080/simple/", True),
+    ("http://10.0.0.5:8080/simple/x", "http://10.0.0.5:8080/simple", True),
+    ("http://10.0.0.5:8080/simplex/x", "http://10.0.0.5:8080/simple", False),  # a path boundary, not a string prefix
+    ("http://10.0.0.5:8081/simple/x", "http://10.0.0.5:8080/simple/", False),  # the port counts
+    ("https://10.0.0.5:8080/simple/x", "http://10.0.0.5:8080/simple/", False),  # the scheme counts
+    ("http://10.0.0.6:8080/simple/x", "http://10.0.0.5:8080/simple/", False),  # the host counts
+    ("http://EXAMPLE.lan/simple/x", "http://example.lan:80/simple/", True),  # host case, default port
+    ("http://10.0.0.5:8080/simple/../admin/x", "http://10.0.0.5:8080/simple/", False),  # no climbing out
+    ("http://10.0.0.5:8080/simple/%2e%2e/admin/x", "http://10.0.0.5:8080/simple/", False),
+    ("http://user:pw@10.0.0.5:8080/simple/x", "http://10.0.0.5:8080/", True),
+])
+def test_a_url_prefix_covers_its_path_at_a_boundary(url: str, prefix: str, inside: bool) -> None:
+    assert under(url, prefix) is inside
+
+
+def test_who_vouches_for_what() -> None:
+    project, other, listed = Path("/src/clone"), Path("/src/other"), Path("/src/mine")
+    guard = NetGuard([Vouch("http://10.0.0.5:8080/simple/", "trusted-indexes")],
+                     [Trust(project, frozenset({"http://10.0.0.7:80"})), Trust(listed, None)])
+    # the user's own index, for any project; a wheel of it may come from elsewhere on its server
+    assert guard.check("http://10.0.0.5:8080/simple/torch/", other).ok
+    assert guard.check("http://10.0.0.5:8080/packages/t.whl", other, index="http://10.0.0.5:8080/simple").ok
+    assert not guard.check("http://10.0.0.5:8080/packages/t.whl", other).ok
+    assert not guard.check("http://10.0.0.5:9090/packages/t.whl", other, index="http://10.0.0.5:8080/simple").ok
+    # a trusted project: the origins its lock named when it was trusted, no others
+    assert guard.check("http://10.0.0.7/whl/t.whl", project).ok
+    later = guard.check("http://10.0.0.8/whl/t.whl", project)
+    assert not later.ok and "`warmd trust /src/clone` trusts what it names now" in (later.reason or "")
+    # a [[project]] table: whatever its lock names
+    assert guard.check("http://192.168.1.9:3141/t.whl", listed).ok
+    # nobody else: loopback by address and by name, link-local, private
+    for url in ("http://127.0.0.1:8123/t.whl", "http://localhost:8123/t.whl", "http://169.254.169.254/latest/",
+                "http://[::ffff:127.0.0.1]:8123/t.whl", "http://10.0.0.7/whl/t.whl"):
+        verdict = guard.check(url, other)
+        assert not verdict.ok, url
+        assert "`warmd trust /src/other`" in (verdict.reason or "") and "trusted-indexes" in (verdict.reason or "")
+    assert "127.0.0.1:8123, a loopback address" in (guard.check("http://127.0.0.1:8123/t.whl", other).reason or "")
+    # public hosts stay open to every project, over https and plain http
+    assert guard.check("https://151.101.0.223/t.whl", other).ok and guard.check("http://151.101.0.223/t.whl", other).ok
+    # what the guard admitted for a project, a connection may take to a private address; nothing else
+    assert guard.admitted("http://10.0.0.7/whl/t.whl") and not guard.admitted("http://10.0.0.7/whl/other.whl")
+    guard.set_trust([])  # `warmd untrust`: what was admitted under that trust is forgotten
+    assert not guard.admitted("http://10.0.0.7/whl/t.whl")
+
+
+def test_credentials_over_http_only_to_the_users_own_indexes_and_uv_only_where_they_are_safe() -> None:
+    project = Path("/src/clone")
+    guard = NetGuard([Vouch("http://10.0.0.5:8080/simple/", "UV_INDEX_URL")],
+                     [Trust(project, frozenset({"http://10.0.0.7:80", "https://10.0.0.7:443"}))])
+    assert guard.may_authenticate("https://anything.example/simple/")
+    assert guard.may_authenticate("http://10.0.0.5:8080/simple/torch/")
+    assert not guard.may_authenticate("http://10.0.0.7/whl/t.whl")  # trusted to connect, not to receive secrets
+    assert not guard.may_authenticate("http://151.101.0.223/t.whl")
+    # uv sends .netrc credentials wherever it connects: it gets only https, or the user's own indexes
+    assert guard.for_uv("https://10.0.0.7/whl/t.whl", project).ok
+    assert guard.for_uv("http://10.0.0.5:8080/packages/t.whl", project, index="http://10.0.0.5:8080/simple").ok
+    refused = guard.for_uv("http://10.0.0.7/whl/t.whl", project)
+    assert not refused.ok and "plain http" in (refused.reason or "")
+
+
+def test_the_users_own_indexes_come_from_their_uv_toml_and_environment(tmp_path: Path) -> None:
+    xdg = tmp_path / "xdg"
+    (xdg / "uv").mkdir(parents=True)
+    (xdg / "uv" / "uv.toml").write_text('index-url = "http://10.0.0.1/simple"\n'
+                                        '[[index]]\nname = "lab"\nurl = "http://10.0.0.2:3141/root/"\n'
+                                        '[pip]\nextra-index-url = ["http://10.0.0.3/x/"]\nfind-links = ["/opt/wheels"]\n')
+    env = {"XDG_CONFIG_HOME": str(xdg), "XDG_CONFIG_DIRS": str(tmp_path / "none"), "UV_INDEX": "corp=http://10.9.0.1/a/ http://10.9.0.2/b/",
+           "UV_DEFAULT_INDEX": "http://10.9.0.3/", "UV_EXTRA_INDEX_URL": "http://10.9.0.4/ http://10.9.0.5/",
+           "UV_FIND_LINKS": "http://10.9.0.6/f/,/local/dir"}
+    urls = {u for u, _where in user_index_urls(env)}
+    assert urls == {"http://10.0.0.1/simple", "http://10.0.0.2:3141/root/", "http://10.0.0.3/x/", "http://10.9.0.1/a/",
+                    "http://10.9.0.2/b/", "http://10.9.0.3/", "http://10.9.0.4/", "http://10.9.0.5/",
+                    "http://10.9.0.6/f/"}
+    guard = guard_for(parse_config({"trusted-indexes": ["http://10.8.0.1:8080/simple/"],
+                                    "mirrors": [{"origin": "https://download.pytorch.org/",
+                                                 "url": "http://10.7.0.1:3142/download.pytorch.org/"}]}), env=env)
+    for url in ("http://10.0.0.2:3141/root/torch/", "http://10.8.0.1:8080/simple/x/", "http://10.7.0.1:3142/download.pytorch.org/whl/t.whl"):
+        assert guard.check(url, Path("/any")).ok, url
+
+
+def test_trusted_indexes_must_be_urls() -> None:
+    assert parse_config({"trusted-indexes": ["http://10.0.0.5:8080/simple/"]}).trusted_indexes == ("http://10.0.0.5:8080/simple/",)
+    with pytest.raises(ConfigError, match="trusted-indexes = '10.0.0.5:8080' is not an http"):
+        parse_config({"trusted-indexes": ["10.0.0.5:8080"]})
+    with pytest.raises(ConfigError, match="trusted-indexes must be a list"):
+        parse_config({"trusted-indexes": "http://10.0.0.5/"})
+
+
+def test_the_trust_store_round_trips_and_refuses_a_file_not_its_own(tmp_path: Path) -> None:
+    store = TrustStore(tmp_path / "state")
+    assert store.read() == [] and store.stamp() is None
+    store.add(Path("/src/a"), ["http://10.0.0.7:80", "http://10.0.0.7:80"], "ab" * 32)
+    [row] = store.read()
+    assert row.path == Path("/src/a") and row.origins == ("http://10.0.0.7:80",) and row.lock_sha256 == "ab" * 32
+    assert (store.path.stat().st_mode & 0o777) == 0o600
+    assert store.remove(Path("/src/a")) and not store.remove(Path("/src/a")) and store.read() == []
+    store.path.write_text("[1, 2]")
+    with pytest.raises(InputError, match="not warmd's list of trusted projects"):
+        store.read()
+
+
+# -- connections: what reaches a server the guard refuses ------------------------------------------------------
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path):  # noqa: ANN201
+    """A vouched index and an unvouched one (`intranet`), both on 127.0.0.1, serving the same wheel."""
+    wheel = make_wheel(tmp_path / "w", "demo", "1.0", "py3-none-any", 4096)
+    with IndexServer() as lab, IndexServer() as intranet:
+        lab.add_wheel(wheel, None)
+        intranet.add_wheel(wheel, None)
+        yield lab, intranet, wheel.name
+
+
+def _guard(lab: IndexServer) -> NetGuard:
+    return guard_for(Config(trusted_indexes=(lab.url + "/",)), env={})
+
+
+def test_the_engine_refuses_an_unvouched_address_by_ip_by_name_and_after_a_redirect(two_servers) -> None:  # noqa: ANN001
+    lab, intranet, name = two_servers
+    settings = HttpSettings(timeout=5, user_agent="warmd-test", trust_env=False, guard=_guard(lab))
+    conn = Connection(settings)
+    resp = conn.get(lab.file_url(name), {})
+    assert resp.status == 200
+    resp.close()
+    port = intranet.url.rsplit(":", 1)[1]
+    for url in (intranet.file_url(name), f"http://localhost:{port}/files/{name}", f"http://127.1:{port}/files/{name}"):
+        with pytest.raises(Refused, match="an address nobody vouched for"):
+            Connection(settings).get(url, {})
+    lab.faults.redirect[name] = intranet.file_url(name)  # the vouched index sends warmd elsewhere
+    with pytest.raises(Refused):
+        Connection(settings).get(lab.file_url(name), {})
+    assert intranet.hits == []
+
+
+def test_httpx_clients_refuse_the_same_and_send_credentials_only_where_the_user_said(
+        two_servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    lab, intranet, name = two_servers
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1\nlogin alice\npassword s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    project = Path("/src/clone")
+    guard = _guard(lab)
+    with http_client(guard, timeout=5) as client:
+        assert check_url(client, lab.file_url(name)).ok
+        refused = check_url(client, intranet.file_url(name))
+        assert not refused.ok and "nobody vouched for" in (refused.error or "")
+        assert intranet.hits == []
+        lab.faults.redirect[name] = intranet.file_url(name)
+        assert "nobody vouched for" in (check_url(client, lab.file_url(name)).error or "")
+        assert intranet.hits == []
+        # trusted for this project: warmd connects, but sends no credentials over plain http
+        guard.set_trust([Trust(project, frozenset({intranet.url}))])
+        assert guard.check(intranet.file_url(name), project).ok
+        assert check_url(client, intranet.file_url(name)).ok
+    assert [h.authorization for h in intranet.hits] == [False]
+    assert all(h.authorization for h in lab.hits)  # the user's own index gets the netrc's
+    auth = index_auth(allow=guard.may_authenticate)
+    assert auth.authorization("127.0.0.1") is not None  # the netrc was read: only the guard held it back

@@ -1,0 +1,261 @@
+"""A clone under a watched root cannot make warmd reach the private network, nor carry the user's
+credentials to a host its lock names. Real `warmd` commands, the real uv, and two local index
+servers: the lab index the user vouched for (`trusted-indexes`) and an `intranet` server nobody
+vouched for, standing in for a service on the user's LAN or loopback. Requests are counted there."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.support.config import write_warmd_config
+from tests.support.daemon import DaemonProcess
+from tests.support.index_server import IndexServer
+from tests.support.projects import lock_project, make_project, torch_like_set, write_project
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
+PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
+
+
+@dataclass
+class Named:
+    """A server as a project names it: by another host name (`localhost`) than the address it binds."""
+
+    server: IndexServer
+    host: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url.replace("127.0.0.1", self.host)
+
+    @property
+    def simple_url(self) -> str:
+        return f"{self.url}/simple"
+
+    def index_url(self, variant: str) -> str:
+        return f"{self.url}/whl/{variant}"
+
+
+@dataclass
+class User:
+    tmp: Path
+    uv: Path
+    cache: Path
+    env: dict[str, str]
+
+    def config(self, lab: IndexServer, *extra: str) -> Path:
+        """The user's config: the lab index vouched for, nothing else."""
+        return write_warmd_config(self.tmp, self.uv, self.cache, packages=PACKAGES, trusted=[lab.url], extra=extra)
+
+    def warmd(self, config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), *args],
+                              env=env or self.env, capture_output=True, text=True, timeout=300)
+
+    def prefetch(self, config: Path, *args: str, env: dict[str, str] | None = None) -> dict:
+        proc = self.warmd(config, "prefetch", "--json", *args, env=env)
+        assert proc.stdout, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    def status(self, config: Path) -> dict[str, dict]:
+        proc = self.warmd(config, "status", "--json")
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        jsonschema.validate(data, SCHEMA)
+        return {Path(p["project"]).name: p for p in data}
+
+
+@pytest.fixture
+def user(tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> User:
+    return User(tmp_path, uv_bin, uv_cache, uv_environ)
+
+
+def _project(root: Path, name: str, server: IndexServer | Named, wheel_dir: Path, version: str, user: User) -> Path:
+    """A locked project whose GPU wheels (and default index) are on `server`."""
+    real = server.server if isinstance(server, Named) else server
+    ws = torch_like_set(real, wheel_dir, "cu128", version=version, pythons=("cp311",), size=64 * 1024)
+    project = make_project(root, name, server=server, variant="cu128",  # type: ignore[arg-type]
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, user.uv, user.env)  # the lock's author reached the server: the user never did
+    return project
+
+
+def _by_name(report: dict) -> dict[str, dict]:
+    return {Path(p["project"]).name: p for p in report["projects"]}
+
+
+def test_a_clone_under_a_root_reaches_no_server_nobody_vouched_for(user: User, index_server: IndexServer,
+                                                                    wheel_dir: Path) -> None:
+    root = user.tmp / "code"
+    with IndexServer() as intranet:
+        mine = _project(root, "mine", index_server, wheel_dir / "lab", "2.8.0", user)
+        by_ip = _project(root, "by-ip", intranet, wheel_dir / "intranet", "2.7.0", user)
+        by_name = _project(root, "by-name", Named(intranet, "localhost"), wheel_dir / "intranet", "2.7.0", user)
+        assert f"http://localhost:{intranet.url.rsplit(':', 1)[1]}/whl/cu128" in (by_name / "uv.lock").read_text()
+        config = user.config(index_server, f"roots = {json.dumps([str(root)])}")
+        intranet.reset_counters()
+        index_server.reset_counters()
+
+        report = _by_name(user.prefetch(config))  # every project under the root, as the daemon finds them
+        status = user.status(config)
+        doctor = user.warmd(config, "doctor", "--json", str(by_name))
+        assert intranet.hits == [], "warmd sent the server nobody vouched for a request"
+
+    # The lab index, vouched for in the config, is warmed as before.
+    assert {w["state"] for w in report["mine"]["wheels"]} == {"warm"}
+    assert index_server.wheel_gets()
+    # The clones' wheels are skipped, each saying where and how to vouch for it.
+    for name, project, host in (("by-ip", by_ip, "127.0.0.1"), ("by-name", by_name, "localhost")):
+        skipped = [w for w in report[name]["wheels"] if w["state"] == "skipped"]
+        assert {w["name"] for w in skipped} == {"torch", "pytorch-triton", "nvidia-nvtx-cu12"}, report[name]
+        assert [w for w in report[name]["wheels"] if w["state"] != "skipped"] == []
+        for w in skipped:
+            assert f"{host}:{intranet.url.rsplit(':', 1)[1]}, a loopback address" in w["reason"]
+            assert f"warmd trust {shlex.quote(str(project))}" in w["reason"]
+        assert status[name]["state"] == "nothing to warm" and "skipped" in status[name]["reason"]
+        assert {s["name"] for s in status[name]["skipped"]} == {"torch", "pytorch-triton", "nvidia-nvtx-cu12"}
+        assert all("warmd trust" in s["reason"] for s in status[name]["skipped"])
+    assert status["mine"]["state"] == "warm" and status["mine"]["skipped"] == []
+    # doctor names the host and how to vouch for it, and asks it nothing either.
+    findings = json.loads(doctor.stdout)["findings"]
+    network = [f for f in findings if f["check"] == "network"]
+    assert [f["status"] for f in network] == ["warn"] and "localhost" in network[0]["message"]
+    assert "warmd trust PROJECT" in network[0]["fix"]
+
+
+def test_a_redirect_from_the_vouched_index_to_an_unvouched_server_is_not_followed(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    with IndexServer() as intranet:
+        project = _project(user.tmp, "app", index_server, wheel_dir, "2.8.0", user)
+        torch = next(p for p in (wheel_dir / "cu128").iterdir() if p.name.startswith("torch-"))
+        intranet.add_wheel(torch, "cu128")
+        index_server.faults.redirect[torch.name] = intranet.file_url(torch.name, "cu128")
+        # keep-wheels: warmd's own engine fetches every file (uv, handed an index of the user's,
+        # follows that index's redirects as `uv sync` would)
+        config = user.config(index_server, "keep-wheels = true")
+        intranet.reset_counters()
+        report = user.prefetch(config, str(project))
+        assert intranet.hits == []
+    wheels = {w["name"]: w for w in report["projects"][0]["wheels"]}
+    assert wheels["torch"]["state"] == "failed" and "nobody vouched for" in wheels["torch"]["reason"]
+    assert {w["state"] for n, w in wheels.items() if n != "torch"} == {"warm"}
+    assert report["exit_code"] == 1
+
+
+def test_credentials_are_not_sent_to_an_http_index_only_a_lock_names(user: User, index_server: IndexServer,
+                                                                       wheel_dir: Path) -> None:
+    home = user.tmp / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine 127.0.0.1\nlogin alice\npassword s3cret\n")  # both servers live on that host
+    netrc.chmod(0o600)
+    env = user.env | {"HOME": str(home)}
+    with IndexServer() as intranet:
+        mine = _project(user.tmp / "code", "mine", index_server, wheel_dir / "lab", "2.8.0", user)
+        clone = _project(user.tmp / "code", "clone", intranet, wheel_dir / "intranet", "2.7.0", user)
+        config = user.config(index_server)
+        # trusted: warmd connects for it; its index is still no index of the user's own
+        assert user.warmd(config, "trust", str(clone)).returncode == 0
+        intranet.reset_counters()
+        index_server.reset_counters()
+        report = _by_name(user.prefetch(config, str(mine), str(clone), env=env))
+        gets = [h for h in intranet.hits if h.method == "GET"]
+    assert {w["state"] for p in report.values() for w in p["wheels"]} == {"warm"}, report
+    assert gets and not any(h.authorization for h in intranet.hits)
+    lab = index_server.hits
+    assert lab and all(h.authorization for h in lab)  # the user's own index gets the netrc's credentials
+
+
+def test_warmd_trust_makes_a_running_daemon_warm_a_skipped_private_index(user: User, index_server: IndexServer,
+                                                                          wheel_dir: Path) -> None:
+    root = user.tmp / "code"
+    with IndexServer() as intranet:
+        clone = _project(root, "clone", intranet, wheel_dir, "2.7.0", user)
+        config = user.config(index_server, f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"',
+                             "[watch]", "debounce = 0.3")
+        intranet.reset_counters()
+        daemon = DaemonProcess(config, user.env)
+        try:
+            daemon.expect(f"{clone}: nothing to warm")
+            assert intranet.hits == []
+            st = user.status(config)["clone"]
+            assert st["state"] == "nothing to warm" and len(st["skipped"]) == 3
+            assert all(f"warmd trust {clone}" in s["reason"] for s in st["skipped"])
+
+            trusted = user.warmd(config, "trust", str(clone))
+            assert trusted.returncode == 0, trusted.stderr
+            assert f"trusted {clone}" in trusted.stdout and intranet.url in trusted.stdout
+            daemon.expect(f"{clone}: its trust changed")
+            daemon.expect(f"{clone}: warm")  # no restart, no lock change
+            st = user.status(config)["clone"]
+            assert st["state"] == "warm" and st["skipped"] == [] and st["wheels_warm"] == 3
+            assert [h for h in intranet.hits if h.method == "GET"]
+            listed = user.warmd(config, "trust", "--list")
+            assert listed.returncode == 0 and str(clone) in listed.stdout and intranet.url in listed.stdout
+
+            untrusted = user.warmd(config, "untrust", str(clone))
+            assert untrusted.returncode == 0 and f"untrusted {clone}" in untrusted.stdout
+            daemon.expect(f"{clone}: its trust changed")
+            daemon.expect(f"{clone}: nothing to warm")
+            assert str(clone) not in user.warmd(config, "trust", "--list").stdout
+            before = len(intranet.hits)
+            st = user.status(config)["clone"]
+            assert st["state"] == "nothing to warm" and len(st["skipped"]) == 3
+            assert len(intranet.hits) == before
+        finally:
+            daemon.kill()
+    again = user.warmd(config, "untrust", str(clone))
+    assert again.returncode == 0 and "was not trusted" in again.stdout
+    assert user.warmd(config, "trust").returncode == 2  # neither a PATH nor --list
+
+
+def test_a_trusted_project_whose_lock_names_a_new_private_host_gets_only_that_hosts_wheels_skipped(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    with IndexServer() as first, IndexServer() as second:
+        project = _project(user.tmp, "app", first, wheel_dir, "2.8.0", user)
+        config = user.config(index_server)
+        assert user.warmd(config, "trust", str(project)).returncode == 0
+        # The lock moves nvidia-nvtx-cu12 to a host it did not name when it was trusted.
+        nvtx = next(p for p in (wheel_dir / "_shared").iterdir() if p.name.startswith("nvidia_nvtx"))
+        second.add_wheel(nvtx, "cu128")
+        text = (project / "pyproject.toml").read_text()
+        text = text.replace('nvidia-nvtx-cu12 = [{ index = "pytorch-cu128" }]', 'nvidia-nvtx-cu12 = [{ index = "other" }]')
+        text += f'\n[[tool.uv.index]]\nname = "other"\nurl = "{second.index_url("cu128")}"\nexplicit = true\n'
+        write_project(user.tmp, "app", "3.11", text.splitlines())
+        lock_project(project, user.uv, user.env)
+        assert second.url in (project / "uv.lock").read_text()
+        first.reset_counters()
+        second.reset_counters()
+        report = user.prefetch(config, str(project))
+        assert second.hits == []
+        assert [h for h in first.hits if h.method == "GET"]
+    wheels = {w["name"]: w for w in report["projects"][0]["wheels"]}
+    assert {n: w["state"] for n, w in wheels.items()} == {"torch": "warm", "pytorch-triton": "warm",
+                                                          "nvidia-nvtx-cu12": "skipped"}
+    reason = wheels["nvidia-nvtx-cu12"]["reason"]
+    assert "not among the hosts" in reason and f"`warmd trust {project}` trusts what it names now" in reason
+    assert report["exit_code"] == 0
+
+
+def test_the_look_ahead_does_not_run_uv_lock_against_an_index_nobody_vouched_for(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    with IndexServer() as intranet:
+        clone = _project(user.tmp, "clone", intranet, wheel_dir, "2.7.0", user)
+        torch_like_set(intranet, wheel_dir, "cu128", version="2.9.0", pythons=("cp311",), size=64 * 1024)
+        config = user.config(index_server)
+        intranet.reset_counters()
+        report = user.prefetch(config, "--ahead", str(clone))
+        assert intranet.hits == []  # neither warmd nor the `uv lock` it would run
+        status = user.status(config)["clone"]
+    [ahead] = report["ahead"]
+    assert ahead["state"] == "skipped"
+    assert "`uv lock` would connect to" in ahead["reason"] and f"warmd trust {clone}" in ahead["reason"]
+    assert status["upgrade"]["state"] == "skipped" and status["upgrade"]["reason"] == ahead["reason"]
+    assert report["exit_code"] == 0  # nothing failed: nothing was tried
