@@ -30,7 +30,7 @@ from .cancel import Cancelled
 from .conditions import Conditions
 from .config import AheadSettings
 from .credentials import index_auth
-from .errors import IndexUnreachable, WarmdError
+from .errors import IndexUnreachable, NeedsBuild, WarmdError
 from .headers import check_url
 from .lockfile import file_stamp, read_lock
 from .model import AheadReport, Pin, Upgrade, WheelReport
@@ -58,11 +58,9 @@ def postpone_reason(settings: AheadSettings, conditions: Conditions) -> str | No
 
 
 def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadSettings, state: State | None,
-               conditions: Conditions, ignore: Sequence[str] = (),
-               now: Callable[[], float] = time.time) -> list[AheadReport]:
+               conditions: Conditions, now: Callable[[], float] = time.time) -> list[AheadReport]:
     """Look ahead for `projects`, newest uv.lock first, within the budget; record and return what each found.
 
-    `ignore` names the folders never copied into the scratch copy (the watcher's ignore list).
     Called off (cancel.scope), it stops and records nothing more.
     """
     if state is not None:
@@ -83,7 +81,7 @@ def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadS
                       headers={"User-Agent": "warmd"}) as client:
         for project in ordered:
             try:
-                report = _one(pipeline, project, settings, held, pinned, client, ignore, now)
+                report = _one(pipeline, project, settings, held, pinned, client, now)
             except Cancelled:
                 logger.info("{}: upgrade look-ahead called off", project)
                 break
@@ -127,7 +125,7 @@ def _mtime(path: Path) -> float:
 
 
 def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[str, int], pinned: set[str],
-         client: httpx.Client, ignore: Sequence[str], now: Callable[[], float]) -> AheadReport | None:
+         client: httpx.Client, now: Callable[[], float]) -> AheadReport | None:
     started = now()
     try:
         current = pipeline.planner.plan(project)
@@ -146,10 +144,12 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
         try:
             lock = read_lock(current.lock)
             copy = would_be_lock(pipeline.uv, current.project, lock, settings.packages, work.path,
-                                 ignore=ignore, pass_fds=(work.fd,))
+                                 python=_lock_python(current), pass_fds=(work.fd,))
             if copy is None:
                 return report("none", "the lock holds none of the packages `[ahead] packages` names")
             future = pipeline.planner.plan_as(copy, like=current)
+        except NeedsBuild as exc:
+            return report("skipped", str(exc))
         except IndexUnreachable as exc:
             return report("postponed", str(exc))
         except WarmdError as exc:
@@ -174,6 +174,14 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
             if w.state == "warm":
                 held.setdefault(w.pin.wheel.sha256, w.pin.wheel.size or 0)
     return report(*_outcome(wheels), upgrades=upgrades, wheels=wheels)
+
+
+def _lock_python(current: ProjectPlan) -> str:
+    """What the look-ahead's `uv lock` is told to use: the plan's interpreter for its first Python (found
+    outside any project), else that version; never what the project's `.python-version` names."""
+    first = current.pythons[0]
+    found = current.interpreters.get(first)
+    return str(found) if found is not None else first
 
 
 def _upgrades(current: ProjectPlan, future: ProjectPlan) -> tuple[Upgrade, ...]:

@@ -20,7 +20,7 @@ from packaging.version import Version
 
 from .config import Config, default_config_path
 from .credentials import index_auth
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, NeedsBuild, WarmdError
 from .headers import check_url
 from .lockfile import Lock, read_lock
 from .mirrors import SAMPLE_CAP, MirrorCheck, check_mirror, sample_for
@@ -30,6 +30,8 @@ from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
 from .redact import redact
 from .store import Store
+from .untrusted import check, read_text
+from .upgrade import must_build
 from .uvcache import Uv
 from .uvdisk import cache_use
 from .uvconfig import (CACHE_CONTROL_LINE, Override, add_cache_control, dig, index_overrides, norm_url, read_toml,
@@ -114,6 +116,15 @@ TROUBLESHOOTING: dict[str, Trouble] = {
         "could not read an index's headers",
         "check the network, proxy (`HTTPS_PROXY`) and `.netrc` credentials for that index; "
         "warmd retries on its schedule"),
+    "needs-build": Trouble(
+        "needs to build X; warmd never runs a project's code",
+        "nothing to do: warmd warms the project's current lock, but does not look ahead for it (uv would run "
+        "the package's build to lock it); give the package static metadata (no `dynamic` in [project]) to "
+        "have it looked ahead for"),
+    "project-cache-dir": Trouble(
+        "a project sets its own `cache-dir`",
+        "warmd fills your uv cache, never one a project names; remove `cache-dir` from the project's uv "
+        "settings, or warming does not help that project's `uv sync`"),
 }
 
 
@@ -316,6 +327,13 @@ def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Pat
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {folder / 'pyproject.toml'}",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {folder / 'pyproject.toml'}"))
+        for where, value in ((folder / "uv.toml", dig(read_toml(folder / "uv.toml"), "cache-dir")),
+                             (folder / "pyproject.toml", dig(data, "tool", "uv", "cache-dir"))):
+            if isinstance(value, str):
+                rep.add("uv-cache", "warn", f"`cache-dir = {value!r}` in {where}: the project's own `uv sync` uses "
+                        "that cache; warmd ignores it (a project never chooses where uv writes for warmd)",
+                        fix_text("project-cache-dir", f"delete the `cache-dir` line from {where}"))
+                break
     if not flagged:
         rep.add("uv-cache", "ok", "no `no-cache` in uv.toml or UV_NO_CACHE: uv keeps its cache")
 
@@ -338,7 +356,12 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     """Report the project's indexes; return its planned pins (None when they cannot be known)."""
     folder = project_folder(path)
     pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
-    missing = [p.name for p in (pyproject, lock_path) if not p.is_file()]
+    try:
+        missing = [p.name for p in (pyproject, lock_path) if not check(p)]
+    except InputError as exc:  # a FIFO, device or symlink loop where a project file should be
+        rep.bad_input = True
+        rep.add("project", "problem", str(exc))
+        return None
     if not folder.is_dir() or missing:
         rep.bad_input = True
         what = "no such folder" if not folder.is_dir() else f"no {' and no '.join(missing)}"
@@ -346,9 +369,9 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
                 "give a uv project folder (with pyproject.toml); run `uv lock` there first")
         return None
     try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text(pyproject))
         lock = read_lock(lock_path)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+    except (tomllib.TOMLDecodeError, OSError) as exc:
         rep.bad_input = True
         rep.add("project", "problem", f"{pyproject}: cannot read: {exc}")
         return None
@@ -358,6 +381,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
         return None
 
     pins = _plan(rep, config, folder, uv, detection)
+    _check_builds(rep, config, folder, lock)
     indexes = _indexes(data, lock, pins or [])
     # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
     overrides = index_overrides(folder, env)
@@ -370,7 +394,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     if changed:
         try:
             added = add_cache_control(pyproject, changed)
-        except (OSError, ValueError) as exc:  # tomlkit's parse errors are ValueErrors
+        except (OSError, ValueError, InputError) as exc:  # tomlkit's parse errors are ValueErrors
             rep.add("fix", "problem", f"{pyproject}: could not add the override: {exc}",
                     f"add `{CACHE_CONTROL_LINE}` to its [[tool.uv.index]] entries by hand")
             return pins
@@ -378,6 +402,18 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
             rep.add("fix", "info", f"{pyproject}: added `{CACHE_CONTROL_LINE}` to the [[tool.uv.index]] of "
                     f"{redact(url)}")
     return pins
+
+
+def _check_builds(rep: _Report, config: Config, folder: Path, lock: Lock) -> None:
+    """Whether the upgrade look-ahead would have to build a package of the project (it then skips it)."""
+    try:
+        built = must_build(folder, lock)
+    except InputError:
+        return  # the plan's finding names the file
+    if built:
+        rep.add("ahead", "warn" if config.ahead.enable else "info",
+                f"{folder}: the upgrade look-ahead skips it: {NeedsBuild(built)}"
+                + ("" if config.ahead.enable else " (the look-ahead is off now)"), fix_text("needs-build"))
 
 
 def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: Detection) -> list[Pin] | None:

@@ -174,7 +174,7 @@ class AheadReport:
 
     project: Path
     lock_sha256: str | None  # the project's uv.lock it started from: it is about that lock only
-    outcome: str  # "ready", "partial", "none", "postponed" or "failed"
+    outcome: str  # "ready", "partial", "none", "postponed", "failed" or "skipped" (policy.AHEAD_OUTCOMES)
     reason: str | None = None  # why, for anything but ready
     upgrades: tuple[Upgrade, ...] = ()
     # The would-be lock's wheels the project does not pin now, each as the look-ahead left it

@@ -42,6 +42,8 @@ AHEAD_OUTCOMES: dict[str, str] = {
     "none": "uv would upgrade nothing warmd warms: the project's constraints allow no newer build",
     "postponed": "not looked ahead now (an index down or slow, a metered connection, on battery); tried again later",
     "failed": "the look-ahead failed in a way waiting does not mend; `reason` says why",
+    "skipped": "not looked ahead: uv would have to build a package of the project (run its code) to lock it, "
+               "and warmd never runs a project's code; `reason` names the package",
 }
 # The packages whose version names an upgrade best, in this order.
 _HEADLINE = ("torch", "torchvision", "torchaudio", "jax", "jaxlib")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
+from .errors import InputError
+from .untrusted import read_text
 
 # uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
 IMMUTABLE_FILES = "max-age=365000000, immutable"
@@ -52,10 +54,10 @@ def uv_toml_files(env: Mapping[str, str], project: Path | None = None) -> list[P
 
 
 def read_toml(path: Path) -> dict[str, Any] | None:
-    """The parsed TOML file, or None when it is missing or unreadable."""
+    """The parsed TOML file, or None when it is missing, unreadable or not a regular file (never blocks)."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return tomllib.loads(read_text(path))
+    except (OSError, InputError, tomllib.TOMLDecodeError):
         return None
 
 
@@ -93,8 +95,7 @@ def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
     entry changed."""
     import tomlkit
 
-    text = pyproject.read_text(encoding="utf-8")
-    doc = tomlkit.parse(text)
+    doc = tomlkit.parse(read_text(pyproject))
     wanted = {norm_url(u) for u in urls}
     settings = doc if pyproject.name == "uv.toml" else doc.get("tool", {}).get("uv", {})
     entries = settings.get("index", [])
