@@ -16,14 +16,14 @@ def test_example_config_is_complete_and_matches_the_defaults() -> None:
     cfg = load_config(EXAMPLE)
     default = Config()
     for field in ("variant", "roots", "packages", "python", "uv", "cache_dir", "store_max_size",
-                  "recheck_interval", "download", "watch", "ahead", "warm_unhashed", "projects", "mirrors"):
+                  "recheck_interval", "download", "watch", "ahead", "warm_unhashed", "projects", "mirrors", "limits"):
         assert getattr(cfg, field) == getattr(default, field), field
     text = EXAMPLE.read_text()
     for key in ("variant", "roots", "packages", "python", "uv", "cache-dir", "store-dir", "store-max-size",
                 "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
                 "max-depth", "debounce", "ignore", "warm-unhashed", "path", "extras", "groups",
                 "no-default-groups", "all-packages", "enable", "interval", "budget", "max-age", "on-metered",
-                "on-battery", "origin", "url"):
+                "on-battery", "origin", "url", "per-project", "min-free"):
         assert f"{key} =" in text, f"config.example.toml does not document {key}"
 
 

@@ -177,11 +177,12 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
 
 
 def _lock_python(current: ProjectPlan) -> str:
-    """What the look-ahead's `uv lock` is told to use: the plan's interpreter for its first Python (found
-    outside any project), else that version; never what the project's `.python-version` names."""
-    first = current.pythons[0]
-    found = current.interpreters.get(first)
-    return str(found) if found is not None else first
+    """What the look-ahead's `uv lock` is told to use: an interpreter the plan found (outside any project),
+    its own Python's first; else that version. Never what the project's `.python-version` names: a
+    path there is the project's code. (uv's lock is the same for any interpreter: it resolves for
+    every platform and Python the project allows.)"""
+    found = next((current.interpreters[py] for py in current.pythons if current.interpreters.get(py)), None)
+    return str(found) if found is not None else current.pythons[0]
 
 
 def _upgrades(current: ProjectPlan, future: ProjectPlan) -> tuple[Upgrade, ...]:

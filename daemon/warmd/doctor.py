@@ -4,6 +4,7 @@ say, for each finding, how to fix it; `--fix` adds uv's per-index cache-control 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from .config import Config, default_config_path
 from .credentials import index_auth
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, NeedsBuild, WarmdError
 from .headers import check_url
+from .limits import UNPACKED
 from .lockfile import Lock, read_lock
 from .mirrors import SAMPLE_CAP, MirrorCheck, check_mirror, sample_for
 from .model import Pin
@@ -30,6 +32,7 @@ from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
 from .redact import redact
 from .store import Store
+from .state import STATE_FILE, State
 from .untrusted import check, read_text
 from .upgrade import must_build
 from .uvcache import Uv
@@ -206,7 +209,8 @@ def diagnose(
         for mirror in config.mirrors:
             sample = sample_for(mirror, (p.wheel for p in pins.values()))
             _report_mirror(rep, mirror.origin, check_mirror(client, mirror, sample), sample is not None)
-    _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known)
+    _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known,
+                config.limits.min_free)
     _check_footprint(rep, config.store_dir, config.keep_wheels, uv, cache_dir, fix)
     _check_ahead(rep, config)
     _check_inotify(rep, config)
@@ -405,14 +409,23 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
 
 
 def _check_builds(rep: _Report, config: Config, folder: Path, lock: Lock) -> None:
-    """Whether the upgrade look-ahead would have to build a package of the project (it then skips it)."""
+    """Whether the upgrade look-ahead would have to build a package of the project (it then skips it):
+    a local package's pyproject.toml says so; for a registry sdist, the last look-ahead of this lock did."""
     try:
-        built = must_build(folder, lock)
+        why = str(NeedsBuild(built)) if (built := must_build(folder, lock)) else None
     except InputError:
         return  # the plan's finding names the file
-    if built:
+    if why is None and lock.stamp is not None and (config.state_dir / STATE_FILE).is_file():
+        state = State.open(config.state_dir)
+        try:
+            last = state.snapshot().ahead.get(folder)
+        finally:
+            state.close()
+        if last is not None and last.outcome == "skipped" and last.lock_sha256 == lock.stamp.sha256:
+            why = last.reason
+    if why:
         rep.add("ahead", "warn" if config.ahead.enable else "info",
-                f"{folder}: the upgrade look-ahead skips it: {NeedsBuild(built)}"
+                f"{folder}: the upgrade look-ahead skips it: {why}"
                 + ("" if config.ahead.enable else " (the look-ahead is off now)"), fix_text("needs-build"))
 
 
@@ -540,7 +553,7 @@ def _existing(path: Path) -> Path:
 
 
 def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], have_projects: bool,
-                sizes_known: bool) -> None:
+                sizes_known: bool, floor: int | None = None) -> None:
     known = sum(p.wheel.size for p in pins if p.wheel.size is not None)
     unknown = sum(1 for p in pins if p.wheel.size is None)
     if not have_projects:
@@ -549,10 +562,10 @@ def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], 
         need_text = f"planned wheels {human_bytes(known)}"
         if unknown or not sizes_known:
             need_text += " + size unknown" + (f" for {unknown} wheel(s)" if unknown else " for some projects")
-    # The store keeps the wheel; uv's cache keeps it unzipped, roughly twice its size.
+    # The store keeps the wheel while uv unpacks it; uv's cache keeps it unzipped (limits.UNPACKED times it).
     places = [("store", store, known)]
     if cache is not None:
-        places.append(("uv cache", cache, 2 * known))
+        places.append(("uv cache", cache, math.ceil(UNPACKED * known)))
     by_dev: dict[int, list[tuple[str, Path, int]]] = {}
     for name, path, need in places:
         real = _existing(path)
@@ -572,6 +585,10 @@ def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], 
         if need > free:
             rep.add("disk", "problem", f"{msg}, about {human_bytes(need)} needed there",
                     fix_text("disk", f"about {human_bytes(need - free)} more is needed"))
+        elif floor is not None and free - need < floor:
+            rep.add("disk", "warn", f"{msg}, about {human_bytes(need)} needed there: warming it all would leave less "
+                    f"than `[limits] min-free` ({human_bytes(floor)}); the wheels past it are skipped",
+                    fix_text("disk", f"about {human_bytes(need + floor - free)} more keeps the floor"))
         else:
             rep.add("disk", "ok", msg)
 
@@ -606,7 +623,6 @@ def _check_ahead(rep: _Report, config: Config) -> None:
     from .ahead import postpone_reason
     from .conditions import read_conditions
     from .policy import ahead_held
-    from .state import STATE_FILE, State
 
     settings = config.ahead
     held = []

@@ -264,6 +264,18 @@ class MirroredFetcher:
         for f in self._engines():
             f.unskip(sha256)
 
+    def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
+        """What each wheel's size is (Fetcher.sizes): asked of its mirror first, as its download would be,
+        then of the origin for what the mirror could not say."""
+        at_mirror = {w.sha256.lower(): dataclasses.replace(w, url=mirror_url(m, w.url))
+                     for w in wheels if (m := mirror_for(self.mirrors, w.url)) is not None}
+        said: dict[str, int | str | None] = {}
+        if at_mirror and self._via_mirror is not None:
+            said = {sha: n for sha, n in self._via_mirror.sizes(list(at_mirror.values()), keep=keep).items()
+                    if not isinstance(n, str)}
+        rest = [w for w in wheels if w.sha256.lower() not in said]
+        return said | (self.origin.sizes(rest, keep=keep) if rest else {})
+
     def link(self, host: str) -> Link | None:
         """What the origin's engine found `host` to be like (mirrors are not asked of it)."""
         return self.origin.link(host)

@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 
 # The states of a project, the contract of `warmd status` (docs/status.schema.json lists the same).
 STATES: dict[str, str] = {
-    "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock",
+    "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock "
+            "(but those a limit kept out: each is `skipped` with its reason, and named in `flags`)",
     "unproven": "nothing failed, but uv could not be asked about some wheels (no interpreter for that Python)",
     "failed": "the last run for this uv.lock failed; `reason` says why, `next_retry` when the daemon tries again",
-    "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant",
+    "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant, or every one is past "
+                       "a limit (`reason` says which)",
     "queued": "the daemon will warm this uv.lock; nothing is known about it yet",
     "warming": "a warmd is warming this uv.lock now; nothing is known about it yet",
     "stale": "uv.lock changed since warmd last looked (or warming was interrupted), and no warmd has taken it up yet",
@@ -110,6 +112,10 @@ def outcome_of(report: ProjectReport) -> Outcome:
         first = unproven[0]
         return Outcome("unproven", f"{len(unproven)} wheel(s) unproven: {first.reason}")
     if not warm:
+        limited = [w for w in report.wheels if w.state == "skipped"]
+        if limited:
+            return Outcome("nothing to warm", f"{len(limited)} wheel(s) skipped, past a limit; "
+                           f"{limited[0].pin.wheel.filename}: {limited[0].reason}")
         left = sum(1 for s in report.skipped if s.state == "skipped")
         pythons = ", ".join(report.python) or "?"
         why = f"no {report.variant} GPU wheels in what `uv sync` installs for Python {pythons}"
@@ -319,6 +325,10 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
     indexes, flags = _indexes(p, snap, env)
     for w in wheels:
         flags += [x for x in w.warnings if x not in flags]
+    limited = [w for w in wheels if w.state == "skipped"]
+    if limited and current:
+        flags.append(f"{len(limited)} wheel(s) skipped, not downloaded: {limited[0].filename} — {limited[0].reason}"
+                     + (f" (and {len(limited) - 1} more)" if len(limited) > 1 else ""))
     return ProjectStatus(
         path=p.path, lock=p.lock, state=state, reason=reason, since=since, activity=activity,
         activity_since=p.activity_since if activity else None,

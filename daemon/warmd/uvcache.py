@@ -49,8 +49,10 @@ _LOCK_TIMEOUT = 600.0
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
 _DROPS_BAD_WHEELS_FROM = Version("0.13.8")
-# uv's words (0.8.2 and 0.13.x) when --no-build keeps it from building a package it needs.
-_BUILD_DISABLED = re.compile(r"Building source distributions (?:for `([^`]+)` )?(?:is|are) disabled")
+# uv's words (0.8.2 and 0.13.x) when --no-build keeps it from building a package it needs: for a local
+# one, or (the resolver's) for a registry package that has only an sdist.
+_BUILD_DISABLED = re.compile(r"Building source distributions (?:for `([^`]+)` )?(?:is|are) disabled|"
+                             r"\b([A-Za-z0-9][A-Za-z0-9._-]*)(?:==\S+)? has no usable wheels")
 # Where uv runs when a call is not about a project: a folder no project can own, so uv finds no
 # project's uv.toml or pyproject.toml walking up from it (uv reads the nearest one it finds).
 NEUTRAL = Path("/")
@@ -266,7 +268,8 @@ class Uv:
             why = uv_reason(out)
             built = _BUILD_DISABLED.search(why)
             if built is not None:
-                raise NeedsBuild([built.group(1)] if built.group(1) else [])
+                name = built.group(1) or built.group(2)
+                raise NeedsBuild([name] if name else [])
             raise (IndexUnreachable if _UNREACHABLE.search(why) else UvError)(f"`uv lock --upgrade-package` failed: {why}")
 
     @property

@@ -86,6 +86,8 @@ PREREQS: dict[str, Prereq] = {
                     "run the tests as root with iproute2 (apt-get install iproute2)"),
     "mount": Prereq("the right to mount a small tmpfs (root)", _root,
                     "run the tests as root (the disk-full drills mount a tmpfs of a few MiB)"),
+    "mknod": Prereq("the right to make a device node (root)", _root,
+                    "run the tests as root (a hostile project's uv.lock is made a character device)"),
 }
 
 
