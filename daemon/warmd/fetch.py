@@ -410,11 +410,15 @@ class Fetcher:
                             self._idle.append(conn)
                         return sha, size
                     conn.close()
-                    error = f"HTTP {resp.status} for {redact(w.url)}"
-                    if resp.status != 429 and resp.status < 500:
-                        return sha, error
+                    error = f"HTTP {resp.status}"
+                    if resp.status not in (408, 429) and resp.status < 500:
+                        return sha, f"{error} ({redact(w.url)})"
                 failures += 1
-                if not retry or failures > self.policy.retries or self._stop.wait(self.policy.delay(failures)):
+                if not retry or failures > self.policy.retries:
+                    # the words of a download that gives up (ranges.py): the same fault, told the same way
+                    return sha, (f"giving up after {failures - 1} retries ({redact(w.url)}): {error}" if retry
+                                 else error)
+                if self._stop.wait(self.policy.delay(failures)):
                     return sha, error
 
         with ThreadPoolExecutor(max_workers=min(8, len(wheels)), thread_name_prefix="warmd-head") as pool:
