@@ -672,7 +672,7 @@ def preview(config: Config, projects: Sequence[Path], uv: Uv | None = None) -> l
     try:
         for pl in plans:
             probed = {py: ProbeResult() for py in pl.pythons} if fresh else probe_plan(uv, pl)
-            held = over_project_limit([p for p in pl.pins if p.wheel.size is not None], config.limits.per_project)
+            held = over_project_limit(pl.pins, config.limits.per_project, weigh_unknown=False)
             cold = [p for p in pl.pins if p.name not in probed[p.python].warm and p.name not in probed[p.python].unproven
                     and p.wheel.sha256 not in held]
             held.update(room.admit(dict((p.wheel.sha256, p) for p in cold).values())[1])
