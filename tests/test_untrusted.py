@@ -68,7 +68,7 @@ BUILD_SYSTEM = '\n[build-system]\nrequires = []\nbuild-backend = "evilbackend"\n
 INTERPRETER = '#!/bin/sh\necho "interpreter $0 ran" >> {marker}\nexit 1\n'
 
 
-def _package(folder: Path, name: str, marker: Path, deps: list[str] = ()) -> None:  # type: ignore[assignment]
+def _package(folder: Path, name: str, marker: Path, deps: tuple[str, ...] = ()) -> None:
     """A package with dynamic metadata and the marker-writing backend."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "evilbackend.py").write_text(BACKEND.format(marker=str(marker), name=name, deps=list(deps)))
