@@ -17,14 +17,14 @@ def test_example_config_is_complete_and_matches_the_defaults() -> None:
     default = Config()
     for field in ("variant", "roots", "packages", "python", "uv", "cache_dir", "store_max_size",
                   "recheck_interval", "download", "watch", "ahead", "warm_unhashed", "projects", "mirrors",
-                  "trusted_indexes"):
+                  "trusted_indexes", "limits"):
         assert getattr(cfg, field) == getattr(default, field), field
     text = EXAMPLE.read_text()
     for key in ("variant", "roots", "packages", "python", "uv", "cache-dir", "store-dir", "store-max-size",
                 "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
                 "max-depth", "debounce", "ignore", "warm-unhashed", "path", "extras", "groups",
                 "no-default-groups", "all-packages", "enable", "interval", "budget", "max-age", "on-metered",
-                "on-battery", "origin", "url", "trusted-indexes"):
+                "on-battery", "origin", "url", "trusted-indexes", "per-project", "min-free"):
         assert f"{key} =" in text, f"config.example.toml does not document {key}"
 
 

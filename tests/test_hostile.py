@@ -7,9 +7,15 @@ byte-identical, and the index (when there is one) sees no wheel request.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import socket
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.config import trusted_lines
+from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
+from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, torch_like_set
 from warmd.partial import merge_ranges, missing_ranges
 
@@ -51,9 +59,9 @@ class Env:
         ]) + "\n")
         return path
 
-    def warmd(self, config: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
+    def warmd(self, config: Path, *paths: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", *map(str, paths)],
-                              env=self.env, capture_output=True, text=True, timeout=120)
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -269,6 +277,116 @@ def test_config_with_wrong_types_is_refused(henv: Env, extra: str, key: str) -> 
     proc = henv.warmd(config, project)
     assert_refused(henv, proc, project, before, "warmd:", str(config), key)
     assert not henv.store.exists() and not (henv.tmp / "state").exists()
+
+
+# -- files that are not files ----------------------------------------------------------------------
+
+# What `open()` of such a file does: a FIFO blocks until someone writes, a character device never
+# ends (/dev/zero) or waits for input, a symlink loop and a folder fail. A hang in any of them fails the
+# test by the subprocess's timeout: the run itself is not timed (it takes well under a second).
+HANG = 30.0
+KINDS = {
+    "fifo": "a FIFO (named pipe), not a regular file",
+    "socket": "a socket, not a regular file",
+    "char-device": "a character device, not a regular file",
+    "dev-zero": "a character device, not a regular file",
+    "symlink-loop": "a symlink loop",
+    "folder": "a folder, not a regular file",
+}
+
+
+@contextmanager
+def _not_a_file(path: Path, kind: str) -> Iterator[None]:
+    """Put something that is not a regular file at `path` for the block (a socket lives while it is bound)."""
+    path.unlink(missing_ok=True)
+    sock = None
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+    elif kind == "char-device":
+        need("mknod")
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 5))  # what /dev/zero is: reads never end
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "symlink-loop":
+        path.symlink_to(path.name)
+    elif kind == "folder":
+        path.mkdir()
+    try:
+        yield
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_uv_lock_that_is_not_a_file_is_one_line_exit_2_and_no_hang(henv: Env, kind: str) -> None:
+    project, _ = _project(henv, _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")))
+    with _not_a_file(project / "uv.lock", kind):
+        before = _snapshot(project)
+        proc = henv.warmd(henv.config(), project, timeout=HANG)
+        assert_refused(henv, proc, project, before, f"{project / 'uv.lock'}: {KINDS[kind]}")
+
+
+@pytest.mark.parametrize("name", ["pyproject.toml", ".python-version", "uv.toml", "member/pyproject.toml"])
+@pytest.mark.parametrize("kind", ["fifo", "char-device"])
+def test_a_file_uv_reads_that_is_not_a_file_is_named_before_uv_runs(henv: Env, kind: str, name: str) -> None:
+    """uv reads these too (a workspace member's, matched by the workspace's glob, even when no lock
+    names it): uv would wait on a FIFO until its timeout, so warmd names the file before uv runs."""
+    project, _ = _project(henv, _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")))
+    if name.startswith("member/"):
+        (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text()
+                                                + '\n[tool.uv.workspace]\nmembers = ["member"]\n')
+        (project / "member").mkdir()
+    with _not_a_file(project / name, kind):
+        before = _snapshot(project)
+        proc = henv.warmd(henv.config(), project, timeout=HANG)
+        assert_refused(henv, proc, project, before, f"{project / name}: {KINDS[kind]}")
+
+
+def test_the_daemon_records_a_lock_that_is_not_a_file_as_failed_and_warms_the_others(
+        henv: Env, index_server: IndexServer, wheel_dir: Path) -> None:
+    """Under a watched root: a FIFO lock, a /dev/zero lock, and one of each that appears while the
+    daemon runs, each `failed` with the reason naming it; the good project beside them goes warm."""
+    ws = torch_like_set(index_server, wheel_dir, "cpu", pythons=("cp311",), size=64 * 1024)
+    root = henv.tmp / "root"
+    good = make_project(root, "good", server=index_server, variant="cpu", deps=[ws.requirement()],
+                        gpu_packages=ws.gpu_packages)
+    lock_project(good, henv.uv, henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")})
+    bad = {}
+    for name, kind in (("fifo", "fifo"), ("device", "dev-zero")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        (folder / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "0.1.0"\n')
+        bad[folder] = kind
+    for folder, kind in bad.items():
+        with _not_a_file(folder / "uv.lock", kind):
+            pass  # a FIFO and a symlink outlive the block
+    config = henv.config(f"roots = [{json.dumps(str(root))}]")
+    daemon = DaemonProcess(config, henv.env)
+    try:
+        daemon.wait_for([f"{good}: warm (uv.lock"] + [f"{folder}: failed" for folder in bad])
+        late = root / "late"  # appears while the daemon watches: discovery must not block on it
+        late.mkdir()
+        (late / "pyproject.toml").write_text('[project]\nname = "late"\nversion = "0.1.0"\n')
+        os.mkfifo(late / "uv.lock")
+        bad[late] = "fifo"
+        daemon.wait_for([f"{late}: failed"])
+        status = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "status", "--json"],
+                                env=henv.env, capture_output=True, text=True, timeout=HANG)
+        assert status.returncode == 0, status.stderr
+        states = {Path(p["project"]): p for p in json.loads(status.stdout)}
+        assert states[good]["state"] == "warm", states[good]
+        for folder, kind in bad.items():
+            assert states[folder]["state"] == "failed", states[folder]
+            assert states[folder]["reason"].startswith(f"{folder / 'uv.lock'}: {KINDS[kind]}"), states[folder]
+            assert "\n" not in states[folder]["reason"]
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=HANG) == 0
+    finally:
+        daemon.kill()
 
 
 # -- the range planner's arithmetic, for any ranges -------------------------------------------------

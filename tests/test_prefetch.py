@@ -355,10 +355,13 @@ def test_dry_run_plans_offline_writes_nothing_and_asks_uv_what_is_warm(tmp_path:
         assert server.hits == [], "a dry run used the network"
         after = tree(uv_cache)
         # The probe is a `uv sync`: uv makes its (empty) build scratch folder when it is missing, as any
-        # sync does. Nothing else may appear, change or go.
+        # sync does, and records the facts of an interpreter it had not inspected before (warmd names
+        # one found outside any virtual environment; the tests' own `uv lock` took the venv's on PATH).
+        # Nothing else may appear, change or go.
         scratch = {k for k in after.keys() - before.keys() if k.startswith("builds-v") and "/" not in k}
         assert all(not any((uv_cache / k).iterdir()) for k in scratch)
-        assert {k: v for k, v in after.items() if k not in scratch} == before, "a dry run changed uv's cache"
+        seen = {k for k in after.keys() - before.keys() if k.startswith("interpreter-v")}
+        assert {k: v for k, v in after.items() if k not in scratch | seen} == before, "a dry run changed uv's cache"
         assert not setup.store.exists() and not state.exists(), "a dry run wrote warmd's store or state"
         assert report["variant"] == "cu128" and report["python"] == ["3.11"] and report["flags"] == []
         assert "plain `uv sync`" in report["chosen_by"]

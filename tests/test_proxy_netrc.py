@@ -72,7 +72,8 @@ def test_netrc_credentials_open_a_protected_index(tmp_path: Path, wheel_dir: Pat
         denied = prefetch(config, project, env)
         assert denied.returncode == 1, denied.stderr
         assert set(states(denied).values()) == {"failed"}
-        assert {h.status for h in server.wheel_hits() if h.method == "GET"} == {401}
+        # refused: each wheel's size (a HEAD) or download (a GET) was answered 401, and nothing else
+        assert server.wheel_hits() and {h.status for h in server.wheel_hits()} == {401}
 
         netrc.write_text("machine 127.0.0.1\nlogin alice\npassword s3cret\n")
         server.reset_counters()

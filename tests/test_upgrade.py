@@ -1,6 +1,6 @@
 """The would-be lock: the scratch copy holds what `uv lock` reads (workspace members, path
-dependencies, the uv.toml above the project), and the user's uv writes there exactly the lock the
-user's own `uv lock --upgrade-package` writes later."""
+dependencies, the uv.toml above the project) and no code, and the user's uv writes there exactly the
+lock the user's own `uv lock --upgrade-package` writes later."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from tests.support.index_server import IndexServer
 from tests.support.projects import run_uv, torch_like_set
 from tests.support.uvplan import tree
-from warmd.errors import WarmdError
+from warmd.errors import NeedsBuild, WarmdError
 from warmd.lockfile import read_lock
-from warmd.upgrade import COPY_LIMIT, copy_for_lock, needs_build, would_be_lock
+from warmd.upgrade import copy_for_lock, must_build, needs_build, would_be_lock
 from warmd.uvcache import Uv
 
 UPGRADE = ["torch", "pytorch-triton*", "nvidia-*"]
@@ -59,7 +59,7 @@ def _same_upgrade(tmp_path: Path, project: Path, uv_bin: Path, env: dict[str, st
     code = project.parent
     before = tree(code, folder_mtimes=True)
     uv = Uv(str(uv_bin), env=env)
-    copy = would_be_lock(uv, project, read_lock(project / "uv.lock"), UPGRADE, tmp_path / "scratch")
+    copy = would_be_lock(uv, project, read_lock(project / "uv.lock"), UPGRADE, tmp_path / "scratch", python="3.11")
     assert copy is not None
     assert tree(code, folder_mtimes=True) == before  # only read
     would_be = (copy / "uv.lock").read_text()
@@ -74,7 +74,8 @@ def _same_upgrade(tmp_path: Path, project: Path, uv_bin: Path, env: dict[str, st
 
 
 def _copied(scratch: Path) -> set[str]:
-    return {str(p.relative_to(scratch)) for p in scratch.rglob("*") if p.is_file()}
+    # The scratch folder's own pyproject.toml is warmd's empty workspace root, where uv's walk up ends.
+    return {str(p.relative_to(scratch)) for p in scratch.rglob("*") if p.is_file() and p != scratch / "pyproject.toml"}
 
 
 def test_a_workspace_with_a_path_dependency_locks_in_the_copy_as_in_the_project(
@@ -114,7 +115,7 @@ def test_the_uv_toml_above_a_project_without_tool_uv_goes_with_the_copy(
     assert "cache-control" not in (code / "uv.toml").read_text()
 
 
-def test_a_package_uv_must_build_is_copied_whole_but_its_venv_and_vcs(tmp_path: Path) -> None:
+def test_a_package_uv_must_build_is_named_and_no_code_is_ever_copied(tmp_path: Path) -> None:
     project = tmp_path / "src" / "app"
     _write(project / "pyproject.toml", '[project]\nname = "app"\nversion = "1"\ndependencies = ["gen"]\n')
     gen = tmp_path / "src" / "gen"
@@ -130,24 +131,29 @@ def test_a_package_uv_must_build_is_copied_whole_but_its_venv_and_vcs(tmp_path: 
         "[[package]]", 'name = "app"', 'version = "1"', 'source = { editable = "." }', "",
         "[[package]]", 'name = "gen"', 'source = { directory = "../gen" }', "",
         "[[package]]", 'name = "local"', 'version = "1.0"', 'source = { path = "../wheels/local-1.0-py3-none-any.whl" }',
+        "", "[[package]]", 'name = "torch"', 'version = "2.8.0"', 'source = { registry = "https://i.example/simple" }',
         ""]))
     assert needs_build({"project": {"name": "gen", "dynamic": ["version"]}})
     assert not needs_build({"project": {"name": "app", "version": "1"}}) and needs_build(None)
+    assert not needs_build({"project": {"name": "x", "dynamic": ["version"]}, "tool": {"uv": {"package": False}}})
+    assert not needs_build({"tool": {"uv": {"workspace": {"members": ["p/*"]}}}})  # a virtual workspace root
+    lock = read_lock(project / "uv.lock")
+    assert must_build(project, lock) == ["gen"]
+    with pytest.raises(NeedsBuild, match="needs to build gen; warmd never runs a project's code"):
+        would_be_lock(Uv("uv", env={}), project, lock, ["torch"], tmp_path / "never", python="3.11")
+    assert not (tmp_path / "never").exists()  # refused before anything was copied or run
 
-    copy = copy_for_lock(project, read_lock(project / "uv.lock"), tmp_path / "scratch",
-                         ignore=[".venv", "node_modules"])
+    copy = copy_for_lock(project, lock, tmp_path / "scratch")
     assert copy == tmp_path / "scratch" / "src" / "app"
     out = tmp_path / "scratch" / "src"
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or p.is_symlink()} == {
-        "app/pyproject.toml", "app/uv.lock", "gen/pyproject.toml", "gen/backend.py", "gen/gen/__init__.py",
-        "wheels/local-1.0-py3-none-any.whl"}
+        "app/pyproject.toml", "app/uv.lock", "gen/pyproject.toml", "wheels/local-1.0-py3-none-any.whl"}
     assert (out / "wheels" / "local-1.0-py3-none-any.whl").resolve() == wheel  # read by uv, never copied
-    assert COPY_LIMIT >= 64 * 2**20
 
 
 def test_a_fifo_or_socket_in_a_package_is_left_out_and_a_copy_that_fails_says_where(tmp_path: Path) -> None:
     project = tmp_path / "app"
-    _write(project / "pyproject.toml", '[project]\nname = "app"\ndynamic = ["version"]\n')
+    _write(project / "pyproject.toml", '[project]\nname = "app"\nversion = "1"\n')
     _write(project / "uv.lock", 'version = 1\n\n[[package]]\nname = "app"\nsource = { editable = "." }\n\n'
            '[[package]]\nname = "torch"\nversion = "2.8.0"\nsource = { registry = "https://i.example/simple" }\n')
     os.mkfifo(project / "fifo")  # opening it to copy would block the look-ahead for good
@@ -156,7 +162,12 @@ def test_a_fifo_or_socket_in_a_package_is_left_out_and_a_copy_that_fails_says_wh
         copy = copy_for_lock(project, read_lock(project / "uv.lock"), tmp_path / "scratch")
     assert sorted(p.name for p in copy.iterdir()) == ["pyproject.toml", "uv.lock"]
 
+    os.mkfifo(project / "uv.toml")  # one uv reads: named, never opened for a blocking read
+    with pytest.raises(WarmdError, match=r"app/uv.toml: a FIFO \(named pipe\), not a regular file"):
+        copy_for_lock(project, read_lock(project / "uv.lock"), tmp_path / "scratch2")
+    os.unlink(project / "uv.toml")
+
     blocked = _write(tmp_path / "not-a-folder", "")  # the scratch folder cannot be made there
     uv = Uv("uv", env={})
     with pytest.raises(WarmdError, match=r"app: cannot copy what `uv lock` reads into .*not-a-folder"):
-        would_be_lock(uv, project, read_lock(project / "uv.lock"), ["torch"], blocked / "x")
+        would_be_lock(uv, project, read_lock(project / "uv.lock"), ["torch"], blocked / "x", python="3.11")

@@ -30,7 +30,7 @@ from .cancel import Cancelled
 from .clients import http_client
 from .conditions import Conditions
 from .config import AheadSettings
-from .errors import IndexUnreachable, WarmdError
+from .errors import IndexUnreachable, NeedsBuild, WarmdError
 from .guard import NetGuard
 from .headers import check_url
 from .lockfile import Lock, file_stamp, read_lock
@@ -60,11 +60,9 @@ def postpone_reason(settings: AheadSettings, conditions: Conditions) -> str | No
 
 
 def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadSettings, state: State | None,
-               conditions: Conditions, ignore: Sequence[str] = (),
-               now: Callable[[], float] = time.time) -> list[AheadReport]:
+               conditions: Conditions, now: Callable[[], float] = time.time) -> list[AheadReport]:
     """Look ahead for `projects`, newest uv.lock first, within the budget; record and return what each found.
 
-    `ignore` names the folders never copied into the scratch copy (the watcher's ignore list).
     Called off (cancel.scope), it stops and records nothing more.
     """
     if state is not None:
@@ -85,7 +83,7 @@ def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadS
     with http_client(pipeline.guard, timeout=_HTTP_TIMEOUT, user_agent="warmd") as client:
         for project in ordered:
             try:
-                report = _one(pipeline, project, settings, held, pinned, client, ignore, now)
+                report = _one(pipeline, project, settings, held, pinned, client, now)
             except Cancelled:
                 logger.info("{}: upgrade look-ahead called off", project)
                 break
@@ -129,7 +127,7 @@ def _mtime(path: Path) -> float:
 
 
 def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[str, int], pinned: set[str],
-         client: httpx.Client, ignore: Sequence[str], now: Callable[[], float]) -> AheadReport | None:
+         client: httpx.Client, now: Callable[[], float]) -> AheadReport | None:
     started = now()
     try:
         current = pipeline.planner.plan(project)
@@ -154,11 +152,13 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
     with scratch.folder("ahead") as work:
         try:
             copy = would_be_lock(pipeline.uv, current.project, lock, settings.packages, work.path,
-                                 ignore=ignore, pass_fds=(work.fd,))
+                                 python=_lock_python(current), pass_fds=(work.fd,))
             if copy is None:
                 return report("none", "the lock holds none of the packages `[ahead] packages` names")
             # the copy's pins, admitted for the project it stands for
             future = pipeline.admit(pipeline.planner.plan_as(copy, like=current), project)
+        except NeedsBuild as exc:
+            return report("skipped", str(exc))
         except IndexUnreachable as exc:
             return report("postponed", str(exc))
         except WarmdError as exc:
@@ -193,6 +193,15 @@ def refusal(guard: NetGuard, project: Path, lock: Lock) -> str | None:
         if not verdict.ok:
             return f"`uv lock` would connect to {redact(url)} (named in {where}): {verdict.reason}"
     return None
+
+
+def _lock_python(current: ProjectPlan) -> str:
+    """What the look-ahead's `uv lock` is told to use: an interpreter the plan found (outside any project),
+    its own Python's first; else that version. Never what the project's `.python-version` names: a
+    path there is the project's code. (uv's lock is the same for any interpreter: it resolves for
+    every platform and Python the project allows.)"""
+    found = next((current.interpreters[py] for py in current.pythons if current.interpreters.get(py)), None)
+    return str(found) if found is not None else current.pythons[0]
 
 
 def _upgrades(current: ProjectPlan, future: ProjectPlan) -> tuple[Upgrade, ...]:

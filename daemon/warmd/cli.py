@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -137,7 +138,7 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
 
                 ready = [r.project for r in reports if r.error is None and r.superseded is None]
                 ahead = look_ahead(pipeline, ready, settings=config.ahead, state=state,
-                                   conditions=read_conditions(), ignore=config.watch.ignore)
+                                   conditions=read_conditions())
     finally:
         pipeline.close()
         state.close(wait=False)  # the prefetch's result does not wait for SQLite's fsync
@@ -218,7 +219,9 @@ def _discover_all(config: Config) -> list[Path]:
 
     found: list[Path] = []
     for root in config.roots:
-        found += [p for p in discover(root, config.watch.max_depth, config.watch.ignore) if (p / "uv.lock").exists()]
+        # lexists: a uv.lock that is not a readable file is reported (exit 2), not passed over
+        found += [p for p in discover(root, config.watch.max_depth, config.watch.ignore)
+                  if os.path.lexists(p / "uv.lock")]
     return found
 
 

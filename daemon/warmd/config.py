@@ -109,6 +109,37 @@ class MirrorSettings:
     url: str  # where the mirror serves those files ("http://wheels.lab:3142/download.pytorch.org/")
 
 
+# -- what one project may cost (issue 19, part B): the limits and their reader, kept together ------------------
+
+# One project's lock may make warmd fetch this much: a ROCm torch set is ~4.6 GiB per Python (a
+# CUDA 12.8 one ~3.8 GiB), so two Pythons' worth (~9.2 GiB) fits with room for the next release's
+# growth and a third Python; a lock pinning a hundred GiB does not.
+DEFAULT_PER_PROJECT = 16 * 2**30
+# Free space warmd leaves on the filesystems of its store and of uv's cache: what a workstation needs
+# to go on working (journald keeps up to 4 GiB free by default for the same reason). Warming a ROCm
+# set for two Pythons then wants ~9.2 GiB in the store while it lasts and ~15.6 GiB unpacked by uv
+# (limits.UNPACKED) above it.
+DEFAULT_MIN_FREE = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """`[limits]`: above them a wheel is `skipped` with the reason, nothing downloaded for it."""
+
+    per_project: int | None = DEFAULT_PER_PROJECT  # bytes of wheels one project's lock may make warmd fetch
+    min_free: int | None = DEFAULT_MIN_FREE  # bytes kept free on the store's and uv's cache's filesystems
+
+
+def _limits(r: _Reader) -> LimitSettings:
+    # 0 turns either off (the disk-full drills fill a real disk).
+    return LimitSettings(**_section(r, "limits", {
+        "per-project": lambda s, k: s.size(k),
+        "min-free": lambda s, k: s.size(k),
+    }))
+
+# -- end of the limits --------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Config:
     """warmd's settings, with defaults for every key."""
@@ -136,6 +167,7 @@ class Config:
     # -- the network a project may reach (guard.py) --
     # URL prefixes of indexes on private addresses the user vouches for, for every project.
     trusted_indexes: tuple[str, ...] = ()
+    limits: LimitSettings = LimitSettings()  # what one project may cost in bytes and disk
     source: Path | None = None  # the file this was read from, for messages
 
 
@@ -221,8 +253,9 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     if (trusted := r.strings("trusted-indexes")) is not None:
         kwargs["trusted_indexes"] = tuple(_url(r, "trusted-indexes", u) for u in trusted)
     ahead = _ahead(r, kwargs.get("packages", DEFAULT_PACKAGES))
-    r.done({"download", "watch", "ahead"})
-    return Config(download=download, watch=watch, ahead=ahead, source=source, **kwargs)
+    limits = _limits(r)
+    r.done({"download", "watch", "ahead", "limits"})
+    return Config(download=download, watch=watch, ahead=ahead, limits=limits, source=source, **kwargs)
 
 
 def _ahead(r: _Reader, packages: tuple[str, ...]) -> AheadSettings:

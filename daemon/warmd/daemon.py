@@ -345,7 +345,9 @@ class Daemon:
         self._submit(project)
 
     def _on_new_project(self, project: Path) -> None:
-        if (project / LOCK).is_file():
+        # Any entry named uv.lock: one that is not a readable file (a FIFO, a device, a symlink loop)
+        # is recorded `failed` with the reason, not left waiting for `uv lock` in silence.
+        if os.path.lexists(project / LOCK):
             self._submit(project)
         else:
             logger.debug(f"{project}: a project without uv.lock yet; waiting for `uv lock`")
@@ -562,7 +564,7 @@ class Daemon:
             try:
                 with self._pipeline() as ref, cancel.scope(token):
                     reports = look_ahead(ref.pipeline, projects, settings=config.ahead,  # type: ignore[arg-type]
-                                         state=self.state, conditions=read_conditions(), ignore=config.watch.ignore)
+                                         state=self.state, conditions=read_conditions())
             finally:
                 with self._lock:
                     self._ahead_token = None

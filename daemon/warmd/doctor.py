@@ -4,6 +4,7 @@ say, for each finding, how to fix it; `--fix` adds uv's per-index cache-control 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -20,9 +21,10 @@ from packaging.version import Version
 
 from .clients import http_client
 from .config import Config, default_config_path
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, WarmdError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, NeedsBuild, WarmdError
 from .guard import NetGuard, guard_for, origin
 from .headers import check_url
+from .limits import UNPACKED
 from .lockfile import Lock, read_lock
 from .mirrors import SAMPLE_CAP, MirrorCheck, check_mirror, sample_for
 from .model import Pin
@@ -31,7 +33,10 @@ from .policy import immutable_since, uv_keeps
 from .progress import human_bytes
 from .redact import redact
 from .store import Store
+from .state import STATE_FILE, State
 from .trust import recorded
+from .untrusted import check, read_text
+from .upgrade import must_build
 from .uvcache import Uv
 from .uvdisk import cache_use
 from .uvconfig import (CACHE_CONTROL_LINE, Override, add_cache_control, dig, index_overrides, norm_url, read_toml,
@@ -124,6 +129,15 @@ TROUBLESHOOTING: dict[str, Trouble] = {
         "could not read an index's headers",
         "check the network, proxy (`HTTPS_PROXY`) and `.netrc` credentials for that index; "
         "warmd retries on its schedule"),
+    "needs-build": Trouble(
+        "needs to build X; warmd never runs a project's code",
+        "nothing to do: warmd warms the project's current lock, but does not look ahead for it (uv would run "
+        "the package's build to lock it); give the package static metadata (no `dynamic` in [project]) to "
+        "have it looked ahead for"),
+    "project-cache-dir": Trouble(
+        "a project sets its own `cache-dir`",
+        "warmd fills your uv cache, never one a project names; remove `cache-dir` from the project's uv "
+        "settings, or warming does not help that project's `uv sync`"),
 }
 
 
@@ -206,7 +220,8 @@ def diagnose(
         for mirror in config.mirrors:
             sample = sample_for(mirror, (p.wheel for p in pins.values()))
             _report_mirror(rep, mirror.origin, check_mirror(client, mirror, sample), sample is not None)
-    _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known)
+    _check_disk(rep, config.store_dir, cache_dir, list(pins.values()), bool(projects), sizes_known,
+                config.limits.min_free)
     _check_footprint(rep, config.store_dir, config.keep_wheels, uv, cache_dir, fix)
     _check_ahead(rep, config)
     _check_inotify(rep, config)
@@ -327,6 +342,13 @@ def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Pat
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {folder / 'pyproject.toml'}",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {folder / 'pyproject.toml'}"))
+        for where, value in ((folder / "uv.toml", dig(read_toml(folder / "uv.toml"), "cache-dir")),
+                             (folder / "pyproject.toml", dig(data, "tool", "uv", "cache-dir"))):
+            if isinstance(value, str):
+                rep.add("uv-cache", "warn", f"`cache-dir = {value!r}` in {where}: the project's own `uv sync` uses "
+                        "that cache; warmd ignores it (a project never chooses where uv writes for warmd)",
+                        fix_text("project-cache-dir", f"delete the `cache-dir` line from {where}"))
+                break
     if not flagged:
         rep.add("uv-cache", "ok", "no `no-cache` in uv.toml or UV_NO_CACHE: uv keeps its cache")
 
@@ -349,7 +371,12 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     """Report the project's indexes; return its planned pins (None when they cannot be known)."""
     folder = project_folder(path)
     pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
-    missing = [p.name for p in (pyproject, lock_path) if not p.is_file()]
+    try:
+        missing = [p.name for p in (pyproject, lock_path) if not check(p)]
+    except InputError as exc:  # a FIFO, device or symlink loop where a project file should be
+        rep.bad_input = True
+        rep.add("project", "problem", str(exc))
+        return None
     if not folder.is_dir() or missing:
         rep.bad_input = True
         what = "no such folder" if not folder.is_dir() else f"no {' and no '.join(missing)}"
@@ -357,9 +384,9 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
                 "give a uv project folder (with pyproject.toml); run `uv lock` there first")
         return None
     try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text(pyproject))
         lock = read_lock(lock_path)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+    except (tomllib.TOMLDecodeError, OSError) as exc:
         rep.bad_input = True
         rep.add("project", "problem", f"{pyproject}: cannot read: {exc}")
         return None
@@ -370,6 +397,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
 
     refused = _check_hosts(rep, folder, lock, guard)
     pins = _plan(rep, config, folder, uv, detection, guard)
+    _check_builds(rep, config, folder, lock)
     indexes = _indexes(data, lock, pins or [])
     # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
     overrides = index_overrides(folder, env)
@@ -386,7 +414,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     if changed:
         try:
             added = add_cache_control(pyproject, changed)
-        except (OSError, ValueError) as exc:  # tomlkit's parse errors are ValueErrors
+        except (OSError, ValueError, InputError) as exc:  # tomlkit's parse errors are ValueErrors
             rep.add("fix", "problem", f"{pyproject}: could not add the override: {exc}",
                     f"add `{CACHE_CONTROL_LINE}` to its [[tool.uv.index]] entries by hand")
             return pins
@@ -413,6 +441,29 @@ def _check_hosts(rep: _Report, folder: Path, lock: Lock, guard: NetGuard) -> set
     if not refused:
         rep.add("network", "ok", f"{folder}: every host its uv.lock names is public or vouched for")
     return set(refused)
+
+
+def _check_builds(rep: _Report, config: Config, folder: Path, lock: Lock) -> None:
+    """Whether the upgrade look-ahead would have to build a package of the project (it then skips it):
+    a local package's pyproject.toml says so; for a registry sdist, the last look-ahead of this lock did."""
+    try:
+        why = str(NeedsBuild(built)) if (built := must_build(folder, lock)) else None
+    except InputError:
+        return  # the plan's finding names the file
+    if why is None and lock.stamp is not None and (config.state_dir / STATE_FILE).is_file():
+        state = State.open(config.state_dir)
+        try:
+            last = state.snapshot().ahead.get(folder)
+        finally:
+            state.close()
+        # (a look-ahead skipped for the network is the `network` finding's, above)
+        if (last is not None and last.outcome == "skipped" and last.lock_sha256 == lock.stamp.sha256
+                and (last.reason or "").startswith("needs to build")):
+            why = last.reason
+    if why:
+        rep.add("ahead", "warn" if config.ahead.enable else "info",
+                f"{folder}: the upgrade look-ahead skips it: {why}"
+                + ("" if config.ahead.enable else " (the look-ahead is off now)"), fix_text("needs-build"))
 
 
 def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: Detection,
@@ -544,7 +595,7 @@ def _existing(path: Path) -> Path:
 
 
 def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], have_projects: bool,
-                sizes_known: bool) -> None:
+                sizes_known: bool, floor: int | None = None) -> None:
     known = sum(p.wheel.size for p in pins if p.wheel.size is not None)
     unknown = sum(1 for p in pins if p.wheel.size is None)
     if not have_projects:
@@ -553,10 +604,10 @@ def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], 
         need_text = f"planned wheels {human_bytes(known)}"
         if unknown or not sizes_known:
             need_text += " + size unknown" + (f" for {unknown} wheel(s)" if unknown else " for some projects")
-    # The store keeps the wheel; uv's cache keeps it unzipped, roughly twice its size.
+    # The store keeps the wheel while uv unpacks it; uv's cache keeps it unzipped (limits.UNPACKED times it).
     places = [("store", store, known)]
     if cache is not None:
-        places.append(("uv cache", cache, 2 * known))
+        places.append(("uv cache", cache, math.ceil(UNPACKED * known)))
     by_dev: dict[int, list[tuple[str, Path, int]]] = {}
     for name, path, need in places:
         real = _existing(path)
@@ -576,6 +627,10 @@ def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], 
         if need > free:
             rep.add("disk", "problem", f"{msg}, about {human_bytes(need)} needed there",
                     fix_text("disk", f"about {human_bytes(need - free)} more is needed"))
+        elif floor is not None and free - need < floor:
+            rep.add("disk", "warn", f"{msg}, about {human_bytes(need)} needed there: warming it all would leave less "
+                    f"than `[limits] min-free` ({human_bytes(floor)}); the wheels past it are skipped",
+                    fix_text("disk", f"about {human_bytes(need + floor - free)} more keeps the floor"))
         else:
             rep.add("disk", "ok", msg)
 
@@ -610,7 +665,6 @@ def _check_ahead(rep: _Report, config: Config) -> None:
     from .ahead import postpone_reason
     from .conditions import read_conditions
     from .policy import ahead_held
-    from .state import STATE_FILE, State
 
     settings = config.ahead
     held = []

@@ -57,6 +57,15 @@ class DiskFull(FetchError):
     fix = "free space there, or move warmd's `store-dir` / uv's cache (`UV_CACHE_DIR`) to a bigger disk"
 
 
+class NeedsBuild(WarmdError):
+    """uv would have to build a package (run a project's code) to answer; warmd never lets it."""
+
+    def __init__(self, packages: list[str]) -> None:
+        names = ", ".join(packages) if packages else "a source distribution"
+        super().__init__(f"needs to build {names}; warmd never runs a project's code")
+        self.packages = packages
+
+
 class UvError(WarmdError):
     """The configured uv failed, is missing, or answered something warmd does not understand."""
 

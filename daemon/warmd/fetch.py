@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from . import __version__
-from .connection import Connection, HttpSettings, TransportError
+from .connection import Connection, HttpSettings, TransportError, Untrusted
 from .credentials import index_auth
 from .download import FileDownload
 from .errors import FetchError, WarmdError
@@ -31,6 +31,7 @@ from .model import Fetched, Link, ProgressEvent, WheelFile
 from .ranges import Changed, FetchCancelled
 from .redact import redact, scrub
 from .retry import RetryPolicy
+from .retry import why as failure_text
 from .segments import PIECE, HostMeter, Width
 from .store import Store
 
@@ -248,7 +249,8 @@ class Fetcher:
         try:
             # The PyTorch index's locks carry no sizes: ask the server (HEAD, in parallel) where it is silent.
             sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
-            unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or sizes.get(kv[0], 0))))
+            known = {sha: n for sha, n in sizes.items() if isinstance(n, int)}
+            unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or known.get(kv[0], 0))))
             with ThreadPoolExecutor(max_workers=max(1, max_parallel_files), thread_name_prefix="warmd-file") as pool:
                 for sha, w in unique.items():
                     pool.submit(one, sha, w)
@@ -364,28 +366,63 @@ class Fetcher:
         self._emit(wheel, sha, size, size, 0, "done", "already in the store")
         return Fetched(sha256=sha, path=p, size=size, bytes_downloaded=0, bytes_reused=size)
 
-    def _sizes(self, wheels: list[WheelFile]) -> dict[str, int]:
-        """Content-Length of each wheel by HEAD, for ordering only (never trusted beyond that)."""
-        if len(wheels) < 2:
+    def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
+        """What each wheel's index says of its size, by HEAD: sha256 -> bytes; None when it answered
+        without one (no Content-Length, or HEAD not allowed); a string saying why when it did not
+        answer (after the retries a download gets: 5xx, 429, a dropped connection; none for an
+        untrusted certificate).
+
+        A size learned here and put into the WheelFile is enforced by the download: a server that
+        then sends another size is refused (ranges.py), so a size weighed against a limit holds.
+        `keep`: keep the connections for the downloads that follow (fetch_many takes them or closes them).
+        """
+        return self._sizes(wheels, at_least=1, keep=keep, retry=True)
+
+    def _sizes(self, wheels: list[WheelFile], at_least: int = 2, keep: bool = True,
+               retry: bool = False) -> dict[str, int | str | None]:
+        """HEAD each wheel (in parallel); for ordering only in fetch_many (a single file needs no order)."""
+        if len(wheels) < at_least:
             return {}
         settings = dataclasses.replace(self.settings, timeout=min(self.settings.timeout, 5.0))
 
-        def head(w: WheelFile) -> tuple[str, int]:
-            conn = Connection(settings)
-            try:
-                resp = conn.request("HEAD", w.url, {})
-                resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
-                resp.close()
-                length = resp.header("content-length") or ""
-                size = int(length) if resp.status == 200 and length.isdigit() else 0
-            except (TransportError, FetchError):
-                conn.close()
-                return w.sha256.lower(), 0
-            # the first downloads go to the same host: they start on this connection, TLS done
-            conn.retime(self.settings.timeout)
-            with self._lock:
-                self._idle.append(conn)
-            return w.sha256.lower(), size
+        def head(w: WheelFile) -> tuple[str, int | str | None]:
+            sha = w.sha256.lower()
+            failures = 0
+            while True:
+                conn = Connection(settings)
+                try:
+                    resp = conn.request("HEAD", w.url, {})
+                    resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
+                    resp.close()
+                except Untrusted as exc:  # no retry mends a certificate
+                    conn.close()
+                    return sha, failure_text(exc)
+                except (TransportError, FetchError) as exc:
+                    conn.close()
+                    error = failure_text(exc)
+                else:
+                    if resp.status == 200 or resp.status in (405, 501):  # 405/501: it answers, but not HEAD
+                        length = resp.header("content-length") or ""
+                        size = int(length) if resp.status == 200 and length.isdigit() else None
+                        if not keep:
+                            conn.close()
+                            return sha, size
+                        # the first downloads go to the same host: they start on this connection, TLS done
+                        conn.retime(self.settings.timeout)
+                        with self._lock:
+                            self._idle.append(conn)
+                        return sha, size
+                    conn.close()
+                    error = f"HTTP {resp.status}"
+                    if resp.status not in (408, 429) and resp.status < 500:
+                        return sha, f"{error} ({redact(w.url)})"
+                failures += 1
+                if not retry or failures > self.policy.retries:
+                    # the words of a download that gives up (ranges.py): the same fault, told the same way
+                    return sha, (f"giving up after {failures - 1} retries ({redact(w.url)}): {error}" if retry
+                                 else error)
+                if self._stop.wait(self.policy.delay(failures)):
+                    return sha, error
 
         with ThreadPoolExecutor(max_workers=min(8, len(wheels)), thread_name_prefix="warmd-head") as pool:
             return dict(pool.map(head, wheels))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from packaging.version import InvalidVersion, Version
 
 from .errors import LockError
 from .model import FileStamp, WheelFile
+from .untrusted import read_bytes
 
 _SHA256 = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 # A uv.lock of a large monorepo is a few MiB; one of 64 MiB or more is not a lock warmd should parse.
@@ -82,12 +82,11 @@ class Lock:
 
 
 def _read(path: Path, limit: int) -> tuple[bytes, FileStamp]:
-    """The file's bytes and the stamp of exactly those bytes (one open: a rename onto it cannot mix two)."""
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        if st.st_size >= limit:
-            raise LockError(f"{path}: {st.st_size} bytes is too large for a uv.lock")
-        data = f.read(limit)
+    """The file's bytes and the stamp of exactly those bytes (one open: a rename onto it cannot mix two).
+
+    A FIFO, device, folder or symlink loop is a LockError at once, never an open that blocks.
+    """
+    data, st = read_bytes(path, limit, error=LockError)
     return data, FileStamp(hashlib.sha256(data).hexdigest(), st.st_ino, st.st_mtime_ns, st.st_size)
 
 

@@ -267,6 +267,20 @@ class MirroredFetcher:
         for f in self._engines():
             f.unskip(sha256)
 
+    def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
+        """What each wheel's size is (Fetcher.sizes): asked of its mirror first, as its download would be
+        (a mirror found down this run is not asked: one timeout per run), then of the origin for what
+        the mirror could not say."""
+        with self._lock:
+            health = self._health or _Health(self._timeout)
+        routed = self._route(list(wheels), health)
+        said: dict[str, int | str | None] = {}
+        if routed and self._via_mirror is not None:
+            said = {sha: n for sha, n in self._via_mirror.sizes([w for _m, w in routed.values()], keep=keep).items()
+                    if not isinstance(n, str)}
+        rest = [w for w in wheels if w.sha256.lower() not in said]
+        return said | (self.origin.sizes(rest, keep=keep) if rest else {})
+
     def link(self, host: str) -> Link | None:
         """What the origin's engine found `host` to be like (mirrors are not asked of it)."""
         return self.origin.link(host)

@@ -97,7 +97,7 @@ class Skipped:
     unhashed: bool = False
 
 
-WheelStateName = str  # one of: "cold", "fetching", "warm", "unproven", "failed"
+WheelStateName = str  # one of: "cold", "fetching", "warm", "unproven", "failed", "skipped" (a limit: see reason)
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,9 @@ class ProjectReport:
 
     @property
     def ok(self) -> bool:
-        """True when every pinned wheel is warm and nothing failed."""
-        return (self.error is None and self.superseded is None and all(w.state == "warm" for w in self.wheels)
+        """True when every pinned wheel is warm (or kept out by a limit, as it should be) and nothing failed."""
+        return (self.error is None and self.superseded is None
+                and all(w.state in ("warm", "skipped") for w in self.wheels)
                 and all(s.state in ("warm", "skipped") for s in self.skipped))
 
 
@@ -174,7 +175,7 @@ class AheadReport:
 
     project: Path
     lock_sha256: str | None  # the project's uv.lock it started from: it is about that lock only
-    outcome: str  # "ready", "partial", "none", "postponed" or "failed"
+    outcome: str  # "ready", "partial", "none", "postponed", "failed" or "skipped" (policy.AHEAD_OUTCOMES)
     reason: str | None = None  # why, for anything but ready
     upgrades: tuple[Upgrade, ...] = ()
     # The would-be lock's wheels the project does not pin now, each as the look-ahead left it

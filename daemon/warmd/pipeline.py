@@ -26,6 +26,7 @@ from .feeder import Feeder, Shelf
 from .fetch import Fetcher, FetchSkipped, ProgressEvent, host_of
 from .guard import NetGuard, guard_for, trusts, vouches_of
 from .importer import Importer
+from .limits import Room, over_project_limit
 from .lockfile import file_stamp
 from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
 from .model import Fetched, Pin, ProjectReport, Skipped, SkippedReport, WheelReport
@@ -84,6 +85,9 @@ class _Run:
     import_errors: dict[str, str]
     by_uv: set[str]  # files uv downloaded itself
     moot: set[str] = dataclasses.field(default_factory=set)  # begun on speculation, and uv had them
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit that kept it out
+    unsized: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> why its index gave no size
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # sha256 -> size learned (the lock gives none)
 
 
 class Pipeline:
@@ -198,9 +202,10 @@ class Pipeline:
     def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *,
                     record: bool) -> list[ProjectReport]:
         reports = []
+        sizes, unsized = self._sizes(plans)
         with self._project_locks([pl.project for pl in plans] if record else []), \
                 _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
-            run = self._fetch_and_import(plans, record=record)
+            run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized)
             if self.state is not None:
                 self.state.record_links(self.fetcher.links())
             for pl in plans:
@@ -229,15 +234,66 @@ class Pipeline:
 
     # -- fetch and import ----------------------------------------------------------------------
 
-    def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool = True) -> _Run:
+    def _sizes(self, plans: Sequence[ProjectPlan]) -> tuple[dict[str, int], dict[str, str]]:
+        """The size of each pinned file the lock gives none for (PyTorch's index gives none), when a limit
+        must weigh it: sha256 -> bytes, from what was recorded before, the store's file, else its index's
+        answer to a HEAD; and sha256 -> why, for the files whose index did not answer at all (they fail
+        now, as their download would). A size the index would not give stays unknown (the per-project
+        limit then keeps the file out). Sizes learned here weigh a file; its download is not held to them
+        (a file that changed upstream starts over, as before)."""
+        limits = self.config.limits
+        unknown = {p.wheel.sha256: p.wheel for pl in plans for p in pl.pins if p.wheel.size is None}
+        if not unknown or (limits.per_project is None and limits.min_free is None):
+            return {}, {}
+        sizes: dict[str, int] = self.state.sizes(unknown) if self.state is not None else {}
+        for sha in unknown.keys() - sizes.keys():
+            blob = self.store.path(sha)
+            with contextlib.suppress(OSError):
+                if blob is not None:
+                    sizes[sha] = blob.stat().st_size
+        unsized: dict[str, str] = {}
+        ask = [w for sha, w in unknown.items() if sha not in sizes]
+        for sha, said in (self.fetcher.sizes(ask) if ask else {}).items():
+            if isinstance(said, int) and said > 0:
+                sizes[sha] = said
+            elif isinstance(said, str):
+                unsized[sha] = f"its index did not answer for its size: {said}"
+        return sizes, unsized
+
+    def _withheld(self, plans: Sequence[ProjectPlan], sizes: dict[str, int]) -> dict[str, str]:
+        """sha256 -> why, for the files past the per-project limit of every plan that pins them."""
+        per = {pl.project: over_project_limit(pl.pins, self.config.limits.per_project, sizes) for pl in plans}
+        why: dict[str, list[str | None]] = defaultdict(list)
+        for pl in plans:
+            for pin in pl.pins:
+                why[pin.wheel.sha256].append(per[pl.project].get(pin.wheel.sha256))
+        return {sha: reasons[0] for sha, reasons in why.items() if all(reasons) and reasons[0] is not None}
+
+    def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool = True,
+                          sizes: dict[str, int] | None = None, unsized: dict[str, str] | None = None) -> _Run:
         """Probe, then get every wheel uv lacks into its cache, then ask uv again (`record`: say how
-        far each project is in the state)."""
+        far each project is in the state). `sizes` and `unsized`: what Pipeline._sizes learned
+        (files whose index did not answer for their size are not fetched)."""
+        room = Room(self.store.root, self.uv.cache_dir, self.config.limits.min_free)
+        try:
+            return self._within(plans, room, record=record, sizes=sizes or {}, unsized=unsized or {})
+        finally:
+            room.release()
+
+    def _within(self, plans: Sequence[ProjectPlan], room: Room, *, record: bool, sizes: dict[str, int],
+                unsized: dict[str, str]) -> _Run:
         pins = [pin for pl in plans for pin in pl.pins]
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
+        # Past a limit a file is not downloaded at all (limits.py): not even on speculation.
+        skipped = {sha: why for sha, why in self._withheld(plans, sizes).items() if sha not in unsized}
+        held = skipped.keys() | unsized.keys()
         # Downloads start at once for files neither the store nor an earlier run has seen
         # warm; meanwhile uv says what it already has, and those downloads are called off.
         speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
-                       if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)}
+                       if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)
+                       and pin.wheel.sha256 not in held}
+        fits, floor = room.admit(speculative.values(), in_store=resumable, sizes=sizes)
+        speculative = {pin.wheel.sha256: pin for pin in fits}
         shelf = Shelf()
         with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
             interpreters = {py: path for pl in plans for py, path in pl.interpreters.items() if path is not None}
@@ -256,15 +312,25 @@ class Pipeline:
                 need: dict[str, Pin] = {}
                 for pl in plans:
                     for pin in pl.pins:
-                        if pin.name not in before[pl.project][pin.python].warm:
+                        if pin.name not in before[pl.project][pin.python].warm and pin.wheel.sha256 not in held:
                             need.setdefault(pin.wheel.sha256, pin)
-                    if record:
+                # What uv lacks beyond the speculative downloads must fit above the free-space floor too.
+                later = [pin for sha, pin in need.items() if sha not in speculative and sha not in floor]
+                floor.update(room.admit(later, in_store=resumable | {s for s in need if self.store.has(s)},
+                                        sizes=sizes)[1])
+                for sha in floor.keys() & need.keys():
+                    skipped[sha] = floor[sha]
+                    del need[sha]
+                if skipped:
+                    logger.info("{} wheel(s) past a limit, not downloaded: {}", len(skipped), next(iter(skipped.values())))
+                if record:
+                    for pl in plans:
                         self._progress(pl, before[pl.project], need)
                 # Only uv's answer about the very locks planned may call a download off.
                 moot = speculative.keys() - need.keys() if all(pl.is_current() for pl in plans) else set()
                 for sha in moot:
                     self.fetcher.skip(sha)
-                by_uv = self._for_uv(need, resumable, speculative)
+                by_uv = self._for_uv(need, resumable, speculative, sizes)
                 for sha in by_uv:
                     self.fetcher.skip(sha, None)  # the import's own progress lines follow
                 # uv starts on every file it lacks now, and unpacks each while it downloads.
@@ -287,7 +353,7 @@ class Pipeline:
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot)
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, unsized, sizes)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
@@ -296,7 +362,8 @@ class Pipeline:
                 shelf.close()  # a uv still asking for a file that will not come gets its answer: none
         return run
 
-    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
+    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin],
+                sizes: dict[str, int]) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
 
         Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
@@ -334,6 +401,11 @@ class Pipeline:
                 out.add(sha)
             elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
                 out.add(sha)
+        if out and self.config.limits.per_project is not None:
+            # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
+            # one would pass the limit through uv. Only files whose index confirms the size weighed go.
+            said = self.fetcher.sizes([need[s].wheel for s in out], keep=False)
+            out = {s for s in out if said.get(s) == (need[s].wheel.size or sizes.get(s))}
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
@@ -488,6 +560,8 @@ class Pipeline:
         fetched, import_errors = run.fetched, run.import_errors
         wheels = []
         for pin in pl.pins:
+            # A size learned for weighing goes on record (status shows it; the next run needs not ask).
+            pin = _sized_pin(pin, run.sizes.get(pin.wheel.sha256))
             res = after[pin.python]
             got = fetched.get(pin.wheel.sha256)
             if isinstance(got, FetchSkipped):
@@ -501,6 +575,10 @@ class Pipeline:
             where = dict(via=got.via, mirror_error=got.mirror_error) if isinstance(got, Fetched) else {}
             if pin.name in res.warm:
                 wheels.append(WheelReport(pin, "warm", None, down, reused, **where))
+            elif pin.wheel.sha256 in run.unsized:
+                wheels.append(WheelReport(pin, "failed", run.unsized[pin.wheel.sha256]))
+            elif pin.wheel.sha256 in run.skipped:
+                wheels.append(WheelReport(pin, "skipped", run.skipped[pin.wheel.sha256]))
             elif isinstance(got, WarmdError):
                 wheels.append(WheelReport(pin, "failed", str(got), down, reused, fix=got.fix))
             elif pin.wheel.sha256 in import_errors:
@@ -586,6 +664,12 @@ def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> Proj
     return dataclasses.replace(pl, pins=tuple(kept), skipped=pl.skipped + tuple(left))
 
 
+def _sized_pin(pin: Pin, size: int | None) -> Pin:
+    if size is None or pin.wheel.size is not None:
+        return pin
+    return dataclasses.replace(pin, wheel=dataclasses.replace(pin.wheel, size=size))
+
+
 def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
               skipped: tuple[SkippedReport, ...] | None = None) -> ProjectReport:
     """A project's report: its plan's variant, choice and Pythons, with these wheel outcomes."""
@@ -639,16 +723,27 @@ def preview(config: Config, projects: Sequence[Path], uv: Uv | None = None) -> l
     plans, failed = Planner(config, uv).plan_all(projects)
     plans = [admit(guard, pl) for pl in plans]
     reports = []
-    for pl in plans:
-        probed = {py: ProbeResult() for py in pl.pythons} if fresh else probe_plan(uv, pl)
-        wheels = []
-        for pin in pl.pins:
-            res = probed[pin.python]
-            if pin.name in res.warm:
-                wheels.append(WheelReport(pin, "warm"))
-            elif pin.name in res.unproven:
-                wheels.append(WheelReport(pin, "unproven", res.unproven[pin.name]))
-            else:
-                wheels.append(WheelReport(pin, "cold"))
-        reports.append(report_of(pl, wheels=tuple(wheels)))
+    # The limits as a run applies them, with the sizes the locks give (a dry run asks no index).
+    room = Room(Path(config.store_dir), uv.cache_dir, config.limits.min_free)
+    try:
+        for pl in plans:
+            probed = {py: ProbeResult() for py in pl.pythons} if fresh else probe_plan(uv, pl)
+            held = over_project_limit(pl.pins, config.limits.per_project, weigh_unknown=False)
+            cold = [p for p in pl.pins if p.name not in probed[p.python].warm and p.name not in probed[p.python].unproven
+                    and p.wheel.sha256 not in held]
+            held.update(room.admit(dict((p.wheel.sha256, p) for p in cold).values())[1])
+            wheels = []
+            for pin in pl.pins:
+                res = probed[pin.python]
+                if pin.name in res.warm:
+                    wheels.append(WheelReport(pin, "warm"))
+                elif pin.name in res.unproven:
+                    wheels.append(WheelReport(pin, "unproven", res.unproven[pin.name]))
+                elif pin.wheel.sha256 in held:
+                    wheels.append(WheelReport(pin, "skipped", held[pin.wheel.sha256]))
+                else:
+                    wheels.append(WheelReport(pin, "cold"))
+            reports.append(report_of(pl, wheels=tuple(wheels)))
+    finally:
+        room.release()
     return reports + failed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import platform as _platform
 import re
 import tomllib
@@ -34,6 +35,8 @@ from .config import Config, ProjectSettings
 from .errors import InputError, LockError, WarmdError
 from .lockfile import ConflictItem, Lock, LockedPackage, LockedWheel, file_stamp, read_lock, wheel_tags
 from .model import FileStamp, Pin, ProjectReport, Skipped
+from .untrusted import check, read_text
+from .uvconfig import dig
 from .uvcache import Interpreter, Uv
 from .variant import Detection, resolve_variant
 
@@ -142,17 +145,61 @@ def locate(path: Path) -> tuple[Path, Path]:
 
 
 def pinned_python(folder: Path) -> str | None:
-    """The Python version ("3.12") the project's .python-version pins, if it pins one (read as uv reads it)."""
+    """The Python version ("3.12") the project's .python-version pins, if it pins one (read as uv reads it).
+
+    Only the version is taken: a path there names the project's own interpreter, which warmd
+    never runs. InputError when the file is there but not a regular file warmd can read.
+    """
     try:
-        for line in (folder / ".python-version").read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                m = _PY_VERSION.search(line)
-                if m:
-                    return m.group(1)
-    except (OSError, UnicodeDecodeError):
-        pass
+        text = read_text(folder / ".python-version")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # gone between the check and the read; uv finds what it finds
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            m = _PY_VERSION.search(line)
+            if m:
+                return m.group(1)
     return None
+
+
+# A workspace's members are expanded by uv from these globs; reading a member's pyproject.toml that
+# is a FIFO would block uv. Matches past this many are not looked at (uv would not get that far either).
+_MAX_MEMBERS = 10_000
+
+
+def check_inputs(folder: Path, lock: Lock, pyproject: Mapping[str, Any]) -> None:
+    """Raise InputError naming the first file uv reads for this project that is not a regular file.
+
+    Run before uv is asked anything about the project: uv reads the project's pyproject.toml,
+    uv.toml and .python-version, its workspace members' pyproject.toml (those the lock names and
+    those the workspace's globs match now) and the uv.toml or pyproject.toml of every folder above
+    it, and a FIFO among them would keep uv waiting until its timeout. Nothing is opened here.
+    """
+    for name in ("pyproject.toml", "uv.toml", ".python-version"):
+        check(folder / name)
+    for above in folder.parents:
+        for name in ("uv.toml", "pyproject.toml"):
+            check(above / name)
+    members = {Path(os.path.normpath(folder / p.local)) for p in lock.packages
+               if p.local is not None and p.source in ("editable", "virtual", "directory")}
+    globs = dig(pyproject, "tool", "uv", "workspace", "members")
+    for pattern in globs if isinstance(globs, list) else []:
+        if not isinstance(pattern, str) or not pattern or os.path.isabs(pattern):
+            continue
+        try:
+            for i, found in enumerate(folder.glob(pattern)):
+                if i >= _MAX_MEMBERS:
+                    break
+                members.add(found)
+        except (OSError, ValueError, NotImplementedError):
+            continue  # a pattern Python's glob cannot follow: uv says what it makes of it
+    for member in sorted(members):
+        if member != folder:
+            for name in ("pyproject.toml", "uv.toml"):
+                check(member / name)
 
 
 def project_variant(options: PlanOptions, folder: Path, detection: Detection) -> Detection:
@@ -181,22 +228,24 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
     target = target or Target.here()
     folder, lock_path = locate(path)
     lock = read_lock(lock_path)
+    pyproject = _read_pyproject(folder)
+    check_inputs(folder, lock, pyproject)  # before uv reads any of them
     settings = options.settings(folder)
     variant = project_variant(options, folder, detection)
-    # The Python uv would use for the project: .python-version's, else the interpreter it finds
-    # there, which then also serves its version (one lookup, not two: ~0.05 s each).
+    # The Python uv would use for the project: .python-version's, else the interpreter uv finds
+    # for its requires-python, which then also serves its version (one lookup, not two: ~0.05 s each).
     own = pinned_python(folder)
-    found = uv.interpreter(folder) if own is None else None
+    found = uv.interpreter(lock.requires_python) if own is None else None
     own = own or (found.version if found else None)
     pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), lock)
     if not pythons:
         raise InputError(f"{folder}: no Python version to select wheels for (no .python-version, "
                          "no interpreter uv would use, no `python` in the config)")
-    interpreters = {py: found if found is not None and found.version == py else uv.interpreter(folder, py)
+    interpreters = {py: found if found is not None and found.version == py else uv.interpreter(py)
                     for py in pythons}
     envs = {py: _marker_env(py, interpreters[py], target) for py in pythons}
     index = _LockIndex(lock)
-    choice = _choose(uv, folder, lock, index, _read_pyproject(folder), settings, variant, envs[pythons[0]])
+    choice = _choose(uv, folder, lock, index, pyproject, settings, variant, envs[pythons[0]])
     pins: dict[tuple[str, str], Pin] = {}
     skipped: dict[tuple[str, str, str], Skipped] = {}
     for py in pythons:
@@ -603,10 +652,11 @@ def _mismatch(build: Build | None, detection: Detection) -> tuple[str, ...]:
 
 
 def _read_pyproject(folder: Path) -> Mapping[str, Any]:
-    # uv reads it too and says what is wrong with it; here only names and default groups are wanted.
+    # uv reads it too and says what is wrong with its TOML; here only names, default groups and the
+    # workspace are wanted. One that is not a regular file is an InputError naming it (untrusted.py).
     try:
-        return tomllib.loads((folder / "pyproject.toml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return tomllib.loads(read_text(folder / "pyproject.toml"))
+    except (OSError, tomllib.TOMLDecodeError):
         return {}
 
 

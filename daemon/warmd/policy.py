@@ -26,11 +26,12 @@ if TYPE_CHECKING:
 
 # The states of a project, the contract of `warmd status` (docs/status.schema.json lists the same).
 STATES: dict[str, str] = {
-    "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock",
+    "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock "
+            "(but those a limit kept out: each is `skipped` with its reason, and named in `flags`)",
     "unproven": "nothing failed, but uv could not be asked about some wheels (no interpreter for that Python)",
     "failed": "the last run for this uv.lock failed; `reason` says why, `next_retry` when the daemon tries again",
     "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant, or every one was "
-                       "skipped (`reason` says why)",
+                       "skipped: left out of the plan or past a limit (`reason` says why)",
     "queued": "the daemon will warm this uv.lock; nothing is known about it yet",
     "warming": "a warmd is warming this uv.lock now; nothing is known about it yet",
     "stale": "uv.lock changed since warmd last looked (or warming was interrupted), and no warmd has taken it up yet",
@@ -43,8 +44,9 @@ AHEAD_OUTCOMES: dict[str, str] = {
     "none": "uv would upgrade nothing warmd warms: the project's constraints allow no newer build",
     "postponed": "not looked ahead now (an index down or slow, a metered connection, on battery); tried again later",
     "failed": "the look-ahead failed in a way waiting does not mend; `reason` says why",
-    "skipped": "not looked ahead: `uv lock` would connect where warmd may not send it for this project "
-               "(`reason` says where, and how to vouch for it)",
+    "skipped": "not looked ahead: uv would have to build a package of the project (run its code) to lock it, "
+               "or `uv lock` would connect where warmd may not send it for this project; `reason` says which "
+               "package, or where and how to vouch for it",
 }
 # The packages whose version names an upgrade best, in this order.
 _HEADLINE = ("torch", "torchvision", "torchaudio", "jax", "jaxlib")
@@ -111,6 +113,10 @@ def outcome_of(report: ProjectReport) -> Outcome:
         first = unproven[0]
         return Outcome("unproven", f"{len(unproven)} wheel(s) unproven: {first.reason}")
     if not warm:
+        limited = [w for w in report.wheels if w.state == "skipped"]
+        if limited:
+            return Outcome("nothing to warm", f"{len(limited)} wheel(s) skipped, past a limit; "
+                           f"{limited[0].pin.wheel.filename}: {limited[0].reason}")
         left = [s for s in report.skipped if s.state == "skipped"]
         pythons = ", ".join(report.python) or "?"
         why = f"no {report.variant} GPU wheels in what `uv sync` installs for Python {pythons}"
@@ -346,6 +352,10 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
     indexes, flags = _indexes(p, snap, env)
     for w in wheels:
         flags += [x for x in w.warnings if x not in flags]
+    limited = [w for w in wheels if w.state == "skipped"]
+    if limited and current:
+        flags.append(f"{len(limited)} wheel(s) skipped, not downloaded: {limited[0].filename} — {limited[0].reason}"
+                     + (f" (and {len(limited) - 1} more)" if len(limited) > 1 else ""))
     return ProjectStatus(
         path=p.path, lock=p.lock, state=state, reason=reason, since=since, activity=activity,
         activity_since=p.activity_since if activity else None,

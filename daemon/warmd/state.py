@@ -25,7 +25,7 @@ HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are a
 OUTCOME_HISTORY = 50  # outcome changes kept per project
 LINK_ROWS_KEPT = 86400.0  # seconds a host's Link row stays (long past its use: fetch.LINK_TTL)
 ACTIVITIES = ("queued", "warming")
-WHEEL_STATES = ("cold", "fetching", "warm", "unproven", "failed")
+WHEEL_STATES = ("cold", "fetching", "warm", "unproven", "failed", "skipped")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class StoredWheel:
     url: str  # credentials stripped
     python: str
     platform: str
-    state: str  # as recorded: cold, fetching, warm, unproven, failed
+    state: str  # as recorded: cold, fetching, warm, unproven, failed, skipped
     reason: str | None
     size: int | None
     bytes_downloaded: int
@@ -591,6 +591,22 @@ class State:
                 "ORDER BY project, name, version, python, platform"
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
+
+    def sizes(self, shas: Iterable[str]) -> dict[str, int]:
+        """The size recorded for each of these files, where known: the lock's, or its index's answer (a
+        pin's, or a wheel the look-ahead weighed); a wheel's partial bytes never count as its size here."""
+        wanted = list(dict.fromkeys(shas))
+        out: dict[str, int] = {}
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for sha, size in self._db.execute(
+                        f"SELECT sha256, size FROM pins WHERE size > 0 AND sha256 IN ({marks}) UNION ALL "
+                        f"SELECT sha256, size FROM ahead_files WHERE size > 0 AND sha256 IN ({marks})",
+                        (*part, *part)):
+                    out.setdefault(sha, size)
+        return out
 
     def failures(self, project: Path) -> int:
         """The project's failed outcomes in a row (0 when the last one was not a failure)."""

@@ -2,6 +2,14 @@
 
 warmd never writes under uv's cache itself (DESIGN.md fact 1): uv does, so the layout is always
 the one the user's uv reads.
+
+No call runs a project's code or lets a project's own uv settings move what uv writes
+(docs/SECURITY.md): every call names uv's cache (`UV_CACHE_DIR`, as the user's own configuration
+resolves it outside any project) and forbids Python downloads; calls that are not about a
+project run in `/`, so no project's uv.toml or `[tool.uv]` is found from warmd's working folder;
+interpreters are looked for outside any project and virtual environment (`--system`, an explicit
+request), since uv runs an interpreter to inspect it and a project's `.venv/bin/python` or a path
+in its `.python-version` is the project's code; everything that could build passes `--no-build`.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from loguru import logger
 from packaging.version import InvalidVersion, Version
 
 from . import cancel, scratch
-from .errors import IndexUnreachable, LockError, UvError
+from .errors import IndexUnreachable, LockError, NeedsBuild, UvError
 from .model import Pin, Skipped
 from .uvconfig import IMMUTABLE_FILES
 
@@ -41,6 +49,13 @@ _LOCK_TIMEOUT = 600.0
 # A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
 _TIMEOUT = 3600.0
 _DROPS_BAD_WHEELS_FROM = Version("0.13.8")
+# uv's words (0.8.2 and 0.13.x) when --no-build keeps it from building a package it needs: for a local
+# one, or (the resolver's) for a registry package that has only an sdist.
+_BUILD_DISABLED = re.compile(r"Building source distributions (?:for `([^`]+)` )?(?:is|are) disabled|"
+                             r"\b([A-Za-z0-9][A-Za-z0-9._-]*)(?:==\S+)? has no usable wheels")
+# Where uv runs when a call is not about a project: a folder no project can own, so uv finds no
+# project's uv.toml or pyproject.toml walking up from it (uv reads the nearest one it finds).
+NEUTRAL = Path("/")
 _TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
 
 
@@ -95,7 +110,9 @@ class Uv:
     @cached_property
     def exe(self) -> Path:
         """The absolute path of the uv that runs."""
-        found = shutil.which(self._exe, path=self._env.get("PATH"))
+        # Only absolute PATH entries: a relative one names a folder of whatever project warmd runs in.
+        path = os.pathsep.join(d for d in self._env.get("PATH", "").split(os.pathsep) if os.path.isabs(d))
+        found = shutil.which(self._exe, path=path) if os.path.isabs(self._exe) or path else None
         if found is None:
             raise UvError(
                 f"uv not found ({self._exe!r} on PATH={self._env.get('PATH', '')!r}); "
@@ -103,17 +120,20 @@ class Uv:
             )
         return Path(found).resolve()
 
-    def _run(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-             timeout: float = _TIMEOUT, pass_fds: Sequence[int] = (),
-             on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess[str]:
-        """Run uv; a run called off (cancel.Cancelled) stops it at once and raises instead of answering.
+    def _run(self, args: Sequence[str], *, cwd: Path = NEUTRAL, env: Mapping[str, str] | None = None,
+             timeout: float = _TIMEOUT, pass_fds: Sequence[int] = (), on_line: Callable[[str], None] | None = None,
+             pin_cache: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run uv in `cwd` (a project's folder only for calls about that project); a run called off
+        (cancel.Cancelled) stops it at once and raises instead of answering.
 
         `on_line` is handed each line uv prints (stdout and stderr, merged into stderr), as it prints it.
+        `pin_cache`: name uv's cache explicitly (env beats a project's `cache-dir`, both uv versions).
         """
         cmd = [str(self.exe), *args]
-        full_env = {**self._env, **(env or {})}
-        if self._cache_dir is not None:
-            full_env["UV_CACHE_DIR"] = str(self._cache_dir)
+        # A project's `python-downloads = "automatic"` (and its `python-install-mirror`) loses to this.
+        full_env = {**self._env, **(env or {}), "UV_PYTHON_DOWNLOADS": "never"}
+        if pin_cache:
+            full_env["UV_CACHE_DIR"] = str(self.cache_dir)
         token = cancel.current()
         if token is not None:
             token.check()
@@ -147,7 +167,7 @@ class Uv:
     @cached_property
     def version(self) -> Version:
         """The version of this uv (`uv 0.13.9 (...)`)."""
-        out = self._run(["--version"], timeout=60)
+        out = self._run(["--version"], timeout=60, pin_cache=False)
         m = re.search(r"uv (\d+\.\d+\.\d+)", out.stdout)
         if out.returncode != 0 or m is None:
             raise UvError(f"{self.exe} --version did not print a uv version: {uv_reason(out)}")
@@ -167,25 +187,31 @@ class Uv:
 
     @cached_property
     def cache_dir(self) -> Path:
-        """The cache this uv reads and writes (`uv cache dir`)."""
+        """The cache this uv reads and writes (`uv cache dir` as the user's configuration says, outside any project)."""
         if self._cache_dir is not None:
             return self._cache_dir
-        out = self._run(["cache", "dir"], timeout=60)
+        out = self._run(["cache", "dir"], timeout=60, pin_cache=False)
         if out.returncode != 0 or not out.stdout.strip():
             raise UvError(f"`uv cache dir` failed: {uv_reason(out)}")
         return Path(out.stdout.strip().splitlines()[-1])
 
-    def interpreter(self, project: Path, request: str | None = None) -> Interpreter | None:
-        """The interpreter `uv python find [request]` picks in the project, or None when uv finds none."""
+    def interpreter(self, request: str | None = None) -> Interpreter | None:
+        """The interpreter `uv python find --system [request]` picks (a version "3.12" or a specifier
+        ">=3.11"), or None when uv finds none.
+
+        Never in a project: uv runs each interpreter it considers to inspect it, and in a project
+        folder it considers the project's `.venv` and a path its `.python-version` names (both
+        uv versions, tests/test_untrusted.py); `--system` leaves out virtual environments.
+        """
         # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
-        args = ["python", "find", "--no-cache"] + ([request] if request else [])
-        out = self._run(args, cwd=project, env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=120)
+        args = ["python", "find", "--no-cache", "--system"] + ([request] if request else [])
+        out = self._run(args, timeout=120)
         if out.returncode != 0 or not out.stdout.strip():
             return None
         path = Path(out.stdout.strip().splitlines()[-1])
         try:
             ran = subprocess.run([str(path), "-I", "-c", _MARKERS_SCRIPT], capture_output=True, text=True,
-                                 timeout=60, stdin=subprocess.DEVNULL)
+                                 timeout=60, stdin=subprocess.DEVNULL, cwd=NEUTRAL)
             markers = json.loads(ran.stdout)
         except (OSError, subprocess.TimeoutExpired, ValueError):
             return None
@@ -201,9 +227,10 @@ class Uv:
         as their own `uv sync` reads it.
         """
         # --no-cache: the export reads only the lock; uv's cache is neither needed nor to be touched.
-        out = self._run(["export", "--frozen", "--offline", "--no-cache", "--format", "requirements-txt",
-                         "--no-emit-project", "--no-header", "--no-annotate", *flags], cwd=project,
-                        env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=600)
+        # --no-build: it builds nothing as it is (DESIGN.md fact 14); a later uv must not either.
+        out = self._run(["export", "--frozen", "--offline", "--no-cache", "--no-build", "--format",
+                         "requirements-txt", "--no-emit-project", "--no-header", "--no-annotate", *flags],
+                        cwd=project, timeout=600)
         if out.returncode != 0:
             raise LockError(f"{project / 'uv.lock'}: uv cannot plan a sync of it ({' '.join(flags) or 'no flags'}): "
                             f"{uv_reason(out)}")
@@ -217,15 +244,21 @@ class Uv:
         lines = [ln.strip() for ln in (out.stdout + "\n" + out.stderr).splitlines() if ln.strip()]
         return next((ln for ln in reversed(lines) if ln.startswith(("Removed", "No unused"))), lines[-1] if lines else "")
 
-    def lock_upgrade(self, folder: Path, packages: Sequence[str], *, pass_fds: Sequence[int] = ()) -> None:
-        """Run `uv lock --upgrade-package P ...` in `folder`, as the user would, writing its uv.lock there.
+    def lock_upgrade(self, folder: Path, packages: Sequence[str], *, python: str, no_venv: Path,
+                     pass_fds: Sequence[int] = ()) -> None:
+        """Run `uv lock --upgrade-package P ...` in `folder` (a scratch copy), writing its uv.lock there.
 
-        Raises IndexUnreachable when uv could not reach an index (or took longer than a slow index
-        would excuse), UvError for anything else uv refused.
+        `python`: the interpreter (or version) to lock with, so uv looks for none itself (a path in
+        `.python-version` would be run); `no_venv`: a path that does not exist, taken as the
+        project's environment, so no `.venv` interpreter is inspected. `--no-build`: uv refuses what
+        it would have to build, except workspace members, which it builds anyway (both uv versions:
+        the caller must not lock a project that has one with dynamic metadata, upgrade.needs_build).
+        Raises NeedsBuild when uv would have to build a package, IndexUnreachable when it could not
+        reach an index (or took longer than a slow index would excuse), UvError for anything else.
         """
-        args = ["lock", *(f for p in packages for f in ("--upgrade-package", p))]
+        args = ["lock", "--no-build", "--python", python, *(f for p in packages for f in ("--upgrade-package", p))]
         try:
-            out = self._run(args, cwd=folder, env={"UV_PYTHON_DOWNLOADS": "never"}, timeout=_LOCK_TIMEOUT,
+            out = self._run(args, cwd=folder, env={"UV_PROJECT_ENVIRONMENT": str(no_venv)}, timeout=_LOCK_TIMEOUT,
                             pass_fds=pass_fds)
         except UvError as exc:
             if "did not finish within" not in str(exc):  # _run's own words for a timeout
@@ -233,6 +266,10 @@ class Uv:
             raise IndexUnreachable(f"{exc} (is an index that slow?)") from None
         if out.returncode != 0:
             why = uv_reason(out)
+            built = _BUILD_DISABLED.search(why)
+            if built is not None:
+                name = built.group(1) or built.group(2)
+                raise NeedsBuild([name] if name else [])
             raise (IndexUnreachable if _UNREACHABLE.search(why) else UvError)(f"`uv lock --upgrade-package` failed: {why}")
 
     @property
@@ -253,7 +290,7 @@ class Uv:
         in a config file that takes the place of the user's uv.toml (call it only when they have none).
         `interpreter`: the plan's interpreter for `python`, so uv need not look for one.
         """
-        env = {"UV_PYTHON_DOWNLOADS": "never"}
+        env: dict[str, str] = {}
         if patient:
             # uv asks for every wheel at once; the feeder answers each as its download proceeds,
             # so one queued behind others may wait longer than uv's 30 s default. The feeder ends
@@ -305,11 +342,12 @@ class Uv:
                 (tmp / "uv.toml").write_text(config, encoding="utf-8")
                 extra += ["--config-file", str(tmp / "uv.toml")]
             out = self._run(
-                ["pip", "install", "--no-deps", *extra, "--target", str(tmp / "target"),
+                # --no-build: an index named by a lock could answer an sdist for a name and version.
+                ["pip", "install", "--no-deps", "--no-build", *extra, "--target", str(tmp / "target"),
                  "--python-version", python, "--python-platform", platform,
                  # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
                  "--link-mode", "symlink", "-r", str(req)],
-                env=env or {"UV_PYTHON_DOWNLOADS": "never"},
+                env=env,
                 pass_fds=(work.fd,),  # uv holds the folder's lock too, for as long as it runs
                 on_line=on_line,
             )
@@ -351,13 +389,13 @@ class Uv:
 
     def _probe_once(self, project: Path, selected: Sequence[str], exclude: Sequence[str], python: str,
                     flags: Sequence[str]) -> tuple[int, set[str]] | str:
-        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-install-workspace", "--python", python, *flags]
+        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-build", "--no-install-workspace", "--python", python,
+                *flags]
         for name in exclude:
             args += ["--no-install-package", name]
         with scratch.folder("probe") as work:
             # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
-            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv"),
-                                                    "UV_PYTHON_DOWNLOADS": "never"}, timeout=600,
+            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv")}, timeout=600,
                             pass_fds=(work.fd,))
         if out.returncode != 0:
             return f"uv could not plan a sync for Python {python}: {uv_reason(out)}"

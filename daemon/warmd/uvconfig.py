@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
+from .errors import InputError
+from .untrusted import read_text
 
 # uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
 IMMUTABLE_FILES = "max-age=365000000, immutable"
@@ -99,10 +101,10 @@ def settings_urls(data: Any, *, sources: bool = True) -> list[str]:
 
 
 def read_toml(path: Path) -> dict[str, Any] | None:
-    """The parsed TOML file, or None when it is missing or unreadable."""
+    """The parsed TOML file, or None when it is missing, unreadable or not a regular file (never blocks)."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return tomllib.loads(read_text(path))
+    except (OSError, InputError, tomllib.TOMLDecodeError):
         return None
 
 
@@ -140,8 +142,7 @@ def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
     entry changed."""
     import tomlkit
 
-    text = pyproject.read_text(encoding="utf-8")
-    doc = tomlkit.parse(text)
+    doc = tomlkit.parse(read_text(pyproject))
     wanted = {norm_url(u) for u in urls}
     settings = doc if pyproject.name == "uv.toml" else doc.get("tool", {}).get("uv", {})
     entries = settings.get("index", [])

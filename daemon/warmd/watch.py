@@ -72,10 +72,16 @@ class _Ignore:
 
 
 def _lock_stat(project: Path) -> StatKey:
+    """The uv.lock's stat key: of what a symlink names, else of the entry itself (a symlink loop or
+    a dangling link is a lock too, one the run reports as bad input). Only stats: never opens it,
+    so a FIFO or device named uv.lock cannot block discovery."""
     try:
         st = os.stat(project / LOCK)
     except OSError:
-        return None
+        try:
+            st = os.lstat(project / LOCK)
+        except OSError:
+            return None
     return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 

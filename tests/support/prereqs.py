@@ -102,6 +102,8 @@ PREREQS: dict[str, Prereq] = {
                              "container: tests/support/booted.py)", _nspawn,
                              "apt-get install systemd-container dbus-user-session procps, and run the tests as "
                              "root"),
+    "mknod": Prereq("the right to make a device node (root)", _root,
+                    "run the tests as root (a hostile project's uv.lock is made a character device)"),
 }
 
 

@@ -1,0 +1,120 @@
+"""What one lock may cost (`[limits]`), with the real uv and the local index: the wheels past the
+per-project limit or the free-space floor are `skipped` with the reason, not a byte of them is
+downloaded, the rest is warmed, and `warmd status` (text and --json, against its schema) says which
+and why."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+
+from tests.support.config import write_warmd_config
+from tests.support.index_server import IndexServer
+from tests.support.prereqs import need
+from tests.support.projects import lock_project, make_project, torch_like_set
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
+PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
+MiB = 2**20
+
+
+def _warmd(cfg: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _status(cfg: Path, env: dict[str, str]) -> tuple[dict, str]:
+    proc = _warmd(cfg, env, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    jsonschema.validate(data, SCHEMA)
+    (project,) = data
+    return project, _warmd(cfg, env, "status").stdout
+
+
+def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never_fetched(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    with IndexServer(pep691=True) as server:  # PEP 691 pages carry sizes: the lock has them, the dry run too
+        ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
+        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ)
+        torch = next(f for f in ws.filenames if f.startswith("torch-"))
+        # nvidia-nvtx and pytorch-triton (1 MiB each) fit; torch (4 MiB) would pass the limit.
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES,
+                                 extra=["[limits]", 'per-project = "5MiB"'])
+        server.reset_counters()
+
+        dry = _warmd(cfg, uv_environ, "prefetch", "--dry-run", str(project))
+        assert dry.returncode == 0, dry.stderr
+        line = next(ln for ln in dry.stdout.splitlines() if torch in ln)
+        assert line.split()[0] == "skipped" and "past `[limits] per-project` (5.0 MiB)" in line, line
+
+        proc = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        assert proc.returncode == 0, proc.stderr  # a limit kept it out: not a failure
+        wheels = {w["filename"]: w for w in json.loads(proc.stdout)["projects"][0]["wheels"]}
+        assert wheels[torch]["state"] == "skipped", wheels[torch]
+        assert wheels[torch]["reason"] == ("past `[limits] per-project` (5.0 MiB): the lock's wheels reach 6.0 MiB "
+                                           "with this one; nothing was downloaded for it"), wheels[torch]
+        assert {w["state"] for f, w in wheels.items() if f != torch} == {"warm"}
+        assert server.wheel_hits(torch) == [], "a byte of the skipped wheel was asked for"
+        assert not list(uv_cache.glob("wheels-v*/index/*/torch/*"))
+
+    project_status, text = _status(cfg, uv_environ)
+    assert project_status["state"] == "warm"  # what it may fetch is warm
+    (st,) = [w for w in project_status["wheels"] if w["filename"] == torch]
+    assert (st["state"], st["reason"]) == ("skipped", wheels[torch]["reason"])
+    assert any(f.startswith(f"1 wheel(s) skipped, not downloaded: {torch} — past `[limits] per-project`")
+               for f in project_status["flags"]), project_status["flags"]
+    assert f"  skipped  torch {ws.torch_version}  {torch}  saved 0 B — past `[limits] per-project`" in text, text
+    assert "  ! 1 wheel(s) skipped, not downloaded: " in text
+
+
+def test_wheels_that_would_leave_less_than_the_free_space_floor_are_skipped(
+        tmp_path: Path, uv_bin: Path, uv_environ: dict[str, str], index_server: IndexServer) -> None:
+    """On a 48 MiB disk holding both warmd's store and uv's cache, with a 24 MiB floor: the two 2 MiB
+    wheels fit (~5.4 MiB with uv's unpacked copies), torch's 8 MiB (~21.6 MiB) would leave less than
+    the floor. The PyTorch-like index gives no sizes: warmd asks (HEAD), and downloads nothing of torch."""
+    need("mount")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], capture_output=True,
+                             text=True, timeout=60)
+    assert mounted.returncode == 0, f"cannot mount a small tmpfs here: {mounted.stderr.strip()}"
+    try:
+        ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=8 * MiB)
+        project = make_project(tmp_path, "proj", server=index_server, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ | {"UV_CACHE_DIR": str(tmp_path / "lock-cache")})
+        assert "size = " not in (project / "uv.lock").read_text()
+        torch = next(f for f in ws.filenames if f.startswith("torch-"))
+        cache = disk / "uv-cache"
+        # warmd's store (and state) on the small disk too
+        cfg = write_warmd_config(disk, uv_bin, cache, packages=PACKAGES, extra=["[limits]", 'min-free = "24MiB"'])
+        env = uv_environ | {"UV_CACHE_DIR": str(cache)}
+        index_server.reset_counters()
+
+        proc = _warmd(cfg, env, "prefetch", "--json", str(project))
+        assert proc.returncode == 0, proc.stderr
+        wheels = {w["filename"]: w for w in json.loads(proc.stdout)["projects"][0]["wheels"]}
+        assert wheels[torch]["state"] == "skipped", wheels[torch]
+        reason = wheels[torch]["reason"]
+        assert reason.startswith("past `[limits] min-free` (24.0 MiB): fetching it (~21.6 MiB there) would leave "
+                                 f"less free on the filesystem of warmd's store ({disk / 'store'}) and uv's cache "
+                                 f"({cache})"), reason
+        assert reason.endswith("; nothing was downloaded for it")
+        assert {w["state"] for f, w in wheels.items() if f != torch} == {"warm"}
+        assert [h.method for h in index_server.wheel_hits(torch)] == ["HEAD"], "more than its size was asked for"
+
+        project_status, text = _status(cfg, env)
+        (st,) = [w for w in project_status["wheels"] if w["filename"] == torch]
+        assert (st["state"], st["reason"]) == ("skipped", reason)
+        assert st["size"] == (tmp_path / "wheels" / "cu128" / torch).stat().st_size  # as the index said
+        assert "past `[limits] min-free`" in text and "  ! 1 wheel(s) skipped, not downloaded: " in text
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=60)

@@ -1,0 +1,355 @@
+"""Hostile projects under a watched root, with the real uv (the pinned one and 0.8.2) and the local index:
+warmd runs none of their code and lets none of their uv settings move what it writes (docs/SECURITY.md).
+
+Every build backend, `setup.py` stand-in and interpreter these projects carry appends a line to one
+marker file when it runs. uv runs them when it locks (the set-up does, as the project's author
+did); after that, nothing warmd does — `prefetch`, `prefetch --ahead`, `doctor`, `status`, `run`
+with the look-ahead on — may add a line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.support.config import write_warmd_config
+from tests.support.daemon import DaemonProcess
+from tests.support.index_server import IndexServer
+from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
+PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
+KiB = 1024
+
+# A PEP 517 backend in the package's own folder (backend-path): uv imports it to learn the package's
+# metadata (its version is dynamic) and to build it. Importing it is running the project's code.
+BACKEND = '''
+import os, zipfile
+with open({marker!r}, "a") as f:
+    f.write("backend of {name} ran in " + os.getcwd() + "\\n")
+NAME, VERSION, DEPS = {name!r}, "1.0", {deps!r}
+def _meta():
+    return "Metadata-Version: 2.1\\nName: %s\\nVersion: %s\\n" % (NAME, VERSION) + "".join(
+        "Requires-Dist: %s\\n" % d for d in DEPS)
+def get_requires_for_build_wheel(config_settings=None): return []
+get_requires_for_build_editable = get_requires_for_build_sdist = get_requires_for_build_wheel
+def prepare_metadata_for_build_wheel(d, config_settings=None):
+    info = os.path.join(d, "%s-%s.dist-info" % (NAME, VERSION))
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write(_meta())
+    return os.path.basename(info)
+prepare_metadata_for_build_editable = prepare_metadata_for_build_wheel
+def build_wheel(d, config_settings=None, metadata_directory=None):
+    name = "%s-%s-py3-none-any.whl" % (NAME, VERSION)
+    info = "%s-%s.dist-info" % (NAME, VERSION)
+    with zipfile.ZipFile(os.path.join(d, name), "w") as z:
+        z.writestr(info + "/METADATA", _meta())
+        z.writestr(info + "/WHEEL", "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n")
+        z.writestr(info + "/RECORD", "")
+    return name
+build_editable = build_wheel
+'''
+BUILD_SYSTEM = '\n[build-system]\nrequires = []\nbuild-backend = "evilbackend"\nbackend-path = ["."]\n'
+# An "interpreter" a project ships: uv runs whatever it considers, to ask it what it is.
+INTERPRETER = '#!/bin/sh\necho "interpreter $0 ran" >> {marker}\nexit 1\n'
+
+
+def _package(folder: Path, name: str, marker: Path, deps: tuple[str, ...] = ()) -> None:
+    """A package with dynamic metadata and the marker-writing backend."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "evilbackend.py").write_text(BACKEND.format(marker=str(marker), name=name, deps=list(deps)))
+    (folder / "pyproject.toml").write_text(
+        f'[project]\nname = "{name}"\ndynamic = ["version"]\nrequires-python = ">=3.11"\n'
+        f"dependencies = {json.dumps(list(deps))}\n" + BUILD_SYSTEM)
+
+
+def _sdist(out: Path, name: str, marker: Path) -> Path:
+    """An sdist with no PKG-INFO: only its build (the marker-writing backend) tells its metadata."""
+    path = out / f"{name}-1.0.tar.gz"
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for arc, text in (("pyproject.toml", BUILD_SYSTEM), ("evilbackend.py",
+                                                            BACKEND.format(marker=str(marker), name=name, deps=[]))):
+            data = text.encode()
+            info = tarfile.TarInfo(f"{name}-1.0/{arc}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _edit(project: Path, old: str, new: str) -> None:
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text()
+    assert old in text, (old, text)
+    pyproject.write_text(text.replace(old, new, 1))
+
+
+@dataclass
+class Hostile:
+    tmp: Path
+    root: Path
+    server: IndexServer
+    uv: Path
+    env: dict[str, str]
+    cache: Path
+    marker: Path
+    projects: dict[str, Path]
+
+    def config(self, *extra: str) -> Path:
+        folder = self.tmp / "warmd"
+        folder.mkdir(exist_ok=True)
+        return write_warmd_config(folder, self.uv, self.cache, packages=PACKAGES,
+                                  extra=[f"roots = {json.dumps([str(self.root)])}", *extra])
+
+    def warmd(self, cfg: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def markers(self) -> list[str]:
+        return self.marker.read_text().splitlines() if self.marker.exists() else []
+
+
+@pytest.fixture(params=["uv", "uv-0.8.2"])
+def hostile(request: pytest.FixtureRequest, tmp_path: Path, index_server: IndexServer, uv_cache: Path,
+            uv_environ: dict[str, str]) -> Hostile:
+    """A watched root holding a project of each kind that makes uv run a project's code, all locked."""
+    uv = request.getfixturevalue("uv_bin" if request.param == "uv" else "uv_old_bin")
+    return _hostile(tmp_path, index_server, uv, uv_environ, uv_cache)
+
+
+def _hostile(tmp_path: Path, index_server: IndexServer, uv: Path, uv_environ: dict[str, str],
+             uv_cache: Path) -> Hostile:
+    root, marker = tmp_path / "code", tmp_path / "MARKERS"
+    ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
+    index_server.add_wheel(_sdist(tmp_path / "sdists", "sdonly", marker), None)
+
+    def project(name: str, *deps: str) -> Path:
+        return make_project(root, name, server=index_server, variant="cu128", deps=["torch>=2.5", *deps],
+                            gpu_packages=ws.gpu_packages)
+
+    # A path dependency whose version is dynamic: uv builds it to lock.
+    pathdep = project("pathdep", "helper")
+    _edit(pathdep, "[tool.uv.sources]\n", '[tool.uv.sources]\nhelper = { path = "../../libs/helper" }\n')
+    _package(tmp_path / "libs" / "helper", "helper", marker)
+    # A workspace member whose version is dynamic: uv builds it even with --no-build.
+    workspace = project("workspace", "member")
+    _edit(workspace, "[tool.uv.sources]\n", "[tool.uv.sources]\nmember = { workspace = true }\n")
+    (workspace / "pyproject.toml").write_text((workspace / "pyproject.toml").read_text()
+                                              + '\n[tool.uv.workspace]\nmembers = ["member"]\n')
+    _package(workspace / "member", "member", marker)
+    # A dependency published as an sdist only.
+    project("sdist", "sdonly")
+    # The project itself, with a build system and a dynamic version.
+    selfbuild = project("selfbuild")
+    _edit(selfbuild, 'version = "0.1.0"\n', 'dynamic = ["version"]\n')
+    (selfbuild / "pyproject.toml").write_text((selfbuild / "pyproject.toml").read_text() + BUILD_SYSTEM)
+    (selfbuild / "evilbackend.py").write_text(BACKEND.format(marker=str(marker), name="selfbuild",
+                                                             deps=["torch>=2.5", *ws.gpu_packages]))
+    # Interpreters of its own: a `.venv` and a path in `.python-version` (uv runs what it inspects).
+    interp = project("interp")
+    projects = {p.name: p for p in (pathdep, workspace, root / "sdist", selfbuild, interp)}
+    for p in projects.values():
+        lock_project(p, uv, uv_environ)  # as the project's author did: this runs the backends
+    for path in (interp / ".venv" / "bin" / "python", interp / "tools" / "evil-python"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(INTERPRETER.format(marker=marker))
+        path.chmod(0o755)
+    (interp / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (interp / ".python-version").write_text(f"{interp / 'tools' / 'evil-python'}\n")
+    marker.unlink()  # what the set-up's locks ran
+    # A newer torch on the index: the look-ahead has something to lock for each project.
+    torch_like_set(index_server, tmp_path / "wheels", "cu128", version="2.9.0", pythons=("cp311",), size=16 * KiB)
+    index_server.reset_counters()
+    return Hostile(tmp_path, root, index_server, uv, uv_environ, uv_cache, marker, projects)
+
+
+# What the look-ahead of each project would have had to build: a path dependency, a workspace member
+# and the project itself are known from their pyproject.toml before uv runs; uv's --no-build names the sdist.
+NEEDS = {"pathdep": "helper", "workspace": "member", "selfbuild": "selfbuild", "sdist": "sdonly"}
+
+
+def test_no_command_runs_a_projects_build_backend_or_interpreter(hostile: Hostile) -> None:
+    """prefetch, prefetch --ahead, doctor and status on projects uv would have to build, with the
+    look-ahead on: not one backend or project interpreter runs; the look-ahead says what it would
+    have had to build, and everything else is warmed."""
+    cfg = hostile.config("[ahead]", "enable = true")
+    proc = hostile.warmd(cfg, "prefetch", "--ahead", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    warmed = {Path(p["project"]).name: p for p in report["projects"]}
+    assert set(warmed) == set(hostile.projects)
+    for name, p in warmed.items():
+        torch = [w for w in p["wheels"] if w["name"] == "torch"]
+        assert p["error"] is None and torch and all(w["state"] == "warm" for w in torch), (name, p)
+    ahead = {Path(a["project"]).name: a for a in report["ahead"]}
+    for name, package in NEEDS.items():
+        assert ahead[name]["state"] == "skipped", ahead[name]
+        assert ahead[name]["reason"] == f"needs to build {package}; warmd never runs a project's code"
+    assert ahead["interp"]["state"] == "ready", ahead["interp"]  # its own interpreters were never asked
+    assert hostile.markers() == []
+
+    proc = hostile.warmd(cfg, "prefetch")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = hostile.warmd(cfg, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    jsonschema.validate(data, SCHEMA)
+    status = {Path(p["project"]).name: p for p in data}
+    for name, package in NEEDS.items():
+        assert status[name]["state"] == "warm", status[name]
+        assert status[name]["upgrade"]["state"] == "skipped"
+        assert status[name]["upgrade"]["line"] == (f"upgrade look-ahead skipped: needs to build {package}; "
+                                                   "warmd never runs a project's code")
+    text = hostile.warmd(cfg, "status").stdout
+    assert "upgrade look-ahead skipped: needs to build helper; warmd never runs a project's code" in text
+
+    proc = hostile.warmd(cfg, "doctor", "--json", *map(str, hostile.projects.values()))
+    findings = json.loads(proc.stdout)["findings"]
+    said = [f["message"] for f in findings if f["check"] == "ahead" and "needs to build" in f["message"]]
+    for name, package in NEEDS.items():
+        assert [m for m in said if f"{hostile.projects[name]}: " in m and f"needs to build {package};" in m], said
+    assert hostile.markers() == []
+
+
+def test_the_daemon_with_the_look_ahead_on_runs_no_project_code(
+        tmp_path: Path, index_server: IndexServer, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """`warmd run` with `[ahead] enable = true`: every project warmed, every look-ahead done, no marker."""
+    hostile = _hostile(tmp_path, index_server, uv_bin, uv_environ, uv_cache)
+    cfg = hostile.config("[ahead]", "enable = true")
+    daemon = DaemonProcess(cfg, hostile.env)
+    try:
+        for name, package in NEEDS.items():
+            daemon.wait_for([f"{hostile.projects[name]}: upgrade look-ahead skipped: needs to build {package}"])
+        daemon.wait_for([f"{hostile.projects['interp']}: upgrade ready"])
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0
+    finally:
+        daemon.kill()
+    assert hostile.markers() == []
+
+
+# -- a project's own uv settings ---------------------------------------------------------------------
+
+
+class _Listener:
+    """A TCP port that counts the connections made to it (a proxy or a Python mirror nobody should use)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("which", ["uv", "uv-0.8.2"])
+def test_a_projects_uv_settings_change_nothing_warmd_writes_runs_or_sends(
+        request: pytest.FixtureRequest, which: str, tmp_path: Path, index_server: IndexServer, uv_cache: Path,
+        uv_environ: dict[str, str]) -> None:
+    """A project whose uv.toml redirects uv's cache, enables Python downloads from a mirror of its own,
+    trusts any certificate of 127.0.0.1 and (uv >= 0.9) sends uv's requests through a proxy of its own,
+    and pins a Python this machine lacks: wheels land in the user's cache, no Python is downloaded,
+    nothing connects to the mirror or the proxy, nothing is written where it says."""
+    uv = request.getfixturevalue("uv_bin" if which == "uv" else "uv_old_bin")
+    missing = _missing_python(uv, uv_environ, tmp_path)
+    ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311", f"cp{missing.replace('.', '')}"),
+                        size=16 * KiB)
+    root = tmp_path / "code"
+    project = make_project(root, "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
+                           gpu_packages=ws.gpu_packages)
+    lock_project(project, uv, uv_environ)
+    torch_like_set(index_server, tmp_path / "wheels", "cu128", version="2.9.0", pythons=("cp311",), size=16 * KiB)
+    listener = _Listener()
+    evil_cache = tmp_path / "evil-cache"
+    lines = [f"cache-dir = {json.dumps(str(evil_cache))}", 'python-downloads = "automatic"',
+             f'python-install-mirror = "http://127.0.0.1:{listener.port}/python"',
+             'allow-insecure-host = ["127.0.0.1"]']
+    if uv_supports_proxy_settings(uv):
+        lines += [f'http-proxy = "http://127.0.0.1:{listener.port}"',
+                  f'https-proxy = "http://127.0.0.1:{listener.port}"', 'no-proxy = ["nothing.invalid"]']
+    # uv reads a project's uv.toml instead of its [tool.uv] settings: its indexes go there too.
+    pyproject = (project / "pyproject.toml").read_text()
+    indexes = pyproject[pyproject.index("[[tool.uv.index]]"):pyproject.index("[tool.uv.sources]")]
+    (project / "uv.toml").write_text("\n".join(lines) + "\n\n" + indexes.replace("[[tool.uv.index]]", "[[index]]"))
+    (project / ".python-version").write_text(missing + "\n")  # a Python this machine lacks: uv would download it
+    python_dir = tmp_path / "pythons"
+    python_dir.mkdir()
+    env = uv_environ | {"UV_PYTHON_INSTALL_DIR": str(python_dir)}
+    (tmp_path / "warmd").mkdir()
+    cfg = write_warmd_config(tmp_path / "warmd", uv, uv_cache, packages=PACKAGES,
+                             extra=[f"roots = {json.dumps([str(root)])}", 'python = ["3.11"]'])
+    index_server.reset_counters()
+    try:
+        for args in (["prefetch", "--ahead", "--json"], ["doctor", str(project)], ["status"]):
+            proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert "Traceback" not in proc.stderr, proc.stderr
+            if args[0] == "prefetch":
+                assert proc.returncode == 0, proc.stderr[-3000:]
+                report = json.loads(proc.stdout)
+                (warmed,) = report["projects"]
+                assert {w["python"]: w["state"] for w in warmed["wheels"] if w["name"] == "torch"} == {
+                    missing: "unproven", "3.11": "warm"}, warmed["wheels"]
+                assert report["ahead"][0]["state"] == "ready", report["ahead"]
+            if args[0] == "doctor":
+                assert f"`cache-dir = '{evil_cache}'` in {project / 'uv.toml'}" in proc.stdout, proc.stdout
+        assert not evil_cache.exists(), "uv wrote into the cache a project named"
+        assert list(uv_cache.glob("wheels-v*/index/*/torch/*.http")), "the wheels are not in the user's cache"
+        assert listener.accepted == 0, "uv connected to the project's proxy or Python mirror"
+        assert list(python_dir.iterdir()) == [], "uv downloaded a Python"
+        # The control: run plainly in the project, the same uv does obey these settings.
+        plain = {k: v for k, v in env.items() if k not in ("UV_CACHE_DIR", "UV_PYTHON_DOWNLOADS")}
+        assert run_uv(uv, ["cache", "dir"], cwd=project, env=plain).stdout.strip() == str(evil_cache)
+        subprocess.run([str(uv), "sync", "--dry-run", "--python", missing], cwd=project, env=plain,
+                       capture_output=True, timeout=120)
+        assert listener.accepted > 0, "uv did not even try the project's Python mirror"
+    finally:
+        listener.close()
+
+
+def _missing_python(uv: Path, env: dict[str, str], tmp: Path) -> str:
+    """A Python uv has a download for and finds no interpreter of, also in a folder whose .python-version
+    asks for it (pyenv's shims answer for any version such a file names)."""
+    for minor in (12, 13, 14):
+        folder = tmp / f"probe-3.{minor}"
+        folder.mkdir()
+        (folder / ".python-version").write_text(f"3.{minor}\n")
+        found = subprocess.run([str(uv), "python", "find", f"3.{minor}"], env=env, capture_output=True,
+                               text=True, timeout=60, cwd=folder)
+        if found.returncode != 0:
+            return f"3.{minor}"
+    pytest.fail("every Python from 3.12 to 3.14 is installed here: no Python for uv to want to download")
+
+
+def uv_supports_proxy_settings(uv: Path) -> bool:
+    """uv 0.9 and later read `http-proxy` in a uv.toml (0.8.2 refuses the key)."""
+    out = run_uv(uv, ["--version"], cwd=Path("/"), env={"PATH": os.environ.get("PATH", "")}).stdout.split()[1]
+    return tuple(int(x) for x in out.split(".")[:2]) >= (0, 9)
