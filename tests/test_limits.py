@@ -118,3 +118,28 @@ def test_wheels_that_would_leave_less_than_the_free_space_floor_are_skipped(
         assert "past `[limits] min-free`" in text and "  ! 1 wheel(s) skipped, not downloaded: " in text
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=60)
+
+
+def test_a_lock_without_sizes_asks_each_wheels_size_once(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """PyTorch's index gives no sizes, so its locks have none: with the default limits each wheel's
+    size is asked once (a HEAD), and that answer serves the limit, the download's order and the
+    hand-over to uv alike; every wheel is fetched once."""
+    with IndexServer() as server:  # PEP 503 pages: no sizes in the lock
+        ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
+        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ)
+        assert "size = " not in (project / "uv.lock").read_text()
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+        server.reset_counters()
+        proc = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        assert proc.returncode == 0, proc.stderr
+        wheels = json.loads(proc.stdout)["projects"][0]["wheels"]
+        assert {w["state"] for w in wheels} == {"warm"}
+        sizes = {w.name: w.stat().st_size for w in ws.wheels}
+        assert {w["filename"]: w["size"] for w in wheels} == sizes  # learned, and on record
+        for name, size in sizes.items():
+            hits = server.wheel_hits(name)
+            assert [h.method for h in hits].count("HEAD") == 1, (name, hits)
+            assert sum(h.body_bytes for h in hits) == size, (name, hits)

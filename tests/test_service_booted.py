@@ -37,6 +37,13 @@ SANDBOXED = {"install-service": True, "no-sandbox": False, "shipped": True}
 # The user's config: one root, the variant of the test index, every package of a lock warmed (so
 # that `uv sync` afterwards needs nothing from the index at all).
 CONFIG = 'roots = ["~/src"]\nvariant = "cpu"\npackages = ["*"]\n\n[watch]\ndebounce = 0.3\n'
+
+
+def vouching(server: IndexServer) -> str:
+    """The config line by which the user vouches for the lab index, a private one on 127.0.0.1."""
+    return f"trusted-indexes = [{json.dumps(server.url + '/')}]\n"
+
+
 OLD_UNIT = REPO / "tests" / "fixtures" / "units" / "warmd-d5ad866.service"  # systemd/warmd.service at d5ad866
 
 
@@ -130,6 +137,7 @@ def test_a_lock_appearing_under_a_root_is_warmed_and_uv_sync_then_fetches_no_whe
     ws = torch_like_set(index_server, wheel_dir, "cpu", size=64 * 1024, pythons=("cp311",))
     project = make_project(tmp_path, "app", server=index_server, variant="cpu", deps=[ws.requirement()],
                            gpu_packages=ws.gpu_packages)
+    user.write(".config/warmd/config.toml", vouching(index_server) + CONFIG)
     start(user, unit)
     copy_project(user, project, "src/app", ("pyproject.toml", ".python-version"))
     # The user locks; with a throw-away uv cache, so that only the service can fill ~/.cache/uv.
@@ -199,7 +207,7 @@ def test_stop_mid_download_exits_cleanly_and_leaves_no_process(
         project = make_project(tmp_path, "app", server=server, variant="cpu", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)
         lock_project(project, uv_bin, uv_environ)
-        user.write(".config/warmd/config.toml", CONFIG + "\n[download]\nconnections = 1\n")
+        user.write(".config/warmd/config.toml", vouching(server) + CONFIG + "\n[download]\nconnections = 1\n")
         start(user, unit)
         server.reset_counters()
         copy_project(user, project, "src/app", ("pyproject.toml", ".python-version", "uv.lock"))

@@ -87,7 +87,6 @@ class _Run:
     moot: set[str] = dataclasses.field(default_factory=set)  # begun on speculation, and uv had them
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit that kept it out
     unsized: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> why its index gave no size
-    sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # sha256 -> size learned (the lock gives none)
 
 
 class Pipeline:
@@ -203,6 +202,9 @@ class Pipeline:
                     record: bool) -> list[ProjectReport]:
         reports = []
         sizes, unsized = self._sizes(plans)
+        # A size learned for weighing goes into the plan: the engine orders by it without asking the
+        # index a second time, holds the download to it, and the report records it.
+        plans = [_with_sizes(pl, sizes) for pl in plans]
         with self._project_locks([pl.project for pl in plans] if record else []), \
                 _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
             run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized)
@@ -353,7 +355,7 @@ class Pipeline:
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, unsized, sizes)
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, unsized)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
@@ -403,9 +405,11 @@ class Pipeline:
                 out.add(sha)
         if out and self.config.limits.per_project is not None:
             # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
-            # one would pass the limit through uv. Only files whose index confirms the size weighed go.
-            said = self.fetcher.sizes([need[s].wheel for s in out], keep=False)
-            out = {s for s in out if said.get(s) == (need[s].wheel.size or sizes.get(s))}
+            # one would pass the limit through uv. Only files whose index confirms the size weighed go
+            # (a size learned from the index this run is its answer already: not asked twice).
+            ask = [need[s].wheel for s in out if s not in sizes]
+            said = self.fetcher.sizes(ask, keep=False) if ask else {}
+            out = {s for s in out if s in sizes or said.get(s) == need[s].wheel.size}
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
@@ -560,8 +564,6 @@ class Pipeline:
         fetched, import_errors = run.fetched, run.import_errors
         wheels = []
         for pin in pl.pins:
-            # A size learned for weighing goes on record (status shows it; the next run needs not ask).
-            pin = _sized_pin(pin, run.sizes.get(pin.wheel.sha256))
             res = after[pin.python]
             got = fetched.get(pin.wheel.sha256)
             if isinstance(got, FetchSkipped):
@@ -664,10 +666,14 @@ def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> Proj
     return dataclasses.replace(pl, pins=tuple(kept), skipped=pl.skipped + tuple(left))
 
 
-def _sized_pin(pin: Pin, size: int | None) -> Pin:
-    if size is None or pin.wheel.size is not None:
-        return pin
-    return dataclasses.replace(pin, wheel=dataclasses.replace(pin.wheel, size=size))
+def _with_sizes(pl: ProjectPlan, sizes: dict[str, int]) -> ProjectPlan:
+    """`pl` with the sizes learned for files its lock gives none for (sha256 -> bytes)."""
+    if not any(p.wheel.size is None and p.wheel.sha256 in sizes for p in pl.pins):
+        return pl
+    return dataclasses.replace(pl, pins=tuple(
+        p if p.wheel.size is not None or p.wheel.sha256 not in sizes
+        else dataclasses.replace(p, wheel=dataclasses.replace(p.wheel, size=sizes[p.wheel.sha256]))
+        for p in pl.pins))
 
 
 def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
