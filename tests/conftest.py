@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,25 @@ from tests.support.projects import uv_env  # noqa: E402
 from tests.support.tls import TlsFiles, make_tls  # noqa: E402
 
 pytest_plugins = ["pytester"]  # test_loopback runs whole pytest sessions to show the guard fails them
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _per_user_folders_of_the_runs_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The per-user folders warmd and uv default to (XDG config, cache and state) lie in the run's own
+    tmp, for this process and every child: no test reads or writes the real user's (a state database
+    a newer warmd left there, a uv.toml of the developer's)."""
+    base = tmp_path_factory.mktemp("xdg")
+    folders = {"XDG_CONFIG_HOME": base / "config", "XDG_CACHE_HOME": base / "cache", "XDG_STATE_HOME": base / "state"}
+    saved = {k: os.environ.get(k) for k in folders}
+    os.environ.update({k: str(v) for k, v in folders.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(autouse=True)
