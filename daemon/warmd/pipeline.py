@@ -423,13 +423,14 @@ class Pipeline:
         if out:
             # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
             # one would pass the limit through uv. With a limit, only files whose index confirms the
-            # size weighed go (a size learned from the index this run is its answer already). One
-            # request serves both questions (`_preflight`); none where this run asked already.
+            # size weighed go (a size learned for weighing is an answer already; one asked now must
+            # agree with it). One request serves both questions (`_preflight`); none where this run
+            # asked already.
             limit = self.config.limits.per_project is not None
             said = self._preflight([need[s].wheel.url for s in out], since,
                                    again={need[s].wheel.url for s in out if limit and s not in sizes})
-            out = {s for s in out if said[need[s].wheel.url].passed
-                   and (not limit or s in sizes or said[need[s].wheel.url].size == need[s].wheel.size)}
+            out = {s for s in out if (a := said[need[s].wheel.url]).passed
+                   and (not limit or (a.size == need[s].wheel.size if a.size is not None else s in sizes))}
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
