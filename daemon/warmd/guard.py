@@ -279,7 +279,7 @@ class NetGuard:
     def for_uv(self, url: str, project: Path | None = None, *, index: str | None = None,
                scope: str | None = None) -> Verdict:
         """May warmd have uv connect to `url`? As `check`, and over plain http only where the user's
-        own configuration names it: uv sends the user's `.netrc` credentials wherever it connects.
+        own configuration names it: uv sends the user's `.netrc` credentials to a host that asks.
         git over ssh (uv's git uses the user's SSH keys) passes `check` only for a trusted project."""
         verdict = self.check(url, project, index=index, scope=scope)
         p = place(url)
