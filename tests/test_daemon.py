@@ -318,3 +318,31 @@ def test_sighup_with_other_roots_and_interval_takes_effect(
         assert daemon.proc.wait(timeout=10) == 0
     finally:
         daemon.kill()
+
+
+def test_the_header_check_asks_the_guard_as_the_users_uv_toml_is_now(tmp_path: Path, uv_bin: Path, uv_cache: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index the user adds to their uv.toml is theirs from the next header check on, not from the
+    next warm: the check reads the user's configuration again before it asks the guard."""
+    from warmd.daemon import _PipelineRef
+    from warmd.pipeline import Pipeline
+
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "none"))
+    for name in ("UV_INDEX", "UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config(write_warmd_config(tmp_path, uv_bin, uv_cache, packages=["torch"], trusted=[]))
+    d = Daemon(config, config_path=None)
+    d._ref = _PipelineRef(Pipeline(config))
+    d.state = State.open(config.state_dir)
+    try:
+        guard = d._ref.pipeline.guard
+        assert not guard.vouched("http://10.0.0.5:8080/simple/torch/")
+        (xdg / "uv").mkdir(parents=True)
+        (xdg / "uv" / "uv.toml").write_text('[[index]]\nurl = "http://10.0.0.5:8080/simple/"\n')
+        d.check_headers()
+        assert guard.vouched("http://10.0.0.5:8080/simple/torch/")
+    finally:
+        d.state.close()
+        d._ref.pipeline.close()

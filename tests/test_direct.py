@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler, running_urls
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
-from warmd.config import Config, DownloadSettings
+from warmd.config import Config, DownloadSettings, LimitSettings
 from warmd.fetch import Fetcher, ProgressEvent
 from warmd.model import ProjectReport
 from warmd.pipeline import Pipeline
@@ -45,10 +45,12 @@ def server() -> Iterator[IndexServer]:
 
 
 def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bool = False,
-              events: list[ProgressEvent] | None = None, state: State | None = None) -> Pipeline:
+              events: list[ProgressEvent] | None = None, state: State | None = None,
+              limits: LimitSettings | None = None, trusted: list[str] | None = None) -> Pipeline:
     config = Config(variant="cu128", uv=str(uv), cache_dir=cache, store_dir=tmp / "store", state_dir=tmp / "state",
                     packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2),
-                    trusted_indexes=tuple(u + "/" for u in running_urls()))
+                    trusted_indexes=tuple(u + "/" for u in (running_urls() if trusted is None else trusted)),
+                    limits=limits or LimitSettings())
     store = Store(config.store_dir)
     progress = events.append if events is not None else None
     fetcher = Fetcher(store, connections=4, timeout=10, retries=2, backoff=0.01, max_backoff=0.05,
@@ -206,3 +208,28 @@ def test_uv_is_told_the_interpreter_the_plan_found_and_looks_for_none(tmp_path: 
     (interpreter,) = {p for p in pipeline.plan(project).interpreters.values() if p is not None}
     installs = [ln for ln in lines if ln.startswith("uv: ") and " pip install " in ln]
     assert installs and all(f" --python {interpreter} " in ln for ln in installs), installs
+
+
+def test_uv_is_handed_only_a_file_whose_redirects_warmds_own_request_checked_this_run(
+        tmp_path: Path, server: IndexServer, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """uv follows redirects unchecked: the vouched index sends torch to a server nobody vouched for.
+    With no limit (so no HEAD for a size either), uv would download every file itself; torch's
+    download begun on speculation met the redirect and was refused, so uv never gets torch's URL."""
+    project, files = _project(tmp_path, server, uv_bin, uv_environ)
+    torch = next(f for f in files if f.startswith("torch-"))
+    with IndexServer() as intranet:
+        intranet.add_wheel(tmp_path / "wheels" / "cu128" / torch, "cu128")
+        server.faults.redirect[torch] = intranet.file_url(torch, "cu128")
+        server.reset_counters()
+        report, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ, limits=LimitSettings(None, None),
+                          trusted=[server.url])
+        assert intranet.hits == [], "uv (or warmd) followed the redirect to a server nobody vouched for"
+    states = {w.pin.wheel.filename: w for w in report.wheels}
+    assert states[torch].state == "failed" and "nobody vouched for" in (states[torch].reason or ""), states[torch]
+    others = [f for f in files if f != torch]
+    assert {states[f].state for f in others} == {"warm"}, report
+    for name in others:  # the uv path was taken: uv's own whole-file GET, once
+        assert len(_whole_gets(server, name)) == 1, name
+    # what the pre-flight cost: at most one HEAD per file (none where the speculative download asked)
+    heads = [h.path.rsplit("/", 1)[-1] for h in server.hits if h.method == "HEAD"]
+    assert all(heads.count(f) <= 1 for f in others), heads

@@ -16,8 +16,9 @@ from warmd.config import Config, parse_config
 from warmd.connection import Connection, HttpSettings
 from warmd.credentials import index_auth
 from warmd.errors import ConfigError, InputError
-from warmd.guard import NetGuard, Refused, Trust, Vouch, address_class, guard_for, literal, under
+from warmd.guard import NetGuard, Refused, Trust, Vouch, address_class, guard_for, key, literal, origin, under
 from warmd.headers import check_url
+from warmd.lockfile import read_lock
 from warmd.trust import TrustStore
 from warmd.uvconfig import user_index_urls
 
@@ -208,3 +209,137 @@ def test_httpx_clients_refuse_the_same_and_send_credentials_only_where_the_user_
     assert all(h.authorization for h in lab.hits)  # the user's own index gets the netrc's
     auth = index_auth(allow=guard.may_authenticate)
     assert auth.authorization("127.0.0.1") is not None  # the netrc was read: only the guard held it back
+
+
+def test_a_netrc_default_entry_goes_to_no_host(two_servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """netrc's `default` names no host: warmd's engines send only the entry of the host they connect
+    to, even to an index the user vouched for."""
+    lab, _intranet, name = two_servers
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine index.example\nlogin bob\npassword b0b\n\ndefault\nlogin alice\npassword s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    auth = index_auth()
+    assert auth.authorization("index.example") is not None
+    assert auth.authorization("127.0.0.1") is None and auth.authorization("pypi.org") is None
+    guard = _guard(lab)
+    assert guard.may_authenticate(lab.file_url(name))  # the user's own index may receive credentials...
+    with http_client(guard, timeout=5) as client:
+        assert check_url(client, lab.file_url(name)).ok
+    settings = HttpSettings(timeout=5, user_agent="warmd-test", trust_env=False, auth=index_auth(), guard=guard)
+    Connection(settings).get(lab.file_url(name), {}).close()
+    assert len(lab.hits) == 2 and not any(h.authorization for h in lab.hits)  # ...but the default entry is none
+
+
+def test_a_git_source_over_ssh_is_vouched_for_with_its_project(tmp_path: Path) -> None:
+    """uv's git over ssh uses the user's SSH keys: like credentials, it goes only where the user
+    vouched, which for a git source is its project (`warmd trust`; trusted-indexes hold http(s)
+    index prefixes). warmd itself never connects to a git source: doctor's `network` check does
+    not count one, its `ahead` check says what the look-ahead does."""
+    from warmd.ahead import refusal
+    from warmd.doctor import _check_ahead_hosts, _check_hosts, _Report
+
+    project, trusted = tmp_path / "clone", tmp_path / "mine"
+    lock_text = "\n".join([
+        "version = 1", "revision = 2", 'requires-python = ">=3.11"', "",
+        "[[package]]", 'name = "p"', 'version = "0.1.0"', 'source = { virtual = "." }', "",
+        "[[package]]", 'name = "pub"', 'version = "1.0"',
+        'source = { git = "https://github.com/org/pub?rev=main#0123456789abcdef0123456789abcdef01234567" }', "",
+        "[[package]]", 'name = "priv"', 'version = "1.0"',
+        'source = { git = "ssh://git@github.com/org/priv?rev=main#0123456789abcdef0123456789abcdef01234567" }', ""])
+    for folder in (project, trusted):
+        folder.mkdir()
+        (folder / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "0.1.0"\n')
+        (folder / "uv.lock").write_text(lock_text)
+    guard = NetGuard([], [Trust(trusted, frozenset({"ssh://github.com:22"}))], resolve=False)
+    ssh = "ssh://git@github.com/org/priv"
+    for verdict in (guard.check(ssh, project), guard.for_uv(ssh, project)):
+        assert not verdict.ok
+        why = verdict.reason or ""
+        assert "SSH keys" in why and f"`warmd trust {project}`" in why, why
+        assert "trusted-indexes" not in why and "https" not in why, why  # no advice that cannot be followed
+    assert guard.for_uv(ssh, trusted).ok and guard.for_uv("git+https://github.com/org/pub", project).ok
+    assert "SSH keys" in (refusal(guard, project, read_lock(project / "uv.lock")) or "")
+    assert refusal(guard, trusted, read_lock(trusted / "uv.lock")) is None
+
+    config = Config()
+    rep = _Report()
+    assert _check_hosts(rep, project, read_lock(project / "uv.lock"), guard) == set()
+    _check_ahead_hosts(rep, config, project, read_lock(project / "uv.lock"), guard)
+    assert [(f.check, f.status) for f in rep.findings] == [("network", "ok"), ("ahead", "info")]
+    assert "SSH keys" in rep.findings[1].message
+
+
+def test_a_tls_connection_checked_for_one_name_never_carries_a_request_for_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx pools connections by the address it is handed; the guard hands it an address, so each
+    host name has a pool of its own: the certificate below names `localhost` only, and a request to
+    127.0.0.1 (the same address) must not ride on the connection checked for `localhost`."""
+    import trustme
+
+    from tests.support.tls import TlsFiles
+
+    files = TlsFiles.in_folder(tmp_path / "tls")
+    files.ca.parent.mkdir()
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    ca.cert_pem.write_to_path(str(files.ca))
+    leaf.private_key_pem.write_to_path(str(files.key))
+    files.cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    monkeypatch.setenv("SSL_CERT_FILE", str(files.ca))
+    wheel = make_wheel(tmp_path / "w", "demo", "1.0", "py3-none-any", 4096)
+    with IndexServer(tls=files) as server:
+        server.add_wheel(wheel, None)
+        port = server.url.rsplit(":", 1)[1]
+        by_name, by_address = (f"https://{h}:{port}/files/{wheel.name}" for h in ("localhost", "127.0.0.1"))
+        guard = NetGuard([Vouch(f"https://localhost:{port}/", "trusted-indexes"),
+                          Vouch(f"https://127.0.0.1:{port}/", "trusted-indexes")])
+        with http_client(guard, timeout=5) as client:
+            assert check_url(client, by_name).ok
+            refused = check_url(client, by_address)
+        assert not refused.ok and "certificate" in (refused.error or "").lower(), refused
+        assert len(server.hits) == 1
+
+
+def test_what_one_projects_plan_admitted_opens_no_door_for_a_redirect_and_lapses_with_its_plan(two_servers) -> None:  # noqa: ANN001
+    """A trusted project's plan admits its private URLs for the connections that fetch them. A
+    redirect to another server reaches a private address only where the user's own configuration
+    names it, so another project's lock cannot borrow that admission through a redirect; and a plan
+    admitted anew (`forget`, then its checks) drops what its lock no longer names."""
+    lab, intranet, name = two_servers
+    project = Path("/src/trusted")
+    guard = NetGuard([Vouch(lab.url + "/", "trusted-indexes")],
+                     [Trust(project, frozenset({origin(intranet.url) or ""}))])
+    target = intranet.file_url(name)
+    assert guard.check(target, project).ok and guard.admitted(target)
+    lab.faults.redirect[name] = target  # the vouched index, named by any lock, sends warmd there
+    settings = HttpSettings(timeout=5, user_agent="warmd-test", trust_env=False, guard=guard)
+    with pytest.raises(Refused):
+        Connection(settings).get(lab.file_url(name), {})
+    with http_client(guard, timeout=5) as client:
+        assert "nobody vouched for" in (check_url(client, lab.file_url(name)).error or "")
+    assert intranet.hits == []
+    resp = Connection(settings).get(target, {})  # the trusted project's own request for it
+    assert resp.status == 200
+    resp.close()
+    guard.forget(key(project))
+    assert not guard.admitted(target)
+
+
+def test_an_httpx_client_reads_proxies_from_the_environment_it_is_given(
+        two_servers, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """doctor checks with the environment it was handed (the service's): its proxy, like its netrc,
+    comes from there and not from the shell warmd runs in."""
+    from tests.support.proxy import ForwardProxy
+
+    lab, _intranet, name = two_servers
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with ForwardProxy() as proxy:
+        with http_client(_guard(lab), timeout=5, env={"HTTP_PROXY": proxy.url}) as client:
+            assert check_url(client, lab.file_url(name)).ok
+        assert [h.url for h in proxy.hits] == [lab.file_url(name)]
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)  # the shell's proxy, not in the environment given
+        with http_client(_guard(lab), timeout=5, env={}) as client:
+            assert check_url(client, lab.file_url(name)).ok
+        assert len(proxy.hits) == 1 and len(lab.hits) == 2

@@ -6,6 +6,7 @@ byte-identical, and the index (when there is one) sees no wheel request.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -119,7 +120,7 @@ def _url(url: str) -> str:
 
 URL_CASES = dict(zip(
     ["file", "ftp", "abs-path", "no-scheme", "dotdot", "pct-slash", "pct-abs", "pct-backslash", "pct-nul",
-     "hidden", "other-package", "other-version", "bad-name"],
+     "hidden", "other-package", "other-version", "bad-name", "line-break", "space", "tab"],
     [
         ("file:///etc/passwd", "scheme 'file'"),
         ("ftp://127.0.0.1/whl/torch-2.8.0-py3-none-any.whl", "scheme 'ftp'"),
@@ -134,6 +135,13 @@ URL_CASES = dict(zip(
         ("http://127.0.0.1:9/whl/cpu/numpy-2.8.0-py3-none-any.whl", "belongs to 'numpy'"),
         ("http://127.0.0.1:9/whl/cpu/torch-2.9.0-py3-none-any.whl", "the lock says 2.8.0"),
         ("http://127.0.0.1:9/whl/cpu/torch.whl", "not a valid wheel file name"),
+        # urlsplit drops line breaks and tabs: a requirements file written from this would hold
+        # `--extra-index-url` and another package on lines of their own (TOML's \n is a line break)
+        ("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl?x=\\n--extra-index-url http://127.0.0.1:9/simple"
+         "\\nevilpkg", "whitespace or a control character"),
+        ("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl?x= --index-url http://127.0.0.1:9/simple",
+         "whitespace or a control character"),
+        ("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl?x=\\t--no-deps", "whitespace or a control character"),
     ],
 ))
 
@@ -412,3 +420,21 @@ def test_missing_and_done_ranges_tile_the_file(done: list[tuple[int, int]], size
     assert sum(e - s for s, e in merged) + sum(e - s for s, e in missing) == size
     assert merge_ranges(merged) == merged  # idempotent
 
+
+
+def test_what_warmd_writes_for_uv_never_takes_a_line_break_from_a_lock() -> None:
+    """The last word after lockfile's check: a requirements line refuses a field that could end it,
+    and a pylock's TOML strings escape every control character."""
+    import tomllib
+
+    from warmd.errors import LockError
+    from warmd.model import Pin, WheelFile
+    from warmd.uvcache import render_pylock, render_requirements
+
+    evil = "http://127.0.0.1:9/torch-2.8.0-py3-none-any.whl?x=\n--extra-index-url http://127.0.0.1:9/simple\nevilpkg"
+    pin = Pin("torch", "2.8.0", None, WheelFile(evil, "torch-2.8.0-py3-none-any.whl", SHA, 1), "3.11", "linux")
+    with pytest.raises(LockError, match="whitespace or a control character"):
+        render_requirements([pin])
+    text = render_pylock([dataclasses.replace(pin, index=evil)], {SHA: evil})
+    assert "\nevilpkg" not in text
+    assert tomllib.loads(text)["packages"][0]["index"] == evil  # one string, as it was

@@ -18,7 +18,8 @@ import pytest
 from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, torch_like_set, write_project
+from tests.support.projects import lock_project, make_project, torch_like_set, uv_env, write_project
+from tests.support.wheels import make_wheel
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
@@ -130,16 +131,21 @@ def test_a_clone_under_a_root_reaches_no_server_nobody_vouched_for(user: User, i
     assert "warmd trust PROJECT" in network[0]["fix"]
 
 
+@pytest.mark.parametrize("extra", [["keep-wheels = true"], ["[limits]", "per-project = 0", "min-free = 0"]],
+                         ids=["warmd-fetches-all", "uv-may-fetch-no-limit"])
 def test_a_redirect_from_the_vouched_index_to_an_unvouched_server_is_not_followed(
-        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+        user: User, index_server: IndexServer, wheel_dir: Path, extra: list[str]) -> None:
+    """Neither by warmd's engine (keep-wheels: it fetches every file) nor by uv, which follows
+    redirects unchecked and so is handed a file only once warmd's own request for it passed every
+    hop this run (without limits, no HEAD for a size asks that: the pre-flight does). Whether uv
+    would download a file itself here depends on what warmd measures of the link; in
+    tests/test_direct.py it surely does (that test fails without the pre-flight, this one need not)."""
     with IndexServer() as intranet:
         project = _project(user.tmp, "app", index_server, wheel_dir, "2.8.0", user)
         torch = next(p for p in (wheel_dir / "cu128").iterdir() if p.name.startswith("torch-"))
         intranet.add_wheel(torch, "cu128")
         index_server.faults.redirect[torch.name] = intranet.file_url(torch.name, "cu128")
-        # keep-wheels: warmd's own engine fetches every file (uv, handed an index of the user's,
-        # follows that index's redirects as `uv sync` would)
-        config = user.config(index_server, "keep-wheels = true")
+        config = user.config(index_server, *extra)
         intranet.reset_counters()
         report = user.prefetch(config, str(project))
         assert intranet.hits == []
@@ -259,3 +265,83 @@ def test_the_look_ahead_does_not_run_uv_lock_against_an_index_nobody_vouched_for
     assert "`uv lock` would connect to" in ahead["reason"] and f"warmd trust {clone}" in ahead["reason"]
     assert status["upgrade"]["state"] == "skipped" and status["upgrade"]["reason"] == ahead["reason"]
     assert report["exit_code"] == 0  # nothing failed: nothing was tried
+
+
+def _direct_url_project(user: User, server: IndexServer, wheel_dir: Path) -> tuple[Path, Path]:
+    """A project pinning a wheel by its URL on the lab index (as on a release page)."""
+    wheel = make_wheel(wheel_dir / "releases", "flash-attn", "2.6.3", "py3-none-any", 64 * 1024)
+    url = server.add_wheel(wheel, "releases", folder="/files/releases/v1")
+    project = write_project(user.tmp, "kernels", "3.11", [
+        "[project]", 'name = "kernels"', 'version = "0.1.0"', 'requires-python = ">=3.11"',
+        f'dependencies = ["flash-attn @ {url}"]', "",
+    ])
+    lock_project(project, user.uv, uv_env(user.tmp / "lock-cache"))
+    assert f'source = {{ url = "{url}" }}' in (project / "uv.lock").read_text()
+    return project, wheel
+
+
+def test_a_wheel_pinned_by_url_goes_to_uv_only_after_warmd_checked_where_its_url_leads(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    """uv downloads a wheel pinned by URL itself (its cache keys it by the URL), following redirects
+    unchecked. In warmd's store already (keep-wheels), the file is not downloaded this run, so a
+    HEAD asks where its URL leads: a redirect to a server nobody vouched for keeps uv from it."""
+    project, wheel = _direct_url_project(user, index_server, wheel_dir)
+    config = write_warmd_config(user.tmp, user.uv, user.cache, packages=["flash-attn*"],
+                                trusted=[index_server.url], extra=["keep-wheels = true"])
+    first = user.prefetch(config, str(project))
+    assert [w["state"] for w in first["projects"][0]["wheels"]] == ["warm"], first
+    subprocess.run([str(user.uv), "cache", "clean"], env=user.env, check=True, capture_output=True)
+    with IndexServer() as intranet:
+        intranet.add_wheel(wheel, "releases", folder="/files/releases/v1")
+        index_server.faults.redirect[wheel.name] = intranet.file_url(wheel.name, "releases")
+        index_server.reset_counters()
+        intranet.reset_counters()
+        second = user.prefetch(config, str(project))
+        assert intranet.hits == [], "uv followed the wheel's redirect to a server nobody vouched for"
+    [fa] = second["projects"][0]["wheels"]
+    assert fa["state"] == "skipped" and "redirects unchecked" in fa["reason"], fa
+    assert [h.method for h in index_server.wheel_hits(wheel.name)] == ["HEAD"]  # the pre-flight's one request
+
+
+def test_warm_unhashed_hands_uv_only_urls_whose_redirects_warmd_checked(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    """A wheel the lock pins without a sha256 (`warm-unhashed`) is fetched by uv, from its index's page
+    and the file: each is asked by warmd first, and the file's redirect keeps uv from it."""
+    ws = torch_like_set(index_server, wheel_dir, "rocm6.4", pythons=("cp311",), size=64 * 1024)
+    index_server.hashless.add("rocm6.4")  # a nightly index: no #sha256= in its pages
+    project = make_project(user.tmp, "nightly", server=index_server, variant="rocm6.4",
+                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    lock_project(project, user.uv, user.env)
+    torch = next(f for f in ws.filenames if f.startswith("torch-"))
+    config = write_warmd_config(user.tmp, user.uv, user.cache, packages=PACKAGES, variant="rocm6.4",
+                                trusted=[index_server.url], extra=["warm-unhashed = true"])
+    with IndexServer() as intranet:
+        intranet.add_wheel(wheel_dir / "rocm6.4" / torch, "rocm6.4")
+        index_server.faults.redirect[torch] = intranet.file_url(torch, "rocm6.4")
+        intranet.reset_counters()
+        report = user.prefetch(config, str(project))
+        assert intranet.hits == [], "uv followed the wheel's redirect to a server nobody vouched for"
+    wheels = {w["name"]: w for w in report["projects"][0]["wheels"]}
+    assert wheels["torch"]["state"] == "skipped" and "redirects unchecked" in wheels["torch"]["reason"]
+    assert (wheels["pytorch-triton"]["state"], wheels["pytorch-triton"]["verified"]) == ("warm", False)
+
+
+def test_the_look_ahead_does_not_run_uv_lock_for_a_direct_url_only_the_pyproject_names(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    """The lock names only the vouched lab index; the pyproject.toml gained `evil @ <url>` on a server
+    nobody vouched for since (the lock is not up to date, so `uv lock` would fetch it to resolve)."""
+    with IndexServer() as intranet:
+        project = _project(user.tmp, "app", index_server, wheel_dir, "2.8.0", user)
+        torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", pythons=("cp311",), size=64 * 1024)
+        url = intranet.add_wheel(make_wheel(wheel_dir / "evil", "evil", "1.0", "py3-none-any", 4096), None)
+        pyproject = project / "pyproject.toml"
+        text = pyproject.read_text()
+        assert "dependencies = [" in text
+        pyproject.write_text(text.replace("dependencies = [", f'dependencies = ["evil @ {url}", ', 1))
+        config = user.config(index_server)
+        intranet.reset_counters()
+        report = user.prefetch(config, "--ahead", str(project))
+        assert intranet.hits == []  # the `uv lock` that would resolve it never ran
+    [ahead] = report["ahead"]
+    assert ahead["state"] == "skipped" and url in ahead["reason"] and "pyproject.toml" in ahead["reason"], ahead
+    assert {w["state"] for w in report["projects"][0]["wheels"]} == {"warm"}  # the lock itself is still warmed

@@ -16,7 +16,7 @@ from tests.support.projects import run_uv, torch_like_set
 from tests.support.uvplan import tree
 from warmd.errors import NeedsBuild, WarmdError
 from warmd.lockfile import read_lock
-from warmd.upgrade import copy_for_lock, must_build, needs_build, would_be_lock
+from warmd.upgrade import contacts, copy_for_lock, must_build, needs_build, would_be_lock
 from warmd.uvcache import Uv
 
 UPGRADE = ["torch", "pytorch-triton*", "nvidia-*"]
@@ -171,3 +171,32 @@ def test_a_fifo_or_socket_in_a_package_is_left_out_and_a_copy_that_fails_says_wh
     uv = Uv("uv", env={})
     with pytest.raises(WarmdError, match=r"app: cannot copy what `uv lock` reads into .*not-a-folder"):
         would_be_lock(uv, project, read_lock(project / "uv.lock"), ["torch"], blocked / "x", python="3.11")
+
+
+def test_the_look_aheads_contacts_include_every_direct_url_a_requirement_names(tmp_path: Path) -> None:
+    """A lock not up to date with its pyproject.toml is resolved anew from it: `uv lock` fetches every
+    `name @ url` there, of the project and of its local packages, wherever uv reads requirements."""
+    app, lib = tmp_path / "app", tmp_path / "lib"
+    _write(app / "pyproject.toml", "\n".join([
+        "[project]", 'name = "app"', 'version = "0.1.0"',
+        'dependencies = ["a @ http://10.0.0.1/a-1.0-py3-none-any.whl", "torch>=2"]',
+        "[project.optional-dependencies]", 'x = ["b @ http://10.0.0.2/b.whl ; python_version >= \'3\'"]',
+        "[dependency-groups]", 'dev = ["c @ git+ssh://git@10.0.0.3/c.git", { include-group = "x" }]',
+        "[tool.uv]", 'dev-dependencies = ["d @ http://10.0.0.4/d.whl"]',
+        'override-dependencies = ["e @ http://10.0.0.5/e.whl"]',
+        'constraint-dependencies = ["f @ http://10.0.0.6/f.whl", "g @ file:///opt/g.whl"]', ""]))
+    _write(app / "uv.toml", 'override-dependencies = ["h @ http://10.0.0.7/h.whl"]\n')
+    _write(lib / "pyproject.toml", '[project]\nname = "lib"\nversion = "0.2.0"\n'
+                                   'dependencies = ["i @ https://10.0.0.8/i.whl"]\n')
+    _write(app / "uv.lock", "\n".join([
+        "version = 1", "revision = 2", 'requires-python = ">=3.11"', "",
+        "[[package]]", 'name = "app"', 'version = "0.1.0"', 'source = { virtual = "." }', "",
+        "[[package]]", 'name = "lib"', 'version = "0.2.0"', 'source = { directory = "../lib" }', ""]))
+    found = {url: Path(where).relative_to(tmp_path).as_posix()
+             for url, where, _index in contacts(app, read_lock(app / "uv.lock"))}
+    assert found == {
+        "http://10.0.0.1/a-1.0-py3-none-any.whl": "app/pyproject.toml", "http://10.0.0.2/b.whl": "app/pyproject.toml",
+        "git+ssh://git@10.0.0.3/c.git": "app/pyproject.toml", "http://10.0.0.4/d.whl": "app/pyproject.toml",
+        "http://10.0.0.5/e.whl": "app/pyproject.toml", "http://10.0.0.6/f.whl": "app/pyproject.toml",
+        "http://10.0.0.7/h.whl": "app/uv.toml", "https://10.0.0.8/i.whl": "lib/pyproject.toml",
+    }  # a file: URL is this machine's disk: no host to ask about

@@ -23,6 +23,7 @@ import ssl
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .credentials import IndexAuth, basic
@@ -67,12 +68,14 @@ def _tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
-def tls_context(trust_env: bool) -> ssl.SSLContext:
-    """The certificates to trust: SSL_CERT_FILE, else SSL_CERT_DIR (with trust_env), else certifi's."""
-    if trust_env and os.environ.get("SSL_CERT_FILE"):
-        return _tls_context(os.environ["SSL_CERT_FILE"], None)
-    if trust_env and os.environ.get("SSL_CERT_DIR"):
-        return _tls_context(None, os.environ["SSL_CERT_DIR"])
+def tls_context(trust_env: bool, env: Mapping[str, str] | None = None) -> ssl.SSLContext:
+    """The certificates to trust: SSL_CERT_FILE, else SSL_CERT_DIR (with trust_env) of `env` (warmd's
+    environment by default), else certifi's."""
+    env = os.environ if env is None else env
+    if trust_env and env.get("SSL_CERT_FILE"):
+        return _tls_context(env["SSL_CERT_FILE"], None)
+    if trust_env and env.get("SSL_CERT_DIR"):
+        return _tls_context(None, env["SSL_CERT_DIR"])
     return _tls_context(None, None)
 
 
@@ -86,16 +89,34 @@ class _Route:
     proxy_auth: str | None = None  # for the proxy (in the request, or in CONNECT for https)
 
 
-def proxy_for(url: str, trust_env: bool = True) -> str | None:
-    """The proxy the environment names for `url` (HTTP(S)_PROXY, ALL_PROXY, less NO_PROXY), or None."""
+def proxy_for(url: str, trust_env: bool = True, env: Mapping[str, str] | None = None) -> str | None:
+    """The proxy the environment (`env`, warmd's by default) names for `url` (HTTP(S)_PROXY,
+    ALL_PROXY, less NO_PROXY), or None."""
     if not trust_env:
         return None
     parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
+    proxies = urllib.request.getproxies_environment() if env is None else _proxies(env)
     chosen = proxies.get(parts.scheme.lower()) or proxies.get("all")
     if not chosen or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
         return None
     return chosen if "://" in chosen else f"http://{chosen}"
+
+
+def _proxies(env: Mapping[str, str]) -> dict[str, str]:
+    """urllib.request.getproxies_environment(), reading `env` instead of os.environ."""
+    found: dict[str, str] = {}
+    for name, value in env.items():  # any case first; the lower-case spelling wins below
+        if value and name.lower().endswith("_proxy"):
+            found[name.lower()[:-6]] = value
+    if "REQUEST_METHOD" in env:  # as urllib: under CGI, HTTP_PROXY may come from a request header
+        found.pop("http", None)
+    for name, value in env.items():
+        if name.endswith("_proxy"):
+            if value:
+                found[name.lower()[:-6]] = value
+            else:
+                found.pop(name.lower()[:-6], None)
+    return found
 
 
 def _route(url: str, trust_env: bool, auth: IndexAuth | None, creds: bool = True) -> _Route:
@@ -190,15 +211,24 @@ class Connection:
         Refused when the guard refuses an address (the URL's, or a redirect's)."""
         guard = self.settings.guard
         # A private address only for a URL the guard admitted; on a redirect to another origin, only
-        # when that URL is admitted in its own right. Credentials never cross to another origin.
+        # where the user's own configuration names the new URL (what one project's plan admitted is
+        # no door for another's redirect). Credentials never cross to another origin.
         private_ok = guard.admitted(url) if guard is not None else True
         creds = guard.may_authenticate(url) if guard is not None else True
+        asked = url
         for _ in range(_MAX_REDIRECTS + 1):
             route = _route(url, self.settings.trust_env, self.settings.auth, creds)
-            raw = self._send(method, route, {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
-                                     **route.headers, **headers}, private_ok)
+            try:
+                raw = self._send(method, route, {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
+                                         **route.headers, **headers}, private_ok)
+            except Refused:
+                if guard is not None:
+                    guard.passed(asked, ok=False)  # uv must not be handed `asked` either
+                raise
             location = raw.getheader("location")
             if raw.status not in _REDIRECTS or not location:
+                if guard is not None and 200 <= raw.status < 300:
+                    guard.passed(asked)  # every hop to here was checked: uv may be handed `asked` this run
                 return Response(self, raw, url)
             body = raw.read(_DRAIN + 1)
             if len(body) > _DRAIN or not raw.isclosed():
@@ -207,7 +237,7 @@ class Connection:
             if origin(new) != origin(url):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 creds = False
-                private_ok = guard.admitted(new) if guard is not None else True
+                private_ok = guard.vouched(new) if guard is not None else True
             url = new
         raise TransportError("TooManyRedirects", f"more than {_MAX_REDIRECTS} redirects from {redact(url)}")
 

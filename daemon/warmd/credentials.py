@@ -18,7 +18,8 @@ def basic(user: str, password: str) -> str:
 
 
 class IndexAuth(httpx.Auth):
-    """Basic credentials per host: `user:password@` in the URL first, else the netrc entry of the host.
+    """Basic credentials per host: `user:password@` in the URL first, else the netrc entry of that
+    very host (never the netrc's `default` entry).
 
     `allow(url)` says whether a request to that URL may carry credentials at all (the guard's
     `may_authenticate`); httpx drops them itself on a redirect to another origin.
@@ -31,7 +32,9 @@ class IndexAuth(httpx.Auth):
     def authorization(self, host: str, user: str | None = None, password: str | None = None) -> str | None:
         """The Authorization value for a request to `host`, given the URL's own user and password (if any)."""
         if not user and not password:
-            found = self._netrc.authenticators(host) if self._netrc is not None else None
+            # The host's own entry only: netrc's `default` (what authenticators() falls back to)
+            # would hand one login to every host a lock names.
+            found = self._netrc.hosts.get(host) if self._netrc is not None else None
             user, password = (found[0], found[2]) if found and found[2] else (None, None)
         if user is None and password is None:
             return None

@@ -581,7 +581,10 @@ class Daemon:
         assert self.state is not None
         with self._lock:
             assert self._ref is not None
-            guard = self._ref.pipeline.guard  # type: ignore[attr-defined]
+            pipeline = self._ref.pipeline
+        # The user's uv.toml or trust may have changed since the last warm: ask the guard as it is now.
+        pipeline.refresh_guard()  # type: ignore[attr-defined]
+        guard = pipeline.guard  # type: ignore[attr-defined]
         # What the state recorded was admitted then; trust may have been taken back since.
         pinned = [(project, pin) for project, pin in self.state.all_pins()
                   if guard.check(pin.wheel.url, project, index=pin.index).ok

@@ -398,6 +398,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     refused = _check_hosts(rep, folder, lock, guard)
     pins = _plan(rep, config, folder, uv, detection, guard)
     _check_builds(rep, config, folder, lock)
+    _check_ahead_hosts(rep, config, folder, lock, guard)
     indexes = _indexes(data, lock, pins or [])
     # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
     overrides = index_overrides(folder, env)
@@ -426,12 +427,13 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
 
 def _check_hosts(rep: _Report, folder: Path, lock: Lock, guard: NetGuard) -> set[str]:
     """One finding per origin the lock names that warmd may not connect to for this project (a
-    private host nobody vouched for); returns those origins. Nothing is asked of them."""
+    private host nobody vouched for); returns those origins. Nothing is asked of them. Only http(s)
+    counts: warmd never connects to a git source (only the look-ahead's uv may: `_check_ahead_hosts`)."""
     refused: dict[str, str] = {}
     for pkg in lock.packages:
         for url in pkg.urls:
             where = origin(url)
-            if where is None or where in refused:
+            if where is None or where in refused or not where.startswith(("http://", "https://")):
                 continue
             verdict = guard.check(url, folder, index=pkg.registry)
             if not verdict.ok:
@@ -441,6 +443,18 @@ def _check_hosts(rep: _Report, folder: Path, lock: Lock, guard: NetGuard) -> set
     if not refused:
         rep.add("network", "ok", f"{folder}: every host its uv.lock names is public or vouched for")
     return set(refused)
+
+
+def _check_ahead_hosts(rep: _Report, config: Config, folder: Path, lock: Lock, guard: NetGuard) -> None:
+    """Whether the upgrade look-ahead skips the project for a host its `uv lock` would connect to
+    (a git source over ssh of a project not trusted, a private index, a direct URL in pyproject.toml)."""
+    from .ahead import refusal
+
+    why = refusal(guard, folder, lock)
+    if why:
+        rep.add("ahead", "warn" if config.ahead.enable else "info",
+                f"{folder}: the upgrade look-ahead skips it: {why}"
+                + ("" if config.ahead.enable else " (the look-ahead is off now)"))
 
 
 def _check_builds(rep: _Report, config: Config, folder: Path, lock: Lock) -> None:

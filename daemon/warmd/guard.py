@@ -13,7 +13,12 @@ Two layers ask it. A plan's pins are checked per project (`check`; the pipeline 
 wheel with `check`'s reason), resolving names the way a connection would. Then every connection
 warmd opens asks again for the address it is about to connect to (`addresses`), and connects to
 the address it checked, so a name that changes its answer in between (DNS rebinding) gains
-nothing; a redirect to another origin is checked as a new URL. Credentials follow `may_authenticate`.
+nothing; a redirect to another origin is checked as a new URL, and reaches a private address only
+where the user's own configuration names it. Credentials follow `may_authenticate`.
+
+uv follows redirects itself, unguarded: a URL is handed to uv only once a request of warmd's own
+engine for it came back with a success over a redirect chain whose every hop passed
+(`chain_passed`, recorded by both engines as `passed`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ _PRIVATE: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network], ...] 
         ("unique-local", ("fc00::/7",)),
     ) for net in nets)
 _RESOLVED_FOR = 60.0  # seconds a plan-time name lookup is reused (one run asks once per host)
+_PASSED_KEPT = 8192  # URLs whose redirect chain passed that are remembered (the oldest half goes beyond)
 
 
 class Refused(FetchError):
@@ -220,14 +226,18 @@ class NetGuard:
         self.resolve = resolve
         self._lock = threading.Lock()
         self._trust: dict[str, Trust] = {}
-        self._admitted: set[str] = set()  # URLs a check let reach a private address
+        # scope (a project, or its look-ahead) -> the URLs a check let reach a private address for it;
+        # a plan admitted anew replaces its scope's (`forget`), so what an old lock named lapses
+        self._admitted: dict[str, set[str]] = {}
+        # URL -> when a request for it last ended, and whether its whole redirect chain passed
+        self._passed: dict[str, tuple[float, bool]] = {}
         self._looked_up: dict[tuple[str, int], tuple[float, tuple[Address, ...]]] = {}
         self.set_trust(trust)
 
     def set_trust(self, trust: Iterable[Trust], vouches: Sequence[Vouch] | None = None) -> None:
         """Replace the trusted projects (what `warmd trust` / `untrust` changed) and, when given, the
-        user's own prefixes; on a change what earlier checks admitted is forgotten, so a trust taken
-        back holds for the next connection."""
+        user's own prefixes; on a change what earlier checks admitted, and which redirect chains
+        passed, is forgotten, so a trust taken back holds for the next connection and hand-over to uv."""
         table = {key(t.project): t for t in trust}
         with self._lock:
             changed = table != self._trust or (vouches is not None and tuple(vouches) != self.vouches)
@@ -236,6 +246,7 @@ class NetGuard:
                 self.vouches = tuple(vouches)
             if changed:
                 self._admitted.clear()
+                self._passed.clear()
 
     def trusted(self, project: Path) -> Trust | None:
         """The project's trust, if it has one."""
@@ -244,57 +255,91 @@ class NetGuard:
 
     # -- the plan's question: this URL, for this project ----------------------------------------------
 
-    def check(self, url: str, project: Path | None = None, *, index: str | None = None) -> Verdict:
+    def check(self, url: str, project: Path | None = None, *, index: str | None = None,
+              scope: str | None = None) -> Verdict:
         """May warmd connect to `url` for `project`? `index` is the registry the lock names for it: a
         wheel of a vouched index may come from elsewhere on that index's server (PEP 503 pages link
-        files outside their own path)."""
+        files outside their own path). A private URL allowed is admitted for connections under
+        `scope` (default: the project's own; none without a project)."""
         p = place(url)
         if p is None or p.scheme not in ("http", "https", "ssh", "git"):
             return Verdict(False, f"{_show(url)}: not a network URL warmd connects to")
         kinds = self._kinds(p)
         if not kinds and p.scheme in ("http", "https"):
             return Verdict(True)  # public: open to every project (the lock's sha256 checks the bytes)
-        if self.user_vouched(url, index):
-            return self._admit(url)
+        if scope is None and project is not None:
+            scope = key(project)
+        if p.scheme in ("http", "https") and self.user_vouched(url, index):
+            return self._admit(url, scope)
         trust = self.trusted(project) if project is not None else None
         if trust is not None and (trust.origins is None or p.origin in trust.origins):
-            return self._admit(url)
+            return self._admit(url, scope)
         return Verdict(False, self._why(url, p, kinds, project, trust, index))
 
-    def for_uv(self, url: str, project: Path | None = None, *, index: str | None = None) -> Verdict:
+    def for_uv(self, url: str, project: Path | None = None, *, index: str | None = None,
+               scope: str | None = None) -> Verdict:
         """May warmd have uv connect to `url`? As `check`, and over plain http only where the user's
-        own configuration names it: uv sends the user's `.netrc` credentials wherever it connects."""
-        verdict = self.check(url, project, index=index)
+        own configuration names it: uv sends the user's `.netrc` credentials to a host that asks.
+        git over ssh (uv's git uses the user's SSH keys) passes `check` only for a trusted project."""
+        verdict = self.check(url, project, index=index, scope=scope)
         p = place(url)
-        if not verdict.ok or (p is not None and p.scheme == "https") or self.user_vouched(url, index):
+        if not verdict.ok or p is None or p.scheme in ("https", "ssh", "git") or self.user_vouched(url, index):
             return verdict
-        how = "plain http" if p is not None and p.scheme == "http" else f"{p.scheme if p else 'not'} https"
-        return Verdict(False, f"{_show(url)} is {how} and no index of your own configuration: uv would "
+        return Verdict(False, f"{_show(url)} is plain http and no index of your own configuration: uv would "
                               "send it your credentials, so warmd does not hand it to uv; add "
                               f"{_prefix_hint(url, index)!r} to trusted-indexes to vouch for it")
 
+    def forget(self, scope: str) -> None:
+        """Drop what checks admitted under `scope` (a plan about to be admitted anew)."""
+        with self._lock:
+            self._admitted.pop(scope, None)
+
     def user_vouched(self, url: str, index: str | None = None) -> bool:
         """True when the user's own configuration names `url` (or the index it belongs to, on the same server)."""
-        if any(under(url, v.prefix) for v in self.vouches):
+        if self.vouched(url):
             return True
-        return index is not None and origin(index) == origin(url) and any(under(index, v.prefix) for v in self.vouches)
+        return index is not None and origin(index) == origin(url) and self.vouched(index)
 
     def may_authenticate(self, url: str) -> bool:
         """May credentials (.netrc, URL user-info) go with a request to `url`? Over https to the host
         they name (the caller picks them by host); over plain http only to a URL of the user's own
         configuration (uv.toml and UV_* indexes, trusted-indexes, [[mirrors]])."""
         p = place(url)
-        return p is not None and (p.scheme == "https" or any(under(url, v.prefix) for v in self.vouches))
+        return p is not None and (p.scheme == "https" or self.vouched(url))
 
     # -- the connection's question: this address, now ----------------------------------------------
 
     def admitted(self, url: str) -> bool:
         """May a connection for `url` reach a private address: a check admitted this very URL for a
-        project, or the user's own configuration names it."""
+        project's current plan, or the user's own configuration names it."""
         with self._lock:
-            if url in self._admitted:
+            if any(url in urls for urls in self._admitted.values()):
                 return True
+        return self.vouched(url)
+
+    def vouched(self, url: str) -> bool:
+        """True when a prefix of the user's own configuration covers `url` (what a redirect to
+        another origin needs to reach a private address)."""
         return any(under(url, v.prefix) for v in self.vouches)
+
+    def passed(self, url: str, ok: bool = True) -> None:
+        """Record that a request for `url` just got a success over a redirect chain whose every hop
+        the guard let through (both engines call it); `ok` False: a hop was refused."""
+        now = time.monotonic()
+        with self._lock:
+            self._passed.pop(url, None)
+            self._passed[url] = (now, ok)
+            if len(self._passed) > _PASSED_KEPT:  # insertion order is age order: drop the oldest half
+                for old in list(self._passed)[: _PASSED_KEPT // 2]:
+                    del self._passed[old]
+
+    def chain_passed(self, url: str, since: float) -> bool | None:
+        """Whether the last request of warmd's for `url` at or after `since` (time.monotonic(): the
+        start of a run) got a success with every redirect hop checked (True), or met a hop the guard
+        refused (False); None when none was recorded since."""
+        with self._lock:
+            found = self._passed.get(url)
+        return found[1] if found is not None and found[0] >= since else None
 
     def addresses(self, host: str, port: int, *, private_ok: bool, proxied: bool = False) -> list[str]:
         """The addresses a connection to host:port may use, resolved once here (connect to these, not
@@ -326,9 +371,10 @@ class NetGuard:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _admit(self, url: str) -> Verdict:
-        with self._lock:
-            self._admitted.add(url)
+    def _admit(self, url: str, scope: str | None) -> Verdict:
+        if scope is not None and not self.vouched(url):  # a vouched URL needs no admission
+            with self._lock:
+                self._admitted.setdefault(scope, set()).add(url)
         return Verdict(True, private=True)
 
     def _kinds(self, p: Place) -> list[tuple[str, str]]:
@@ -368,6 +414,15 @@ class NetGuard:
                     else f"{p.where}, which is {addr} ({_a(kind)} address)")
         else:
             what = f"{p.where} over {p.scheme}"
+        if p.scheme in ("ssh", "git"):
+            # trusted-indexes are http(s) index prefixes; a git source is vouched for with its project
+            what += " (git over ssh uses your SSH keys)" if p.scheme == "ssh" else " (a git source)"
+            if project is None:
+                return f"{what}: only a project you trusted may name it"
+            if trust is not None:
+                return (f"{what}: not among the hosts {project}'s uv.lock named when it was trusted; "
+                        f"`{trust_command(project)}` trusts what it names now")
+            return f"{what}: warmd has uv connect there only for a project you trusted; `{trust_command(project)}`"
         hint = f"add {_prefix_hint(url, index)!r} to trusted-indexes"
         if project is None:
             return f"{what}: nobody vouched for it; {hint}"

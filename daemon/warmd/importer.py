@@ -11,7 +11,9 @@ it finished are in its cache already. Once every download of the group has ended
 imports the verified rest (uv finds the ones it has without asking the feeder).
 
 A wheel the lock pins by URL is keyed by that URL in uv's cache, so the feeder cannot stand in
-for it: uv downloads it from there itself, once warmd's own download verified it.
+for it: uv downloads it from there itself, once warmd's own download verified it, and only when
+`checked` finds its URL's redirects were checked this run (uv follows them unchecked); the others
+are `skipped()`, with why.
 
 The threads run in the caller's context: a run called off (cancel.scope) stops their uv too, and
 `finish` raises its Cancelled.
@@ -38,6 +40,8 @@ _MANYLINUX = re.compile(r"^(?P<arch>[^-]+)-manylinux_2_(?P<glibc>\d+)$")
 # pins, sha -> url, python, platform, direct (the URLs are the index's own, not the feeder's),
 # the interpreter the plan found for that Python (None: uv looks for one)
 ImportCall = Callable[[Sequence[Pin], dict[str, str], str, str, bool, Path | None], None]
+# pins -> sha256 -> why uv may not download these from their own URLs (the pipeline's `_unchecked`)
+CheckCall = Callable[[Sequence[Pin]], dict[str, str]]
 
 
 def target(platforms: Sequence[str]) -> str:
@@ -54,8 +58,9 @@ class Importer:
     """Runs the uv imports of one warm, each on a thread of its own; `finish` waits for them."""
 
     def __init__(self, run_uv: ImportCall, feeder: Feeder, shelf: Shelf,
-                 interpreters: Mapping[str, Path | None] | None = None) -> None:
+                 interpreters: Mapping[str, Path | None] | None = None, checked: CheckCall | None = None) -> None:
         self._run_uv = run_uv
+        self._checked = checked
         # Named to uv, it looks for no interpreter of its own: through a pyenv shim that search
         # was ~0.05 s before each import's first download (0.11 s against 0.06 s).
         self._interpreters = dict(interpreters or {})
@@ -64,6 +69,7 @@ class Importer:
         self._threads: list[threading.Thread] = []
         self._errors: dict[str, str] = {}
         self._refused: set[str] = set()
+        self._skipped: dict[str, str] = {}
         self._cancelled: Cancelled | None = None
         self._lock = threading.Lock()
 
@@ -95,6 +101,10 @@ class Importer:
         """The wheels uv could not fetch itself (after finish()): warmd's engine must."""
         return set(self._refused)
 
+    def skipped(self) -> dict[str, str]:
+        """sha256 -> why, for the wheels pinned by URL not handed to uv (after finish())."""
+        return dict(self._skipped)
+
     def _guard(self, work: Callable[[list[Pin], str], None], pins: list[Pin], python: str) -> None:
         try:
             work(pins, python)
@@ -116,6 +126,11 @@ class Importer:
 
     def _by_url(self, pins: list[Pin], python: str) -> None:
         verified = [p for p in pins if self._shelf.get(p.wheel.sha256, settled=True) is not None]
+        unchecked = self._checked(verified) if self._checked is not None and verified else {}
+        if unchecked:
+            with self._lock:
+                self._skipped.update(unchecked)
+            verified = [p for p in verified if p.wheel.sha256 not in unchecked]
         if not verified:
             return
         try:

@@ -169,6 +169,8 @@ def _package(raw: Any, path: Path, index: int) -> LockedPackage:
     for key, value in (("registry", registry), ("url", url)):
         if value is not None and not isinstance(value, str):
             raise LockError(f"{where}: `source.{key}` must be a string")
+        if value is not None and _is_remote(value) and not one_line(value):
+            raise LockError(f"{where}: refusing `source.{key}` {value!r}: it holds whitespace or a control character")
     is_root = kind in ("virtual", "editable") or source.get("directory") == "."
     local = source.get(kind) if kind in ("path", "directory", "editable", "virtual") else None
     wheels: tuple[LockedWheel, ...] = ()
@@ -232,8 +234,17 @@ def _sha256(hash_: Any, filename: str, where: str) -> str | None:
     return m.group(1).lower()
 
 
+def one_line(text: str) -> bool:
+    """True when `text` holds no whitespace and no control character: it cannot end a line of a
+    requirements file or a TOML string, nor start an option there (urlsplit drops tabs and line
+    breaks silently, so a URL must be checked before it is parsed)."""
+    return not any(c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
 def check_wheel_url(url: str, name: str, version: str, where: str) -> str:
     """Return the wheel filename of `url`, or raise LockError if it is not a plain http(s) wheel of `name`."""
+    if not one_line(url):
+        raise LockError(f"{where}: refusing wheel url {url!r}: it holds whitespace or a control character")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LockError(f"{where}: refusing wheel url with scheme {parts.scheme or 'none'!r} (only http and https)")

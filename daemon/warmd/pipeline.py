@@ -5,26 +5,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import os
 import re
 import threading
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, Sequence
 
 from loguru import logger
 from packaging.utils import canonicalize_name
 
 from .cancel import Cancelled
+from .clients import http_client
 from .config import Config
 from .errors import WarmdError
 from .feeder import Feeder, Shelf
 from .fetch import Fetcher, FetchSkipped, ProgressEvent, host_of
-from .guard import NetGuard, guard_for, trusts, vouches_of
+from .guard import NetGuard, guard_for, key, trusts, vouches_of
+from .headers import HeaderCheck, check_url
 from .importer import Importer
 from .limits import Room, over_project_limit
 from .lockfile import file_stamp
@@ -32,6 +36,7 @@ from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progres
 from .model import Fetched, Pin, ProjectReport, Skipped, SkippedReport, WheelReport
 from .plan import Planner, ProjectPlan
 from .policy import outcome_of, uv_keeps
+from .redact import redact
 from .store import Store
 from .trust import recorded
 from .uvcache import ProbeResult, Uv
@@ -85,8 +90,9 @@ class _Run:
     import_errors: dict[str, str]
     by_uv: set[str]  # files uv downloaded itself
     moot: set[str] = dataclasses.field(default_factory=set)  # begun on speculation, and uv had them
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit that kept it out
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit, or check, that kept it out
     unsized: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> why its index gave no size
+    since: float = 0.0  # time.monotonic() when the run began: the requests of this run count (NetGuard.chain_passed)
 
 
 class Pipeline:
@@ -201,17 +207,18 @@ class Pipeline:
     def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *,
                     record: bool) -> list[ProjectReport]:
         reports = []
+        since = time.monotonic()  # what warmd's own requests found from here on is this run's
         sizes, unsized = self._sizes(plans)
         # A size learned for weighing goes into the plan: the engine orders by it without asking the
         # index a second time, holds the download to it, and the report records it.
         plans = [_with_sizes(pl, sizes) for pl in plans]
         with self._project_locks([pl.project for pl in plans] if record else []), \
                 _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
-            run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized)
+            run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized, since=since)
             if self.state is not None:
                 self.state.record_links(self.fetcher.links())
             for pl in plans:
-                unhashed = self._unhashed(pl)
+                unhashed = self._unhashed(pl, since)
                 if not pl.is_current():  # what uv said may be about another lock
                     reports.append(_superseded(pl))
                     continue
@@ -272,18 +279,20 @@ class Pipeline:
         return {sha: reasons[0] for sha, reasons in why.items() if all(reasons) and reasons[0] is not None}
 
     def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool = True,
-                          sizes: dict[str, int] | None = None, unsized: dict[str, str] | None = None) -> _Run:
+                          sizes: dict[str, int] | None = None, unsized: dict[str, str] | None = None,
+                          since: float | None = None) -> _Run:
         """Probe, then get every wheel uv lacks into its cache, then ask uv again (`record`: say how
         far each project is in the state). `sizes` and `unsized`: what Pipeline._sizes learned
-        (files whose index did not answer for their size are not fetched)."""
+        (files whose index did not answer for their size are not fetched); `since`: when the run began."""
         room = Room(self.store.root, self.uv.cache_dir, self.config.limits.min_free)
         try:
-            return self._within(plans, room, record=record, sizes=sizes or {}, unsized=unsized or {})
+            return self._within(plans, room, record=record, sizes=sizes or {}, unsized=unsized or {},
+                                since=time.monotonic() if since is None else since)
         finally:
             room.release()
 
     def _within(self, plans: Sequence[ProjectPlan], room: Room, *, record: bool, sizes: dict[str, int],
-                unsized: dict[str, str]) -> _Run:
+                unsized: dict[str, str], since: float) -> _Run:
         pins = [pin for pl in plans for pin in pl.pins]
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
         # Past a limit a file is not downloaded at all (limits.py): not even on speculation.
@@ -299,7 +308,8 @@ class Pipeline:
         shelf = Shelf()
         with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
             interpreters = {py: path for pl in plans for py, path in pl.interpreters.items() if path is not None}
-            importer = Importer(self._run_import, feeder, shelf, interpreters)
+            checked = functools.partial(self._unchecked, since=since)
+            importer = Importer(self._run_import, feeder, shelf, interpreters, checked)
             try:
                 early = pool.submit(self._fetch, list(speculative.values()), shelf)
                 try:
@@ -332,7 +342,7 @@ class Pipeline:
                 moot = speculative.keys() - need.keys() if all(pl.is_current() for pl in plans) else set()
                 for sha in moot:
                     self.fetcher.skip(sha)
-                by_uv = self._for_uv(need, resumable, speculative, sizes)
+                by_uv = self._for_uv(need, resumable, speculative, sizes, since)
                 for sha in by_uv:
                     self.fetcher.skip(sha, None)  # the import's own progress lines follow
                 # uv starts on every file it lacks now, and unpacks each while it downloads.
@@ -343,6 +353,7 @@ class Pipeline:
                 fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative.keys() | by_uv],
                                            shelf))
                 import_errors = importer.finish()
+                skipped.update(importer.skipped())
                 refused = importer.refused()
                 if refused:  # uv could not fetch them itself (its own settings, a proxy...): warmd does
                     logger.info("uv could not fetch {} wheel(s) itself; warmd downloads them", len(refused))
@@ -351,11 +362,12 @@ class Pipeline:
                         self.fetcher.unskip(sha)
                         import_errors.pop(sha, None)
                     shelf.expect(refused, again=True)
-                    again = Importer(self._run_import, feeder, shelf, interpreters)
+                    again = Importer(self._run_import, feeder, shelf, interpreters, checked)
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, unsized)
+                    skipped.update(again.skipped())
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, unsized, since)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
@@ -365,7 +377,7 @@ class Pipeline:
         return run
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin],
-                sizes: dict[str, int]) -> set[str]:
+                sizes: dict[str, int], since: float) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
 
         Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
@@ -374,6 +386,11 @@ class Pipeline:
         which would replace theirs (`Uv.import_wheels(keep=...)`). Of those, warmd keeps a file only
         where its ranges beat uv's one stream per file: on a host that caps each connection to a
         slow stream; or one it has begun.
+
+        uv follows redirects unchecked, so only a file whose URL warmd's own engine asked this run
+        (since `since`), every redirect hop checked by the guard and a success at the end, goes to
+        uv: a download begun on speculation, the HEAD for the limits, else one HEAD now (which also
+        confirms the size the limits weighed). The others warmd downloads itself.
         """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
@@ -403,17 +420,55 @@ class Pipeline:
                 out.add(sha)
             elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
                 out.add(sha)
-        if out and self.config.limits.per_project is not None:
+        if out:
             # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
-            # one would pass the limit through uv. Only files whose index confirms the size weighed go
-            # (a size learned from the index this run is its answer already: not asked twice).
-            ask = [need[s].wheel for s in out if s not in sizes]
-            said = self.fetcher.sizes(ask, keep=False) if ask else {}
-            out = {s for s in out if s in sizes or said.get(s) == need[s].wheel.size}
+            # one would pass the limit through uv. With a limit, only files whose index confirms the
+            # size weighed go (a size learned for weighing is an answer already; one asked now must
+            # agree with it). One request serves both questions (`_preflight`); none where this run
+            # asked already.
+            limit = self.config.limits.per_project is not None
+            said = self._preflight([need[s].wheel.url for s in out], since,
+                                   again={need[s].wheel.url for s in out if limit and s not in sizes})
+            out = {s for s in out if (a := said[need[s].wheel.url]).passed
+                   and (not limit or (a.size == need[s].wheel.size if a.size is not None else s in sizes))}
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
         return out
+
+    def _preflight(self, urls: Sequence[str], since: float, again: Collection[str] = ()) -> dict[str, _Asked]:
+        """What warmd's own engine found of each URL this run (since `since`), asking now where it has
+        not: uv follows redirects unchecked, so a URL goes to uv only when a request of warmd's for it
+        got a success over a redirect chain whose every hop the guard let through (NetGuard.passed).
+
+        A download begun this run, or the HEAD for the limits, answered it already: no request. Else
+        one HEAD (a one-byte ranged GET where HEAD is refused: headers.check_url), in parallel, not
+        retried (a URL that does not answer is downloaded by warmd, or skipped). `again`: URLs whose
+        size is wanted too, asked even when their chain passed (not when it was refused).
+        """
+        ask = [u for u in dict.fromkeys(urls)
+               if (known := self.guard.chain_passed(u, since)) is None or (known and u in again)]
+        checks: dict[str, HeaderCheck] = {}
+        if ask:
+            with http_client(self.guard, timeout=self.config.download.timeout, user_agent="warmd") as client, \
+                    ThreadPoolExecutor(max_workers=min(8, len(ask)), thread_name_prefix="warmd-preflight") as pool:
+                checks = dict(zip(ask, pool.map(lambda u: check_url(client, u), ask)))
+        out = {}
+        for u in urls:
+            passed = bool(self.guard.chain_passed(u, since))
+            check = checks.get(u)
+            why = None if passed else ("a redirect went where warmd does not connect" if check is None
+                                       else check.error or f"HTTP {check.status}")
+            out[u] = _Asked(passed, check.content_length if check is not None and check.ok else None, why)
+        return out
+
+    def _unchecked(self, pins: Sequence[Pin], *, since: float) -> dict[str, str]:
+        """sha256 -> why, for the wheels pinned by URL that uv may not be handed (`_preflight`): uv
+        downloads them from that URL itself (its cache keys them by it). Warmd's own download of this
+        run asked the URL already; a file that was in the store is asked now."""
+        said = self._preflight([p.wheel.url for p in pins], since)
+        return {p.wheel.sha256: _unchecked_reason(p.wheel.url, said[p.wheel.url].why or "")
+                for p in pins if not said[p.wheel.url].passed}
 
     def _proof(self, pl: ProjectPlan, run: _Run, feeder: Feeder, shelf: Shelf) -> dict[str, ProbeResult]:
         """What uv says after the imports; wheels it lost right after theirs (a `uv cache clean`) get one more."""
@@ -427,9 +482,11 @@ class Pipeline:
             return after
         logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
                     pl.project, len(lost))
-        again = Importer(self._run_import, feeder, shelf, pl.interpreters)
+        again = Importer(self._run_import, feeder, shelf, pl.interpreters,
+                         functools.partial(self._unchecked, since=run.since))
         again.start(lost)
         run.import_errors.update(again.finish())
+        run.skipped.update(again.skipped())
         return self._probe(pl)
 
     def _tidy(self, reports: list[ProjectReport], run: _Run) -> None:
@@ -518,19 +575,25 @@ class Pipeline:
     def _probe(self, pl: ProjectPlan) -> dict[str, ProbeResult]:
         return probe_plan(self.uv, pl)
 
-    def _unhashed(self, pl: ProjectPlan) -> dict[tuple[str, str], SkippedReport]:
+    def _unhashed(self, pl: ProjectPlan, since: float) -> dict[tuple[str, str], SkippedReport]:
         """With `warm-unhashed`, have uv download the wheels the lock pins without a sha256, and probe them."""
         wanted = [s for s in pl.skipped if s.unhashed and s.platform is not None]
         if not self.config.warm_unhashed or not wanted:
             return {}
         out: dict[tuple[str, str], SkippedReport] = {}
-        # uv connects to their index (and the file) itself: only where the guard lets it.
+        # uv connects to their index's page of the package, and to the file, itself: only where the
+        # guard lets it, and (uv follows redirects unchecked) where warmd's own request for each came
+        # back this run with a success, every redirect hop checked.
         for s in list(wanted):
-            refused = next((v for u in (s.index, s.url) if u is not None
-                            and not (v := self.guard.for_uv(u, pl.project, index=s.index)).ok), None)
+            urls = [u for u in (_package_page(s.index, s.name) if s.index else None, s.url) if u is not None]
+            refused = next((v.reason for u in urls if not (v := self.guard.for_uv(u, pl.project, index=s.index)).ok),
+                           None)
+            if refused is None:
+                said = self._preflight(urls, since)
+                refused = next((_unchecked_reason(u, a.why or "") for u, a in said.items() if not a.passed), None)
             if refused is not None:
                 wanted.remove(s)
-                out[(s.name, s.python)] = SkippedReport(s, "skipped", refused.reason)
+                out[(s.name, s.python)] = SkippedReport(s, "skipped", refused)
         groups: dict[tuple[str, str], list] = defaultdict(list)
         for s in wanted:
             groups[(s.python, s.platform or "")].append(s)
@@ -648,12 +711,16 @@ def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> Proj
 
     A wheel pinned by URL is downloaded by uv itself (its cache keys it by that URL), so it must
     pass the check for uv too; the others pass warmd's own (and go to uv only where `_for_uv` may).
+    What the plan's project (or the look-ahead for `project`) had admitted before is forgotten
+    first: a private URL its lock no longer names opens no connection.
     """
+    scope = key(pl.project) if project is None else f"{key(project)} (look-ahead)"
+    guard.forget(scope)
     kept: list[Pin] = []
     left: list[Skipped] = []
     for pin in pl.pins:
         ask = guard.check if pin.index is not None else guard.for_uv
-        verdict = ask(pin.wheel.url, project or pl.project, index=pin.index)
+        verdict = ask(pin.wheel.url, project or pl.project, index=pin.index, scope=scope)
         if verdict.ok:
             kept.append(pin)
         else:
@@ -664,6 +731,25 @@ def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> Proj
         return pl
     logger.warning("{}: {} wheel(s) skipped: {}", pl.project, len(left), left[0].reason)
     return dataclasses.replace(pl, pins=tuple(kept), skipped=pl.skipped + tuple(left))
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What `Pipeline._preflight` found of one URL."""
+
+    passed: bool  # a request of warmd's got a success this run, every redirect hop checked
+    size: int | None = None  # the size its answer gave now (None: not asked now, or none given)
+    why: str | None = None  # why it did not pass
+
+
+def _unchecked_reason(url: str, why: str) -> str:
+    return (f"uv would fetch {redact(url)} itself and follow its redirects unchecked, and warmd could not "
+            f"check where it leads: {why}")
+
+
+def _package_page(index: str, name: str) -> str:
+    """The index's page of one package, which uv asks for a `name==version` requirement (PEP 503)."""
+    return f"{index.rstrip('/')}/{canonicalize_name(name)}/"
 
 
 def _with_sizes(pl: ProjectPlan, sizes: dict[str, int]) -> ProjectPlan:

@@ -47,7 +47,7 @@ from .lockfile import MAX_LOCK_BYTES, Lock
 from .plan import matches
 from .untrusted import read_bytes
 from .uvcache import Uv
-from .uvconfig import add_cache_control, dig, read_toml, settings_urls
+from .uvconfig import add_cache_control, dig, read_toml, requirement_urls, settings_urls
 
 _READS = ("pyproject.toml", "uv.toml", ".python-version")  # what uv reads of a local package
 # The uv settings (in [tool.uv] or a uv.toml) that decide what `uv lock` resolves; the copy keeps
@@ -173,9 +173,10 @@ def copy_for_lock(folder: Path, lock: Lock, dest: Path) -> Path:
 
 def contacts(folder: Path, lock: Lock) -> list[tuple[str, str, str | None]]:
     """What `uv lock` in `folder` may connect to: (URL, the file naming it, the registry it belongs
-    to). Every URL of the lock; the indexes, find-links and url/git sources of the project's, its
-    local packages' and the configuration above's pyproject.toml and uv.toml. The user's own uv
-    configuration is not listed: the guard vouches for it."""
+    to). Every URL of the lock; the indexes, find-links, url/git sources and direct-URL requirements
+    (`name @ url`: uvconfig.requirement_urls) of the project's, its local packages' and the
+    configuration above's pyproject.toml and uv.toml: a lock that is not up to date with them is
+    resolved anew from them. The user's own uv configuration is not listed: the guard vouches for it."""
     folder = Path(os.path.abspath(folder))
     out: list[tuple[str, str, str | None]] = [(u, str(lock.path), p.registry) for p in lock.packages for u in p.urls]
     places = [folder] + [Path(os.path.normpath(folder / p.local)) for p in lock.packages
@@ -187,7 +188,10 @@ def contacts(folder: Path, lock: Lock) -> list[tuple[str, str, str | None]]:
     for f in files:
         data = read_toml(f)
         settings = data if f.name == "uv.toml" else dig(data, "tool", "uv")
-        out += [(u, str(f), None) for u in settings_urls(settings) if "://" in u]
+        pyproject = data if f.name == "pyproject.toml" else None
+        urls = settings_urls(settings) + requirement_urls(pyproject, settings)
+        # a file: URL is read from this machine's disk, as a path source is: no host to ask about
+        out += [(u, str(f), None) for u in urls if "://" in u and not u.lower().removeprefix("git+").startswith("file:")]
     return out
 
 

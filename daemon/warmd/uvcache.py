@@ -34,7 +34,9 @@ from packaging.version import InvalidVersion, Version
 
 from . import cancel, scratch
 from .errors import IndexUnreachable, LockError, NeedsBuild, UvError
+from .lockfile import one_line
 from .model import Pin, Skipped
+from .redact import redact
 from .uvconfig import IMMUTABLE_FILES
 
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
@@ -321,10 +323,10 @@ class Uv:
             group = [w for w in registry if w.index == index]
             config = f"[[index]]\nurl = {_toml_str(index or '')}\ndefault = true\n" \
                      f"cache-control = {{ files = {_toml_str(IMMUTABLE_FILES)} }}\n"
-            self._pip_install("requirements.txt", "".join(f"{w.name}=={w.version}\n" for w in group),
+            self._pip_install("requirements.txt", "".join(requirement_line(w.name, f"=={w.version}") for w in group),
                               python=python, platform=platform, what=f"{len(group)} unhashed wheel(s)", config=config)
         if direct:
-            self._pip_install("requirements.txt", "".join(f"{w.name} @ {w.url}\n" for w in direct),
+            self._pip_install("requirements.txt", "".join(requirement_line(w.name, "@", w.url or "") for w in direct),
                               python=python, platform=platform, what=f"{len(direct)} unhashed wheel(s)")
 
     def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,
@@ -450,11 +452,31 @@ def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
 
 def render_requirements(pins: Sequence[Pin]) -> str:
     """A requirements file naming each pin by its direct URL and sha256: uv keys such a wheel by that URL."""
-    return "".join(f"{pin.name} @ {pin.wheel.url} --hash=sha256:{pin.wheel.sha256}\n" for pin in pins)
+    return "".join(requirement_line(pin.name, "@", pin.wheel.url, f"--hash=sha256:{pin.wheel.sha256}") for pin in pins)
+
+
+def requirement_line(*fields: str) -> str:
+    """One line of a requirements file from these fields; LockError when a field (lock data) holds
+    whitespace or a control character, which could end the line and start another requirement or
+    option (`--extra-index-url ...`). lockfile refuses such URLs already: this is the last word."""
+    bad = next((f for f in fields if not f or not one_line(f)), None)
+    if bad is not None:
+        raise LockError(f"refusing to write {redact(bad)!r} into a requirements file for uv: it holds whitespace "
+                        "or a control character")
+    return " ".join(fields) + "\n"
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: every character that could end it, or the line, escaped."""
+    out = []
+    for c in s:
+        if c in ('"', "\\"):
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
 
 
 def _normalize(name: str) -> str:

@@ -4,11 +4,14 @@ per-index `cache-control` override that makes uv keep an index's files (DESIGN.m
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
 
 from .atomic import write_atomic
 from .errors import InputError
@@ -97,6 +100,36 @@ def settings_urls(data: Any, *, sources: bool = True) -> list[str]:
         for entries in data["sources"].values():
             for e in entries if isinstance(entries, list) else [entries]:
                 urls += [e[k] for k in ("url", "git") if isinstance(e, dict) and isinstance(e.get(k), str)]
+    return urls
+
+
+# The requirement lists of a uv settings table that `uv lock` resolves (a uv.toml has the last two).
+_REQUIREMENT_SETTINGS = ("dev-dependencies", "override-dependencies", "constraint-dependencies")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s;,\]\[\"']+")
+
+
+def requirement_urls(pyproject: Any, settings: Any) -> list[str]:
+    """The PEP 508 direct URLs (`name @ url`) a project's requirements name, which `uv lock`
+    fetches: [project] dependencies and optional-dependencies, [dependency-groups] (of `pyproject`,
+    a pyproject.toml's table) and the dev, override and constraint dependencies of `settings`
+    ([tool.uv], or a uv.toml). A requirement packaging cannot read is searched for any URL in it:
+    uv may read it all the same."""
+    lists: list[Any] = [dig(pyproject, "project", "dependencies")]
+    optional = dig(pyproject, "project", "optional-dependencies")
+    lists += list(optional.values()) if isinstance(optional, dict) else []
+    groups = dig(pyproject, "dependency-groups")
+    lists += list(groups.values()) if isinstance(groups, dict) else []
+    lists += [settings.get(k) for k in _REQUIREMENT_SETTINGS] if isinstance(settings, dict) else []
+    urls: list[str] = []
+    for entries in lists:
+        for text in entries if isinstance(entries, list) else []:
+            if not isinstance(text, str):
+                continue  # a group's {include-group = ...}: its own list is read on its own
+            try:
+                url = Requirement(text).url
+                urls += [url] if url else []
+            except InvalidRequirement:
+                urls += _URL_IN_TEXT.findall(text)
     return urls
 
 
