@@ -172,11 +172,21 @@ def test_unsafe_wheel_urls_are_refused(henv: Env) -> None:
                "size = -1 }"), "invalid size"),
         (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), requires_python="three"),
          "not a valid specifier"),
+        (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), requires_python="===/bin/sh"),
+         "uses `===`"),
         (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), torch="not-a-version"),
          "not a valid version"),
+        # Names that uv would read as an option if they were handed to it as one's value.
+        (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"))
+         + '\n[[package]]\nname = "-p/bin/sh"\nversion = "1"\nsource = { registry = "http://127.0.0.1:9/simple" }\n',
+         "package name '-p/bin/sh' is not a valid name"),
+        ('conflicts = [[{ package = "p", extra = "--python=/bin/sh" }, { package = "p", extra = "b" }]]\n'
+         + _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")),
+         "extra name '--python=/bin/sh' is not a valid name"),
     ],
     ids=["not-toml", "binary", "no-version", "package-string", "name-int", "path-wheel", "bad-hash",
-         "negative-size", "bad-requires-python", "bad-version"],
+         "negative-size", "bad-requires-python", "arbitrary-equality", "bad-version", "option-as-package",
+         "option-as-extra"],
 )
 def test_malformed_locks_are_refused(henv: Env, lock: str | bytes, words: str) -> None:
     project, before = _project(henv, lock)

@@ -353,3 +353,39 @@ def uv_supports_proxy_settings(uv: Path) -> bool:
     """uv 0.9 and later read `http-proxy` in a uv.toml (0.8.2 refuses the key)."""
     out = run_uv(uv, ["--version"], cwd=Path("/"), env={"PATH": os.environ.get("PATH", "")}).stdout.split()[1]
     return tuple(int(x) for x in out.split(".")[:2]) >= (0, 9)
+
+
+@pytest.mark.parametrize("which", ["uv", "uv-0.8.2"])
+def test_a_locks_requires_python_naming_a_file_runs_nothing(
+        request: pytest.FixtureRequest, which: str, tmp_path: Path, index_server: IndexServer, uv_cache: Path,
+        uv_environ: dict[str, str]) -> None:
+    """A lock whose `requires-python` is the path of an executable in the clone (uv runs a path it is
+    asked to find): `prefetch`, `prefetch --dry-run`, `status` and `doctor` refuse the lock in one line
+    and run nothing; a valid specifier next to it still plans."""
+    uv = request.getfixturevalue("uv_bin" if which == "uv" else "uv_old_bin")
+    ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
+    root, marker = tmp_path / "code", tmp_path / "MARKERS"
+    project = make_project(root, "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
+                           gpu_packages=ws.gpu_packages)
+    lock_project(project, uv, uv_environ)
+    evil = project / "tools" / "evil-python"
+    evil.parent.mkdir()
+    evil.write_text(INTERPRETER.format(marker=marker))
+    evil.chmod(0o755)
+    (project / ".python-version").unlink()  # the interpreter is then looked for by the lock's requires-python
+    lock = project / "uv.lock"
+    text = lock.read_text()
+    assert 'requires-python = ">=3.11"' in text, text[:300]
+    lock.write_text(text.replace('requires-python = ">=3.11"', f"requires-python = {json.dumps(str(evil))}", 1))
+    (tmp_path / "warmd").mkdir()
+    cfg = write_warmd_config(tmp_path / "warmd", uv, uv_cache, packages=PACKAGES,
+                             extra=[f"roots = {json.dumps([str(root)])}"])
+    for args in (["prefetch"], ["prefetch", "--dry-run"], ["status"], ["doctor", str(project)]):
+        proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=uv_environ,
+                              capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if args[0] == "prefetch":
+            assert proc.returncode == 2, (args, proc.returncode, proc.stderr[-2000:])
+            assert f"requires-python {str(evil)!r} is not a valid specifier" in proc.stderr, proc.stderr
+        ran = marker.read_text().splitlines() if marker.exists() else []
+        assert ran == [], (args, ran)

@@ -234,10 +234,12 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
     variant = project_variant(options, folder, detection)
     # The Python uv would use for the project: .python-version's, else the interpreter uv finds
     # for its requires-python, which then also serves its version (one lookup, not two: ~0.05 s each).
+    spec = requires_python(lock)  # before uv sees it: uv runs a file an interpreter request names
+    check_names(lock, pyproject)
     own = pinned_python(folder)
-    found = uv.interpreter(lock.requires_python) if own is None else None
+    found = (uv.interpreter(str(spec) if spec else None)) if own is None else None
     own = own or (found.version if found else None)
-    pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), lock)
+    pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), spec)
     if not pythons:
         raise InputError(f"{folder}: no Python version to select wheels for (no .python-version, "
                          "no interpreter uv would use, no `python` in the config)")
@@ -362,13 +364,47 @@ def _inputs(folder: Path) -> tuple[FileStamp, ...]:
     return tuple(file_stamp(folder / name) for name in PLAN_INPUTS)
 
 
-def allowed_pythons(pythons: Sequence[str], lock: Lock) -> list[str]:
-    """Keep the Python versions the lock's requires-python admits, in order, without repeats."""
-    out: list[str] = []
+def requires_python(lock: Lock) -> SpecifierSet | None:
+    """The lock's `requires-python` as a specifier set (None when it gives none); LockError when it is not one.
+
+    Only this parsed form reaches uv: given a path as an interpreter request, uv runs that file.
+    Arbitrary equality (`===`) compares any string, a path included, so it is refused too.
+    """
+    raw = lock.requires_python
+    if not raw:
+        return None
     try:
-        spec = SpecifierSet(lock.requires_python) if lock.requires_python else None
+        spec = SpecifierSet(raw)
     except InvalidSpecifier:
-        raise LockError(f"{lock.path}: requires-python {lock.requires_python!r} is not a valid specifier") from None
+        raise LockError(f"{lock.path}: requires-python {raw!r} is not a valid specifier") from None
+    if any(s.operator == "===" for s in spec):
+        raise LockError(f"{lock.path}: requires-python {raw!r} uses `===`, which warmd does not read")
+    return spec
+
+
+# A package, extra or group name as PEP 508 and uv spell them: what a lock or pyproject.toml may hand
+# to a uv option (`--extra`, `--no-install-package`, `--upgrade-package`); anything else could be
+# read by uv as another option.
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+
+
+def check_names(lock: Lock, pyproject: Mapping[str, Any]) -> None:
+    """LockError naming the first package, extra or group name of the lock (or default group of the
+    project) that is not a valid name; uv writes none such, and each may become a uv argument."""
+    names = [("package", p.name) for p in lock.packages]
+    names += [(kind, name) for group in lock.conflicts for item in group
+              for kind, name in (("extra", item.extra), ("group", item.group)) if name is not None]
+    for kind, name in names:
+        if not _NAME.match(name):
+            raise LockError(f"{lock.path}: {kind} name {name!r} is not a valid name")
+    for group in _default_groups(pyproject):
+        if not _NAME.match(group):
+            raise InputError(f"{lock.path.parent / 'pyproject.toml'}: default group {group!r} is not a valid name")
+
+
+def allowed_pythons(pythons: Sequence[str], spec: SpecifierSet | None) -> list[str]:
+    """Keep the Python versions the lock's requires-python (`spec`) admits, in order, without repeats."""
+    out: list[str] = []
     for py in pythons:
         if py in out:
             continue
