@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from .redact import redact
 from .store import Store
 from .state import STATE_FILE, State
 from .trust import recorded
-from .untrusted import check, read_text
+from . import untrusted
+from .untrusted import check
 from .upgrade import must_build
 from .uvcache import Uv
 from .uvdisk import cache_use
@@ -384,9 +384,9 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
                 "give a uv project folder (with pyproject.toml); run `uv lock` there first")
         return None
     try:
-        data = tomllib.loads(read_text(pyproject))
+        data = untrusted.read_toml(pyproject) or {}
         lock = read_lock(lock_path)
-    except (tomllib.TOMLDecodeError, OSError) as exc:
+    except OSError as exc:
         rep.bad_input = True
         rep.add("project", "problem", f"{pyproject}: cannot read: {exc}")
         return None

@@ -4,7 +4,6 @@ per-index `cache-control` override that makes uv keep an index's files (DESIGN.m
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from .atomic import write_atomic
 from .errors import InputError
+from . import untrusted
 from .untrusted import read_text
 
 # uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
@@ -101,10 +101,11 @@ def settings_urls(data: Any, *, sources: bool = True) -> list[str]:
 
 
 def read_toml(path: Path) -> dict[str, Any] | None:
-    """The parsed TOML file, or None when it is missing, unreadable or not a regular file (never blocks)."""
+    """A settings file looked at for what it names (untrusted.read_toml), or None when there is none
+    or it cannot be read: uv names such a file itself when it reads it."""
     try:
-        return tomllib.loads(read_text(path))
-    except (OSError, InputError, tomllib.TOMLDecodeError):
+        return untrusted.read_toml(path)
+    except InputError:
         return None
 
 
