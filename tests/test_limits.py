@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
@@ -143,3 +144,32 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
             hits = server.wheel_hits(name)
             assert [h.method for h in hits].count("HEAD") == 1, (name, hits)
             assert sum(h.body_bytes for h in hits) == size, (name, hits)
+
+
+@pytest.mark.parametrize("head", ["405", "501", "403", "no-length"])
+def test_an_index_whose_head_gives_no_size_is_asked_for_the_first_byte(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str], head: str) -> None:
+    """A lock without sizes, the default limits, and an index whose HEAD says nothing of a size (HEAD
+    not served: 405, 501; storage that signs GETs only: 403; no Content-Length): each size comes from a
+    GET of the wheel's first byte, and everything is warmed."""
+    with IndexServer() as server:  # PEP 503 pages: no sizes in the lock
+        ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
+        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ)
+        assert "size = " not in (project / "uv.lock").read_text()
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+        if head == "no-length":
+            server.faults.head_without_length = True
+        else:
+            server.faults.head_status = int(head)
+        server.reset_counters()
+        proc = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        assert proc.returncode == 0, proc.stderr
+        wheels = json.loads(proc.stdout)["projects"][0]["wheels"]
+        assert {w["state"] for w in wheels} == {"warm"}, wheels
+        sizes = {w.name: w.stat().st_size for w in ws.wheels}
+        assert {w["filename"]: w["size"] for w in wheels} == sizes
+        for name in sizes:
+            hits = server.wheel_hits(name)
+            assert [(h.method, h.range) for h in hits][:2] == [("HEAD", None), ("GET", "bytes=0-0")], (name, hits)

@@ -79,6 +79,8 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # same length and ETag, some bytes flipped
     replace: dict[str, bytes] = field(default_factory=dict)  # new bytes, new ETag/Last-Modified
     no_head: bool = False  # 405 to every HEAD of a wheel
+    head_status: int | None = None  # this status to every HEAD of a wheel (403: storage that signs GETs only)
+    head_without_length: bool = False  # a HEAD of a wheel answers 200 without Content-Length
     # status_burst and drop_after hit only clients whose User-Agent starts with this (None: all),
     # e.g. "warmd/": the index misbehaves for warmd's downloads, `uv lock` still gets its metadata
     agent: str | None = None
@@ -335,8 +337,12 @@ class _Handler(BaseHTTPRequestHandler):
             ignore_range = name in faults.ignore_range
             lie = faults.lie_length.get(name)
             no_head = faults.no_head
+            head_status = faults.head_status
+            head_without_length = faults.head_without_length
         if head and no_head:
             return self._simple(405, b"method not allowed\n", head, {"Allow": "GET"})
+        if head and head_status is not None:
+            return self._simple(head_status, f"injected {head_status}\n".encode(), head)
         if status is not None:
             extra = {}
             if status in (429, 503) and faults.retry_after is not None:
@@ -371,7 +377,8 @@ class _Handler(BaseHTTPRequestHandler):
         if drop is not None:
             length = min(length, drop)
             self.close_connection = True
-        common["Content-Length"] = str(claimed)
+        if not (head and head_without_length):
+            common["Content-Length"] = str(claimed)
         if lie is not None:
             common["Connection"] = "close"  # a drop, by contrast, comes unannounced
         self._start(code, common)
