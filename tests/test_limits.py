@@ -16,7 +16,7 @@ import pytest
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, torch_like_set
+from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
@@ -173,3 +173,41 @@ def test_an_index_whose_head_gives_no_size_is_asked_for_the_first_byte(
         for name in sizes:
             hits = server.wheel_hits(name)
             assert [(h.method, h.range) for h in hits][:2] == [("HEAD", None), ("GET", "bytes=0-0")], (name, hits)
+
+
+def test_a_size_another_lock_declares_for_the_same_file_is_never_taken(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """A hostile lock pins torch by its real sha256 with `size = 1`: run after it, and run with it,
+    the user's own project (a lock without sizes, as PyTorch's index makes them) still goes warm; the
+    hostile project's claim is held against its own download only."""
+    with IndexServer() as server:  # PEP 503 pages: no sizes in the lock
+        ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
+        root = tmp_path / "code"
+        mine = make_project(root, "mine", server=server, variant="cu128", deps=[ws.requirement()],
+                            gpu_packages=ws.gpu_packages)
+        lock_project(mine, uv_bin, uv_environ)
+        torch = next(f for f in ws.filenames if f.startswith("torch-"))
+        hostile = root / "hostile"
+        hostile.mkdir()
+        for name in ("pyproject.toml", ".python-version"):
+            (hostile / name).write_bytes((mine / name).read_bytes())
+        text = (mine / "uv.lock").read_text()
+        at = text.index(torch.replace("+", "%2B"))
+        end = text.index("}", at)
+        assert "size" not in text[at:end], text[at:end]
+        (hostile / "uv.lock").write_text(text[:end] + ", size = 1 " + text[end:])
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+
+        def torch_state(report: dict, project: Path) -> str:
+            (entry,) = [p for p in report["projects"] if p["project"] == str(project)]
+            return next(w["state"] for w in entry["wheels"] if w["filename"] == torch)
+
+        first = _warmd(cfg, uv_environ, "prefetch", "--json", str(hostile))
+        assert torch_state(json.loads(first.stdout), hostile) == "failed", first.stdout  # held to its own claim
+        then = _warmd(cfg, uv_environ, "prefetch", "--json", str(mine))
+        assert then.returncode == 0, then.stderr
+        assert torch_state(json.loads(then.stdout), mine) == "warm", then.stdout
+
+        run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
+        both = _warmd(cfg, uv_environ, "prefetch", "--json", str(hostile), str(mine))
+        assert torch_state(json.loads(both.stdout), mine) == "warm", both.stdout

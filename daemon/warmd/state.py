@@ -592,22 +592,6 @@ class State:
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
-    def sizes(self, shas: Iterable[str]) -> dict[str, int]:
-        """The size recorded for each of these files, where known: the lock's, or its index's answer (a
-        pin's, or a wheel the look-ahead weighed); a wheel's partial bytes never count as its size here."""
-        wanted = list(dict.fromkeys(shas))
-        out: dict[str, int] = {}
-        with self._lock:
-            for i in range(0, len(wanted), 500):
-                part = wanted[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for sha, size in self._db.execute(
-                        f"SELECT sha256, size FROM pins WHERE size > 0 AND sha256 IN ({marks}) UNION ALL "
-                        f"SELECT sha256, size FROM ahead_files WHERE size > 0 AND sha256 IN ({marks})",
-                        (*part, *part)):
-                    out.setdefault(sha, size)
-        return out
-
     def failures(self, project: Path) -> int:
         """The project's failed outcomes in a row (0 when the last one was not a failure)."""
         with self._lock:
