@@ -592,6 +592,23 @@ class State:
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
+    def sizes(self, project: Path, shas: Iterable[str]) -> dict[str, int]:
+        """The size recorded for each of these files for this project (its lock's, its index's answer
+        to an earlier run, or the look-ahead's weighing for it), where known. Never another project's:
+        a lock may pin any file by its sha256 with a wrong size."""
+        wanted = list(dict.fromkeys(shas))
+        out: dict[str, int] = {}
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for sha, size in self._db.execute(
+                        f"SELECT sha256, size FROM pins WHERE project = ? AND size > 0 AND sha256 IN ({marks}) "
+                        f"UNION ALL SELECT sha256, size FROM ahead_files WHERE project = ? AND size > 0 "
+                        f"AND sha256 IN ({marks})", (str(project), *part, str(project), *part)):
+                    out.setdefault(sha, size)
+        return out
+
     def failures(self, project: Path) -> int:
         """The project's failed outcomes in a row (0 when the last one was not a failure)."""
         with self._lock:
