@@ -6,6 +6,7 @@ and why."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import jsonschema
 import pytest
 
 from tests.support.config import write_warmd_config
+from tests.support.daemon import DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
@@ -66,8 +68,24 @@ def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never
         assert server.wheel_hits(torch) == [], "a byte of the skipped wheel was asked for"
         assert not list(uv_cache.glob("wheels-v*/index/*/torch/*"))
 
+        # The daemon's status for systemd says it too: `uv sync` still downloads torch.
+        (tmp_path / "daemon").mkdir()
+        daemon_cfg = write_warmd_config(tmp_path / "daemon", uv_bin, uv_cache, packages=PACKAGES, extra=[
+            f"roots = {json.dumps([str(project)])}", 'recheck-interval = "1h"', "[limits]", 'per-project = "5MiB"'])
+        notify = NotifySocket(tmp_path / "notify.sock")
+        daemon = DaemonProcess(daemon_cfg, uv_environ | {"NOTIFY_SOCKET": str(notify.path)})
+        try:
+            notify.until(lambda m: m == "STATUS=idle, 1 project warm, 1 wheel skipped by a limit")
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert daemon.proc.wait(timeout=30) == 0
+        finally:
+            daemon.kill()
+            notify.close()
+
     project_status, text = _status(cfg, uv_environ)
-    assert project_status["state"] == "warm"  # what it may fetch is warm
+    # What it may fetch is warm; `uv sync` still downloads torch, and the state says so.
+    assert (project_status["state"], project_status["reason"]) == ("warm", "1 wheel skipped by a limit")
+    assert "  state: warm, 1 wheel skipped by a limit since " in text, text
     (st,) = [w for w in project_status["wheels"] if w["filename"] == torch]
     assert (st["state"], st["reason"]) == ("skipped", wheels[torch]["reason"])
     assert any(f.startswith(f"1 wheel(s) skipped, not downloaded: {torch} — past `[limits] per-project`")

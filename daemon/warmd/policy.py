@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # The states of a project, the contract of `warmd status` (docs/status.schema.json lists the same).
 STATES: dict[str, str] = {
     "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock "
-            "(but those a limit kept out: each is `skipped` with its reason, and named in `flags`)",
+            "(but those a limit kept out, which `uv sync` still downloads: then `reason` says how many, "
+            "each is `skipped` with its reason, and `flags` names them)",
     "unproven": "nothing failed, but uv could not be asked about some wheels (no interpreter for that Python)",
     "failed": "the last run for this uv.lock failed; `reason` says why, `next_retry` when the daemon tries again",
     "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant, or every one was "
@@ -125,7 +126,13 @@ def outcome_of(report: ProjectReport) -> Outcome:
         elif left:
             why = f"{len(left)} wheel(s) skipped, none warmed; {_skip_line(left[0])}"
         return Outcome("nothing to warm", why)
-    return Outcome("warm")
+    limited = sum(1 for w in report.wheels if w.state == "skipped")
+    return Outcome("warm", limited_words(limited) if limited else None)
+
+
+def limited_words(n: int) -> str:
+    """`1 wheel skipped by a limit`: what a project called warm still leaves to `uv sync`."""
+    return f"{n} wheel{'s' if n != 1 else ''} skipped by a limit"
 
 
 def _skip_line(s: Any) -> str:
