@@ -42,7 +42,7 @@ def _status(cfg: Path, env: dict[str, str]) -> tuple[dict, str]:
 
 def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never_fetched(
         tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
-    with IndexServer(pep691=True) as server:  # PEP 691 pages carry sizes: the lock has them, the dry run too
+    with IndexServer(pep691=True, vouched=True) as server:  # PEP 691 pages carry sizes: the lock has them, the dry run too
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)
@@ -144,7 +144,7 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
     """PyTorch's index gives no sizes, so its locks have none: with the default limits each wheel's
     size is asked once (a HEAD), and that answer serves the limit, the download's order and the
     hand-over to uv alike; every wheel is fetched once, and the next run asks nothing."""
-    with IndexServer() as server:  # PEP 503 pages: no sizes in the lock
+    with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)
@@ -175,7 +175,7 @@ def test_an_index_whose_head_gives_no_size_is_asked_for_the_first_byte(
     """A lock without sizes, the default limits, and an index whose HEAD says nothing of a size (HEAD
     not served: 405, 501; storage that signs GETs only: 403; no Content-Length): each size comes from a
     GET of the wheel's first byte, and everything is warmed."""
-    with IndexServer() as server:  # PEP 503 pages: no sizes in the lock
+    with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)
@@ -203,7 +203,7 @@ def test_a_size_another_lock_declares_for_the_same_file_is_never_taken(
     """A hostile lock pins torch by its real sha256 with `size = 1`: run after it, and run with it,
     the user's own project (a lock without sizes, as PyTorch's index makes them) still goes warm; the
     hostile project's claim is held against its own download only."""
-    with IndexServer() as server:  # PEP 503 pages: no sizes in the lock
+    with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
         root = tmp_path / "code"
         mine = make_project(root, "mine", server=server, variant="cu128", deps=[ws.requirement()],

@@ -303,7 +303,7 @@ def test_in_network_namespaces_the_second_workstation_has_no_route_to_the_origin
     counted at the origin and enforced by the network (the workstations have no route there)."""
     need("netns")
     with LabNet(workstations=2) as net:
-        origin = net.run_in(net.origin, lambda: IndexServer(host=ORIGIN).start())
+        origin = net.run_in(net.origin, lambda: IndexServer(host=ORIGIN, vouched=True).start())
         try:
             ws = torch_like_set(origin, tmp_path / "wheels", "cu128", size=20 * MiB)
             project = make_project(tmp_path, "proj", server=origin, variant="cu128",

@@ -202,7 +202,7 @@ def test_a_hung_main_loop_is_restarted_by_the_watchdog(user: User, unit: str) ->
 def test_stop_mid_download_exits_cleanly_and_leaves_no_process(
     user: User, unit: str, wheel_dir: Path, tmp_path: Path, uv_bin: Path, uv_environ: dict[str, str],
 ) -> None:
-    with IndexServer(rate_limit=128 * 1024) as server:  # 4 MiB at 128 KiB/s: half a minute to stop in
+    with IndexServer(rate_limit=128 * 1024, vouched=True) as server:  # 4 MiB at 128 KiB/s: half a minute to stop in
         ws = torch_like_set(server, wheel_dir, "cpu", size=4 * 2**20, pythons=("cp311",))
         project = make_project(tmp_path, "app", server=server, variant="cpu", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)
