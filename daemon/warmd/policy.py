@@ -22,7 +22,7 @@ from .progress import human_bytes
 from .uvconfig import Override, index_overrides, norm_url
 
 if TYPE_CHECKING:
-    from .state import AheadFile, Snapshot, State, StoredProject
+    from .state import AheadFile, Snapshot, State, StoredProject, StoredSkip
 
 # The states of a project, the contract of `warmd status` (docs/status.schema.json lists the same).
 STATES: dict[str, str] = {
@@ -175,20 +175,6 @@ class WheelStatus:
 
 
 @dataclass(frozen=True)
-class SkipStatus:
-    """A package of a project's plan that warmd did not warm, and why (`warmd status` lists them)."""
-
-    name: str
-    version: str
-    python: str
-    filename: str | None
-    url: str | None  # credentials stripped
-    index: str | None
-    state: str  # "skipped"; for an unhashed wheel uv was asked to fetch: warm, failed or unproven
-    reason: str
-
-
-@dataclass(frozen=True)
 class IndexStatus:
     """Whether uv keeps the files of one index a project pins wheels from (uv_keeps)."""
 
@@ -297,7 +283,7 @@ class ProjectStatus:
     indexes: tuple[IndexStatus, ...]
     flags: tuple[str, ...]  # one-line warnings worth the user's attention
     upgrade: UpgradeStatus | None = None  # the look-ahead's word on this uv.lock, if any
-    skipped: tuple[SkipStatus, ...] = ()  # what the last run left out (no sha256, an address nobody vouched for)
+    skipped: tuple[StoredSkip, ...] = ()  # what the last run left out (no sha256, an address nobody vouched for)
 
     @property
     def bytes_saved(self) -> int:
@@ -355,7 +341,7 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
         reason += "; `warmd prefetch` or the daemon warms it"
     wheels = tuple(_wheel(w, warming=activity == "warming") for w in p.wheels)
     # What was left out is about the lock it was recorded for: not shown for another lock.
-    skipped = tuple(SkipStatus(**asdict(s)) for s in p.skipped) if current else ()
+    skipped = p.skipped if current else ()
     indexes, flags = _indexes(p, snap, env)
     for w in wheels:
         flags += [x for x in w.warnings if x not in flags]

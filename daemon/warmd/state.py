@@ -77,7 +77,8 @@ class StoredProject:
 
 @dataclass(frozen=True)
 class StoredSkip:
-    """A package of a project's plan that the last run did not warm, and why (model.SkippedReport)."""
+    """A package of a project's plan that the last run did not warm, and why (model.SkippedReport),
+    as it is recorded and as `warmd status` lists it."""
 
     name: str
     version: str
