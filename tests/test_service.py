@@ -277,7 +277,7 @@ def test_a_read_write_path_nothing_makes_is_missing_until_it_exists(tmp_path: Pa
                                         "%h/.local/state/warmd")
     got = review_unit(text, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252)
     assert got.missing == (writes[1], writes[2]) and got.unwritable == ()
-    writes[1].mkdir(parents=True)  # made by hand, as the report of issue 18 did
+    writes[1].mkdir(parents=True)  # made by hand, as a user would after the first failed start
     assert review_unit(text, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252).missing == (writes[2],)
     optional = text.replace(" %h/.local/state/warmd", " -%h/.local/state/warmd")  # `-`: may be missing
     assert review_unit(optional, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252).missing == ()
