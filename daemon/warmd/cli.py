@@ -453,14 +453,20 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
 
 
 def _untrust(args: argparse.Namespace, config: Config) -> int:
-    from .plan import project_folder
+    from .plan import locate, project_folder
     from .trust import TrustStore
 
     store = TrustStore(config.state_dir)
     tables = {ps.path for ps in config.projects}
-    code = EXIT_OK
-    for path in args.paths:
+    recorded = {t.path for t in store.read()}
+    folders = []
+    for path in args.paths:  # every path is checked before anything is removed: one bad path changes nothing
         folder = project_folder(path)
+        if folder not in recorded and folder not in tables:
+            locate(path)  # a folder that is not there (and was not trusted under that name): `trust`'s own words
+        folders.append(folder)
+    code = EXIT_OK
+    for folder in folders:
         if store.remove(folder):
             print(f"untrusted {folder}: warmd reaches only public hosts and your own indexes for it")
         elif folder in tables:
