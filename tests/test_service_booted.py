@@ -184,13 +184,15 @@ def test_a_hung_main_loop_is_restarted_by_the_watchdog(user: User, unit: str) ->
     start(user, unit)
     assert user.show("WatchdogUSec")["WatchdogUSec"] == "3s"
     status_text(user, "idle, 0 projects warm")
-    before = main_pid(user)
-    assert user.show("NRestarts")["NRestarts"] == "0"
+    # Read just before the stop, not assumed: on a loaded box a 3 s watchdog may have fired already.
+    before = user.show("MainPID", "NRestarts")
+    assert before["MainPID"] not in ("", "0"), before
     assert user.systemctl("kill", "--kill-who=main", "--signal=SIGSTOP", "warmd").returncode == 0
 
     def restarted() -> bool:
         now = user.show("MainPID", "NRestarts", "SubState")
-        return now["NRestarts"] == "1" and now["SubState"] == "running" and now["MainPID"] not in ("0", str(before))
+        return (int(now["NRestarts"]) > int(before["NRestarts"]) and now["SubState"] == "running"
+                and now["MainPID"] not in ("0", before["MainPID"]))
 
     wait_for(restarted, "the watchdog's restart", describe=user.describe)
     log = user.journal()
