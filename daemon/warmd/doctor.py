@@ -385,11 +385,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     try:
         data = untrusted.read_toml(pyproject) or {}
         lock = read_lock(lock_path)
-    except OSError as exc:
-        rep.bad_input = True
-        rep.add("project", "problem", f"{pyproject}: cannot read: {exc}")
-        return None
-    except InputError as exc:
+    except InputError as exc:  # each names its file
         rep.bad_input = True
         rep.add("project", "problem", str(exc))
         return None

@@ -269,7 +269,7 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
     spec = requires_python(lock)  # before uv sees it: uv runs a file an interpreter request names
     check_names(lock, pyproject)
     own = pinned_python(folder)
-    found = (uv.interpreter(str(spec) if spec else None)) if own is None else None
+    found = uv.interpreter(str(spec) if spec else None) if own is None else None
     own = own or (found.version if found else None)
     pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), spec)
     if not pythons:
@@ -417,7 +417,7 @@ def requires_python(lock: Lock) -> SpecifierSet | None:
 # A package, extra or group name as PEP 508 and uv spell them: what a lock or pyproject.toml may hand
 # to a uv option (`--extra`, `--no-install-package`, `--upgrade-package`); anything else could be
 # read by uv as another option.
-_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 def check_names(lock: Lock, pyproject: Mapping[str, Any]) -> None:
@@ -427,10 +427,10 @@ def check_names(lock: Lock, pyproject: Mapping[str, Any]) -> None:
     names += [(kind, name) for group in lock.conflicts for item in group
               for kind, name in (("extra", item.extra), ("group", item.group)) if name is not None]
     for kind, name in names:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise LockError(f"{lock.path}: {kind} name {name!r} is not a valid name")
     for group in _default_groups(pyproject):
-        if not _NAME.match(group):
+        if not _NAME.fullmatch(group):
             raise InputError(f"{lock.path.parent / 'pyproject.toml'}: default group {group!r} is not a valid name")
 
 
