@@ -211,6 +211,7 @@ class Pipeline:
             run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized)
             if self.state is not None:
                 self.state.record_links(self.fetcher.links())
+                self.state.record_sizes({sha: f.size for sha, f in run.fetched.items() if isinstance(f, Fetched)})
             for pl in plans:
                 unhashed = self._unhashed(pl)
                 if not pl.is_current():  # what uv said may be about another lock
@@ -239,13 +240,13 @@ class Pipeline:
 
     def _sizes(self, plans: Sequence[ProjectPlan]) -> tuple[dict[str, int], dict[str, str]]:
         """The size of each pinned file the plans give none for (PyTorch's index gives none), when a limit
-        must weigh it: sha256 -> bytes, from the store's verified file, what was recorded for every
-        project of the run that pins it (State.sizes: each project's own, never another's), else its
-        index's answer (Fetcher.sizes); and sha256 -> why, for the files whose index did not answer at
-        all (they fail now, as their download would). A size the index would not give stays unknown
-        (the per-project limit then keeps the file out). A size learned here goes into the plan
-        (_warm_plans), so the download is held to it. Nothing another lock said of a file's size is
-        taken: a lock may pin a file by its sha256 with any size (_undisputed)."""
+        must weigh it: sha256 -> bytes, from the store's verified file, the size of bytes warmd verified
+        before (State.sizes), else its index's answer (Fetcher.sizes); and sha256 -> why, for the files
+        whose index did not answer at all (they fail now, as their download would). A size the index
+        would not give stays unknown (the per-project limit then keeps the file out). A size learned
+        here goes into the plan (_warm_plans), so the download is held to it; only once the bytes are
+        verified is it kept for later runs. Nothing another lock said of a file's size is taken: a lock
+        may pin a file by its sha256 with any size (_undisputed)."""
         limits = self.config.limits
         unknown = {p.wheel.sha256: p.wheel for pl in plans for p in pl.pins if p.wheel.size is None}
         if not unknown or (limits.per_project is None and limits.min_free is None):
@@ -257,13 +258,7 @@ class Pipeline:
                 if blob is not None:
                     sizes[sha] = blob.stat().st_size
         if self.state is not None:
-            recorded: defaultdict[str, set[int | None]] = defaultdict(set)
-            for pl in plans:
-                mine = [p.wheel.sha256 for p in pl.pins if p.wheel.sha256 in unknown and p.wheel.sha256 not in sizes]
-                said = self.state.sizes(pl.project, mine) if mine else {}
-                for sha in mine:
-                    recorded[sha].add(said.get(sha))
-            sizes |= {sha: next(iter(n)) for sha, n in recorded.items() if len(n) == 1 and None not in n}
+            sizes |= self.state.sizes(sha for sha in unknown if sha not in sizes)
         unsized: dict[str, str] = {}
         ask = [w for sha, w in unknown.items() if sha not in sizes]
         for sha, said_now in (self.fetcher.sizes(ask) if ask else {}).items():

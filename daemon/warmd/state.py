@@ -270,8 +270,22 @@ def _v5(db: sqlite3.Connection) -> None:
     )
 
 
+def _v6(db: sqlite3.Connection) -> None:
+    # The size of each file whose bytes warmd verified against its sha256: a fact of those bytes, so
+    # it holds for every lock that pins the file (a size a lock or an index only claims is not kept).
+    _script(
+        db,
+        """
+        CREATE TABLE verified_sizes (
+            sha256 TEXT PRIMARY KEY,
+            size INTEGER NOT NULL
+        );
+        """
+    )
+
+
 # Index i migrates a database at user_version i to i + 1; append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -593,21 +607,29 @@ class State:
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
-    def sizes(self, project: Path, shas: Iterable[str]) -> dict[str, int]:
-        """The size recorded for each of these files for this project (its lock's, its index's answer
-        to an earlier run, or the look-ahead's weighing for it), where known. Never another project's:
-        a lock may pin any file by its sha256 with a wrong size."""
+    def record_sizes(self, sizes: Mapping[str, int]) -> None:
+        """Keep the size of files whose bytes were verified against their sha256 (sha256 -> bytes); those
+        of files no project pins and no look-ahead holds any more go."""
+        if not sizes:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO verified_sizes(sha256, size) VALUES (?,?)", list(sizes.items()))
+            marks = ",".join("?" * len(sizes))
+            db.execute(f"DELETE FROM verified_sizes WHERE sha256 NOT IN ({marks}) AND sha256 NOT IN "
+                       "(SELECT sha256 FROM pins) AND sha256 NOT IN (SELECT sha256 FROM ahead_files)", list(sizes))
+
+    def sizes(self, shas: Iterable[str]) -> dict[str, int]:
+        """The size of each of these files, where warmd once verified its bytes (record_sizes). Never a
+        size a lock or an index only claimed: a lock may pin any file by its sha256 with a wrong size,
+        and an index's answer may be wrong."""
         wanted = list(dict.fromkeys(shas))
         out: dict[str, int] = {}
         with self._lock:
             for i in range(0, len(wanted), 500):
                 part = wanted[i:i + 500]
                 marks = ",".join("?" * len(part))
-                for sha, size in self._db.execute(
-                        f"SELECT sha256, size FROM pins WHERE project = ? AND size > 0 AND sha256 IN ({marks}) "
-                        f"UNION ALL SELECT sha256, size FROM ahead_files WHERE project = ? AND size > 0 "
-                        f"AND sha256 IN ({marks})", (str(project), *part, str(project), *part)):
-                    out.setdefault(sha, size)
+                out.update(self._db.execute(f"SELECT sha256, size FROM verified_sizes WHERE sha256 IN ({marks})",
+                                            part).fetchall())
         return out
 
     def failures(self, project: Path) -> int:
