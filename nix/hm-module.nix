@@ -45,10 +45,14 @@ in
       };
       Service = service.serviceConfig // {
         # uv's folder first, so that `uv` in the service is the uv given here (a user whose
-        # shell runs another uv should set settings.uv); then the system's own folders, as in
-        # the unit `warmd install-service` writes, for GPU tools such as rocm_agent_enumerator.
+        # shell runs another uv should set settings.uv); then where Nix puts this user's and the
+        # system's programs, in a login shell's order (home-manager's packages are in
+        # ~/.nix-profile or, with home-manager as a NixOS module, /etc/profiles/per-user/$USER;
+        # NixOS's in /run/current-system/sw), then the other systems' own folders, as in the
+        # unit `warmd install-service` writes: for GPU tools such as rocm_agent_enumerator.
         Environment = [
-          "PATH=${lib.makeBinPath [ cfg.uvPackage ]}:/usr/local/bin:/usr/bin:/bin"
+          ("PATH=${lib.makeBinPath [ cfg.uvPackage ]}:%h/.nix-profile/bin:/etc/profiles/per-user/%u/bin"
+            + ":/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin:/usr/local/bin:/usr/bin:/bin")
         ]
         ++ lib.mapAttrsToList (name: value: "${name}=${value}") service.environment;
       };

@@ -63,7 +63,7 @@ def _configs_of_this_test() -> Iterator[None]:
 @pytest.fixture
 def index_server() -> Iterator[IndexServer]:
     """A started PyTorch-like index on 127.0.0.1 (no-store wheels), stopped after the test."""
-    with IndexServer() as server:
+    with IndexServer(vouched=True) as server:
         yield server
 
 
@@ -76,7 +76,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 @pytest.fixture
 def https_index_server(tls_files: TlsFiles) -> Iterator[IndexServer]:
     """index_server over HTTPS: clients trust it only through SSL_CERT_FILE (see https_environ)."""
-    with IndexServer(tls=tls_files) as server:
+    with IndexServer(tls=tls_files, vouched=True) as server:
         yield server
 
 

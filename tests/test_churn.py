@@ -74,7 +74,7 @@ def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path,
     root = tmp_path / "code"
     daemon_tmp = tmp_path / "daemon-tmp"  # the daemon's TMPDIR: its scratch folders, and their litter
     daemon_tmp.mkdir()
-    with IndexServer() as server:
+    with IndexServer(vouched=True) as server:
         old = torch_like_set(server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
         new = torch_like_set(server, wheel_dir, "cu128", version="2.9.0", size=64 * KiB, pythons=("cp311",))
         new_torch = next(f for f in new.filenames if f.startswith("torch-"))

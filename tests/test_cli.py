@@ -72,6 +72,22 @@ def test_version_and_help(uv_environ: dict[str, str]) -> None:
         assert command in helped.stdout
 
 
+def test_trust_and_untrust_of_a_folder_that_is_not_there_say_so_alike(tmp_path: Path, uv_bin: Path, uv_cache: Path,
+                                                                     uv_environ: dict[str, str]) -> None:
+    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=["torch"])
+    gone = tmp_path / "nowhere"
+    said = {}
+    for command in ("trust", "untrust"):
+        proc = warmd("--config", str(cfg), command, str(gone), env=uv_environ)
+        assert proc.returncode == 2, (command, proc)
+        said[command] = proc.stderr.strip().splitlines()
+    assert said["trust"] == said["untrust"] == [f"warmd: {gone}: no such project folder"], said
+    real = tmp_path / "real"
+    real.mkdir()
+    proc = warmd("--config", str(cfg), "untrust", str(real), str(gone), env=uv_environ)
+    assert proc.returncode == 2 and proc.stdout == "", proc  # one bad path: nothing else is done
+
+
 @pytest.fixture
 def locked_project(tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path,
                    uv_environ: dict[str, str]) -> Path:

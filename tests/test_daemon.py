@@ -234,7 +234,7 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
     notify: NotifySocket,
 ) -> None:
     root = tmp_path / "code"
-    with IndexServer(rate_limit=512 * 1024) as server:
+    with IndexServer(rate_limit=512 * 1024, vouched=True) as server:
         ws = torch_like_set(server, wheel_dir, "cu128", size=3 * 2**20, pythons=("cp311",), with_nvidia=False)
         app = make_project(root, "app", server=server, variant="cu128",
                            deps=[ws.requirement()], gpu_packages=ws.gpu_packages)

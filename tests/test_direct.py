@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler, running_urls
+from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler, vouched_urls
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from warmd.config import Config, DownloadSettings, LimitSettings
 from warmd.fetch import Fetcher, ProgressEvent
@@ -40,7 +40,7 @@ class _NoWholeFiles(_Handler):
 @pytest.fixture
 def server() -> Iterator[IndexServer]:
     # 2 MiB/s per connection: the first download lasts long enough to be measured
-    with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB) as s:
+    with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB, vouched=True) as s:
         yield s
 
 
@@ -49,7 +49,7 @@ def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bo
               limits: LimitSettings | None = None, trusted: list[str] | None = None) -> Pipeline:
     config = Config(variant="cu128", uv=str(uv), cache_dir=cache, store_dir=tmp / "store", state_dir=tmp / "state",
                     packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2),
-                    trusted_indexes=tuple(u + "/" for u in (running_urls() if trusted is None else trusted)),
+                    trusted_indexes=tuple(u + "/" for u in (vouched_urls() if trusted is None else trusted)),
                     limits=limits or LimitSettings())
     store = Store(config.store_dir)
     progress = events.append if events is not None else None
@@ -167,7 +167,7 @@ def test_with_keep_wheels_or_an_old_uv_warmd_downloads_everything(tmp_path: Path
 
 def test_from_a_no_store_index_uv_downloads_itself_under_warmds_override_unless_the_user_has_a_uv_toml(
         tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
-    with IndexServer(cache_control=NO_STORE, rate_limit=2 * MiB) as nostore:
+    with IndexServer(cache_control=NO_STORE, rate_limit=2 * MiB, vouched=True) as nostore:
         project, files = _project(tmp_path, nostore, uv_bin, uv_environ)
         gpu = [f for f in files if not f.startswith("filelock")]
         nostore.reset_counters()

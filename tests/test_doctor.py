@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from warmd.doctor import (
     add_cache_control,
     diagnose,
 )
+from warmd.limits import Room
 from warmd.model import Pin, WheelFile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -320,6 +322,27 @@ def test_disk_too_small_for_the_planned_wheels_is_a_problem(tmp_path: Path) -> N
                   WheelFile("https://i.example/t.whl", "torch-2.8.0-py3-none-any.whl", "1" * 64, None), "3.12", "x")
     _check_disk(rep, tmp_path, None, [unknown], True, True)
     assert rep.findings[0].status == "ok" and "size unknown" in rep.findings[0].message
+
+
+def test_doctor_weighs_the_free_space_floor_as_a_run_does(tmp_path: Path) -> None:
+    """A floor as large as the free space: doctor warns, and a run (limits.Room) keeps the wheel out,
+    both counting the same bytes there (the wheel in the store and ~1.7 times it in uv's cache)."""
+    pin = Pin("torch", "2.8.0", "https://i.example/simple",
+              WheelFile("https://i.example/t.whl", "torch-2.8.0-py3-none-any.whl", "0" * 64, 3 * 2**20), "3.12", "x")
+    floor = shutil.disk_usage(tmp_path).free
+    rep = _Report()
+    _check_disk(rep, tmp_path / "store", tmp_path / "cache", [pin], True, True, floor=floor)
+    [f] = rep.findings
+    assert f.status == "warn" and "`[limits] min-free`" in f.message, f
+    assert f.message.startswith(f"warmd's store ({tmp_path / 'store'}) and uv's cache ({tmp_path / 'cache'}): ")
+    room = Room(tmp_path / "store", tmp_path / "cache", floor)
+    try:
+        fits, why = room.admit([pin])
+    finally:
+        room.release()
+    assert fits == [] and "past `[limits] min-free`" in why[pin.wheel.sha256]
+    needed = re.search(r"about (\S+ \S+) needed there", f.message).group(1)  # type: ignore[union-attr]
+    assert f"fetching it (~{needed} there)" in why[pin.wheel.sha256]
 
 
 def test_readme_troubleshooting_rows_are_doctors_own() -> None:

@@ -155,7 +155,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory, uv_bin: Path) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("drills")
     env = uv_env(tmp / "lock-cache")
-    with DrillServer() as server:
+    with DrillServer(vouched=True) as server:
         small = torch_like_set(server, tmp / "wheels", VARIANT, SMALL_TORCH, pythons=("cp311",), size=1 * MiB)
         big = torch_like_set(server, tmp / "wheels", VARIANT, BIG_TORCH, pythons=("cp311",), size=8 * MiB)
         projects = []
@@ -416,7 +416,10 @@ def test_etag_changing_between_two_ranges_restarts_the_file(drill: Drill) -> Non
     name = w.small_torch
     other = make_wheel(drill.tmp / "upstream", "torch", f"{SMALL_TORCH}+{VARIANT}", "cp311-cp311-manylinux_2_28_x86_64",
                        1 * MiB, seed=7)
-    new_bytes = other.read_bytes()
+    # Of the old file's size, which warmd learned from the index and holds the download to: the
+    # sha256 tells the two apart, not the size.
+    size = w.sizes[name]
+    new_bytes = (other.read_bytes() + bytes(size))[:size]
     assert hashlib.sha256(new_bytes).hexdigest() != w.server.sha256_of(name)
     w.server.faults.drop_after[name] = [100 * KiB]  # less than any first request asks for
     swapped = threading.Event()

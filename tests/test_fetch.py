@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.errors import DiskFull, FetchError, HashMismatch
 from warmd.fetch import LINK_TTL, Fetcher, FetchCancelled, ProgressEvent
+from warmd.guard import NetGuard
 from warmd.model import Fetched, WheelFile
 from warmd.partial import Sidecar
 from warmd.redact import redact
@@ -246,6 +248,26 @@ def test_without_sizes_in_the_lock_the_biggest_file_goes_first_on_its_size_reque
     assert len(heads) == 3 and {h.conn for h in gets} <= heads
 
 
+def test_a_size_request_the_guard_refuses_is_not_retried(index_server: IndexServer, tmp_path: Path) -> None:
+    """An address nobody vouched for: the size request gives up at once with the guard's reason
+    (no retry mends a refusal), and the server hears nothing."""
+
+    class Counting(NetGuard):
+        asked = 0
+
+        def addresses(self, *args: Any, **kwargs: Any) -> Any:
+            Counting.asked += 1
+            return super().addresses(*args, **kwargs)
+
+    wheel = _wheel(index_server, tmp_path, size=64 * KiB, with_size=False)
+    index_server.reset_counters()
+    with _fetcher(Store(tmp_path / "store"), retries=3, guard=Counting()) as f:
+        said = f.sizes([wheel])[wheel.sha256]
+    assert isinstance(said, str) and "giving up" not in said and "127.0.0.1" in said, said
+    assert Counting.asked == 1
+    assert index_server.hits == []
+
+
 def test_a_fast_server_is_read_in_one_stream(index_server: IndexServer, tmp_path: Path) -> None:
     wheel, gets = _fetch_one(index_server, tmp_path, 8 * MiB, connections=8)
     # one connection, one request for the whole file: nothing to gain from more
@@ -359,7 +381,7 @@ def test_long_content_length_is_a_short_body(index_server: IndexServer, tmp_path
 def test_size_differing_from_lock_is_an_error(index_server: IndexServer, tmp_path: Path) -> None:
     wheel = _wheel(index_server, tmp_path, size=256 * KiB)
     wrong = WheelFile(wheel.url, wheel.filename, wheel.sha256, wheel.size + 1)
-    with _fetcher(Store(tmp_path / "store")) as f, pytest.raises(FetchError, match="lock pins"):
+    with _fetcher(Store(tmp_path / "store")) as f, pytest.raises(FetchError, match="bytes, not the .* its lock"):
         f.fetch(wrong)
 
 

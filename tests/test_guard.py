@@ -66,7 +66,7 @@ def test_a_url_prefix_covers_its_path_at_a_boundary(url: str, prefix: str, insid
 
 def test_who_vouches_for_what() -> None:
     project, other, listed = Path("/src/clone"), Path("/src/other"), Path("/src/mine")
-    guard = NetGuard([Vouch("http://10.0.0.5:8080/simple/", "trusted-indexes")],
+    guard = NetGuard([Vouch("http://10.0.0.5:8080/simple/")],
                      [Trust(project, frozenset({"http://10.0.0.7:80"})), Trust(listed, None)])
     # the user's own index, for any project; a wheel of it may come from elsewhere on its server
     assert guard.check("http://10.0.0.5:8080/simple/torch/", other).ok
@@ -96,7 +96,7 @@ def test_who_vouches_for_what() -> None:
 
 def test_credentials_over_http_only_to_the_users_own_indexes_and_uv_only_where_they_are_safe() -> None:
     project = Path("/src/clone")
-    guard = NetGuard([Vouch("http://10.0.0.5:8080/simple/", "UV_INDEX_URL")],
+    guard = NetGuard([Vouch("http://10.0.0.5:8080/simple/")],
                      [Trust(project, frozenset({"http://10.0.0.7:80", "https://10.0.0.7:443"}))])
     assert guard.may_authenticate("https://anything.example/simple/")
     assert guard.may_authenticate("http://10.0.0.5:8080/simple/torch/")
@@ -292,8 +292,8 @@ def test_a_tls_connection_checked_for_one_name_never_carries_a_request_for_anoth
         server.add_wheel(wheel, None)
         port = server.url.rsplit(":", 1)[1]
         by_name, by_address = (f"https://{h}:{port}/files/{wheel.name}" for h in ("localhost", "127.0.0.1"))
-        guard = NetGuard([Vouch(f"https://localhost:{port}/", "trusted-indexes"),
-                          Vouch(f"https://127.0.0.1:{port}/", "trusted-indexes")])
+        guard = NetGuard([Vouch(f"https://localhost:{port}/"),
+                          Vouch(f"https://127.0.0.1:{port}/")])
         with http_client(guard, timeout=5) as client:
             assert check_url(client, by_name).ok
             refused = check_url(client, by_address)
@@ -308,7 +308,7 @@ def test_what_one_projects_plan_admitted_opens_no_door_for_a_redirect_and_lapses
     admitted anew (`forget`, then its checks) drops what its lock no longer names."""
     lab, intranet, name = two_servers
     project = Path("/src/trusted")
-    guard = NetGuard([Vouch(lab.url + "/", "trusted-indexes")],
+    guard = NetGuard([Vouch(lab.url + "/")],
                      [Trust(project, frozenset({origin(intranet.url) or ""}))])
     target = intranet.file_url(name)
     assert guard.check(target, project).ok and guard.admitted(target)

@@ -180,11 +180,21 @@ def test_unsafe_wheel_urls_are_refused(henv: Env) -> None:
                "size = -1 }"), "invalid size"),
         (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), requires_python="three"),
          "not a valid specifier"),
+        (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), requires_python="===/bin/sh"),
+         "uses `===`"),
         (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"), torch="not-a-version"),
          "not a valid version"),
+        # Names that uv would read as an option if they were handed to it as one's value.
+        (_lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl"))
+         + '\n[[package]]\nname = "-p/bin/sh"\nversion = "1"\nsource = { registry = "http://127.0.0.1:9/simple" }\n',
+         "package name '-p/bin/sh' is not a valid name"),
+        ('conflicts = [[{ package = "p", extra = "--python=/bin/sh" }, { package = "p", extra = "b" }]]\n'
+         + _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")),
+         "extra name '--python=/bin/sh' is not a valid name"),
     ],
     ids=["not-toml", "binary", "no-version", "package-string", "name-int", "path-wheel", "bad-hash",
-         "negative-size", "bad-requires-python", "bad-version"],
+         "negative-size", "bad-requires-python", "arbitrary-equality", "bad-version", "option-as-package",
+         "option-as-extra"],
 )
 def test_malformed_locks_are_refused(henv: Env, lock: str | bytes, words: str) -> None:
     project, before = _project(henv, lock)
@@ -338,11 +348,13 @@ def test_a_uv_lock_that_is_not_a_file_is_one_line_exit_2_and_no_hang(henv: Env, 
         assert_refused(henv, proc, project, before, f"{project / 'uv.lock'}: {KINDS[kind]}")
 
 
-@pytest.mark.parametrize("name", ["pyproject.toml", ".python-version", "uv.toml", "member/pyproject.toml"])
+@pytest.mark.parametrize("name", ["pyproject.toml", ".python-version", "uv.toml", "member/pyproject.toml",
+                                  "../uv.toml", "../pyproject.toml"])
 @pytest.mark.parametrize("kind", ["fifo", "char-device"])
 def test_a_file_uv_reads_that_is_not_a_file_is_named_before_uv_runs(henv: Env, kind: str, name: str) -> None:
     """uv reads these too (a workspace member's, matched by the workspace's glob, even when no lock
-    names it): uv would wait on a FIFO until its timeout, so warmd names the file before uv runs."""
+    names it; the settings of a folder above): uv would wait on a FIFO until its timeout, so warmd
+    names the file before uv runs."""
     project, _ = _project(henv, _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")))
     if name.startswith("member/"):
         (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text()
@@ -351,7 +363,23 @@ def test_a_file_uv_reads_that_is_not_a_file_is_named_before_uv_runs(henv: Env, k
     with _not_a_file(project / name, kind):
         before = _snapshot(project)
         proc = henv.warmd(henv.config(), project, timeout=HANG)
-        assert_refused(henv, proc, project, before, f"{project / name}: {KINDS[kind]}")
+        assert_refused(henv, proc, project, before, f"{os.path.normpath(project / name)}: {KINDS[kind]}")
+
+
+def test_a_member_of_a_workspace_above_the_project_that_is_not_a_file_is_named_before_uv_runs(henv: Env) -> None:
+    """A project inside a workspace declared in a folder above it: uv reads every member of that
+    workspace (it waited on a sibling's FIFO pyproject.toml until killed), so warmd names it first."""
+    name = "sibling/pyproject.toml"
+    root = henv.tmp / "ws"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[tool.uv.workspace]\nmembers = ["*"]\n')
+    (root / "sibling").mkdir()
+    (root / "sibling" / "pyproject.toml").write_text('[project]\nname = "sibling"\nversion = "0.1.0"\n')
+    project, _ = _project(henv, _lock(_url("http://127.0.0.1:9/whl/cpu/torch-2.8.0-py3-none-any.whl")), "ws/app")
+    with _not_a_file(root / name, "fifo"):
+        before = _snapshot(project)
+        proc = henv.warmd(henv.config(), project, timeout=HANG)
+        assert_refused(henv, proc, project, before, f"{root / name}: {KINDS['fifo']}")
 
 
 def test_the_daemon_records_a_lock_that_is_not_a_file_as_failed_and_warms_the_others(

@@ -6,16 +6,19 @@ and why."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from tests.support.config import write_warmd_config
+from tests.support.daemon import DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, torch_like_set
+from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
@@ -39,7 +42,7 @@ def _status(cfg: Path, env: dict[str, str]) -> tuple[dict, str]:
 
 def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never_fetched(
         tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
-    with IndexServer(pep691=True) as server:  # PEP 691 pages carry sizes: the lock has them, the dry run too
+    with IndexServer(pep691=True, vouched=True) as server:  # PEP 691 pages carry sizes: the lock has them, the dry run too
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)
@@ -65,8 +68,24 @@ def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never
         assert server.wheel_hits(torch) == [], "a byte of the skipped wheel was asked for"
         assert not list(uv_cache.glob("wheels-v*/index/*/torch/*"))
 
+        # The daemon's status for systemd says it too: `uv sync` still downloads torch.
+        (tmp_path / "daemon").mkdir()
+        daemon_cfg = write_warmd_config(tmp_path / "daemon", uv_bin, uv_cache, packages=PACKAGES, extra=[
+            f"roots = {json.dumps([str(project)])}", 'recheck-interval = "1h"', "[limits]", 'per-project = "5MiB"'])
+        notify = NotifySocket(tmp_path / "notify.sock")
+        daemon = DaemonProcess(daemon_cfg, uv_environ | {"NOTIFY_SOCKET": str(notify.path)})
+        try:
+            notify.until(lambda m: m == "STATUS=idle, 1 project warm, 1 wheel skipped by a limit")
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert daemon.proc.wait(timeout=30) == 0
+        finally:
+            daemon.kill()
+            notify.close()
+
     project_status, text = _status(cfg, uv_environ)
-    assert project_status["state"] == "warm"  # what it may fetch is warm
+    # What it may fetch is warm; `uv sync` still downloads torch, and the state says so.
+    assert (project_status["state"], project_status["reason"]) == ("warm", "1 wheel skipped by a limit")
+    assert "  state: warm, 1 wheel skipped by a limit since " in text, text
     (st,) = [w for w in project_status["wheels"] if w["filename"] == torch]
     assert (st["state"], st["reason"]) == ("skipped", wheels[torch]["reason"])
     assert any(f.startswith(f"1 wheel(s) skipped, not downloaded: {torch} — past `[limits] per-project`")
@@ -124,8 +143,8 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
         tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
     """PyTorch's index gives no sizes, so its locks have none: with the default limits each wheel's
     size is asked once (a HEAD), and that answer serves the limit, the download's order and the
-    hand-over to uv alike; every wheel is fetched once."""
-    with IndexServer() as server:  # PEP 503 pages: no sizes in the lock
+    hand-over to uv alike; every wheel is fetched once, and the next run asks nothing."""
+    with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)
@@ -143,3 +162,75 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
             hits = server.wheel_hits(name)
             assert [h.method for h in hits].count("HEAD") == 1, (name, hits)
             assert sum(h.body_bytes for h in hits) == size, (name, hits)
+        # The next run weighs them by what was recorded for this project: nothing is asked.
+        server.reset_counters()
+        again = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        assert again.returncode == 0, again.stderr
+        assert server.wheel_hits() == [], server.wheel_hits()
+
+
+@pytest.mark.parametrize("head", ["405", "501", "403", "no-length"])
+def test_an_index_whose_head_gives_no_size_is_asked_for_the_first_byte(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str], head: str) -> None:
+    """A lock without sizes, the default limits, and an index whose HEAD says nothing of a size (HEAD
+    not served: 405, 501; storage that signs GETs only: 403; no Content-Length): each size comes from a
+    GET of the wheel's first byte, and everything is warmed."""
+    with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
+        ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
+        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ)
+        assert "size = " not in (project / "uv.lock").read_text()
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+        if head == "no-length":
+            server.faults.head_without_length = True
+        else:
+            server.faults.head_status = int(head)
+        server.reset_counters()
+        proc = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        assert proc.returncode == 0, proc.stderr
+        wheels = json.loads(proc.stdout)["projects"][0]["wheels"]
+        assert {w["state"] for w in wheels} == {"warm"}, wheels
+        sizes = {w.name: w.stat().st_size for w in ws.wheels}
+        assert {w["filename"]: w["size"] for w in wheels} == sizes
+        for name in sizes:
+            hits = server.wheel_hits(name)
+            assert [(h.method, h.range) for h in hits][:2] == [("HEAD", None), ("GET", "bytes=0-0")], (name, hits)
+
+
+def test_a_size_another_lock_declares_for_the_same_file_is_never_taken(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """A hostile lock pins torch by its real sha256 with `size = 1`: run after it, and run with it,
+    the user's own project (a lock without sizes, as PyTorch's index makes them) still goes warm; the
+    hostile project's claim is held against its own download only."""
+    with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
+        ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
+        root = tmp_path / "code"
+        mine = make_project(root, "mine", server=server, variant="cu128", deps=[ws.requirement()],
+                            gpu_packages=ws.gpu_packages)
+        lock_project(mine, uv_bin, uv_environ)
+        torch = next(f for f in ws.filenames if f.startswith("torch-"))
+        hostile = root / "hostile"
+        hostile.mkdir()
+        for name in ("pyproject.toml", ".python-version"):
+            (hostile / name).write_bytes((mine / name).read_bytes())
+        text = (mine / "uv.lock").read_text()
+        at = text.index(torch.replace("+", "%2B"))
+        end = text.index("}", at)
+        assert "size" not in text[at:end], text[at:end]
+        (hostile / "uv.lock").write_text(text[:end] + ", size = 1 " + text[end:])
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+
+        def torch_state(report: dict, project: Path) -> str:
+            (entry,) = [p for p in report["projects"] if p["project"] == str(project)]
+            return next(w["state"] for w in entry["wheels"] if w["filename"] == torch)
+
+        first = _warmd(cfg, uv_environ, "prefetch", "--json", str(hostile))
+        assert torch_state(json.loads(first.stdout), hostile) == "failed", first.stdout  # held to its own claim
+        then = _warmd(cfg, uv_environ, "prefetch", "--json", str(mine))
+        assert then.returncode == 0, then.stderr
+        assert torch_state(json.loads(then.stdout), mine) == "warm", then.stdout
+
+        run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
+        both = _warmd(cfg, uv_environ, "prefetch", "--json", str(hostile), str(mine))
+        assert torch_state(json.loads(both.stdout), mine) == "warm", both.stdout

@@ -303,7 +303,7 @@ def test_in_network_namespaces_the_second_workstation_has_no_route_to_the_origin
     counted at the origin and enforced by the network (the workstations have no route there)."""
     need("netns")
     with LabNet(workstations=2) as net:
-        origin = net.run_in(net.origin, lambda: IndexServer(host=ORIGIN).start())
+        origin = net.run_in(net.origin, lambda: IndexServer(host=ORIGIN, vouched=True).start())
         try:
             ws = torch_like_set(origin, tmp_path / "wheels", "cu128", size=20 * MiB)
             project = make_project(tmp_path, "proj", server=origin, variant="cu128",
@@ -379,6 +379,41 @@ def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Pa
         # Only the mirror's slice requests reached the origin: no whole-file GET, which is what uv sends.
         assert origin.wheel_gets() and all(h.range for h in origin.wheel_gets())
         engine.close()
+
+
+def test_the_look_ahead_s_entry_hands_uv_a_wheel_with_a_mirror_configured(tmp_path: Path, uv_bin: Path,
+                                                                           uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """Pipeline.warm_plans (the look-ahead's way in, outside a run) with a mirror configured and the
+    default limits, on a link where uv downloads the wheels itself: each wheel's size is asked of
+    its index (the lock has none) and confirmed before uv gets it; uv then fetches them, whole (warmd's
+    own download, begun before uv said what it lacks, is called off)."""
+    # PEP 503 pages: no sizes in the lock; a rate that lets the engine measure the link
+    with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB) as origin:
+        ws = torch_like_set(origin, tmp_path / "wheels", "cu128", pythons=("cp311",), size=2 * MiB)
+        project = make_project(tmp_path, "proj", server=origin, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ)
+        assert "size = " not in (project / "uv.lock").read_text()
+        engine = Fetcher(Store(tmp_path / "store"), connections=4, timeout=10, retries=2, backoff=0.01,
+                         max_backoff=0.05, trust_env=False, fast_stream=1.0)
+        config = Config(variant="cu128", uv=str(uv_bin), cache_dir=uv_cache, store_dir=tmp_path / "store",
+                        state_dir=tmp_path / "state", packages=tuple(PACKAGES),
+                        mirrors=(MirrorSettings("https://files.example.org/", "http://127.0.0.1:9/files/"),),
+                        download=DownloadSettings(timeout=10, retries=2), trusted_indexes=(origin.url + "/",))
+        pipeline = Pipeline(config, uv=Uv(str(uv_bin), cache_dir=uv_cache, env=uv_environ), fetcher=engine)
+        assert {w.state for w in pipeline.warm([project])[0].wheels} == {"warm"}  # the engine learns the link
+        host = urllib.parse.urlsplit(origin.url).hostname or ""
+        assert (link := engine.link(host)) is not None and link.kind == "fast", link
+        run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
+        origin.reset_counters()
+
+        (report,) = pipeline.warm_plans([pipeline.admit(pipeline.plan(project))])
+        assert {w.state for w in report.wheels} == {"warm"}, report.wheels
+        for name in ws.filenames:
+            hits = origin.wheel_hits(name)
+            assert [h.method for h in hits].count("HEAD") == 1, (name, hits)  # its size, asked once
+            assert None in [h.range for h in hits if h.method == "GET"], (name, hits)  # uv's own download, whole
+        pipeline.close()
 
 
 def test_a_mirror_s_credentials_come_from_netrc(lab, tmp_path: Path, index_server: IndexServer, uv_bin: Path) -> None:

@@ -178,7 +178,11 @@ def test_home_manager_module_renders_the_user_service() -> None:
     service = unit["Service"]
     assert service["ExecStart"] == ["/nix/store/warmd/bin/warmd --config /home/alice/.config/warmd/config.toml run"]
     # This user's XDG folders as home-manager knows them, pinned for warmd (config, store, state).
-    assert service["Environment"] == ["PATH=/nix/store/uv/bin:/usr/local/bin:/usr/bin:/bin",
+    # uv first; then this user's Nix profile (either place home-manager installs to), the default
+    # profile and NixOS's system folder, before the folders of other systems.
+    assert service["Environment"] == ["PATH=/nix/store/uv/bin:%h/.nix-profile/bin:/etc/profiles/per-user/%u/bin:"
+                                      "/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin:"
+                                      "/usr/local/bin:/usr/bin:/bin",
                                       "UV_CACHE_DIR=/home/alice/.cache/uv", "XDG_CACHE_HOME=/home/alice/.cache",
                                       "XDG_CONFIG_HOME=/home/alice/.config", "XDG_STATE_HOME=/home/alice/.local/state"]
     folders = ["/home/alice/.cache/uv", "/home/alice/.cache/warmd/store", "/home/alice/.local/state/warmd"]

@@ -341,7 +341,7 @@ def test_dry_run_plans_offline_writes_nothing_and_asks_uv_what_is_warm(tmp_path:
                                                                         uv_environ: dict[str, str], wheel_dir: Path) -> None:
     setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, uv_environ, uv_cache)
     state = tmp_path / "state"
-    with IndexServer(pep691=True) as server:  # PEP 691 pages carry sizes, so the plan knows the bytes to fetch
+    with IndexServer(pep691=True, vouched=True) as server:  # PEP 691 pages carry sizes, so the plan knows the bytes to fetch
         ws = torch_like_set(server, wheel_dir, "cu128")
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)

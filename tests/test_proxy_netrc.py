@@ -58,7 +58,7 @@ def test_netrc_credentials_open_a_protected_index(tmp_path: Path, wheel_dir: Pat
     netrc.write_text("machine 127.0.0.1\nlogin alice\npassword s3cret\n")
     netrc.chmod(0o600)  # ~/.netrc readable by others is refused, by Python and by curl alike
     env = uv_env(uv_cache) | {"HOME": str(home)}
-    with IndexServer(basic_auth=("alice", "s3cret")) as server:
+    with IndexServer(basic_auth=("alice", "s3cret"), vouched=True) as server:
         ws = torch_like_set(server, wheel_dir, "cu128", size=128 * 1024)
         project = make_project(tmp_path, "proj", server=server, variant="cu128",
                                deps=[ws.requirement()], gpu_packages=ws.gpu_packages)

@@ -62,7 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("readme")
     env = uv_env(tmp / "lock-cache")
     missing = _missing_python(env)
-    with IndexServer() as server:
+    with IndexServer(vouched=True) as server:
         ws = torch_like_set(server, tmp / "wheels", "cu128", size=512 * 1024,
                             pythons=("cp311", "cp" + missing.replace(".", "")))
         project = make_project(tmp / "templates", "proj", server=server, variant="cu128",
@@ -177,7 +177,7 @@ def test_verbose_adds_debug_lines_with_milliseconds(user: User) -> None:
 
 def test_ctrl_c_exits_130_and_keeps_the_partial(tmp_path: Path, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
                                                 uv_environ: dict[str, str]) -> None:
-    with IndexServer(rate_limit=512 * 1024) as server:  # 3 MiB over one connection: about six seconds
+    with IndexServer(rate_limit=512 * 1024, vouched=True) as server:  # 3 MiB over one connection: about six seconds
         ws = torch_like_set(server, wheel_dir, "cu128", size=3 * 2**20, pythons=("cp311",), with_nvidia=False)
         project = make_project(tmp_path, "proj", server=server, variant="cu128",
                                deps=[ws.requirement()], gpu_packages=ws.gpu_packages)

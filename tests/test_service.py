@@ -11,11 +11,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import platformdirs
 import pytest
 
 from tests.support.prereqs import need
 from warmd.service import (
     ENABLE_COMMAND,
+    XDG_HOMES,
     Notifier,
     UnitReview,
     canonical_unit,
@@ -275,7 +277,7 @@ def test_a_read_write_path_nothing_makes_is_missing_until_it_exists(tmp_path: Pa
                                         "%h/.local/state/warmd")
     got = review_unit(text, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252)
     assert got.missing == (writes[1], writes[2]) and got.unwritable == ()
-    writes[1].mkdir(parents=True)  # made by hand, as the report of issue 18 did
+    writes[1].mkdir(parents=True)  # made by hand, as a user would after the first failed start
     assert review_unit(text, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252).missing == (writes[2],)
     optional = text.replace(" %h/.local/state/warmd", " -%h/.local/state/warmd")  # `-`: may be missing
     assert review_unit(optional, writes=writes, xdg=xdg, home=tmp_path, systemd_version=252).missing == ()
@@ -295,9 +297,19 @@ def test_a_unit_for_other_xdg_folders_is_flagged_and_unknown_specifiers_are_left
     assert review_unit(odd, writes=[], xdg=xdg, home=tmp_path).missing == ()
 
 
-def test_xdg_homes_and_systemd_version(tmp_path: Path) -> None:
+def test_xdg_homes_and_systemd_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert xdg_homes({"XDG_CACHE_HOME": "/c", "XDG_STATE_HOME": " "}, home=tmp_path) == {
         "XDG_CONFIG_HOME": tmp_path / ".config", "XDG_CACHE_HOME": Path("/c"),
         "XDG_STATE_HOME": tmp_path / ".local/state"}
+    # The answers of platformdirs, which places warmd's own folders (config.py), for this process's environment.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for env in ({}, {"XDG_CACHE_HOME": "/c", "XDG_STATE_HOME": " ", "XDG_CONFIG_HOME": str(tmp_path / "cfg")}):
+        for key in XDG_HOMES:
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert xdg_homes(os.environ) == {
+            "XDG_CONFIG_HOME": Path(platformdirs.user_config_dir()), "XDG_CACHE_HOME": Path(platformdirs.user_cache_dir()),
+            "XDG_STATE_HOME": Path(platformdirs.user_state_dir())}, env
     assert systemd_version(lambda argv: "systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT\n") == 252
     assert systemd_version(lambda argv: None) is None

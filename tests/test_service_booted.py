@@ -184,13 +184,15 @@ def test_a_hung_main_loop_is_restarted_by_the_watchdog(user: User, unit: str) ->
     start(user, unit)
     assert user.show("WatchdogUSec")["WatchdogUSec"] == "3s"
     status_text(user, "idle, 0 projects warm")
-    before = main_pid(user)
-    assert user.show("NRestarts")["NRestarts"] == "0"
+    # Read just before the stop, not assumed: on a loaded box a 3 s watchdog may have fired already.
+    before = user.show("MainPID", "NRestarts")
+    assert before["MainPID"] not in ("", "0"), before
     assert user.systemctl("kill", "--kill-who=main", "--signal=SIGSTOP", "warmd").returncode == 0
 
     def restarted() -> bool:
         now = user.show("MainPID", "NRestarts", "SubState")
-        return now["NRestarts"] == "1" and now["SubState"] == "running" and now["MainPID"] not in ("0", str(before))
+        return (int(now["NRestarts"]) > int(before["NRestarts"]) and now["SubState"] == "running"
+                and now["MainPID"] not in ("0", before["MainPID"]))
 
     wait_for(restarted, "the watchdog's restart", describe=user.describe)
     log = user.journal()
@@ -202,7 +204,7 @@ def test_a_hung_main_loop_is_restarted_by_the_watchdog(user: User, unit: str) ->
 def test_stop_mid_download_exits_cleanly_and_leaves_no_process(
     user: User, unit: str, wheel_dir: Path, tmp_path: Path, uv_bin: Path, uv_environ: dict[str, str],
 ) -> None:
-    with IndexServer(rate_limit=128 * 1024) as server:  # 4 MiB at 128 KiB/s: half a minute to stop in
+    with IndexServer(rate_limit=128 * 1024, vouched=True) as server:  # 4 MiB at 128 KiB/s: half a minute to stop in
         ws = torch_like_set(server, wheel_dir, "cpu", size=4 * 2**20, pythons=("cp311",))
         project = make_project(tmp_path, "app", server=server, variant="cpu", deps=[ws.requirement()],
                                gpu_packages=ws.gpu_packages)

@@ -16,6 +16,7 @@ import pytest
 
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.support.config import write_warmd_config
 from tests.support.index_server import NO_STORE, IndexServer, _LinkBucket
 from tests.support.projects import (
     lock_project,
@@ -288,3 +289,23 @@ def test_link_rate_serves_parallel_ranges_intact(wheel_dir: Path) -> None:
             parts = list(pool.map(get, [(0, half - 1), (half, len(data) - 1)]))
         assert b"".join(parts) == data
         assert len({h.conn for h in server.wheel_gets(path.name)}) == 2
+
+
+def test_only_a_server_started_vouched_is_named_in_the_configs_of_a_test(tmp_path: Path,
+                                                                          index_server: IndexServer) -> None:
+    """The `index_server` fixture's and a server started with `vouched=True` are named in the
+    `trusted-indexes` of configs written before or after they start; one a test starts as a
+    stranger's never is (test_private_network rests on that), and a config rewritten for a new lab
+    index is replaced whole (a daemon re-reading it never sees half a file)."""
+    cfg = write_warmd_config(tmp_path, "uv", tmp_path / "cache", packages=["torch"])
+    assert f'"{index_server.url}/"' in cfg.read_text()
+    with IndexServer() as stranger:
+        (tmp_path / "later").mkdir()
+        later = write_warmd_config(tmp_path / "later", "uv", tmp_path / "cache", packages=["torch"])
+        assert stranger.url not in cfg.read_text() and stranger.url not in later.read_text()
+        inode = cfg.stat().st_ino
+        with IndexServer(vouched=True) as lab:
+            assert f'"{lab.url}/"' in cfg.read_text() and f'"{lab.url}/"' in later.read_text()
+            assert stranger.url not in cfg.read_text()
+            assert cfg.stat().st_ino != inode  # renamed into place, not written over
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left

@@ -28,6 +28,7 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.tls import TlsFiles
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
@@ -353,3 +354,124 @@ def uv_supports_proxy_settings(uv: Path) -> bool:
     """uv 0.9 and later read `http-proxy` in a uv.toml (0.8.2 refuses the key)."""
     out = run_uv(uv, ["--version"], cwd=Path("/"), env={"PATH": os.environ.get("PATH", "")}).stdout.split()[1]
     return tuple(int(x) for x in out.split(".")[:2]) >= (0, 9)
+
+
+@pytest.mark.parametrize("which", ["uv", "uv-0.8.2"])
+def test_a_locks_requires_python_naming_a_file_runs_nothing(
+        request: pytest.FixtureRequest, which: str, tmp_path: Path, index_server: IndexServer, uv_cache: Path,
+        uv_environ: dict[str, str]) -> None:
+    """A lock whose `requires-python` is the path of an executable in the clone (uv runs a path it is
+    asked to find): `prefetch`, `prefetch --dry-run`, `status` and `doctor` refuse the lock in one line
+    and run nothing; a valid specifier next to it still plans."""
+    uv = request.getfixturevalue("uv_bin" if which == "uv" else "uv_old_bin")
+    ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
+    root, marker = tmp_path / "code", tmp_path / "MARKERS"
+    project = make_project(root, "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
+                           gpu_packages=ws.gpu_packages)
+    lock_project(project, uv, uv_environ)
+    evil = project / "tools" / "evil-python"
+    evil.parent.mkdir()
+    evil.write_text(INTERPRETER.format(marker=marker))
+    evil.chmod(0o755)
+    (project / ".python-version").unlink()  # the interpreter is then looked for by the lock's requires-python
+    lock = project / "uv.lock"
+    text = lock.read_text()
+    assert 'requires-python = ">=3.11"' in text, text[:300]
+    lock.write_text(text.replace('requires-python = ">=3.11"', f"requires-python = {json.dumps(str(evil))}", 1))
+    (tmp_path / "warmd").mkdir()
+    cfg = write_warmd_config(tmp_path / "warmd", uv, uv_cache, packages=PACKAGES,
+                             extra=[f"roots = {json.dumps([str(root)])}"])
+    for args in (["prefetch"], ["prefetch", "--dry-run"], ["status"], ["doctor", str(project)]):
+        proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=uv_environ,
+                              capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if args[0] == "prefetch":
+            assert proc.returncode == 2, (args, proc.returncode, proc.stderr[-2000:])
+            assert f"requires-python {str(evil)!r} is not a valid specifier" in proc.stderr, proc.stderr
+        ran = marker.read_text().splitlines() if marker.exists() else []
+        assert ran == [], (args, ran)
+
+
+KEYRING = '#!/bin/sh\necho "keyring $*" >> {marker}\necho s3cret\n'
+
+
+@pytest.mark.parametrize("setting", ["keyring-provider", "allow-insecure-host"])
+def test_a_projects_keyring_provider_or_allow_insecure_host_never_reaches_warmds_calls(
+        setting: str, tmp_path: Path, tls_files: TlsFiles, uv_bin: Path, uv_cache: Path,
+        uv_environ: dict[str, str]) -> None:
+    """An HTTPS lab index (trusted through SSL_CERT_FILE, vouched for) behind a login. A project's
+    `keyring-provider = "subprocess"` would have uv run a `keyring` command for the login; its
+    `allow-insecure-host` would have uv skip the certificate check (warmd's environment names no CA
+    here). Neither reaches the look-ahead's `uv lock`, nor warmd's own downloads: no keyring runs,
+    and what needs the certificate fails. The control: plain uv in the project obeys both."""
+    marker = tmp_path / "KEYRING"
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "keyring").write_text(KEYRING.format(marker=marker))
+    (tools / "keyring").chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine 127.0.0.1\nlogin alice\npassword s3cret\n")
+    (home / ".netrc").chmod(0o600)
+    with IndexServer(tls=tls_files, basic_auth=("alice", "s3cret"), vouched=True) as server:
+        ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
+        project = make_project(tmp_path / "code", "app", server=server, variant="cu128", deps=["torch>=2.5"],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(project, uv_bin, uv_environ | tls_files.env() | {"HOME": str(home)})  # the author's login
+        torch_like_set(server, tmp_path / "wheels", "cu128", version="2.9.0", pythons=("cp311",), size=16 * KiB)
+        text = (project / "pyproject.toml").read_text()
+        if setting == "keyring-provider":  # uv asks a keyring only for a URL naming its user
+            text = text.replace("https://127.0.0.1", "https://alice@127.0.0.1") + \
+                '\n[tool.uv]\nkeyring-provider = "subprocess"\n'
+            env = uv_environ | tls_files.env()
+        else:  # the login from ~/.netrc, as the author's; no CA: only the setting would let uv in
+            text += '\n[tool.uv]\nallow-insecure-host = ["127.0.0.1"]\n'
+            env = uv_environ | {"HOME": str(home)}
+        (project / "pyproject.toml").write_text(text)
+        env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
+        lock = (project / "uv.lock").read_bytes()
+        (tmp_path / "warmd").mkdir()
+        cfg = write_warmd_config(tmp_path / "warmd", uv_bin, uv_cache, packages=PACKAGES)
+        for args in (["prefetch", "--ahead", "--json", str(project)], ["doctor", str(project)], ["status"]):
+            proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert "Traceback" not in proc.stderr, proc.stderr
+            if args[0] == "prefetch":
+                report = json.loads(proc.stdout)
+                (ahead,) = report["ahead"]
+                # uv lock could not log in, or trust the certificate: no would-be lock, nothing to upgrade to
+                assert ahead["state"] in ("failed", "postponed") and ahead["packages"] == [], ahead
+                (warmed,) = report["projects"]
+                assert {w["state"] for w in warmed["wheels"]} == {"failed"}, warmed["wheels"]
+        assert not marker.exists(), marker.read_text()
+        assert (project / "uv.lock").read_bytes() == lock
+
+        # The control: uv itself, run in the project, does as the setting says.
+        run_uv(uv_bin, ["lock", "--upgrade-package", "torch"], cwd=project, env=env)
+        assert "2.9.0+cu128" in (project / "uv.lock").read_text()
+        if setting == "keyring-provider":
+            assert "keyring get https://127.0.0.1:" in marker.read_text()
+
+
+def test_the_plan_reads_a_stale_lock_as_it_is_and_asks_no_index(
+        tmp_path: Path, index_server: IndexServer, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """A clone whose pyproject.toml no longer matches its lock (a dependency added, a newer torch on the
+    index): the plan is uv's export of the lock as it is (`--frozen`), made without the network
+    (`--offline`: the index hears nothing) and without a build, and the lock is left as it was."""
+    ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
+    project = make_project(tmp_path / "code", "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
+                           gpu_packages=ws.gpu_packages)
+    lock_project(project, uv_bin, uv_environ)
+    torch_like_set(index_server, tmp_path / "wheels", "cu128", version="2.9.0", pythons=("cp311",), size=16 * KiB)
+    _edit(project, 'dependencies = ["torch>=2.5"', 'dependencies = ["torch>=2.9", "filelock"')
+    lock = (project / "uv.lock").read_bytes()
+    (tmp_path / "warmd").mkdir()
+    cfg = write_warmd_config(tmp_path / "warmd", uv_bin, uv_cache, packages=PACKAGES)
+    index_server.reset_counters()
+    proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), "prefetch", "--dry-run", "--json",
+                           str(project)], env=uv_environ, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (planned,) = json.loads(proc.stdout)["projects"]
+    assert {w["version"] for w in planned["wheels"] if w["name"] == "torch"} == {ws.torch_version}, planned
+    assert index_server.hits == []
+    assert (project / "uv.lock").read_bytes() == lock

@@ -22,17 +22,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 from loguru import logger
 
 from . import scratch
 from .cancel import Cancelled
-from .clients import http_client
 from .conditions import Conditions
 from .config import AheadSettings
 from .errors import IndexUnreachable, NeedsBuild, WarmdError
 from .guard import NetGuard
-from .headers import check_url
 from .lockfile import Lock, file_stamp, read_lock
 from .model import AheadReport, Pin, Upgrade, WheelReport
 from .plan import ProjectPlan
@@ -43,10 +40,9 @@ from .store import Store
 from .upgrade import contacts, would_be_lock
 
 if TYPE_CHECKING:
+    from .mirrors import MirroredFetcher
     from .pipeline import Pipeline
     from .state import State
-
-_HTTP_TIMEOUT = 30.0
 
 
 def postpone_reason(settings: AheadSettings, conditions: Conditions) -> str | None:
@@ -80,20 +76,19 @@ def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadS
     held = {f.sha256: f.size or 0 for f in ahead_held(state.ahead_files(), pinned)} if state is not None else {}
     reports = []
     pipeline.refresh_guard()
-    with http_client(pipeline.guard, timeout=_HTTP_TIMEOUT, user_agent="warmd") as client:
-        for project in ordered:
-            try:
-                report = _one(pipeline, project, settings, held, pinned, client, now)
-            except Cancelled:
-                logger.info("{}: upgrade look-ahead called off", project)
-                break
-            if report is None:  # uv.lock changed meanwhile: what was found is about another lock
-                logger.info("{}: uv.lock changed during its look-ahead; the next one starts from the new lock",
-                            project)
-                continue
-            _log(report)
-            _record(state, report)
-            reports.append(report)
+    for project in ordered:
+        try:
+            report = _one(pipeline, project, settings, held, pinned, now)
+        except Cancelled:
+            logger.info("{}: upgrade look-ahead called off", project)
+            break
+        if report is None:  # uv.lock changed meanwhile: what was found is about another lock
+            logger.info("{}: uv.lock changed during its look-ahead; the next one starts from the new lock",
+                        project)
+            continue
+        _log(report)
+        _record(state, report)
+        reports.append(report)
     return reports
 
 
@@ -127,7 +122,7 @@ def _mtime(path: Path) -> float:
 
 
 def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[str, int], pinned: set[str],
-         client: httpx.Client, now: Callable[[], float]) -> AheadReport | None:
+         now: Callable[[], float]) -> AheadReport | None:
     started = now()
     try:
         current = pipeline.planner.plan(project)
@@ -168,7 +163,7 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
         new = [p for p in future.pins if (p.wheel.sha256, p.python) not in have]
         if not new:
             return report("none", f"uv keeps {_kept(current)}: the project's constraints allow no newer build")
-        sized, unreachable = _sizes(new, client)
+        sized, unreachable = _sizes(new, pipeline.fetcher)
         admitted, left_out = _within_budget(sized, settings.budget, held, pinned)
         left_out += unreachable
         wheels: tuple[WheelReport, ...] = ()
@@ -217,21 +212,20 @@ def _kept(current: ProjectPlan) -> str:
     return f"{torch.name} {torch.version}" if torch else "what it pins"
 
 
-def _sizes(pins: list[Pin], client: httpx.Client) -> tuple[list[Pin], list[WheelReport]]:
-    """The pins with their sizes, asked of the index where the lock has none (PyTorch's index gives
-    none); a wheel whose index does not answer is reported failed (waiting mends that)."""
+def _sizes(pins: list[Pin], fetcher: MirroredFetcher) -> tuple[list[Pin], list[WheelReport]]:
+    """The pins with their sizes, asked of the index as for any download (Fetcher.sizes) where the
+    lock has none (PyTorch's index gives none); a wheel whose index does not answer is reported
+    failed (waiting mends that)."""
+    said = fetcher.sizes([p.wheel for p in pins if p.wheel.size is None], keep=False)
     out: list[Pin] = []
     failed: list[WheelReport] = []
     for pin in pins:
-        if pin.wheel.size is not None:
-            out.append(pin)
-            continue
-        check = check_url(client, pin.wheel.url)
-        if check.error is not None or not check.ok:
-            failed.append(WheelReport(pin, "failed", f"its index did not answer for its size: "
-                                      f"{check.error or f'HTTP {check.status}'}"))
+        size = pin.wheel.size if pin.wheel.size is not None else said.get(pin.wheel.sha256)
+        if isinstance(size, str):
+            failed.append(WheelReport(pin, "failed", f"its index did not answer for its size: {size}"))
         else:
-            out.append(dataclasses.replace(pin, wheel=dataclasses.replace(pin.wheel, size=check.content_length)))
+            out.append(pin if size == pin.wheel.size else
+                       dataclasses.replace(pin, wheel=dataclasses.replace(pin.wheel, size=size)))
     return out, failed
 
 

@@ -400,11 +400,14 @@ def _when(t: float | None) -> str:
 
 def _state_line(data: dict[str, Any], human_bytes: Any) -> str:
     """`state: warm since … — 3 of 3 wheel(s) warm, 1.2 GiB`, then what is being done and the next retry."""
-    line = f"state: {data['state']}" + (f" since {_when(data['since'])}" if data.get("since") else "")
+    # A warm project's reason says what a limit kept out (`uv sync` still downloads it): next to the word.
+    limited = data["state"] == "warm" and data.get("reason")
+    line = f"state: {data['state']}" + (f", {data['reason']}" if limited else "") + \
+        (f" since {_when(data['since'])}" if data.get("since") else "")
     if data["wheels_planned"]:
         line += (f" — {data['wheels_warm']} of {data['wheels_planned']} wheel(s) warm, "
                  f"{human_bytes(data['bytes_saved'])} of {human_bytes(data['bytes_planned'])}")
-    if data.get("reason") and data["reason"] != data.get("error"):
+    if data.get("reason") and data["reason"] != data.get("error") and not limited:
         line += f"; {data['reason']}"
     if data.get("activity") and data["activity"] != data["state"]:
         line += f"; {data['activity']} now"
@@ -450,14 +453,20 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
 
 
 def _untrust(args: argparse.Namespace, config: Config) -> int:
-    from .plan import project_folder
+    from .plan import locate, project_folder
     from .trust import TrustStore
 
     store = TrustStore(config.state_dir)
     tables = {ps.path for ps in config.projects}
-    code = EXIT_OK
-    for path in args.paths:
+    recorded = {t.path for t in store.read()}
+    folders = []
+    for path in args.paths:  # every path is checked before anything is removed: one bad path changes nothing
         folder = project_folder(path)
+        if folder not in recorded and folder not in tables:
+            locate(path)  # a folder that is not there (and was not trusted under that name): `trust`'s own words
+        folders.append(folder)
+    code = EXIT_OK
+    for folder in folders:
         if store.remove(folder):
             print(f"untrusted {folder}: warmd reaches only public hosts and your own indexes for it")
         elif folder in tables:

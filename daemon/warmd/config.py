@@ -109,7 +109,7 @@ class MirrorSettings:
     url: str  # where the mirror serves those files ("http://wheels.lab:3142/download.pytorch.org/")
 
 
-# -- what one project may cost (issue 19, part B): the limits and their reader, kept together ------------------
+# -- what one project may cost: the limits and their reader, kept together -----------------------------------
 
 # One project's lock may make warmd fetch this much: a ROCm torch set is ~4.6 GiB per Python (a
 # CUDA 12.8 one ~3.8 GiB), so two Pythons' worth (~9.2 GiB) fits with room for the next release's
@@ -136,8 +136,6 @@ def _limits(r: _Reader) -> LimitSettings:
         "per-project": lambda s, k: s.size(k),
         "min-free": lambda s, k: s.size(k),
     }))
-
-# -- end of the limits --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

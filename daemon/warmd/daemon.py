@@ -21,7 +21,7 @@ from .errors import EXIT_OK, WarmdError
 from .headers import check_pins, compare, index_page
 from .lockfile import file_stamp
 from .model import FileStamp, ProjectReport
-from .policy import needs_user, outcome_of, retry_delay, uv_keeps
+from .policy import limited_words, needs_user, outcome_of, retry_delay, uv_keeps
 from .redact import redact
 from .schedule import build_scheduler
 from .service import Notifier
@@ -177,6 +177,7 @@ class Daemon:
         self._reload = threading.Event()
         self._lock = threading.Lock()
         self._ok: dict[Path, bool] = {}  # project -> all its wheels warm after the last run
+        self._limited: dict[Path, int] = {}  # project -> its wheels a limit kept out in the last run
         self._started: dict[Path, FileStamp] = {}  # project -> its uv.lock when its run began
         self._retries: dict[Path, float] = {}  # project -> when its failed work is tried again (time.time())
         self.state: State | None = None
@@ -468,6 +469,7 @@ class Daemon:
         outcome = outcome_of(report)
         with self._lock:
             self._ok[project] = report.ok
+            self._limited[project] = sum(1 for w in report.wheels if w.state == "skipped")
         lock = f"uv.lock {report.stamp.sha256[:12]}" if report.stamp and report.stamp.sha256 else "no uv.lock"
         if outcome.state != "failed":
             why = f": {outcome.reason}" if outcome.reason else ""
@@ -499,9 +501,11 @@ class Daemon:
         with self._lock:
             warm = sum(self._ok.values())
             total = len(self._ok)
-        if warm == total:
-            return f"idle, {warm} project{'s' if warm != 1 else ''} warm"
-        return f"idle, {warm} of {total} projects warm"
+            limited = sum(n for p, n in self._limited.items() if self._ok.get(p))
+        line = f"idle, {warm} project{'s' if warm != 1 else ''} warm" if warm == total else \
+            f"idle, {warm} of {total} projects warm"
+        # `uv sync` still downloads what a limit kept out: "warm" alone would say otherwise.
+        return line + (f", {limited_words(limited)}" if limited else "")
 
     # --- scheduled jobs -----------------------------------------------------------------
 

@@ -4,12 +4,10 @@ say, for each finding, how to fix it; `--fix` adds uv's per-index cache-control 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from .config import Config, default_config_path
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, NeedsBuild, WarmdError
 from .guard import NetGuard, guard_for, origin
 from .headers import check_url
-from .limits import UNPACKED
+from .limits import disks
 from .lockfile import Lock, read_lock
 from .mirrors import SAMPLE_CAP, MirrorCheck, check_mirror, sample_for
 from .model import Pin
@@ -35,7 +33,8 @@ from .redact import redact
 from .store import Store
 from .state import STATE_FILE, State
 from .trust import recorded
-from .untrusted import check, read_text
+from . import untrusted
+from .untrusted import check
 from .upgrade import must_build
 from .uvcache import Uv
 from .uvdisk import cache_use
@@ -384,13 +383,9 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
                 "give a uv project folder (with pyproject.toml); run `uv lock` there first")
         return None
     try:
-        data = tomllib.loads(read_text(pyproject))
+        data = untrusted.read_toml(pyproject) or {}
         lock = read_lock(lock_path)
-    except (tomllib.TOMLDecodeError, OSError) as exc:
-        rep.bad_input = True
-        rep.add("project", "problem", f"{pyproject}: cannot read: {exc}")
-        return None
-    except InputError as exc:
+    except InputError as exc:  # each names its file
         rep.bad_input = True
         rep.add("project", "problem", str(exc))
         return None
@@ -601,13 +596,6 @@ def _report_mirror(rep: _Report, origin: str, mc: MirrorCheck, sampled: bool) ->
 # -- disk, inotify, service ------------------------------------------------------------------------
 
 
-def _existing(path: Path) -> Path:
-    path = path.expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], have_projects: bool,
                 sizes_known: bool, floor: int | None = None) -> None:
     known = sum(p.wheel.size for p in pins if p.wheel.size is not None)
@@ -618,33 +606,19 @@ def _check_disk(rep: _Report, store: Path, cache: Path | None, pins: list[Pin], 
         need_text = f"planned wheels {human_bytes(known)}"
         if unknown or not sizes_known:
             need_text += " + size unknown" + (f" for {unknown} wheel(s)" if unknown else " for some projects")
-    # The store keeps the wheel while uv unpacks it; uv's cache keeps it unzipped (limits.UNPACKED times it).
-    places = [("store", store, known)]
-    if cache is not None:
-        places.append(("uv cache", cache, math.ceil(UNPACKED * known)))
-    by_dev: dict[int, list[tuple[str, Path, int]]] = {}
-    for name, path, need in places:
-        real = _existing(path)
-        try:
-            by_dev.setdefault(real.stat().st_dev, []).append((name, path, need))
-        except OSError as exc:
-            rep.add("disk", "warn", f"{name} {path}: cannot stat: {exc}")
-    for group in by_dev.values():
-        names = " and ".join(f"{n} {p}" for n, p, _ in group)
-        need = sum(n for _, _, n in group)
-        try:
-            free = shutil.disk_usage(_existing(group[0][1])).free
-        except OSError as exc:
-            rep.add("disk", "warn", f"{names}: cannot read free space: {exc}")
-            continue
-        msg = f"{names}: {human_bytes(free)} free; {need_text}"
-        if need > free:
+    found, problems = disks(store, cache)
+    for problem in problems:
+        rep.add("disk", "warn", problem)
+    for disk in found:
+        need = disk.cost(known)  # as a run weighs it against `[limits] min-free` (limits.Room)
+        msg = f"{disk.where}: {human_bytes(disk.free)} free; {need_text}"
+        if need > disk.free:
             rep.add("disk", "problem", f"{msg}, about {human_bytes(need)} needed there",
-                    fix_text("disk", f"about {human_bytes(need - free)} more is needed"))
-        elif floor is not None and free - need < floor:
+                    fix_text("disk", f"about {human_bytes(need - disk.free)} more is needed"))
+        elif floor is not None and disk.free - need < floor:
             rep.add("disk", "warn", f"{msg}, about {human_bytes(need)} needed there: warming it all would leave less "
                     f"than `[limits] min-free` ({human_bytes(floor)}); the wheels past it are skipped",
-                    fix_text("disk", f"about {human_bytes(need + floor - free)} more keeps the floor"))
+                    fix_text("disk", f"about {human_bytes(need + floor - disk.free)} more keeps the floor"))
         else:
             rep.add("disk", "ok", msg)
 

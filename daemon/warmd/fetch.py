@@ -16,7 +16,6 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from loguru import logger
 
@@ -26,7 +25,7 @@ from .credentials import index_auth
 from .download import FileDownload
 from .errors import FetchError, WarmdError
 from .growing import GrowingFile
-from .guard import NetGuard
+from .guard import NetGuard, Refused
 from .model import Fetched, Link, ProgressEvent, WheelFile
 from .ranges import Changed, FetchCancelled
 from .redact import redact, scrub
@@ -367,23 +366,46 @@ class Fetcher:
         return Fetched(sha256=sha, path=p, size=size, bytes_downloaded=0, bytes_reused=size)
 
     def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
-        """What each wheel's index says of its size, by HEAD: sha256 -> bytes; None when it answered
-        without one (no Content-Length, or HEAD not allowed); a string saying why when it did not
-        answer (after the retries a download gets: 5xx, 429, a dropped connection; none for an
-        untrusted certificate).
+        """What each wheel's index says of its size: sha256 -> bytes; None when it answered without
+        one; a string saying why when it did not answer (after the retries a download gets: 5xx, 429,
+        a dropped connection; none for an untrusted certificate or an address the guard refuses).
 
-        A size learned here and put into the WheelFile is enforced by the download: a server that
-        then sends another size is refused (ranges.py), so a size weighed against a limit holds.
+        A HEAD first; where HEAD gives no size (no Content-Length; 405 or 501: HEAD not served; 403:
+        storage that signs GETs only), a GET of the first byte (`Range: bytes=0-0`, the size in its
+        Content-Range), as a download would begin. A size learned here and put into the WheelFile is
+        enforced by the download: a server that then sends another size is refused (ranges.py).
         `keep`: keep the connections for the downloads that follow (fetch_many takes them or closes them).
         """
         return self._sizes(wheels, at_least=1, keep=keep, retry=True)
 
     def _sizes(self, wheels: list[WheelFile], at_least: int = 2, keep: bool = True,
                retry: bool = False) -> dict[str, int | str | None]:
-        """HEAD each wheel (in parallel); for ordering only in fetch_many (a single file needs no order)."""
+        """HEAD each wheel (in parallel); for ordering only in fetch_many (a single file needs no order,
+        and no GET is sent where HEAD is silent). `retry`: as sizes() (retries, the first-byte GET)."""
         if len(wheels) < at_least:
             return {}
         settings = dataclasses.replace(self.settings, timeout=min(self.settings.timeout, 5.0))
+
+        def ask(conn: Connection, w: WheelFile) -> tuple[int, int | None]:
+            """(the status that settles it, the size it gave or None)."""
+            resp = conn.request("HEAD", w.url, {})
+            resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
+            resp.close()
+            length = resp.header("content-length") or ""
+            if resp.status == 200 and length.isdigit():
+                return 200, int(length)
+            if not retry or resp.status not in (200, 403, 405, 501):
+                return (200 if resp.status in (405, 501) else resp.status), None
+            resp = conn.request("GET", w.url, {"Range": "bytes=0-0"})
+            if resp.status == 206:
+                resp.readinto(memoryview(bytearray(2)))  # the one byte
+                resp.readinto(memoryview(bytearray(1)))  # and the end of the body
+                resp.close()
+                total = (resp.header("content-range") or "").rpartition("/")[2].strip()
+                return 200, int(total) if total.isdigit() else None
+            resp.close()  # a 200 brings the whole file: the connection is dropped unread
+            length = resp.header("content-length") or ""
+            return (200, int(length) if length.isdigit() else None) if resp.status == 200 else (resp.status, None)
 
         def head(w: WheelFile) -> tuple[str, int | str | None]:
             sha = w.sha256.lower()
@@ -391,19 +413,15 @@ class Fetcher:
             while True:
                 conn = Connection(settings)
                 try:
-                    resp = conn.request("HEAD", w.url, {})
-                    resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
-                    resp.close()
-                except Untrusted as exc:  # no retry mends a certificate
+                    status, size = ask(conn, w)
+                except (Untrusted, Refused) as exc:  # no retry mends a certificate, or the guard's refusal
                     conn.close()
                     return sha, failure_text(exc)
                 except (TransportError, FetchError) as exc:
                     conn.close()
                     error = failure_text(exc)
                 else:
-                    if resp.status == 200 or resp.status in (405, 501):  # 405/501: it answers, but not HEAD
-                        length = resp.header("content-length") or ""
-                        size = int(length) if resp.status == 200 and length.isdigit() else None
+                    if status == 200:
                         if not keep:
                             conn.close()
                             return sha, size
@@ -413,8 +431,8 @@ class Fetcher:
                             self._idle.append(conn)
                         return sha, size
                     conn.close()
-                    error = f"HTTP {resp.status}"
-                    if resp.status not in (408, 429) and resp.status < 500:
+                    error = f"HTTP {status}"
+                    if status not in (408, 429) and status < 500:
                         return sha, f"{error} ({redact(w.url)})"
                 failures += 1
                 if not retry or failures > self.policy.retries:

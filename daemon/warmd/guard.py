@@ -178,10 +178,9 @@ def under(url: str, prefix: str) -> bool:
 
 @dataclass(frozen=True)
 class Vouch:
-    """A URL prefix the user's own configuration names, and where it says so."""
+    """A URL prefix the user's own configuration names (their uv.toml, UV_INDEX…, mirrors, trusted-indexes)."""
 
     prefix: str
-    by: str  # "trusted-indexes", "[[mirrors]]", "UV_INDEX_URL", "/home/me/.config/uv/uv.toml" …
 
 
 @dataclass(frozen=True)
@@ -191,17 +190,14 @@ class Trust:
 
     project: Path
     origins: frozenset[str] | None
-    since: float | None = None
-    by: str = "warmd trust"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The guard's answer for one URL: may warmd connect, why not, and whether the address is private."""
+    """The guard's answer for one URL: may warmd connect, and why not."""
 
     ok: bool
     reason: str | None = None  # why not, one line naming what vouches for it
-    private: bool = False  # allowed because someone vouched for it (the address is not public)
 
 
 def trust_command(project: Path) -> str:
@@ -375,7 +371,7 @@ class NetGuard:
         if scope is not None and not self.vouched(url):  # a vouched URL needs no admission
             with self._lock:
                 self._admitted.setdefault(scope, set()).add(url)
-        return Verdict(True, private=True)
+        return Verdict(True)
 
     def _kinds(self, p: Place) -> list[tuple[str, str]]:
         """(address, class) of each non-public address `p.host` stands for ([] for a public one, or
@@ -452,7 +448,7 @@ def _a(kind: str) -> str:
 def trusts(config: Config, recorded: Iterable[Trust] = ()) -> list[Trust]:
     """The trusted projects: the config's `[[project]]` tables (whatever their lock names), then
     what `warmd trust` recorded for the others."""
-    tables = [Trust(ps.path, None, by="[[project]] table") for ps in config.projects]
+    tables = [Trust(ps.path, None) for ps in config.projects]
     named = {key(t.project) for t in tables}
     return tables + [t for t in recorded if key(t.project) not in named]
 
@@ -460,10 +456,10 @@ def trusts(config: Config, recorded: Iterable[Trust] = ()) -> list[Trust]:
 def vouches_of(config: Config, env: Mapping[str, str] | None = None) -> list[Vouch]:
     """The user's own prefixes: their uv indexes (uv.toml files and UV_* variables of `env`, warmd's
     environment by default), `[[mirrors]]` and `trusted-indexes`."""
-    vouches = [Vouch(url, by) for url, by in user_index_urls(os.environ if env is None else env)]
+    vouches = [Vouch(url) for url, _where in user_index_urls(os.environ if env is None else env)]
     for m in config.mirrors:
-        vouches += [Vouch(m.origin, "[[mirrors]] origin"), Vouch(m.url, "[[mirrors]] url")]
-    return vouches + [Vouch(u, "trusted-indexes") for u in config.trusted_indexes]
+        vouches += [Vouch(m.origin), Vouch(m.url)]
+    return vouches + [Vouch(u) for u in config.trusted_indexes]
 
 
 def guard_for(config: Config, recorded: Iterable[Trust] = (), *, env: Mapping[str, str] | None = None,

@@ -5,12 +5,14 @@ the reason, before a byte of it is downloaded (docs/SECURITY.md, "The disk").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .model import Pin
@@ -63,40 +65,68 @@ def over_project_limit(pins: Sequence[Pin], limit: int | None, sizes: Mapping[st
     return out
 
 
-def _existing(path: Path) -> Path:
-    path = Path(os.path.abspath(path))
+def existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists: where a folder not made yet will be."""
+    path = Path(os.path.abspath(os.path.expanduser(path)))
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One filesystem holding warmd's store, uv's cache, or both, and its free space now."""
+
+    dev: int
+    free: int
+    where: str  # "warmd's store (/x) and uv's cache (/y)"
+    holds: frozenset[str]  # "store", "cache"
+
+    def cost(self, size: int, *, in_store: bool = False) -> int:
+        """What warming a wheel of `size` bytes takes here: the wheel in the store (unless its bytes are
+        there already, `in_store`), and ~UNPACKED times it in uv's cache."""
+        return (size if "store" in self.holds and not in_store else 0) + \
+            (math.ceil(UNPACKED * size) if "cache" in self.holds else 0)
+
+
+def disks(store: Path, cache: Path | None) -> tuple[list[Disk], list[str]]:
+    """The filesystems of warmd's store and of uv's cache, each once (a folder not made yet counts on
+    its parent's); and a line for each place whose filesystem cannot be read."""
+    found: dict[int, Disk] = {}
+    problems: list[str] = []
+    for key, name, path in (("store", "warmd's store", store), ("cache", "uv's cache", cache)):
+        if path is None:
+            continue
+        try:
+            at = existing(path)
+            dev, free = os.stat(at).st_dev, shutil.disk_usage(at).free
+        except OSError as exc:
+            problems.append(f"{name} ({path}): cannot read its filesystem: {exc.strerror or exc}")
+            continue
+        seen = found.get(dev)
+        found[dev] = Disk(dev, free, f"{name} ({path})", frozenset({key})) if seen is None else \
+            dataclasses.replace(seen, where=f"{seen.where} and {name} ({path})", holds=seen.holds | {key})
+    return list(found.values()), problems
 
 
 class Room:
     """The free space above the floor on the store's and uv's cache's filesystems, for one run.
 
     `admit` takes the wheels a run would download, in order, and keeps those that leave at least
-    `floor` bytes free on each filesystem (counting the wheel in the store and ~1.7 times it unpacked
+    `floor` bytes free on each filesystem (Disk.cost: the wheel in the store, ~1.7 times it unpacked
     in uv's cache, both when they share one); what it admits stays reserved until `release`.
     """
 
     def __init__(self, store: Path, cache: Path, floor: int | None) -> None:
         self.floor = floor
-        self._places = [("warmd's store", Path(store)), ("uv's cache", Path(cache))]
         self._mine: Counter[int] = Counter()
+        self._disks: list[Disk] = []  # cannot be read: the download says what is wrong there, if anything
         self._free: dict[int, int] = {}
-        self._where: dict[int, str] = {}
-        self._devs: list[int | None] = [None, None]  # the store's filesystem, uv's cache's
         if floor is None:
             return
+        self._disks = disks(store, cache)[0]
         with _reserved_lock:
-            for i, (name, path) in enumerate(self._places):
-                try:
-                    dev = os.stat(_existing(path)).st_dev  # a folder not made yet is on its parent's
-                    free = shutil.disk_usage(_existing(path)).free
-                except OSError:
-                    continue  # cannot be read: the download says what is wrong there, if anything
-                self._devs[i] = dev
-                self._where[dev] = f"{self._where[dev]} and {name} ({path})" if dev in self._where else f"{name} ({path})"
-                self._free[dev] = free - _reserved[dev]
+            self._free = {d.dev: d.free - _reserved[d.dev] for d in self._disks}
 
     def admit(self, pins: Iterable[Pin], *, in_store: Iterable[str] = (),
               sizes: Mapping[str, int] | None = None) -> tuple[list[Pin], dict[str, str]]:
@@ -113,20 +143,16 @@ class Room:
         have = set(in_store)
         admitted: list[Pin] = []
         refused: dict[str, str] = {}
-        devs = self._devs
         for pin in pins:
             size = size_of(pin, sizes or {}) or 0
-            cost: Counter[int] = Counter()
-            if devs[0] is not None and pin.wheel.sha256 not in have:
-                cost[devs[0]] += size
-            if devs[1] is not None:
-                cost[devs[1]] += math.ceil(UNPACKED * size)
-            short = next((dev for dev, n in cost.items() if self._free[dev] - self._mine[dev] - n < self.floor), None)
+            cost = Counter({d.dev: d.cost(size, in_store=pin.wheel.sha256 in have) for d in self._disks})
+            short = next((d for d in self._disks if self._free[d.dev] - self._mine[d.dev] - cost[d.dev] < self.floor),
+                         None)
             if short is not None:
-                left = max(0, self._free[short] - self._mine[short])
+                left = max(0, self._free[short.dev] - self._mine[short.dev])
                 refused[pin.wheel.sha256] = (
-                    f"past `[limits] min-free` ({human_bytes(self.floor)}): fetching it (~{human_bytes(cost[short])} "
-                    f"there) would leave less free on the filesystem of {self._where[short]}, which has "
+                    f"past `[limits] min-free` ({human_bytes(self.floor)}): fetching it (~{human_bytes(cost[short.dev])} "
+                    f"there) would leave less free on the filesystem of {short.where}, which has "
                     f"{human_bytes(left)}; nothing was downloaded for it")
                 continue
             self._mine.update(cost)

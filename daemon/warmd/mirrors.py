@@ -272,7 +272,7 @@ class MirroredFetcher:
         (a mirror found down this run is not asked: one timeout per run), then of the origin for what
         the mirror could not say."""
         with self._lock:
-            health = self._health or _Health(self._timeout)
+            health = self._health or _Health(self._timeout, self._guard)
         routed = self._route(list(wheels), health)
         said: dict[str, int | str | None] = {}
         if routed and self._via_mirror is not None:

@@ -208,6 +208,7 @@ class Pipeline:
                     record: bool) -> list[ProjectReport]:
         reports = []
         since = time.monotonic()  # what warmd's own requests found from here on is this run's
+        plans = _undisputed(plans)
         sizes, unsized = self._sizes(plans)
         # A size learned for weighing goes into the plan: the engine orders by it without asking the
         # index a second time, holds the download to it, and the report records it.
@@ -217,6 +218,7 @@ class Pipeline:
             run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized, since=since)
             if self.state is not None:
                 self.state.record_links(self.fetcher.links())
+                self.state.record_sizes({sha: f.size for sha, f in run.fetched.items() if isinstance(f, Fetched)})
             for pl in plans:
                 unhashed = self._unhashed(pl, since)
                 if not pl.is_current():  # what uv said may be about another lock
@@ -244,29 +246,33 @@ class Pipeline:
     # -- fetch and import ----------------------------------------------------------------------
 
     def _sizes(self, plans: Sequence[ProjectPlan]) -> tuple[dict[str, int], dict[str, str]]:
-        """The size of each pinned file the lock gives none for (PyTorch's index gives none), when a limit
-        must weigh it: sha256 -> bytes, from what was recorded before, the store's file, else its index's
-        answer to a HEAD; and sha256 -> why, for the files whose index did not answer at all (they fail
-        now, as their download would). A size the index would not give stays unknown (the per-project
-        limit then keeps the file out). Sizes learned here weigh a file; its download is not held to them
-        (a file that changed upstream starts over, as before)."""
+        """The size of each pinned file the plans give none for (PyTorch's index gives none), when a limit
+        must weigh it: sha256 -> bytes, from the store's verified file, the size of bytes warmd verified
+        before (State.sizes), else its index's answer (Fetcher.sizes); and sha256 -> why, for the files
+        whose index did not answer at all (they fail now, as their download would). A size the index
+        would not give stays unknown (the per-project limit then keeps the file out). A size learned
+        here goes into the plan (_warm_plans), so the download is held to it; only once the bytes are
+        verified is it kept for later runs. Nothing another lock said of a file's size is taken: a lock
+        may pin a file by its sha256 with any size (_undisputed)."""
         limits = self.config.limits
         unknown = {p.wheel.sha256: p.wheel for pl in plans for p in pl.pins if p.wheel.size is None}
         if not unknown or (limits.per_project is None and limits.min_free is None):
             return {}, {}
-        sizes: dict[str, int] = self.state.sizes(unknown) if self.state is not None else {}
-        for sha in unknown.keys() - sizes.keys():
+        sizes: dict[str, int] = {}
+        for sha in unknown:
             blob = self.store.path(sha)
             with contextlib.suppress(OSError):
                 if blob is not None:
                     sizes[sha] = blob.stat().st_size
+        if self.state is not None:
+            sizes |= self.state.sizes(sha for sha in unknown if sha not in sizes)
         unsized: dict[str, str] = {}
         ask = [w for sha, w in unknown.items() if sha not in sizes]
-        for sha, said in (self.fetcher.sizes(ask) if ask else {}).items():
-            if isinstance(said, int) and said > 0:
-                sizes[sha] = said
-            elif isinstance(said, str):
-                unsized[sha] = f"its index did not answer for its size: {said}"
+        for sha, said_now in (self.fetcher.sizes(ask) if ask else {}).items():
+            if isinstance(said_now, int) and said_now > 0:
+                sizes[sha] = said_now
+            elif isinstance(said_now, str):
+                unsized[sha] = f"its index did not answer for its size: {said_now}"
         return sizes, unsized
 
     def _withheld(self, plans: Sequence[ProjectPlan], sizes: dict[str, int]) -> dict[str, str]:
@@ -750,6 +756,26 @@ def _unchecked_reason(url: str, why: str) -> str:
 def _package_page(index: str, name: str) -> str:
     """The index's page of one package, which uv asks for a `name==version` requirement (PEP 503)."""
     return f"{index.rstrip('/')}/{canonicalize_name(name)}/"
+
+
+def _undisputed(plans: Sequence[ProjectPlan]) -> list[ProjectPlan]:
+    """The plans, with no size for a file whose locks do not agree on it (one gives none, or another).
+
+    A run fetches each file once, held to the size its pin declares: a lock naming another project's
+    file by its sha256 with a wrong size must not fail that file for the project whose lock is right.
+    Such a file's size is then its index's answer (or none), as for a lock that gives none.
+    """
+    said: defaultdict[str, set[int | None]] = defaultdict(set)
+    for pl in plans:
+        for p in pl.pins:
+            said[p.wheel.sha256].add(p.wheel.size)
+    disputed = {sha for sha, sizes in said.items() if len(sizes) > 1}
+    if not disputed:
+        return list(plans)
+    logger.info("{} file(s) pinned with different sizes by different locks: their index is asked", len(disputed))
+    return [dataclasses.replace(pl, pins=tuple(
+        dataclasses.replace(p, wheel=dataclasses.replace(p.wheel, size=None)) if p.wheel.sha256 in disputed else p
+        for p in pl.pins)) for pl in plans]
 
 
 def _with_sizes(pl: ProjectPlan, sizes: dict[str, int]) -> ProjectPlan:

@@ -15,7 +15,6 @@ import fnmatch
 import os
 import platform as _platform
 import re
-import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from .config import Config, ProjectSettings
 from .errors import InputError, LockError, WarmdError
 from .lockfile import ConflictItem, Lock, LockedPackage, LockedWheel, file_stamp, read_lock, wheel_tags
 from .model import FileStamp, Pin, ProjectReport, Skipped
-from .untrusted import check, read_text
+from .untrusted import check, read_text, read_toml
 from .uvconfig import dig
 from .uvcache import Interpreter, Uv
 from .variant import Detection, resolve_variant
@@ -174,9 +173,10 @@ def check_inputs(folder: Path, lock: Lock, pyproject: Mapping[str, Any]) -> None
     """Raise InputError naming the first file uv reads for this project that is not a regular file.
 
     Run before uv is asked anything about the project: uv reads the project's pyproject.toml,
-    uv.toml and .python-version, its workspace members' pyproject.toml (those the lock names and
-    those the workspace's globs match now) and the uv.toml or pyproject.toml of every folder above
-    it, and a FIFO among them would keep uv waiting until its timeout. Nothing is opened here.
+    uv.toml and .python-version, the uv.toml or pyproject.toml of every folder above it, and the
+    members of its workspace: its own (those the lock names and those its globs match now), or the
+    one declared above it, whose root's .python-version it reads too. A FIFO among them would keep
+    uv waiting until its timeout. Only the pyproject.toml files above are read (never blocking).
     """
     for name in ("pyproject.toml", "uv.toml", ".python-version"):
         check(folder / name)
@@ -185,21 +185,53 @@ def check_inputs(folder: Path, lock: Lock, pyproject: Mapping[str, Any]) -> None
             check(above / name)
     members = {Path(os.path.normpath(folder / p.local)) for p in lock.packages
                if p.local is not None and p.source in ("editable", "virtual", "directory")}
+    members |= _members(folder, pyproject)
+    root = _workspace_above(folder)
+    if root is not None:
+        where, table = root
+        members |= _members(where, table)
+        for between in (folder, *folder.parents):
+            check(between / ".python-version")
+            if between == where:
+                break
+    for member in sorted(members):
+        if member != folder:
+            for name in ("pyproject.toml", "uv.toml"):
+                check(member / name)
+
+
+def _members(root: Path, pyproject: Mapping[str, Any]) -> set[Path]:
+    """The folders the `[tool.uv.workspace] members` globs of `root`'s pyproject.toml match now."""
+    found: set[Path] = set()
     globs = dig(pyproject, "tool", "uv", "workspace", "members")
     for pattern in globs if isinstance(globs, list) else []:
         if not isinstance(pattern, str) or not pattern or os.path.isabs(pattern):
             continue
         try:
-            for i, found in enumerate(folder.glob(pattern)):
+            for i, match in enumerate(root.glob(pattern)):
                 if i >= _MAX_MEMBERS:
                     break
-                members.add(found)
+                found.add(match)
         except (OSError, ValueError, NotImplementedError):
             continue  # a pattern Python's glob cannot follow: uv says what it makes of it
-    for member in sorted(members):
-        if member != folder:
-            for name in ("pyproject.toml", "uv.toml"):
-                check(member / name)
+    return found
+
+
+def _workspace_above(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The workspace root above `folder` and its pyproject.toml, found as uv finds it: the nearest
+    pyproject.toml above with a `[tool.uv.workspace]`; one with a `[project]` and none ends the search."""
+    for above in folder.parents:
+        try:
+            data = read_toml(above / "pyproject.toml")
+        except InputError:
+            return None  # uv stops there too, saying what is wrong with it
+        if data is None:
+            continue
+        if dig(data, "tool", "uv", "workspace") is not None:
+            return above, data
+        if "project" in data:
+            return None
+    return None
 
 
 def project_variant(options: PlanOptions, folder: Path, detection: Detection) -> Detection:
@@ -228,16 +260,18 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
     target = target or Target.here()
     folder, lock_path = locate(path)
     lock = read_lock(lock_path)
-    pyproject = _read_pyproject(folder)
+    pyproject = read_toml(folder / "pyproject.toml") or {}  # uv reads it too; names it when it is not TOML
     check_inputs(folder, lock, pyproject)  # before uv reads any of them
     settings = options.settings(folder)
     variant = project_variant(options, folder, detection)
     # The Python uv would use for the project: .python-version's, else the interpreter uv finds
     # for its requires-python, which then also serves its version (one lookup, not two: ~0.05 s each).
+    spec = requires_python(lock)  # before uv sees it: uv runs a file an interpreter request names
+    check_names(lock, pyproject)
     own = pinned_python(folder)
-    found = uv.interpreter(lock.requires_python) if own is None else None
+    found = uv.interpreter(str(spec) if spec else None) if own is None else None
     own = own or (found.version if found else None)
-    pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), lock)
+    pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), spec)
     if not pythons:
         raise InputError(f"{folder}: no Python version to select wheels for (no .python-version, "
                          "no interpreter uv would use, no `python` in the config)")
@@ -362,13 +396,47 @@ def _inputs(folder: Path) -> tuple[FileStamp, ...]:
     return tuple(file_stamp(folder / name) for name in PLAN_INPUTS)
 
 
-def allowed_pythons(pythons: Sequence[str], lock: Lock) -> list[str]:
-    """Keep the Python versions the lock's requires-python admits, in order, without repeats."""
-    out: list[str] = []
+def requires_python(lock: Lock) -> SpecifierSet | None:
+    """The lock's `requires-python` as a specifier set (None when it gives none); LockError when it is not one.
+
+    Only this parsed form reaches uv: given a path as an interpreter request, uv runs that file.
+    Arbitrary equality (`===`) compares any string, a path included, so it is refused too.
+    """
+    raw = lock.requires_python
+    if not raw:
+        return None
     try:
-        spec = SpecifierSet(lock.requires_python) if lock.requires_python else None
+        spec = SpecifierSet(raw)
     except InvalidSpecifier:
-        raise LockError(f"{lock.path}: requires-python {lock.requires_python!r} is not a valid specifier") from None
+        raise LockError(f"{lock.path}: requires-python {raw!r} is not a valid specifier") from None
+    if any(s.operator == "===" for s in spec):
+        raise LockError(f"{lock.path}: requires-python {raw!r} uses `===`, which warmd does not read")
+    return spec
+
+
+# A package, extra or group name as PEP 508 and uv spell them: what a lock or pyproject.toml may hand
+# to a uv option (`--extra`, `--no-install-package`, `--upgrade-package`); anything else could be
+# read by uv as another option.
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def check_names(lock: Lock, pyproject: Mapping[str, Any]) -> None:
+    """LockError naming the first package, extra or group name of the lock (or default group of the
+    project) that is not a valid name; uv writes none such, and each may become a uv argument."""
+    names = [("package", p.name) for p in lock.packages]
+    names += [(kind, name) for group in lock.conflicts for item in group
+              for kind, name in (("extra", item.extra), ("group", item.group)) if name is not None]
+    for kind, name in names:
+        if not _NAME.fullmatch(name):
+            raise LockError(f"{lock.path}: {kind} name {name!r} is not a valid name")
+    for group in _default_groups(pyproject):
+        if not _NAME.fullmatch(group):
+            raise InputError(f"{lock.path.parent / 'pyproject.toml'}: default group {group!r} is not a valid name")
+
+
+def allowed_pythons(pythons: Sequence[str], spec: SpecifierSet | None) -> list[str]:
+    """Keep the Python versions the lock's requires-python (`spec`) admits, in order, without repeats."""
+    out: list[str] = []
     for py in pythons:
         if py in out:
             continue
@@ -649,15 +717,6 @@ def _mismatch(build: Build | None, detection: Detection) -> tuple[str, ...]:
         return ()
     return (f"the lock offers no {detection.variant} build: warming the {build.variant} build a plain "
             "`uv sync` installs",)
-
-
-def _read_pyproject(folder: Path) -> Mapping[str, Any]:
-    # uv reads it too and says what is wrong with its TOML; here only names, default groups and the
-    # workspace are wanted. One that is not a regular file is an InputError naming it (untrusted.py).
-    try:
-        return tomllib.loads(read_text(folder / "pyproject.toml"))
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
 
 
 def _root_name(pyproject: Mapping[str, Any]) -> str | None:

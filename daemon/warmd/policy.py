@@ -22,12 +22,13 @@ from .progress import human_bytes
 from .uvconfig import Override, index_overrides, norm_url
 
 if TYPE_CHECKING:
-    from .state import AheadFile, Snapshot, State, StoredProject
+    from .state import AheadFile, Snapshot, State, StoredProject, StoredSkip
 
 # The states of a project, the contract of `warmd status` (docs/status.schema.json lists the same).
 STATES: dict[str, str] = {
     "warm": "every planned wheel is in uv's cache: uv itself said so at the last check of this uv.lock "
-            "(but those a limit kept out: each is `skipped` with its reason, and named in `flags`)",
+            "(but those a limit kept out, which `uv sync` still downloads: then `reason` says how many, "
+            "each is `skipped` with its reason, and `flags` names them)",
     "unproven": "nothing failed, but uv could not be asked about some wheels (no interpreter for that Python)",
     "failed": "the last run for this uv.lock failed; `reason` says why, `next_retry` when the daemon tries again",
     "nothing to warm": "what `uv sync` installs holds no wheel warmd warms for this variant, or every one was "
@@ -125,7 +126,13 @@ def outcome_of(report: ProjectReport) -> Outcome:
         elif left:
             why = f"{len(left)} wheel(s) skipped, none warmed; {_skip_line(left[0])}"
         return Outcome("nothing to warm", why)
-    return Outcome("warm")
+    limited = sum(1 for w in report.wheels if w.state == "skipped")
+    return Outcome("warm", limited_words(limited) if limited else None)
+
+
+def limited_words(n: int) -> str:
+    """`1 wheel skipped by a limit`: what a project called warm still leaves to `uv sync`."""
+    return f"{n} wheel{'s' if n != 1 else ''} skipped by a limit"
 
 
 def _skip_line(s: Any) -> str:
@@ -165,20 +172,6 @@ class WheelStatus:
     bytes_saved: int  # what a fresh `uv sync` no longer downloads: the size of a warm wheel
     updated_at: float | None
     warnings: tuple[str, ...] = ()  # e.g. the ETag of the pinned file changed upstream
-
-
-@dataclass(frozen=True)
-class SkipStatus:
-    """A package of a project's plan that warmd did not warm, and why (`warmd status` lists them)."""
-
-    name: str
-    version: str
-    python: str
-    filename: str | None
-    url: str | None  # credentials stripped
-    index: str | None
-    state: str  # "skipped"; for an unhashed wheel uv was asked to fetch: warm, failed or unproven
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -290,7 +283,7 @@ class ProjectStatus:
     indexes: tuple[IndexStatus, ...]
     flags: tuple[str, ...]  # one-line warnings worth the user's attention
     upgrade: UpgradeStatus | None = None  # the look-ahead's word on this uv.lock, if any
-    skipped: tuple[SkipStatus, ...] = ()  # what the last run left out (no sha256, an address nobody vouched for)
+    skipped: tuple[StoredSkip, ...] = ()  # what the last run left out (no sha256, an address nobody vouched for)
 
     @property
     def bytes_saved(self) -> int:
@@ -348,7 +341,7 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
         reason += "; `warmd prefetch` or the daemon warms it"
     wheels = tuple(_wheel(w, warming=activity == "warming") for w in p.wheels)
     # What was left out is about the lock it was recorded for: not shown for another lock.
-    skipped = tuple(SkipStatus(**asdict(s)) for s in p.skipped) if current else ()
+    skipped = p.skipped if current else ()
     indexes, flags = _indexes(p, snap, env)
     for w in wheels:
         flags += [x for x in w.warnings if x not in flags]

@@ -122,8 +122,8 @@ class RangeRequests:
     def _check_size(self, total: int, resp: Response) -> None:
         if self.wheel.size is not None and total != self.wheel.size:
             resp.close()
-            raise FetchError(f"{self.wheel.filename}: server says {total} bytes but the lock pins {self.wheel.size}; "
-                             f"not downloading from {redact(self.wheel.url)}")
+            raise FetchError(f"{self.wheel.filename}: server says {total} bytes, not the {self.wheel.size} its lock "
+                             f"(or its index, asked earlier) gave; not downloading from {redact(self.wheel.url)}")
 
     def span(self, resp: Response, start: int) -> tuple[int, int, int]:
         """(start, end, file size) from a 206's Content-Range, which must begin at `start`."""

@@ -233,7 +233,11 @@ _XDG_DEFAULTS = {"XDG_CONFIG_HOME": ".config", "XDG_CACHE_HOME": ".cache", "XDG_
 
 
 def xdg_homes(env: Mapping[str, str] = os.environ, home: Path | None = None) -> dict[str, Path]:
-    """The XDG base folders as warmd resolves them (platformdirs): the variable when set, else the spec's default."""
+    """The XDG base folders as warmd resolves them (platformdirs): the variable when set, else the spec's default.
+
+    For an environment given (doctor's, or an account a test makes): platformdirs reads only this
+    process's os.environ. tests/test_service.py holds the two to the same answers.
+    """
     home = home or Path.home()
     return {k: Path(env[k]) if env.get(k, "").strip() else home / _XDG_DEFAULTS[k] for k in XDG_HOMES}
 

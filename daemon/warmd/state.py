@@ -77,7 +77,8 @@ class StoredProject:
 
 @dataclass(frozen=True)
 class StoredSkip:
-    """A package of a project's plan that the last run did not warm, and why (model.SkippedReport)."""
+    """A package of a project's plan that the last run did not warm, and why (model.SkippedReport),
+    as it is recorded and as `warmd status` lists it."""
 
     name: str
     version: str
@@ -249,7 +250,10 @@ def _v4(db: sqlite3.Connection) -> None:
 
 
 def _v5(db: sqlite3.Connection) -> None:
-    # What each project's last run skipped (no sha256, an address nobody vouched for …), with the reason.
+    # What each project's last run skipped (no sha256, an address nobody vouched for …), with the
+    # reason; and the size of each file whose bytes warmd verified against its sha256: a fact of those
+    # bytes, so it holds for every lock that pins the file (a size a lock or an index only claims is
+    # not kept).
     _script(
         db,
         """
@@ -265,6 +269,10 @@ def _v5(db: sqlite3.Connection) -> None:
             reason TEXT NOT NULL
         );
         CREATE INDEX skipped_project ON skipped(project);
+        CREATE TABLE verified_sizes (
+            sha256 TEXT PRIMARY KEY,
+            size INTEGER NOT NULL
+        );
         """
     )
 
@@ -592,20 +600,29 @@ class State:
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
+    def record_sizes(self, sizes: Mapping[str, int]) -> None:
+        """Keep the size of files whose bytes were verified against their sha256 (sha256 -> bytes); those
+        of files no project pins and no look-ahead holds any more go."""
+        if not sizes:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO verified_sizes(sha256, size) VALUES (?,?)", list(sizes.items()))
+            marks = ",".join("?" * len(sizes))
+            db.execute(f"DELETE FROM verified_sizes WHERE sha256 NOT IN ({marks}) AND sha256 NOT IN "
+                       "(SELECT sha256 FROM pins) AND sha256 NOT IN (SELECT sha256 FROM ahead_files)", list(sizes))
+
     def sizes(self, shas: Iterable[str]) -> dict[str, int]:
-        """The size recorded for each of these files, where known: the lock's, or its index's answer (a
-        pin's, or a wheel the look-ahead weighed); a wheel's partial bytes never count as its size here."""
+        """The size of each of these files, where warmd once verified its bytes (record_sizes). Never a
+        size a lock or an index only claimed: a lock may pin any file by its sha256 with a wrong size,
+        and an index's answer may be wrong."""
         wanted = list(dict.fromkeys(shas))
         out: dict[str, int] = {}
         with self._lock:
             for i in range(0, len(wanted), 500):
                 part = wanted[i:i + 500]
                 marks = ",".join("?" * len(part))
-                for sha, size in self._db.execute(
-                        f"SELECT sha256, size FROM pins WHERE size > 0 AND sha256 IN ({marks}) UNION ALL "
-                        f"SELECT sha256, size FROM ahead_files WHERE size > 0 AND sha256 IN ({marks})",
-                        (*part, *part)):
-                    out.setdefault(sha, size)
+                out.update(self._db.execute(f"SELECT sha256, size FROM verified_sizes WHERE sha256 IN ({marks})",
+                                            part).fetchall())
         return out
 
     def failures(self, project: Path) -> int:

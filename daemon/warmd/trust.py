@@ -39,7 +39,7 @@ class Trusted:
 
     def as_trust(self) -> Trust:
         """What the guard holds of it."""
-        return Trust(self.path, frozenset(self.origins), self.trusted_at)
+        return Trust(self.path, frozenset(self.origins))
 
 
 def lock_origins(lock: Lock) -> list[str]:

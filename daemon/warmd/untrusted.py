@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
@@ -102,3 +104,16 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES, *, error: type[InputError
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path}: cannot read: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def read_toml(path: Path, *, error: type[InputError] = InputError) -> dict[str, Any] | None:
+    """The table of the TOML file at `path` (read_text's rules), or None when there is none; `error`
+    naming the file when it is not a regular file, cannot be read, or is not valid TOML."""
+    try:
+        text = read_text(path, error=error)
+    except FileNotFoundError:
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML ({exc})") from None

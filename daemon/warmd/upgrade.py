@@ -45,6 +45,7 @@ from .atomic import write_atomic
 from .errors import InputError, NeedsBuild, WarmdError
 from .lockfile import MAX_LOCK_BYTES, Lock
 from .plan import matches
+from . import untrusted
 from .untrusted import read_bytes
 from .uvcache import Uv
 from .uvconfig import add_cache_control, dig, read_toml, requirement_urls, settings_urls
@@ -119,20 +120,11 @@ def must_build(folder: Path, lock: Lock) -> list[str]:
             if not where.name.endswith(".whl"):
                 out.append(pkg.name)  # an sdist: only a build tells its metadata
             continue
-        pyproject = _read_pyproject(where)
+        pyproject = untrusted.read_toml(where / "pyproject.toml")
         if needs_build(pyproject):
             name = dig(pyproject, "project", "name")
             out.append(str(name) if isinstance(name, str) else pkg.name if pkg is not None else where.name)
     return sorted(dict.fromkeys(out))
-
-
-def _read_pyproject(folder: Path) -> dict[str, Any] | None:
-    try:
-        return tomllib.loads(read_bytes(folder / "pyproject.toml")[0].decode("utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return {}  # uv cannot read it either: it refuses, nothing is built
 
 
 def copy_for_lock(folder: Path, lock: Lock, dest: Path) -> Path:

@@ -258,7 +258,8 @@ class Uv:
         Raises NeedsBuild when uv would have to build a package, IndexUnreachable when it could not
         reach an index (or took longer than a slow index would excuse), UvError for anything else.
         """
-        args = ["lock", "--no-build", "--python", python, *(f for p in packages for f in ("--upgrade-package", p))]
+        # `--opt=value`: a value is never read as another option, whatever a lock calls a package.
+        args = ["lock", "--no-build", f"--python={python}", *(f"--upgrade-package={p}" for p in packages)]
         try:
             out = self._run(args, cwd=folder, env={"UV_PROJECT_ENVIRONMENT": str(no_venv)}, timeout=_LOCK_TIMEOUT,
                             pass_fds=pass_fds)
@@ -391,10 +392,8 @@ class Uv:
 
     def _probe_once(self, project: Path, selected: Sequence[str], exclude: Sequence[str], python: str,
                     flags: Sequence[str]) -> tuple[int, set[str]] | str:
-        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-build", "--no-install-workspace", "--python", python,
-                *flags]
-        for name in exclude:
-            args += ["--no-install-package", name]
+        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-build", "--no-install-workspace", f"--python={python}",
+                *flags, *(f"--no-install-package={name}" for name in exclude)]
         with scratch.folder("probe") as work:
             # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
             out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv")}, timeout=600,

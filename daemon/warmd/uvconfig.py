@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from .atomic import write_atomic
 from .errors import InputError
+from . import untrusted
 from .untrusted import read_text
 
 # uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
@@ -134,10 +134,11 @@ def requirement_urls(pyproject: Any, settings: Any) -> list[str]:
 
 
 def read_toml(path: Path) -> dict[str, Any] | None:
-    """The parsed TOML file, or None when it is missing, unreadable or not a regular file (never blocks)."""
+    """A settings file looked at for what it names (untrusted.read_toml), or None when there is none
+    or it cannot be read: uv names such a file itself when it reads it."""
     try:
-        return tomllib.loads(read_text(path))
-    except (OSError, InputError, tomllib.TOMLDecodeError):
+        return untrusted.read_toml(path)
+    except InputError:
         return None
 
 

@@ -2,13 +2,16 @@
 
 The lab's index servers live on 127.0.0.1, which warmd reaches only for an index the user vouched
 for (`trusted-indexes`), as a user of a private index vouches for it in their config. So a config
-written here names every lab index running in this process, also those started after it was
-written: each server's start rewrites the configs of the test under way (see `refresh`).
+written here names every lab index running in this process (a server started with `vouched=True`:
+the `index_server` fixture's, and those a test starts so; never one a test starts as a stranger's),
+also those started after it was written: each such start rewrites, atomically, the configs of the
+test under way (see `refresh`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -20,8 +23,8 @@ _lock = threading.Lock()
 
 
 def trusted_lines(trusted: Sequence[str] | None = None) -> list[str]:
-    """`trusted-indexes` naming `trusted`, or (None) every lab index running now."""
-    urls = index_server.running_urls() if trusted is None else list(trusted)
+    """`trusted-indexes` naming `trusted`, or (None) every vouched lab index running now."""
+    urls = index_server.vouched_urls() if trusted is None else list(trusted)
     return [f"trusted-indexes = {json.dumps([u.rstrip('/') + '/' for u in urls])}"] if urls else []
 
 
@@ -29,7 +32,7 @@ def write_warmd_config(tmp: Path, uv: Path | str, cache: Path, *, packages: Sequ
                        variant: str = "cu128", extra: Sequence[str] = (),
                        trusted: Sequence[str] | None = None) -> Path:
     """Write tmp/warmd.toml keeping everything warmd writes under tmp; `extra` lines go last.
-    `trusted`: the trusted-indexes; None: every lab index of this test, whenever it starts."""
+    `trusted`: the trusted-indexes; None: every vouched lab index of this test, whenever it starts."""
     before = [
         f"variant = {json.dumps(variant)}",
         f"uv = {json.dumps(str(uv))}",
@@ -42,7 +45,7 @@ def write_warmd_config(tmp: Path, uv: Path | str, cache: Path, *, packages: Sequ
     with _lock:
         _written.pop(path, None)
         text = _text(before, list(extra), trusted)
-        path.write_text(text)
+        _write(path, text)
         if trusted is None:
             _written[path] = (before, list(extra), text)
     return path
@@ -53,8 +56,8 @@ def _text(before: list[str], after: list[str], trusted: Sequence[str] | None) ->
 
 
 def refresh() -> None:
-    """Name the lab indexes running now in every config of this test written without `trusted`
-    (one the test has since rewritten itself is left as it is)."""
+    """Name the vouched lab indexes running now in every config of this test written without
+    `trusted` (one the test has since rewritten itself is left as it is)."""
     with _lock:
         for path, (before, after, text) in list(_written.items()):
             try:
@@ -65,8 +68,15 @@ def refresh() -> None:
                 del _written[path]
                 continue
             new = _text(before, after, None)
-            path.write_text(new)
+            _write(path, new)
             _written[path] = (before, after, new)
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace the file whole: a warmd running on it (a daemon re-reading it) never reads half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def forget() -> None:

@@ -79,6 +79,8 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # same length and ETag, some bytes flipped
     replace: dict[str, bytes] = field(default_factory=dict)  # new bytes, new ETag/Last-Modified
     no_head: bool = False  # 405 to every HEAD of a wheel
+    head_status: int | None = None  # this status to every HEAD of a wheel (403: storage that signs GETs only)
+    head_without_length: bool = False  # a HEAD of a wheel answers 200 without Content-Length
     # status_burst and drop_after hit only clients whose User-Agent starts with this (None: all),
     # e.g. "warmd/": the index misbehaves for warmd's downloads, `uv lock` still gets its metadata
     agent: str | None = None
@@ -335,8 +337,12 @@ class _Handler(BaseHTTPRequestHandler):
             ignore_range = name in faults.ignore_range
             lie = faults.lie_length.get(name)
             no_head = faults.no_head
+            head_status = faults.head_status
+            head_without_length = faults.head_without_length
         if head and no_head:
             return self._simple(405, b"method not allowed\n", head, {"Allow": "GET"})
+        if head and head_status is not None:
+            return self._simple(head_status, f"injected {head_status}\n".encode(), head)
         if status is not None:
             extra = {}
             if status in (429, 503) and faults.retry_after is not None:
@@ -371,7 +377,8 @@ class _Handler(BaseHTTPRequestHandler):
         if drop is not None:
             length = min(length, drop)
             self.close_connection = True
-        common["Content-Length"] = str(claimed)
+        if not (head and head_without_length):
+            common["Content-Length"] = str(claimed)
         if lie is not None:
             common["Connection"] = "close"  # a drop, by contrast, comes unannounced
         self._start(code, common)
@@ -471,21 +478,23 @@ class _LinkBucket:
             return self._t
 
 
-# The servers running in this process, by URL: a user's config vouches for the lab index the way a
-# user vouches for their own (tests/support/config.py names them in `trusted-indexes`).
-_RUNNING: dict[int, str] = {}
-_RUNNING_LOCK = threading.Lock()
-_ON_START: list = []  # callables run after a server starts (tests/support/config.py's refresh)
+# The vouched servers running in this process, by URL: a user's config vouches for the lab index the
+# way a user vouches for their own (tests/support/config.py names them in `trusted-indexes`). Only a
+# server started with `vouched=True` (the `index_server` fixture's, and each lab index a test starts
+# so) is named: one a test starts as a stranger's stays unvouched whatever configs are written later.
+_VOUCHED: dict[int, str] = {}
+_VOUCHED_LOCK = threading.Lock()
+_ON_START: list = []  # callables run after a vouched server starts (tests/support/config.py's refresh)
 
 
-def running_urls() -> list[str]:
-    """The URL of every IndexServer running in this process now."""
-    with _RUNNING_LOCK:
-        return sorted(_RUNNING.values())
+def vouched_urls() -> list[str]:
+    """The URL of every IndexServer started with `vouched=True` running in this process now."""
+    with _VOUCHED_LOCK:
+        return sorted(_VOUCHED.values())
 
 
 def on_start(hook) -> None:  # noqa: ANN001
-    """Run `hook()` each time an IndexServer has started."""
+    """Run `hook()` each time a vouched IndexServer has started."""
     _ON_START.append(hook)
 
 
@@ -531,8 +540,10 @@ class IndexServer:
         basic_auth: tuple[str, str] | None = None,  # (user, password) every request must carry, else 401
         tls: TlsFiles | None = None,  # serve HTTPS with this certificate (tests/support/tls.py)
         host: str = "127.0.0.1",  # another address only in a network namespace a test made (lab_net.py)
+        vouched: bool = False,  # the lab index: named in the `trusted-indexes` of the test's configs
     ) -> None:
         self.host = host
+        self.vouched = vouched
         self.cache_control = cache_control
         self.default_cache_control = default_cache_control
         self.rate_limit = rate_limit
@@ -575,21 +586,23 @@ class IndexServer:
         self._httpd = httpd
         scheme = "https" if self.tls is not None else "http"
         self.url = f"{scheme}://{self.host}:{httpd.server_address[1]}"
-        with _RUNNING_LOCK:
-            _RUNNING[id(self)] = self.url
+        if self.vouched:
+            with _VOUCHED_LOCK:
+                _VOUCHED[id(self)] = self.url
         self._stopping.clear()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
-        for hook in _ON_START:
-            hook()
+        if self.vouched:
+            for hook in _ON_START:
+                hook()
         return self
 
     def stop(self) -> None:
         """Stop serving and close every open connection."""
         if self._httpd is None:
             return
-        with _RUNNING_LOCK:
-            _RUNNING.pop(id(self), None)
+        with _VOUCHED_LOCK:
+            _VOUCHED.pop(id(self), None)
         self._stopping.set()
         self._httpd.shutdown()
         with self._lock:
