@@ -5,18 +5,22 @@ engine's, httpx's) against local servers, counting what reached them."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.support.index_server import IndexServer
 from tests.support.wheels import make_wheel
+import warmd.guard as guard_module
 from warmd.clients import http_client
 from warmd.config import Config, parse_config
 from warmd.connection import Connection, HttpSettings
 from warmd.credentials import index_auth
 from warmd.errors import ConfigError, InputError
-from warmd.guard import NetGuard, Refused, Trust, Vouch, address_class, guard_for, key, literal, origin, under
+from warmd.guard import (NetGuard, Refused, Trust, Vouch, address_class, guard_for, key, literal, origin, under,
+                         url_key)
 from warmd.headers import check_url
 from warmd.lockfile import read_lock
 from warmd.trust import TrustStore
@@ -179,9 +183,17 @@ def test_the_engine_refuses_an_unvouched_address_by_ip_by_name_and_after_a_redir
         with pytest.raises(Refused, match="an address nobody vouched for"):
             Connection(settings).get(url, {})
     lab.faults.redirect[name] = intranet.file_url(name)  # the vouched index sends warmd elsewhere
-    with pytest.raises(Refused):
+    with pytest.raises(Refused) as refused:
         Connection(settings).get(lab.file_url(name), {})
+    _names_only_the_users_own_configuration(str(refused.value), intranet)
     assert intranet.hits == []
+
+
+def _names_only_the_users_own_configuration(why: str, target: IndexServer) -> None:
+    """A redirect to another server is allowed by the user's own configuration only: the refusal says
+    so, naming the trusted-indexes entry, and does not send the user to `warmd trust`, which cannot."""
+    assert f"add '{target.url}/' to trusted-indexes" in why and "uv.toml" in why, why
+    assert "warmd trust" not in why, why
 
 
 def test_httpx_clients_refuse_the_same_and_send_credentials_only_where_the_user_said(
@@ -199,7 +211,9 @@ def test_httpx_clients_refuse_the_same_and_send_credentials_only_where_the_user_
         assert not refused.ok and "nobody vouched for" in (refused.error or "")
         assert intranet.hits == []
         lab.faults.redirect[name] = intranet.file_url(name)
-        assert "nobody vouched for" in (check_url(client, lab.file_url(name)).error or "")
+        redirected = check_url(client, lab.file_url(name)).error or ""
+        assert "nobody vouched for" in redirected
+        _names_only_the_users_own_configuration(redirected, intranet)
         assert intranet.hits == []
         # trusted for this project: warmd connects, but sends no credentials over plain http
         guard.set_trust([Trust(project, frozenset({intranet.url}))])
@@ -305,7 +319,7 @@ def test_what_one_projects_plan_admitted_opens_no_door_for_a_redirect_and_lapses
     """A trusted project's plan admits its private URLs for the connections that fetch them. A
     redirect to another server reaches a private address only where the user's own configuration
     names it, so another project's lock cannot borrow that admission through a redirect; and a plan
-    admitted anew (`forget`, then its checks) drops what its lock no longer names."""
+    admitted anew (`admitting`) drops what its lock no longer names."""
     lab, intranet, name = two_servers
     project = Path("/src/trusted")
     guard = NetGuard([Vouch(lab.url + "/")],
@@ -322,8 +336,11 @@ def test_what_one_projects_plan_admitted_opens_no_door_for_a_redirect_and_lapses
     resp = Connection(settings).get(target, {})  # the trusted project's own request for it
     assert resp.status == 200
     resp.close()
-    guard.forget(key(project))
+    with guard.admitting(key(project)):  # planned anew, its lock no longer naming the file
+        pass
     assert not guard.admitted(target)
+    with pytest.raises(Refused):
+        Connection(settings).get(target, {})
 
 
 def test_an_httpx_client_reads_proxies_from_the_environment_it_is_given(
@@ -343,3 +360,160 @@ def test_an_httpx_client_reads_proxies_from_the_environment_it_is_given(
         with http_client(_guard(lab), timeout=5, env={}) as client:
             assert check_url(client, lab.file_url(name)).ok
         assert len(proxy.hits) == 1 and len(lab.hits) == 2
+
+
+# -- what the guard remembers: admissions and passed redirect chains ----------------------------------------------
+
+
+class _Clock:
+    """time.monotonic as the guard reads it (and nothing else does), set by the test."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 100.0
+        monkeypatch.setattr(guard_module, "time", SimpleNamespace(monotonic=lambda: self.now))
+
+
+def test_a_passed_chain_counts_from_the_moment_a_run_began_and_a_refusal_outweighs_any_success(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock(monkeypatch)
+    guard = NetGuard()
+    url = "https://files.example.org/whl/t-1.0-py3-none-any.whl"
+    assert guard.chain_passed(url, since=0.0) is None  # never asked
+    guard.passed(url)  # at 100
+    assert guard.chain_passed(url, since=100.0) is True  # a request at the very start of the run counts
+    assert guard.chain_passed(url, since=99.0) is True
+    assert guard.chain_passed(url, since=100.5) is None  # a run begun after it: not this run's answer
+    clock.now = 101.0
+    guard.passed(url, ok=False)  # the server sent this request elsewhere
+    assert guard.chain_passed(url, since=100.0) is False
+    clock.now = 102.0
+    guard.passed(url)  # and answered the next one itself: that run still may not hand it to uv
+    assert guard.chain_passed(url, since=100.0) is False
+    assert guard.chain_passed(url, since=101.5) is True  # a later run that met no refusal
+    other = "https://files.example.org/whl/u-1.0-py3-none-any.whl"
+    guard.passed(other, ok=False)
+    assert guard.chain_passed(other, since=0.0) is False and guard.chain_passed(other, since=102.5) is None
+
+
+def test_a_url_is_one_key_whatever_its_spelling() -> None:
+    """httpx sends (and its transport records) a URL with the host in lower case and a default port
+    dropped; a lock keeps the spelling its author wrote. Both are one URL to the guard."""
+    assert url_key("HTTP://Files.Example.ORG:80/whl/t.whl") == url_key("http://files.example.org/whl/t.whl")
+    assert url_key("https://X.example:443/a?b=1#sha256=ab") == url_key("https://x.example/a?b=1")
+    assert url_key("https://x.example:8443/a") != url_key("https://x.example/a")
+    assert url_key("https://x.example/A") != url_key("https://x.example/a")  # the path is the server's
+    guard = NetGuard()
+    since = time.monotonic()
+    guard.passed("http://files.example.org/whl/t.whl")  # as httpx's transport records it
+    assert guard.chain_passed("http://Files.Example.ORG:80/whl/t.whl", since) is True  # as the lock names it
+    trusted = Path("/src/trusted")
+    guard = NetGuard([], [Trust(trusted, frozenset({"http://10.0.0.7:80"}))])
+    assert guard.check("HTTP://10.0.0.7:80/whl/t.whl", trusted).ok
+    assert guard.admitted("http://10.0.0.7/whl/t.whl")
+
+
+@pytest.mark.parametrize("engine", ["httpx", "connection"])
+def test_a_lock_url_with_capitals_in_its_host_passes_the_pre_flight_when_its_request_succeeded(
+        two_servers, engine: str) -> None:  # noqa: ANN001
+    """A trusted project's lock names its server as `LocalHost`: the check admits it, the request
+    (whose URL httpx writes in lower case) reaches it, and the pre-flight's question in the lock's
+    spelling finds the answer."""
+    _lab, intranet, name = two_servers
+    project = Path("/src/trusted")
+    port = intranet.url.rsplit(":", 1)[1]
+    guard = NetGuard([], [Trust(project, frozenset({f"http://localhost:{port}"}))])
+    as_locked = f"http://LocalHost:{port}/files/{name}"
+    assert guard.check(as_locked, project).ok
+    since = time.monotonic()
+    if engine == "httpx":
+        with http_client(guard, timeout=5) as client:
+            asked = check_url(client, as_locked)
+        assert asked.ok, asked
+    else:
+        settings = HttpSettings(timeout=5, user_agent="warmd-test", trust_env=False, guard=guard)
+        resp = Connection(settings).get(as_locked, {})
+        assert resp.status == 200
+        resp.close()
+    assert len(intranet.hits) == 1
+    assert guard.chain_passed(as_locked, since) is True
+    assert guard.chain_passed(f"http://localhost:{port}/files/{name}", since) is True
+
+
+def test_a_trust_change_drops_only_what_it_no_longer_allows() -> None:
+    """`warmd trust`/`untrust`, or an edited uv.toml, read between runs or during one: what the
+    change still allows stays admitted (connections in flight for a project still trusted go on),
+    what it does not is dropped, with the redirect chains that passed for those URLs."""
+    a, b, other = Path("/src/a"), Path("/src/b"), Path("/src/other")
+    lab = Vouch("http://10.0.0.5:8080/simple/")
+    a_trust, b_trust = Trust(a, frozenset({"http://10.0.0.7:80"})), Trust(b, frozenset({"http://10.0.0.8:80"}))
+    guard = NetGuard([lab], [a_trust, b_trust])
+    a_url, b_url = "http://10.0.0.7/whl/a.whl", "http://10.0.0.8/whl/b.whl"
+    lab_file = "http://10.0.0.5:8080/packages/t.whl"  # a file of the vouched index, outside its path
+    public = "https://files.example.org/whl/p.whl"
+    assert guard.check(a_url, a).ok and guard.check(b_url, b).ok
+    assert guard.check(lab_file, other, index="http://10.0.0.5:8080/simple/").ok
+    since = time.monotonic()
+    for url in (a_url, b_url, lab_file, public):
+        guard.passed(url)
+
+    def kept() -> dict[str, tuple[bool, bool | None]]:
+        return {u: (guard.admitted(u), guard.chain_passed(u, since)) for u in (a_url, b_url, lab_file)}
+
+    guard.set_trust([a_trust, b_trust], [lab])  # read again, nothing changed
+    assert kept() == {a_url: (True, True), b_url: (True, True), lab_file: (True, True)}
+    guard.set_trust([Trust(a, frozenset({"http://10.0.0.7:80", "http://10.0.0.9:80"})), b_trust])  # a, trusted anew
+    assert kept() == {a_url: (True, True), b_url: (True, True), lab_file: (True, True)}
+    guard.set_trust([b_trust])  # `warmd untrust a`
+    assert kept() == {a_url: (False, None), b_url: (True, True), lab_file: (True, True)}
+    assert guard.chain_passed(public, since) is True
+    guard.set_trust([b_trust], [lab, Vouch("http://10.0.0.6/simple/")])  # an index added to the user's uv.toml
+    assert kept() == {a_url: (False, None), b_url: (True, True), lab_file: (True, True)}
+    guard.set_trust([b_trust], [Vouch("http://10.0.0.6/simple/")])  # the lab index taken out of it
+    # what only the lab index allowed lapses; a redirect of any chain may have gone there: all are asked again
+    assert kept() == {a_url: (False, None), b_url: (True, None), lab_file: (False, None)}
+    assert guard.chain_passed(public, since) is None
+    guard.set_trust([])
+    assert not guard.admitted(b_url)
+
+
+def test_a_trust_change_of_another_project_leaves_a_trusted_projects_connections_open(two_servers) -> None:  # noqa: ANN001
+    _lab, intranet, name = two_servers
+    mine, theirs = Path("/src/mine"), Path("/src/theirs")
+    mine_trust = Trust(mine, frozenset({origin(intranet.url) or ""}))
+    guard = NetGuard([], [mine_trust])
+    target = intranet.file_url(name)
+    assert guard.check(target, mine).ok
+    settings = HttpSettings(timeout=5, user_agent="warmd-test", trust_env=False, guard=guard)
+    guard.set_trust([mine_trust, Trust(theirs, frozenset({"http://10.0.0.9:80"}))])  # `warmd trust theirs`
+    resp = Connection(settings).get(target, {})
+    assert resp.status == 200
+    resp.close()
+    guard.set_trust([Trust(theirs, frozenset({"http://10.0.0.9:80"}))])  # `warmd untrust mine`
+    with pytest.raises(Refused):
+        Connection(settings).get(target, {})
+    assert len(intranet.hits) == 1
+
+
+def test_a_plan_admitted_anew_replaces_its_scope_in_one_step() -> None:
+    """While a project's new plan is admitted, a URL its old and new lock both name stays open to
+    the requests in flight for it; what only the old lock named lapses when the new plan is in."""
+    project = Path("/src/a")
+    guard = NetGuard([], [Trust(project, frozenset({"http://10.0.0.7:80"}))])
+    old, both, new = ("http://10.0.0.7/whl/old.whl", "http://10.0.0.7/whl/both.whl", "http://10.0.0.7/whl/new.whl")
+    scope = key(project)
+    with guard.admitting(scope):
+        assert guard.check(old, project).ok and guard.check(both, project).ok
+    assert guard.admitted(old) and guard.admitted(both) and not guard.admitted(new)
+    with guard.admitting(scope):
+        assert guard.admitted(both) and guard.admitted(old)  # the old plan stands until the new one is in
+        assert guard.check(both, project).ok
+        assert guard.admitted(both)
+        assert guard.check(new, project).ok
+    assert guard.admitted(both) and guard.admitted(new) and not guard.admitted(old)
+    with pytest.raises(RuntimeError), guard.admitting(scope):
+        assert guard.check(old, project).ok
+        raise RuntimeError("planning failed halfway")
+    assert guard.admitted(both) and guard.admitted(new)  # a plan that failed replaces nothing
+    with guard.admitting(f"{scope} (look-ahead)"):  # another scope of the same project
+        pass
+    assert guard.admitted(both)

@@ -280,6 +280,26 @@ def _direct_url_project(user: User, server: IndexServer, wheel_dir: Path) -> tup
     return project, wheel
 
 
+def test_a_url_the_lock_spells_in_capitals_goes_to_uv_once_warmds_own_request_for_it_passed(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    """A lock written by hand may spell a host in capitals; httpx asks (and records) it in lower
+    case. Both are one URL to warmd: the pre-flight's answer for it counts, and uv is handed the wheel."""
+    project, wheel = _direct_url_project(user, index_server, wheel_dir)
+    lock = project / "uv.lock"
+    lock.write_text(lock.read_text().replace("127.0.0.1", "LocalHost"))
+    port = index_server.url.rsplit(":", 1)[1]
+    config = write_warmd_config(user.tmp, user.uv, user.cache, packages=["flash-attn*"],
+                                trusted=[f"http://localhost:{port}/"], extra=["keep-wheels = true"])
+    first = user.prefetch(config, str(project))
+    assert [w["state"] for w in first["projects"][0]["wheels"]] == ["warm"], first
+    subprocess.run([str(user.uv), "cache", "clean"], env=user.env, check=True, capture_output=True)
+    index_server.reset_counters()
+    second = user.prefetch(config, str(project))  # in the store: the pre-flight asks where the URL leads
+    assert [(w["state"], w["reason"]) for w in second["projects"][0]["wheels"]] == [("warm", None)], second
+    hits = index_server.wheel_hits(wheel.name)
+    assert hits[0].method == "HEAD" and any(h.method == "GET" and h.range is None for h in hits), hits  # warmd, then uv
+
+
 def test_a_wheel_pinned_by_url_goes_to_uv_only_after_warmd_checked_where_its_url_leads(
         user: User, index_server: IndexServer, wheel_dir: Path) -> None:
     """uv downloads a wheel pinned by URL itself (its cache keys it by the URL), following redirects

@@ -98,6 +98,28 @@ def test_schema_version_and_reopen(tmp_path: Path) -> None:
         State.open(tmp_path)
 
 
+def test_verified_sizes_are_kept_while_a_lock_or_the_look_ahead_holds_the_file(tmp_path: Path) -> None:
+    """record_sizes keeps what this run verified and what a project pins or a look-ahead warmed; a
+    size whose file nobody holds any more goes with the next record."""
+    from warmd.model import AheadReport
+
+    state = State.open(tmp_path)
+    proj = tmp_path / "app"
+    torch, triton, ahead, old = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    _record(state, _report(proj, WheelReport(_pin("torch", "1", torch), "warm"),
+                           WheelReport(_pin("pytorch-triton", "3", triton), "warm")))
+    state.record_ahead(AheadReport(proj, "0" * 64, "ready", wheels=(WheelReport(_pin("torch", "2", ahead), "warm"),)))
+    state.record_sizes({torch: 5000, old: 10})  # `old`: verified this run, though no lock pins it
+    assert state.sizes([torch, triton, old]) == {torch: 5000, old: 10}
+    state.record_sizes({ahead: 7000, torch: 5001})
+    assert state.sizes([torch, triton, ahead, old]) == {torch: 5001, ahead: 7000}  # the newer size; `old` gone
+    _record(state, _report(proj, WheelReport(_pin("pytorch-triton", "3", triton), "warm")))  # torch leaves the lock
+    state.forget_ahead_files([ahead])  # a lock adopted it, or it was dropped
+    state.record_sizes({triton: 1000})
+    assert state.sizes([torch, triton, ahead, old]) == {triton: 1000}
+    state.close()
+
+
 def test_what_a_host_was_found_to_be_like_is_kept_for_the_next_process_the_newer_finding_wins(tmp_path: Path) -> None:
     state = State.open(tmp_path)
     now = time.time()

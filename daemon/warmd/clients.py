@@ -24,8 +24,8 @@ from .credentials import index_auth
 from .guard import NetGuard, Refused, origin
 
 # The request extension that follows one request through its redirects (httpx hands a redirect the
-# same extensions dict): the URL first asked, where the last hop went, and whether it could reach a
-# private address.
+# same extensions dict): the URL first asked, where the last hop went, whether it could reach a
+# private address, and where a redirect to another origin led (None before one).
 _CHAIN = "warmd_chain"
 
 
@@ -50,23 +50,25 @@ class GuardedTransport(httpx.BaseTransport):
         chain: dict[str, Any] | None = request.extensions.get(_CHAIN)
         if chain is None:  # the first hop: a URL the guard admitted may reach a private address
             private_ok = self._guard.admitted(url)
-            chain = request.extensions[_CHAIN] = {"asked": url}
+            chain = request.extensions[_CHAIN] = {"asked": url, "redirect": None}
         elif chain["origin"] == origin(url):
             private_ok = chain["private_ok"]  # a redirect within the same server
         else:  # to another server: only where the user's own configuration names it
             private_ok = self._guard.vouched(url)
+            chain["redirect"] = url
         chain.update(origin=origin(url), private_ok=private_ok)
-        response = self._send(request, url, private_ok)
+        response = self._send(request, url, private_ok, chain["redirect"])
         if response.is_success:
             self._guard.passed(chain["asked"])  # every hop to here was checked
         return response
 
-    def _send(self, request: httpx.Request, url: str, private_ok: bool) -> httpx.Response:
+    def _send(self, request: httpx.Request, url: str, private_ok: bool, redirect: str | None) -> httpx.Response:
         host = request.url.host
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
         proxy = proxy_for(url, self._trust_env, self._env)
         try:
-            addresses = self._guard.addresses(host, port, private_ok=private_ok, proxied=proxy is not None)
+            addresses = self._guard.addresses(host, port, private_ok=private_ok, proxied=proxy is not None,
+                                              redirect=redirect)
         except Refused as exc:
             self._guard.passed(request.extensions[_CHAIN]["asked"], ok=False)
             raise httpx.ConnectError(str(exc), request=request) from None

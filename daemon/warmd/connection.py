@@ -216,11 +216,12 @@ class Connection:
         private_ok = guard.admitted(url) if guard is not None else True
         creds = guard.may_authenticate(url) if guard is not None else True
         asked = url
+        redirect: str | None = None  # where a redirect to another origin led (the refusal names it)
         for _ in range(_MAX_REDIRECTS + 1):
             route = _route(url, self.settings.trust_env, self.settings.auth, creds)
             try:
                 raw = self._send(method, route, {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
-                                         **route.headers, **headers}, private_ok)
+                                         **route.headers, **headers}, private_ok, redirect)
             except Refused:
                 if guard is not None:
                     guard.passed(asked, ok=False)  # uv must not be handed `asked` either
@@ -238,12 +239,14 @@ class Connection:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 creds = False
                 private_ok = guard.vouched(new) if guard is not None else True
+                redirect = new
             url = new
         raise TransportError("TooManyRedirects", f"more than {_MAX_REDIRECTS} redirects from {redact(url)}")
 
-    def _send(self, method: str, route: _Route, headers: dict[str, str], private_ok: bool) -> http.client.HTTPResponse:
+    def _send(self, method: str, route: _Route, headers: dict[str, str], private_ok: bool,
+              redirect: str | None = None) -> http.client.HTTPResponse:
         for attempt in (1, 2):
-            http_conn, reused = self._connect(route, private_ok)
+            http_conn, reused = self._connect(route, private_ok, redirect)
             try:
                 http_conn.request(method, route.target, headers=headers)
                 return http_conn.getresponse()
@@ -261,7 +264,8 @@ class Connection:
                 raise TransportError("ConnectError", str(exc) or type(exc).__name__) from None
         raise AssertionError("unreachable")
 
-    def _connect(self, route: _Route, private_ok: bool = True) -> tuple[http.client.HTTPConnection, bool]:
+    def _connect(self, route: _Route, private_ok: bool = True,
+                 redirect: str | None = None) -> tuple[http.client.HTTPConnection, bool]:
         """The connection for the route's origin and whether it was reused."""
         where = route.origin
         scheme, host, port, proxy = where
@@ -274,7 +278,7 @@ class Connection:
         if reusable:
             return self._http, True  # type: ignore[return-value]
         self.drop()
-        addresses, private = self._check(host, port, private_ok, proxied=proxy is not None)
+        addresses, private = self._check(host, port, private_ok, proxied=proxy is not None, redirect=redirect)
         timeout = self.settings.timeout
         at_host, at_port = (proxy.rsplit(":", 1)[0], int(proxy.rsplit(":", 1)[1])) if proxy else (host, port)
         if scheme == "https":
@@ -313,13 +317,14 @@ class Connection:
             raise TransportError("Cancelled", "the download was cancelled")
         return conn, False
 
-    def _check(self, host: str, port: int, private_ok: bool, *, proxied: bool) -> tuple[list[str], bool]:
+    def _check(self, host: str, port: int, private_ok: bool, *, proxied: bool,
+               redirect: str | None = None) -> tuple[list[str], bool]:
         """The addresses the guard lets this connection use (none: no guard), and whether one is private."""
         guard = self.settings.guard
         if guard is None:
             return [], False
         try:
-            addresses = guard.addresses(host, port, private_ok=private_ok, proxied=proxied)
+            addresses = guard.addresses(host, port, private_ok=private_ok, proxied=proxied, redirect=redirect)
         except OSError as exc:  # the name does not resolve
             raise TransportError("ConnectError", f"{host}: {exc.strerror or exc}") from None
         private = any(address_class(a) is not None for x in addresses if (a := literal(x)) is not None)

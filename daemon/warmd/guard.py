@@ -19,10 +19,14 @@ where the user's own configuration names it. Credentials follow `may_authenticat
 uv follows redirects itself, unguarded: a URL is handed to uv only once a request of warmd's own
 engine for it came back with a success over a redirect chain whose every hop passed
 (`chain_passed`, recorded by both engines as `passed`).
+
+URLs are recorded and looked up by `url_key`, the form httpx sends them in, so the URL a lock names
+and the one a connection asked for are one key whatever their spelling (host case, a default port).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shlex
@@ -30,9 +34,11 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from .config import Config
 from .errors import FetchError
@@ -149,6 +155,20 @@ def origin(url: str) -> str | None:
     return p.origin if p is not None else None
 
 
+def url_key(url: str) -> str:
+    """The form a URL is recorded and looked up by (admissions, passed chains): as httpx sends it
+    (scheme and host lower case, the host IDNA-encoded, the path's dot segments resolved and its
+    characters quoted), with a default port and a fragment dropped. httpx's transport sees a
+    request's URL in this form, the engine and a lock keep the spelling they were given."""
+    try:
+        u = httpx.URL(url.strip())
+        if u.port is not None and u.port == _DEFAULT_PORTS.get(u.scheme):
+            u = u.copy_with(port=None)  # httpx keeps `:80` when the scheme was written in capitals
+        return str(u.copy_with(fragment=None))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url  # no request can be made for it: nothing is recorded under another spelling
+
+
 def _path(url: str) -> str | None:
     """The URL's path, or None when it climbs (`..`, or an encoded dot a server may decode)."""
     try:
@@ -210,6 +230,15 @@ def key(project: Path) -> str:
     return os.path.realpath(project)
 
 
+@dataclass(frozen=True)
+class _Admission:
+    """Why a check let a URL reach a private address: for this project (`key`), as a file of this index."""
+
+    url: str
+    project: str | None
+    index: str | None
+
+
 class NetGuard:
     """Answers "may warmd connect to this URL for this project", for warmd's own connections and uv's.
 
@@ -221,28 +250,41 @@ class NetGuard:
         self.vouches = tuple(vouches)
         self.resolve = resolve
         self._lock = threading.Lock()
-        self._trust: dict[str, Trust] = {}
-        # scope (a project, or its look-ahead) -> the URLs a check let reach a private address for it;
-        # a plan admitted anew replaces its scope's (`forget`), so what an old lock named lapses
-        self._admitted: dict[str, set[str]] = {}
-        # URL -> when a request for it last ended, and whether its whole redirect chain passed
-        self._passed: dict[str, tuple[float, bool]] = {}
+        self._trust: dict[str, Trust] = {key(t.project): t for t in trust}
+        # scope (a project, or its look-ahead) -> url_key -> why a check admitted that private URL for it;
+        # a plan admitted anew replaces its scope's in one step (`admitting`), so what an old lock
+        # named lapses and what both name stays open throughout
+        self._admitted: dict[str, dict[str, _Admission]] = {}
+        self._staged: dict[str, list[dict[str, _Admission]]] = {}  # scope -> re-admissions under way
+        # url_key -> when a request for it last got a success over a redirect chain whose every hop
+        # passed, and when one last met a hop the guard refused (None: never)
+        self._passed: dict[str, tuple[float | None, float | None]] = {}
         self._looked_up: dict[tuple[str, int], tuple[float, tuple[Address, ...]]] = {}
-        self.set_trust(trust)
 
     def set_trust(self, trust: Iterable[Trust], vouches: Sequence[Vouch] | None = None) -> None:
         """Replace the trusted projects (what `warmd trust` / `untrust` changed) and, when given, the
-        user's own prefixes; on a change what earlier checks admitted, and which redirect chains
-        passed, is forgotten, so a trust taken back holds for the next connection and hand-over to uv."""
+        user's own prefixes. What earlier checks admitted is kept where the new trust and prefixes
+        still allow it, and forgotten where not, with the redirect chains that passed for those URLs
+        (all of them when a prefix is gone: a redirect to another origin may have relied on it): a
+        trust taken back holds for the next connection and hand-over to uv, while a project whose
+        trust did not change keeps its connections, in flight or not."""
         table = {key(t.project): t for t in trust}
         with self._lock:
-            changed = table != self._trust or (vouches is not None and tuple(vouches) != self.vouches)
-            self._trust = table
-            if vouches is not None:
-                self.vouches = tuple(vouches)
-            if changed:
-                self._admitted.clear()
+            new = self.vouches if vouches is None else tuple(vouches)
+            if table == self._trust and new == self.vouches:
+                return
+            prefix_gone = not set(self.vouches) <= set(new)
+            self._trust, self.vouches = table, new
+            lapsed: set[str] = set()
+            for admissions in (*self._admitted.values(), *(d for ds in self._staged.values() for d in ds)):
+                for k, a in list(admissions.items()):
+                    if not self._allows(a.url, a.project, a.index):
+                        del admissions[k]
+                        lapsed.add(k)
+            if prefix_gone:
                 self._passed.clear()
+            for k in lapsed:
+                self._passed.pop(k, None)
 
     def trusted(self, project: Path) -> Trust | None:
         """The project's trust, if it has one."""
@@ -263,14 +305,15 @@ class NetGuard:
         kinds = self._kinds(p)
         if not kinds and p.scheme in ("http", "https"):
             return Verdict(True)  # public: open to every project (the lock's sha256 checks the bytes)
-        if scope is None and project is not None:
-            scope = key(project)
-        if p.scheme in ("http", "https") and self.user_vouched(url, index):
-            return self._admit(url, scope)
-        trust = self.trusted(project) if project is not None else None
-        if trust is not None and (trust.origins is None or p.origin in trust.origins):
-            return self._admit(url, scope)
-        return Verdict(False, self._why(url, p, kinds, project, trust, index))
+        pkey = key(project) if project is not None else None
+        if scope is None:
+            scope = pkey
+        with self._lock:  # decided and admitted at once: a trust changing meanwhile sees the admission
+            ok = self._allows(url, pkey, index)
+            if ok and scope is not None:  # kept while what allowed it holds (`set_trust`)
+                self._admit(scope, _Admission(url, pkey, index))
+            trust = self._trust.get(pkey) if pkey is not None else None
+        return Verdict(True) if ok else Verdict(False, self._why(url, p, kinds, project, trust, index))
 
     def for_uv(self, url: str, project: Path | None = None, *, index: str | None = None,
                scope: str | None = None) -> Verdict:
@@ -286,9 +329,31 @@ class NetGuard:
                               f"{_prefix_hint(url, index)!r} to trusted-indexes to vouch for it")
 
     def forget(self, scope: str) -> None:
-        """Drop what checks admitted under `scope` (a plan about to be admitted anew)."""
+        """Drop what checks admitted under `scope` at once (`admitting` replaces it in one step instead)."""
         with self._lock:
             self._admitted.pop(scope, None)
+
+    @contextlib.contextmanager
+    def admitting(self, scope: str) -> Iterator[None]:
+        """Admit a plan anew under `scope`: what the checks inside admit for it replaces the scope's
+        admissions in one step at the end, so a private URL the old lock named and the new one does
+        not lapses, while one both name stays open to requests in flight meanwhile. When the body
+        raises, the scope keeps what it had."""
+        mine: dict[str, _Admission] = {}
+        with self._lock:
+            self._staged.setdefault(scope, []).append(mine)
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            with self._lock:
+                staged = self._staged[scope]
+                staged.remove(mine)
+                if not staged:
+                    del self._staged[scope]
+                if done:
+                    self._admitted[scope] = mine
 
     def user_vouched(self, url: str, index: str | None = None) -> bool:
         """True when the user's own configuration names `url` (or the index it belongs to, on the same server)."""
@@ -306,10 +371,12 @@ class NetGuard:
     # -- the connection's question: this address, now ----------------------------------------------
 
     def admitted(self, url: str) -> bool:
-        """May a connection for `url` reach a private address: a check admitted this very URL for a
-        project's current plan, or the user's own configuration names it."""
+        """May a connection for `url` reach a private address: a check admitted this very URL for the
+        current plan of some project (admissions are per URL, whichever project's work asks), or the
+        user's own configuration names it."""
+        k = url_key(url)
         with self._lock:
-            if any(url in urls for urls in self._admitted.values()):
+            if any(k in admissions for admissions in self._admitted.values()):
                 return True
         return self.vouched(url)
 
@@ -321,28 +388,34 @@ class NetGuard:
     def passed(self, url: str, ok: bool = True) -> None:
         """Record that a request for `url` just got a success over a redirect chain whose every hop
         the guard let through (both engines call it); `ok` False: a hop was refused."""
-        now = time.monotonic()
+        k, now = url_key(url), time.monotonic()
         with self._lock:
-            self._passed.pop(url, None)
-            self._passed[url] = (now, ok)
+            last_ok, last_refused = self._passed.pop(k, (None, None))
+            self._passed[k] = (now, last_refused) if ok else (last_ok, now)
             if len(self._passed) > _PASSED_KEPT:  # insertion order is age order: drop the oldest half
                 for old in list(self._passed)[: _PASSED_KEPT // 2]:
                     del self._passed[old]
 
     def chain_passed(self, url: str, since: float) -> bool | None:
-        """Whether the last request of warmd's for `url` at or after `since` (time.monotonic(): the
-        start of a run) got a success with every redirect hop checked (True), or met a hop the guard
-        refused (False); None when none was recorded since."""
+        """Whether warmd's requests for `url` at or after `since` (time.monotonic(): the start of a
+        run) got a success with every redirect hop checked (True) or met a hop the guard refused
+        (False: one refusal outweighs any success, before or after it); None when none was recorded
+        since."""
         with self._lock:
-            found = self._passed.get(url)
-        return found[1] if found is not None and found[0] >= since else None
+            last_ok, last_refused = self._passed.get(url_key(url), (None, None))
+        if last_refused is not None and last_refused >= since:
+            return False
+        return True if last_ok is not None and last_ok >= since else None
 
-    def addresses(self, host: str, port: int, *, private_ok: bool, proxied: bool = False) -> list[str]:
+    def addresses(self, host: str, port: int, *, private_ok: bool, proxied: bool = False,
+                  redirect: str | None = None) -> list[str]:
         """The addresses a connection to host:port may use, resolved once here (connect to these, not
         to the name). Raises Refused when every address is one nobody vouched for for this request.
 
         `proxied`: a proxy of the user's carries the request and resolves the name itself; the
         target is still checked where it resolves here, and a name that does not resolve here passes.
+        `redirect`: the URL a redirect to another origin led to (what the refusal names as the way
+        to vouch for it), None for a URL warmd was asked for.
         """
         found = literal(host)
         if found is not None:
@@ -361,17 +434,37 @@ class NetGuard:
         if not usable:
             kinds = ", ".join(f"{a} ({address_class(a)})" for a in addrs)
             named = "" if found is not None else f"{host} is "
+            if redirect is not None:
+                # trust of a project covers what its lock names, never where a server sends warmd
+                how = ("a redirect to another server led there, which only a URL prefix of your own "
+                       "configuration (trusted-indexes, an index of your uv.toml) lets reach such an address: "
+                       f"add {_prefix_hint(redirect, None)!r} to trusted-indexes")
+            else:
+                how = "a project's uv.lock named it; see `warmd trust --help`"
             raise Refused(f"refusing to connect to {host}:{port}: {named}{kinds}, an address nobody vouched for "
-                          "(a project's uv.lock, or a redirect, named it; see `warmd trust --help`)")
+                          f"({how})")
         return usable
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _admit(self, url: str, scope: str | None) -> Verdict:
-        if scope is not None and not self.vouched(url):  # a vouched URL needs no admission
-            with self._lock:
-                self._admitted.setdefault(scope, set()).add(url)
-        return Verdict(True)
+    def _admit(self, scope: str, admission: _Admission) -> None:
+        """Record an admission under `scope` (the caller holds the lock)."""
+        k = url_key(admission.url)
+        self._admitted.setdefault(scope, {})[k] = admission
+        for staged in self._staged.get(scope, ()):  # a plan being admitted anew: it keeps it too
+            staged[k] = admission
+
+    def _allows(self, url: str, project: str | None, index: str | None) -> bool:
+        """Whether the user vouched for a private `url` for the project keyed `project`: their own
+        configuration names it (http(s) only), or the project is trusted for its origin (the caller
+        holds the lock)."""
+        p = place(url)
+        if p is None:
+            return False
+        if p.scheme in ("http", "https") and self.user_vouched(url, index):
+            return True
+        t = self._trust.get(project) if project is not None else None
+        return t is not None and (t.origins is None or p.origin in t.origins)
 
     def _kinds(self, p: Place) -> list[tuple[str, str]]:
         """(address, class) of each non-public address `p.host` stands for ([] for a public one, or
