@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import itertools
 import os
 import re
 import threading
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, Mapping, Sequence
 
 from loguru import logger
 from packaging.utils import canonicalize_name
@@ -24,16 +25,16 @@ from packaging.utils import canonicalize_name
 from .cancel import Cancelled
 from .clients import http_client
 from .config import Config
-from .errors import WarmdError
+from .errors import DiskFull, FetchError, WarmdError
 from .feeder import Feeder, Shelf
-from .fetch import Fetcher, FetchSkipped, ProgressEvent, host_of
+from .fetch import FetchCancelled, Fetcher, FetchSkipped, ProgressEvent, host_of
 from .guard import NetGuard, guard_for, key, trusts, vouches_of
 from .headers import HeaderCheck, check_url
 from .importer import Importer
 from .limits import Room, over_project_limit
 from .lockfile import file_stamp
 from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
-from .model import Fetched, Pin, ProjectReport, Skipped, SkippedReport, WheelReport
+from .model import Fetched, Pin, ProjectReport, Skipped, SkippedReport, WheelFile, WheelReport
 from .plan import Planner, ProjectPlan
 from .policy import outcome_of, uv_keeps
 from .redact import redact
@@ -184,16 +185,19 @@ class Pipeline:
         except Cancelled as exc:
             return [self._planner.superseded(p, exc.reason) for p in projects]
 
-    def warm_plans(self, plans: Sequence[ProjectPlan]) -> list[ProjectReport]:
+    def warm_plans(self, plans: Sequence[ProjectPlan], *, since: float | None = None,
+                   sized: Collection[str] = ()) -> list[ProjectReport]:
         """Make the pinned wheels of plans made elsewhere warm (the look-ahead's would-be locks).
 
         They are no project of the user's: nothing is recorded in the state and no project is
-        locked. The caller has admitted them (`admit`, for the project they stand for). Work called
-        off (cancel.scope) comes back `superseded`.
+        locked. The caller has admitted them (`admit`, for the project they stand for). `since`: when
+        the caller's own requests for them began (time.monotonic()), `sized`: the URLs whose pins'
+        sizes it asked of their index then (Fetcher.sizes), so that they are not asked again. Work
+        called off (cancel.scope) comes back `superseded`.
         """
         try:
             self.check_uv()
-            return self._warm_plans(plans, [], record=False)
+            return self._warm_plans(plans, [], record=False, since=since, sized=sized)
         except Cancelled as exc:
             return [dataclasses.replace(report_of(pl, wheels=()), skipped=(), superseded=exc.reason) for pl in plans]
 
@@ -204,18 +208,23 @@ class Pipeline:
         plans, failed = self._planner.plan_all(projects)
         return self._warm_plans([self.admit(pl) for pl in plans], failed, record=True)
 
-    def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *,
-                    record: bool) -> list[ProjectReport]:
+    def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *, record: bool,
+                    since: float | None = None, sized: Collection[str] = ()) -> list[ProjectReport]:
         reports = []
-        since = time.monotonic()  # what warmd's own requests found from here on is this run's
+        if since is None:
+            since = time.monotonic()  # what warmd's own requests found from here on is this run's
         plans = _undisputed(plans)
-        sizes, unsized = self._sizes(plans)
+        verified, said, unsized, weigh = self._sizes(plans)
         # A size learned for weighing goes into the plan: the engine orders by it without asking the
-        # index a second time, holds the download to it, and the report records it.
-        plans = [_with_sizes(pl, sizes) for pl in plans]
+        # index a second time, holds the download to it, and the report records it. What an index
+        # said goes only into the pins of that URL: another lock may name the same file elsewhere.
+        plans = [_with_sizes(pl, verified, said) for pl in plans]
+        sized = {p.wheel.url for pl in plans for p in pl.pins
+                 if p.wheel.sha256 in verified or p.wheel.url in said or p.wheel.url in sized}
         with self._project_locks([pl.project for pl in plans] if record else []), \
                 _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
-            run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized, since=since)
+            run = self._fetch_and_import(plans, record=record, sized=sized, unsized=unsized, weigh=weigh,
+                                         since=since)
             if self.state is not None:
                 self.state.record_links(self.fetcher.links())
                 self.state.record_sizes({sha: f.size for sha, f in run.fetched.items() if isinstance(f, Fetched)})
@@ -245,71 +254,111 @@ class Pipeline:
 
     # -- fetch and import ----------------------------------------------------------------------
 
-    def _sizes(self, plans: Sequence[ProjectPlan]) -> tuple[dict[str, int], dict[str, str]]:
-        """The size of each pinned file the plans give none for (PyTorch's index gives none), when a limit
-        must weigh it: sha256 -> bytes, from the store's verified file, the size of bytes warmd verified
-        before (State.sizes), else its index's answer (Fetcher.sizes); and sha256 -> why, for the files
-        whose index did not answer at all (they fail now, as their download would). A size the index
-        would not give stays unknown (the per-project limit then keeps the file out). A size learned
-        here goes into the plan (_warm_plans), so the download is held to it; only once the bytes are
-        verified is it kept for later runs. Nothing another lock said of a file's size is taken: a lock
-        may pin a file by its sha256 with any size (_undisputed)."""
+    def _sizes(self, plans: Sequence[ProjectPlan]
+               ) -> tuple[dict[str, int], dict[str, int], dict[str, str], dict[Path, dict[str, int]]]:
+        """The sizes of the pinned files the plans give none for (PyTorch's index gives none), when a
+        limit must weigh them: (sha256 -> bytes of the store's verified file or of bytes warmd verified
+        before (State.sizes); URL -> what its index said (Fetcher.sizes); URL -> why its index did not
+        answer at all; project -> sha256 -> the size on record of a file uv had at the project's last
+        run, for weighing only (State.warm_sizes): uv may have downloaded it itself, so warmd never
+        verified that size, and a file uv keeps is not asked for again on every run).
+
+        A size the index would not give stays unknown (the per-project limit then keeps the file out).
+        What an index said holds only for its URL: a lock may pin another project's file by its sha256
+        on a server of its own, which may say anything (_with_sizes, _sources). A size learned here
+        goes into the plan (_warm_plans), so the download is held to it; only once the bytes are
+        verified is it kept for later runs."""
         limits = self.config.limits
-        unknown = {p.wheel.sha256: p.wheel for pl in plans for p in pl.pins if p.wheel.size is None}
+        unknown = [p.wheel for pl in plans for p in pl.pins if p.wheel.size is None]
         if not unknown or (limits.per_project is None and limits.min_free is None):
-            return {}, {}
-        sizes: dict[str, int] = {}
-        for sha in unknown:
+            return {}, {}, {}, {}
+        verified: dict[str, int] = {}
+        for sha in {w.sha256 for w in unknown}:
             blob = self.store.path(sha)
             with contextlib.suppress(OSError):
                 if blob is not None:
-                    sizes[sha] = blob.stat().st_size
+                    verified[sha] = blob.stat().st_size
         if self.state is not None:
-            sizes |= self.state.sizes(sha for sha in unknown if sha not in sizes)
+            verified |= self.state.sizes(w.sha256 for w in unknown if w.sha256 not in verified)
+        weigh: dict[Path, dict[str, int]] = {}
+        if self.state is not None:
+            for pl in plans:
+                on_record = self.state.warm_sizes(pl.project)
+                weigh[pl.project] = {p.wheel.sha256: n for p in pl.pins if p.wheel.size is None
+                                     and p.wheel.sha256 not in verified
+                                     and (n := on_record.get((p.wheel.sha256, p.wheel.url))) is not None}
+        said: dict[str, int] = {}
         unsized: dict[str, str] = {}
-        ask = [w for sha, w in unknown.items() if sha not in sizes]
-        for sha, said_now in (self.fetcher.sizes(ask) if ask else {}).items():
-            if isinstance(said_now, int) and said_now > 0:
-                sizes[sha] = said_now
-            elif isinstance(said_now, str):
-                unsized[sha] = f"its index did not answer for its size: {said_now}"
-        return sizes, unsized
+        # Fetcher.sizes answers by sha256: each round asks one URL of each file.
+        by_sha: defaultdict[str, dict[str, WheelFile]] = defaultdict(dict)
+        for pl in plans:
+            for p in pl.pins:
+                w = p.wheel
+                if w.size is None and w.sha256 not in verified and w.sha256 not in weigh.get(pl.project, {}):
+                    by_sha[w.sha256].setdefault(w.url, w)
+        for ask in itertools.zip_longest(*(list(urls.values()) for urls in by_sha.values())):
+            wheels = [w for w in ask if w is not None]
+            answers = self.fetcher.sizes(wheels)
+            for w in wheels:
+                said_now = answers.get(w.sha256)
+                if isinstance(said_now, int) and said_now > 0:
+                    said[w.url] = said_now
+                elif isinstance(said_now, str):
+                    unsized[w.url] = f"its index did not answer for its size: {said_now}"
+        return verified, said, unsized, weigh
 
-    def _withheld(self, plans: Sequence[ProjectPlan], sizes: dict[str, int]) -> dict[str, str]:
-        """sha256 -> why, for the files past the per-project limit of every plan that pins them."""
-        per = {pl.project: over_project_limit(pl.pins, self.config.limits.per_project, sizes) for pl in plans}
-        why: dict[str, list[str | None]] = defaultdict(list)
+    def _sources(self, plans: Sequence[ProjectPlan], unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]]
+                 ) -> tuple[dict[str, list[Pin]], dict[str, str], dict[str, str]]:
+        """Where each file is fetched from: sha256 -> its pins of distinct URLs, first choice first (the
+        plans' order), each with the size its own lock and index gave; a pin whose project's
+        per-project limit keeps the file out, or whose index did not answer for its size, is none.
+        Also sha256 -> why, for the files with no source: past the limit of every plan that pins them
+        (skipped), and those whose index did not answer (failed, as their download would)."""
+        limit = self.config.limits.per_project
+        per = {pl.project: over_project_limit(pl.pins, limit, weigh.get(pl.project)) for pl in plans}
+        sources: defaultdict[str, list[Pin]] = defaultdict(list)
+        skipped: dict[str, str] = {}
+        failed: dict[str, str] = {}
         for pl in plans:
             for pin in pl.pins:
-                why[pin.wheel.sha256].append(per[pl.project].get(pin.wheel.sha256))
-        return {sha: reasons[0] for sha, reasons in why.items() if all(reasons) and reasons[0] is not None}
+                sha, url = pin.wheel.sha256, pin.wheel.url
+                if url in unsized:
+                    failed.setdefault(sha, unsized[url])
+                elif sha in per[pl.project]:
+                    skipped.setdefault(sha, per[pl.project][sha])
+                elif all(p.wheel.url != url for p in sources[sha]):
+                    sources[sha].append(pin)
+        sources = {sha: pins for sha, pins in sources.items() if pins}
+        return sources, {sha: why for sha, why in skipped.items() if sha not in sources and sha not in failed}, \
+            {sha: why for sha, why in failed.items() if sha not in sources}
 
-    def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool = True,
-                          sizes: dict[str, int] | None = None, unsized: dict[str, str] | None = None,
-                          since: float | None = None) -> _Run:
+    def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool, sized: Collection[str],
+                          unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]],
+                          since: float) -> _Run:
         """Probe, then get every wheel uv lacks into its cache, then ask uv again (`record`: say how
-        far each project is in the state). `sizes` and `unsized`: what Pipeline._sizes learned
-        (files whose index did not answer for their size are not fetched); `since`: when the run began."""
+        far each project is in the state). `sized`: the URLs whose pins' sizes this run's index
+        answer or a verified file gave, `unsized`: URL -> why its index did not answer for a size
+        and `weigh`: sizes for weighing only (Pipeline._sizes); `since`: when the run began."""
         room = Room(self.store.root, self.uv.cache_dir, self.config.limits.min_free)
         try:
-            return self._within(plans, room, record=record, sizes=sizes or {}, unsized=unsized or {},
-                                since=time.monotonic() if since is None else since)
+            return self._within(plans, room, record=record, sized=sized, unsized=unsized, weigh=weigh, since=since)
         finally:
             room.release()
 
-    def _within(self, plans: Sequence[ProjectPlan], room: Room, *, record: bool, sizes: dict[str, int],
-                unsized: dict[str, str], since: float) -> _Run:
+    def _within(self, plans: Sequence[ProjectPlan], room: Room, *, record: bool, sized: Collection[str],
+                unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]], since: float) -> _Run:
         pins = [pin for pl in plans for pin in pl.pins]
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
-        # Past a limit a file is not downloaded at all (limits.py): not even on speculation.
-        skipped = {sha: why for sha, why in self._withheld(plans, sizes).items() if sha not in unsized}
-        held = skipped.keys() | unsized.keys()
+        # One source per file, chosen here once for the speculative start, the need and the limits
+        # alike; the others are tried when it fails (`_fallback`). Past a limit a file is not
+        # downloaded at all (limits.py): not even on speculation.
+        sources, skipped, failed = self._sources(plans, unsized, weigh)
+        chosen = {sha: ps[0] for sha, ps in sources.items()}
         # Downloads start at once for files neither the store nor an earlier run has seen
         # warm; meanwhile uv says what it already has, and those downloads are called off.
-        speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
-                       if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)
-                       and pin.wheel.sha256 not in held}
-        fits, floor = room.admit(speculative.values(), in_store=resumable, sizes=sizes)
+        cold = {pin.wheel.sha256 for pl in plans for pin in pl.pins if not self._was_warm(pl.project, pin)}
+        fits, floor = room.admit([pin for sha, pin in chosen.items() if sha in cold and not self.store.has(sha)],
+                                 in_store=resumable)
         speculative = {pin.wheel.sha256: pin for pin in fits}
         shelf = Shelf()
         with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
@@ -317,7 +366,8 @@ class Pipeline:
             checked = functools.partial(self._unchecked, since=since)
             importer = Importer(self._run_import, feeder, shelf, interpreters, checked)
             try:
-                early = pool.submit(self._fetch, list(speculative.values()), shelf)
+                others = {sha: ps[1:] for sha, ps in sources.items() if len(ps) > 1}
+                early = pool.submit(self._fetch, list(speculative.values()), shelf, others)
                 try:
                     before = {pl.project: self._probe(pl) for pl in plans}
                 except BaseException as exc:
@@ -330,12 +380,11 @@ class Pipeline:
                 need: dict[str, Pin] = {}
                 for pl in plans:
                     for pin in pl.pins:
-                        if pin.name not in before[pl.project][pin.python].warm and pin.wheel.sha256 not in held:
-                            need.setdefault(pin.wheel.sha256, pin)
+                        if pin.name not in before[pl.project][pin.python].warm and pin.wheel.sha256 in chosen:
+                            need.setdefault(pin.wheel.sha256, chosen[pin.wheel.sha256])
                 # What uv lacks beyond the speculative downloads must fit above the free-space floor too.
                 later = [pin for sha, pin in need.items() if sha not in speculative and sha not in floor]
-                floor.update(room.admit(later, in_store=resumable | {s for s in need if self.store.has(s)},
-                                        sizes=sizes)[1])
+                floor.update(room.admit(later, in_store=resumable | {s for s in need if self.store.has(s)})[1])
                 for sha in floor.keys() & need.keys():
                     skipped[sha] = floor[sha]
                     del need[sha]
@@ -348,7 +397,12 @@ class Pipeline:
                 moot = speculative.keys() - need.keys() if all(pl.is_current() for pl in plans) else set()
                 for sha in moot:
                     self.fetcher.skip(sha)
-                by_uv = self._for_uv(need, resumable, speculative, sizes, since)
+                # uv is handed each pin's own URL: only a file every lock names at one URL goes to it.
+                urls: defaultdict[str, set[str]] = defaultdict(set)
+                for pin in pins:
+                    urls[pin.wheel.sha256].add(pin.wheel.url)
+                by_uv = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1},
+                                     resumable, speculative, sized, since)
                 for sha in by_uv:
                     self.fetcher.skip(sha, None)  # the import's own progress lines follow
                 # uv starts on every file it lacks now, and unpacks each while it downloads.
@@ -357,7 +411,8 @@ class Pipeline:
                 importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
                 fetched = early.result()
                 fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative.keys() | by_uv],
-                                           shelf))
+                                           shelf, others))
+                fetched.update(self._fallback(fetched, need.keys() - by_uv, others, shelf, room, resumable))
                 import_errors = importer.finish()
                 skipped.update(importer.skipped())
                 refused = importer.refused()
@@ -373,7 +428,7 @@ class Pipeline:
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
                     skipped.update(again.skipped())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, unsized, since)
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, failed, since)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
@@ -383,7 +438,7 @@ class Pipeline:
         return run
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin],
-                sizes: dict[str, int], since: float) -> set[str]:
+                sized: Collection[str], since: float) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
 
         Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
@@ -428,15 +483,17 @@ class Pipeline:
                 out.add(sha)
         if out:
             # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
-            # one would pass the limit through uv. With a limit, only files whose index confirms the
-            # size weighed go (a size learned for weighing is an answer already; one asked now must
-            # agree with it). One request serves both questions (`_preflight`); none where this run
-            # asked already.
+            # one would pass the limit through uv. With a limit, only files whose size this run's own
+            # requests confirmed go: a size learned for weighing (`sized`), a download begun on
+            # speculation (a part begun this run: its answer was held to the pin's size, ranges.py),
+            # else one request now, whose answer must agree. That request also checks the redirects
+            # (`_preflight`); none where this run asked already.
             limit = self.config.limits.per_project is not None
+            held = {s for s in out if need[s].wheel.url in sized or self.store.part_path(s).exists()}
             said = self._preflight([need[s].wheel.url for s in out], since,
-                                   again={need[s].wheel.url for s in out if limit and s not in sizes})
+                                   again={need[s].wheel.url for s in out - held} if limit else ())
             out = {s for s in out if (a := said[need[s].wheel.url]).passed
-                   and (not limit or (a.size == need[s].wheel.size if a.size is not None else s in sizes))}
+                   and (not limit or s in held or (a.size is not None and a.size == need[s].wheel.size))}
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
@@ -511,7 +568,10 @@ class Pipeline:
                 self.store.drop_partial(sha)  # verified, never committed (Fetcher(keep=False))
                 self.store.remove(sha)  # a blob an earlier keep-wheels run left
 
-    def _fetch(self, pins: list[Pin], shelf: Shelf) -> dict[str, Fetched | WarmdError]:
+    def _fetch(self, pins: list[Pin], shelf: Shelf,
+               others: Mapping[str, Sequence[Pin]] | None = None) -> dict[str, Fetched | WarmdError]:
+        """Fetch these pins' files, offering each to the shelf; a file that failed where `others` (sha256
+        -> its other sources) has another source to try stays expected (`_fallback` tries them)."""
         if not pins:
             return {}
         logger.info("fetching {} wheel(s)", len(pins))
@@ -519,11 +579,37 @@ class Pipeline:
         def done(sha: str, result: Fetched | WarmdError) -> None:
             if isinstance(result, Fetched):
                 shelf.offer(sha, result.path)
-            else:
+            elif not (others and others.get(sha) and _another_source_may_help(result)):
                 shelf.withdraw(sha)
 
         return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
                                        max_parallel_files=self.config.download.parallel_files)
+
+    def _fallback(self, fetched: dict[str, Fetched | WarmdError], wanted: Collection[str],
+                  others: Mapping[str, Sequence[Pin]], shelf: Shelf, room: Room,
+                  resumable: Collection[str]) -> dict[str, Fetched | WarmdError]:
+        """Fetch each wanted file whose first source failed from the next source another lock names,
+        until one verifies or none is left: a lock that names another project's file by its sha256 on
+        a server that lies about it (its size, its bytes) must not fail that file for the others.
+        Each source is held to the size its own lock and index gave, and must fit the free-space floor."""
+        left = {sha: list(others.get(sha, ())) for sha in wanted}
+        out: dict[str, Fetched | WarmdError] = {}
+        failed = {sha: r for sha, r in fetched.items() if sha in wanted and not isinstance(r, Fetched)}
+        while failed:
+            todo: list[Pin] = []
+            for sha, result in failed.items():
+                if left.get(sha) and _another_source_may_help(result):
+                    nxt = left[sha].pop(0)
+                    if room.admit([nxt], in_store=resumable)[0]:
+                        logger.warning("{}: {}; trying {}", nxt.wheel.filename, result, redact(nxt.wheel.url))
+                        todo.append(nxt)
+                        continue
+                    left[sha] = []
+                shelf.withdraw(sha)
+            got = self._fetch(todo, shelf, left)
+            out.update(got)
+            failed = {sha: r for sha, r in got.items() if not isinstance(r, Fetched)}
+        return out
 
     def _needs_override(self, pins: Sequence[Pin]) -> list[str]:
         """The indexes of these pins whose files uv would not keep by itself (`_for_uv` let them
@@ -778,14 +864,23 @@ def _undisputed(plans: Sequence[ProjectPlan]) -> list[ProjectPlan]:
         for p in pl.pins)) for pl in plans]
 
 
-def _with_sizes(pl: ProjectPlan, sizes: dict[str, int]) -> ProjectPlan:
-    """`pl` with the sizes learned for files its lock gives none for (sha256 -> bytes)."""
-    if not any(p.wheel.size is None and p.wheel.sha256 in sizes for p in pl.pins):
+def _with_sizes(pl: ProjectPlan, verified: Mapping[str, int], said: Mapping[str, int]) -> ProjectPlan:
+    """`pl` with the sizes learned for files its lock gives none for: a verified file's (sha256 -> bytes)
+    for every pin of it, an index's answer (URL -> bytes) for the pins of that URL only."""
+    def learned(p: Pin) -> int | None:
+        return verified.get(p.wheel.sha256, said.get(p.wheel.url)) if p.wheel.size is None else None
+
+    if not any(learned(p) is not None for p in pl.pins):
         return pl
     return dataclasses.replace(pl, pins=tuple(
-        p if p.wheel.size is not None or p.wheel.sha256 not in sizes
-        else dataclasses.replace(p, wheel=dataclasses.replace(p.wheel, size=sizes[p.wheel.sha256]))
+        p if (n := learned(p)) is None else dataclasses.replace(p, wheel=dataclasses.replace(p.wheel, size=n))
         for p in pl.pins))
+
+
+def _another_source_may_help(result: Fetched | WarmdError) -> bool:
+    """Whether another server's copy of a file may succeed where this result failed: not for a file
+    called off or not needed, nor for a disk that is full."""
+    return isinstance(result, FetchError) and not isinstance(result, (FetchSkipped, FetchCancelled, DiskFull))
 
 
 def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],
