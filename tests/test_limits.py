@@ -144,7 +144,9 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
         tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
     """PyTorch's index gives no sizes, so its locks have none: with the default limits each wheel's
     size is asked once (a HEAD), and that answer serves the limit, the download's order and the
-    hand-over to uv alike; every wheel is fetched once, and the next run asks nothing."""
+    hand-over to uv alike; every wheel is fetched once, by warmd (the index says no-store), and the
+    next run asks nothing: it weighs them by the sizes of the bytes warmd verified. (Wheels uv
+    downloaded itself: tests/test_direct.py::test_a_wheel_uv_downloaded_itself_is_not_asked_for_its_size_on_every_recheck.)"""
     with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
@@ -163,7 +165,7 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
             hits = server.wheel_hits(name)
             assert [h.method for h in hits].count("HEAD") == 1, (name, hits)
             assert sum(h.body_bytes for h in hits) == size, (name, hits)
-        # The next run weighs them by what was recorded for this project: nothing is asked.
+        # The next run weighs them by the sizes of the bytes warmd verified (State.sizes): nothing is asked.
         server.reset_counters()
         again = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
         assert again.returncode == 0, again.stderr
