@@ -91,9 +91,13 @@ class _Run:
     import_errors: dict[str, str]
     by_uv: set[str]  # files uv downloaded itself
     moot: set[str] = dataclasses.field(default_factory=set)  # begun on speculation, and uv had them
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit, or check, that kept it out
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit that kept it out
     unsized: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> why its index gave no size
     since: float = 0.0  # time.monotonic() when the run began: the requests of this run count (NetGuard.chain_passed)
+    # sha256 -> why, for wheels pinned by URL not handed to uv (`_unchecked`); `transient`: those whose
+    # pre-flight met a fault that waiting may mend (a timeout, a 5xx): failed, so the daemon retries
+    unchecked: dict[str, str] = dataclasses.field(default_factory=dict)
+    transient: set[str] = dataclasses.field(default_factory=set)
 
 
 class Pipeline:
@@ -363,7 +367,8 @@ class Pipeline:
         shelf = Shelf()
         with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
             interpreters = {py: path for pl in plans for py, path in pl.interpreters.items() if path is not None}
-            checked = functools.partial(self._unchecked, since=since)
+            transient: set[str] = set()
+            checked = functools.partial(self._unchecked, since=since, transient=transient)
             importer = Importer(self._run_import, feeder, shelf, interpreters, checked)
             try:
                 others = {sha: ps[1:] for sha, ps in sources.items() if len(ps) > 1}
@@ -401,20 +406,24 @@ class Pipeline:
                 urls: defaultdict[str, set[str]] = defaultdict(set)
                 for pin in pins:
                     urls[pin.wheel.sha256].add(pin.wheel.url)
-                by_uv = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1},
-                                     resumable, speculative, sized, since)
+                wanted = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1},
+                                      resumable, speculative)
+                # uv starts on every file it lacks now, and unpacks each while it downloads; those uv
+                # may download itself wait for the pre-flight, the others not.
+                shelf.expect(need.keys() - wanted)
+                importer.start([p for p in pins if p.wheel.sha256 in need.keys() - wanted])
+                by_uv = self._checked_for_uv(wanted, need, sized, since)
                 for sha in by_uv:
                     self.fetcher.skip(sha, None)  # the import's own progress lines follow
-                # uv starts on every file it lacks now, and unpacks each while it downloads.
-                shelf.expect(need.keys() - by_uv)
-                importer.start([p for p in pins if p.wheel.sha256 in need and p.wheel.sha256 not in by_uv])
+                shelf.expect(wanted - by_uv)
+                importer.start([p for p in pins if p.wheel.sha256 in wanted - by_uv])
                 importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
                 fetched = early.result()
                 fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative.keys() | by_uv],
                                            shelf, others))
                 fetched.update(self._fallback(fetched, need.keys() - by_uv, others, shelf, room, resumable))
                 import_errors = importer.finish()
-                skipped.update(importer.skipped())
+                unchecked = importer.unchecked()
                 refused = importer.refused()
                 if refused:  # uv could not fetch them itself (its own settings, a proxy...): warmd does
                     logger.info("uv could not fetch {} wheel(s) itself; warmd downloads them", len(refused))
@@ -427,8 +436,9 @@ class Pipeline:
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
-                    skipped.update(again.skipped())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, failed, since)
+                    unchecked.update(again.unchecked())
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, failed, since,
+                           unchecked, transient)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
@@ -437,8 +447,7 @@ class Pipeline:
                 shelf.close()  # a uv still asking for a file that will not come gets its answer: none
         return run
 
-    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin],
-                sized: Collection[str], since: float) -> set[str]:
+    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
 
         Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
@@ -448,10 +457,7 @@ class Pipeline:
         where its ranges beat uv's one stream per file: on a host that caps each connection to a
         slow stream; or one it has begun.
 
-        uv follows redirects unchecked, so only a file whose URL warmd's own engine asked this run
-        (since `since`), every redirect hop checked by the guard and a success at the end, goes to
-        uv: a download begun on speculation, the HEAD for the limits, else one HEAD now (which also
-        confirms the size the limits weighed). The others warmd downloads itself.
+        Before uv is handed them, `_checked_for_uv` asks where their URLs lead.
         """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
@@ -481,6 +487,14 @@ class Pipeline:
                 out.add(sha)
             elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
                 out.add(sha)
+        return out
+
+    def _checked_for_uv(self, out: set[str], need: dict[str, Pin], sized: Collection[str], since: float) -> set[str]:
+        """Of the wheels `_for_uv` chose, those uv may be handed: uv follows redirects unchecked, so only
+        a file whose URL warmd's own engine asked this run (since `since`), every redirect hop checked
+        by the guard and a success at the end, goes to uv: a download begun on speculation, the HEAD for
+        the limits, else one HEAD now (which also confirms the size the limits weighed). The others
+        warmd downloads itself."""
         if out:
             # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
             # one would pass the limit through uv. With a limit, only files whose size this run's own
@@ -513,7 +527,9 @@ class Pipeline:
                if (known := self.guard.chain_passed(u, since)) is None or (known and u in again)]
         checks: dict[str, HeaderCheck] = {}
         if ask:
-            with http_client(self.guard, timeout=self.config.download.timeout, user_agent="warmd") as client, \
+            # as Fetcher._sizes: a host that does not answer within seconds holds up the run no longer
+            timeout = min(self.config.download.timeout, 5.0)
+            with http_client(self.guard, timeout=timeout, user_agent="warmd") as client, \
                     ThreadPoolExecutor(max_workers=min(8, len(ask)), thread_name_prefix="warmd-preflight") as pool:
                 checks = dict(zip(ask, pool.map(lambda u: check_url(client, u), ask)))
         out = {}
@@ -522,14 +538,18 @@ class Pipeline:
             check = checks.get(u)
             why = None if passed else ("a redirect went where warmd does not connect" if check is None
                                        else check.error or f"HTTP {check.status}")
-            out[u] = _Asked(passed, check.content_length if check is not None and check.ok else None, why)
+            transient = not passed and check is not None and self.guard.chain_passed(u, since) is not False and \
+                (check.status is None or check.status in (408, 429) or check.status >= 500)
+            out[u] = _Asked(passed, check.content_length if check is not None and check.ok else None, why, transient)
         return out
 
-    def _unchecked(self, pins: Sequence[Pin], *, since: float) -> dict[str, str]:
+    def _unchecked(self, pins: Sequence[Pin], *, since: float, transient: set[str]) -> dict[str, str]:
         """sha256 -> why, for the wheels pinned by URL that uv may not be handed (`_preflight`): uv
         downloads them from that URL itself (its cache keys them by it). Warmd's own download of this
-        run asked the URL already; a file that was in the store is asked now."""
+        run asked the URL already; a file that was in the store is asked now. Those whose question met
+        a fault that waiting may mend go into `transient`."""
         said = self._preflight([p.wheel.url for p in pins], since)
+        transient.update(p.wheel.sha256 for p in pins if said[p.wheel.url].transient)
         return {p.wheel.sha256: _unchecked_reason(p.wheel.url, said[p.wheel.url].why or "")
                 for p in pins if not said[p.wheel.url].passed}
 
@@ -540,16 +560,17 @@ class Pipeline:
             return before
         after = self._probe(pl)
         lost = [p for p in pl.pins if p.wheel.sha256 in run.need and p.wheel.sha256 not in run.import_errors
+                and p.wheel.sha256 not in run.unchecked  # never handed to uv: nothing lost
                 and isinstance(run.fetched.get(p.wheel.sha256), Fetched) and p.name in after[p.python].cold]
         if not lost:
             return after
         logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
                     pl.project, len(lost))
         again = Importer(self._run_import, feeder, shelf, pl.interpreters,
-                         functools.partial(self._unchecked, since=run.since))
+                         functools.partial(self._unchecked, since=run.since, transient=run.transient))
         again.start(lost)
         run.import_errors.update(again.finish())
-        run.skipped.update(again.skipped())
+        run.unchecked.update(again.unchecked())
         return self._probe(pl)
 
     def _tidy(self, reports: list[ProjectReport], run: _Run) -> None:
@@ -675,17 +696,25 @@ class Pipeline:
         out: dict[tuple[str, str], SkippedReport] = {}
         # uv connects to their index's page of the package, and to the file, itself: only where the
         # guard lets it, and (uv follows redirects unchecked) where warmd's own request for each came
-        # back this run with a success, every redirect hop checked.
+        # back this run with a success, every redirect hop checked: one pre-flight for them all.
+        urls = {(s.name, s.python): [u for u in (_package_page(s.index, s.name) if s.index else None, s.url)
+                                     if u is not None] for s in wanted}
+        refused: dict[tuple[str, str], str] = {}
+        for s in wanted:
+            for u in urls[(s.name, s.python)]:
+                verdict = self.guard.for_uv(u, pl.project, index=s.index)
+                if not verdict.ok:
+                    refused[(s.name, s.python)] = verdict.reason or "refused by the network guard"
+                    break
+        said = self._preflight([u for k, us in urls.items() if k not in refused for u in us], since)
         for s in list(wanted):
-            urls = [u for u in (_package_page(s.index, s.name) if s.index else None, s.url) if u is not None]
-            refused = next((v.reason for u in urls if not (v := self.guard.for_uv(u, pl.project, index=s.index)).ok),
-                           None)
-            if refused is None:
-                said = self._preflight(urls, since)
-                refused = next((_unchecked_reason(u, a.why or "") for u, a in said.items() if not a.passed), None)
-            if refused is not None:
+            k = (s.name, s.python)
+            answers = [(u, said[u]) for u in urls[k]] if k not in refused else []
+            why = refused.get(k) or next((_unchecked_reason(u, a.why or "") for u, a in answers if not a.passed), None)
+            if why is not None:
                 wanted.remove(s)
-                out[(s.name, s.python)] = SkippedReport(s, "skipped", refused)
+                # a fault that waiting may mend fails the wheel, so the daemon tries again
+                out[k] = SkippedReport(s, "failed" if any(a.transient for _u, a in answers) else "skipped", why)
         groups: dict[tuple[str, str], list] = defaultdict(list)
         for s in wanted:
             groups[(s.python, s.platform or "")].append(s)
@@ -718,6 +747,7 @@ class Pipeline:
         before, after = run.before[pl.project], run.after[pl.project]
         fetched, import_errors = run.fetched, run.import_errors
         wheels = []
+        unchecked: list[SkippedReport] = []
         for pin in pl.pins:
             res = after[pin.python]
             got = fetched.get(pin.wheel.sha256)
@@ -732,6 +762,10 @@ class Pipeline:
             where = dict(via=got.via, mirror_error=got.mirror_error) if isinstance(got, Fetched) else {}
             if pin.name in res.warm:
                 wheels.append(WheelReport(pin, "warm", None, down, reused, **where))
+            elif pin.wheel.sha256 in run.unchecked and pin.wheel.sha256 in run.transient:
+                wheels.append(WheelReport(pin, "failed", run.unchecked[pin.wheel.sha256]))
+            elif pin.wheel.sha256 in run.unchecked:  # left to `uv sync`, as a pin the guard refused: no limit's
+                unchecked.append(SkippedReport(skipped_pin(pin, run.unchecked[pin.wheel.sha256]), "skipped"))
             elif pin.wheel.sha256 in run.unsized:
                 wheels.append(WheelReport(pin, "failed", run.unsized[pin.wheel.sha256]))
             elif pin.wheel.sha256 in run.skipped:
@@ -750,7 +784,7 @@ class Pipeline:
         for w in wheels:
             if w.state != "warm":
                 logger.warning("{}: {} {}{}", pl.project, w.pin.wheel.filename, w.state, f" ({w.reason})" if w.reason else "")
-        skipped = tuple(unhashed.get((s.name, s.python)) or SkippedReport(s) for s in pl.skipped)
+        skipped = tuple(unhashed.get((s.name, s.python)) or SkippedReport(s) for s in pl.skipped) + tuple(unchecked)
         for r in skipped:
             if r.state == "skipped":
                 logger.info("{}: {} {} skipped: {}", pl.project, r.skipped.name, r.skipped.version, r.skipped.reason)
@@ -816,13 +850,17 @@ def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> Proj
         if verdict.ok:
             kept.append(pin)
         else:
-            left.append(Skipped(pin.name, pin.version, pin.python, verdict.reason or "refused by the network guard",
-                                filename=pin.wheel.filename, url=pin.wheel.url, size=pin.wheel.size,
-                                index=pin.index, platform=pin.platform))
+            left.append(skipped_pin(pin, verdict.reason or "refused by the network guard"))
     if not left:
         return pl
     logger.warning("{}: {} wheel(s) skipped: {}", pl.project, len(left), left[0].reason)
     return dataclasses.replace(pl, pins=tuple(kept), skipped=pl.skipped + tuple(left))
+
+
+def skipped_pin(pin: Pin, reason: str) -> Skipped:
+    """A pin left out of the warm, with why (the report lists it under `skipped`)."""
+    return Skipped(pin.name, pin.version, pin.python, reason, filename=pin.wheel.filename, url=pin.wheel.url,
+                   size=pin.wheel.size, index=pin.index, platform=pin.platform)
 
 
 @dataclass(frozen=True)
@@ -832,6 +870,7 @@ class _Asked:
     passed: bool  # a request of warmd's got a success this run, every redirect hop checked
     size: int | None = None  # the size its answer gave now (None: not asked now, or none given)
     why: str | None = None  # why it did not pass
+    transient: bool = False  # it did not pass for a fault that waiting may mend (no answer, 408, 429, 5xx)
 
 
 def _unchecked_reason(url: str, why: str) -> str:
