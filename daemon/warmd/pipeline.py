@@ -23,13 +23,11 @@ from loguru import logger
 from packaging.utils import canonicalize_name
 
 from .cancel import Cancelled
-from .clients import http_client
 from .config import Config
 from .errors import DiskFull, FetchError, WarmdError
 from .feeder import Feeder, Shelf
 from .fetch import FetchCancelled, Fetcher, FetchSkipped, ProgressEvent, host_of
 from .guard import NetGuard, guard_for, key, trusts, vouches_of
-from .headers import HeaderCheck, check_url
 from .importer import Importer
 from .limits import Room, over_project_limit
 from .lockfile import file_stamp
@@ -513,34 +511,28 @@ class Pipeline:
                         ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
         return out
 
-    def _preflight(self, urls: Sequence[str], since: float, again: Collection[str] = ()) -> dict[str, _Asked]:
+    def _preflight(self, urls: Sequence[str], since: float, again: Collection[str] = ()) -> dict[str, _Checked]:
         """What warmd's own engine found of each URL this run (since `since`), asking now where it has
         not: uv follows redirects unchecked, so a URL goes to uv only when a request of warmd's for it
         got a success over a redirect chain whose every hop the guard let through (NetGuard.passed).
 
         A download begun this run, or the HEAD for the limits, answered it already: no request. Else
-        one HEAD (a one-byte ranged GET where HEAD is refused: headers.check_url), in parallel, not
-        retried (a URL that does not answer is downloaded by warmd, or skipped). `again`: URLs whose
-        size is wanted too, asked even when their chain passed (not when it was refused).
+        the engine asks (Fetcher.ask: one HEAD, a one-byte ranged GET where HEAD says nothing), in
+        parallel, not retried, 5 s at most (a URL that does not answer is downloaded by warmd, or left
+        out: `_Checked.transient`). `again`: URLs whose size is wanted too, asked even when their chain
+        passed (not when it was refused).
         """
         ask = [u for u in dict.fromkeys(urls)
                if (known := self.guard.chain_passed(u, since)) is None or (known and u in again)]
-        checks: dict[str, HeaderCheck] = {}
-        if ask:
-            # as Fetcher._sizes: a host that does not answer within seconds holds up the run no longer
-            timeout = min(self.config.download.timeout, 5.0)
-            with http_client(self.guard, timeout=timeout, user_agent="warmd") as client, \
-                    ThreadPoolExecutor(max_workers=min(8, len(ask)), thread_name_prefix="warmd-preflight") as pool:
-                checks = dict(zip(ask, pool.map(lambda u: check_url(client, u), ask)))
+        said = self.fetcher.ask(ask, keep=False) if ask else {}
         out = {}
         for u in urls:
             passed = bool(self.guard.chain_passed(u, since))
-            check = checks.get(u)
-            why = None if passed else ("a redirect went where warmd does not connect" if check is None
-                                       else check.error or f"HTTP {check.status}")
-            transient = not passed and check is not None and self.guard.chain_passed(u, since) is not False and \
-                (check.status is None or check.status in (408, 429) or check.status >= 500)
-            out[u] = _Asked(passed, check.content_length if check is not None and check.ok else None, why, transient)
+            a = said.get(u)
+            why = None if passed else ("a redirect went where warmd does not connect" if a is None
+                                       else a.error or f"HTTP {a.status}")
+            out[u] = _Checked(passed, a.size if a is not None and a.status == 200 else None, why,
+                              transient=not passed and a is not None and a.mendable)
         return out
 
     def _unchecked(self, pins: Sequence[Pin], *, since: float, transient: set[str]) -> dict[str, str]:
@@ -864,7 +856,7 @@ def skipped_pin(pin: Pin, reason: str) -> Skipped:
 
 
 @dataclass(frozen=True)
-class _Asked:
+class _Checked:
     """What `Pipeline._preflight` found of one URL."""
 
     passed: bool  # a request of warmd's got a success this run, every redirect hop checked
