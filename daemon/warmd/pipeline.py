@@ -701,12 +701,13 @@ class Pipeline:
         said = self._preflight([u for k, us in urls.items() if k not in refused for u in us], since)
         for s in list(wanted):
             k = (s.name, s.python)
-            answers = [(u, said[u]) for u in urls[k]] if k not in refused else []
-            why = refused.get(k) or next((_unchecked_reason(u, a.why or "") for u, a in answers if not a.passed), None)
+            failing = [(u, said[u]) for u in urls[k] if not said[u].passed] if k not in refused else []
+            why = refused.get(k) or next((_unchecked_reason(u, a.why or "") for u, a in failing), None)
             if why is not None:
                 wanted.remove(s)
                 # a fault that waiting may mend fails the wheel, so the daemon tries again
-                out[k] = SkippedReport(s, "failed" if any(a.transient for _u, a in answers) else "skipped", why)
+                transient = bool(failing) and all(a.transient for _u, a in failing)
+                out[k] = SkippedReport(s, "failed" if transient else "skipped", why)
         groups: dict[tuple[str, str], list] = defaultdict(list)
         for s in wanted:
             groups[(s.python, s.platform or "")].append(s)
