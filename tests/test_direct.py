@@ -233,3 +233,52 @@ def test_uv_is_handed_only_a_file_whose_redirects_warmds_own_request_checked_thi
     # what the pre-flight cost: at most one HEAD per file (none where the speculative download asked)
     heads = [h.path.rsplit("/", 1)[-1] for h in server.hits if h.method == "HEAD"]
     assert all(heads.count(f) <= 1 for f in others), heads
+
+
+def _heads(server: IndexServer, filename: str) -> int:
+    return sum(1 for h in server.wheel_hits(filename) if h.method == "HEAD")
+
+
+def test_a_lock_sized_wheel_uv_downloads_itself_costs_no_head_where_warmds_own_download_asked(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """PyPI's locks carry sizes: with the default limits, a file whose download warmd began on
+    speculation (its answer held to the lock's size, every redirect checked) goes to uv with no HEAD:
+    torch, the biggest, begun first and answered before the host's verdict that uv downloads; a file
+    warmd had not begun by then gets one HEAD (redirects and size)."""
+    with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB, pep691=True, vouched=True) as pypi:
+        project, files = _project(tmp_path, pypi, uv_bin, uv_environ)
+        assert "size = " in (project / "uv.lock").read_text()
+        pypi.reset_counters()
+        report, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ)
+        assert {w.state for w in report.wheels} == {"warm"}, report
+        by_uv = [f for f in files if len(_whole_gets(pypi, f)) == 1]
+        assert by_uv, "uv downloaded nothing itself: nothing was tested"
+        torch = next(f for f in by_uv if f.startswith("torch-"))
+        assert any(h.range for h in pypi.wheel_gets(torch)), "warmd began no download on speculation"
+        assert _heads(pypi, torch) == 0, pypi.wheel_hits(torch)
+        for name in by_uv:
+            assert _heads(pypi, name) <= 1, (name, pypi.wheel_hits(name))
+
+
+def test_a_wheel_uv_downloaded_itself_is_not_asked_for_its_size_on_every_recheck(
+        tmp_path: Path, server: IndexServer, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
+    """PyTorch's locks carry no sizes, and warmd never verified the files uv downloaded itself: the
+    first run asks each size once (a HEAD); the next runs weigh the files uv has by the size on
+    record, and ask nothing."""
+    project, files = _project(tmp_path, server, uv_bin, uv_environ)
+    assert "size = " not in (project / "uv.lock").read_text()
+    state = State.open(tmp_path / "state")
+    try:
+        server.reset_counters()
+        first, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ, state=state)
+        assert {w.state for w in first.wheels} == {"warm"}, first
+        by_uv = [f for f in files if len(_whole_gets(server, f)) == 1]
+        assert by_uv, "uv downloaded nothing itself: nothing was tested"
+        assert {f: _heads(server, f) for f in files} == dict.fromkeys(files, 1)
+        for _ in range(2):
+            server.reset_counters()
+            again, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ, state=state)
+            assert {w.state for w in again.wheels} == {"warm"}, again
+            assert server.wheel_hits() == [], server.wheel_hits()
+    finally:
+        state.close()

@@ -5,6 +5,7 @@ and why."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -143,7 +144,9 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
         tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
     """PyTorch's index gives no sizes, so its locks have none: with the default limits each wheel's
     size is asked once (a HEAD), and that answer serves the limit, the download's order and the
-    hand-over to uv alike; every wheel is fetched once, and the next run asks nothing."""
+    hand-over to uv alike; every wheel is fetched once, by warmd (the index says no-store), and the
+    next run asks nothing: it weighs them by the sizes of the bytes warmd verified. (Wheels uv
+    downloaded itself: tests/test_direct.py::test_a_wheel_uv_downloaded_itself_is_not_asked_for_its_size_on_every_recheck.)"""
     with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
         project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
@@ -162,7 +165,7 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
             hits = server.wheel_hits(name)
             assert [h.method for h in hits].count("HEAD") == 1, (name, hits)
             assert sum(h.body_bytes for h in hits) == size, (name, hits)
-        # The next run weighs them by what was recorded for this project: nothing is asked.
+        # The next run weighs them by the sizes of the bytes warmd verified (State.sizes): nothing is asked.
         server.reset_counters()
         again = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
         assert again.returncode == 0, again.stderr
@@ -234,3 +237,54 @@ def test_a_size_another_lock_declares_for_the_same_file_is_never_taken(
         run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
         both = _warmd(cfg, uv_environ, "prefetch", "--json", str(hostile), str(mine))
         assert torch_state(json.loads(both.stdout), mine) == "warm", both.stdout
+
+
+@pytest.mark.parametrize(("hostile_name", "fault"), [("zz-hostile", "size"), ("aa-hostile", "size"),
+                                                      ("aa-hostile", "bytes")])
+def test_a_lock_naming_the_same_file_on_a_lying_server_does_not_fail_it_for_the_others(
+        tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str], hostile_name: str,
+        fault: str) -> None:
+    """`warmd prefetch` over a root holding the user's project and a hostile one whose lock pins the same files
+    (same sha256) on a second server, whose torch is a lie: its HEAD says 1 byte (`size`), or it
+    serves flipped bytes (`bytes`). Sorted after the user's project or before it, the hostile lock
+    costs the user's torch nothing: it goes warm, its bytes from the honest server, once."""
+    with IndexServer(vouched=True) as honest, IndexServer(vouched=True) as liar:  # PEP 503: no sizes in the locks
+        ws = torch_like_set(honest, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
+        for w in ws.wheels:
+            liar.add_wheel(w, "cu128")
+        for w in ws.default_wheels:
+            liar.add_wheel(w, None)
+        root = tmp_path / "code"
+        mine = make_project(root, "mine", server=honest, variant="cu128", deps=[ws.requirement()],
+                            gpu_packages=ws.gpu_packages)
+        hostile = make_project(root, hostile_name, server=liar, variant="cu128", deps=[ws.requirement()],
+                               gpu_packages=ws.gpu_packages)
+        lock_project(mine, uv_bin, uv_environ)
+        lock_project(hostile, uv_bin, uv_environ)
+        torch = next(f for f in ws.filenames if f.startswith("torch-"))
+        sha = hashlib.sha256((tmp_path / "wheels" / "cu128" / torch).read_bytes()).hexdigest()
+        assert sha in (mine / "uv.lock").read_text() and sha in (hostile / "uv.lock").read_text()
+        if fault == "size":
+            liar.faults.lie_length[torch] = 1
+        else:
+            liar.faults.corrupt.add(torch)
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES,
+                                 extra=[f"roots = {json.dumps([str(root)])}"])
+        honest.reset_counters()
+        liar.reset_counters()
+
+        proc = _warmd(cfg, uv_environ, "prefetch", "--json")  # every project under the root, in one run
+        report = json.loads(proc.stdout)
+        assert [p["project"] for p in report["projects"]] == sorted([str(mine), str(hostile)])
+        (entry,) = [p for p in report["projects"] if p["project"] == str(mine)]
+        assert {w["filename"]: w["state"] for w in entry["wheels"]} == dict.fromkeys(
+            ws.filenames, "warm"), entry["wheels"]
+        size = (tmp_path / "wheels" / "cu128" / torch).stat().st_size
+        assert next(w["size"] for w in entry["wheels"] if w["filename"] == torch) == size
+        got = [h for h in honest.wheel_hits(torch) if h.method == "GET" and h.range != "bytes=0-0"]
+        assert sum(h.body_bytes for h in got) == size, honest.wheel_hits(torch)
+        lied = [h.method for h in liar.wheel_hits(torch)]
+        if hostile_name > "mine":  # the user's project's source comes first: the liar gets its size asked, no more
+            assert lied == ["HEAD"], liar.wheel_hits(torch)
+        else:  # the hostile source comes first; it fails, and the user's is tried next
+            assert lied.count("GET") == 1, liar.wheel_hits(torch)

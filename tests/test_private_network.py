@@ -323,6 +323,38 @@ def test_a_wheel_pinned_by_url_goes_to_uv_only_after_warmd_checked_where_its_url
     assert [h.method for h in index_server.wheel_hits(wheel.name)] == ["HEAD"]  # the pre-flight's one request
 
 
+def test_a_wheel_the_pre_flight_could_not_check_is_no_limits_and_a_passing_fault_fails_it(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    """The pre-flight's refusal is its own: a redirect it could not follow leaves the wheel to `uv sync`
+    (under `skipped`, with the pre-flight's words: never "skipped by a limit"); an index that answers
+    its HEAD with a 503 (a fault waiting may mend) fails the wheel, so the daemon tries again."""
+    project, wheel = _direct_url_project(user, index_server, wheel_dir)
+    config = write_warmd_config(user.tmp, user.uv, user.cache, packages=["flash-attn*"],
+                                trusted=[index_server.url], extra=["keep-wheels = true"])
+    first = user.prefetch(config, str(project))
+    assert [w["state"] for w in first["projects"][0]["wheels"]] == ["warm"], first
+    subprocess.run([str(user.uv), "cache", "clean"], env=user.env, check=True, capture_output=True)
+    index_server.faults.status_burst[wheel.name] = [503]
+    index_server.reset_counters()
+    second = user.prefetch(config, str(project))
+    [fa] = second["projects"][0]["wheels"]
+    assert fa["state"] == "failed" and "redirects unchecked" in fa["reason"] and "503" in fa["reason"], \
+        (fa, index_server.wheel_hits(wheel.name))
+    assert second["exit_code"] == 1
+    status = user.status(config)["kernels"]
+    assert status["state"] == "failed", status  # an outcome the daemon retries (policy.outcome_of)
+
+    with IndexServer() as intranet:
+        intranet.add_wheel(wheel, "releases", folder="/files/releases/v1")
+        index_server.faults.redirect[wheel.name] = intranet.file_url(wheel.name, "releases")
+        third = user.prefetch(config, str(project))
+        assert intranet.hits == []
+    [fa] = third["projects"][0]["wheels"]
+    assert fa["state"] == "skipped" and fa["verified"] is False and "redirects unchecked" in fa["reason"], fa
+    status = user.status(config)["kernels"]
+    assert "limit" not in (status["reason"] or "") and not any("limit" in f for f in status["flags"]), status
+
+
 def test_warm_unhashed_hands_uv_only_urls_whose_redirects_warmd_checked(
         user: User, index_server: IndexServer, wheel_dir: Path) -> None:
     """A wheel the lock pins without a sha256 (`warm-unhashed`) is fetched by uv, from its index's page

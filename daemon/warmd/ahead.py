@@ -163,13 +163,16 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
         new = [p for p in future.pins if (p.wheel.sha256, p.python) not in have]
         if not new:
             return report("none", f"uv keeps {_kept(current)}: the project's constraints allow no newer build")
+        since = time.monotonic()  # the sizes asked now are this warm's requests: not asked again (Pipeline.warm_plans)
         sized, unreachable = _sizes(new, pipeline.fetcher)
         admitted, left_out = _within_budget(sized, settings.budget, held, pinned)
         left_out += unreachable
         wheels: tuple[WheelReport, ...] = ()
         if admitted:
             # The scratch copy's own plan, cut to what is new and fits: only hashed wheels, nothing unverified.
-            warmed = pipeline.warm_plans([dataclasses.replace(future, pins=tuple(admitted), skipped=())])[0]
+            asked = {p.wheel.url for p in new if p.wheel.size is None}
+            warmed = pipeline.warm_plans([dataclasses.replace(future, pins=tuple(admitted), skipped=())],
+                                         since=since, sized=asked)[0]
             if warmed.superseded is not None:
                 raise Cancelled(warmed.superseded)
             wheels = warmed.wheels

@@ -445,9 +445,9 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
     for path in args.paths:  # every path is read before anything is recorded: one bad path changes nothing
         folder, lock_path = locate(path)
         lock = read_lock(lock_path)
-        found.append((folder, lock_origins(lock), lock.stamp.sha256 if lock.stamp else None))
-    for folder, origins, sha in found:
-        store.add(folder, origins, sha)
+        found.append((folder, lock_origins(lock)))
+    for folder, origins in found:
+        store.add(folder, origins)
         print(f"trusted {folder}: warmd may connect to what its uv.lock names now: {', '.join(origins) or 'no host'}")
     return EXIT_OK
 

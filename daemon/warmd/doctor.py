@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 from packaging.version import Version
 
+from . import untrusted
 from .clients import http_client
 from .config import Config, default_config_path
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch, InputError, NeedsBuild, WarmdError
@@ -33,12 +34,10 @@ from .redact import redact
 from .store import Store
 from .state import STATE_FILE, State
 from .trust import recorded
-from . import untrusted
-from .untrusted import check
 from .upgrade import must_build
 from .uvcache import Uv
 from .uvdisk import cache_use
-from .uvconfig import (CACHE_CONTROL_LINE, Override, add_cache_control, dig, index_overrides, norm_url, read_toml,
+from .uvconfig import (CACHE_CONTROL_LINE, Override, add_cache_control, dig, index_overrides, norm_url, read_settings,
                        uv_toml_files)
 from .variant import Detection, resolve_variant
 from .watch import INOTIFY_WATCHES, inotify_fix, watch_set
@@ -329,19 +328,19 @@ def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Pat
     for project in projects:
         files += [project_folder(project) / "uv.toml"]
     for path in dict.fromkeys(files):
-        data = read_toml(path)
+        data = read_settings(path)
         if data is not None and data.get("no-cache") is True:
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in uv.toml {path}: uv uses a throw-away cache",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {path}"))
     for project in projects:
         folder = project_folder(project)
-        data = read_toml(folder / "pyproject.toml") or {}
+        data = read_settings(folder / "pyproject.toml") or {}
         if dig(data, "tool", "uv", "no-cache") is True:
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {folder / 'pyproject.toml'}",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {folder / 'pyproject.toml'}"))
-        for where, value in ((folder / "uv.toml", dig(read_toml(folder / "uv.toml"), "cache-dir")),
+        for where, value in ((folder / "uv.toml", dig(read_settings(folder / "uv.toml"), "cache-dir")),
                              (folder / "pyproject.toml", dig(data, "tool", "uv", "cache-dir"))):
             if isinstance(value, str):
                 rep.add("uv-cache", "warn", f"`cache-dir = {value!r}` in {where}: the project's own `uv sync` uses "
@@ -371,7 +370,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     folder = project_folder(path)
     pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
     try:
-        missing = [p.name for p in (pyproject, lock_path) if not check(p)]
+        missing = [p.name for p in (pyproject, lock_path) if not untrusted.check(p)]
     except InputError as exc:  # a FIFO, device or symlink loop where a project file should be
         rep.bad_input = True
         rep.add("project", "problem", str(exc))

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
@@ -34,7 +34,7 @@ from .retry import why as failure_text
 from .segments import PIECE, HostMeter, Width
 from .store import Store
 
-__all__ = ["LINK_TTL", "FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent", "host_of"]
+__all__ = ["LINK_TTL", "Asked", "FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent", "host_of"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
 LINK_TTL = 600.0  # seconds what a host was found to be like is trusted, in this process or the next
@@ -44,6 +44,16 @@ HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the 
 def host_of(url: str) -> str:
     """The host a URL names, as Links are keyed (lower case; "" for none)."""
     return (urllib.parse.urlsplit(url).hostname or "").lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class Asked:
+    """What one URL answered warmd's engine (Fetcher.ask)."""
+
+    status: int | None  # the status that settled it (200 for a size from a first-byte GET); None: no answer
+    size: int | None = None  # the file's size, where it gave one
+    error: str | None = None  # why it did not answer with a success
+    mendable: bool = True  # the fault is one waiting may mend (no answer, 408, 429, 5xx); not a refusal
 
 
 class FetchSkipped(FetchError):
@@ -384,19 +394,34 @@ class Fetcher:
         and no GET is sent where HEAD is silent). `retry`: as sizes() (retries, the first-byte GET)."""
         if len(wheels) < at_least:
             return {}
+        said = self.ask([w.url for w in wheels], keep=keep, retry=retry, first_byte=retry)
+        out: dict[str, int | str | None] = {}
+        for w in wheels:
+            a = said[w.url]
+            out[w.sha256.lower()] = a.size if a.status == 200 else a.error
+        return out
+
+    def ask(self, urls: Sequence[str], *, keep: bool = True, retry: bool = False,
+            first_byte: bool = True) -> dict[str, Asked]:
+        """The one way warmd's engine asks a URL about itself, each in parallel, 5 s at most a request:
+        a HEAD; where it gives no size (`first_byte`: no Content-Length; 405 or 501: HEAD not served;
+        403: storage that signs GETs only), a GET of the first byte (`Range: bytes=0-0`, the size in
+        its Content-Range). Every redirect hop is the guard's (a success records the chain as passed,
+        NetGuard.passed). `retry`: with a download's retries for a fault that waiting may mend.
+        `keep`: keep the connections for the downloads that follow."""
         settings = dataclasses.replace(self.settings, timeout=min(self.settings.timeout, 5.0))
 
-        def ask(conn: Connection, w: WheelFile) -> tuple[int, int | None]:
+        def once(conn: Connection, url: str) -> tuple[int, int | None]:
             """(the status that settles it, the size it gave or None)."""
-            resp = conn.request("HEAD", w.url, {})
+            resp = conn.request("HEAD", url, {})
             resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
             resp.close()
             length = resp.header("content-length") or ""
             if resp.status == 200 and length.isdigit():
                 return 200, int(length)
-            if not retry or resp.status not in (200, 403, 405, 501):
+            if not first_byte or resp.status not in (200, 403, 405, 501):
                 return (200 if resp.status in (405, 501) else resp.status), None
-            resp = conn.request("GET", w.url, {"Range": "bytes=0-0"})
+            resp = conn.request("GET", url, {"Range": "bytes=0-0"})
             if resp.status == 206:
                 resp.readinto(memoryview(bytearray(2)))  # the one byte
                 resp.readinto(memoryview(bytearray(1)))  # and the end of the body
@@ -407,43 +432,45 @@ class Fetcher:
             length = resp.header("content-length") or ""
             return (200, int(length) if length.isdigit() else None) if resp.status == 200 else (resp.status, None)
 
-        def head(w: WheelFile) -> tuple[str, int | str | None]:
-            sha = w.sha256.lower()
+        def one(url: str) -> tuple[str, Asked]:
             failures = 0
             while True:
                 conn = Connection(settings)
                 try:
-                    status, size = ask(conn, w)
+                    status, size = once(conn, url)
                 except (Untrusted, Refused) as exc:  # no retry mends a certificate, or the guard's refusal
                     conn.close()
-                    return sha, failure_text(exc)
+                    return url, Asked(None, None, failure_text(exc), mendable=False)
                 except (TransportError, FetchError) as exc:
                     conn.close()
-                    error = failure_text(exc)
+                    status, error = None, failure_text(exc)
                 else:
                     if status == 200:
                         if not keep:
                             conn.close()
-                            return sha, size
+                            return url, Asked(200, size)
                         # the first downloads go to the same host: they start on this connection, TLS done
                         conn.retime(self.settings.timeout)
                         with self._lock:
                             self._idle.append(conn)
-                        return sha, size
+                        return url, Asked(200, size)
                     conn.close()
                     error = f"HTTP {status}"
                     if status not in (408, 429) and status < 500:
-                        return sha, f"{error} ({redact(w.url)})"
+                        return url, Asked(status, None, f"{error} ({redact(url)})", mendable=False)
                 failures += 1
                 if not retry or failures > self.policy.retries:
                     # the words of a download that gives up (ranges.py): the same fault, told the same way
-                    return sha, (f"giving up after {failures - 1} retries ({redact(w.url)}): {error}" if retry
-                                 else error)
+                    return url, Asked(status, None, f"giving up after {failures - 1} retries ({redact(url)}): {error}"
+                                      if retry else error)
                 if self._stop.wait(self.policy.delay(failures)):
-                    return sha, error
+                    return url, Asked(status, None, error)
 
-        with ThreadPoolExecutor(max_workers=min(8, len(wheels)), thread_name_prefix="warmd-head") as pool:
-            return dict(pool.map(head, wheels))
+        urls = list(dict.fromkeys(urls))
+        if not urls:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="warmd-head") as pool:
+            return dict(pool.map(one, urls))
 
     def use_guard(self, guard: NetGuard) -> None:
         """Check every connection opened from now on with `guard` (an engine handed to a Pipeline)."""

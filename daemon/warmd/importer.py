@@ -13,7 +13,7 @@ imports the verified rest (uv finds the ones it has without asking the feeder).
 A wheel the lock pins by URL is keyed by that URL in uv's cache, so the feeder cannot stand in
 for it: uv downloads it from there itself, once warmd's own download verified it, and only when
 `checked` finds its URL's redirects were checked this run (uv follows them unchecked); the others
-are `skipped()`, with why.
+are `unchecked()`, with why.
 
 The threads run in the caller's context: a run called off (cancel.scope) stops their uv too, and
 `finish` raises its Cancelled.
@@ -69,7 +69,7 @@ class Importer:
         self._threads: list[threading.Thread] = []
         self._errors: dict[str, str] = {}
         self._refused: set[str] = set()
-        self._skipped: dict[str, str] = {}
+        self._unchecked: dict[str, str] = {}
         self._cancelled: Cancelled | None = None
         self._lock = threading.Lock()
 
@@ -101,9 +101,10 @@ class Importer:
         """The wheels uv could not fetch itself (after finish()): warmd's engine must."""
         return set(self._refused)
 
-    def skipped(self) -> dict[str, str]:
-        """sha256 -> why, for the wheels pinned by URL not handed to uv (after finish())."""
-        return dict(self._skipped)
+    def unchecked(self) -> dict[str, str]:
+        """sha256 -> why, for the wheels pinned by URL not handed to uv: `checked` could not tell where
+        their URL leads (after finish())."""
+        return dict(self._unchecked)
 
     def _guard(self, work: Callable[[list[Pin], str], None], pins: list[Pin], python: str) -> None:
         try:
@@ -129,7 +130,7 @@ class Importer:
         unchecked = self._checked(verified) if self._checked is not None and verified else {}
         if unchecked:
             with self._lock:
-                self._skipped.update(unchecked)
+                self._unchecked.update(unchecked)
             verified = [p for p in verified if p.wheel.sha256 not in unchecked]
         if not verified:
             return

@@ -22,7 +22,7 @@ from loguru import logger
 from .clients import http_client
 from .config import MirrorSettings
 from .errors import HashMismatch, WarmdError
-from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
+from .fetch import Asked, FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
 from .growing import GrowingFile
 from .guard import NetGuard
 from .redact import redact
@@ -280,6 +280,11 @@ class MirroredFetcher:
                     if not isinstance(n, str)}
         rest = [w for w in wheels if w.sha256.lower() not in said]
         return said | (self.origin.sizes(rest, keep=keep) if rest else {})
+
+    def ask(self, urls: Sequence[str], *, keep: bool = True, retry: bool = False,
+            first_byte: bool = True) -> dict[str, Asked]:
+        """The origin engine's answer for these URLs (Fetcher.ask): where uv, handed them, connects."""
+        return self.origin.ask(urls, keep=keep, retry=retry, first_byte=first_byte)
 
     def link(self, host: str) -> Link | None:
         """What the origin's engine found `host` to be like (mirrors are not asked of it)."""

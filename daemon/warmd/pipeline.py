@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import itertools
 import os
 import re
 import threading
@@ -16,24 +17,22 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, Mapping, Sequence
 
 from loguru import logger
 from packaging.utils import canonicalize_name
 
 from .cancel import Cancelled
-from .clients import http_client
 from .config import Config
-from .errors import WarmdError
+from .errors import DiskFull, FetchError, WarmdError
 from .feeder import Feeder, Shelf
-from .fetch import Fetcher, FetchSkipped, ProgressEvent, host_of
+from .fetch import FetchCancelled, Fetcher, FetchSkipped, ProgressEvent, host_of
 from .guard import NetGuard, guard_for, key, trusts, vouches_of
-from .headers import HeaderCheck, check_url
 from .importer import Importer
 from .limits import Room, over_project_limit
 from .lockfile import file_stamp
 from .mirrors import MIRROR_RETRIES, MirroredFetcher, mirror_for, mirror_progress
-from .model import Fetched, Pin, ProjectReport, Skipped, SkippedReport, WheelReport
+from .model import Fetched, Pin, ProjectReport, Skipped, SkippedReport, WheelFile, WheelReport
 from .plan import Planner, ProjectPlan
 from .policy import outcome_of, uv_keeps
 from .redact import redact
@@ -90,9 +89,13 @@ class _Run:
     import_errors: dict[str, str]
     by_uv: set[str]  # files uv downloaded itself
     moot: set[str] = dataclasses.field(default_factory=set)  # begun on speculation, and uv had them
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit, or check, that kept it out
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> the limit that kept it out
     unsized: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> why its index gave no size
     since: float = 0.0  # time.monotonic() when the run began: the requests of this run count (NetGuard.chain_passed)
+    # sha256 -> why, for wheels pinned by URL not handed to uv (`_unchecked`); `transient`: those whose
+    # pre-flight met a fault that waiting may mend (a timeout, a 5xx): failed, so the daemon retries
+    unchecked: dict[str, str] = dataclasses.field(default_factory=dict)
+    transient: set[str] = dataclasses.field(default_factory=set)
 
 
 class Pipeline:
@@ -184,16 +187,19 @@ class Pipeline:
         except Cancelled as exc:
             return [self._planner.superseded(p, exc.reason) for p in projects]
 
-    def warm_plans(self, plans: Sequence[ProjectPlan]) -> list[ProjectReport]:
+    def warm_plans(self, plans: Sequence[ProjectPlan], *, since: float | None = None,
+                   sized: Collection[str] = ()) -> list[ProjectReport]:
         """Make the pinned wheels of plans made elsewhere warm (the look-ahead's would-be locks).
 
         They are no project of the user's: nothing is recorded in the state and no project is
-        locked. The caller has admitted them (`admit`, for the project they stand for). Work called
-        off (cancel.scope) comes back `superseded`.
+        locked. The caller has admitted them (`admit`, for the project they stand for). `since`: when
+        the caller's own requests for them began (time.monotonic()), `sized`: the URLs whose pins'
+        sizes it asked of their index then (Fetcher.sizes), so that they are not asked again. Work
+        called off (cancel.scope) comes back `superseded`.
         """
         try:
             self.check_uv()
-            return self._warm_plans(plans, [], record=False)
+            return self._warm_plans(plans, [], record=False, since=since, sized=sized)
         except Cancelled as exc:
             return [dataclasses.replace(report_of(pl, wheels=()), skipped=(), superseded=exc.reason) for pl in plans]
 
@@ -204,18 +210,23 @@ class Pipeline:
         plans, failed = self._planner.plan_all(projects)
         return self._warm_plans([self.admit(pl) for pl in plans], failed, record=True)
 
-    def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *,
-                    record: bool) -> list[ProjectReport]:
+    def _warm_plans(self, plans: Sequence[ProjectPlan], failed: list[ProjectReport], *, record: bool,
+                    since: float | None = None, sized: Collection[str] = ()) -> list[ProjectReport]:
         reports = []
-        since = time.monotonic()  # what warmd's own requests found from here on is this run's
+        if since is None:
+            since = time.monotonic()  # what warmd's own requests found from here on is this run's
         plans = _undisputed(plans)
-        sizes, unsized = self._sizes(plans)
+        verified, said, unsized, weigh = self._sizes(plans)
         # A size learned for weighing goes into the plan: the engine orders by it without asking the
-        # index a second time, holds the download to it, and the report records it.
-        plans = [_with_sizes(pl, sizes) for pl in plans]
+        # index a second time, holds the download to it, and the report records it. What an index
+        # said goes only into the pins of that URL: another lock may name the same file elsewhere.
+        plans = [_with_sizes(pl, verified, said) for pl in plans]
+        sized = {p.wheel.url for pl in plans for p in pl.pins
+                 if p.wheel.sha256 in verified or p.wheel.url in said or p.wheel.url in sized}
         with self._project_locks([pl.project for pl in plans] if record else []), \
                 _using(self.store.root, {pin.wheel.sha256 for pl in plans for pin in pl.pins}):
-            run = self._fetch_and_import(plans, record=record, sizes=sizes, unsized=unsized, since=since)
+            run = self._fetch_and_import(plans, record=record, sized=sized, unsized=unsized, weigh=weigh,
+                                         since=since)
             if self.state is not None:
                 self.state.record_links(self.fetcher.links())
                 self.state.record_sizes({sha: f.size for sha, f in run.fetched.items() if isinstance(f, Fetched)})
@@ -245,79 +256,121 @@ class Pipeline:
 
     # -- fetch and import ----------------------------------------------------------------------
 
-    def _sizes(self, plans: Sequence[ProjectPlan]) -> tuple[dict[str, int], dict[str, str]]:
-        """The size of each pinned file the plans give none for (PyTorch's index gives none), when a limit
-        must weigh it: sha256 -> bytes, from the store's verified file, the size of bytes warmd verified
-        before (State.sizes), else its index's answer (Fetcher.sizes); and sha256 -> why, for the files
-        whose index did not answer at all (they fail now, as their download would). A size the index
-        would not give stays unknown (the per-project limit then keeps the file out). A size learned
-        here goes into the plan (_warm_plans), so the download is held to it; only once the bytes are
-        verified is it kept for later runs. Nothing another lock said of a file's size is taken: a lock
-        may pin a file by its sha256 with any size (_undisputed)."""
+    def _sizes(self, plans: Sequence[ProjectPlan]
+               ) -> tuple[dict[str, int], dict[str, int], dict[str, str], dict[Path, dict[str, int]]]:
+        """The sizes of the pinned files the plans give none for (PyTorch's index gives none), when a
+        limit must weigh them: (sha256 -> bytes of the store's verified file or of bytes warmd verified
+        before (State.sizes); URL -> what its index said (Fetcher.sizes); URL -> why its index did not
+        answer at all; project -> sha256 -> the size on record of a file uv had at the project's last
+        run, for weighing only (State.warm_sizes): uv may have downloaded it itself, so warmd never
+        verified that size, and a file uv keeps is not asked for again on every run).
+
+        A size the index would not give stays unknown (the per-project limit then keeps the file out).
+        What an index said holds only for its URL: a lock may pin another project's file by its sha256
+        on a server of its own, which may say anything (_with_sizes, _sources). A size learned here
+        goes into the plan (_warm_plans), so the download is held to it; only once the bytes are
+        verified is it kept for later runs."""
         limits = self.config.limits
-        unknown = {p.wheel.sha256: p.wheel for pl in plans for p in pl.pins if p.wheel.size is None}
+        unknown = [p.wheel for pl in plans for p in pl.pins if p.wheel.size is None]
         if not unknown or (limits.per_project is None and limits.min_free is None):
-            return {}, {}
-        sizes: dict[str, int] = {}
-        for sha in unknown:
+            return {}, {}, {}, {}
+        verified: dict[str, int] = {}
+        for sha in {w.sha256 for w in unknown}:
             blob = self.store.path(sha)
             with contextlib.suppress(OSError):
                 if blob is not None:
-                    sizes[sha] = blob.stat().st_size
+                    verified[sha] = blob.stat().st_size
         if self.state is not None:
-            sizes |= self.state.sizes(sha for sha in unknown if sha not in sizes)
+            verified |= self.state.sizes(w.sha256 for w in unknown if w.sha256 not in verified)
+        weigh: dict[Path, dict[str, int]] = {}
+        if self.state is not None:
+            for pl in plans:
+                on_record = self.state.warm_sizes(pl.project)
+                weigh[pl.project] = {p.wheel.sha256: n for p in pl.pins if p.wheel.size is None
+                                     and p.wheel.sha256 not in verified
+                                     and (n := on_record.get((p.wheel.sha256, p.wheel.url))) is not None}
+        said: dict[str, int] = {}
         unsized: dict[str, str] = {}
-        ask = [w for sha, w in unknown.items() if sha not in sizes]
-        for sha, said_now in (self.fetcher.sizes(ask) if ask else {}).items():
-            if isinstance(said_now, int) and said_now > 0:
-                sizes[sha] = said_now
-            elif isinstance(said_now, str):
-                unsized[sha] = f"its index did not answer for its size: {said_now}"
-        return sizes, unsized
+        # Fetcher.sizes answers by sha256: each round asks one URL of each file.
+        by_sha: defaultdict[str, dict[str, WheelFile]] = defaultdict(dict)
+        for pl in plans:
+            for p in pl.pins:
+                w = p.wheel
+                if w.size is None and w.sha256 not in verified and w.sha256 not in weigh.get(pl.project, {}):
+                    by_sha[w.sha256].setdefault(w.url, w)
+        for ask in itertools.zip_longest(*(list(urls.values()) for urls in by_sha.values())):
+            wheels = [w for w in ask if w is not None]
+            answers = self.fetcher.sizes(wheels)
+            for w in wheels:
+                said_now = answers.get(w.sha256)
+                if isinstance(said_now, int) and said_now > 0:
+                    said[w.url] = said_now
+                elif isinstance(said_now, str):
+                    unsized[w.url] = f"its index did not answer for its size: {said_now}"
+        return verified, said, unsized, weigh
 
-    def _withheld(self, plans: Sequence[ProjectPlan], sizes: dict[str, int]) -> dict[str, str]:
-        """sha256 -> why, for the files past the per-project limit of every plan that pins them."""
-        per = {pl.project: over_project_limit(pl.pins, self.config.limits.per_project, sizes) for pl in plans}
-        why: dict[str, list[str | None]] = defaultdict(list)
+    def _sources(self, plans: Sequence[ProjectPlan], unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]]
+                 ) -> tuple[dict[str, list[Pin]], dict[str, str], dict[str, str]]:
+        """Where each file is fetched from: sha256 -> its pins of distinct URLs, first choice first (the
+        plans' order), each with the size its own lock and index gave; a pin whose project's
+        per-project limit keeps the file out, or whose index did not answer for its size, is none.
+        Also sha256 -> why, for the files with no source: past the limit of every plan that pins them
+        (skipped), and those whose index did not answer (failed, as their download would)."""
+        limit = self.config.limits.per_project
+        per = {pl.project: over_project_limit(pl.pins, limit, weigh.get(pl.project)) for pl in plans}
+        sources: defaultdict[str, list[Pin]] = defaultdict(list)
+        skipped: dict[str, str] = {}
+        failed: dict[str, str] = {}
         for pl in plans:
             for pin in pl.pins:
-                why[pin.wheel.sha256].append(per[pl.project].get(pin.wheel.sha256))
-        return {sha: reasons[0] for sha, reasons in why.items() if all(reasons) and reasons[0] is not None}
+                sha, url = pin.wheel.sha256, pin.wheel.url
+                if url in unsized:
+                    failed.setdefault(sha, unsized[url])
+                elif sha in per[pl.project]:
+                    skipped.setdefault(sha, per[pl.project][sha])
+                elif all(p.wheel.url != url for p in sources[sha]):
+                    sources[sha].append(pin)
+        sources = {sha: pins for sha, pins in sources.items() if pins}
+        return sources, {sha: why for sha, why in skipped.items() if sha not in sources and sha not in failed}, \
+            {sha: why for sha, why in failed.items() if sha not in sources}
 
-    def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool = True,
-                          sizes: dict[str, int] | None = None, unsized: dict[str, str] | None = None,
-                          since: float | None = None) -> _Run:
+    def _fetch_and_import(self, plans: Sequence[ProjectPlan], *, record: bool, sized: Collection[str],
+                          unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]],
+                          since: float) -> _Run:
         """Probe, then get every wheel uv lacks into its cache, then ask uv again (`record`: say how
-        far each project is in the state). `sizes` and `unsized`: what Pipeline._sizes learned
-        (files whose index did not answer for their size are not fetched); `since`: when the run began."""
+        far each project is in the state). `sized`: the URLs whose pins' sizes this run's index
+        answer or a verified file gave, `unsized`: URL -> why its index did not answer for a size
+        and `weigh`: sizes for weighing only (Pipeline._sizes); `since`: when the run began."""
         room = Room(self.store.root, self.uv.cache_dir, self.config.limits.min_free)
         try:
-            return self._within(plans, room, record=record, sizes=sizes or {}, unsized=unsized or {},
-                                since=time.monotonic() if since is None else since)
+            return self._within(plans, room, record=record, sized=sized, unsized=unsized, weigh=weigh, since=since)
         finally:
             room.release()
 
-    def _within(self, plans: Sequence[ProjectPlan], room: Room, *, record: bool, sizes: dict[str, int],
-                unsized: dict[str, str], since: float) -> _Run:
+    def _within(self, plans: Sequence[ProjectPlan], room: Room, *, record: bool, sized: Collection[str],
+                unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]], since: float) -> _Run:
         pins = [pin for pl in plans for pin in pl.pins]
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
-        # Past a limit a file is not downloaded at all (limits.py): not even on speculation.
-        skipped = {sha: why for sha, why in self._withheld(plans, sizes).items() if sha not in unsized}
-        held = skipped.keys() | unsized.keys()
+        # One source per file, chosen here once for the speculative start, the need and the limits
+        # alike; the others are tried when it fails (`_fallback`). Past a limit a file is not
+        # downloaded at all (limits.py): not even on speculation.
+        sources, skipped, failed = self._sources(plans, unsized, weigh)
+        chosen = {sha: ps[0] for sha, ps in sources.items()}
         # Downloads start at once for files neither the store nor an earlier run has seen
         # warm; meanwhile uv says what it already has, and those downloads are called off.
-        speculative = {pin.wheel.sha256: pin for pl in plans for pin in pl.pins
-                       if not self.store.has(pin.wheel.sha256) and not self._was_warm(pl.project, pin)
-                       and pin.wheel.sha256 not in held}
-        fits, floor = room.admit(speculative.values(), in_store=resumable, sizes=sizes)
+        cold = {pin.wheel.sha256 for pl in plans for pin in pl.pins if not self._was_warm(pl.project, pin)}
+        fits, floor = room.admit([pin for sha, pin in chosen.items() if sha in cold and not self.store.has(sha)],
+                                 in_store=resumable)
         speculative = {pin.wheel.sha256: pin for pin in fits}
         shelf = Shelf()
         with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
             interpreters = {py: path for pl in plans for py, path in pl.interpreters.items() if path is not None}
-            checked = functools.partial(self._unchecked, since=since)
+            transient: set[str] = set()
+            checked = functools.partial(self._unchecked, since=since, transient=transient)
             importer = Importer(self._run_import, feeder, shelf, interpreters, checked)
             try:
-                early = pool.submit(self._fetch, list(speculative.values()), shelf)
+                others = {sha: ps[1:] for sha, ps in sources.items() if len(ps) > 1}
+                early = pool.submit(self._fetch, list(speculative.values()), shelf, others)
                 try:
                     before = {pl.project: self._probe(pl) for pl in plans}
                 except BaseException as exc:
@@ -330,12 +383,11 @@ class Pipeline:
                 need: dict[str, Pin] = {}
                 for pl in plans:
                     for pin in pl.pins:
-                        if pin.name not in before[pl.project][pin.python].warm and pin.wheel.sha256 not in held:
-                            need.setdefault(pin.wheel.sha256, pin)
+                        if pin.name not in before[pl.project][pin.python].warm and pin.wheel.sha256 in chosen:
+                            need.setdefault(pin.wheel.sha256, chosen[pin.wheel.sha256])
                 # What uv lacks beyond the speculative downloads must fit above the free-space floor too.
                 later = [pin for sha, pin in need.items() if sha not in speculative and sha not in floor]
-                floor.update(room.admit(later, in_store=resumable | {s for s in need if self.store.has(s)},
-                                        sizes=sizes)[1])
+                floor.update(room.admit(later, in_store=resumable | {s for s in need if self.store.has(s)})[1])
                 for sha in floor.keys() & need.keys():
                     skipped[sha] = floor[sha]
                     del need[sha]
@@ -348,18 +400,28 @@ class Pipeline:
                 moot = speculative.keys() - need.keys() if all(pl.is_current() for pl in plans) else set()
                 for sha in moot:
                     self.fetcher.skip(sha)
-                by_uv = self._for_uv(need, resumable, speculative, sizes, since)
+                # uv is handed each pin's own URL: only a file every lock names at one URL goes to it.
+                urls: defaultdict[str, set[str]] = defaultdict(set)
+                for pin in pins:
+                    urls[pin.wheel.sha256].add(pin.wheel.url)
+                wanted = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1},
+                                      resumable, speculative)
+                # uv starts on every file it lacks now, and unpacks each while it downloads; those uv
+                # may download itself wait for the pre-flight, the others not.
+                shelf.expect(need.keys() - wanted)
+                importer.start([p for p in pins if p.wheel.sha256 in need.keys() - wanted])
+                by_uv = self._checked_for_uv(wanted, need, sized, since)
                 for sha in by_uv:
                     self.fetcher.skip(sha, None)  # the import's own progress lines follow
-                # uv starts on every file it lacks now, and unpacks each while it downloads.
-                shelf.expect(need.keys() - by_uv)
-                importer.start([p for p in pins if p.wheel.sha256 in need and p.wheel.sha256 not in by_uv])
+                shelf.expect(wanted - by_uv)
+                importer.start([p for p in pins if p.wheel.sha256 in wanted - by_uv])
                 importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
                 fetched = early.result()
                 fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative.keys() | by_uv],
-                                           shelf))
+                                           shelf, others))
+                fetched.update(self._fallback(fetched, need.keys() - by_uv, others, shelf, room, resumable))
                 import_errors = importer.finish()
-                skipped.update(importer.skipped())
+                unchecked = importer.unchecked()
                 refused = importer.refused()
                 if refused:  # uv could not fetch them itself (its own settings, a proxy...): warmd does
                     logger.info("uv could not fetch {} wheel(s) itself; warmd downloads them", len(refused))
@@ -372,8 +434,9 @@ class Pipeline:
                     again.start([p for p in pins if p.wheel.sha256 in refused])
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
-                    skipped.update(again.skipped())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, unsized, since)
+                    unchecked.update(again.unchecked())
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, failed, since,
+                           unchecked, transient)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
@@ -382,8 +445,7 @@ class Pipeline:
                 shelf.close()  # a uv still asking for a file that will not come gets its answer: none
         return run
 
-    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin],
-                sizes: dict[str, int], since: float) -> set[str]:
+    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
 
         Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
@@ -393,10 +455,7 @@ class Pipeline:
         where its ranges beat uv's one stream per file: on a host that caps each connection to a
         slow stream; or one it has begun.
 
-        uv follows redirects unchecked, so only a file whose URL warmd's own engine asked this run
-        (since `since`), every redirect hop checked by the guard and a success at the end, goes to
-        uv: a download begun on speculation, the HEAD for the limits, else one HEAD now (which also
-        confirms the size the limits weighed). The others warmd downloads itself.
+        Before uv is handed them, `_checked_for_uv` asks where their URLs lead.
         """
         if self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
@@ -426,53 +485,63 @@ class Pipeline:
                 out.add(sha)
             elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
                 out.add(sha)
+        return out
+
+    def _checked_for_uv(self, out: set[str], need: dict[str, Pin], sized: Collection[str], since: float) -> set[str]:
+        """Of the wheels `_for_uv` chose, those uv may be handed: uv follows redirects unchecked, so only
+        a file whose URL warmd's own engine asked this run (since `since`), every redirect hop checked
+        by the guard and a success at the end, goes to uv: a download begun on speculation, the HEAD for
+        the limits, else one HEAD now (which also confirms the size the limits weighed). The others
+        warmd downloads itself."""
         if out:
             # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
-            # one would pass the limit through uv. With a limit, only files whose index confirms the
-            # size weighed go (a size learned for weighing is an answer already; one asked now must
-            # agree with it). One request serves both questions (`_preflight`); none where this run
-            # asked already.
+            # one would pass the limit through uv. With a limit, only files whose size this run's own
+            # requests confirmed go: a size learned for weighing (`sized`), a download begun on
+            # speculation (a part begun this run: its answer was held to the pin's size, ranges.py),
+            # else one request now, whose answer must agree. That request also checks the redirects
+            # (`_preflight`); none where this run asked already.
             limit = self.config.limits.per_project is not None
+            held = {s for s in out if need[s].wheel.url in sized or self.store.part_path(s).exists()}
             said = self._preflight([need[s].wheel.url for s in out], since,
-                                   again={need[s].wheel.url for s in out if limit and s not in sizes})
+                                   again={need[s].wheel.url for s in out - held} if limit else ())
             out = {s for s in out if (a := said[need[s].wheel.url]).passed
-                   and (not limit or (a.size == need[s].wheel.size if a.size is not None else s in sizes))}
+                   and (not limit or s in held or (a.size is not None and a.size == need[s].wheel.size))}
         if out:
             logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
                         ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
         return out
 
-    def _preflight(self, urls: Sequence[str], since: float, again: Collection[str] = ()) -> dict[str, _Asked]:
+    def _preflight(self, urls: Sequence[str], since: float, again: Collection[str] = ()) -> dict[str, _Checked]:
         """What warmd's own engine found of each URL this run (since `since`), asking now where it has
         not: uv follows redirects unchecked, so a URL goes to uv only when a request of warmd's for it
         got a success over a redirect chain whose every hop the guard let through (NetGuard.passed).
 
         A download begun this run, or the HEAD for the limits, answered it already: no request. Else
-        one HEAD (a one-byte ranged GET where HEAD is refused: headers.check_url), in parallel, not
-        retried (a URL that does not answer is downloaded by warmd, or skipped). `again`: URLs whose
-        size is wanted too, asked even when their chain passed (not when it was refused).
+        the engine asks (Fetcher.ask: one HEAD, a one-byte ranged GET where HEAD says nothing), in
+        parallel, not retried, 5 s at most (a URL that does not answer is downloaded by warmd, or left
+        out: `_Checked.transient`). `again`: URLs whose size is wanted too, asked even when their chain
+        passed (not when it was refused).
         """
         ask = [u for u in dict.fromkeys(urls)
                if (known := self.guard.chain_passed(u, since)) is None or (known and u in again)]
-        checks: dict[str, HeaderCheck] = {}
-        if ask:
-            with http_client(self.guard, timeout=self.config.download.timeout, user_agent="warmd") as client, \
-                    ThreadPoolExecutor(max_workers=min(8, len(ask)), thread_name_prefix="warmd-preflight") as pool:
-                checks = dict(zip(ask, pool.map(lambda u: check_url(client, u), ask)))
+        said = self.fetcher.ask(ask, keep=False) if ask else {}
         out = {}
         for u in urls:
             passed = bool(self.guard.chain_passed(u, since))
-            check = checks.get(u)
-            why = None if passed else ("a redirect went where warmd does not connect" if check is None
-                                       else check.error or f"HTTP {check.status}")
-            out[u] = _Asked(passed, check.content_length if check is not None and check.ok else None, why)
+            a = said.get(u)
+            why = None if passed else ("a redirect went where warmd does not connect" if a is None
+                                       else a.error or f"HTTP {a.status}")
+            out[u] = _Checked(passed, a.size if a is not None and a.status == 200 else None, why,
+                              transient=not passed and a is not None and a.mendable)
         return out
 
-    def _unchecked(self, pins: Sequence[Pin], *, since: float) -> dict[str, str]:
+    def _unchecked(self, pins: Sequence[Pin], *, since: float, transient: set[str]) -> dict[str, str]:
         """sha256 -> why, for the wheels pinned by URL that uv may not be handed (`_preflight`): uv
         downloads them from that URL itself (its cache keys them by it). Warmd's own download of this
-        run asked the URL already; a file that was in the store is asked now."""
+        run asked the URL already; a file that was in the store is asked now. Those whose question met
+        a fault that waiting may mend go into `transient`."""
         said = self._preflight([p.wheel.url for p in pins], since)
+        transient.update(p.wheel.sha256 for p in pins if said[p.wheel.url].transient)
         return {p.wheel.sha256: _unchecked_reason(p.wheel.url, said[p.wheel.url].why or "")
                 for p in pins if not said[p.wheel.url].passed}
 
@@ -483,16 +552,17 @@ class Pipeline:
             return before
         after = self._probe(pl)
         lost = [p for p in pl.pins if p.wheel.sha256 in run.need and p.wheel.sha256 not in run.import_errors
+                and p.wheel.sha256 not in run.unchecked  # never handed to uv: nothing lost
                 and isinstance(run.fetched.get(p.wheel.sha256), Fetched) and p.name in after[p.python].cold]
         if not lost:
             return after
         logger.info("{}: uv lost {} wheel(s) right after their import (was its cache cleaned?); importing again",
                     pl.project, len(lost))
         again = Importer(self._run_import, feeder, shelf, pl.interpreters,
-                         functools.partial(self._unchecked, since=run.since))
+                         functools.partial(self._unchecked, since=run.since, transient=run.transient))
         again.start(lost)
         run.import_errors.update(again.finish())
-        run.skipped.update(again.skipped())
+        run.unchecked.update(again.unchecked())
         return self._probe(pl)
 
     def _tidy(self, reports: list[ProjectReport], run: _Run) -> None:
@@ -511,7 +581,10 @@ class Pipeline:
                 self.store.drop_partial(sha)  # verified, never committed (Fetcher(keep=False))
                 self.store.remove(sha)  # a blob an earlier keep-wheels run left
 
-    def _fetch(self, pins: list[Pin], shelf: Shelf) -> dict[str, Fetched | WarmdError]:
+    def _fetch(self, pins: list[Pin], shelf: Shelf,
+               others: Mapping[str, Sequence[Pin]] | None = None) -> dict[str, Fetched | WarmdError]:
+        """Fetch these pins' files, offering each to the shelf; a file that failed where `others` (sha256
+        -> its other sources) has another source to try stays expected (`_fallback` tries them)."""
         if not pins:
             return {}
         logger.info("fetching {} wheel(s)", len(pins))
@@ -519,11 +592,37 @@ class Pipeline:
         def done(sha: str, result: Fetched | WarmdError) -> None:
             if isinstance(result, Fetched):
                 shelf.offer(sha, result.path)
-            else:
+            elif not (others and others.get(sha) and _another_source_may_help(result)):
                 shelf.withdraw(sha)
 
         return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
                                        max_parallel_files=self.config.download.parallel_files)
+
+    def _fallback(self, fetched: dict[str, Fetched | WarmdError], wanted: Collection[str],
+                  others: Mapping[str, Sequence[Pin]], shelf: Shelf, room: Room,
+                  resumable: Collection[str]) -> dict[str, Fetched | WarmdError]:
+        """Fetch each wanted file whose first source failed from the next source another lock names,
+        until one verifies or none is left: a lock that names another project's file by its sha256 on
+        a server that lies about it (its size, its bytes) must not fail that file for the others.
+        Each source is held to the size its own lock and index gave, and must fit the free-space floor."""
+        left = {sha: list(others.get(sha, ())) for sha in wanted}
+        out: dict[str, Fetched | WarmdError] = {}
+        failed = {sha: r for sha, r in fetched.items() if sha in wanted and not isinstance(r, Fetched)}
+        while failed:
+            todo: list[Pin] = []
+            for sha, result in failed.items():
+                if left.get(sha) and _another_source_may_help(result):
+                    nxt = left[sha].pop(0)
+                    if room.admit([nxt], in_store=resumable)[0]:
+                        logger.warning("{}: {}; trying {}", nxt.wheel.filename, result, redact(nxt.wheel.url))
+                        todo.append(nxt)
+                        continue
+                    left[sha] = []
+                shelf.withdraw(sha)
+            got = self._fetch(todo, shelf, left)
+            out.update(got)
+            failed = {sha: r for sha, r in got.items() if not isinstance(r, Fetched)}
+        return out
 
     def _needs_override(self, pins: Sequence[Pin]) -> list[str]:
         """The indexes of these pins whose files uv would not keep by itself (`_for_uv` let them
@@ -589,17 +688,26 @@ class Pipeline:
         out: dict[tuple[str, str], SkippedReport] = {}
         # uv connects to their index's page of the package, and to the file, itself: only where the
         # guard lets it, and (uv follows redirects unchecked) where warmd's own request for each came
-        # back this run with a success, every redirect hop checked.
+        # back this run with a success, every redirect hop checked: one pre-flight for them all.
+        urls = {(s.name, s.python): [u for u in (_package_page(s.index, s.name) if s.index else None, s.url)
+                                     if u is not None] for s in wanted}
+        refused: dict[tuple[str, str], str] = {}
+        for s in wanted:
+            for u in urls[(s.name, s.python)]:
+                verdict = self.guard.for_uv(u, pl.project, index=s.index)
+                if not verdict.ok:
+                    refused[(s.name, s.python)] = verdict.reason or "refused by the network guard"
+                    break
+        said = self._preflight([u for k, us in urls.items() if k not in refused for u in us], since)
         for s in list(wanted):
-            urls = [u for u in (_package_page(s.index, s.name) if s.index else None, s.url) if u is not None]
-            refused = next((v.reason for u in urls if not (v := self.guard.for_uv(u, pl.project, index=s.index)).ok),
-                           None)
-            if refused is None:
-                said = self._preflight(urls, since)
-                refused = next((_unchecked_reason(u, a.why or "") for u, a in said.items() if not a.passed), None)
-            if refused is not None:
+            k = (s.name, s.python)
+            failing = [(u, said[u]) for u in urls[k] if not said[u].passed] if k not in refused else []
+            why = refused.get(k) or next((_unchecked_reason(u, a.why or "") for u, a in failing), None)
+            if why is not None:
                 wanted.remove(s)
-                out[(s.name, s.python)] = SkippedReport(s, "skipped", refused)
+                # a fault that waiting may mend fails the wheel, so the daemon tries again
+                transient = bool(failing) and all(a.transient for _u, a in failing)
+                out[k] = SkippedReport(s, "failed" if transient else "skipped", why)
         groups: dict[tuple[str, str], list] = defaultdict(list)
         for s in wanted:
             groups[(s.python, s.platform or "")].append(s)
@@ -632,6 +740,7 @@ class Pipeline:
         before, after = run.before[pl.project], run.after[pl.project]
         fetched, import_errors = run.fetched, run.import_errors
         wheels = []
+        unchecked: list[SkippedReport] = []
         for pin in pl.pins:
             res = after[pin.python]
             got = fetched.get(pin.wheel.sha256)
@@ -646,6 +755,10 @@ class Pipeline:
             where = dict(via=got.via, mirror_error=got.mirror_error) if isinstance(got, Fetched) else {}
             if pin.name in res.warm:
                 wheels.append(WheelReport(pin, "warm", None, down, reused, **where))
+            elif pin.wheel.sha256 in run.unchecked and pin.wheel.sha256 in run.transient:
+                wheels.append(WheelReport(pin, "failed", run.unchecked[pin.wheel.sha256]))
+            elif pin.wheel.sha256 in run.unchecked:  # left to `uv sync`, as a pin the guard refused: no limit's
+                unchecked.append(SkippedReport(skipped_pin(pin, run.unchecked[pin.wheel.sha256]), "skipped"))
             elif pin.wheel.sha256 in run.unsized:
                 wheels.append(WheelReport(pin, "failed", run.unsized[pin.wheel.sha256]))
             elif pin.wheel.sha256 in run.skipped:
@@ -664,7 +777,7 @@ class Pipeline:
         for w in wheels:
             if w.state != "warm":
                 logger.warning("{}: {} {}{}", pl.project, w.pin.wheel.filename, w.state, f" ({w.reason})" if w.reason else "")
-        skipped = tuple(unhashed.get((s.name, s.python)) or SkippedReport(s) for s in pl.skipped)
+        skipped = tuple(unhashed.get((s.name, s.python)) or SkippedReport(s) for s in pl.skipped) + tuple(unchecked)
         for r in skipped:
             if r.state == "skipped":
                 logger.info("{}: {} {} skipped: {}", pl.project, r.skipped.name, r.skipped.version, r.skipped.reason)
@@ -730,22 +843,27 @@ def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> Proj
         if verdict.ok:
             kept.append(pin)
         else:
-            left.append(Skipped(pin.name, pin.version, pin.python, verdict.reason or "refused by the network guard",
-                                filename=pin.wheel.filename, url=pin.wheel.url, size=pin.wheel.size,
-                                index=pin.index, platform=pin.platform))
+            left.append(skipped_pin(pin, verdict.reason or "refused by the network guard"))
     if not left:
         return pl
     logger.warning("{}: {} wheel(s) skipped: {}", pl.project, len(left), left[0].reason)
     return dataclasses.replace(pl, pins=tuple(kept), skipped=pl.skipped + tuple(left))
 
 
+def skipped_pin(pin: Pin, reason: str) -> Skipped:
+    """A pin left out of the warm, with why (the report lists it under `skipped`)."""
+    return Skipped(pin.name, pin.version, pin.python, reason, filename=pin.wheel.filename, url=pin.wheel.url,
+                   size=pin.wheel.size, index=pin.index, platform=pin.platform)
+
+
 @dataclass(frozen=True)
-class _Asked:
+class _Checked:
     """What `Pipeline._preflight` found of one URL."""
 
     passed: bool  # a request of warmd's got a success this run, every redirect hop checked
     size: int | None = None  # the size its answer gave now (None: not asked now, or none given)
     why: str | None = None  # why it did not pass
+    transient: bool = False  # it did not pass for a fault that waiting may mend (no answer, 408, 429, 5xx)
 
 
 def _unchecked_reason(url: str, why: str) -> str:
@@ -778,14 +896,23 @@ def _undisputed(plans: Sequence[ProjectPlan]) -> list[ProjectPlan]:
         for p in pl.pins)) for pl in plans]
 
 
-def _with_sizes(pl: ProjectPlan, sizes: dict[str, int]) -> ProjectPlan:
-    """`pl` with the sizes learned for files its lock gives none for (sha256 -> bytes)."""
-    if not any(p.wheel.size is None and p.wheel.sha256 in sizes for p in pl.pins):
+def _with_sizes(pl: ProjectPlan, verified: Mapping[str, int], said: Mapping[str, int]) -> ProjectPlan:
+    """`pl` with the sizes learned for files its lock gives none for: a verified file's (sha256 -> bytes)
+    for every pin of it, an index's answer (URL -> bytes) for the pins of that URL only."""
+    def learned(p: Pin) -> int | None:
+        return verified.get(p.wheel.sha256, said.get(p.wheel.url)) if p.wheel.size is None else None
+
+    if not any(learned(p) is not None for p in pl.pins):
         return pl
     return dataclasses.replace(pl, pins=tuple(
-        p if p.wheel.size is not None or p.wheel.sha256 not in sizes
-        else dataclasses.replace(p, wheel=dataclasses.replace(p.wheel, size=sizes[p.wheel.sha256]))
+        p if (n := learned(p)) is None else dataclasses.replace(p, wheel=dataclasses.replace(p.wheel, size=n))
         for p in pl.pins))
+
+
+def _another_source_may_help(result: Fetched | WarmdError) -> bool:
+    """Whether another server's copy of a file may succeed where this result failed: not for a file
+    called off or not needed, nor for a disk that is full."""
+    return isinstance(result, FetchError) and not isinstance(result, (FetchSkipped, FetchCancelled, DiskFull))
 
 
 def report_of(pl: ProjectPlan, *, wheels: tuple[WheelReport, ...],

@@ -260,7 +260,7 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
     target = target or Target.here()
     folder, lock_path = locate(path)
     lock = read_lock(lock_path)
-    pyproject = read_toml(folder / "pyproject.toml") or {}  # uv reads it too; names it when it is not TOML
+    pyproject = read_toml(folder / "pyproject.toml") or {}  # not TOML: InputError naming it, before uv reads it
     check_inputs(folder, lock, pyproject)  # before uv reads any of them
     settings = options.settings(folder)
     variant = project_variant(options, folder, detection)

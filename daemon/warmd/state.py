@@ -625,6 +625,17 @@ class State:
                                             part).fetchall())
         return out
 
+    def warm_sizes(self, project: Path) -> dict[tuple[str, str], int]:
+        """(sha256, URL) -> the size on record for each pin of the project whose wheel was warm at its
+        last run: the size its lock or its index gave (the wheel's, kept across runs that learned none),
+        not verified by warmd (uv may have downloaded it), so for weighing only."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT p.sha256, p.url, coalesce(p.size, w.size) AS n FROM pins p JOIN wheels w ON "
+                "w.project = p.project AND w.sha256 = p.sha256 WHERE p.project=? AND w.state='warm' AND n IS NOT NULL",
+                (str(project),)).fetchall()
+        return {(sha, url): size for sha, url, size in rows}
+
     def failures(self, project: Path) -> int:
         """The project's failed outcomes in a row (0 when the last one was not a failure)."""
         with self._lock:

@@ -30,11 +30,10 @@ TRUST_FILE = "trust.json"
 
 @dataclass(frozen=True)
 class Trusted:
-    """One project the user trusted: when, the uv.lock it had (sha256), the origins that lock named."""
+    """One project the user trusted: when, and the origins its uv.lock named then."""
 
     path: Path
     trusted_at: float
-    lock_sha256: str | None
     origins: tuple[str, ...]
 
     def as_trust(self) -> Trust:
@@ -80,21 +79,18 @@ class TrustStore:
             row = row if isinstance(row, dict) else {}
             origins = row.get("origins")
             at = row.get("trusted_at")
-            sha = row.get("lock_sha256")
             out.append(Trusted(Path(path), float(at) if isinstance(at, (int, float)) else 0.0,
-                               sha if isinstance(sha, str) else None,
                                tuple(o for o in origins if isinstance(o, str)) if isinstance(origins, list) else ()))
         return out
 
-    def add(self, project: Path, origins: Iterable[str], lock_sha256: str | None) -> Trusted:
+    def add(self, project: Path, origins: Iterable[str]) -> Trusted:
         """Trust `project` with these origins (replacing what an earlier `warmd trust` recorded)."""
-        row = Trusted(project, time.time(), lock_sha256, tuple(sorted(set(origins))))
+        row = Trusted(project, time.time(), tuple(sorted(set(origins))))
 
         def put(projects: dict[str, Any]) -> bool:
             for same in _same(projects, project):  # the folder by another path (a symlink)
                 del projects[same]
-            projects[str(project)] = {"trusted_at": row.trusted_at, "lock_sha256": lock_sha256,
-                                      "origins": list(row.origins)}
+            projects[str(project)] = {"trusted_at": row.trusted_at, "origins": list(row.origins)}
             return True
 
         self._edit(put)
@@ -113,8 +109,7 @@ class TrustStore:
 
     def _edit(self, change: Callable[[dict[str, Any]], bool]) -> bool:
         with self._locked():
-            projects = {str(t.path): {"trusted_at": t.trusted_at, "lock_sha256": t.lock_sha256,
-                                      "origins": list(t.origins)} for t in self.read()}
+            projects = {str(t.path): {"trusted_at": t.trusted_at, "origins": list(t.origins)} for t in self.read()}
             changed = change(projects)
             if changed:
                 text = json.dumps({"version": 1, "projects": projects}, indent=2, sort_keys=True) + "\n"

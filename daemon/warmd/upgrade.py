@@ -41,14 +41,13 @@ from typing import Any, Sequence
 import tomlkit
 from loguru import logger
 
+from . import untrusted
 from .atomic import write_atomic
 from .errors import InputError, NeedsBuild, WarmdError
 from .lockfile import MAX_LOCK_BYTES, Lock
 from .plan import matches
-from . import untrusted
-from .untrusted import read_bytes
 from .uvcache import Uv
-from .uvconfig import add_cache_control, dig, read_toml, requirement_urls, settings_urls
+from .uvconfig import add_cache_control, dig, read_settings, requirement_urls, settings_urls
 
 _READS = ("pyproject.toml", "uv.toml", ".python-version")  # what uv reads of a local package
 # The uv settings (in [tool.uv] or a uv.toml) that decide what `uv lock` resolves; the copy keeps
@@ -178,7 +177,7 @@ def contacts(folder: Path, lock: Lock) -> list[tuple[str, str, str | None]]:
     if above is not None:
         files.append(above)
     for f in files:
-        data = read_toml(f)
+        data = read_settings(f)
         settings = data if f.name == "uv.toml" else dig(data, "tool", "uv")
         pyproject = data if f.name == "pyproject.toml" else None
         urls = settings_urls(settings) + requirement_urls(pyproject, settings)
@@ -250,7 +249,7 @@ def _copy_package(src: Path, dst: Path) -> None:
 def _copy_file(src: Path, dst: Path, *, limit: int | None = None) -> None:
     """Copy a regular file of the project (read as untrusted.read_bytes reads it); nothing when there is none."""
     try:
-        data, st = read_bytes(src, limit) if limit is not None else read_bytes(src)
+        data, st = untrusted.read_bytes(src, limit) if limit is not None else untrusted.read_bytes(src)
     except FileNotFoundError:
         return
     except InputError as exc:
@@ -266,7 +265,7 @@ def _config_above(folder: Path) -> Path | None:
     for where in (folder, *folder.parents):
         if (where / "uv.toml").is_file():
             found = where / "uv.toml"
-        elif dig(read_toml(where / "pyproject.toml"), "tool", "uv") is not None:
+        elif dig(read_settings(where / "pyproject.toml"), "tool", "uv") is not None:
             found = where / "pyproject.toml"
         else:
             continue

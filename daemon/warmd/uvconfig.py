@@ -12,10 +12,9 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from . import untrusted
 from .atomic import write_atomic
 from .errors import InputError
-from . import untrusted
-from .untrusted import read_text
 
 # uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
 IMMUTABLE_FILES = "max-age=365000000, immutable"
@@ -72,7 +71,7 @@ def user_index_urls(env: Mapping[str, str]) -> list[tuple[str, str]]:
             if url:
                 out.append((url, name))
     for toml in uv_toml_files(env):
-        data = read_toml(toml)
+        data = read_settings(toml)
         out += [(url, str(toml)) for url in settings_urls(data, sources=False)]
     return [(u, w) for u, w in out if "://" in u]
 
@@ -133,7 +132,7 @@ def requirement_urls(pyproject: Any, settings: Any) -> list[str]:
     return urls
 
 
-def read_toml(path: Path) -> dict[str, Any] | None:
+def read_settings(path: Path) -> dict[str, Any] | None:
     """A settings file looked at for what it names (untrusted.read_toml), or None when there is none
     or it cannot be read: uv names such a file itself when it reads it."""
     try:
@@ -159,8 +158,8 @@ def index_overrides(folder: Path, env: Mapping[str, str]) -> dict[str, Override]
     """
     out: dict[str, Override] = {}
     pyproject = folder / "pyproject.toml"
-    sources = [(pyproject, dig(read_toml(pyproject), "tool", "uv", "index"))]
-    sources += [(toml, dig(read_toml(toml), "index")) for toml in uv_toml_files(env, folder)]
+    sources = [(pyproject, dig(read_settings(pyproject), "tool", "uv", "index"))]
+    sources += [(toml, dig(read_settings(toml), "index")) for toml in uv_toml_files(env, folder)]
     for where, entries in sources:
         for e in entries if isinstance(entries, list) else []:
             files = dig(e, "cache-control", "files")
@@ -176,7 +175,7 @@ def add_cache_control(pyproject: Path, urls: Sequence[str]) -> list[str]:
     entry changed."""
     import tomlkit
 
-    doc = tomlkit.parse(read_text(pyproject))
+    doc = tomlkit.parse(untrusted.read_text(pyproject))
     wanted = {norm_url(u) for u in urls}
     settings = doc if pyproject.name == "uv.toml" else doc.get("tool", {}).get("uv", {})
     entries = settings.get("index", [])
