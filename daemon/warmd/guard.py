@@ -328,11 +328,6 @@ class NetGuard:
                               "send it your credentials, so warmd does not hand it to uv; add "
                               f"{_prefix_hint(url, index)!r} to trusted-indexes to vouch for it")
 
-    def forget(self, scope: str) -> None:
-        """Drop what checks admitted under `scope` at once (`admitting` replaces it in one step instead)."""
-        with self._lock:
-            self._admitted.pop(scope, None)
-
     @contextlib.contextmanager
     def admitting(self, scope: str) -> Iterator[None]:
         """Admit a plan anew under `scope`: what the checks inside admit for it replaces the scope's

@@ -830,20 +830,21 @@ def admit(guard: NetGuard, pl: ProjectPlan, project: Path | None = None) -> Proj
 
     A wheel pinned by URL is downloaded by uv itself (its cache keys it by that URL), so it must
     pass the check for uv too; the others pass warmd's own (and go to uv only where `_for_uv` may).
-    What the plan's project (or the look-ahead for `project`) had admitted before is forgotten
-    first: a private URL its lock no longer names opens no connection.
+    What the plan's project (or the look-ahead for `project`) had admitted before is replaced in
+    one step: a private URL its lock no longer names opens no connection, one it still names stays
+    open to requests in flight.
     """
     scope = key(pl.project) if project is None else f"{key(project)} (look-ahead)"
-    guard.forget(scope)
     kept: list[Pin] = []
     left: list[Skipped] = []
-    for pin in pl.pins:
-        ask = guard.check if pin.index is not None else guard.for_uv
-        verdict = ask(pin.wheel.url, project or pl.project, index=pin.index, scope=scope)
-        if verdict.ok:
-            kept.append(pin)
-        else:
-            left.append(skipped_pin(pin, verdict.reason or "refused by the network guard"))
+    with guard.admitting(scope):
+        for pin in pl.pins:
+            ask = guard.check if pin.index is not None else guard.for_uv
+            verdict = ask(pin.wheel.url, project or pl.project, index=pin.index, scope=scope)
+            if verdict.ok:
+                kept.append(pin)
+            else:
+                left.append(skipped_pin(pin, verdict.reason or "refused by the network guard"))
     if not left:
         return pl
     logger.warning("{}: {} wheel(s) skipped: {}", pl.project, len(left), left[0].reason)
