@@ -300,17 +300,24 @@ def test_a_url_the_lock_spells_in_capitals_goes_to_uv_once_warmds_own_request_fo
     assert hits[0].method == "HEAD" and any(h.method == "GET" and h.range is None for h in hits), hits  # warmd, then uv
 
 
-def test_a_wheel_pinned_by_url_goes_to_uv_only_after_warmd_checked_where_its_url_leads(
-        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
-    """uv downloads a wheel pinned by URL itself (its cache keys it by the URL), following redirects
-    unchecked. In warmd's store already (keep-wheels), the file is not downloaded this run, so a
-    HEAD asks where its URL leads: a redirect to a server nobody vouched for keeps uv from it."""
+def _kept_in_the_store_only(user: User, index_server: IndexServer, wheel_dir: Path) -> tuple[Path, Path, Path]:
+    """A project pinning a wheel by URL, warmed once with keep-wheels, then uv's cache cleaned: the
+    next run has the file in warmd's store and must hand it to uv again (the project, wheel, config)."""
     project, wheel = _direct_url_project(user, index_server, wheel_dir)
     config = write_warmd_config(user.tmp, user.uv, user.cache, packages=["flash-attn*"],
                                 trusted=[index_server.url], extra=["keep-wheels = true"])
     first = user.prefetch(config, str(project))
     assert [w["state"] for w in first["projects"][0]["wheels"]] == ["warm"], first
     subprocess.run([str(user.uv), "cache", "clean"], env=user.env, check=True, capture_output=True)
+    return project, wheel, config
+
+
+def test_a_wheel_pinned_by_url_goes_to_uv_only_after_warmd_checked_where_its_url_leads(
+        user: User, index_server: IndexServer, wheel_dir: Path) -> None:
+    """uv downloads a wheel pinned by URL itself (its cache keys it by the URL), following redirects
+    unchecked. In warmd's store already (keep-wheels), the file is not downloaded this run, so a
+    HEAD asks where its URL leads: a redirect to a server nobody vouched for keeps uv from it."""
+    project, wheel, config = _kept_in_the_store_only(user, index_server, wheel_dir)
     with IndexServer() as intranet:
         intranet.add_wheel(wheel, "releases", folder="/files/releases/v1")
         index_server.faults.redirect[wheel.name] = intranet.file_url(wheel.name, "releases")
@@ -328,12 +335,7 @@ def test_a_wheel_the_pre_flight_could_not_check_is_no_limits_and_a_passing_fault
     """The pre-flight's refusal is its own: a redirect it could not follow leaves the wheel to `uv sync`
     (under `skipped`, with the pre-flight's words: never "skipped by a limit"); an index that answers
     its HEAD with a 503 (a fault waiting may mend) fails the wheel, so the daemon tries again."""
-    project, wheel = _direct_url_project(user, index_server, wheel_dir)
-    config = write_warmd_config(user.tmp, user.uv, user.cache, packages=["flash-attn*"],
-                                trusted=[index_server.url], extra=["keep-wheels = true"])
-    first = user.prefetch(config, str(project))
-    assert [w["state"] for w in first["projects"][0]["wheels"]] == ["warm"], first
-    subprocess.run([str(user.uv), "cache", "clean"], env=user.env, check=True, capture_output=True)
+    project, wheel, config = _kept_in_the_store_only(user, index_server, wheel_dir)
     index_server.faults.status_burst[wheel.name] = [503]
     index_server.reset_counters()
     second = user.prefetch(config, str(project))
