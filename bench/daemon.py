@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.core import HZ, Log, Mode, Row, cpu_ticks, fresh, med, not_measured, remove, spawn, status_kib
 from bench.lab import VARIANT, Server, gpu_project, torch_set, warmd_config
 from tests.support.projects import lock_project, uv_env
-from warmd.config import WatchSettings
+from warmd.base import WatchSettings
 
 _CHEAP_LOCK = """version = 1
 revision = 2

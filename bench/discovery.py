@@ -1,4 +1,4 @@
-"""Row 10: how long `warmd.watch.discover` takes over a root of many folders (page cache warm)."""
+"""Row 10: how long `warmd.service.discover` takes over a root of many folders (page cache warm)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 from bench.core import Log, Mode, Row, med, remove, secs
-from warmd.config import DEFAULT_IGNORED_DIRS, WatchSettings
-from warmd.watch import discover
+from warmd.base import DEFAULT_IGNORED_DIRS, WatchSettings
+from warmd.service import discover
 
 
 def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
@@ -16,8 +16,8 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
 
 
 def _discovery(mode: Mode, tmp: Path, log: Log) -> Row:
-    """Time warmd.watch.discover over a root of mode.discovery_folders folders (3 runs, median)."""
-    row = Row("10", f"discovery of a root of {mode.discovery_folders:,} folders (`warmd.watch.discover`)")
+    """Time warmd.service.discover over a root of mode.discovery_folders folders (3 runs, median)."""
+    row = Row("10", f"discovery of a root of {mode.discovery_folders:,} folders (`warmd.service.discover`)")
     root = tmp / "disc"
     a, b = 20, 50
     c = max(1, round((mode.discovery_folders - a - a * b) / (a * b)))

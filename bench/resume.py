@@ -12,7 +12,7 @@ from bench.core import Log, MiB, Mode, Row, fresh, mib, remove, spawn
 from bench.lab import LATENCY, Server, locked_project, prefetch, prefetch_cmd, torch_set, warmd_config
 from tests.support.projects import uv_env
 from tests.support.wheels import sha256_file
-from warmd.store import Sidecar
+from warmd.transfer import Sidecar
 
 
 def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:

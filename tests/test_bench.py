@@ -67,5 +67,5 @@ def test_the_bench_runs_warmd_from_compiled_bytecode_as_an_installed_one_would()
     import warmd
 
     compile_bytecode()
-    sources = sorted(Path(warmd.__file__).parent.glob("*.py"))
+    sources = sorted(Path(warmd.__file__).parent.rglob("*.py"))
     assert sources and all(Path(importlib.util.cache_from_source(str(src))).is_file() for src in sources)

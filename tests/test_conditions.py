@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakes import FakeTools, fake_root
-from warmd.ahead import postpone_reason
-from warmd.conditions import Conditions, Reading, metered, on_battery, read_conditions
-from warmd.config import AheadSettings
+from warmd.warm import postpone_reason
+from warmd.warm import Conditions, Reading, metered, on_battery, read_conditions
+from warmd.base import AheadSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "power"
 SUPPLY = "sys/class/power_supply"

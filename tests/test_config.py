@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from warmd.config import Config, load_config, parse_config
-from warmd.errors import ConfigError
+from warmd.base import Config, load_config, parse_config
+from warmd.base import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 

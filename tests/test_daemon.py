@@ -19,13 +19,13 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
-from warmd import cancel
-from warmd.config import load_config
-from warmd.daemon import Daemon, WorkQueue
-from warmd.policy import project_statuses
-from warmd.schedule import build_scheduler
+from warmd.base import cancel
+from warmd.base import load_config
+from warmd.service import Daemon, WorkQueue
+from warmd.cli import project_statuses
+from warmd.service import build_scheduler
 from warmd.state import State
-from warmd.store import Store
+from warmd.transfer import Store
 
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 
@@ -324,8 +324,8 @@ def test_the_header_check_asks_the_guard_as_the_users_uv_toml_is_now(tmp_path: P
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An index the user adds to their uv.toml is theirs from the next header check on, not from the
     next warm: the check reads the user's configuration again before it asks the guard."""
-    from warmd.daemon import _PipelineRef
-    from warmd.pipeline import Pipeline
+    from warmd.service.daemon import _PipelineRef
+    from warmd.warm import Pipeline
 
     xdg = tmp_path / "xdg"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))

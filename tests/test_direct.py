@@ -16,13 +16,14 @@ import pytest
 
 from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler, vouched_urls
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
-from warmd.config import Config, DownloadSettings, LimitSettings
-from warmd.fetch import Fetcher, ProgressEvent
-from warmd.model import ProjectReport
-from warmd.pipeline import Pipeline
+from warmd.base import Config, DownloadSettings, LimitSettings
+from warmd.base import ProgressEvent
+from warmd.transfer import Fetcher
+from warmd.base import ProjectReport
+from warmd.warm import Pipeline
 from warmd.state import State
-from warmd.store import Store
-from warmd.uvcache import Uv
+from warmd.transfer import Store
+from warmd.uv import Uv
 
 MiB = 2**20
 PACKAGES = ("torch", "pytorch-triton*", "nvidia-*", "filelock")  # filelock: so an offline sync has all

@@ -17,18 +17,12 @@ from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
-from warmd.config import Config, parse_config
-from warmd.doctor import (
-    CACHE_CONTROL_LINE,
-    TROUBLESHOOTING,
-    _check_disk,
-    _check_inotify,
-    _Report,
-    add_cache_control,
-    diagnose,
-)
-from warmd.limits import Room
-from warmd.model import Pin, WheelFile
+from warmd.base import Config, parse_config
+from warmd.cli import TROUBLESHOOTING, diagnose
+from warmd.uv import CACHE_CONTROL_LINE, add_cache_control
+from warmd.cli.doctor import _check_disk, _check_inotify, _Report
+from warmd.warm import Room
+from warmd.base import Pin, WheelFile
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]

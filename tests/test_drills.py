@@ -37,7 +37,7 @@ from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.state import STATE_FILE, State
-from warmd.store import Store
+from warmd.transfer import Store
 
 MiB = 2**20
 KiB = 2**10

@@ -21,15 +21,16 @@ import pytest
 from tests.support.index_server import Hit, IndexServer
 from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
-from warmd.errors import DiskFull, FetchError, HashMismatch
-from warmd.fetch import LINK_TTL, Fetcher, FetchCancelled, ProgressEvent
-from warmd.guard import NetGuard
-from warmd.model import Fetched, WheelFile
-from warmd.partial import Sidecar
-from warmd.redact import redact
-from warmd.retry import retry_after
+from warmd.base import DiskFull, FetchError, HashMismatch
+from warmd.base import ProgressEvent
+from warmd.transfer import LINK_TTL, Fetcher, FetchCancelled
+from warmd.transfer import NetGuard
+from warmd.base import Fetched, WheelFile
+from warmd.transfer import Sidecar
+from warmd.base import redact
+from warmd.transfer import retry_after
 from warmd.state import State
-from warmd.store import Store
+from warmd.transfer import Store
 
 KiB, MiB = 1024, 2**20
 SEG = 128 * KiB
@@ -491,9 +492,8 @@ def test_cancel_interrupts_a_stalled_read(scheme: str, request: pytest.FixtureRe
 _CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from warmd.fetch import Fetcher
-    from warmd.model import WheelFile
-    from warmd.store import Store
+    from warmd.base import WheelFile
+    from warmd.transfer import Fetcher, Store
     url, name, sha, size, root = sys.argv[1:]
     with Fetcher(Store(Path(root)), connections=2, piece_size=128 * 1024, trust_env=False) as f:
         f.fetch(WheelFile(url, name, sha, int(size)))

@@ -18,8 +18,8 @@ from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
 from tests.test_doctor import doctor, of
-from warmd.progress import human_bytes
-from warmd.uvdisk import cache_use
+from warmd.base import human_bytes
+from warmd.uv import cache_use
 
 MiB = 2**20
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]

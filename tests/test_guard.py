@@ -1,4 +1,4 @@
-"""The network guard (warmd/guard.py) on its own: which addresses are private, what a URL prefix
+"""The network guard (warmd/transfer/guard.py) on its own: which addresses are private, what a URL prefix
 covers, who vouches for what, when credentials go along; then warmd's two kinds of connection (the
 engine's, httpx's) against local servers, counting what reached them."""
 
@@ -13,18 +13,17 @@ import pytest
 
 from tests.support.index_server import IndexServer
 from tests.support.wheels import make_wheel
-import warmd.guard as guard_module
-from warmd.clients import http_client
-from warmd.config import Config, parse_config
-from warmd.connection import Connection, HttpSettings
-from warmd.credentials import index_auth
-from warmd.errors import ConfigError, InputError
-from warmd.guard import (NetGuard, Refused, Trust, Vouch, address_class, guard_for, key, literal, origin, under,
-                         url_key)
-from warmd.headers import check_url
-from warmd.lockfile import read_lock
-from warmd.trust import TrustStore
-from warmd.uvconfig import user_index_urls
+import warmd.transfer.guard as guard_module
+from warmd.transfer import http_client
+from warmd.base import Config, parse_config
+from warmd.transfer import Connection, HttpSettings
+from warmd.transfer import index_auth
+from warmd.base import ConfigError, InputError
+from warmd.transfer import NetGuard, Refused, Trust, Vouch, address_class, guard_for, key, literal, origin, under, url_key
+from warmd.transfer import check_url
+from warmd.uv import read_lock
+from warmd.transfer import TrustStore
+from warmd.uv import user_index_urls
 
 
 @pytest.mark.parametrize("address, kind", [
@@ -250,8 +249,8 @@ def test_a_git_source_over_ssh_is_vouched_for_with_its_project(tmp_path: Path) -
     vouched, which for a git source is its project (`warmd trust`; trusted-indexes hold http(s)
     index prefixes). warmd itself never connects to a git source: doctor's `network` check does
     not count one, its `ahead` check says what the look-ahead does."""
-    from warmd.ahead import refusal
-    from warmd.doctor import _check_ahead_hosts, _check_hosts, _Report
+    from warmd.warm import refusal
+    from warmd.cli.doctor import _check_ahead_hosts, _check_hosts, _Report
 
     project, trusted = tmp_path / "clone", tmp_path / "mine"
     lock_text = "\n".join([

@@ -9,9 +9,10 @@ import pytest
 
 from tests.support.index_server import NO_STORE, IndexServer
 from tests.support.wheels import make_wheel
-from warmd.headers import cache_verdict, check_pins, check_url, compare, is_immutable_host
-from warmd.redact import redact
-from warmd.model import Pin, WheelFile
+from warmd.transfer import check_pins, check_url, compare
+from warmd.uv import cache_verdict, is_immutable_host
+from warmd.base import redact
+from warmd.base import Pin, WheelFile
 
 
 @pytest.fixture

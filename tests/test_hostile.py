@@ -29,7 +29,7 @@ from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, torch_like_set
-from warmd.partial import merge_ranges, missing_ranges
+from warmd.transfer import merge_ranges, missing_ranges
 
 SHA = "a" * 64
 REGISTRY = "http://127.0.0.1:9/whl/cpu"  # the discard port: nothing could be fetched from it anyway
@@ -455,9 +455,9 @@ def test_what_warmd_writes_for_uv_never_takes_a_line_break_from_a_lock() -> None
     and a pylock's TOML strings escape every control character."""
     import tomllib
 
-    from warmd.errors import LockError
-    from warmd.model import Pin, WheelFile
-    from warmd.uvcache import render_pylock, render_requirements
+    from warmd.base import LockError
+    from warmd.base import Pin, WheelFile
+    from warmd.uv import render_pylock, render_requirements
 
     evil = "http://127.0.0.1:9/torch-2.8.0-py3-none-any.whl?x=\n--extra-index-url http://127.0.0.1:9/simple\nevilpkg"
     pin = Pin("torch", "2.8.0", None, WheelFile(evil, "torch-2.8.0-py3-none-any.whl", SHA, 1), "3.11", "linux")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from warmd.errors import LockError
-from warmd.lockfile import check_wheel_url, parse_lock, parse_wheel_name, read_lock
+from warmd.base import LockError
+from warmd.uv import check_wheel_url, parse_lock, parse_wheel_name, read_lock
 
 SHA = "ab" * 32
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cuda-small" / "uv.lock"

@@ -27,12 +27,12 @@ from tests.support.mirror import NginxMirror
 from tests.support.netguard import LAB_ENV
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, run_uv, torch_like_set, uv_env
-from warmd.config import Config, DownloadSettings, MirrorSettings
-from warmd.fetch import Fetcher
-from warmd.mirrors import mirror_for, mirror_url
-from warmd.pipeline import Pipeline
-from warmd.store import Store
-from warmd.uvcache import Uv
+from warmd.base import Config, DownloadSettings, MirrorSettings
+from warmd.transfer import Fetcher
+from warmd.transfer import mirror_for, mirror_url
+from warmd.warm import Pipeline
+from warmd.transfer import Store
+from warmd.uv import Uv
 
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*", "filelock"]
 MiB = 1024 * 1024

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.prereqs import SHARED_NIX, need
-from warmd.config import Config
+from warmd.base import Config
 from warmd.service import install_service
 
 REPO = Path(__file__).resolve().parents[1]

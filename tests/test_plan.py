@@ -14,8 +14,8 @@ from tests.support.config import write_warmd_config
 from tests.support.prereqs import in_ci
 from tests.support.projects import uv_env
 from tests.support.uvplan import dry_run, find_interpreter, of_globs, planned, uv_sync_plan
-from warmd.config import DEFAULT_PACKAGES
-from warmd.lockfile import LockedPackage, LockedWheel
+from warmd.base import DEFAULT_PACKAGES
+from warmd.uv import LockedPackage, LockedWheel
 from warmd.plan import build_of, build_score, parse_export, uv_platform
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "reallocks"
@@ -163,7 +163,7 @@ def test_export_lines_are_read_with_markers_urls_and_hashes() -> None:
 
 def test_best_wheel_is_unhashed_then_it_is_skipped_not_swapped() -> None:
     """When the wheel uv would take has no sha256, warmd does not warm a worse one in its place."""
-    from warmd.plan import _best_wheel, _tag_order
+    from warmd.plan.planner import _best_wheel, _tag_order
 
     good = LockedWheel("https://h/t-1.0-cp311-cp311-manylinux_2_28_x86_64.whl",
                        "t-1.0-cp311-cp311-manylinux_2_28_x86_64.whl", None, None)

@@ -493,7 +493,7 @@ def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
 
 def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
     """examples/cuda-torch (the real-index benchmark row): `--dry-run` plans 18 GPU wheels, 3.8 GiB, offline."""
-    from warmd.config import DEFAULT_PACKAGES
+    from warmd.base import DEFAULT_PACKAGES
 
     example = Path(__file__).resolve().parent.parent / "examples" / "cuda-torch"
     setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=DEFAULT_PACKAGES)  # as a user has it

@@ -23,7 +23,7 @@ from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
 from tests.support.wheels import sha256_file
-from warmd.store import Store
+from warmd.transfer import Store
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_FIXTURES = REPO / "tests" / "fixtures" / "gpu"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warmd.segments import EARLY, MEASURE, SURE, HostMeter, Pieces, Width
+from warmd.transfer import EARLY, MEASURE, SURE, HostMeter, Pieces, Width
 
 MiB = 2**20
 

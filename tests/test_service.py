@@ -15,22 +15,7 @@ import platformdirs
 import pytest
 
 from tests.support.prereqs import need
-from warmd.service import (
-    ENABLE_COMMAND,
-    XDG_HOMES,
-    Notifier,
-    UnitReview,
-    canonical_unit,
-    default_warmd_exe,
-    install_service,
-    render_unit,
-    review_unit,
-    service_state,
-    systemd_version,
-    user_unit_dir,
-    userns_available,
-    xdg_homes,
-)
+from warmd.service import ENABLE_COMMAND, XDG_HOMES, Notifier, UnitReview, canonical_unit, default_warmd_exe, install_service, render_unit, review_unit, service_state, systemd_version, user_unit_dir, userns_available, xdg_homes
 
 REPO = Path(__file__).resolve().parents[1]
 UV = Path(shutil.which("uv", path=str(Path(sys.executable).parent)) or "uv")

@@ -22,7 +22,7 @@ from tests.support.booted import Container, User, wait_for
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, make_project, torch_like_set
-from warmd.doctor import TROUBLESHOOTING
+from warmd.cli import TROUBLESHOOTING
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from warmd.errors import WarmdError
-from warmd.headers import HeaderCheck
-from warmd.model import Link, Pin, ProjectReport, WheelFile, WheelReport
-from warmd.policy import outcome_of, project_statuses
+from warmd.base import WarmdError
+from warmd.base import HeaderCheck
+from warmd.base import Link, Pin, ProjectReport, WheelFile, WheelReport
+from warmd.warm import outcome_of
+from warmd.cli import project_statuses
 from warmd.state import SCHEMA_VERSION, STATE_FILE, State
 
 INDEX = "https://download.example.org/whl/cu128"
@@ -101,7 +102,7 @@ def test_schema_version_and_reopen(tmp_path: Path) -> None:
 def test_verified_sizes_are_kept_while_a_lock_or_the_look_ahead_holds_the_file(tmp_path: Path) -> None:
     """record_sizes keeps what this run verified and what a project pins or a look-ahead warmed; a
     size whose file nobody holds any more goes with the next record."""
-    from warmd.model import AheadReport
+    from warmd.base import AheadReport
 
     state = State.open(tmp_path)
     proj = tmp_path / "app"
@@ -143,7 +144,7 @@ def test_a_prefetch_that_ends_before_sqlites_last_checkpoint_loses_nothing(endin
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         from tests.test_state import _pin, _record, _report
-        from warmd.model import WheelReport
+        from warmd.base import WheelReport
         from warmd.state import State
         state = State.open(Path({str(tmp_path)!r}))
         _record(state, _report(Path({str(tmp_path / "p")!r}), WheelReport(_pin("torch", "1", "d" * 64), "warm")))

@@ -18,8 +18,8 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, torch_like_set, write_project
-from warmd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
-from warmd.policy import STATES, project_statuses
+from warmd.base import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
+from warmd.cli import STATES, project_statuses
 from warmd.state import MIGRATIONS, STATE_FILE, State, migrate
 
 REPO = Path(__file__).resolve().parent.parent

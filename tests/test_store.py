@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from warmd.ahead import expire
-from warmd.errors import FetchError
-from warmd.model import AheadReport, FileStamp, Outcome, Pin, ProjectReport, WheelFile, WheelReport
-from warmd.partial import Sidecar, merge_ranges, missing_ranges
+from warmd.warm import expire
+from warmd.base import FetchError
+from warmd.base import AheadReport, FileStamp, Outcome, Pin, ProjectReport, WheelFile, WheelReport
+from warmd.transfer import Sidecar, merge_ranges, missing_ranges
 from warmd.state import State
-from warmd.store import Store
+from warmd.transfer import Store
 
 
 def _blob(store: Store, data: bytes, mtime: float | None = None) -> str:

@@ -20,14 +20,14 @@ import pytest
 from tests.support.cache import traces
 from tests.support.projects import uv_env
 from tests.support.wheels import make_wheel, sha256_file
-from warmd.errors import UvError
-from warmd.feeder import Feeder, Shelf
-from warmd.fetch import HOLDBACK
-from warmd.growing import GrowingFile
-from warmd.model import Pin, WheelFile
-from warmd.partial import Ledger, Sidecar
-from warmd.store import Store
-from warmd.uvcache import Uv
+from warmd.base import UvError
+from warmd.warm import Feeder, Shelf
+from warmd.transfer import HOLDBACK
+from warmd.transfer import GrowingFile
+from warmd.base import Pin, WheelFile
+from warmd.transfer import Ledger, Sidecar
+from warmd.transfer import Store
+from warmd.uv import Uv
 
 WAIT = 120.0
 INDEX = "http://127.0.0.1:9/whl/cu128"  # the registry the lock names: uv's cache key, never contacted

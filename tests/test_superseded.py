@@ -27,15 +27,15 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, scratch_made
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, make_project, torch_like_set
-from warmd import cancel, scratch
-from warmd.cancel import CancelToken
-from warmd.config import load_config
-from warmd.errors import UvError
-from warmd.owner import Owner
-from warmd.pipeline import Pipeline
-from warmd.policy import project_statuses
+from warmd.base import cancel, scratch
+from warmd.base import CancelToken
+from warmd.base import load_config
+from warmd.base import UvError
+from warmd.base import Owner
+from warmd.warm import Pipeline
+from warmd.cli import project_statuses
 from warmd.state import State
-from warmd.uvcache import Uv
+from warmd.uv import Uv
 
 PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 KiB = 1024
@@ -182,7 +182,7 @@ def test_uv_failing_is_reported_with_its_error_and_causes_not_its_last_line(
     uv_exe = request.getfixturevalue("uv_bin" if which == "pinned" else "uv_old_bin")
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=16 * KiB, pythons=("cp311",))
     torch = next(w for w in ws.wheels if w.name.startswith("torch-"))
-    from warmd.model import Pin, WheelFile
+    from warmd.base import Pin, WheelFile
 
     pin = Pin("torch", ws.torch_version, index_server.index_url("cu128"),
               WheelFile(index_server.file_url(torch.name, "cu128"), torch.name, index_server.sha256_of(torch.name),
@@ -203,7 +203,7 @@ def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
     """A stray `pkill -HUP -f warmd` also hits warmd's uv children (their arguments name warmd-import-…)."""
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=16 * KiB, pythons=("cp311",))
     torch = next(w for w in ws.wheels if w.name.startswith("torch-"))
-    from warmd.model import Pin, WheelFile
+    from warmd.base import Pin, WheelFile
 
     pin = Pin("torch", ws.torch_version, index_server.index_url("cu128"),
               WheelFile(index_server.file_url(torch.name, "cu128"), torch.name, index_server.sha256_of(torch.name),
@@ -231,7 +231,7 @@ def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
 def test_a_detached_scratch_folder_is_gone_when_its_process_has_exited(tmp_path: Path) -> None:
     """The import's folder is removed beside the proof, not before it; the process still waits for
     that removal before it exits, so nothing is left for a sweep."""
-    code = ("import threading; from warmd import scratch\n"
+    code = ("import threading; from warmd.base import scratch\n"
             "def use():\n"
             "    with scratch.folder('import', detach=True) as s:\n"
             "        for i in range(3000):\n"
@@ -248,7 +248,7 @@ def test_a_detached_scratch_folder_is_gone_when_its_process_has_exited(tmp_path:
 
 
 def test_the_sweep_takes_a_dead_warmds_scratch_and_leaves_a_live_ones(tmp_path: Path) -> None:
-    code = ("import os, signal, sys; from pathlib import Path; from warmd import scratch\n"
+    code = ("import os, signal, sys; from pathlib import Path; from warmd.base import scratch\n"
             "with scratch.folder(sys.argv[1]) as s:\n"
             "    (s.path / 'work').write_text('x')\n"
             "    if sys.argv[1] == 'orphan':\n"  # a uv child inherits the lock and outlives its warmd

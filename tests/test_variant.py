@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakes import FakeTools, fake_root
-from warmd.variant import KNOWN_VARIANTS, Detection, detect_variant, resolve_variant
+from warmd.plan import KNOWN_VARIANTS, Detection, detect_variant, resolve_variant
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 

@@ -12,8 +12,8 @@ import pytest
 from loguru import logger
 from watchdog.observers import Observer
 
-from warmd.config import DEFAULT_IGNORED_DIRS
-from warmd.watch import ProjectWatcher, WatchSet, discover, inotify_fix, watch_set
+from warmd.base import DEFAULT_IGNORED_DIRS
+from warmd.service import ProjectWatcher, WatchSet, discover, inotify_fix, watch_set
 
 WAIT = 10.0  # generous: a loaded CI box; the waits end on the event, not on the clock
 

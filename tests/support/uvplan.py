@@ -15,7 +15,7 @@ import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from warmd.config import DEFAULT_PACKAGES
+from warmd.base import DEFAULT_PACKAGES
 from warmd.plan import matches
 
 # ` + torch==2.9.1`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…/x.whl`

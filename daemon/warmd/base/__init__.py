@@ -1,0 +1,21 @@
+"""The base every layer stands on: errors, the typed values passed between steps, the config,
+and small tools (atomic writes, cancelling a run, scratch folders, reading untrusted files)."""
+
+from .lazy import surface
+
+__all__, __getattr__, __dir__ = surface(__name__, {
+    "atomic": ("fsync_dir", "write_atomic",),
+    "cancel": ("Cancelled", "CancelToken",),
+    "config": ("DEFAULT_IGNORED_DIRS", "DEFAULT_PACKAGES", "AheadSettings", "Config", "DownloadSettings",
+        "LimitSettings", "MirrorSettings", "ProjectSettings", "WatchSettings", "default_config_path",
+        "load_config", "parse_config",),
+    "errors": ("EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "ConfigError", "DiskFull",
+        "FetchError", "HashMismatch", "IndexUnreachable", "InputError", "LockError", "NeedsBuild", "UvError",
+        "WarmdError",),
+    "model": ("AheadReport", "Fetched", "FileStamp", "HeaderCheck", "Link", "Outcome", "Pin", "ProgressEvent",
+        "ProjectReport", "Skipped", "SkippedReport", "Upgrade", "WheelFile", "WheelReport",),
+    "owner": ("Owner",),
+    "redact": ("redact", "scrub",),
+    "sizes": ("human_bytes",),
+    "untrusted": ("check", "read_bytes", "read_text", "read_toml",),
+})

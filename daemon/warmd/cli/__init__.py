@@ -1,0 +1,9 @@
+"""The `warmd` command: its subcommands, doctor, status views, progress and logs."""
+
+from ..base.lazy import surface
+
+__all__, __getattr__, __dir__ = surface(__name__, {
+    "doctor": ("TROUBLESHOOTING", "diagnose",),
+    "main": ("main",),
+    "status": ("STATES", "project_statuses",),
+})

@@ -1,0 +1,11 @@
+"""The plan: which wheels `uv sync` installs on this machine for the variant, and what an upgrade
+would pin."""
+
+from ..base.lazy import surface
+
+__all__, __getattr__, __dir__ = surface(__name__, {
+    "planner": ("Planner", "PlanOptions", "ProjectPlan", "build_of", "build_score", "locate", "matches",
+        "parse_export", "plan_project", "project_folder", "uv_platform",),
+    "upgrade": ("contacts", "copy_for_lock", "must_build", "needs_build", "would_be_lock",),
+    "variant": ("KNOWN_VARIANTS", "Detection", "Runner", "detect_variant", "resolve_variant", "run_command",),
+})

@@ -1,0 +1,8 @@
+"""warmd's memory in SQLite: projects, their pins, each wheel's state, outcomes, header history."""
+
+from ..base.lazy import surface
+
+__all__, __getattr__, __dir__ = surface(__name__, {
+    "database": ("MIGRATIONS", "SCHEMA_VERSION", "STATE_FILE", "AheadFile", "Snapshot", "State",
+        "StoredProject", "StoredSkip", "migrate",),
+})

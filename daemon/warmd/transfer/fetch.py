@@ -1,0 +1,513 @@
+"""The download engine's public face: fetch wheels into the Store, verified against the lock's sha256.
+
+A store hit makes no request. Otherwise one `FileDownload` per file (download.py) under the
+store's per-sha lock, a few files at a time, biggest first; each file starts with one stream and
+gets more connections only when its measured rate says the server caps each one (segments.py).
+What a host taught one file (capped or not) is what its next files start with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from loguru import logger
+
+from .. import __version__
+from ..base import Fetched, FetchError, Link, ProgressEvent, WarmdError, WheelFile, redact, scrub
+from .connection import Connection, HttpSettings, TransportError, Untrusted
+from .credentials import index_auth
+from .download import FileDownload
+from .growing import GrowingFile
+from .guard import NetGuard, Refused
+from .ranges import Changed, FetchCancelled
+from .retry import RetryPolicy, why as failure_text
+from .segments import PIECE, HostMeter, Width
+from .store import Store
+
+__all__ = ["LINK_TTL", "Asked", "FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent", "host_of"]
+
+_PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
+LINK_TTL = 600.0  # seconds what a host was found to be like is trusted, in this process or the next
+HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched
+
+
+def host_of(url: str) -> str:
+    """The host a URL names, as Links are keyed (lower case; "" for none)."""
+    return (urllib.parse.urlsplit(url).hostname or "").lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class Asked:
+    """What one URL answered warmd's engine (Fetcher.ask)."""
+
+    status: int | None  # the status that settled it (200 for a size from a first-byte GET); None: no answer
+    size: int | None = None  # the file's size, where it gave one
+    error: str | None = None  # why it did not answer with a success
+    mendable: bool = True  # the fault is one waiting may mend (no answer, 408, 429, 5xx); not a refusal
+
+
+class FetchSkipped(FetchError):
+    """The caller said this file is not needed after all (uv's cache has it, or uv fetches it itself).
+
+    `why` is what its progress line says (None: nothing; another step reports the file).
+    """
+
+    def __init__(self, message: str, why: str | None = "already in uv's cache") -> None:
+        super().__init__(message)
+        self.why = why
+
+
+class Fetcher:
+    """Downloads WheelFiles into a Store with adaptive connections, retries and resume."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        connections: int = 8,
+        piece_size: int = PIECE,
+        timeout: float = 30.0,
+        retries: int = 8,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        trust_env: bool = True,
+        user_agent: str = f"warmd/{__version__}",
+        max_parallel_files: int | None = None,
+        fast_stream: float | None = None,
+        keep: bool = True,
+        guard: NetGuard | None = None,
+    ) -> None:
+        if connections < 1 or piece_size < 1:
+            raise ValueError("connections and piece_size must be positive")
+        self.store = store
+        self.connections = connections
+        self.piece_size = piece_size
+        self.fast_stream = fast_stream  # bytes/s one stream must reach to be "fast" (None: per CPU count)
+        # False: a verified file stays a complete partial (Fetched.path), for the caller to drop
+        # once uv has it; True: it is committed into the store's blobs, durably.
+        self.keep = keep
+        self.policy = RetryPolicy(retries, backoff, max_backoff)
+        # the environment's netrc, as uv reads it (credentials.py); the guard on every connection
+        # (the pipeline's engines always have one)
+        self.settings = HttpSettings(timeout=timeout, user_agent=user_agent, trust_env=trust_env,
+                                     auth=index_auth() if trust_env else None, guard=guard)
+        self.progress = progress
+        self._stop = threading.Event()
+        self._skipped: dict[str, str | None] = {}  # sha256 -> FetchSkipped.why
+        self._downloads: dict[str, FileDownload] = {}
+        self._pending: Counter[str] = Counter()  # host -> its files in fetch_many() calls not ended yet
+        self._conns: set[Connection] = set()
+        self._idle: list[Connection] = []  # kept alive by the size requests, for the first downloads
+        self._links: dict[str, Link] = {}  # host -> what its last measured download found
+        self._meters: dict[str, HostMeter] = {}  # host -> the bytes its files bring, for measuring it
+        self._last_emit: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._links_cv = threading.Condition(self._lock)
+        self._progress_lock = threading.Lock()  # callbacks never run concurrently
+        # The global limit on files in flight, shared by every caller of this Fetcher (the
+        # daemon runs several projects at once through one Fetcher).
+        self._slots = threading.BoundedSemaphore(max_parallel_files) if max_parallel_files else None
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop any download still running and release connections."""
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Make every running download stop within about a second, keeping partials for resume.
+
+        Permanent for this Fetcher (later fetches raise FetchCancelled); make a new one to go on.
+        """
+        self._stop.set()
+        with self._lock:
+            conns = list(self._conns)
+            idle, self._idle = self._idle, []
+        for c in conns:
+            c.interrupt()
+        for c in idle:
+            c.close()
+
+    def skip(self, sha256: str, why: str | None = "already in uv's cache") -> None:
+        """Do not start, or stop now, the download of this file; its partial stays for later.
+
+        `why` is what the file's progress line says (None: none, another step reports it).
+        """
+        sha = sha256.lower()
+        with self._lock:
+            self._skipped[sha] = why
+            dl = self._downloads.get(sha)
+        if dl is not None:
+            dl.fail(FetchSkipped(f"{dl.wheel.filename}: not needed after all", why))
+
+    def unskip(self, sha256: str) -> None:
+        """Undo skip(): the file is needed after all (uv could not fetch it itself)."""
+        with self._lock:
+            self._skipped.pop(sha256.lower(), None)
+
+    # -- fetching ---------------------------------------------------------------------------------
+
+    def fetch(self, wheel: WheelFile, on_growing: Callable[[GrowingFile], None] | None = None,
+              holdback: int | None = HOLDBACK) -> Fetched:
+        """Download and verify one wheel into the store (a store hit makes no request).
+
+        `on_growing` receives the file while it downloads; it may be read up to all but
+        `holdback` bytes before it verified (None: nothing before it verified).
+        """
+        sha = wheel.sha256.lower()
+        scheme = urllib.parse.urlsplit(wheel.url).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise FetchError(f"{wheel.filename}: refusing to download from a {scheme or 'relative'} URL "
+                             f"({redact(wheel.url)}); only http and https are fetched")
+        hit = self._hit(wheel, sha)
+        if hit is not None:
+            return hit
+        try:
+            with self._slot(), self.store.lock(sha, stop=self._stop):
+                with self._lock:
+                    if sha in self._skipped:
+                        raise FetchSkipped(f"{wheel.filename}: not needed after all", self._skipped[sha])
+                self._emit(wheel, sha, wheel.size, 0, 0, "start")
+                hit = self._hit(wheel, sha)  # another thread/process may have finished it
+                if hit is not None:
+                    return hit
+                for attempt in (1, 2):
+                    try:
+                        return self._download(wheel, sha, on_growing, holdback)
+                    except Changed as exc:
+                        self.store.drop_partial(sha)
+                        if attempt == 2:
+                            raise FetchError(
+                                f"{wheel.filename}: file changed on the server twice while downloading "
+                                f"from {redact(wheel.url)} ({exc}); try again later"
+                            ) from None
+                        logger.info("{}: changed upstream mid-download ({}); starting over", wheel.filename, exc)
+                        self._emit(wheel, sha, wheel.size, 0, 0, "retry", f"changed upstream: {exc}")
+        except FetchSkipped as exc:
+            if exc.why is not None:
+                self._emit(wheel, sha, wheel.size, 0, 0, "done", exc.why)
+            raise
+        except WarmdError as exc:
+            self._emit(wheel, sha, wheel.size, 0, 0, "failed", str(exc))
+            raise
+        raise AssertionError("unreachable")
+
+    def fetch_many(self, wheels: Iterable[WheelFile], max_parallel_files: int = 2,
+                   on_done: Callable[[str, Fetched | WarmdError], None] | None = None,
+                   on_growing: Callable[[str, GrowingFile], None] | None = None,
+                   holdback: int | None = HOLDBACK) -> dict[str, Fetched | WarmdError]:
+        """Fetch several wheels, a few at a time, biggest first; one failure does not stop the others.
+
+        `on_done(sha256, result)` and `on_growing(sha256, file)` are called from worker threads.
+        """
+        unique: dict[str, WheelFile] = {}
+        for w in wheels:
+            unique.setdefault(w.sha256.lower(), w)
+        with self._lock:
+            # skip() said "not needed" of a download under way then, not of every later one: a
+            # daemon's Fetcher lives for months, and uv may lose a file it had (`uv cache clean`).
+            for sha in unique:
+                self._skipped.pop(sha, None)
+            # before the size requests: a wait_links() from now on waits for these files
+            self._pending.update(host_of(w.url) for w in unique.values())
+        ended: set[str] = set()
+
+        def end(sha: str) -> None:
+            with self._links_cv:  # a host with nothing left to download will not be measured now
+                if sha not in ended:
+                    ended.add(sha)
+                    self._pending[host_of(unique[sha].url)] -= 1
+                    self._links_cv.notify_all()
+
+        results: dict[str, Fetched | WarmdError] = {}
+
+        def one(sha: str, w: WheelFile) -> None:
+            grow = (lambda g: on_growing(sha, g)) if on_growing is not None else None
+            try:
+                results[sha] = self.fetch(w, grow, holdback)
+            except WarmdError as exc:
+                results[sha] = exc
+            except Exception as exc:  # a bug must not take the other files down with it
+                logger.exception("{}: unexpected error while fetching", w.filename)
+                results[sha] = FetchError(f"{w.filename}: unexpected error: {scrub(str(exc))}")
+            finally:
+                end(sha)
+            if on_done is not None:
+                try:
+                    on_done(sha, results[sha])
+                except Exception:
+                    logger.exception("{}: on_done callback failed", w.filename)
+
+        try:
+            # The PyTorch index's locks carry no sizes: ask the server (HEAD, in parallel) where it is silent.
+            sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
+            known = {sha: n for sha, n in sizes.items() if isinstance(n, int)}
+            unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or known.get(kv[0], 0))))
+            with ThreadPoolExecutor(max_workers=max(1, max_parallel_files), thread_name_prefix="warmd-file") as pool:
+                for sha, w in unique.items():
+                    pool.submit(one, sha, w)
+        finally:
+            for sha in list(unique):
+                end(sha)  # files a failure kept from starting
+            with self._lock:  # what no download took (a daemon's Fetcher lives for months)
+                idle, self._idle = self._idle, []
+            for c in idle:
+                c.close()
+        return results
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _download(self, wheel: WheelFile, sha: str, on_growing: Callable[[GrowingFile], None] | None,
+                  holdback: int | None) -> Fetched:
+        host = host_of(wheel.url)
+        with self._links_cv:
+            # Files of a host not measured yet each start with one stream; the first verdict
+            # found is adopted by the others still measuring (Width.adopt), so none waits for it.
+            known = self._link(host)
+            if sha in self._skipped:  # skip() ran before the download began
+                raise FetchSkipped(f"{wheel.filename}: not needed after all", self._skipped[sha])
+            meter = self._meters.setdefault(host, HostMeter())
+        dl: FileDownload | None = None
+        dl = FileDownload(
+            wheel, self.store, width=Width(self.connections, known.kind if known else None,
+                                           lambda kind: self._learn(host, kind, dl), piece=self.piece_size,
+                                           fast=self.fast_stream, meter=meter),
+            policy=self.policy, stop=self._stop, connect=self._open_conn, release=self._close_conn,
+            report=self._report, on_growing=on_growing or (lambda g: None),
+            holdback=holdback if holdback is not None else 2**63, keep=self.keep)
+        with self._lock:
+            self._downloads[sha] = dl
+        meter.join()
+        try:
+            return dl.run()
+        finally:
+            meter.leave(dl.width)
+            with self._links_cv:
+                self._downloads.pop(sha, None)
+
+    def link(self, host: str) -> Link | None:
+        """What this host was found to be like in the last ten minutes, if anything."""
+        with self._lock:
+            return self._link(host)
+
+    def _link(self, host: str) -> Link | None:
+        found = self._links.get(host.lower())
+        return found if found is not None and 0 <= time.time() - found.at < LINK_TTL else None
+
+    def links(self) -> dict[str, Link]:
+        """Every host's Link still trusted (LINK_TTL), for the next process to start from (State)."""
+        with self._lock:
+            return {h: link for h in self._links if (link := self._link(h)) is not None}
+
+    def remember(self, links: Mapping[str, Link]) -> None:
+        """Start from what an earlier process found of these hosts, where still trusted (LINK_TTL);
+        a newer Link found here stays."""
+        now = time.time()
+        with self._lock:
+            for host, link in links.items():
+                mine = self._links.get(host.lower())
+                if 0 <= now - link.at < LINK_TTL and (mine is None or mine.at < link.at):
+                    self._links[host.lower()] = link
+
+    def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
+        """Wait (up to `timeout`) until every host has a Link, or has no file left downloading that
+        could measure it (small files end before a measurement does); returns the Links known by then."""
+        wanted = {h.lower() for h in hosts}
+        deadline = time.monotonic() + timeout
+
+        def settled() -> bool:  # a Link past LINK_TTL is none: the host is measured again
+            return self._stop.is_set() or all(self._link(h) is not None or self._pending[h] <= 0 for h in wanted)
+
+        with self._links_cv:
+            self._links_cv.wait_for(settled, max(0.0, deadline - time.monotonic()))
+        return {h: link for h in wanted if (link := self.link(h)) is not None}
+
+    def _learn(self, host: str, kind: str, dl: FileDownload) -> None:
+        logger.debug("{}: {} (one stream {:.0f} MiB/s)", host,
+                     {"capped": "capped per connection", "shared": "one link shared by all",
+                      "fast": "one stream outruns uv's unpacking"}[kind], dl.width.stream_rate / 2**20)
+        with self._links_cv:
+            self._links[host] = Link(kind, dl.cache_control, time.time(), dl.width.stream_rate)
+            others = [d for d in self._downloads.values()
+                      if d is not dl and host_of(d.wheel.url) == host]
+            self._links_cv.notify_all()
+        for other in others:
+            other.width.adopt(kind)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        if self._slots is None:
+            yield
+            return
+        while not self._slots.acquire(timeout=0.2):
+            if self._stop.is_set():
+                raise FetchCancelled("cancelled while waiting for a download slot")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _hit(self, wheel: WheelFile, sha: str) -> Fetched | None:
+        p = self.store.path(sha)
+        if p is None:
+            return None
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:  # evicted in between
+            return None
+        self._emit(wheel, sha, size, size, 0, "done", "already in the store")
+        return Fetched(sha256=sha, path=p, size=size, bytes_downloaded=0, bytes_reused=size)
+
+    def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
+        """What each wheel's index says of its size: sha256 -> bytes; None when it answered without
+        one; a string saying why when it did not answer (after the retries a download gets: 5xx, 429,
+        a dropped connection; none for an untrusted certificate or an address the guard refuses).
+
+        A HEAD first; where HEAD gives no size (no Content-Length; 405 or 501: HEAD not served; 403:
+        storage that signs GETs only), a GET of the first byte (`Range: bytes=0-0`, the size in its
+        Content-Range), as a download would begin. A size learned here and put into the WheelFile is
+        enforced by the download: a server that then sends another size is refused (ranges.py).
+        `keep`: keep the connections for the downloads that follow (fetch_many takes them or closes them).
+        """
+        return self._sizes(wheels, at_least=1, keep=keep, retry=True)
+
+    def _sizes(self, wheels: list[WheelFile], at_least: int = 2, keep: bool = True,
+               retry: bool = False) -> dict[str, int | str | None]:
+        """HEAD each wheel (in parallel); for ordering only in fetch_many (a single file needs no order,
+        and no GET is sent where HEAD is silent). `retry`: as sizes() (retries, the first-byte GET)."""
+        if len(wheels) < at_least:
+            return {}
+        said = self.ask([w.url for w in wheels], keep=keep, retry=retry, first_byte=retry)
+        out: dict[str, int | str | None] = {}
+        for w in wheels:
+            a = said[w.url]
+            out[w.sha256.lower()] = a.size if a.status == 200 else a.error
+        return out
+
+    def ask(self, urls: Sequence[str], *, keep: bool = True, retry: bool = False,
+            first_byte: bool = True) -> dict[str, Asked]:
+        """The one way warmd's engine asks a URL about itself, each in parallel, 5 s at most a request:
+        a HEAD; where it gives no size (`first_byte`: no Content-Length; 405 or 501: HEAD not served;
+        403: storage that signs GETs only), a GET of the first byte (`Range: bytes=0-0`, the size in
+        its Content-Range). Every redirect hop is the guard's (a success records the chain as passed,
+        NetGuard.passed). `retry`: with a download's retries for a fault that waiting may mend.
+        `keep`: keep the connections for the downloads that follow."""
+        settings = dataclasses.replace(self.settings, timeout=min(self.settings.timeout, 5.0))
+
+        def once(conn: Connection, url: str) -> tuple[int, int | None]:
+            """(the status that settles it, the size it gave or None)."""
+            resp = conn.request("HEAD", url, {})
+            resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
+            resp.close()
+            length = resp.header("content-length") or ""
+            if resp.status == 200 and length.isdigit():
+                return 200, int(length)
+            if not first_byte or resp.status not in (200, 403, 405, 501):
+                return (200 if resp.status in (405, 501) else resp.status), None
+            resp = conn.request("GET", url, {"Range": "bytes=0-0"})
+            if resp.status == 206:
+                resp.readinto(memoryview(bytearray(2)))  # the one byte
+                resp.readinto(memoryview(bytearray(1)))  # and the end of the body
+                resp.close()
+                total = (resp.header("content-range") or "").rpartition("/")[2].strip()
+                return 200, int(total) if total.isdigit() else None
+            resp.close()  # a 200 brings the whole file: the connection is dropped unread
+            length = resp.header("content-length") or ""
+            return (200, int(length) if length.isdigit() else None) if resp.status == 200 else (resp.status, None)
+
+        def one(url: str) -> tuple[str, Asked]:
+            failures = 0
+            while True:
+                conn = Connection(settings)
+                try:
+                    status, size = once(conn, url)
+                except (Untrusted, Refused) as exc:  # no retry mends a certificate, or the guard's refusal
+                    conn.close()
+                    return url, Asked(None, None, failure_text(exc), mendable=False)
+                except (TransportError, FetchError) as exc:
+                    conn.close()
+                    status, error = None, failure_text(exc)
+                else:
+                    if status == 200:
+                        if not keep:
+                            conn.close()
+                            return url, Asked(200, size)
+                        # the first downloads go to the same host: they start on this connection, TLS done
+                        conn.retime(self.settings.timeout)
+                        with self._lock:
+                            self._idle.append(conn)
+                        return url, Asked(200, size)
+                    conn.close()
+                    error = f"HTTP {status}"
+                    if status not in (408, 429) and status < 500:
+                        return url, Asked(status, None, f"{error} ({redact(url)})", mendable=False)
+                failures += 1
+                if not retry or failures > self.policy.retries:
+                    # the words of a download that gives up (ranges.py): the same fault, told the same way
+                    return url, Asked(status, None, f"giving up after {failures - 1} retries ({redact(url)}): {error}"
+                                      if retry else error)
+                if self._stop.wait(self.policy.delay(failures)):
+                    return url, Asked(status, None, error)
+
+        urls = list(dict.fromkeys(urls))
+        if not urls:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="warmd-head") as pool:
+            return dict(pool.map(one, urls))
+
+    def use_guard(self, guard: NetGuard) -> None:
+        """Check every connection opened from now on with `guard` (an engine handed to a Pipeline)."""
+        self.settings = dataclasses.replace(self.settings, guard=guard)
+
+    def _open_conn(self) -> Connection:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else Connection(self.settings)
+            self._conns.add(conn)
+        if self._stop.is_set():
+            conn.interrupt()
+        return conn
+
+    def _close_conn(self, conn: Connection) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+        conn.close()
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def _report(self, dl: FileDownload, state: str, message: str, force: bool) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last_emit.get(dl.sha, 0.0) < _PROGRESS_EVERY:
+                return
+            self._last_emit[dl.sha] = now
+        total = dl.total
+        done = dl.reused + dl.downloaded
+        self._emit(dl.wheel, dl.sha, total, min(done, total) if total is not None else done, dl.downloaded,
+                   state, message)
+
+    def _emit(self, wheel: WheelFile, sha: str, total: int | None, done: int, downloaded: int, state: str,
+              message: str = "") -> None:
+        if self.progress is None:
+            return
+        event = ProgressEvent(wheel.filename, sha, total, done, downloaded, state, message)
+        with self._progress_lock:
+            try:
+                self.progress(event)
+            except Exception:
+                logger.exception("progress callback failed")

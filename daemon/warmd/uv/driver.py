@@ -1,0 +1,520 @@
+"""Drive the user's own uv: its version and cache dir, importing verified wheels, and the probe.
+
+warmd never writes under uv's cache itself (DESIGN.md fact 1): uv does, so the layout is always
+the one the user's uv reads.
+
+No call runs a project's code or lets a project's own uv settings move what uv writes
+(docs/SECURITY.md): every call names uv's cache (`UV_CACHE_DIR`, as the user's own configuration
+resolves it outside any project) and forbids Python downloads; calls that are not about a
+project run in `/`, so no project's uv.toml or `[tool.uv]` is found from warmd's working folder;
+interpreters are looked for outside any project and virtual environment (`--system`, an explicit
+request), since uv runs an interpreter to inspect it and a project's `.venv/bin/python` or a path
+in its `.python-version` is the project's code; everything that could build passes `--no-build`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from loguru import logger
+from packaging.version import InvalidVersion, Version
+
+from ..base import IndexUnreachable, LockError, NeedsBuild, Pin, Skipped, UvError, cancel, redact, scratch
+from .lockfile import one_line
+from .settings import IMMUTABLE_FILES
+
+_DOWNLOADS = re.compile(r"Would download (\d+) packages?")
+# ` + torch==2.8.0`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…` (not cached yet)
+_INSTALL_LINE = re.compile(r"^\s*\+\s*([A-Za-z0-9._-]+)\s*(?:==|@)")
+# What uv says when an index is down, too slow or out of reach (0.8.2 and 0.13.x word it alike).
+_UNREACHABLE = re.compile(r"Failed to fetch|error sending request|Request failed after|operation timed out|"
+                          r"Connection refused|connection reset|dns error|server error \(5\d\d|429 Too Many|"
+                          r"Network connectivity is disabled", re.IGNORECASE)
+# `uv lock` resolves against the network: an index slower than this postpones it.
+_LOCK_TIMEOUT = 600.0
+# A probe or an import may wait on uv's shared cache lock while `uv cache clean` runs.
+_TIMEOUT = 3600.0
+_DROPS_BAD_WHEELS_FROM = Version("0.13.8")
+# uv's words (0.8.2 and 0.13.x) when --no-build keeps it from building a package it needs: for a local
+# one, or (the resolver's) for a registry package that has only an sdist.
+_BUILD_DISABLED = re.compile(r"Building source distributions (?:for `([^`]+)` )?(?:is|are) disabled|"
+                             r"\b([A-Za-z0-9][A-Za-z0-9._-]*)(?:==\S+)? has no usable wheels")
+# Where uv runs when a call is not about a project: a folder no project can own, so uv finds no
+# project's uv.toml or pyproject.toml walking up from it (uv reads the nearest one it finds).
+NEUTRAL = Path("/")
+_TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
+
+
+# PEP 508's marker variables, as the interpreter itself reports them (packaging is not installed there).
+_MARKERS_SCRIPT = """
+import json, os, platform, sys
+def fmt(v):
+    s = "%d.%d.%d" % (v.major, v.minor, v.micro)
+    return s if v.releaselevel == "final" else s + v.releaselevel[0] + str(v.serial)
+print(json.dumps({
+    "implementation_name": sys.implementation.name,
+    "implementation_version": fmt(sys.implementation.version),
+    "os_name": os.name,
+    "platform_machine": platform.machine(),
+    "platform_python_implementation": platform.python_implementation(),
+    "platform_release": platform.release(),
+    "platform_system": platform.system(),
+    "platform_version": platform.version(),
+    "python_full_version": platform.python_version(),
+    "python_version": "%d.%d" % sys.version_info[:2],
+    "sys_platform": sys.platform,
+}))
+"""
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """A Python interpreter uv found, and the PEP 508 marker values it has."""
+
+    path: Path
+    version: str  # "3.12"
+    markers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What uv says a plain `uv sync` of a project would need, per selected package name."""
+
+    warm: frozenset[str] = frozenset()
+    cold: frozenset[str] = frozenset()
+    unproven: Mapping[str, str] = field(default_factory=dict)  # name -> why uv could not tell
+
+
+class Uv:
+    """One uv executable (the user's), and the cache it reads."""
+
+    def __init__(self, exe: str = "uv", *, cache_dir: Path | None = None, env: Mapping[str, str] | None = None) -> None:
+        self._exe = exe
+        self._cache_dir = cache_dir
+        self._env = dict(os.environ if env is None else env)
+
+    @cached_property
+    def exe(self) -> Path:
+        """The absolute path of the uv that runs."""
+        # Only absolute PATH entries: a relative one names a folder of whatever project warmd runs in.
+        path = os.pathsep.join(d for d in self._env.get("PATH", "").split(os.pathsep) if os.path.isabs(d))
+        found = shutil.which(self._exe, path=path) if os.path.isabs(self._exe) or path else None
+        if found is None:
+            raise UvError(
+                f"uv not found ({self._exe!r} on PATH={self._env.get('PATH', '')!r}); "
+                'set `uv = "/absolute/path/to/uv"` in the config'
+            )
+        return Path(found).resolve()
+
+    def _run(self, args: Sequence[str], *, cwd: Path = NEUTRAL, env: Mapping[str, str] | None = None,
+             timeout: float = _TIMEOUT, pass_fds: Sequence[int] = (), on_line: Callable[[str], None] | None = None,
+             pin_cache: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run uv in `cwd` (a project's folder only for calls about that project); a run called off
+        (cancel.Cancelled) stops it at once and raises instead of answering.
+
+        `on_line` is handed each line uv prints (stdout and stderr, merged into stderr), as it prints it.
+        `pin_cache`: name uv's cache explicitly (env beats a project's `cache-dir`, both uv versions).
+        """
+        cmd = [str(self.exe), *args]
+        # A project's `python-downloads = "automatic"` (and its `python-install-mirror`) loses to this.
+        full_env = {**self._env, **(env or {}), "UV_PYTHON_DOWNLOADS": "never"}
+        if pin_cache:
+            full_env["UV_CACHE_DIR"] = str(self.cache_dir)
+        token = cancel.current()
+        if token is not None:
+            token.check()
+        logger.debug("uv: {}", " ".join(cmd))
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE if on_line is None else subprocess.STDOUT, text=True,
+                                    pass_fds=tuple(pass_fds))
+        except OSError as exc:
+            raise UvError(f"cannot run {self.exe}: {exc}") from None
+        with proc:
+            try:
+                with token.watching(proc) if token is not None else contextlib.nullcontext():
+                    if on_line is None:
+                        out, err = proc.communicate(timeout=timeout)
+                    else:
+                        out, err = "", _read_lines(proc, timeout, on_line)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise UvError(f"`uv {' '.join(args[:2])}` did not finish within {timeout:.0f} s") from None
+            except BaseException:
+                proc.kill()  # as subprocess.run does: no uv outlives an interrupted warmd call
+                raise
+        logger.debug("uv {}: exit {} after {:.2f} s", args[0], proc.returncode, time.monotonic() - started)
+        if token is not None:
+            token.check()  # stopped by warmd's own cancel: not uv's failure, and not an answer
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    @cached_property
+    def version(self) -> Version:
+        """The version of this uv (`uv 0.13.9 (...)`)."""
+        out = self._run(["--version"], timeout=60, pin_cache=False)
+        m = re.search(r"uv (\d+\.\d+\.\d+)", out.stdout)
+        if out.returncode != 0 or m is None:
+            raise UvError(f"{self.exe} --version did not print a uv version: {uv_reason(out)}")
+        try:
+            return Version(m.group(1))
+        except InvalidVersion:
+            raise UvError(f"{self.exe}: unreadable version {m.group(1)!r}") from None
+
+    @property
+    def drops_bad_wheels(self) -> bool:
+        """True when this uv keeps nothing of a wheel whose bytes fail the pinned sha256.
+
+        uv 0.13.8 (DESIGN.md fact 11) and the pinned 0.13.9 (tests/test_stream.py) keep nothing;
+        0.8.2 keeps the unpacked wrong bytes, so it is never handed a wheel it fetches itself.
+        """
+        return self.version >= _DROPS_BAD_WHEELS_FROM
+
+    @cached_property
+    def cache_dir(self) -> Path:
+        """The cache this uv reads and writes (`uv cache dir` as the user's configuration says, outside any project)."""
+        if self._cache_dir is not None:
+            return self._cache_dir
+        out = self._run(["cache", "dir"], timeout=60, pin_cache=False)
+        if out.returncode != 0 or not out.stdout.strip():
+            raise UvError(f"`uv cache dir` failed: {uv_reason(out)}")
+        return Path(out.stdout.strip().splitlines()[-1])
+
+    def interpreter(self, request: str | None = None) -> Interpreter | None:
+        """The interpreter `uv python find --system [request]` picks (a version "3.12" or a specifier
+        ">=3.11"), or None when uv finds none.
+
+        Never in a project: uv runs each interpreter it considers to inspect it, and in a project
+        folder it considers the project's `.venv` and a path its `.python-version` names (both
+        uv versions, tests/test_untrusted.py); `--system` leaves out virtual environments.
+        """
+        # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
+        args = ["python", "find", "--no-cache", "--system"] + ([request] if request else [])
+        out = self._run(args, timeout=120)
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        path = Path(out.stdout.strip().splitlines()[-1])
+        try:
+            ran = subprocess.run([str(path), "-I", "-c", _MARKERS_SCRIPT], capture_output=True, text=True,
+                                 timeout=60, stdin=subprocess.DEVNULL, cwd=NEUTRAL)
+            markers = json.loads(ran.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return None
+        if not isinstance(markers, dict) or not isinstance(markers.get("python_version"), str):
+            return None
+        return Interpreter(path=path, version=markers["python_version"], markers=markers)
+
+    def export(self, project: Path, flags: Sequence[str]) -> str:
+        """What a `uv sync` with `flags` could install, for every platform: `uv export` of the lock, offline.
+
+        One `name==version ; marker` line per package (with the lock's hashes), conflicts, extras,
+        groups and workspace members already decided by uv. The user's uv configuration is read,
+        as their own `uv sync` reads it.
+        """
+        # --no-cache: the export reads only the lock; uv's cache is neither needed nor to be touched.
+        # --no-build: it builds nothing as it is (DESIGN.md fact 14); a later uv must not either.
+        out = self._run(["export", "--frozen", "--offline", "--no-cache", "--no-build", "--format",
+                         "requirements-txt", "--no-emit-project", "--no-header", "--no-annotate", *flags],
+                        cwd=project, timeout=600)
+        if out.returncode != 0:
+            raise LockError(f"{project / 'uv.lock'}: uv cannot plan a sync of it ({' '.join(flags) or 'no flags'}): "
+                            f"{uv_reason(out)}")
+        return out.stdout
+
+    def prune(self, timeout: float = 300) -> str:
+        """`uv cache prune`: uv removes what nothing in its cache points to; returns uv's summary line."""
+        out = self._run(["cache", "prune"], timeout=timeout)
+        if out.returncode != 0:
+            raise UvError(f"`uv cache prune` failed: {uv_reason(out)}")
+        lines = [ln.strip() for ln in (out.stdout + "\n" + out.stderr).splitlines() if ln.strip()]
+        return next((ln for ln in reversed(lines) if ln.startswith(("Removed", "No unused"))), lines[-1] if lines else "")
+
+    def lock_upgrade(self, folder: Path, packages: Sequence[str], *, python: str, no_venv: Path,
+                     pass_fds: Sequence[int] = ()) -> None:
+        """Run `uv lock --upgrade-package P ...` in `folder` (a scratch copy), writing its uv.lock there.
+
+        `python`: the interpreter (or version) to lock with, so uv looks for none itself (a path in
+        `.python-version` would be run); `no_venv`: a path that does not exist, taken as the
+        project's environment, so no `.venv` interpreter is inspected. `--no-build`: uv refuses what
+        it would have to build, except workspace members, which it builds anyway (both uv versions:
+        the caller must not lock a project that has one with dynamic metadata, upgrade.needs_build).
+        Raises NeedsBuild when uv would have to build a package, IndexUnreachable when it could not
+        reach an index (or took longer than a slow index would excuse), UvError for anything else.
+        """
+        # `--opt=value`: a value is never read as another option, whatever a lock calls a package.
+        args = ["lock", "--no-build", f"--python={python}", *(f"--upgrade-package={p}" for p in packages)]
+        try:
+            out = self._run(args, cwd=folder, env={"UV_PROJECT_ENVIRONMENT": str(no_venv)}, timeout=_LOCK_TIMEOUT,
+                            pass_fds=pass_fds)
+        except UvError as exc:
+            if "did not finish within" not in str(exc):  # _run's own words for a timeout
+                raise
+            raise IndexUnreachable(f"{exc} (is an index that slow?)") from None
+        if out.returncode != 0:
+            why = uv_reason(out)
+            built = _BUILD_DISABLED.search(why)
+            if built is not None:
+                name = built.group(1) or built.group(2)
+                raise NeedsBuild([name] if name else [])
+            raise (IndexUnreachable if _UNREACHABLE.search(why) else UvError)(f"`uv lock --upgrade-package` failed: {why}")
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The environment uv runs in."""
+        return self._env
+
+    def import_wheels(self, pins: Sequence[Pin], urls: Mapping[str, str], *, python: str, platform: str,
+                      patient: bool = False, on_line: Callable[[str], None] | None = None,
+                      keep: Sequence[str] = (), interpreter: Path | None = None) -> None:
+        """Have uv download `pins` from `urls` (sha256 -> URL) into its cache, checking hashes.
+
+        A pin without an index (a wheel the lock pins by direct URL) is keyed by that URL in uv's
+        cache, so uv downloads it from there itself; the lock's sha256 is checked all the same.
+        `patient`: the URLs are the feeder's, which may hold an answer back for as long as a
+        download takes; `on_line` is handed each line uv prints, as it prints it. `keep`: index
+        URLs whose files uv must keep whatever they answer: uv's per-index `cache-control` override,
+        in a config file that takes the place of the user's uv.toml (call it only when they have none).
+        `interpreter`: the plan's interpreter for `python`, so uv need not look for one.
+        """
+        env: dict[str, str] = {}
+        if patient:
+            # uv asks for every wheel at once; the feeder answers each as its download proceeds,
+            # so one queued behind others may wait longer than uv's 30 s default. The feeder ends
+            # every answer (whole, or cut off when a download fails).
+            env["UV_HTTP_TIMEOUT"] = str(_TIMEOUT_FEEDER)
+        registry = [p for p in pins if p.index is not None]
+        direct = [p for p in pins if p.index is None]
+        if registry:
+            # PEP 751 wants this exact file name; uv refuses other names for a pylock.
+            config = "".join(f"[[index]]\nurl = {_toml_str(i)}\ncache-control = {{ files = {_toml_str(IMMUTABLE_FILES)} }}\n"
+                             for i in keep) or None
+            self._pip_install("pylock.toml", render_pylock(registry, urls), python=python, platform=platform,
+                              what=f"{len(registry)} wheel(s)", env=env, on_line=on_line, config=config,
+                              interpreter=interpreter)
+        if direct:
+            self._pip_install("requirements.txt", render_requirements(direct), python=python, platform=platform,
+                              what=f"{len(direct)} direct-URL wheel(s)", on_line=on_line, interpreter=interpreter)
+
+    def import_unverified(self, wheels: Sequence[Skipped], *, python: str, platform: str) -> None:
+        """Have uv download wheels the lock pins without a sha256, from where the lock says, unverified.
+
+        Registry wheels are asked for by name and version from their index, declared in a config
+        file with uv's cache-control override, so uv keeps them even when the index says no-store.
+        """
+        registry = [w for w in wheels if w.index is not None]
+        direct = [w for w in wheels if w.index is None and w.url is not None]
+        for index in dict.fromkeys(w.index for w in registry):
+            group = [w for w in registry if w.index == index]
+            config = f"[[index]]\nurl = {_toml_str(index or '')}\ndefault = true\n" \
+                     f"cache-control = {{ files = {_toml_str(IMMUTABLE_FILES)} }}\n"
+            self._pip_install("requirements.txt", "".join(requirement_line(w.name, f"=={w.version}") for w in group),
+                              python=python, platform=platform, what=f"{len(group)} unhashed wheel(s)", config=config)
+        if direct:
+            self._pip_install("requirements.txt", "".join(requirement_line(w.name, "@", w.url or "") for w in direct),
+                              python=python, platform=platform, what=f"{len(direct)} unhashed wheel(s)")
+
+    def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,
+                     config: str | None = None, env: Mapping[str, str] | None = None,
+                     on_line: Callable[[str], None] | None = None, interpreter: Path | None = None) -> None:
+        # In memory where there is some: the install is thousands of symlinks (torch alone
+        # ~13,000); making and removing them on a disk busy writing back uv's unpacked wheels
+        # took 1-3 s, on tmpfs a few ms.
+        with scratch.folder("import", memory=True, detach=True) as work:
+            tmp = work.path
+            req = tmp / name
+            req.write_text(text, encoding="utf-8")
+            extra: list[str] = ["--python", str(interpreter)] if interpreter is not None else []
+            if config is not None:
+                (tmp / "uv.toml").write_text(config, encoding="utf-8")
+                extra += ["--config-file", str(tmp / "uv.toml")]
+            out = self._run(
+                # --no-build: an index named by a lock could answer an sdist for a name and version.
+                ["pip", "install", "--no-deps", "--no-build", *extra, "--target", str(tmp / "target"),
+                 "--python-version", python, "--python-platform", platform,
+                 # Symlinks into the cache: the scratch install costs no copy of a 4 GiB wheel.
+                 "--link-mode", "symlink", "-r", str(req)],
+                env=env,
+                pass_fds=(work.fd,),  # uv holds the folder's lock too, for as long as it runs
+                on_line=on_line,
+            )
+            if out.returncode != 0:
+                raise UvError(f"uv could not import {what} for Python {python}: {uv_reason(out)}")
+
+    def probe(self, project: Path, *, selected: Iterable[str], others: Iterable[str], python: str,
+              flags: Sequence[str] = ()) -> ProbeResult:
+        """Ask uv, offline and without touching the project's venv, which selected packages it would download.
+
+        `python` is a version or an interpreter path; `flags` select the extras and groups of the
+        plan (`--extra gpu`, `--no-default-groups` ...), so uv plans the same sync.
+        """
+        selected = sorted(set(selected))
+        if not selected:
+            return ProbeResult()
+        exclude = sorted(set(others) - set(selected))
+        first = self._probe_once(project, selected, exclude, python, flags)
+        if isinstance(first, str):
+            return ProbeResult(unproven={n: first for n in selected})
+        downloads, listed = first
+        missing = {n for n in selected if n not in listed}
+        unproven = {n: "uv would not install it (selection differs from uv's)" for n in missing}
+        present = [n for n in selected if n in listed]
+        if downloads == 0:
+            return ProbeResult(warm=frozenset(present), unproven=unproven)
+        if downloads >= len(present):  # every one of them is missing: no need to ask one by one
+            return ProbeResult(cold=frozenset(present), unproven=unproven)
+        warm, cold = set(), set()
+        for name in present:  # tell which ones: one probe per package, the rest excluded
+            one = self._probe_once(project, [name], exclude + [n for n in present if n != name], python, flags)
+            if isinstance(one, str):
+                unproven[name] = one
+            elif one[0] == 0:
+                warm.add(name)
+            else:
+                cold.add(name)
+        return ProbeResult(warm=frozenset(warm), cold=frozenset(cold), unproven=unproven)
+
+    def _probe_once(self, project: Path, selected: Sequence[str], exclude: Sequence[str], python: str,
+                    flags: Sequence[str]) -> tuple[int, set[str]] | str:
+        args = ["sync", "--frozen", "--dry-run", "--offline", "--no-build", "--no-install-workspace", f"--python={python}",
+                *flags, *(f"--no-install-package={name}" for name in exclude)]
+        with scratch.folder("probe") as work:
+            # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
+            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv")}, timeout=600,
+                            pass_fds=(work.fd,))
+        if out.returncode != 0:
+            return f"uv could not plan a sync for Python {python}: {uv_reason(out)}"
+        text = out.stdout + "\n" + out.stderr
+        m = _DOWNLOADS.search(text)
+        listed = set()
+        for line in text.splitlines():
+            lm = _INSTALL_LINE.match(line)
+            if lm:
+                listed.add(_normalize(lm.group(1)))
+        return (int(m.group(1)) if m else 0), listed
+
+
+def _read_lines(proc: subprocess.Popen[str], timeout: float, on_line: Callable[[str], None]) -> str:
+    """Hand each line of `proc`'s output to `on_line` as it comes; returns the whole output."""
+    lines: list[str] = []
+    expired = threading.Event()
+    timer = threading.Timer(timeout, lambda: (expired.set(), proc.kill()))
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            with contextlib.suppress(Exception):
+                on_line(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return "".join(lines)
+
+
+def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
+    """A PEP 751 lock naming each pin's registry as `index` and its loopback URL as the wheel `url`."""
+    lines = ['lock-version = "1.0"', 'created-by = "warmd"', ""]
+    for pin in pins:
+        lines += [
+            "[[packages]]",
+            f"name = {_toml_str(pin.name)}",
+            f"version = {_toml_str(pin.version)}",
+            f"index = {_toml_str(pin.index or '')}",  # only registry pins come here
+            "",
+            "[[packages.wheels]]",
+            f"name = {_toml_str(pin.wheel.filename)}",
+            f"url = {_toml_str(urls[pin.wheel.sha256])}",
+            f"hashes = {{ sha256 = {_toml_str(pin.wheel.sha256)} }}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def render_requirements(pins: Sequence[Pin]) -> str:
+    """A requirements file naming each pin by its direct URL and sha256: uv keys such a wheel by that URL."""
+    return "".join(requirement_line(pin.name, "@", pin.wheel.url, f"--hash=sha256:{pin.wheel.sha256}") for pin in pins)
+
+
+def requirement_line(*fields: str) -> str:
+    """One line of a requirements file from these fields; LockError when a field (lock data) holds
+    whitespace or a control character, which could end the line and start another requirement or
+    option (`--extra-index-url ...`). lockfile refuses such URLs already: this is the last word."""
+    bad = next((f for f in fields if not f or not one_line(f)), None)
+    if bad is not None:
+        raise LockError(f"refusing to write {redact(bad)!r} into a requirements file for uv: it holds whitespace "
+                        "or a control character")
+    return " ".join(fields) + "\n"
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string: every character that could end it, or the line, escaped."""
+    out = []
+    for c in s:
+        if c in ('"', "\\"):
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CAUSE_PREFIXES = ("Caused by:", "cause:")
+_MIETTE_CAUSES = ("├─▶", "╰─▶")
+
+
+def uv_reason(out: subprocess.CompletedProcess[str]) -> str:
+    """Why uv failed, in one line: its `error:` (or `×`) line and the causes under it.
+
+    uv prints `error: X` with `Caused by: Y` / `cause: Y` lines under it, or miette's `× X` with
+    `├─▶ Y` causes (0.8 for some commands); wrapped lines are joined. Progress lines such as
+    "Prepared 1 package" are never the reason. A uv stopped by a signal says which.
+    """
+    parts: list[str] = []
+    miette = False
+    lines = [_ANSI.sub("", raw).strip() for raw in (out.stderr or "").splitlines()]
+    for line in lines:
+        if line.startswith("error:"):
+            parts, miette = [line[len("error:"):].strip()], False
+        elif line.startswith("×"):
+            parts, miette = [line[1:].strip()], True
+        elif not parts or not line or line.startswith(("hint:", "help:", "warning:")):
+            continue
+        elif line.startswith(_CAUSE_PREFIXES):
+            parts.append(line.split(":", 1)[1].strip())
+        elif line.startswith(_MIETTE_CAUSES):
+            parts.append(line[3:].strip())
+        elif miette:
+            parts[-1] += " " + line.lstrip("│ ")  # miette wraps a long message or cause
+    parts = [p for p in parts if p]
+    if parts:
+        return ": ".join(parts)
+    if out.returncode < 0:
+        try:
+            name = signal.Signals(-out.returncode).name
+        except ValueError:
+            name = f"signal {-out.returncode}"
+        return f"uv was stopped by {name}"
+    last = next((ln for ln in reversed(lines) if ln), None)
+    return f"exit status {out.returncode}" + (f" ({last})" if last else "")
