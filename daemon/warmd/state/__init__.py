@@ -3,6 +3,7 @@
 from ..base.lazy import surface
 
 __all__, __getattr__, __dir__ = surface(__name__, {
-    "database": ("MIGRATIONS", "SCHEMA_VERSION", "STATE_FILE", "AheadFile", "Snapshot", "State",
-        "StoredProject", "StoredSkip", "migrate",),
+    "database": ("STATE_FILE", "State",),
+    "records": ("AheadFile", "Snapshot", "StoredProject", "StoredSkip",),
+    "schema": ("MIGRATIONS", "SCHEMA_VERSION", "migrate",),
 })
