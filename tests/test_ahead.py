@@ -9,22 +9,19 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
 import pytest
 
+from tests.support.cli import run_warmd, status_by_name, warmd_json
 from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import locked_project, run_uv, torch_like_set
 from tests.support.uvplan import tree
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 KiB = 1024
 TORCH = 256 * KiB  # the synthetic torch's payload; triton and nvtx get a quarter each
 
@@ -40,23 +37,16 @@ class Lab:
     def config(self, *extra: str, name: str = "warmd", variant: str = "cu128") -> Path:
         folder = self.tmp / name
         folder.mkdir(exist_ok=True)
-        return write_warmd_config(folder, self.uv, self.cache, packages=PACKAGES, variant=variant, extra=extra)
+        return write_warmd_config(folder, self.uv, self.cache, variant=variant, extra=extra)
 
     def warmd(self, cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env or self.env,
-                              capture_output=True, text=True, timeout=300)
+        return run_warmd(cfg, *args, env=env or self.env)
 
     def prefetch(self, cfg: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
-        proc = self.warmd(cfg, "prefetch", "--json", *args, env=env)
-        assert proc.stdout, proc.stderr[-3000:]
-        return proc.returncode, json.loads(proc.stdout), proc.stderr
+        return warmd_json(cfg, "prefetch", *args, env=env or self.env)
 
     def status(self, cfg: Path) -> dict[str, dict]:
-        proc = self.warmd(cfg, "status", "--json")
-        assert proc.returncode == 0, proc.stderr
-        data = json.loads(proc.stdout)
-        jsonschema.validate(data, SCHEMA)
-        return {Path(p["project"]).name: p for p in data}
+        return status_by_name(cfg, env=self.env)
 
 
 @pytest.fixture(params=["uv", "uv-0.8.2"])
@@ -68,9 +58,7 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path, index_server: IndexServe
 
 def _project(lab: Lab, name: str, requirement: str, variant: str = "cu128") -> Path:
     ws = torch_like_set(lab.server, lab.tmp / "wheels", variant, pythons=("cp311",), size=TORCH)
-    project = make_project(lab.tmp, name, server=lab.server, variant=variant, deps=[requirement],
-                           gpu_packages=ws.gpu_packages)
-    lock_project(project, lab.uv, lab.env)
+    project = locked_project(lab.tmp, name, server=lab.server, ws=ws, deps=[requirement], uv=lab.uv, env=lab.env)
     return project
 
 
@@ -236,9 +224,7 @@ def test_the_daemon_looks_ahead_on_its_schedule_and_the_upgrade_it_warmed_is_ado
     lab = Lab(tmp_path, index_server, uv_bin, uv_environ, uv_cache)
     root = tmp_path / "code"
     ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=TORCH)
-    app = make_project(root, "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
-                       gpu_packages=ws.gpu_packages)
-    lock_project(app, uv_bin, uv_environ)
+    app = locked_project(root, "app", server=index_server, ws=ws, deps=["torch>=2.5"], uv=uv_bin, env=uv_environ)
     _publish(lab)
     cfg = lab.config(f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "[watch]", "debounce = 0.3",
                      "[ahead]", "enable = true", 'interval = "1h"')

@@ -10,24 +10,19 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jsonschema
 import pytest
 
+from tests.support.cli import status_json
 from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, scratch_made
 from tests.support.index_server import IndexServer
-from tests.support.projects import WheelSet, lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import WheelSet, lock_project, pinned_project, run_uv, torch_like_set
 from warmd.state import STATE_FILE, State
 
-REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 KiB = 1024
 
 
@@ -48,8 +43,7 @@ def _warm_line(project: Path) -> str:
 
 
 def _pin(project: Path, server: IndexServer, ws: WheelSet) -> None:
-    make_project(project.parent, project.name, server=server, variant="cu128", deps=[ws.requirement()],
-                 gpu_packages=ws.gpu_packages)
+    pinned_project(project.parent, project.name, server=server, ws=ws)
 
 
 class Status:
@@ -60,11 +54,7 @@ class Status:
         self.samples: list[list[dict]] = []
 
     def __call__(self) -> dict[str, dict]:
-        proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(self.cfg), "status", "--json"],
-                              env=self.env, capture_output=True, text=True, timeout=WAIT)
-        assert proc.returncode == 0, proc.stderr
-        data = json.loads(proc.stdout)
-        jsonschema.validate(data, SCHEMA)
+        data = status_json(self.cfg, env=self.env)
         self.samples.append(data)
         return {Path(p["project"]).name: p for p in data}
 
@@ -84,7 +74,7 @@ def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path,
         for p in [*churning, steady]:
             _pin(p, server, old)
             lock_project(p, uv_bin, uv_environ)
-        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES, extra=[
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, extra=[
             f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "retry-delay = 1",
             "[download]", "retries = 1", "[watch]", "debounce = 0.1"])
         env = dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1", TMPDIR=str(daemon_tmp))

@@ -18,7 +18,7 @@ import pytest
 from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
 from warmd.base import cancel
 from warmd.base import load_config
 from warmd.service import Daemon, WorkQueue
@@ -27,7 +27,6 @@ from warmd.service import build_scheduler
 from warmd.state import State
 from warmd.transfer import Store
 
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 def _config(tmp: Path, uv: Path, cache: Path, root: Path, *, keep: bool = False) -> Path:
     extra = [f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', f"keep-wheels = {json.dumps(keep)}",
              "[watch]", "debounce = 0.3"]
-    return write_warmd_config(tmp, uv, cache, packages=PACKAGES, extra=extra)
+    return write_warmd_config(tmp, uv, cache, extra=extra)
 
 
 def _status(state_dir: Path) -> dict[str, dict]:
@@ -152,9 +151,7 @@ def test_daemon_warms_heals_upgrades_and_flags(
 
         # A project created under the root becomes warm: `uv lock` renames onto uv.lock.
         ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024)
-        app = make_project(root / "team", "app", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-        lock_project(app, uv_bin, uv_environ)
+        app = locked_project(root / "team", "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
         notify.until(lambda m: m == "STATUS=idle, 1 project warm")
         st = _status(config.state_dir)["app"]
         assert st["error"] is None
@@ -174,8 +171,7 @@ def test_daemon_warms_heals_upgrades_and_flags(
 
         # `uv lock` moving torch to a new version warms the new wheel.
         new = torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", size=64 * 1024)
-        make_project(root / "team", "app", server=index_server, variant="cu128",
-                     deps=[new.requirement()], gpu_packages=new.gpu_packages)
+        pinned_project(root / "team", "app", server=index_server, ws=new)
         n = d.queue.completed
         lock_project(app, uv_bin, uv_environ)
         assert d.queue.wait_completed(n + 1, WAIT)
@@ -236,9 +232,7 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
     root = tmp_path / "code"
     with IndexServer(rate_limit=512 * 1024, vouched=True) as server:
         ws = torch_like_set(server, wheel_dir, "cu128", size=3 * 2**20, pythons=("cp311",), with_nvidia=False)
-        app = make_project(root, "app", server=server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-        lock_project(app, uv_bin, uv_environ)
+        locked_project(root, "app", server=server, ws=ws, uv=uv_bin, env=uv_environ)
         torch_file = next(f for f in ws.filenames if f.startswith("torch-"))
         sha = server.sha256_of(torch_file)
         size = (wheel_dir / "cu128" / torch_file).stat().st_size
@@ -293,9 +287,7 @@ def test_sighup_with_other_roots_and_interval_takes_effect(
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024)
-    app = make_project(second, "app", server=index_server, variant="cu128",
-                       deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(app, uv_bin, uv_environ)
+    locked_project(second, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
     index_server.reset_counters()
     cfg = _config(tmp_path, uv_bin, uv_cache, first)
     daemon = DaemonProcess(cfg, dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1"))

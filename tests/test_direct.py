@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.config import OFFLINE_PACKAGES
 from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler, vouched_urls
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import locked_project, run_uv, torch_like_set
 from warmd.base import Config, DownloadSettings, LimitSettings
 from warmd.base import ProgressEvent
 from warmd.transfer import Fetcher
@@ -26,7 +27,6 @@ from warmd.transfer import Store
 from warmd.uv import Uv
 
 MiB = 2**20
-PACKAGES = ("torch", "pytorch-triton*", "nvidia-*", "filelock")  # filelock: so an offline sync has all
 
 
 class _NoWholeFiles(_Handler):
@@ -49,7 +49,7 @@ def _pipeline(tmp: Path, uv: Path, cache: Path, env: dict[str, str], *, keep: bo
               events: list[ProgressEvent] | None = None, state: State | None = None,
               limits: LimitSettings | None = None, trusted: list[str] | None = None) -> Pipeline:
     config = Config(variant="cu128", uv=str(uv), cache_dir=cache, store_dir=tmp / "store", state_dir=tmp / "state",
-                    packages=PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2),
+                    packages=OFFLINE_PACKAGES, keep_wheels=keep, download=DownloadSettings(timeout=10, retries=2),
                     trusted_indexes=tuple(u + "/" for u in (vouched_urls() if trusted is None else trusted)),
                     limits=limits or LimitSettings())
     store = Store(config.store_dir)
@@ -71,9 +71,7 @@ def _warm(project: Path, *args: object, **kwargs: object) -> tuple[ProjectReport
 
 def _project(tmp: Path, server: IndexServer, uv: Path, env: dict[str, str]) -> tuple[Path, list[str]]:
     ws = torch_like_set(server, tmp / "wheels", "cu128", pythons=("cp311",), size=2 * MiB)
-    project = make_project(tmp, "proj", server=server, variant="cu128", deps=[ws.requirement()],
-                           gpu_packages=ws.gpu_packages)
-    lock_project(project, uv, env)
+    project = locked_project(tmp, "proj", server=server, ws=ws, uv=uv, env=env)
     return project, [f for f in ws.filenames if "cp312" not in f] + [w.name for w in ws.default_wheels]
 
 

@@ -3,20 +3,19 @@ the fixes it prints, and `--fix` editing a project's pyproject.toml (and only th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_warmd, warmd_json
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import lock_project, pinned_project, run_uv, torch_like_set
 from warmd.base import Config, parse_config
 from warmd.cli import TROUBLESHOOTING, diagnose
 from warmd.uv import CACHE_CONTROL_LINE, add_cache_control
@@ -25,21 +24,13 @@ from warmd.warm import Room
 from warmd.base import Pin, WheelFile
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
-
-
-def write_config(tmp: Path, uv: Path | str, cache: Path) -> Path:
-    return write_warmd_config(tmp, uv, cache, packages=PACKAGES)
 
 
 def doctor(config: Path, env: dict[str, str], *args: str) -> tuple[int, dict]:
     """`warmd --config CONFIG doctor ARGS --json`, as a user runs it; (exit code, parsed JSON)."""
-    cmd = [sys.executable, "-m", "warmd", "--config", str(config), "doctor", *args, "--json"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.stdout, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["exit_code"] == proc.returncode
-    return proc.returncode, report
+    code, report, _stderr = warmd_json(config, "doctor", *args, env=env)
+    assert report["exit_code"] == code
+    return code, report
 
 
 def of(report: dict, check: str) -> list[dict]:
@@ -58,8 +49,7 @@ def env(uv_environ: dict[str, str]) -> dict[str, str]:
 def gpu_project(tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, env: dict[str, str]) -> Path:
     """A locked cu128 project whose GPU index answers no-store, with comments in its pyproject."""
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024)
-    project = make_project(tmp_path, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+    project = pinned_project(tmp_path, "proj", server=index_server, ws=ws)
     pyproject = project / "pyproject.toml"
     text = pyproject.read_text()
     text = "# a project with comments doctor must keep\n" + text
@@ -75,7 +65,7 @@ def gpu_project(tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_b
 def test_no_store_index_is_reported_with_the_override_line(tmp_path: Path, gpu_project: Path, uv_bin: Path,
                                                            uv_cache: Path, env: dict[str, str],
                                                            index_server: IndexServer) -> None:
-    config = write_config(tmp_path, uv_bin, uv_cache)
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache)
     before = (gpu_project / "pyproject.toml").read_bytes()
     code, report = doctor(config, env, str(gpu_project))
 
@@ -95,8 +85,7 @@ def test_no_store_index_is_reported_with_the_override_line(tmp_path: Path, gpu_p
     assert hits and all(h.method == "HEAD" for h in hits)
     assert of(report, "disk")[0]["status"] == "ok" and "planned wheels" in of(report, "disk")[0]["message"]
 
-    text = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "doctor", str(gpu_project)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    text = run_warmd(config, "doctor", gpu_project, env=env)
     assert text.returncode == 0, text.stderr
     assert re.search(r"^warn index: proj: index pytorch-cu128 .*no-store", text.stdout, re.M), text.stdout
     assert re.search(r"^     fix: nothing to do while warmd runs", text.stdout, re.M)
@@ -106,7 +95,7 @@ def test_no_store_index_is_reported_with_the_override_line(tmp_path: Path, gpu_p
 def test_fix_adds_the_line_keeps_comments_and_makes_uv_keep_the_wheels(
         tmp_path: Path, gpu_project: Path, uv_bin: Path, uv_cache: Path, env: dict[str, str],
         index_server: IndexServer) -> None:
-    config = write_config(tmp_path, uv_bin, uv_cache)
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache)
     pyproject = gpu_project / "pyproject.toml"
     before = pyproject.read_text()
     code, report = doctor(config, env, str(gpu_project), "--fix")
@@ -144,7 +133,7 @@ def test_an_override_in_uv_toml_counts_and_fix_leaves_the_project_alone(
     uv_toml.write_text(f'[[index]]\nurl = "{index_server.index_url("cu128")}"\n'
                        'cache-control = { files = "max-age=365000000, immutable" }\n')
     before = (gpu_project / "pyproject.toml").read_bytes()
-    code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), env | {"XDG_CONFIG_HOME": str(xdg)},
+    code, report = doctor(write_warmd_config(tmp_path, uv_bin, uv_cache), env | {"XDG_CONFIG_HOME": str(xdg)},
                           str(gpu_project), "--fix")
     assert code == 0
     gpu = [f for f in of(report, "index") if "/whl/cu128" in f["message"]]
@@ -156,7 +145,7 @@ def test_an_override_in_uv_toml_counts_and_fix_leaves_the_project_alone(
 def test_headers_that_cannot_be_read_are_a_warning_not_a_crash(tmp_path: Path, gpu_project: Path, uv_bin: Path,
                                                                uv_cache: Path, env: dict[str, str],
                                                                index_server: IndexServer) -> None:
-    config = write_config(tmp_path, uv_bin, uv_cache)  # vouches for the index, which then goes down
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache)  # vouches for the index, which then goes down
     index_server.stop()
     code, report = doctor(config, env, str(gpu_project))
     assert code == 0
@@ -169,7 +158,7 @@ def test_no_cache_in_uv_toml_is_a_problem(tmp_path: Path, uv_bin: Path, uv_cache
     xdg = tmp_path / "xdg"
     (xdg / "uv").mkdir(parents=True)
     (xdg / "uv" / "uv.toml").write_text("# mine\nno-cache = true\n")
-    config = write_config(tmp_path, uv_bin, uv_cache)
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache)
     code, report = doctor(config, env | {"XDG_CONFIG_HOME": str(xdg)})
     assert code == 1
     [found] = [f for f in of(report, "uv-cache") if f["status"] == "problem"]
@@ -191,7 +180,7 @@ def test_uv_no_cache_variable_is_a_problem(tmp_path: Path, uv_bin: Path, uv_cach
 
 def test_uv_not_found_is_a_problem_with_the_fix(tmp_path: Path, uv_bin: Path, uv_cache: Path,
                                                 env: dict[str, str]) -> None:
-    config = write_config(tmp_path, tmp_path / "nowhere" / "uv", uv_cache)
+    config = write_warmd_config(tmp_path, tmp_path / "nowhere" / "uv", uv_cache)
     code, report = doctor(config, env)
     assert code == 1
     [uv] = of(report, "uv")
@@ -213,7 +202,7 @@ def test_a_login_shell_running_another_uv_version_is_a_problem(tmp_path: Path, u
     shell_env = env | {"SHELL": "/bin/sh", "HOME": str(home), "PATH": "/usr/bin:/bin"}
     if not os.access("/bin/sh", os.X_OK):
         pytest.skip("no /bin/sh")
-    code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), shell_env)
+    code, report = doctor(write_warmd_config(tmp_path, uv_bin, uv_cache), shell_env)
     assert code == 1
     [differs] = [f for f in of(report, "shell-uv") if f["status"] == "problem"]
     assert "0.8.2" in differs["message"] and "sh -l" in differs["message"]
@@ -222,7 +211,7 @@ def test_a_login_shell_running_another_uv_version_is_a_problem(tmp_path: Path, u
 
 
 def test_same_uv_in_the_shell_is_ok(tmp_path: Path, uv_bin: Path, uv_cache: Path, env: dict[str, str]) -> None:
-    code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), env)
+    code, report = doctor(write_warmd_config(tmp_path, uv_bin, uv_cache), env)
     assert code == 0
     assert [f["status"] for f in of(report, "shell-uv")] == ["ok"]
     assert of(report, "uv")[0]["message"].startswith(f"{uv_bin.resolve()} 0.13.9")
@@ -233,7 +222,7 @@ def test_same_uv_in_the_shell_is_ok(tmp_path: Path, uv_bin: Path, uv_cache: Path
 
 
 def test_bad_project_paths_exit_2(tmp_path: Path, uv_bin: Path, uv_cache: Path, env: dict[str, str]) -> None:
-    config = write_config(tmp_path, uv_bin, uv_cache)
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache)
     code, report = doctor(config, env, str(tmp_path / "missing"))
     assert code == 2
     assert of(report, "project")[0]["status"] == "problem"
@@ -356,7 +345,7 @@ def test_readme_troubleshooting_rows_are_doctors_own() -> None:
 
 def test_a_uv_older_than_supported_is_a_warning_with_the_upgrade(tmp_path: Path, uv_older_bin: Path, uv_cache: Path,
                                                                  env: dict[str, str]) -> None:
-    _code, report = doctor(write_config(tmp_path, uv_older_bin, uv_cache), env)
+    _code, report = doctor(write_warmd_config(tmp_path, uv_older_bin, uv_cache), env)
     old = [f for f in of(report, "uv") if f["status"] == "warn"]
     assert len(old) == 1 and "uv 0.8.0 is older than 0.8.2" in old[0]["message"], report
     assert old[0]["fix"].startswith(TROUBLESHOOTING["uv-old"].do)
@@ -367,7 +356,7 @@ def test_no_cache_in_a_projects_pyproject_and_uv_toml_is_a_problem(tmp_path: Pat
     pyproject = gpu_project / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "\n[tool.uv]\nno-cache = true\n")
     (gpu_project / "uv.toml").write_text("no-cache = true\n")
-    code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), env, str(gpu_project))
+    code, report = doctor(write_warmd_config(tmp_path, uv_bin, uv_cache), env, str(gpu_project))
     assert code == 1
     found = {f["message"]: f["fix"] for f in of(report, "uv-cache") if f["status"] == "problem"}
     assert len(found) == 2, report
@@ -384,7 +373,7 @@ def test_a_fix_that_cannot_be_written_is_a_problem_and_changes_nothing(tmp_path:
     subprocess.run(["mount", "--bind", str(gpu_project), str(gpu_project)], check=True, timeout=60)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(gpu_project)], check=True, timeout=60)
-        code, report = doctor(write_config(tmp_path, uv_bin, uv_cache), env, str(gpu_project), "--fix")
+        code, report = doctor(write_warmd_config(tmp_path, uv_bin, uv_cache), env, str(gpu_project), "--fix")
     finally:
         subprocess.run(["umount", str(gpu_project)], check=False, timeout=60)
     assert code == 1
@@ -408,7 +397,7 @@ def test_service_state_is_reported_with_its_fix(tmp_path: Path, uv_bin: Path, uv
         f"#!/bin/sh\nprintf 'LoadState=loaded\\nActiveState={active}\\nFragmentPath={unit}\\n'\n")
     (bindir / "systemctl").chmod(0o755)
     service_env = env | {"PATH": f"{bindir}:{env['PATH']}", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"}
-    got, report = doctor(write_config(tmp_path, uv_bin, uv_cache), service_env)
+    got, report = doctor(write_warmd_config(tmp_path, uv_bin, uv_cache), service_env)
     [service] = of(report, "service")
     assert service["status"] == status and TROUBLESHOOTING[kind].says in service["message"], service
     assert service["fix"].startswith(TROUBLESHOOTING[kind].do) and str(unit) in service["message"]
@@ -419,10 +408,9 @@ def test_a_unit_that_cannot_start_or_is_from_an_older_warmd_is_found_with_its_fi
     tmp_path: Path, uv_bin: Path, uv_cache: Path, env: dict[str, str],
 ) -> None:
     """What `install-service` writes passes; the units of d5ad866 do not, and the fix is to write it again."""
-    config = write_config(tmp_path, uv_bin, uv_cache)
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache)
     unit = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user" / "warmd.service"
-    done = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "install-service"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_warmd(config, "install-service", env=env, timeout=120)
     assert done.returncode == 0 and unit.is_file(), done.stderr
     assert "systemctl --user daemon-reload && systemctl --user restart warmd" in done.stdout
     _code, report = doctor(config, env)

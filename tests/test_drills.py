@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -30,11 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.config import trusted_lines
+from tests.support.cli import run_warmd, warmd_argv
+from tests.support.config import write_warmd_config
 from tests.support.cache import traces
 from tests.support.index_server import Faults, Hit, IndexServer, _Handler, normalize
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
+from tests.support.projects import locked_project, torch_like_set, uv_env
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.state import STATE_FILE, State
 from warmd.transfer import Store
@@ -42,7 +42,6 @@ from warmd.transfer import Store
 MiB = 2**20
 KiB = 2**10
 VARIANT = "cpu"  # torch + filelock only: two pins keep each run to a few uv calls on a 2-core box
-PACKAGES = ["torch", "filelock"]  # filelock too, so `uv sync --offline` has everything
 SMALL_TORCH = "2.8.0"
 BIG_TORCH = "2.9.0"
 WAIT = 120.0  # upper bound for waits that end on an event; a slow box must not fail them
@@ -160,9 +159,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, uv_bin: Path) -> Iterator[Wo
         big = torch_like_set(server, tmp / "wheels", VARIANT, BIG_TORCH, pythons=("cp311",), size=8 * MiB)
         projects = []
         for name, ws in (("small", small), ("big", big)):
-            p = make_project(tmp / "templates", name, server=server, variant=VARIANT,
-                             deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-            lock_project(p, uv_bin, env)
+            p = locked_project(tmp / "templates", name, server=server, ws=ws, uv=uv_bin, env=env)
             projects.append(p)
         sizes = {w.name: w.stat().st_size for w in small.wheels + big.wheels + small.default_wheels}
         yield World(server, projects[0], projects[1], small.filenames[0], big.filenames[0], sizes,
@@ -197,29 +194,18 @@ class Drill:
         return dest
 
     def config(self, store: Path | None = None) -> Path:
-        lines = [
-            f'variant = "{VARIANT}"',
-            f"uv = {json.dumps(str(self.uv))}",
-            f"cache-dir = {json.dumps(str(self.cache))}",
-            f"store-dir = {json.dumps(str(store or self.store))}",
-            f"state-dir = {json.dumps(str(self.state))}",
-            *trusted_lines(),
-            f"packages = {json.dumps(PACKAGES)}",
-            "[download]",
-        ] + [f"{k} = {json.dumps(v)}" for k, v in self.download.items()]
-        lines += ["[limits]"] + [f"{k} = {json.dumps(v)}" for k, v in self.limits.items()]
-        path = self.tmp / "warmd.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        extra = ["[download]", *(f"{k} = {json.dumps(v)}" for k, v in self.download.items()),
+                 "[limits]", *(f"{k} = {json.dumps(v)}" for k, v in self.limits.items())]
+        # torch and filelock: all a cpu project installs, so `uv sync --offline` has everything
+        return write_warmd_config(self.tmp, self.uv, self.cache, packages=["torch", "filelock"], variant=VARIANT,
+                                  store=store or self.store, state=self.state, extra=extra)
 
     def command(self, *projects: Path, store: Path | None = None) -> list[str]:
-        return [sys.executable, "-m", "warmd", "--config", str(self.config(store)), "prefetch",
-                *map(str, projects), "--json"]
+        return warmd_argv(self.config(store), "prefetch", *projects, "--json")
 
     def prefetch(self, *projects: Path, store: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real `warmd prefetch --json` as a user would."""
-        return subprocess.run(self.command(*projects, store=store), env=self.env, capture_output=True,
-                              text=True, timeout=300)
+        return run_warmd(self.config(store), "prefetch", *projects, "--json", env=self.env)
 
     def popen(self, *projects: Path) -> subprocess.Popen[str]:
         return subprocess.Popen(self.command(*projects), env=self.env, stdout=subprocess.PIPE,

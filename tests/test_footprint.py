@@ -8,21 +8,19 @@ and `doctor --fix` has uv prune. The estimate is held against what uv's prune re
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_warmd
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import locked_project, run_uv, torch_like_set
 from tests.test_doctor import doctor, of
 from warmd.base import human_bytes
 from warmd.uv import cache_use
 
 MiB = 2**20
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 SYNCS = 3
 
 
@@ -34,9 +32,7 @@ def uv_exe(request: pytest.FixtureRequest) -> Path:
 def _synced_thrice(tmp: Path, server: IndexServer, wheel_dir: Path, uv: Path, env: dict[str, str]) -> list[Path]:
     """Three fresh venvs of one no-store project: each sync unpacks torch once more."""
     ws = torch_like_set(server, wheel_dir, "cu128", pythons=("cp311",), size=2 * MiB)
-    project = make_project(tmp, "proj", server=server, variant="cu128", deps=[ws.requirement()],
-                           gpu_packages=ws.gpu_packages)
-    lock_project(project, uv, env)
+    project = locked_project(tmp, "proj", server=server, ws=ws, uv=uv, env=env)
     venvs = [tmp / f"venv{i}" for i in range(SYNCS)]
     for venv in venvs:
         run_uv(uv, ["sync", "--frozen"], cwd=project, env=dict(env, UV_PROJECT_ENVIRONMENT=str(venv)))
@@ -47,7 +43,7 @@ def test_doctor_reports_what_uv_cache_prune_frees_and_fix_has_uv_prune(
         tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_exe: Path, uv_cache: Path,
         uv_environ: dict[str, str]) -> None:
     venvs = _synced_thrice(tmp_path, index_server, wheel_dir, uv_exe, uv_environ)
-    config = write_warmd_config(tmp_path, uv_exe, uv_cache, packages=PACKAGES)
+    config = write_warmd_config(tmp_path, uv_exe, uv_cache)
     env = {k: v for k, v in uv_environ.items() if k != "SHELL"}  # no login shell's uv to compare with
 
     # While the venvs live, they share the orphaned copies' files (hard links): pruning frees little.
@@ -86,19 +82,16 @@ def test_status_shows_the_disk_use_of_warm_wheels_and_the_store(
         tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
         uv_environ: dict[str, str]) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128", pythons=("cp311",), size=256 * 1024)
-    project = make_project(tmp_path, "proj", server=index_server, variant="cu128", deps=[ws.requirement()],
-                           gpu_packages=ws.gpu_packages)
-    lock_project(project, uv_bin, uv_environ)
+    project = locked_project(tmp_path, "proj", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
     planned = [w for w in ws.wheels if "cp312" not in w.name]
     sizes = sum(w.stat().st_size for w in planned)
     for keep in (False, True):
         home = tmp_path / ("keep" if keep else "default")
         home.mkdir()
-        config = write_warmd_config(home, uv_bin, home / "uv-cache", packages=PACKAGES,
+        config = write_warmd_config(home, uv_bin, home / "uv-cache",
                                     extra=["keep-wheels = true"] if keep else [])
-        cmd = [sys.executable, "-m", "warmd", "--config", str(config)]
-        subprocess.run([*cmd, "prefetch", str(project)], env=uv_environ, check=True, capture_output=True, timeout=300)
-        out = subprocess.run([*cmd, "status"], env=uv_environ, capture_output=True, text=True, timeout=60)
+        run_warmd(config, "prefetch", project, env=uv_environ).check_returncode()
+        out = run_warmd(config, "status", env=uv_environ, timeout=60)
         assert out.returncode == 0, out.stderr
         store = (f"{human_bytes(sizes)}, a copy of each warm wheel (keep-wheels)" if keep
                  else f"{human_bytes(0)}, downloads in progress only")

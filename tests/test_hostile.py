@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.config import trusted_lines
+from tests.support.cli import run_warmd
+from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, torch_like_set
+from tests.support.projects import lock_project, locked_project, pinned_project, torch_like_set
 from warmd.transfer import merge_ranges, missing_ranges
 
 SHA = "a" * 64
@@ -47,22 +47,11 @@ class Env:
         return self.tmp / "store"
 
     def config(self, extra: str = "") -> Path:
-        path = self.tmp / "warmd.toml"
-        path.write_text("\n".join([
-            'variant = "cpu"',
-            f"uv = {json.dumps(str(self.uv))}",
-            f"cache-dir = {json.dumps(str(self.cache))}",
-            f"store-dir = {json.dumps(str(self.store))}",
-            f"state-dir = {json.dumps(str(self.tmp / 'state'))}",
-            *trusted_lines(),
-            'packages = ["torch", "filelock"]',
-            extra,
-        ]) + "\n")
-        return path
+        return write_warmd_config(self.tmp, self.uv, self.cache, packages=["torch", "filelock"], variant="cpu",
+                                  extra=[extra] if extra else [])
 
     def warmd(self, config: Path, *paths: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", *map(str, paths)],
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
+        return run_warmd(config, "prefetch", *paths, env=self.env, timeout=timeout)
 
 
 @pytest.fixture
@@ -218,8 +207,7 @@ def test_a_wheel_without_a_sha256_is_skipped_not_refused(henv: Env, hash_: str |
 
 def test_truncated_real_lock_is_refused(henv: Env, index_server: IndexServer, wheel_dir: Path) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cpu", pythons=("cp311",), size=64 * 1024)
-    project = make_project(henv.tmp, "real", server=index_server, variant="cpu", deps=[ws.requirement()],
-                           gpu_packages=ws.gpu_packages)
+    project = pinned_project(henv.tmp, "real", server=index_server, ws=ws)
     full = lock_project(project, henv.uv, henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")}).read_text()
     index_server.reset_counters()
     # cut inside torch's wheels array, where no cut can leave a smaller but valid lock
@@ -259,9 +247,8 @@ def test_symlinked_project_pointing_outside_the_roots_is_not_touched(
     henv: Env, index_server: IndexServer, wheel_dir: Path
 ) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cpu", pythons=("cp311",), size=64 * 1024)
-    outside = make_project(henv.tmp / "outside", "secret", server=index_server, variant="cpu",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(outside, henv.uv, henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")})
+    outside = locked_project(henv.tmp / "outside", "secret", server=index_server, ws=ws, uv=henv.uv,
+                             env=henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")})
     index_server.reset_counters()
     root = henv.tmp / "root"
     (root / "team").mkdir(parents=True)
@@ -388,9 +375,8 @@ def test_the_daemon_records_a_lock_that_is_not_a_file_as_failed_and_warms_the_ot
     daemon runs, each `failed` with the reason naming it; the good project beside them goes warm."""
     ws = torch_like_set(index_server, wheel_dir, "cpu", pythons=("cp311",), size=64 * 1024)
     root = henv.tmp / "root"
-    good = make_project(root, "good", server=index_server, variant="cpu", deps=[ws.requirement()],
-                        gpu_packages=ws.gpu_packages)
-    lock_project(good, henv.uv, henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")})
+    good = locked_project(root, "good", server=index_server, ws=ws, uv=henv.uv,
+                             env=henv.env | {"UV_CACHE_DIR": str(henv.tmp / "lock-cache")})
     bad = {}
     for name, kind in (("fifo", "fifo"), ("device", "dev-zero")):
         folder = root / name
@@ -410,8 +396,7 @@ def test_the_daemon_records_a_lock_that_is_not_a_file_as_failed_and_warms_the_ot
         os.mkfifo(late / "uv.lock")
         bad[late] = "fifo"
         daemon.wait_for([f"{late}: failed"])
-        status = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "status", "--json"],
-                                env=henv.env, capture_output=True, text=True, timeout=HANG)
+        status = run_warmd(config, "status", "--json", env=henv.env, timeout=HANG)
         assert status.returncode == 0, status.stderr
         states = {Path(p["project"]): p for p in json.loads(status.stdout)}
         assert states[good]["state"] == "warm", states[good]

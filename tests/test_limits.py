@@ -9,57 +9,42 @@ import hashlib
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
 
+from tests.support.cli import run_warmd, status_json
 from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
 
-REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 MiB = 2**20
 
 
-def _warmd(cfg: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
 def _status(cfg: Path, env: dict[str, str]) -> tuple[dict, str]:
-    proc = _warmd(cfg, env, "status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    jsonschema.validate(data, SCHEMA)
-    (project,) = data
-    return project, _warmd(cfg, env, "status").stdout
+    (project,) = status_json(cfg, env=env)
+    return project, run_warmd(cfg, "status", env=env).stdout
 
 
 def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never_fetched(
         tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
     with IndexServer(pep691=True, vouched=True) as server:  # PEP 691 pages carry sizes: the lock has them, the dry run too
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
-        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ)
+        project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin, env=uv_environ)
         torch = next(f for f in ws.filenames if f.startswith("torch-"))
         # nvidia-nvtx and pytorch-triton (1 MiB each) fit; torch (4 MiB) would pass the limit.
-        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES,
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache,
                                  extra=["[limits]", 'per-project = "5MiB"'])
         server.reset_counters()
 
-        dry = _warmd(cfg, uv_environ, "prefetch", "--dry-run", str(project))
+        dry = run_warmd(cfg, "prefetch", "--dry-run", project, env=uv_environ)
         assert dry.returncode == 0, dry.stderr
         line = next(ln for ln in dry.stdout.splitlines() if torch in ln)
         assert line.split()[0] == "skipped" and "past `[limits] per-project` (5.0 MiB)" in line, line
 
-        proc = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        proc = run_warmd(cfg, "prefetch", "--json", project, env=uv_environ)
         assert proc.returncode == 0, proc.stderr  # a limit kept it out: not a failure
         wheels = {w["filename"]: w for w in json.loads(proc.stdout)["projects"][0]["wheels"]}
         assert wheels[torch]["state"] == "skipped", wheels[torch]
@@ -71,7 +56,7 @@ def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never
 
         # The daemon's status for systemd says it too: `uv sync` still downloads torch.
         (tmp_path / "daemon").mkdir()
-        daemon_cfg = write_warmd_config(tmp_path / "daemon", uv_bin, uv_cache, packages=PACKAGES, extra=[
+        daemon_cfg = write_warmd_config(tmp_path / "daemon", uv_bin, uv_cache, extra=[
             f"roots = {json.dumps([str(project)])}", 'recheck-interval = "1h"', "[limits]", 'per-project = "5MiB"'])
         notify = NotifySocket(tmp_path / "notify.sock")
         daemon = DaemonProcess(daemon_cfg, uv_environ | {"NOTIFY_SOCKET": str(notify.path)})
@@ -108,18 +93,17 @@ def test_wheels_that_would_leave_less_than_the_free_space_floor_are_skipped(
     assert mounted.returncode == 0, f"cannot mount a small tmpfs here: {mounted.stderr.strip()}"
     try:
         ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=8 * MiB)
-        project = make_project(tmp_path, "proj", server=index_server, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ | {"UV_CACHE_DIR": str(tmp_path / "lock-cache")})
+        project = locked_project(tmp_path, "proj", server=index_server, ws=ws, uv=uv_bin,
+                                 env=uv_environ | {"UV_CACHE_DIR": str(tmp_path / "lock-cache")})
         assert "size = " not in (project / "uv.lock").read_text()
         torch = next(f for f in ws.filenames if f.startswith("torch-"))
         cache = disk / "uv-cache"
         # warmd's store (and state) on the small disk too
-        cfg = write_warmd_config(disk, uv_bin, cache, packages=PACKAGES, extra=["[limits]", 'min-free = "24MiB"'])
+        cfg = write_warmd_config(disk, uv_bin, cache, extra=["[limits]", 'min-free = "24MiB"'])
         env = uv_environ | {"UV_CACHE_DIR": str(cache)}
         index_server.reset_counters()
 
-        proc = _warmd(cfg, env, "prefetch", "--json", str(project))
+        proc = run_warmd(cfg, "prefetch", "--json", project, env=env)
         assert proc.returncode == 0, proc.stderr
         wheels = {w["filename"]: w for w in json.loads(proc.stdout)["projects"][0]["wheels"]}
         assert wheels[torch]["state"] == "skipped", wheels[torch]
@@ -149,13 +133,11 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
     downloaded itself: tests/test_direct.py::test_a_wheel_uv_downloaded_itself_is_not_asked_for_its_size_on_every_recheck.)"""
     with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
-        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ)
+        project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin, env=uv_environ)
         assert "size = " not in (project / "uv.lock").read_text()
-        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache)
         server.reset_counters()
-        proc = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        proc = run_warmd(cfg, "prefetch", "--json", project, env=uv_environ)
         assert proc.returncode == 0, proc.stderr
         wheels = json.loads(proc.stdout)["projects"][0]["wheels"]
         assert {w["state"] for w in wheels} == {"warm"}
@@ -167,7 +149,7 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
             assert sum(h.body_bytes for h in hits) == size, (name, hits)
         # The next run weighs them by the sizes of the bytes warmd verified (State.sizes): nothing is asked.
         server.reset_counters()
-        again = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        again = run_warmd(cfg, "prefetch", "--json", project, env=uv_environ)
         assert again.returncode == 0, again.stderr
         assert server.wheel_hits() == [], server.wheel_hits()
 
@@ -180,17 +162,15 @@ def test_an_index_whose_head_gives_no_size_is_asked_for_the_first_byte(
     GET of the wheel's first byte, and everything is warmed."""
     with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
-        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ)
+        project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin, env=uv_environ)
         assert "size = " not in (project / "uv.lock").read_text()
-        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache)
         if head == "no-length":
             server.faults.head_without_length = True
         else:
             server.faults.head_status = int(head)
         server.reset_counters()
-        proc = _warmd(cfg, uv_environ, "prefetch", "--json", str(project))
+        proc = run_warmd(cfg, "prefetch", "--json", project, env=uv_environ)
         assert proc.returncode == 0, proc.stderr
         wheels = json.loads(proc.stdout)["projects"][0]["wheels"]
         assert {w["state"] for w in wheels} == {"warm"}, wheels
@@ -209,9 +189,7 @@ def test_a_size_another_lock_declares_for_the_same_file_is_never_taken(
     with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=MiB)
         root = tmp_path / "code"
-        mine = make_project(root, "mine", server=server, variant="cu128", deps=[ws.requirement()],
-                            gpu_packages=ws.gpu_packages)
-        lock_project(mine, uv_bin, uv_environ)
+        mine = locked_project(root, "mine", server=server, ws=ws, uv=uv_bin, env=uv_environ)
         torch = next(f for f in ws.filenames if f.startswith("torch-"))
         hostile = root / "hostile"
         hostile.mkdir()
@@ -222,20 +200,20 @@ def test_a_size_another_lock_declares_for_the_same_file_is_never_taken(
         end = text.index("}", at)
         assert "size" not in text[at:end], text[at:end]
         (hostile / "uv.lock").write_text(text[:end] + ", size = 1 " + text[end:])
-        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache)
 
         def torch_state(report: dict, project: Path) -> str:
             (entry,) = [p for p in report["projects"] if p["project"] == str(project)]
             return next(w["state"] for w in entry["wheels"] if w["filename"] == torch)
 
-        first = _warmd(cfg, uv_environ, "prefetch", "--json", str(hostile))
+        first = run_warmd(cfg, "prefetch", "--json", hostile, env=uv_environ)
         assert torch_state(json.loads(first.stdout), hostile) == "failed", first.stdout  # held to its own claim
-        then = _warmd(cfg, uv_environ, "prefetch", "--json", str(mine))
+        then = run_warmd(cfg, "prefetch", "--json", mine, env=uv_environ)
         assert then.returncode == 0, then.stderr
         assert torch_state(json.loads(then.stdout), mine) == "warm", then.stdout
 
         run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
-        both = _warmd(cfg, uv_environ, "prefetch", "--json", str(hostile), str(mine))
+        both = run_warmd(cfg, "prefetch", "--json", hostile, mine, env=uv_environ)
         assert torch_state(json.loads(both.stdout), mine) == "warm", both.stdout
 
 
@@ -255,10 +233,8 @@ def test_a_lock_naming_the_same_file_on_a_lying_server_does_not_fail_it_for_the_
         for w in ws.default_wheels:
             liar.add_wheel(w, None)
         root = tmp_path / "code"
-        mine = make_project(root, "mine", server=honest, variant="cu128", deps=[ws.requirement()],
-                            gpu_packages=ws.gpu_packages)
-        hostile = make_project(root, hostile_name, server=liar, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
+        mine = pinned_project(root, "mine", server=honest, ws=ws)
+        hostile = pinned_project(root, hostile_name, server=liar, ws=ws)
         lock_project(mine, uv_bin, uv_environ)
         lock_project(hostile, uv_bin, uv_environ)
         torch = next(f for f in ws.filenames if f.startswith("torch-"))
@@ -268,12 +244,12 @@ def test_a_lock_naming_the_same_file_on_a_lying_server_does_not_fail_it_for_the_
             liar.faults.lie_length[torch] = 1
         else:
             liar.faults.corrupt.add(torch)
-        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES,
+        cfg = write_warmd_config(tmp_path, uv_bin, uv_cache,
                                  extra=[f"roots = {json.dumps([str(root)])}"])
         honest.reset_counters()
         liar.reset_counters()
 
-        proc = _warmd(cfg, uv_environ, "prefetch", "--json")  # every project under the root, in one run
+        proc = run_warmd(cfg, "prefetch", "--json", env=uv_environ)  # every project under the root, in one run
         report = json.loads(proc.stdout)
         assert [p["project"] for p in report["projects"]] == sorted([str(mine), str(hostile)])
         (entry,) = [p for p in report["projects"] if p["project"] == str(mine)]

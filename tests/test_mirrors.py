@@ -12,7 +12,6 @@ import json
 import socket
 import socketserver
 import subprocess
-import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.config import write_warmd_config
+from tests.support.cli import warmd_argv, warmd_json
+from tests.support.config import OFFLINE_PACKAGES, write_warmd_config
 from tests.support.index_server import PYPI_CACHE_CONTROL, IndexServer
 from tests.support.lab_net import ORIGIN, LabNet
 from tests.support.mirror import NginxMirror
 from tests.support.netguard import LAB_ENV
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set, uv_env
+from tests.support.projects import locked_project, pinned_project, run_uv, torch_like_set, uv_env
 from warmd.base import Config, DownloadSettings, MirrorSettings
 from warmd.transfer import Fetcher
 from warmd.transfer import mirror_for, mirror_url
@@ -34,7 +34,6 @@ from warmd.warm import Pipeline
 from warmd.transfer import Store
 from warmd.uv import Uv
 
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*", "filelock"]
 MiB = 1024 * 1024
 
 
@@ -48,10 +47,7 @@ class Workstation:
     uv: Path
 
     def prefetch(self, project: Path) -> tuple[int, dict, str]:
-        cmd = [sys.executable, "-m", "warmd", "--config", str(self.config), "prefetch", str(project), "--json"]
-        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
-        assert proc.stdout, proc.stderr
-        return proc.returncode, json.loads(proc.stdout), proc.stderr
+        return warmd_json(self.config, "prefetch", project, env=self.env)
 
     def sync_offline(self, project: Path) -> None:
         env = self.env | {"UV_PROJECT_ENVIRONMENT": str(self.root / "venv")}
@@ -65,7 +61,8 @@ def workstation(root: Path, uv: Path, mirrors: list[tuple[str, str]], *, timeout
     extra = [f"[[mirrors]]\norigin = {json.dumps(o)}\nurl = {json.dumps(u)}" for o, u in mirrors]
     if timeout is not None:
         extra.insert(0, f"[download]\ntimeout = {timeout}")
-    return Workstation(root, write_warmd_config(root, uv, cache, packages=PACKAGES, extra=extra), uv_env(cache), uv)
+    return Workstation(root, write_warmd_config(root, uv, cache, packages=OFFLINE_PACKAGES, extra=extra), uv_env(cache),
+                       uv)
 
 
 def host_of(server: IndexServer) -> str:
@@ -82,9 +79,7 @@ def lab(tmp_path: Path, index_server: IndexServer, uv_bin: Path, uv_environ: dic
     """The origin with a torch-like set (torch big enough for several slices and segments), a
     locked project, and the mirror in front of the origin."""
     ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", size=20 * MiB)
-    project = make_project(tmp_path, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, uv_bin, uv_environ)
+    project = locked_project(tmp_path, "proj", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
     with NginxMirror(nginx, tmp_path / "mirror", {host_of(index_server): index_server.url}) as mirror:
         index_server.reset_counters()  # `uv lock` read metadata from the origin: not the lab's traffic
         yield project, mirror, ws
@@ -142,8 +137,7 @@ def test_two_workstations_warming_at_once_pull_each_slice_from_the_origin_once(
     index_server.rate_limit = 8 * MiB  # a capped uplink, so that the two runs overlap
     entry = origin_entry(index_server, mirror)
     stations = [workstation(tmp_path / f"ws{i}", uv_bin, [entry]) for i in (1, 2)]
-    cmds = [[sys.executable, "-m", "warmd", "--config", str(s.config), "prefetch", str(project), "--json"]
-            for s in stations]
+    cmds = [warmd_argv(s.config, "prefetch", project, "--json") for s in stations]
     procs = [subprocess.Popen(c, env=s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for c, s in zip(cmds, stations)]
     for p in procs:
@@ -256,11 +250,9 @@ def test_a_mirror_that_refuses_connections_is_passed_over(lab, tmp_path: Path, i
 
 
 def doctor(station: Workstation, project: Path) -> tuple[int, list[dict]]:
-    cmd = [sys.executable, "-m", "warmd", "--config", str(station.config), "doctor", str(project), "--json"]
     env = {k: v for k, v in station.env.items() if k != "SHELL"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.stdout, proc.stderr
-    return proc.returncode, [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "mirror"]
+    code, report, _stderr = warmd_json(station.config, "doctor", project, env=env)
+    return code, [f for f in report["findings"] if f["check"] == "mirror"]
 
 
 def test_doctor_checks_a_mirror_with_the_smallest_planned_wheel(lab, tmp_path: Path, index_server: IndexServer,
@@ -306,8 +298,7 @@ def test_in_network_namespaces_the_second_workstation_has_no_route_to_the_origin
         origin = net.run_in(net.origin, lambda: IndexServer(host=ORIGIN, vouched=True).start())
         try:
             ws = torch_like_set(origin, tmp_path / "wheels", "cu128", size=20 * MiB)
-            project = make_project(tmp_path, "proj", server=origin, variant="cu128",
-                                   deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
+            project = pinned_project(tmp_path, "proj", server=origin, ws=ws)
             lock_env = uv_environ | {"NO_PROXY": f"{ORIGIN},127.0.0.1", "no_proxy": f"{ORIGIN},127.0.0.1"}
             subprocess.run([*net.exec_prefix(net.origin), str(uv_bin), "lock"], cwd=project, env=lock_env,
                            check=True, capture_output=True, timeout=240)  # the origin's own host locks it
@@ -323,8 +314,7 @@ def test_in_network_namespaces_the_second_workstation_has_no_route_to_the_origin
                     station = workstation(tmp_path / f"ws{n}", uv_bin, [(origin.url + "/", f"http://{net.mirror_ip(n)}:3142/{host}/")])
                     lab_env = {LAB_ENV: ",".join(net.hosts), "NO_PROXY": ",".join([*net.hosts, "127.0.0.1"])}
                     station.env = station.env | lab_env | {"no_proxy": lab_env["NO_PROXY"]}
-                    cmd = [*net.exec_prefix(ns), sys.executable, "-m", "warmd", "--config", str(station.config),
-                           "prefetch", str(project), "--json"]
+                    cmd = [*net.exec_prefix(ns), *warmd_argv(station.config, "prefetch", project, "--json")]
                     proc = subprocess.run(cmd, env=station.env, capture_output=True, text=True, timeout=300)
                     assert proc.returncode == 0, proc.stderr
                     reports.append(json.loads(proc.stdout))
@@ -349,9 +339,7 @@ def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Pa
     through warmd's engine and the mirror: uv would take it from the origin."""
     with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB) as origin:
         ws = torch_like_set(origin, tmp_path / "wheels", "cu128", pythons=("cp311",), size=2 * MiB)
-        project = make_project(tmp_path, "proj", server=origin, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ)
+        project = locked_project(tmp_path, "proj", server=origin, ws=ws, uv=uv_bin, env=uv_environ)
         # One engine for both runs: what it learns of the origin's link in the first, it knows in the second.
         engine = Fetcher(Store(tmp_path / "store"), connections=4, timeout=10, retries=2, backoff=0.01,
                          max_backoff=0.05, trust_env=False, fast_stream=1.0)
@@ -359,7 +347,7 @@ def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Pa
 
         def warm(mirrors: tuple[MirrorSettings, ...]) -> list:
             config = Config(variant="cu128", uv=str(uv_bin), cache_dir=uv_cache, store_dir=tmp_path / "store",
-                            state_dir=tmp_path / "state", packages=tuple(PACKAGES), mirrors=mirrors,
+                            state_dir=tmp_path / "state", packages=OFFLINE_PACKAGES, mirrors=mirrors,
                             download=DownloadSettings(timeout=10, retries=2), trusted_indexes=(origin.url + "/",))
             return list(Pipeline(config, uv=uv, fetcher=engine).warm([project])[0].wheels)
 
@@ -390,14 +378,12 @@ def test_the_look_ahead_s_entry_hands_uv_a_wheel_with_a_mirror_configured(tmp_pa
     # PEP 503 pages: no sizes in the lock; a rate that lets the engine measure the link
     with IndexServer(cache_control=PYPI_CACHE_CONTROL, rate_limit=2 * MiB) as origin:
         ws = torch_like_set(origin, tmp_path / "wheels", "cu128", pythons=("cp311",), size=2 * MiB)
-        project = make_project(tmp_path, "proj", server=origin, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ)
+        project = locked_project(tmp_path, "proj", server=origin, ws=ws, uv=uv_bin, env=uv_environ)
         assert "size = " not in (project / "uv.lock").read_text()
         engine = Fetcher(Store(tmp_path / "store"), connections=4, timeout=10, retries=2, backoff=0.01,
                          max_backoff=0.05, trust_env=False, fast_stream=1.0)
         config = Config(variant="cu128", uv=str(uv_bin), cache_dir=uv_cache, store_dir=tmp_path / "store",
-                        state_dir=tmp_path / "state", packages=tuple(PACKAGES),
+                        state_dir=tmp_path / "state", packages=OFFLINE_PACKAGES,
                         mirrors=(MirrorSettings("https://files.example.org/", "http://127.0.0.1:9/files/"),),
                         download=DownloadSettings(timeout=10, retries=2), trusted_indexes=(origin.url + "/",))
         pipeline = Pipeline(config, uv=Uv(str(uv_bin), cache_dir=uv_cache, env=uv_environ), fetcher=engine)

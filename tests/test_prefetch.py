@@ -7,21 +7,27 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.cache import traces
-from tests.support.config import write_warmd_config
+from tests.support.cli import run_warmd
+from tests.support.config import OFFLINE_PACKAGES, write_warmd_config
 from tests.support.index_server import IndexServer
-from tests.support.projects import (lock_project, make_project, make_two_build_project, run_uv, torch_like_set,
-                                    uv_env, write_project)
+from tests.support.projects import (
+    lock_project,
+    locked_project,
+    make_two_build_project,
+    run_uv,
+    torch_like_set,
+    uv_env,
+    write_project,
+)
 from tests.support.uvplan import dry_run, find_interpreter, of_globs, planned, tree, uv_sync_plan
 from tests.support.wheels import make_wheel
 
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*", "filelock"]  # filelock: so the offline sync has everything
 
 
 @dataclass
@@ -35,21 +41,17 @@ class Setup:
 
     def prefetch(self, *paths: Path, extra: list[str] = ()) -> subprocess.CompletedProcess[str]:
         """Run the real `warmd prefetch --json` as a user would."""
-        cmd = [sys.executable, "-m", "warmd", "--config", str(self.config), "prefetch", *map(str, paths), "--json", *extra]
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
+        return run_warmd(self.config, "prefetch", *paths, "--json", *extra, env=self.env)
 
     def report(self, proc: subprocess.CompletedProcess[str]) -> dict:
         assert proc.stdout, proc.stderr
         return json.loads(proc.stdout)
 
 
-def write_config(tmp: Path, uv: Path, cache: Path) -> Path:
-    return write_warmd_config(tmp, uv, cache, packages=PACKAGES)
-
-
 @pytest.fixture
 def setup(tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> Setup:
-    return Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, uv_environ, uv_cache)
+    return Setup(tmp_path, write_warmd_config(tmp_path, uv_bin, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv_bin, uv_environ, uv_cache)
 
 
 def gpu_gets(server: IndexServer, filenames: list[str]) -> list:
@@ -58,9 +60,7 @@ def gpu_gets(server: IndexServer, filenames: list[str]) -> list:
 
 def _story(setup: Setup, index_server: IndexServer, wheel_dir: Path, uv: Path) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128")
-    project = make_project(setup.tmp, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, uv, setup.env)
+    project = locked_project(setup.tmp, "proj", server=index_server, ws=ws, uv=uv, env=setup.env)
     pyproject_before = (project / "pyproject.toml").read_bytes()
     lock_before = (project / "uv.lock").read_bytes()
     index_server.reset_counters()  # `uv lock` reads wheel metadata by Range: not warmd's traffic
@@ -95,7 +95,8 @@ def test_prefetch_makes_a_fresh_sync_download_nothing(setup: Setup, index_server
 
 def test_prefetch_with_uv_0_8_2(tmp_path: Path, uv_old_bin: Path, uv_cache: Path, uv_environ: dict[str, str],
                                 index_server: IndexServer, wheel_dir: Path) -> None:
-    setup = Setup(tmp_path, write_config(tmp_path, uv_old_bin, uv_cache), tmp_path / "store", uv_old_bin, uv_environ, uv_cache)
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv_old_bin, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv_old_bin, uv_environ, uv_cache)
     _story(setup, index_server, wheel_dir, uv_old_bin)
     assert (uv_cache / "wheels-v5").is_dir()  # the old uv's own layout: written by that uv, not by warmd
 
@@ -103,9 +104,7 @@ def test_prefetch_with_uv_0_8_2(tmp_path: Path, uv_old_bin: Path, uv_cache: Path
 def test_without_warmd_every_fresh_sync_downloads_again(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:
     """The baseline warmd exists for: a no-store index makes uv download torch for each new venv."""
     ws = torch_like_set(index_server, wheel_dir, "cu128")
-    project = make_project(setup.tmp, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, setup.uv, setup.env)
+    project = locked_project(setup.tmp, "proj", server=index_server, ws=ws, uv=setup.uv, env=setup.env)
     run_uv(setup.uv, ["sync"], cwd=project, env=setup.env)
     index_server.reset_counters()
     run_uv(setup.uv, ["venv", "--clear", str(project / ".venv")], cwd=project, env=setup.env)
@@ -141,9 +140,7 @@ def test_two_build_lock_warms_only_the_variants_build(setup: Setup, index_server
 
 def test_corrupt_wheel_is_refused_and_the_others_are_warm(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128")
-    project = make_project(setup.tmp, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, setup.uv, setup.env)
+    project = locked_project(setup.tmp, "proj", server=index_server, ws=ws, uv=setup.uv, env=setup.env)
     bad = next(f for f in ws.filenames if f.startswith("torch-") and "cp311" in f)
     index_server.faults.corrupt.add(bad)
 
@@ -165,13 +162,12 @@ def test_corrupt_wheel_is_refused_and_the_others_are_warm(setup: Setup, index_se
 def test_shared_wheel_fetched_once_and_uv_cache_clean_rewarmed_offline(
     setup: Setup, index_server: IndexServer, wheel_dir: Path
 ) -> None:
-    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=PACKAGES, extra=["keep-wheels = true"])
+    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=OFFLINE_PACKAGES,
+                                      extra=["keep-wheels = true"])
     ws = torch_like_set(index_server, wheel_dir, "cu128")
     projects = []
     for name in ("a", "b"):
-        p = make_project(setup.tmp, name, server=index_server, variant="cu128",
-                         deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-        lock_project(p, setup.uv, setup.env)
+        p = locked_project(setup.tmp, name, server=index_server, ws=ws, uv=setup.uv, env=setup.env)
         projects.append(p)
     index_server.reset_counters()
     proc = setup.prefetch(*projects)
@@ -192,9 +188,7 @@ def test_shared_wheel_fetched_once_and_uv_cache_clean_rewarmed_offline(
 
 def test_by_default_the_store_keeps_no_second_copy(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128")
-    project = make_project(setup.tmp, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, setup.uv, setup.env)
+    project = locked_project(setup.tmp, "proj", server=index_server, ws=ws, uv=setup.uv, env=setup.env)
     proc = setup.prefetch(project)
     assert proc.returncode == 0, proc.stderr
     assert [p for p in (setup.store / "blobs").rglob("*") if p.is_file()] == []  # uv's cache has them
@@ -211,9 +205,7 @@ def test_by_default_the_store_keeps_no_second_copy(setup: Setup, index_server: I
 
 def test_flaky_index_is_survived(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=1024 * 1024)
-    project = make_project(setup.tmp, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, setup.uv, setup.env)
+    project = locked_project(setup.tmp, "proj", server=index_server, ws=ws, uv=setup.uv, env=setup.env)
     torch311 = next(f for f in ws.filenames if f.startswith("torch-") and "cp311" in f)
     index_server.faults.status_burst[torch311] = [503, 503, 503]
     index_server.faults.drop_after[torch311] = [100_000, 50_000]
@@ -291,9 +283,7 @@ def _plans_as_uv_does(setup: Setup, project: Path, packages: list[str]) -> None:
 def _unhashed_project(setup: Setup, server: IndexServer, wheel_dir: Path):
     ws = torch_like_set(server, wheel_dir, "rocm6.4", pythons=("cp311",))
     server.hashless.add("rocm6.4")  # a nightly index: no #sha256= in its pages
-    project = make_project(setup.tmp, "nightly", server=server, variant="rocm6.4",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, setup.uv, setup.env)
+    project = locked_project(setup.tmp, "nightly", server=server, ws=ws, uv=setup.uv, env=setup.env)
     assert "rocm6.4/torch-2.8.0%2Brocm6.4-cp311-cp311-manylinux_2_28_x86_64.whl\" }" in (project / "uv.lock").read_text()
     server.reset_counters()
     return project, ws
@@ -302,7 +292,7 @@ def _unhashed_project(setup: Setup, server: IndexServer, wheel_dir: Path):
 def test_unhashed_wheels_are_skipped_by_name_and_the_hashed_ones_warm(setup: Setup, index_server: IndexServer,
                                                                       wheel_dir: Path) -> None:
     project, ws = _unhashed_project(setup, index_server, wheel_dir)
-    _plans_as_uv_does(setup, project, PACKAGES)
+    _plans_as_uv_does(setup, project, OFFLINE_PACKAGES)
     proc = setup.prefetch(project)
     assert proc.returncode == 0, proc.stderr
     wheels = {w["name"]: w for w in setup.report(proc)["projects"][0]["wheels"]}
@@ -312,8 +302,7 @@ def test_unhashed_wheels_are_skipped_by_name_and_the_hashed_ones_warm(setup: Set
         assert wheels[name]["reason"] == "no sha256 in the lock: not verified, left to uv"
         assert wheels[name]["filename"] and wheels[name]["sha256"] is None
     assert gpu_gets(index_server, ws.filenames) == [], "an unverifiable wheel was fetched"
-    text = subprocess.run([sys.executable, "-m", "warmd", "--config", str(setup.config), "prefetch", str(project)],
-                          env=setup.env, capture_output=True, text=True, timeout=300)
+    text = run_warmd(setup.config, "prefetch", project, env=setup.env)
     assert text.returncode == 0 and "skipped  torch-2.8.0+rocm6.4-cp311" in text.stdout, text.stdout
 
 
@@ -322,7 +311,7 @@ def test_warm_unhashed_has_uv_fetch_them_unverified_and_keep_them(setup: Setup, 
     """The opt-in: uv downloads them itself from their no-store index, with uv's cache-control override,
     so a later plain `uv sync` finds them; the report says they are not verified."""
     project, ws = _unhashed_project(setup, index_server, wheel_dir)
-    write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=PACKAGES, extra=["warm-unhashed = true"])
+    write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=OFFLINE_PACKAGES, extra=["warm-unhashed = true"])
     proc = setup.prefetch(project)
     assert proc.returncode == 0, proc.stderr
     wheels = {w["name"]: w for w in setup.report(proc)["projects"][0]["wheels"]}
@@ -339,13 +328,12 @@ def test_warm_unhashed_has_uv_fetch_them_unverified_and_keep_them(setup: Setup, 
 
 def test_dry_run_plans_offline_writes_nothing_and_asks_uv_what_is_warm(tmp_path: Path, uv_bin: Path, uv_cache: Path,
                                                                         uv_environ: dict[str, str], wheel_dir: Path) -> None:
-    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, uv_environ, uv_cache)
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv_bin, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv_bin, uv_environ, uv_cache)
     state = tmp_path / "state"
     with IndexServer(pep691=True, vouched=True) as server:  # PEP 691 pages carry sizes, so the plan knows the bytes to fetch
         ws = torch_like_set(server, wheel_dir, "cu128")
-        project = make_project(tmp_path, "proj", server=server, variant="cu128", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, setup.env)
+        project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin, env=setup.env)
         server.reset_counters()
         before = tree(uv_cache)
 
@@ -392,8 +380,7 @@ def test_dry_run_text_shows_the_plan(setup: Setup, index_server: IndexServer, wh
                                      extras={"cpu": [cpu.requirement()], "cu128": [cu.requirement()]},
                                      gpu_packages={"cpu": cpu.gpu_packages, "cu128": cu.gpu_packages})
     lock_project(project, setup.uv, setup.env)
-    proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(setup.config), "prefetch", "--dry-run",
-                           str(project)], env=setup.env, capture_output=True, text=True, timeout=300)
+    proc = run_warmd(setup.config, "prefetch", "--dry-run", project, env=setup.env)
     assert proc.returncode == 0, proc.stderr
     head, *lines = proc.stdout.splitlines()
     assert head.startswith(f"{project}: variant cu128, Python 3.11; `uv sync --extra cu128` — extra `cu128`"), head
@@ -402,10 +389,6 @@ def test_dry_run_text_shows_the_plan(setup: Setup, index_server: IndexServer, wh
 
 
 # -- bad input: one line, exit 2, nothing changed ---------------------------------------------------
-
-
-def _run(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "warmd", *args], env=setup.env, capture_output=True, text=True, timeout=120)
 
 
 def _assert_one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -420,7 +403,7 @@ def test_malformed_lock_exits_2_naming_the_file(setup: Setup) -> None:
     project = setup.tmp / "broken"
     project.mkdir()
     (project / "uv.lock").write_text('version = 1\n[[package]]\nname = "torch"\nversion = "2.8.0"\nwheels = [\n')
-    proc = _run(setup, "--config", str(setup.config), "prefetch", str(project))
+    proc = run_warmd(setup.config, "prefetch", project, env=setup.env, timeout=120)
     assert proc.returncode == 2
     assert str(project / "uv.lock") in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -447,7 +430,7 @@ def test_unsafe_wheel_url_is_refused(setup: Setup, url: str) -> None:
         '[[package]]\nname = "torch"\nversion = "2.8.0"\nsource = { registry = "http://127.0.0.1/whl" }\n'
         f'wheels = [{{ url = "{url}", hash = "sha256:{"a" * 64}" }}]\n'
     )
-    proc = _run(setup, "--config", str(setup.config), "prefetch", str(project))
+    proc = run_warmd(setup.config, "prefetch", project, env=setup.env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "refusing" in proc.stdout + proc.stderr or "belongs to" in proc.stdout + proc.stderr
     assert not list(setup.cache.iterdir())
@@ -456,24 +439,24 @@ def test_unsafe_wheel_url_is_refused(setup: Setup, url: str) -> None:
 def test_bad_config_exits_2_with_one_line(setup: Setup) -> None:
     bad = setup.tmp / "bad.toml"
     bad.write_text("[download]\nconnections = 'many'\n")
-    proc = _run(setup, "--config", str(bad), "prefetch", str(setup.tmp))
+    proc = run_warmd(bad, "prefetch", setup.tmp, env=setup.env, timeout=120)
     assert proc.returncode == 2
     _assert_one_line(proc, "download.connections", str(bad))
     bad.write_text("variant = 'cu128'\nroots = [\n")
-    proc = _run(setup, "--config", str(bad), "prefetch", str(setup.tmp))
+    proc = run_warmd(bad, "prefetch", setup.tmp, env=setup.env, timeout=120)
     assert proc.returncode == 2
     _assert_one_line(proc, "not valid TOML")
     bad.write_text("colour = 'blue'\n")
-    proc = _run(setup, "--config", str(bad), "prefetch")
+    proc = run_warmd(bad, "prefetch", env=setup.env, timeout=120)
     assert proc.returncode == 2
     _assert_one_line(proc, "unknown key colour", str(bad))
 
 
 def test_bad_usage_exits_2(setup: Setup) -> None:
-    proc = _run(setup, "prefetch", "--no-such-flag")
+    proc = run_warmd(None, "prefetch", "--no-such-flag", env=setup.env, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    proc = _run(setup, "--config", str(setup.config), "prefetch", str(setup.tmp / "missing"))
+    proc = run_warmd(setup.config, "prefetch", setup.tmp / "missing", env=setup.env, timeout=120)
     assert proc.returncode == 2
     assert "no such project folder" in proc.stdout + proc.stderr
 
@@ -516,9 +499,8 @@ def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> N
     example = Path(__file__).resolve().parent.parent / "examples" / "cuda-small"
     cache = tmp_path / "uv-cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")} | {"UV_CACHE_DIR": str(cache)}
-    cfg = write_config(tmp_path, uv_bin, cache)
-    proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), "prefetch", str(example), "--json"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    cfg = write_warmd_config(tmp_path, uv_bin, cache, packages=OFFLINE_PACKAGES)
+    proc = run_warmd(cfg, "prefetch", example, "--json", env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert all(w["state"] == "warm" for w in json.loads(proc.stdout)["projects"][0]["wheels"])
 
@@ -529,7 +511,8 @@ def test_prefetch_over_https_makes_a_fresh_sync_download_nothing(
 ) -> None:
     """Every GPU index is HTTPS: uv and warmd both trust the run's CA through SSL_CERT_FILE alone."""
     assert https_index_server.url.startswith("https://")
-    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, https_environ, uv_cache)
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv_bin, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv_bin, https_environ, uv_cache)
     _story(setup, https_index_server, wheel_dir, uv_bin)
 
 
@@ -538,7 +521,8 @@ def test_prefetch_over_https_with_uv_0_8_2(
     wheel_dir: Path,
 ) -> None:
     """uv 0.8.2 has its own TLS stack too (rustls, webpki roots): it also honours SSL_CERT_FILE."""
-    setup = Setup(tmp_path, write_config(tmp_path, uv_old_bin, uv_cache), tmp_path / "store", uv_old_bin,
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv_old_bin, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv_old_bin,
                   https_environ, uv_cache)
     _story(setup, https_index_server, wheel_dir, uv_old_bin)
 
@@ -549,11 +533,10 @@ def test_untrusted_certificate_fails_at_once_naming_the_fix(
 ) -> None:
     """A certificate no CA vouches for is not a flaky network: no retries, one line saying what to set."""
     ws = torch_like_set(https_index_server, wheel_dir, "cu128")
-    project = make_project(tmp_path, "proj", server=https_index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, uv_bin, https_environ)
+    project = locked_project(tmp_path, "proj", server=https_index_server, ws=ws, uv=uv_bin, env=https_environ)
     untrusted = {k: v for k, v in https_environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
-    setup = Setup(tmp_path, write_config(tmp_path, uv_bin, uv_cache), tmp_path / "store", uv_bin, untrusted, uv_cache)
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv_bin, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv_bin, untrusted, uv_cache)
     https_index_server.reset_counters()
 
     proc = setup.prefetch(project)

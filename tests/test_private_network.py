@@ -8,22 +8,18 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
 import pytest
 
+from tests.support.cli import run_warmd, status_by_name, warmd_json
 from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, torch_like_set, uv_env, write_project
+from tests.support.projects import lock_project, locked_project, torch_like_set, uv_env, write_project
 from tests.support.wheels import make_wheel
 
-REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 
 
 @dataclass
@@ -54,23 +50,16 @@ class User:
 
     def config(self, lab: IndexServer, *extra: str) -> Path:
         """The user's config: the lab index vouched for, nothing else."""
-        return write_warmd_config(self.tmp, self.uv, self.cache, packages=PACKAGES, trusted=[lab.url], extra=extra)
+        return write_warmd_config(self.tmp, self.uv, self.cache, trusted=[lab.url], extra=extra)
 
     def warmd(self, config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), *args],
-                              env=env or self.env, capture_output=True, text=True, timeout=300)
+        return run_warmd(config, *args, env=env or self.env)
 
     def prefetch(self, config: Path, *args: str, env: dict[str, str] | None = None) -> dict:
-        proc = self.warmd(config, "prefetch", "--json", *args, env=env)
-        assert proc.stdout, proc.stderr[-3000:]
-        return json.loads(proc.stdout)
+        return warmd_json(config, "prefetch", *args, env=env or self.env)[1]
 
     def status(self, config: Path) -> dict[str, dict]:
-        proc = self.warmd(config, "status", "--json")
-        assert proc.returncode == 0, proc.stderr
-        data = json.loads(proc.stdout)
-        jsonschema.validate(data, SCHEMA)
-        return {Path(p["project"]).name: p for p in data}
+        return status_by_name(config, env=self.env)
 
 
 @pytest.fixture
@@ -82,10 +71,8 @@ def _project(root: Path, name: str, server: IndexServer | Named, wheel_dir: Path
     """A locked project whose GPU wheels (and default index) are on `server`."""
     real = server.server if isinstance(server, Named) else server
     ws = torch_like_set(real, wheel_dir, "cu128", version=version, pythons=("cp311",), size=64 * 1024)
-    project = make_project(root, name, server=server, variant="cu128",  # type: ignore[arg-type]
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, user.uv, user.env)  # the lock's author reached the server: the user never did
-    return project
+    # the lock's author reached the server: the user never did
+    return locked_project(root, name, server=server, ws=ws, uv=user.uv, env=user.env)  # type: ignore[arg-type]
 
 
 def _by_name(report: dict) -> dict[str, dict]:
@@ -363,11 +350,9 @@ def test_warm_unhashed_hands_uv_only_urls_whose_redirects_warmd_checked(
     and the file: each is asked by warmd first, and the file's redirect keeps uv from it."""
     ws = torch_like_set(index_server, wheel_dir, "rocm6.4", pythons=("cp311",), size=64 * 1024)
     index_server.hashless.add("rocm6.4")  # a nightly index: no #sha256= in its pages
-    project = make_project(user.tmp, "nightly", server=index_server, variant="rocm6.4",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, user.uv, user.env)
+    project = locked_project(user.tmp, "nightly", server=index_server, ws=ws, uv=user.uv, env=user.env)
     torch = next(f for f in ws.filenames if f.startswith("torch-"))
-    config = write_warmd_config(user.tmp, user.uv, user.cache, packages=PACKAGES, variant="rocm6.4",
+    config = write_warmd_config(user.tmp, user.uv, user.cache, variant="rocm6.4",
                                 trusted=[index_server.url], extra=["warm-unhashed = true"])
     with IndexServer() as intranet:
         intranet.add_wheel(wheel_dir / "rocm6.4" / torch, "rocm6.4")

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.cli import run_warmd
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
+from tests.support.projects import locked_project, torch_like_set, uv_env
 from tests.support.proxy import ForwardProxy
 
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
-
-
-def prefetch(config: Path, project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", str(project), "--json"],
-                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def states(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -29,15 +23,13 @@ def states(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
 def test_prefetch_goes_through_http_proxy(tmp_path: Path, index_server: IndexServer, wheel_dir: Path,
                                           uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str]) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=256 * 1024)
-    project = make_project(tmp_path, "proj", server=index_server, variant="cu128",
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, uv_bin, uv_environ)
+    project = locked_project(tmp_path, "proj", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
     index_server.reset_counters()
-    config = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache)
     with ForwardProxy() as proxy:
         # The index is on 127.0.0.1, which the test run lets bypass proxies: take that exemption away.
         env = uv_environ | {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
-        proc = prefetch(config, project, env)
+        proc = run_warmd(config, "prefetch", project, "--json", env=env)
         assert proc.returncode == 0, proc.stderr
         assert set(states(proc).values()) == {"warm"}
         through = [h for h in proxy.hits if h.url.startswith(index_server.url) and ".whl" in h.url]
@@ -60,16 +52,14 @@ def test_netrc_credentials_open_a_protected_index(tmp_path: Path, wheel_dir: Pat
     env = uv_env(uv_cache) | {"HOME": str(home)}
     with IndexServer(basic_auth=("alice", "s3cret"), vouched=True) as server:
         ws = torch_like_set(server, wheel_dir, "cu128", size=128 * 1024)
-        project = make_project(tmp_path, "proj", server=server, variant="cu128",
-                               deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, env)  # uv reads ~/.netrc too
+        project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin, env=env)  # uv reads ~/.netrc too
         lock = (project / "uv.lock").read_text()
         assert "s3cret" not in lock and "alice" not in lock
-        config = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+        config = write_warmd_config(tmp_path, uv_bin, uv_cache)
 
         netrc.write_text("machine 127.0.0.1\nlogin alice\npassword wrong\n")
         server.reset_counters()
-        denied = prefetch(config, project, env)
+        denied = run_warmd(config, "prefetch", project, "--json", env=env)
         assert denied.returncode == 1, denied.stderr
         assert set(states(denied).values()) == {"failed"}
         # refused: each wheel's size (a HEAD) or download (a GET) was answered 401, and nothing else
@@ -77,7 +67,7 @@ def test_netrc_credentials_open_a_protected_index(tmp_path: Path, wheel_dir: Pat
 
         netrc.write_text("machine 127.0.0.1\nlogin alice\npassword s3cret\n")
         server.reset_counters()
-        proc = prefetch(config, project, env)
+        proc = run_warmd(config, "prefetch", project, "--json", env=env)
         assert proc.returncode == 0, proc.stderr
         assert set(states(proc).values()) == {"warm"}
         gets = [h for h in server.wheel_hits() if h.method == "GET"]

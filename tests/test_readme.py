@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_warmd, warmd_argv
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, torch_like_set, uv_env
+from tests.support.projects import lock_project, locked_project, pinned_project, torch_like_set, uv_env
 from tests.support.wheels import sha256_file
 from warmd.transfer import Store
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_FIXTURES = REPO / "tests" / "fixtures" / "gpu"
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 SUMMARY = re.compile(r"^(\d+) wheel\(s\) warm, (\d+) failed, (\d+) unproven, (\d+) skipped; "
                      r"\d+(\.\d)? (B|KiB|MiB|GiB) fetched, \d+(\.\d)? (B|KiB|MiB|GiB) reused; \d+\.\d s$")
 WAIT = 120.0
@@ -65,9 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with IndexServer(vouched=True) as server:
         ws = torch_like_set(server, tmp / "wheels", "cu128", size=512 * 1024,
                             pythons=("cp311", "cp" + missing.replace(".", "")))
-        project = make_project(tmp / "templates", "proj", server=server, variant="cu128",
-                               deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-        lock_project(project, _uv(), env)
+        project = locked_project(tmp / "templates", "proj", server=server, ws=ws, uv=_uv(), env=env)
         torch = [w for w in ws.wheels if w.name.startswith("torch-")]
         yield World(server, project, missing, torch[0].name, torch[1].name, {w.name: w.stat().st_size for w in ws.wheels})
 
@@ -83,11 +81,10 @@ class User:
     env: dict[str, str]
 
     def config(self, *extra: str, variant: str = "cu128") -> Path:
-        return write_warmd_config(self.tmp, _uv(), self.cache, packages=PACKAGES, variant=variant, extra=list(extra))
+        return write_warmd_config(self.tmp, _uv(), self.cache, variant=variant, extra=list(extra))
 
     def warmd(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "warmd", "--config", str(config or self.config()), *args]
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
+        return run_warmd(config or self.config(), *args, env=self.env)
 
 
 @pytest.fixture
@@ -141,8 +138,8 @@ def test_without_python_version_uv_picks_the_python_and_no_match_says_so(user: U
 def test_progress_bars_on_a_terminal(user: User) -> None:
     user.world.server.rate_limit = 1024 * 1024  # long enough for the bar to be drawn more than once
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(user.config()), "prefetch",
-                             str(user.project)], env=user.env, stdout=subprocess.PIPE, stderr=follower,
+    proc = subprocess.Popen(warmd_argv(user.config(), "prefetch", user.project), env=user.env, stdout=subprocess.PIPE,
+                            stderr=follower,
                             stdin=subprocess.DEVNULL, text=True)
     os.close(follower)
     screen = b""
@@ -179,16 +176,14 @@ def test_ctrl_c_exits_130_and_keeps_the_partial(tmp_path: Path, wheel_dir: Path,
                                                 uv_environ: dict[str, str]) -> None:
     with IndexServer(rate_limit=512 * 1024, vouched=True) as server:  # 3 MiB over one connection: about six seconds
         ws = torch_like_set(server, wheel_dir, "cu128", size=3 * 2**20, pythons=("cp311",), with_nvidia=False)
-        project = make_project(tmp_path, "proj", server=server, variant="cu128",
-                               deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ)
+        project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin, env=uv_environ)
         torch = next(w for w in ws.wheels if w.name.startswith("torch-"))
         sha, size = sha256_file(torch), torch.stat().st_size
-        config = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES,
+        config = write_warmd_config(tmp_path, uv_bin, uv_cache,
                                     extra=["[download]", "connections = 1"])
         store = Store(tmp_path / "store")
-        proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", str(project)],
-                                env=uv_environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(warmd_argv(config, "prefetch", project), env=uv_environ, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + WAIT
             while (sc := store.read_sidecar(sha)) is None or sc.done_bytes() == 0:
@@ -209,8 +204,7 @@ def test_ctrl_c_exits_130_and_keeps_the_partial(tmp_path: Path, wheel_dir: Path,
 
         server.rate_limit = None
         server.reset_counters()
-        again = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", str(project)],
-                               env=uv_environ, capture_output=True, text=True, timeout=300)
+        again = run_warmd(config, "prefetch", project, env=uv_environ)
         assert again.returncode == 0, again.stderr
         assert server.bytes_served(torch.name) <= size - kept.done_bytes()
 
@@ -264,8 +258,7 @@ def test_store_max_size_evicts_what_no_project_pins_any_more(user: User, wheel_d
 
     # `uv lock` moves the project to a new torch: the old file is pinned by nobody now.
     new = torch_like_set(w.server, wheel_dir, "cu128", version="2.9.0", size=512 * 1024, pythons=("cp311",))
-    make_project(user.tmp, "proj", server=w.server, variant="cu128", deps=[new.requirement()],
-                 gpu_packages=new.gpu_packages)
+    pinned_project(user.tmp, "proj", server=w.server, ws=new)
     lock_project(user.project, uv_bin, user.env)
     proc = user.warmd("prefetch", str(user.project), config=user.config(cap))
     assert proc.returncode == 0, proc.stderr
@@ -293,12 +286,9 @@ def test_variant_auto_warms_the_detected_build(tmp_path: Path, wheel_dir: Path, 
     (bindir / tool).chmod(0o755)
     env = uv_env(uv_cache, extra_path=[bindir])
     ws = torch_like_set(index_server, wheel_dir, variant, size=64 * 1024, pythons=("cp311",))
-    project = make_project(tmp_path, "proj", server=index_server, variant=variant,
-                           deps=[ws.requirement()], gpu_packages=ws.gpu_packages)
-    lock_project(project, uv_bin, env)
-    config = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES, variant="auto")
-    proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", str(project), "--json"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    project = locked_project(tmp_path, "proj", server=index_server, ws=ws, uv=uv_bin, env=env)
+    config = write_warmd_config(tmp_path, uv_bin, uv_cache, variant="auto")
+    proc = run_warmd(config, "prefetch", project, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     assert re.search(rf"INFO +variant {re.escape(variant)} \({tool}: ", proc.stderr), proc.stderr
     report = json.loads(proc.stdout)["projects"][0]

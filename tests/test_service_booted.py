@@ -21,7 +21,7 @@ import pytest
 from tests.support.booted import Container, User, wait_for
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
-from tests.support.projects import lock_project, make_project, torch_like_set
+from tests.support.projects import locked_project, pinned_project, torch_like_set
 from warmd.cli import TROUBLESHOOTING
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,8 +135,7 @@ def test_a_lock_appearing_under_a_root_is_warmed_and_uv_sync_then_fetches_no_whe
     user: User, unit: str, index_server: IndexServer, wheel_dir: Path, tmp_path: Path,
 ) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cpu", size=64 * 1024, pythons=("cp311",))
-    project = make_project(tmp_path, "app", server=index_server, variant="cpu", deps=[ws.requirement()],
-                           gpu_packages=ws.gpu_packages)
+    project = pinned_project(tmp_path, "app", server=index_server, ws=ws)
     user.write(".config/warmd/config.toml", vouching(index_server) + CONFIG)
     start(user, unit)
     copy_project(user, project, "src/app", ("pyproject.toml", ".python-version"))
@@ -206,9 +205,7 @@ def test_stop_mid_download_exits_cleanly_and_leaves_no_process(
 ) -> None:
     with IndexServer(rate_limit=128 * 1024, vouched=True) as server:  # 4 MiB at 128 KiB/s: half a minute to stop in
         ws = torch_like_set(server, wheel_dir, "cpu", size=4 * 2**20, pythons=("cp311",))
-        project = make_project(tmp_path, "app", server=server, variant="cpu", deps=[ws.requirement()],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ)
+        project = locked_project(tmp_path, "app", server=server, ws=ws, uv=uv_bin, env=uv_environ)
         user.write(".config/warmd/config.toml", vouching(server) + CONFIG + "\n[download]\nconnections = 1\n")
         start(user, unit)
         server.reset_counters()

@@ -7,43 +7,26 @@ import hashlib
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from tests.support.cli import STATUS_SCHEMA, run_warmd, status_by_name
 from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, torch_like_set, write_project
+from tests.support.projects import lock_project, locked_project, pinned_project, torch_like_set, write_project
 from warmd.base import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
 from warmd.cli import STATES, project_statuses
 from warmd.state import MIGRATIONS, STATE_FILE, State, migrate
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 KiB = 1024
 
 
-def _warmd(cfg: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def _status(cfg: Path, env: dict[str, str]) -> dict[str, dict]:
-    """The real `warmd status --json`, validated against the published schema."""
-    proc = _warmd(cfg, env, "status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    jsonschema.validate(data, SCHEMA)
-    return {Path(p["project"]).name: p for p in data}
-
-
 def test_the_schema_and_the_code_name_the_same_states() -> None:
-    assert SCHEMA["$defs"]["project"]["properties"]["state"]["enum"] == list(STATES)
+    assert STATUS_SCHEMA["$defs"]["project"]["properties"]["state"]["enum"] == list(STATES)
     readme = (REPO / "README.md").read_text()
     for state in STATES:  # README's table documents every one
         assert f"| `{state}` |" in readme, state
@@ -54,45 +37,42 @@ def test_status_json_holds_its_schema_in_every_state_a_run_leaves(
         uv_environ: dict[str, str]) -> None:
     old = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
     new = torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", size=64 * KiB, pythons=("cp311",))
-    app = make_project(tmp_path, "app", server=index_server, variant="cu128", deps=[old.requirement()],
-                       gpu_packages=old.gpu_packages)
-    lock_project(app, uv_bin, uv_environ)
+    app = locked_project(tmp_path, "app", server=index_server, ws=old, uv=uv_bin, env=uv_environ)
     plain = write_project(tmp_path, "plain", "3.11", [  # no GPU wheel in what it installs
         "[project]", 'name = "plain"', 'version = "0.1.0"', 'requires-python = ">=3.11"', "dependencies = []", ""])
     lock_project(plain, uv_bin, uv_environ)
-    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
-    assert _warmd(cfg, uv_environ, "prefetch", str(app), str(plain)).returncode == EXIT_OK
+    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache)
+    assert run_warmd(cfg, "prefetch", app, plain, env=uv_environ).returncode == EXIT_OK
 
-    st = _status(cfg, uv_environ)
+    st = status_by_name(cfg, env=uv_environ)
     assert st["app"]["state"] == "warm" and st["app"]["reason"] is None and st["app"]["since"]
     assert st["app"]["lock_sha256"] == hashlib.sha256((app / "uv.lock").read_bytes()).hexdigest()
     assert st["app"]["wheels_warm"] == st["app"]["wheels_planned"] == 3
     assert st["app"]["bytes_saved"] == st["app"]["bytes_planned"] > 0 and st["app"]["activity"] is None
     assert st["plain"]["state"] == "nothing to warm" and "no cu128 GPU wheels" in st["plain"]["reason"]
-    text = _warmd(cfg, uv_environ, "status").stdout
+    text = run_warmd(cfg, "status", env=uv_environ).stdout
     assert "  state: warm since " in text and "— 3 of 3 wheel(s) warm" in text
     assert "  state: nothing to warm since " in text
 
     # uv.lock moves on while no warmd runs: what was recorded is about another lock.
-    make_project(tmp_path, "app", server=index_server, variant="cu128", deps=[new.requirement()],
-                 gpu_packages=new.gpu_packages)
+    pinned_project(tmp_path, "app", server=index_server, ws=new)
     lock_project(app, uv_bin, uv_environ)
-    st = _status(cfg, uv_environ)
+    st = status_by_name(cfg, env=uv_environ)
     assert st["app"]["state"] == "stale" and "uv.lock changed since" in st["app"]["reason"], st["app"]
 
     # A lock the user broke: failed, with the reason, and no retry until it changes.
     (app / "uv.lock").write_text("version = [\n")
-    assert _warmd(cfg, uv_environ, "prefetch", str(app)).returncode == EXIT_USAGE
-    st = _status(cfg, uv_environ)
+    assert run_warmd(cfg, "prefetch", app, env=uv_environ).returncode == EXIT_USAGE
+    st = status_by_name(cfg, env=uv_environ)
     assert st["app"]["state"] == "failed" and "not valid TOML" in st["app"]["reason"], st["app"]
     assert st["app"]["failures"] == 1 and st["app"]["next_retry"] is None
-    assert "  state: failed since " in _warmd(cfg, uv_environ, "status").stdout
+    assert "  state: failed since " in run_warmd(cfg, "status", env=uv_environ).stdout
 
     # The schema bites: an undocumented state or key is refused.
     doc = next(iter(st.values()))
     for bad in ({**doc, "state": "happy"}, {**doc, "mood": "fine"}, {k: v for k, v in doc.items() if k != "state"}):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate([bad], SCHEMA)
+            jsonschema.validate([bad], STATUS_SCHEMA)
 
 
 def test_a_warm_project_is_warm_the_same_way_for_doctor_status_and_the_daemon(
@@ -101,15 +81,13 @@ def test_a_warm_project_is_warm_the_same_way_for_doctor_status_and_the_daemon(
     """One verdict on "does uv keep this index's files": the per-index override counts everywhere."""
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
     root = tmp_path / "code"
-    kept = make_project(root, "kept", server=index_server, variant="cu128", deps=[ws.requirement()],
-                        gpu_packages=ws.gpu_packages, index_cache_control="max-age=365000000, immutable")
-    plain = make_project(root, "plain", server=index_server, variant="cu128", deps=[ws.requirement()],
-                         gpu_packages=ws.gpu_packages)
+    kept = pinned_project(root, "kept", server=index_server, ws=ws, index_cache_control="max-age=365000000, immutable")
+    plain = pinned_project(root, "plain", server=index_server, ws=ws)
     for p in (kept, plain):
         lock_project(p, uv_bin, uv_environ)
-    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES,
+    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache,
                              extra=[f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"'])
-    assert _warmd(cfg, uv_environ, "prefetch", str(kept), str(plain)).returncode == EXIT_OK
+    assert run_warmd(cfg, "prefetch", kept, plain, env=uv_environ).returncode == EXIT_OK
 
     daemon = DaemonProcess(cfg, uv_environ)  # its first header check runs at start
     try:
@@ -121,13 +99,13 @@ def test_a_warm_project_is_warm_the_same_way_for_doctor_status_and_the_daemon(
     said = [ln for ln in daemon.all if "uv alone keeps no copy" in ln]
     assert len(said) == 1 and f"{plain}: index" in said[0], said
 
-    st = _status(cfg, uv_environ)
+    st = status_by_name(cfg, env=uv_environ)
     [k_index], [p_index] = st["kept"]["indexes"], st["plain"]["indexes"]
     assert k_index["verdict"] == "kept" and "makes uv keep them" in k_index["why"], k_index
     assert p_index["verdict"] == "not kept" and p_index["cache_control"] == "no-cache,no-store,must-revalidate"
     assert not st["kept"]["flags"] and any("uv alone keeps no copy" in f for f in st["plain"]["flags"])
 
-    proc = _warmd(cfg, uv_environ, "doctor", str(kept), str(plain), "--json")
+    proc = run_warmd(cfg, "doctor", kept, plain, "--json", env=uv_environ)
     findings = [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "index" and "/whl/" in f["message"]]
     by_project = {f["message"].split(":")[0]: f for f in findings}
     assert by_project["kept"]["status"] == "ok" and "makes uv keep them" in by_project["kept"]["message"]
@@ -140,10 +118,8 @@ def test_failed_work_is_retried_with_backoff_and_the_next_retry_shows(
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
     torch = next(f for f in ws.filenames if f.startswith("torch-"))
     root = tmp_path / "code"
-    app = make_project(root, "app", server=index_server, variant="cu128", deps=[ws.requirement()],
-                       gpu_packages=ws.gpu_packages)
-    lock_project(app, uv_bin, uv_environ)
-    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES, extra=[
+    app = locked_project(root, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
+    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, extra=[
         f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "retry-delay = 1", "[download]",
         "retries = 0"])
     index_server.faults.agent = "warmd/"  # an index down for warmd's downloads until it is mended
@@ -154,13 +130,13 @@ def test_failed_work_is_retried_with_backoff_and_the_next_retry_shows(
         assert " WARNING " in first and "503" in first and first.rstrip().endswith("retrying in 1 s"), first
         second = daemon.expect(f"{app}: failed")
         assert second.rstrip().endswith("retrying in 2 s"), second  # doubled: the index is still down
-        st = _status(cfg, uv_environ)["app"]
+        st = status_by_name(cfg, env=uv_environ)["app"]
         assert st["state"] == "failed" and "HTTP 503" in st["reason"] and st["failures"] >= 2, st
         assert st["next_retry"] is not None and st["next_retry"] >= st["last_check"], st
-        assert "; next retry " in _warmd(cfg, uv_environ, "status").stdout
+        assert "; next retry " in run_warmd(cfg, "status", env=uv_environ).stdout
         index_server.faults.status_burst[torch] = []  # the index is back
         daemon.expect(f"{app}: warm (uv.lock")
-        st = _status(cfg, uv_environ)["app"]
+        st = status_by_name(cfg, env=uv_environ)["app"]
         assert (st["state"], st["failures"], st["next_retry"]) == ("warm", 0, None), st
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(timeout=30) == 0

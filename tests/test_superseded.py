@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import warmd_argv
 from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, scratch_made
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, torch_like_set
+from tests.support.projects import locked_project, torch_like_set
 from warmd.base import cancel, scratch
 from warmd.base import CancelToken
 from warmd.base import load_config
@@ -37,7 +38,6 @@ from warmd.cli import project_statuses
 from warmd.state import State
 from warmd.uv import Uv
 
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 KiB = 1024
 
 
@@ -70,12 +70,10 @@ def test_a_run_called_off_stops_its_uv_now_records_nothing_and_leaves_no_scratch
         tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
         uv_environ: dict[str, str], own_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
-    app = make_project(tmp_path, "app", server=index_server, variant="cu128", deps=[ws.requirement()],
-                       gpu_packages=ws.gpu_packages)
-    lock_project(app, uv_bin, uv_environ)
+    app = locked_project(tmp_path, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
     for k, v in uv_environ.items():
         monkeypatch.setenv(k, v)
-    config = load_config(write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES))
+    config = load_config(write_warmd_config(tmp_path, uv_bin, uv_cache))
     state = State.open(config.state_dir)
     pipeline = Pipeline(config, state=state)
     token = CancelToken()
@@ -110,18 +108,14 @@ def test_a_lock_swapped_under_a_prefetch_is_warmed_for_the_new_pins_never_report
         uv_environ: dict[str, str], own_tmp: Path) -> None:
     old = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
     new = torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", size=64 * KiB, pythons=("cp311",))
-    app = make_project(tmp_path, "app", server=index_server, variant="cu128", deps=[old.requirement()],
-                       gpu_packages=old.gpu_packages)
-    lock_project(app, uv_bin, uv_environ)
+    app = locked_project(tmp_path, "app", server=index_server, ws=old, uv=uv_bin, env=uv_environ)
     # The same project re-locked elsewhere with the new torch: its files are what `uv lock` writes.
-    other = make_project(tmp_path / "elsewhere", "app", server=index_server, variant="cu128",
-                         deps=[new.requirement()], gpu_packages=new.gpu_packages)
-    lock_project(other, uv_bin, uv_environ)
-    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, packages=PACKAGES)
+    other = locked_project(tmp_path / "elsewhere", "app", server=index_server, ws=new, uv=uv_bin, env=uv_environ)
+    cfg = write_warmd_config(tmp_path, uv_bin, uv_cache)
     env = dict(uv_environ, TMPDIR=str(own_tmp))
     with uv_cache_held(uv_cache), scratch_made(own_tmp) as made:
-        proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(cfg), "prefetch", str(app), "--json"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(warmd_argv(cfg, "prefetch", app, "--json"), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         try:
             assert made.wait(WAIT)  # planned for the old torch, and waiting for uv to say what it has
             for name in ("pyproject.toml", "uv.lock"):  # as `uv lock` does: a whole file renamed onto it

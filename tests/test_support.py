@@ -20,8 +20,9 @@ from tests.support.config import write_warmd_config
 from tests.support.index_server import NO_STORE, IndexServer, _LinkBucket
 from tests.support.projects import (
     lock_project,
-    make_project,
+    locked_project,
     make_two_build_project,
+    pinned_project,
     run_uv,
     torch_like_set,
 )
@@ -62,9 +63,7 @@ def test_uv_lock_and_sync_download_and_a_fresh_venv_downloads_again(
     index_server: IndexServer, wheel_dir: Path, tmp_path: Path, uv_bin: Path, uv_environ: dict[str, str]
 ) -> None:
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=32 * 1024)
-    project = make_project(
-        tmp_path, "app", server=index_server, variant="cu128", deps=[ws.requirement()], gpu_packages=ws.gpu_packages
-    )
+    project = pinned_project(tmp_path, "app", server=index_server, ws=ws)
     lock = lock_project(project, uv_bin, uv_environ)
     text = lock.read_text()
     assert f'registry = "{index_server.index_url("cu128")}"' in text
@@ -228,16 +227,8 @@ def test_per_index_cache_control_override_keeps_wheels(
 ) -> None:
     # uv's manual fix (what warmd automates): with the override, a fresh venv needs no request
     ws = torch_like_set(index_server, wheel_dir, "cu128", size=8 * 1024, pythons=("cp311",))
-    project = make_project(
-        tmp_path,
-        "fixed",
-        server=index_server,
-        variant="cu128",
-        deps=[ws.requirement()],
-        gpu_packages=ws.gpu_packages,
-        index_cache_control="max-age=365000000, immutable",
-    )
-    lock_project(project, uv_bin, uv_environ)
+    project = locked_project(tmp_path, "fixed", server=index_server, ws=ws, uv=uv_bin, env=uv_environ,
+                             index_cache_control="max-age=365000000, immutable")
     run_uv(uv_bin, ["sync", "--frozen"], cwd=project, env=uv_environ)
     shutil.rmtree(project / ".venv")
     index_server.reset_counters()

@@ -15,24 +15,20 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
 import pytest
 
+from tests.support.cli import run_warmd, status_by_name
 from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
-from tests.support.projects import lock_project, make_project, run_uv, torch_like_set
+from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
 from tests.support.tls import TlsFiles
 
-REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
-PACKAGES = ["torch", "pytorch-triton*", "nvidia-*"]
 KiB = 1024
 
 # A PEP 517 backend in the package's own folder (backend-path): uv imports it to learn the package's
@@ -113,12 +109,11 @@ class Hostile:
     def config(self, *extra: str) -> Path:
         folder = self.tmp / "warmd"
         folder.mkdir(exist_ok=True)
-        return write_warmd_config(folder, self.uv, self.cache, packages=PACKAGES,
+        return write_warmd_config(folder, self.uv, self.cache,
                                   extra=[f"roots = {json.dumps([str(self.root)])}", *extra])
 
     def warmd(self, cfg: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return run_warmd(cfg, *args, env=self.env, timeout=timeout)
 
     def markers(self) -> list[str]:
         return self.marker.read_text().splitlines() if self.marker.exists() else []
@@ -139,8 +134,7 @@ def _hostile(tmp_path: Path, index_server: IndexServer, uv: Path, uv_environ: di
     index_server.add_wheel(_sdist(tmp_path / "sdists", "sdonly", marker), None)
 
     def project(name: str, *deps: str) -> Path:
-        return make_project(root, name, server=index_server, variant="cu128", deps=["torch>=2.5", *deps],
-                            gpu_packages=ws.gpu_packages)
+        return pinned_project(root, name, server=index_server, ws=ws, deps=["torch>=2.5", *deps])
 
     # A path dependency whose version is dynamic: uv builds it to lock.
     pathdep = project("pathdep", "helper")
@@ -205,11 +199,7 @@ def test_no_command_runs_a_projects_build_backend_or_interpreter(hostile: Hostil
 
     proc = hostile.warmd(cfg, "prefetch")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = hostile.warmd(cfg, "status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    jsonschema.validate(data, SCHEMA)
-    status = {Path(p["project"]).name: p for p in data}
+    status = status_by_name(cfg, env=hostile.env)
     for name, package in NEEDS.items():
         assert status[name]["state"] == "warm", status[name]
         assert status[name]["upgrade"]["state"] == "skipped"
@@ -284,9 +274,7 @@ def test_a_projects_uv_settings_change_nothing_warmd_writes_runs_or_sends(
     ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311", f"cp{missing.replace('.', '')}"),
                         size=16 * KiB)
     root = tmp_path / "code"
-    project = make_project(root, "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
-                           gpu_packages=ws.gpu_packages)
-    lock_project(project, uv, uv_environ)
+    project = locked_project(root, "app", server=index_server, ws=ws, deps=["torch>=2.5"], uv=uv, env=uv_environ)
     torch_like_set(index_server, tmp_path / "wheels", "cu128", version="2.9.0", pythons=("cp311",), size=16 * KiB)
     listener = _Listener()
     evil_cache = tmp_path / "evil-cache"
@@ -305,13 +293,12 @@ def test_a_projects_uv_settings_change_nothing_warmd_writes_runs_or_sends(
     python_dir.mkdir()
     env = uv_environ | {"UV_PYTHON_INSTALL_DIR": str(python_dir)}
     (tmp_path / "warmd").mkdir()
-    cfg = write_warmd_config(tmp_path / "warmd", uv, uv_cache, packages=PACKAGES,
+    cfg = write_warmd_config(tmp_path / "warmd", uv, uv_cache,
                              extra=[f"roots = {json.dumps([str(root)])}", 'python = ["3.11"]'])
     index_server.reset_counters()
     try:
         for args in (["prefetch", "--ahead", "--json"], ["doctor", str(project)], ["status"]):
-            proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env,
-                                  capture_output=True, text=True, timeout=300)
+            proc = run_warmd(cfg, *args, env=env)
             assert "Traceback" not in proc.stderr, proc.stderr
             if args[0] == "prefetch":
                 assert proc.returncode == 0, proc.stderr[-3000:]
@@ -366,9 +353,7 @@ def test_a_locks_requires_python_naming_a_file_runs_nothing(
     uv = request.getfixturevalue("uv_bin" if which == "uv" else "uv_old_bin")
     ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
     root, marker = tmp_path / "code", tmp_path / "MARKERS"
-    project = make_project(root, "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
-                           gpu_packages=ws.gpu_packages)
-    lock_project(project, uv, uv_environ)
+    project = locked_project(root, "app", server=index_server, ws=ws, deps=["torch>=2.5"], uv=uv, env=uv_environ)
     evil = project / "tools" / "evil-python"
     evil.parent.mkdir()
     evil.write_text(INTERPRETER.format(marker=marker))
@@ -379,11 +364,10 @@ def test_a_locks_requires_python_naming_a_file_runs_nothing(
     assert 'requires-python = ">=3.11"' in text, text[:300]
     lock.write_text(text.replace('requires-python = ">=3.11"', f"requires-python = {json.dumps(str(evil))}", 1))
     (tmp_path / "warmd").mkdir()
-    cfg = write_warmd_config(tmp_path / "warmd", uv, uv_cache, packages=PACKAGES,
+    cfg = write_warmd_config(tmp_path / "warmd", uv, uv_cache,
                              extra=[f"roots = {json.dumps([str(root)])}"])
     for args in (["prefetch"], ["prefetch", "--dry-run"], ["status"], ["doctor", str(project)]):
-        proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=uv_environ,
-                              capture_output=True, text=True, timeout=300)
+        proc = run_warmd(cfg, *args, env=uv_environ)
         assert "Traceback" not in proc.stderr, proc.stderr
         if args[0] == "prefetch":
             assert proc.returncode == 2, (args, proc.returncode, proc.stderr[-2000:])
@@ -415,9 +399,8 @@ def test_a_projects_keyring_provider_or_allow_insecure_host_never_reaches_warmds
     (home / ".netrc").chmod(0o600)
     with IndexServer(tls=tls_files, basic_auth=("alice", "s3cret"), vouched=True) as server:
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
-        project = make_project(tmp_path / "code", "app", server=server, variant="cu128", deps=["torch>=2.5"],
-                               gpu_packages=ws.gpu_packages)
-        lock_project(project, uv_bin, uv_environ | tls_files.env() | {"HOME": str(home)})  # the author's login
+        project = locked_project(tmp_path / "code", "app", server=server, ws=ws, deps=["torch>=2.5"], uv=uv_bin,
+                                 env=uv_environ | tls_files.env() | {"HOME": str(home)})  # the author's login
         torch_like_set(server, tmp_path / "wheels", "cu128", version="2.9.0", pythons=("cp311",), size=16 * KiB)
         text = (project / "pyproject.toml").read_text()
         if setting == "keyring-provider":  # uv asks a keyring only for a URL naming its user
@@ -431,10 +414,9 @@ def test_a_projects_keyring_provider_or_allow_insecure_host_never_reaches_warmds
         env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
         lock = (project / "uv.lock").read_bytes()
         (tmp_path / "warmd").mkdir()
-        cfg = write_warmd_config(tmp_path / "warmd", uv_bin, uv_cache, packages=PACKAGES)
+        cfg = write_warmd_config(tmp_path / "warmd", uv_bin, uv_cache)
         for args in (["prefetch", "--ahead", "--json", str(project)], ["doctor", str(project)], ["status"]):
-            proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), *args], env=env,
-                                  capture_output=True, text=True, timeout=300)
+            proc = run_warmd(cfg, *args, env=env)
             assert "Traceback" not in proc.stderr, proc.stderr
             if args[0] == "prefetch":
                 report = json.loads(proc.stdout)
@@ -459,17 +441,15 @@ def test_the_plan_reads_a_stale_lock_as_it_is_and_asks_no_index(
     index): the plan is uv's export of the lock as it is (`--frozen`), made without the network
     (`--offline`: the index hears nothing) and without a build, and the lock is left as it was."""
     ws = torch_like_set(index_server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=16 * KiB)
-    project = make_project(tmp_path / "code", "app", server=index_server, variant="cu128", deps=["torch>=2.5"],
-                           gpu_packages=ws.gpu_packages)
-    lock_project(project, uv_bin, uv_environ)
+    project = locked_project(tmp_path / "code", "app", server=index_server, ws=ws, deps=["torch>=2.5"], uv=uv_bin,
+                             env=uv_environ)
     torch_like_set(index_server, tmp_path / "wheels", "cu128", version="2.9.0", pythons=("cp311",), size=16 * KiB)
     _edit(project, 'dependencies = ["torch>=2.5"', 'dependencies = ["torch>=2.9", "filelock"')
     lock = (project / "uv.lock").read_bytes()
     (tmp_path / "warmd").mkdir()
-    cfg = write_warmd_config(tmp_path / "warmd", uv_bin, uv_cache, packages=PACKAGES)
+    cfg = write_warmd_config(tmp_path / "warmd", uv_bin, uv_cache)
     index_server.reset_counters()
-    proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(cfg), "prefetch", "--dry-run", "--json",
-                           str(project)], env=uv_environ, capture_output=True, text=True, timeout=300)
+    proc = run_warmd(cfg, "prefetch", "--dry-run", "--json", project, env=uv_environ)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (planned,) = json.loads(proc.stdout)["projects"]
     assert {w["version"] for w in planned["wheels"] if w["name"] == "torch"} == {ws.torch_version}, planned

@@ -18,6 +18,12 @@ from typing import Sequence
 
 from tests.support import index_server
 
+# What the tests' configs warm of a torch_like_set release (tests/support/projects.py): torch and its
+# GPU companions from the variant index.
+PACKAGES = ("torch", "pytorch-triton*", "nvidia-*")
+# ... and filelock, its plain dependency, too: then the store holds all a `uv sync --offline` needs.
+OFFLINE_PACKAGES = (*PACKAGES, "filelock")
+
 _written: dict[Path, tuple[list[str], list[str], str]] = {}  # path -> (lines before, after, text written)
 _lock = threading.Lock()
 
@@ -28,17 +34,19 @@ def trusted_lines(trusted: Sequence[str] | None = None) -> list[str]:
     return [f"trusted-indexes = {json.dumps([u.rstrip('/') + '/' for u in urls])}"] if urls else []
 
 
-def write_warmd_config(tmp: Path, uv: Path | str, cache: Path, *, packages: Sequence[str],
+def write_warmd_config(tmp: Path, uv: Path | str, cache: Path, *, packages: Sequence[str] = PACKAGES,
                        variant: str = "cu128", extra: Sequence[str] = (),
-                       trusted: Sequence[str] | None = None) -> Path:
+                       trusted: Sequence[str] | None = None, store: Path | None = None,
+                       state: Path | None = None) -> Path:
     """Write tmp/warmd.toml keeping everything warmd writes under tmp; `extra` lines go last.
-    `trusted`: the trusted-indexes; None: every vouched lab index of this test, whenever it starts."""
+    `trusted`: the trusted-indexes; None: every vouched lab index of this test, whenever it starts.
+    `store`, `state`: warmd's store and state folders elsewhere than tmp/store and tmp/state."""
     before = [
         f"variant = {json.dumps(variant)}",
         f"uv = {json.dumps(str(uv))}",
         f"cache-dir = {json.dumps(str(cache))}",
-        f"store-dir = {json.dumps(str(tmp / 'store'))}",
-        f"state-dir = {json.dumps(str(tmp / 'state'))}",
+        f"store-dir = {json.dumps(str(store or tmp / 'store'))}",
+        f"state-dir = {json.dumps(str(state or tmp / 'state'))}",
         f"packages = {json.dumps(list(packages))}",
     ]
     path = tmp / "warmd.toml"

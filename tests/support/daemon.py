@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +13,8 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from tests.support.cli import warmd_argv
 
 WAIT = 120.0  # upper bounds for waits that end on an event; a slow CI box must not fail them
 
@@ -68,7 +69,7 @@ class DaemonProcess:
     """`python -m warmd --config CFG run`, its stderr lines kept and awaited as they arrive."""
 
     def __init__(self, cfg: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "warmd", "--config", str(cfg), "run"], env=env,
+        self.proc = subprocess.Popen(warmd_argv(cfg, "run"), env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.all: list[str] = []
         self._cv = threading.Condition()

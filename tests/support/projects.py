@@ -153,6 +153,26 @@ def make_two_build_project(
     return write_project(root, name, python, lines)
 
 
+def pinned_project(root: Path, name: str, *, server: IndexServer, ws: WheelSet, deps: list[str] | None = None,
+                   python: str = "3.11", index_cache_control: str | None = None) -> Path:
+    """make_project for the release `ws`: its variant's index, its GPU packages, and `deps` (None: ws's
+    torch pin, `ws.requirement()`). Written again over a project, it re-pins it (then lock it anew)."""
+    return make_project(root, name, server=server, variant=ws.variant,
+                        deps=[ws.requirement()] if deps is None else list(deps), gpu_packages=ws.gpu_packages,
+                        python=python, index_cache_control=index_cache_control)
+
+
+def locked_project(root: Path, name: str, *, server: IndexServer, ws: WheelSet, uv: Path, env: dict[str, str],
+                   deps: list[str] | None = None, python: str = "3.11",
+                   index_cache_control: str | None = None) -> Path:
+    """A project at root/name pinned to the release `ws` (pinned_project) and locked by the real `uv lock`
+    against the local index; returns the project folder (its uv.lock beside the pyproject.toml)."""
+    project = pinned_project(root, name, server=server, ws=ws, deps=deps, python=python,
+                             index_cache_control=index_cache_control)
+    lock_project(project, uv, env)
+    return project
+
+
 def run_uv(uv: Path, args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run uv; raise RuntimeError carrying uv's stderr when it fails."""
     proc = subprocess.run([str(uv), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from tests.support.cli import run_warmd
 from warmd.base import DEFAULT_PACKAGES
 from warmd.plan import matches
 
@@ -89,8 +89,7 @@ def _norm(version: str) -> str:
 
 def prefetch_json(config: Path, env: dict[str, str], *args: str | Path) -> tuple[int, dict]:
     """The real `warmd prefetch --json ARGS`, as a user runs it: its exit code and report."""
-    proc = subprocess.run([sys.executable, "-m", "warmd", "--config", str(config), "prefetch", "--json",
-                           *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
+    proc = run_warmd(config, "prefetch", "--json", *args, env=env)
     assert proc.stdout, proc.stderr[-2000:]
     return proc.returncode, json.loads(proc.stdout)
 
