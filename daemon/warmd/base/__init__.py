@@ -15,7 +15,7 @@ __all__, __getattr__, __dir__ = surface(__name__, {
     "model": ("AheadReport", "Fetched", "FileStamp", "HeaderCheck", "Link", "Outcome", "Pin", "ProgressEvent",
         "ProjectReport", "Skipped", "SkippedReport", "Upgrade", "WheelFile", "WheelReport",),
     "owner": ("Owner",),
-    "redact": ("redact", "scrub",),
+    "redaction": ("redact", "scrub",),
     "sizes": ("human_bytes",),
     "untrusted": ("check", "read_bytes", "read_text", "read_toml",),
 })
