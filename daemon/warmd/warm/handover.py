@@ -1,0 +1,258 @@
+"""uv downloads some wheels best itself, and follows their redirects unchecked: which ones it may, and how."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Collection, Sequence
+
+from loguru import logger
+from packaging.utils import canonicalize_name
+
+from ..base import Config, Pin, ProgressEvent, SkippedReport, WarmdError, redact
+from ..plan import ProjectPlan
+from ..transfer import MirroredFetcher, NetGuard, Store, host_of, mirror_for
+from ..uv import Uv, uv_keeps, uv_toml_files
+from .proof import _probe_python
+
+# Below this rate per stream on a host that caps each connection, uv's one stream per file leaves
+# most of the link idle and warmd's ranges pay for their second pass over the bytes; above it
+# (PyPI's CDN gives ~100 MiB/s a stream here), uv's own parallel downloads keep up.
+_SLOW_STREAM = 32 * 2**20
+_MEASURE_WAIT = 1.2  # seconds to wait after the probe for a host's verdict (a trial takes ~0.8 s)
+_UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
+
+
+class HandOver:
+    """The pipeline's hand-over to uv: the wheels uv downloads itself, the pre-flight of their URLs, the imports."""
+
+    config: Config
+    uv: Uv
+    store: Store
+    fetcher: MirroredFetcher
+    guard: NetGuard
+    progress: Callable[[ProgressEvent], None] | None
+
+    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
+        """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
+
+        Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
+        host one stream of which outruns uv's unpacking, or whose link all connections share, when
+        the user has no uv.toml: uv then gets the per-index override in a config file of warmd's,
+        which would replace theirs (`Uv.import_wheels(keep=...)`). Of those, warmd keeps a file only
+        where its ranges beat uv's one stream per file: on a host that caps each connection to a
+        slow stream; or one it has begun.
+
+        Before uv is handed them, `_checked_for_uv` asks where their URLs lead.
+        """
+        if self.config.keep_wheels or not self.uv.drops_bad_wheels:
+            return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
+        # A wheel a lab mirror serves goes through warmd's engine: uv would fetch it from the origin.
+        # So does one the guard would not hand to uv (plain http that is no index of the user's own:
+        # uv sends .netrc credentials wherever it connects).
+        candidates = {sha: pin for sha, pin in need.items()
+                      if pin.index is not None and sha not in resumable and not self.store.has(sha)
+                      and mirror_for(self.config.mirrors, pin.wheel.url) is None
+                      and self.guard.for_uv(pin.wheel.url, index=pin.index).ok}
+        hosts = {host_of(p.wheel.url) for p in candidates.values()}
+        measuring = {host_of(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
+        links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
+        if measuring - links.keys():
+            links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
+        version = str(self.uv.version)
+        out = set()
+        for sha, pin in candidates.items():
+            link = links.get(host_of(pin.wheel.url))
+            kind = link.kind if link is not None else None
+            if (kind == "capped" and link is not None and link.stream_rate < _SLOW_STREAM) or \
+                    (kind != "fast" and self.store.part_path(sha).exists()):
+                continue  # warmd's ranges win there; or its bytes have begun to come (a fast host's are cheap)
+            keeps = uv_keeps(pin.wheel.url, link.cache_control if link else None, known=link is not None,
+                             uv_version=version)
+            if keeps.verdict == "kept":
+                out.add(sha)
+            elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
+                out.add(sha)
+        return out
+
+    def _checked_for_uv(self, out: set[str], need: dict[str, Pin], sized: Collection[str], since: float) -> set[str]:
+        """Of the wheels `_for_uv` chose, those uv may be handed: uv follows redirects unchecked, so only
+        a file whose URL warmd's own engine asked this run (since `since`), every redirect hop checked
+        by the guard and a success at the end, goes to uv: a download begun on speculation, the HEAD for
+        the limits, else one HEAD now (which also confirms the size the limits weighed). The others
+        warmd downloads itself."""
+        if out:
+            # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
+            # one would pass the limit through uv. With a limit, only files whose size this run's own
+            # requests confirmed go: a size learned for weighing (`sized`), a download begun on
+            # speculation (a part begun this run: its answer was held to the pin's size, ranges.py),
+            # else one request now, whose answer must agree. That request also checks the redirects
+            # (`_preflight`); none where this run asked already.
+            limit = self.config.limits.per_project is not None
+            held = {s for s in out if need[s].wheel.url in sized or self.store.part_path(s).exists()}
+            said = self._preflight([need[s].wheel.url for s in out], since,
+                                   again={need[s].wheel.url for s in out - held} if limit else ())
+            out = {s for s in out if (a := said[need[s].wheel.url]).passed
+                   and (not limit or s in held or (a.size is not None and a.size == need[s].wheel.size))}
+        if out:
+            logger.info("{}: uv fetches {} wheel(s) itself (it keeps them, and splitting them would not help)",
+                        ", ".join(sorted({host_of(need[s].wheel.url) for s in out})), len(out))
+        return out
+
+    def _preflight(self, urls: Sequence[str], since: float, again: Collection[str] = ()) -> dict[str, _Checked]:
+        """What warmd's own engine found of each URL this run (since `since`), asking now where it has
+        not: uv follows redirects unchecked, so a URL goes to uv only when a request of warmd's for it
+        got a success over a redirect chain whose every hop the guard let through (NetGuard.passed).
+
+        A download begun this run, or the HEAD for the limits, answered it already: no request. Else
+        the engine asks (Fetcher.ask: one HEAD, a one-byte ranged GET where HEAD says nothing), in
+        parallel, not retried, 5 s at most (a URL that does not answer is downloaded by warmd, or left
+        out: `_Checked.transient`). `again`: URLs whose size is wanted too, asked even when their chain
+        passed (not when it was refused).
+        """
+        ask = [u for u in dict.fromkeys(urls)
+               if (known := self.guard.chain_passed(u, since)) is None or (known and u in again)]
+        said = self.fetcher.ask(ask, keep=False) if ask else {}
+        out = {}
+        for u in urls:
+            passed = bool(self.guard.chain_passed(u, since))
+            a = said.get(u)
+            why = None if passed else ("a redirect went where warmd does not connect" if a is None
+                                       else a.error or f"HTTP {a.status}")
+            out[u] = _Checked(passed, a.size if a is not None and a.status == 200 else None, why,
+                              transient=not passed and a is not None and a.mendable)
+        return out
+
+    def _unchecked(self, pins: Sequence[Pin], *, since: float, transient: set[str]) -> dict[str, str]:
+        """sha256 -> why, for the wheels pinned by URL that uv may not be handed (`_preflight`): uv
+        downloads them from that URL itself (its cache keys them by it). Warmd's own download of this
+        run asked the URL already; a file that was in the store is asked now. Those whose question met
+        a fault that waiting may mend go into `transient`."""
+        said = self._preflight([p.wheel.url for p in pins], since)
+        transient.update(p.wheel.sha256 for p in pins if said[p.wheel.url].transient)
+        return {p.wheel.sha256: _unchecked_reason(p.wheel.url, said[p.wheel.url].why or "")
+                for p in pins if not said[p.wheel.url].passed}
+
+    def _needs_override(self, pins: Sequence[Pin]) -> list[str]:
+        """The indexes of these pins whose files uv would not keep by itself (`_for_uv` let them
+        through only when the user has no uv.toml for warmd's config file to replace)."""
+        version = str(self.uv.version)
+        out = set()
+        for p in pins:
+            link = self.fetcher.link(host_of(p.wheel.url))
+            keeps = uv_keeps(p.wheel.url, link.cache_control if link else None, known=link is not None,
+                             uv_version=version)
+            if p.index and keeps.verdict != "kept":
+                out.add(p.index)
+        return sorted(out)
+
+    def _no_user_uv_toml(self) -> bool:
+        """No uv.toml uv would read: a config file of warmd's for the import replaces nothing of the user's."""
+        return not any(p.is_file() for p in uv_toml_files(self.uv.env))
+
+    def _run_import(self, pins: Sequence[Pin], urls: dict[str, str], python: str, platform: str,
+                    direct: bool, interpreter: Path | None) -> None:
+        if not direct:
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, patient=True,
+                                  interpreter=interpreter)
+            return
+        # uv downloads these itself: what it prints is their only progress
+        by_name = {p.name: p for p in pins}
+        for p in pins:
+            self._emit(p, "start", "uv downloads it itself")
+
+        def line(text: str) -> None:
+            m = _UV_DOWNLOADED.match(text)
+            if m and (p := by_name.pop(canonicalize_name(m.group(1)), None)) is not None:
+                self._emit(p, "done", "downloaded by uv")
+
+        try:
+            self.uv.import_wheels(pins, urls, python=python, platform=platform, on_line=line,
+                                  keep=self._needs_override(pins), interpreter=interpreter)
+        except WarmdError as exc:
+            for p in by_name.values():
+                self._emit(p, "retry", f"uv could not fetch it: {exc}")
+            raise
+        for p in by_name.values():
+            self._emit(p, "done", "downloaded by uv")
+
+    def _emit(self, pin: Pin, state: str, message: str) -> None:
+        if self.progress is None:
+            return
+        size = pin.wheel.size
+        with contextlib.suppress(Exception):
+            self.progress(ProgressEvent(pin.wheel.filename, pin.wheel.sha256, size,
+                                        size or 0 if state == "done" else 0, 0, state, message))
+
+    def _unhashed(self, pl: ProjectPlan, since: float) -> dict[tuple[str, str], SkippedReport]:
+        """With `warm-unhashed`, have uv download the wheels the lock pins without a sha256, and probe them."""
+        wanted = [s for s in pl.skipped if s.unhashed and s.platform is not None]
+        if not self.config.warm_unhashed or not wanted:
+            return {}
+        out: dict[tuple[str, str], SkippedReport] = {}
+        # uv connects to their index's page of the package, and to the file, itself: only where the
+        # guard lets it, and (uv follows redirects unchecked) where warmd's own request for each came
+        # back this run with a success, every redirect hop checked: one pre-flight for them all.
+        urls = {(s.name, s.python): [u for u in (_package_page(s.index, s.name) if s.index else None, s.url)
+                                     if u is not None] for s in wanted}
+        refused: dict[tuple[str, str], str] = {}
+        for s in wanted:
+            for u in urls[(s.name, s.python)]:
+                verdict = self.guard.for_uv(u, pl.project, index=s.index)
+                if not verdict.ok:
+                    refused[(s.name, s.python)] = verdict.reason or "refused by the network guard"
+                    break
+        said = self._preflight([u for k, us in urls.items() if k not in refused for u in us], since)
+        for s in list(wanted):
+            k = (s.name, s.python)
+            failing = [(u, said[u]) for u in urls[k] if not said[u].passed] if k not in refused else []
+            why = refused.get(k) or next((_unchecked_reason(u, a.why or "") for u, a in failing), None)
+            if why is not None:
+                wanted.remove(s)
+                # a fault that waiting may mend fails the wheel, so the daemon tries again
+                transient = bool(failing) and all(a.transient for _u, a in failing)
+                out[k] = SkippedReport(s, "failed" if transient else "skipped", why)
+        groups: dict[tuple[str, str], list] = defaultdict(list)
+        for s in wanted:
+            groups[(s.python, s.platform or "")].append(s)
+        for (python, platform), group in groups.items():
+            try:
+                self.uv.import_unverified(group, python=python, platform=platform)
+            except WarmdError as exc:
+                logger.warning("{}: {}", pl.project, exc)
+                out.update({(s.name, python): SkippedReport(s, "failed", str(exc)) for s in group})
+                continue
+            res = self.uv.probe(pl.project, selected=[s.name for s in group], others=pl.lock_packages,
+                                python=_probe_python(pl, python), flags=pl.flags)
+            for s in group:
+                if s.name in res.warm:
+                    out[(s.name, python)] = SkippedReport(s, "warm", "not verified (no sha256 in the lock); uv fetched it")
+                elif s.name in res.unproven:
+                    out[(s.name, python)] = SkippedReport(s, "unproven", res.unproven[s.name])
+                else:
+                    out[(s.name, python)] = SkippedReport(s, "failed", "uv still would download it after fetching it "
+                                                          "(does its server forbid caching?)")
+        return out
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What `Pipeline._preflight` found of one URL."""
+
+    passed: bool  # a request of warmd's got a success this run, every redirect hop checked
+    size: int | None = None  # the size its answer gave now (None: not asked now, or none given)
+    why: str | None = None  # why it did not pass
+    transient: bool = False  # it did not pass for a fault that waiting may mend (no answer, 408, 429, 5xx)
+
+
+def _unchecked_reason(url: str, why: str) -> str:
+    return (f"uv would fetch {redact(url)} itself and follow its redirects unchecked, and warmd could not "
+            f"check where it leads: {why}")
+
+
+def _package_page(index: str, name: str) -> str:
+    """The index's page of one package, which uv asks for a `name==version` requirement (PEP 503)."""
+    return f"{index.rstrip('/')}/{canonicalize_name(name)}/"
