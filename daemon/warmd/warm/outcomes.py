@@ -79,7 +79,6 @@ def needs_user(report: ProjectReport) -> str | None:
     return next((w.fix for w in report.wheels if w.state == "failed" and w.fix), None)
 
 
-
 @dataclass(frozen=True)
 class UpgradeStatus:
     """The upgrade the look-ahead found for a project's current uv.lock, as `warmd status` shows it."""
