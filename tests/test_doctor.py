@@ -19,7 +19,8 @@ from tests.support.projects import lock_project, pinned_project, run_uv, torch_l
 from warmd.base import Config, parse_config
 from warmd.cli import TROUBLESHOOTING, diagnose
 from warmd.uv import CACHE_CONTROL_LINE, add_cache_control
-from warmd.cli.doctor import _check_disk, _check_inotify, _Report
+from warmd.cli.check_machine import _check_disk, _check_inotify
+from warmd.cli.findings import _Report
 from warmd.warm import Room
 from warmd.base import Pin, WheelFile
 

@@ -250,7 +250,8 @@ def test_a_git_source_over_ssh_is_vouched_for_with_its_project(tmp_path: Path) -
     index prefixes). warmd itself never connects to a git source: doctor's `network` check does
     not count one, its `ahead` check says what the look-ahead does."""
     from warmd.warm import refusal
-    from warmd.cli.doctor import _check_ahead_hosts, _check_hosts, _Report
+    from warmd.cli.check_projects import _check_ahead_hosts, _check_hosts
+    from warmd.cli.findings import _Report
 
     project, trusted = tmp_path / "clone", tmp_path / "mine"
     lock_text = "\n".join([

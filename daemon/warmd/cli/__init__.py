@@ -3,7 +3,8 @@
 from ..base.lazy import surface
 
 __all__, __getattr__, __dir__ = surface(__name__, {
-    "doctor": ("TROUBLESHOOTING", "diagnose",),
+    "doctor": ("diagnose",),
+    "findings": ("TROUBLESHOOTING",),
     "main": ("main",),
     "status": ("STATES", "project_statuses",),
 })
