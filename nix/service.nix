@@ -1,6 +1,6 @@
 # What the NixOS module (module.nix) and the home-manager module (hm-module.nix) share: the
 # options every warmd service has, and the service itself in systemd's own key names. The
-# service is the unit `warmd install-service` writes (daemon/warmd/service/systemd.py, the comments
+# service is the unit `warmd install-service` writes (daemon/warmd/service/unit.py, the comments
 # there say why each line is there), with Nix store paths: change one, change the other;
 # tests/test_nix.py compares them key by key.
 { lib, pkgs }:

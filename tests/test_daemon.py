@@ -316,7 +316,7 @@ def test_the_header_check_asks_the_guard_as_the_users_uv_toml_is_now(tmp_path: P
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An index the user adds to their uv.toml is theirs from the next header check on, not from the
     next warm: the check reads the user's configuration again before it asks the guard."""
-    from warmd.service.daemon import _PipelineRef
+    from warmd.service.reload import _PipelineRef
     from warmd.warm import Pipeline
 
     xdg = tmp_path / "xdg"

@@ -3,10 +3,13 @@
 from ..base.lazy import surface
 
 __all__, __getattr__, __dir__ = surface(__name__, {
-    "daemon": ("Daemon", "WorkQueue", "run_daemon",),
+    "daemon": ("Daemon", "run_daemon",),
+    "discovery": ("WatchSet", "discover", "watch_set",),
+    "notify": ("Notifier",),
     "schedule": ("build_scheduler",),
-    "systemd": ("ENABLE_COMMAND", "RESTART_COMMAND", "XDG_HOMES", "Notifier", "UnitReview", "canonical_unit",
-        "default_warmd_exe", "install_service", "render_unit", "review_unit", "service_state",
-        "systemd_version", "user_unit_dir", "userns_available", "xdg_homes",),
-    "watch": ("INOTIFY_WATCHES", "ProjectWatcher", "WatchSet", "discover", "inotify_fix", "watch_set",),
+    "unit": ("ENABLE_COMMAND", "RESTART_COMMAND", "XDG_HOMES", "canonical_unit", "default_warmd_exe",
+        "install_service", "render_unit", "user_unit_dir", "xdg_homes",),
+    "unit_review": ("UnitReview", "review_unit", "service_state", "systemd_version", "userns_available",),
+    "watch": ("INOTIFY_WATCHES", "ProjectWatcher", "inotify_fix",),
+    "work_queue": ("WorkQueue",),
 })

@@ -1,0 +1,145 @@
+"""What the scheduler runs between changes: the header re-check, the re-probe, the rescan and the look-ahead."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from loguru import logger
+
+from ..base import CancelToken, WarmdError, cancel, redact
+from ..transfer import check_pins, compare, http_client, index_page
+from ..uv import Override, file_stamp, index_overrides, norm_url, uv_keeps
+from ..warm import retry_delay
+from .discovery import LOCK
+
+
+class ScheduledJobs:
+    """The Daemon's scheduled jobs (build_scheduler's `jobs`); they use the parts Daemon wires up."""
+
+    def reprobe(self) -> None:
+        """Queue every known project with a lock: a warm one costs a probe, one uv lost is re-warmed from the store."""
+        assert self.queue is not None and self.watcher is not None
+        projects = [p for p in self.watcher.projects if (p / LOCK).is_file()]
+        logger.info(f"re-probing {len(projects)} project(s)")
+        for p in projects:
+            self._submit(p)
+
+    def rescan(self) -> None:
+        """Walk the roots for what events missed."""
+        assert self.watcher is not None and self.state is not None
+        self.watcher.rescan()
+        # A project folder deleted under a root leaves `warmd status`; its store files age out by LRU.
+        roots = [Path(r).absolute() for r in self.config.roots]
+        for p in self.state.projects():
+            if not p.exists() and any(r == p or r in p.parents for r in roots):
+                logger.info(f"{p}: gone; forgetting it")
+                self.state.forget_project(p)
+
+    def look_ahead(self) -> None:
+        """Warm each project's next upgrade (`[ahead]`), once the daemon has nothing else to do.
+
+        A project is looked ahead for once per `[ahead] interval` and uv.lock; one postponed (an
+        index down, a metered connection, on battery) is tried again after `retry-delay`, doubling.
+        """
+        from ..warm import look_ahead
+        from ..warm import read_conditions
+
+        assert self.queue is not None and self.watcher is not None and self.state is not None
+        config = self.config
+        if not config.ahead.enable:
+            return
+        while not self.queue.wait_idle(1.0):  # the locks the user has now come first
+            if self.stop_event.is_set():
+                return
+        with self._ahead_lock:
+            if self.stop_event.is_set():
+                return
+            done = self.state.snapshot().ahead
+            now = time.time()
+            projects = []
+            for p in self.watcher.projects:
+                last = done.get(p)
+                if not (p / LOCK).is_file():
+                    continue
+                # postponed: tried again; skipped (the guard): asked again, trust may have come since
+                if (last is not None and last.outcome not in ("postponed", "skipped")
+                        and now - last.checked_at < config.ahead.interval
+                        and last.lock_sha256 == file_stamp(p / LOCK).sha256):
+                    continue  # looked ahead for this very lock within the interval
+                projects.append(p)
+            if not projects:
+                return
+            token = CancelToken()
+            with self._lock:
+                self._ahead_token = token
+            try:
+                with self._pipeline() as ref, cancel.scope(token):
+                    reports = look_ahead(ref.pipeline, projects, settings=config.ahead,  # type: ignore[arg-type]
+                                         state=self.state, conditions=read_conditions())
+            finally:
+                with self._lock:
+                    self._ahead_token = None
+        postponed = any(r.outcome == "postponed" for r in reports) or len(reports) < len(projects)
+        with self._lock:
+            self._ahead_postponed = self._ahead_postponed + 1 if postponed else 0
+            delay = retry_delay(self._ahead_postponed, first=config.retry_delay, cap=config.ahead.interval)
+            self._ahead_retry = time.time() + delay if postponed and not self.stop_event.is_set() else None
+        if postponed:
+            logger.info(f"upgrade look-ahead: trying again in {delay:.0f} s")
+
+    def check_headers(self) -> None:
+        """HEAD every pinned file and index; record them; warn loudly when a pinned file moved."""
+        assert self.state is not None
+        with self._lock:
+            assert self._ref is not None
+            pipeline = self._ref.pipeline
+        # The user's uv.toml or trust may have changed since the last warm: ask the guard as it is now.
+        pipeline.refresh_guard()  # type: ignore[attr-defined]
+        guard = pipeline.guard  # type: ignore[attr-defined]
+        # What the state recorded was admitted then; trust may have been taken back since.
+        pinned = [(project, pin) for project, pin in self.state.all_pins()
+                  if guard.check(pin.wheel.url, project, index=pin.index).ok
+                  and (pin.index is None or guard.check(index_page(pin.index), project, index=pin.index).ok)]
+        pins = [pin for _project, pin in pinned]
+        if not pins:
+            return
+        wheel_urls = {redact(p.wheel.url) for p in pins}
+        with http_client(guard, timeout=self.config.download.timeout, user_agent="warmd") as client:
+            checks = check_pins(pins, client)
+        answered = {}
+        for h in checks:
+            warning = None
+            if h.url in wheel_urls:
+                warning = compare(self.state.last_headers(h.url), h)
+                if warning:
+                    logger.warning(warning)
+                if h.ok:
+                    answered[h.url] = h
+            if h.error:
+                logger.warning(f"header check of {h.url}: {h.error}")
+            self.state.record_headers(h, warning=warning)
+        self._report_not_kept(pinned, answered)
+        logger.info(f"checked headers of {len(checks)} URL(s)")
+
+    def _report_not_kept(self, pinned: list, answered: dict) -> None:
+        """Name each project's indexes whose files uv keeps no copy of (the verdict doctor and status give)."""
+        try:
+            uv_version: str | None = str(self._ref.pipeline.uv.version)  # type: ignore[union-attr]
+        except WarmdError:
+            uv_version = None
+        overrides: dict[Path, dict[str, Override]] = {}
+        seen: set[tuple[Path, str]] = set()
+        for project, pin in pinned:
+            h = answered.get(redact(pin.wheel.url))
+            if pin.index is None or h is None or (project, norm_url(pin.index)) in seen:
+                continue
+            seen.add((project, norm_url(pin.index)))
+            if project not in overrides:
+                overrides[project] = index_overrides(project, os.environ)
+            keep = uv_keeps(pin.wheel.url, h.cache_control, override=overrides[project].get(norm_url(pin.index)),
+                            uv_version=uv_version)
+            if keep.verdict == "not kept":
+                logger.info(f"{project}: index {redact(pin.index)} answers Cache-Control {h.cache_control!r}: "
+                            f"{keep.why}; warmd keeps its wheels warm")
