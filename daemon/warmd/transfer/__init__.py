@@ -4,14 +4,15 @@ resumably, verified against the lock's sha256; mirrors and header checks."""
 from ..base.lazy import surface
 
 __all__, __getattr__, __dir__ = surface(__name__, {
+    "addresses": ("address_class", "literal",),
     "clients": ("http_client",),
     "connection": ("Connection", "HttpSettings",),
     "credentials": ("index_auth",),
-    "fetch": ("HOLDBACK", "LINK_TTL", "Fetcher", "FetchSkipped", "host_of",),
+    "fetch": ("HOLDBACK", "Fetcher", "FetchSkipped",),
     "growing": ("GrowingFile",),
-    "guard": ("NetGuard", "Refused", "Trust", "Vouch", "address_class", "guard_for", "key", "literal",
-        "origin", "trusts", "under", "url_key", "vouches_of",),
+    "guard": ("NetGuard", "Refused", "guard_for",),
     "headers": ("check_pins", "check_url", "compare", "index_page",),
+    "links": ("LINK_TTL", "host_of",),
     "mirrors": ("MIRROR_RETRIES", "SAMPLE_CAP", "MirrorCheck", "MirroredFetcher", "check_mirror",
         "mirror_for", "mirror_progress", "mirror_url", "sample_for",),
     "partial": ("Ledger", "Sidecar", "merge_ranges", "missing_ranges",),
@@ -20,4 +21,6 @@ __all__, __getattr__, __dir__ = surface(__name__, {
     "segments": ("EARLY", "MEASURE", "SURE", "HostMeter", "Pieces", "Width",),
     "store": ("Store",),
     "trust": ("TrustStore", "lock_origins", "recorded",),
+    "urls": ("origin", "under", "url_key",),
+    "vouches": ("Trust", "Vouch", "key", "trusts", "vouches_of",),
 })

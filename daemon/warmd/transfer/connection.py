@@ -27,8 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..base import FetchError, redact
+from .addresses import address_class, literal
 from .credentials import IndexAuth, basic
-from .guard import NetGuard, Refused, address_class, literal, origin
+from .guard import NetGuard, Refused
+from .urls import origin
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10

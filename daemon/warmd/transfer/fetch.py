@@ -14,43 +14,29 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
 
 from .. import __version__
 from ..base import Fetched, FetchError, Link, ProgressEvent, WarmdError, WheelFile, redact, scrub
-from .connection import Connection, HttpSettings, TransportError, Untrusted
+from .asking import Asking
+from .connection import Connection, HttpSettings
 from .credentials import index_auth
 from .download import FileDownload
 from .growing import GrowingFile
-from .guard import NetGuard, Refused
+from .guard import NetGuard
+from .links import HostLinks, host_of
 from .ranges import Changed, FetchCancelled
-from .retry import RetryPolicy, why as failure_text
+from .retry import RetryPolicy
 from .segments import PIECE, HostMeter, Width
 from .store import Store
 
-__all__ = ["LINK_TTL", "Asked", "FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent", "host_of"]
+__all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
-LINK_TTL = 600.0  # seconds what a host was found to be like is trusted, in this process or the next
 HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched
-
-
-def host_of(url: str) -> str:
-    """The host a URL names, as Links are keyed (lower case; "" for none)."""
-    return (urllib.parse.urlsplit(url).hostname or "").lower()
-
-
-@dataclasses.dataclass(frozen=True)
-class Asked:
-    """What one URL answered warmd's engine (Fetcher.ask)."""
-
-    status: int | None  # the status that settled it (200 for a size from a first-byte GET); None: no answer
-    size: int | None = None  # the file's size, where it gave one
-    error: str | None = None  # why it did not answer with a success
-    mendable: bool = True  # the fault is one waiting may mend (no answer, 408, 429, 5xx); not a refusal
 
 
 class FetchSkipped(FetchError):
@@ -64,7 +50,7 @@ class FetchSkipped(FetchError):
         self.why = why
 
 
-class Fetcher:
+class Fetcher(HostLinks, Asking):
     """Downloads WheelFiles into a Store with adaptive connections, retries and resume."""
 
     def __init__(
@@ -299,54 +285,6 @@ class Fetcher:
             with self._links_cv:
                 self._downloads.pop(sha, None)
 
-    def link(self, host: str) -> Link | None:
-        """What this host was found to be like in the last ten minutes, if anything."""
-        with self._lock:
-            return self._link(host)
-
-    def _link(self, host: str) -> Link | None:
-        found = self._links.get(host.lower())
-        return found if found is not None and 0 <= time.time() - found.at < LINK_TTL else None
-
-    def links(self) -> dict[str, Link]:
-        """Every host's Link still trusted (LINK_TTL), for the next process to start from (State)."""
-        with self._lock:
-            return {h: link for h in self._links if (link := self._link(h)) is not None}
-
-    def remember(self, links: Mapping[str, Link]) -> None:
-        """Start from what an earlier process found of these hosts, where still trusted (LINK_TTL);
-        a newer Link found here stays."""
-        now = time.time()
-        with self._lock:
-            for host, link in links.items():
-                mine = self._links.get(host.lower())
-                if 0 <= now - link.at < LINK_TTL and (mine is None or mine.at < link.at):
-                    self._links[host.lower()] = link
-
-    def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
-        """Wait (up to `timeout`) until every host has a Link, or has no file left downloading that
-        could measure it (small files end before a measurement does); returns the Links known by then."""
-        wanted = {h.lower() for h in hosts}
-        deadline = time.monotonic() + timeout
-
-        def settled() -> bool:  # a Link past LINK_TTL is none: the host is measured again
-            return self._stop.is_set() or all(self._link(h) is not None or self._pending[h] <= 0 for h in wanted)
-
-        with self._links_cv:
-            self._links_cv.wait_for(settled, max(0.0, deadline - time.monotonic()))
-        return {h: link for h in wanted if (link := self.link(h)) is not None}
-
-    def _learn(self, host: str, kind: str, dl: FileDownload) -> None:
-        logger.debug("{}: {} (one stream {:.0f} MiB/s)", host,
-                     {"capped": "capped per connection", "shared": "one link shared by all",
-                      "fast": "one stream outruns uv's unpacking"}[kind], dl.width.stream_rate / 2**20)
-        with self._links_cv:
-            self._links[host] = Link(kind, dl.cache_control, time.time(), dl.width.stream_rate)
-            others = [d for d in self._downloads.values()
-                      if d is not dl and host_of(d.wheel.url) == host]
-            self._links_cv.notify_all()
-        for other in others:
-            other.width.adopt(kind)
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -372,102 +310,6 @@ class Fetcher:
         self._emit(wheel, sha, size, size, 0, "done", "already in the store")
         return Fetched(sha256=sha, path=p, size=size, bytes_downloaded=0, bytes_reused=size)
 
-    def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
-        """What each wheel's index says of its size: sha256 -> bytes; None when it answered without
-        one; a string saying why when it did not answer (after the retries a download gets: 5xx, 429,
-        a dropped connection; none for an untrusted certificate or an address the guard refuses).
-
-        A HEAD first; where HEAD gives no size (no Content-Length; 405 or 501: HEAD not served; 403:
-        storage that signs GETs only), a GET of the first byte (`Range: bytes=0-0`, the size in its
-        Content-Range), as a download would begin. A size learned here and put into the WheelFile is
-        enforced by the download: a server that then sends another size is refused (ranges.py).
-        `keep`: keep the connections for the downloads that follow (fetch_many takes them or closes them).
-        """
-        return self._sizes(wheels, at_least=1, keep=keep, retry=True)
-
-    def _sizes(self, wheels: list[WheelFile], at_least: int = 2, keep: bool = True,
-               retry: bool = False) -> dict[str, int | str | None]:
-        """HEAD each wheel (in parallel); for ordering only in fetch_many (a single file needs no order,
-        and no GET is sent where HEAD is silent). `retry`: as sizes() (retries, the first-byte GET)."""
-        if len(wheels) < at_least:
-            return {}
-        said = self.ask([w.url for w in wheels], keep=keep, retry=retry, first_byte=retry)
-        out: dict[str, int | str | None] = {}
-        for w in wheels:
-            a = said[w.url]
-            out[w.sha256.lower()] = a.size if a.status == 200 else a.error
-        return out
-
-    def ask(self, urls: Sequence[str], *, keep: bool = True, retry: bool = False,
-            first_byte: bool = True) -> dict[str, Asked]:
-        """The one way warmd's engine asks a URL about itself, each in parallel, 5 s at most a request:
-        a HEAD; where it gives no size (`first_byte`: no Content-Length; 405 or 501: HEAD not served;
-        403: storage that signs GETs only), a GET of the first byte (`Range: bytes=0-0`, the size in
-        its Content-Range). Every redirect hop is the guard's (a success records the chain as passed,
-        NetGuard.passed). `retry`: with a download's retries for a fault that waiting may mend.
-        `keep`: keep the connections for the downloads that follow."""
-        settings = dataclasses.replace(self.settings, timeout=min(self.settings.timeout, 5.0))
-
-        def once(conn: Connection, url: str) -> tuple[int, int | None]:
-            """(the status that settles it, the size it gave or None)."""
-            resp = conn.request("HEAD", url, {})
-            resp.readinto(memoryview(bytearray(1)))  # the empty body: the connection is free again
-            resp.close()
-            length = resp.header("content-length") or ""
-            if resp.status == 200 and length.isdigit():
-                return 200, int(length)
-            if not first_byte or resp.status not in (200, 403, 405, 501):
-                return (200 if resp.status in (405, 501) else resp.status), None
-            resp = conn.request("GET", url, {"Range": "bytes=0-0"})
-            if resp.status == 206:
-                resp.readinto(memoryview(bytearray(2)))  # the one byte
-                resp.readinto(memoryview(bytearray(1)))  # and the end of the body
-                resp.close()
-                total = (resp.header("content-range") or "").rpartition("/")[2].strip()
-                return 200, int(total) if total.isdigit() else None
-            resp.close()  # a 200 brings the whole file: the connection is dropped unread
-            length = resp.header("content-length") or ""
-            return (200, int(length) if length.isdigit() else None) if resp.status == 200 else (resp.status, None)
-
-        def one(url: str) -> tuple[str, Asked]:
-            failures = 0
-            while True:
-                conn = Connection(settings)
-                try:
-                    status, size = once(conn, url)
-                except (Untrusted, Refused) as exc:  # no retry mends a certificate, or the guard's refusal
-                    conn.close()
-                    return url, Asked(None, None, failure_text(exc), mendable=False)
-                except (TransportError, FetchError) as exc:
-                    conn.close()
-                    status, error = None, failure_text(exc)
-                else:
-                    if status == 200:
-                        if not keep:
-                            conn.close()
-                            return url, Asked(200, size)
-                        # the first downloads go to the same host: they start on this connection, TLS done
-                        conn.retime(self.settings.timeout)
-                        with self._lock:
-                            self._idle.append(conn)
-                        return url, Asked(200, size)
-                    conn.close()
-                    error = f"HTTP {status}"
-                    if status not in (408, 429) and status < 500:
-                        return url, Asked(status, None, f"{error} ({redact(url)})", mendable=False)
-                failures += 1
-                if not retry or failures > self.policy.retries:
-                    # the words of a download that gives up (ranges.py): the same fault, told the same way
-                    return url, Asked(status, None, f"giving up after {failures - 1} retries ({redact(url)}): {error}"
-                                      if retry else error)
-                if self._stop.wait(self.policy.delay(failures)):
-                    return url, Asked(status, None, error)
-
-        urls = list(dict.fromkeys(urls))
-        if not urls:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="warmd-head") as pool:
-            return dict(pool.map(one, urls))
 
     def use_guard(self, guard: NetGuard) -> None:
         """Check every connection opened from now on with `guard` (an engine handed to a Pipeline)."""

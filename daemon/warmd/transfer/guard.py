@@ -28,40 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
-import shlex
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from ..base import Config, FetchError, redact
-from ..uv import user_index_urls
+from .addresses import Address, address_class, is_local_name, literal
+from .urls import Place, origin, place, under, url_key
+from .vouches import Trust, Vouch, key, trust_command, trusts, vouches_of
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ssh": 22, "git": 9418}
-_LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_V4_COMPATIBLE = ipaddress.ip_network("::/96")
-# The ranges a host, a LAN, a tailnet or a cloud's metadata service live on. Other ranges that are
-# not routed on the internet (documentation, benchmarking) count as public: fake-IP proxies and
-# sandboxed resolvers answer from them for public names, and nothing of the user's lives there.
-_PRIVATE: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network], ...] = tuple(
-    (kind, ipaddress.ip_network(net)) for kind, nets in (
-        ("unspecified", ("0.0.0.0/8", "::/128")),
-        ("loopback", ("127.0.0.0/8", "::1/128")),
-        ("link-local", ("169.254.0.0/16", "fe80::/10")),
-        ("multicast", ("224.0.0.0/4", "ff00::/8")),
-        ("private", ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "240.0.0.0/4",
-                     "fec0::/10", "64:ff9b:1::/48")),
-        ("unique-local", ("fc00::/7",)),
-    ) for net in nets)
 _RESOLVED_FOR = 60.0  # seconds a plan-time name lookup is reused (one run asks once per host)
 _PASSED_KEPT = 8192  # URLs whose redirect chain passed that are remembered (the oldest half goes beyond)
 
@@ -70,162 +48,12 @@ class Refused(FetchError):
     """warmd will not connect there: an address nobody vouched for (never retried)."""
 
 
-# -- addresses --------------------------------------------------------------------------------------
-
-
-def address_class(addr: Address) -> str | None:
-    """What kind of non-public address `addr` is ("loopback", "private" …), or None for a public one.
-
-    Refused: unspecified, loopback, link-local, multicast, RFC 1918 and shared (100.64/10) space,
-    240/4 (broadcast included), IPv6 unique-local and site-local. An IPv4 address inside an IPv6
-    one (mapped ::ffff:a.b.c.d, compatible ::a.b.c.d, 6to4, NAT64) is judged as that IPv4 address.
-    """
-    if isinstance(addr, ipaddress.IPv6Address):
-        inner = addr.ipv4_mapped or addr.sixtofour
-        if inner is None and (addr in _NAT64 or (addr in _V4_COMPATIBLE and int(addr) > 1)):
-            inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-        if inner is not None:
-            return address_class(inner)
-    return next((kind for kind, net in _PRIVATE if addr.version == net.version and addr in net), None)
-
-
-def literal(host: str) -> Address | None:
-    """The address a host written as an IP literal stands for ("127.1" and "2130706433" too), else None."""
-    host = host.strip("[]").split("%", 1)[0]
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    try:  # the short and numeric IPv4 forms the resolver accepts without asking anyone
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except (OSError, ValueError):
-        return None
-
-
-def is_local_name(host: str) -> bool:
-    """True for `localhost` and the names under it, which always mean this machine (RFC 6761)."""
-    h = host.lower().rstrip(".")
-    return h in _LOCAL_NAMES or h.endswith(".localhost")
-
-
-# -- URLs -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where a URL connects: scheme (git+https counts as https), host (lower case), port."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def origin(self) -> str:
-        """`scheme://host:port`, the unit `warmd trust` records."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-    @property
-    def where(self) -> str:
-        """`host:port`, as messages name it."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def place(url: str) -> Place | None:
-    """Where `url` connects, or None for a URL without a network host (a path, file:)."""
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        scheme = parts.scheme.lower()
-        host = (parts.hostname or "").rstrip(".")
-        scheme = scheme.split("+", 1)[1] if scheme.startswith("git+") else scheme
-        if not host or scheme == "file":
-            return None
-        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
-    except ValueError:  # a port that is not a number
-        return None
-    return Place(scheme, host, port)
-
-
-def origin(url: str) -> str | None:
-    """`scheme://host:port` of a URL (None without a network host)."""
-    p = place(url)
-    return p.origin if p is not None else None
-
-
-def url_key(url: str) -> str:
-    """The form a URL is recorded and looked up by (admissions, passed chains): as httpx sends it
-    (scheme and host lower case, the host IDNA-encoded, the path's dot segments resolved and its
-    characters quoted), with a default port and a fragment dropped. httpx's transport sees a
-    request's URL in this form, the engine and a lock keep the spelling they were given."""
-    try:
-        u = httpx.URL(url.strip())
-        if u.port is not None and u.port == _DEFAULT_PORTS.get(u.scheme):
-            u = u.copy_with(port=None)  # httpx keeps `:80` when the scheme was written in capitals
-        return str(u.copy_with(fragment=None))
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return url  # no request can be made for it: nothing is recorded under another spelling
-
-
-def _path(url: str) -> str | None:
-    """The URL's path, or None when it climbs (`..`, or an encoded dot a server may decode)."""
-    try:
-        path = urllib.parse.urlsplit(url.strip()).path or "/"
-    except ValueError:
-        return None
-    if ".." in path.split("/") or "%2e" in path.lower():
-        return None
-    return path
-
-
-def under(url: str, prefix: str) -> bool:
-    """True when `url` lies under the URL prefix: same scheme, host and port, and its path starts
-    with the prefix's path at a `/` boundary (`/simple` covers `/simple/x`, not `/simplex`)."""
-    a, b = place(url), place(prefix)
-    if a is None or b is None or a != b:
-        return False
-    path, root = _path(url), _path(prefix)
-    if path is None or root is None:
-        return False
-    root = root.rstrip("/")
-    return path == root or path.startswith(root + "/")
-
-
-# -- what the user vouched for ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Vouch:
-    """A URL prefix the user's own configuration names (their uv.toml, UV_INDEX…, mirrors, trusted-indexes)."""
-
-    prefix: str
-
-
-@dataclass(frozen=True)
-class Trust:
-    """A trusted project: every origin its lock names (`origins` None: a `[[project]]` table), or
-    those its lock named when `warmd trust` was run."""
-
-    project: Path
-    origins: frozenset[str] | None
-
-
 @dataclass(frozen=True)
 class Verdict:
     """The guard's answer for one URL: may warmd connect, and why not."""
 
     ok: bool
     reason: str | None = None  # why not, one line naming what vouches for it
-
-
-def trust_command(project: Path) -> str:
-    """The command that trusts a project, as a user would type it."""
-    return f"warmd trust {shlex.quote(str(project))}"
-
-
-def key(project: Path) -> str:
-    """The form trust is looked up by: the project folder with symlinks resolved."""
-    return os.path.realpath(project)
 
 
 @dataclass(frozen=True)
@@ -529,23 +357,6 @@ def _show(url: str) -> str:
 
 def _a(kind: str) -> str:
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
-
-
-def trusts(config: Config, recorded: Iterable[Trust] = ()) -> list[Trust]:
-    """The trusted projects: the config's `[[project]]` tables (whatever their lock names), then
-    what `warmd trust` recorded for the others."""
-    tables = [Trust(ps.path, None) for ps in config.projects]
-    named = {key(t.project) for t in tables}
-    return tables + [t for t in recorded if key(t.project) not in named]
-
-
-def vouches_of(config: Config, env: Mapping[str, str] | None = None) -> list[Vouch]:
-    """The user's own prefixes: their uv indexes (uv.toml files and UV_* variables of `env`, warmd's
-    environment by default), `[[mirrors]]` and `trusted-indexes`."""
-    vouches = [Vouch(url) for url, _where in user_index_urls(os.environ if env is None else env)]
-    for m in config.mirrors:
-        vouches += [Vouch(m.origin), Vouch(m.url)]
-    return vouches + [Vouch(u) for u in config.trusted_indexes]
 
 
 def guard_for(config: Config, recorded: Iterable[Trust] = (), *, env: Mapping[str, str] | None = None,

@@ -21,7 +21,8 @@ from loguru import logger
 
 from ..base import Fetched, HashMismatch, MirrorSettings, WarmdError, WheelFile, redact
 from .clients import http_client
-from .fetch import Asked, FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
+from .asking import Asked
+from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
 from .growing import GrowingFile
 from .guard import NetGuard
 

@@ -22,7 +22,8 @@ from loguru import logger
 
 from ..base import InputError, write_atomic
 from ..uv import Lock
-from .guard import Trust, key, origin
+from .urls import origin
+from .vouches import Trust, key
 
 TRUST_FILE = "trust.json"
 
