@@ -131,7 +131,7 @@ def _v3(db: sqlite3.Connection) -> None:
 
 def _v4(db: sqlite3.Connection) -> None:
     # What each host was found to be like (model.Link), so that the next process starts from it
-    # instead of measuring again; trusted for fetch.LINK_TTL after it was found.
+    # instead of measuring again; trusted for transfer.links.LINK_TTL after it was found.
     _script(
         db,
         """

@@ -13,7 +13,7 @@ from .connection import Connection
 
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)
 OUTCOME_HISTORY = 50  # outcome changes kept per project
-LINK_ROWS_KEPT = 86400.0  # seconds a host's Link row stays (long past its use: fetch.LINK_TTL)
+LINK_ROWS_KEPT = 86400.0  # seconds a host's Link row stays (long past its use: transfer.links.LINK_TTL)
 ACTIVITIES = ("queued", "warming")
 WHEEL_STATES = ("cold", "fetching", "warm", "unproven", "failed", "skipped")
 
