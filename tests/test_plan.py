@@ -163,7 +163,7 @@ def test_export_lines_are_read_with_markers_urls_and_hashes() -> None:
 
 def test_best_wheel_is_unhashed_then_it_is_skipped_not_swapped() -> None:
     """When the wheel uv would take has no sha256, warmd does not warm a worse one in its place."""
-    from warmd.plan.planner import _best_wheel, _tag_order
+    from warmd.plan.target import _best_wheel, _tag_order
 
     good = LockedWheel("https://h/t-1.0-cp311-cp311-manylinux_2_28_x86_64.whl",
                        "t-1.0-cp311-cp311-manylinux_2_28_x86_64.whl", None, None)

@@ -4,8 +4,11 @@ would pin."""
 from ..base.lazy import surface
 
 __all__, __getattr__, __dir__ = surface(__name__, {
-    "planner": ("Planner", "PlanOptions", "ProjectPlan", "build_of", "build_score", "locate", "matches",
-        "parse_export", "plan_project", "project_folder", "uv_platform",),
+    "choice": ("build_of", "build_score",),
+    "export": ("parse_export",),
+    "inputs": ("locate", "project_folder",),
+    "planner": ("Planner", "PlanOptions", "ProjectPlan", "matches", "plan_project",),
+    "target": ("uv_platform",),
     "upgrade": ("contacts", "copy_for_lock", "must_build", "needs_build", "would_be_lock",),
     "variant": ("KNOWN_VARIANTS", "Detection", "Runner", "detect_variant", "resolve_variant", "run_command",),
 })

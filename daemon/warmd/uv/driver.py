@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -32,8 +31,10 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 from packaging.version import InvalidVersion, Version
 
-from ..base import IndexUnreachable, LockError, NeedsBuild, Pin, Skipped, UvError, cancel, redact, scratch
-from .lockfile import one_line
+from ..base import IndexUnreachable, LockError, NeedsBuild, Pin, Skipped, UvError, cancel, scratch
+from .interpreter import _MARKERS_SCRIPT, Interpreter
+from .reason import uv_reason
+from .render import _toml_str, render_pylock, render_requirements, requirement_line
 from .settings import IMMUTABLE_FILES
 
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
@@ -56,37 +57,6 @@ _BUILD_DISABLED = re.compile(r"Building source distributions (?:for `([^`]+)` )?
 # project's uv.toml or pyproject.toml walking up from it (uv reads the nearest one it finds).
 NEUTRAL = Path("/")
 _TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
-
-
-# PEP 508's marker variables, as the interpreter itself reports them (packaging is not installed there).
-_MARKERS_SCRIPT = """
-import json, os, platform, sys
-def fmt(v):
-    s = "%d.%d.%d" % (v.major, v.minor, v.micro)
-    return s if v.releaselevel == "final" else s + v.releaselevel[0] + str(v.serial)
-print(json.dumps({
-    "implementation_name": sys.implementation.name,
-    "implementation_version": fmt(sys.implementation.version),
-    "os_name": os.name,
-    "platform_machine": platform.machine(),
-    "platform_python_implementation": platform.python_implementation(),
-    "platform_release": platform.release(),
-    "platform_system": platform.system(),
-    "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "python_version": "%d.%d" % sys.version_info[:2],
-    "sys_platform": sys.platform,
-}))
-"""
-
-
-@dataclass(frozen=True)
-class Interpreter:
-    """A Python interpreter uv found, and the PEP 508 marker values it has."""
-
-    path: Path
-    version: str  # "3.12"
-    markers: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -427,94 +397,5 @@ def _read_lines(proc: subprocess.Popen[str], timeout: float, on_line: Callable[[
     return "".join(lines)
 
 
-def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
-    """A PEP 751 lock naming each pin's registry as `index` and its loopback URL as the wheel `url`."""
-    lines = ['lock-version = "1.0"', 'created-by = "warmd"', ""]
-    for pin in pins:
-        lines += [
-            "[[packages]]",
-            f"name = {_toml_str(pin.name)}",
-            f"version = {_toml_str(pin.version)}",
-            f"index = {_toml_str(pin.index or '')}",  # only registry pins come here
-            "",
-            "[[packages.wheels]]",
-            f"name = {_toml_str(pin.wheel.filename)}",
-            f"url = {_toml_str(urls[pin.wheel.sha256])}",
-            f"hashes = {{ sha256 = {_toml_str(pin.wheel.sha256)} }}",
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def render_requirements(pins: Sequence[Pin]) -> str:
-    """A requirements file naming each pin by its direct URL and sha256: uv keys such a wheel by that URL."""
-    return "".join(requirement_line(pin.name, "@", pin.wheel.url, f"--hash=sha256:{pin.wheel.sha256}") for pin in pins)
-
-
-def requirement_line(*fields: str) -> str:
-    """One line of a requirements file from these fields; LockError when a field (lock data) holds
-    whitespace or a control character, which could end the line and start another requirement or
-    option (`--extra-index-url ...`). lockfile refuses such URLs already: this is the last word."""
-    bad = next((f for f in fields if not f or not one_line(f)), None)
-    if bad is not None:
-        raise LockError(f"refusing to write {redact(bad)!r} into a requirements file for uv: it holds whitespace "
-                        "or a control character")
-    return " ".join(fields) + "\n"
-
-
-def _toml_str(s: str) -> str:
-    """A TOML basic string: every character that could end it, or the line, escaped."""
-    out = []
-    for c in s:
-        if c in ('"', "\\"):
-            out.append("\\" + c)
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\u{ord(c):04X}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
-
-
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_CAUSE_PREFIXES = ("Caused by:", "cause:")
-_MIETTE_CAUSES = ("├─▶", "╰─▶")
-
-
-def uv_reason(out: subprocess.CompletedProcess[str]) -> str:
-    """Why uv failed, in one line: its `error:` (or `×`) line and the causes under it.
-
-    uv prints `error: X` with `Caused by: Y` / `cause: Y` lines under it, or miette's `× X` with
-    `├─▶ Y` causes (0.8 for some commands); wrapped lines are joined. Progress lines such as
-    "Prepared 1 package" are never the reason. A uv stopped by a signal says which.
-    """
-    parts: list[str] = []
-    miette = False
-    lines = [_ANSI.sub("", raw).strip() for raw in (out.stderr or "").splitlines()]
-    for line in lines:
-        if line.startswith("error:"):
-            parts, miette = [line[len("error:"):].strip()], False
-        elif line.startswith("×"):
-            parts, miette = [line[1:].strip()], True
-        elif not parts or not line or line.startswith(("hint:", "help:", "warning:")):
-            continue
-        elif line.startswith(_CAUSE_PREFIXES):
-            parts.append(line.split(":", 1)[1].strip())
-        elif line.startswith(_MIETTE_CAUSES):
-            parts.append(line[3:].strip())
-        elif miette:
-            parts[-1] += " " + line.lstrip("│ ")  # miette wraps a long message or cause
-    parts = [p for p in parts if p]
-    if parts:
-        return ": ".join(parts)
-    if out.returncode < 0:
-        try:
-            name = signal.Signals(-out.returncode).name
-        except ValueError:
-            name = f"signal {-out.returncode}"
-        return f"uv was stopped by {name}"
-    last = next((ln for ln in reversed(lines) if ln), None)
-    return f"exit status {out.returncode}" + (f" ({last})" if last else "")
