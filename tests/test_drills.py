@@ -544,7 +544,7 @@ def test_disk_filling_up_during_a_fetch(drill: Drill) -> None:
     w = drill.world
     project = drill.project(w.big)
     # No free-space floor: the drill is about a disk that fills up mid-download, which the floor
-    # would otherwise foresee (tests/test_limits.py has the floor).
+    # would otherwise foresee (tests/warm/test_limits.py has the floor).
     drill.limits = {"min-free": 0}
     need("mount")
     mnt = drill.tmp / "small-disk"

@@ -143,7 +143,7 @@ def xdg_homes(env: Mapping[str, str] = os.environ, home: Path | None = None) -> 
     """The XDG base folders as warmd resolves them (platformdirs): the variable when set, else the spec's default.
 
     For an environment given (doctor's, or an account a test makes): platformdirs reads only this
-    process's os.environ. tests/test_service.py holds the two to the same answers.
+    process's os.environ. tests/service/test_service.py holds the two to the same answers.
     """
     home = home or Path.home()
     return {k: Path(env[k]) if env.get(k, "").strip() else home / _XDG_DEFAULTS[k] for k in XDG_HOMES}

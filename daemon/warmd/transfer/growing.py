@@ -7,7 +7,7 @@ from the disk.
 
 The feeder streams the file to uv while it grows, but never the last `holdback` bytes before
 the whole file matched the lock's sha256: uv cannot finish a wheel whose body has not ended, so
-it keeps nothing of a file that fails (tests/test_stream.py proves it for each uv version).
+it keeps nothing of a file that fails (tests/warm/test_stream.py proves it for each uv version).
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ class Uv:
     def drops_bad_wheels(self) -> bool:
         """True when this uv keeps nothing of a wheel whose bytes fail the pinned sha256.
 
-        uv 0.13.8 (DESIGN.md fact 11) and the pinned 0.13.9 (tests/test_stream.py) keep nothing;
+        uv 0.13.8 (DESIGN.md fact 11) and the pinned 0.13.9 (tests/warm/test_stream.py) keep nothing;
         0.8.2 keeps the unpacked wrong bytes, so it is never handed a wheel it fetches itself.
         """
         return self.version >= _DROPS_BAD_WHEELS_FROM

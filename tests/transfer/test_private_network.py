@@ -126,7 +126,7 @@ def test_a_redirect_from_the_vouched_index_to_an_unvouched_server_is_not_followe
     redirects unchecked and so is handed a file only once warmd's own request for it passed every
     hop this run (without limits, no HEAD for a size asks that: the pre-flight does). Whether uv
     would download a file itself here depends on what warmd measures of the link; in
-    tests/test_direct.py it surely does (that test fails without the pre-flight, this one need not)."""
+    tests/warm/test_direct.py it surely does (that test fails without the pre-flight, this one need not)."""
     with IndexServer() as intranet:
         project = _project(user.tmp, "app", index_server, wheel_dir, "2.8.0", user)
         torch = next(p for p in (wheel_dir / "cu128").iterdir() if p.name.startswith("torch-"))

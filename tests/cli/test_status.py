@@ -21,7 +21,7 @@ from warmd.base import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
 from warmd.cli import STATES, project_statuses
 from warmd.state import MIGRATIONS, STATE_FILE, State, migrate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KiB = 1024
 
 

@@ -463,7 +463,7 @@ def test_bad_usage_exits_2(setup: Setup) -> None:
 
 def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
     """The example the README runs: `--dry-run` plans its three pinned CUDA wheels from PyPI, offline."""
-    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-small"
+    example = Path(__file__).resolve().parents[2] / "examples" / "cuda-small"
     proc = setup.prefetch(example, extra=["--dry-run"])
     assert proc.returncode == 0, proc.stderr
     project = setup.report(proc)["projects"][0]
@@ -478,7 +478,7 @@ def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
     """examples/cuda-torch (the real-index benchmark row): `--dry-run` plans 18 GPU wheels, 3.8 GiB, offline."""
     from warmd.base import DEFAULT_PACKAGES
 
-    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-torch"
+    example = Path(__file__).resolve().parents[2] / "examples" / "cuda-torch"
     setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=DEFAULT_PACKAGES)  # as a user has it
     proc = setup.prefetch(example, extra=["--dry-run"])
     assert proc.returncode == 0, proc.stderr
@@ -496,7 +496,7 @@ def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
 @pytest.mark.internet
 def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> None:
     """Opt-in (`pytest -m internet`): the README's main command against real PyPI."""
-    example = Path(__file__).resolve().parent.parent / "examples" / "cuda-small"
+    example = Path(__file__).resolve().parents[2] / "examples" / "cuda-small"
     cache = tmp_path / "uv-cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")} | {"UV_CACHE_DIR": str(cache)}
     cfg = write_warmd_config(tmp_path, uv_bin, cache, packages=OFFLINE_PACKAGES)

@@ -18,7 +18,7 @@ from warmd.base import DEFAULT_PACKAGES
 from warmd.uv import LockedPackage, LockedWheel
 from warmd.plan import build_of, build_score, parse_export, uv_platform
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "reallocks"
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "reallocks"
 
 # The README's table: folder, Python, and per variant the flags a user of it passes to `uv sync`.
 CASES: dict[str, tuple[str, dict[str, list[str]]]] = {

@@ -21,7 +21,7 @@ from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, run_uv, torch_like_set
 from tests.support.uvplan import tree
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KiB = 1024
 TORCH = 256 * KiB  # the synthetic torch's payload; triton and nvtx get a quarter each
 

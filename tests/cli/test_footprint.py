@@ -16,7 +16,7 @@ from tests.support.cli import run_warmd
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, run_uv, torch_like_set
-from tests.test_doctor import doctor, of
+from tests.cli.test_doctor import doctor, of
 from warmd.base import human_bytes
 from warmd.uv import cache_use
 

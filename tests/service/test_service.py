@@ -17,7 +17,7 @@ import pytest
 from tests.support.prereqs import need
 from warmd.service import ENABLE_COMMAND, XDG_HOMES, Notifier, UnitReview, canonical_unit, default_warmd_exe, install_service, render_unit, review_unit, service_state, systemd_version, user_unit_dir, userns_available, xdg_homes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UV = Path(shutil.which("uv", path=str(Path(sys.executable).parent)) or "uv")
 # systemd-analyze is a prerequisite (Debian's systemd): missing, these tests say what to install,
 # and fail under CI instead of skipping.

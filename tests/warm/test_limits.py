@@ -130,7 +130,7 @@ def test_a_lock_without_sizes_asks_each_wheels_size_once(
     size is asked once (a HEAD), and that answer serves the limit, the download's order and the
     hand-over to uv alike; every wheel is fetched once, by warmd (the index says no-store), and the
     next run asks nothing: it weighs them by the sizes of the bytes warmd verified. (Wheels uv
-    downloaded itself: tests/test_direct.py::test_a_wheel_uv_downloaded_itself_is_not_asked_for_its_size_on_every_recheck.)"""
+    downloaded itself: tests/warm/test_direct.py::test_a_wheel_uv_downloaded_itself_is_not_asked_for_its_size_on_every_recheck.)"""
     with IndexServer(vouched=True) as server:  # PEP 503 pages: no sizes in the lock
         ws = torch_like_set(server, tmp_path / "wheels", "cu128", pythons=("cp311",), size=4 * MiB)
         project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin, env=uv_environ)

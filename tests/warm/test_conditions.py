@@ -12,7 +12,7 @@ from warmd.warm import postpone_reason
 from warmd.warm import Conditions, Reading, metered, on_battery, read_conditions
 from warmd.base import AheadSettings
 
-FIXTURES = Path(__file__).parent / "fixtures" / "power"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "power"
 SUPPLY = "sys/class/power_supply"
 
 

@@ -24,7 +24,7 @@ from warmd.cli.findings import _Report
 from warmd.warm import Room
 from warmd.base import Pin, WheelFile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def doctor(config: Path, env: dict[str, str], *args: str) -> tuple[int, dict]:

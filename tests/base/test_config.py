@@ -9,7 +9,7 @@ import pytest
 from warmd.base import Config, load_config, parse_config
 from warmd.base import ConfigError
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
 
 def test_example_config_is_complete_and_matches_the_defaults() -> None:

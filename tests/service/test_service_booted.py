@@ -24,7 +24,7 @@ from tests.support.prereqs import need
 from tests.support.projects import locked_project, pinned_project, torch_like_set
 from warmd.cli import TROUBLESHOOTING
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 README_COMMANDS = "warmd install-service && systemctl --user daemon-reload && systemctl --user enable --now warmd"
 # How each kind of unit gets into the user's unit folder, in place of README's `warmd install-service`.

@@ -9,7 +9,7 @@ import pytest
 from tests.support.fakes import FakeTools, fake_root
 from warmd.plan import KNOWN_VARIANTS, Detection, detect_variant, resolve_variant
 
-FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "gpu"
 
 
 def fixture(name: str) -> str:

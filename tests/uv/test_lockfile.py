@@ -13,7 +13,7 @@ from warmd.base import LockError
 from warmd.uv import check_wheel_url, parse_lock, parse_wheel_name, read_lock
 
 SHA = "ab" * 32
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cuda-small" / "uv.lock"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cuda-small" / "uv.lock"
 
 
 def lock_text(url: str, *, name: str = "torch", version: str = "2.8.0+rocm6.3", hash_: str = f"sha256:{SHA}") -> str:

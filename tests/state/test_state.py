@@ -142,8 +142,8 @@ def test_a_prefetch_that_ends_before_sqlites_last_checkpoint_loses_nothing(endin
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-        from tests.test_state import _pin, _record, _report
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+        from tests.state.test_state import _pin, _record, _report
         from warmd.base import WheelReport
         from warmd.state import State
         state = State.open(Path({str(tmp_path)!r}))
