@@ -1,4 +1,4 @@
-"""Typed values passed between the pipeline's steps (lockfile -> plan -> fetch -> store -> uvcache)."""
+"""Typed values passed between the pipeline's steps (uv.lockfile -> plan -> transfer -> warm -> uv.driver)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which documented state each project is in, as `warmd status` shows it, composed from what state.py read."""
+"""Which documented state each project is in, as `warmd status` shows it, composed from what the state database read."""
 
 from __future__ import annotations
 

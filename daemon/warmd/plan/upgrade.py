@@ -161,7 +161,7 @@ def copy_for_lock(folder: Path, lock: Lock, dest: Path) -> Path:
 def contacts(folder: Path, lock: Lock) -> list[tuple[str, str, str | None]]:
     """What `uv lock` in `folder` may connect to: (URL, the file naming it, the registry it belongs
     to). Every URL of the lock; the indexes, find-links, url/git sources and direct-URL requirements
-    (`name @ url`: uvconfig.requirement_urls) of the project's, its local packages' and the
+    (`name @ url`: uv.settings.requirement_urls) of the project's, its local packages' and the
     configuration above's pyproject.toml and uv.toml: a lock that is not up to date with them is
     resolved anew from them. The user's own uv configuration is not listed: the guard vouches for it."""
     folder = Path(os.path.abspath(folder))
