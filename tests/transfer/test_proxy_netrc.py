@@ -73,3 +73,47 @@ def test_netrc_credentials_open_a_protected_index(tmp_path: Path, wheel_dir: Pat
         gets = [h for h in server.wheel_hits() if h.method == "GET"]
         assert gets and {h.status for h in gets} <= {200, 206}
         assert "s3cret" not in proc.stdout + proc.stderr
+
+
+def test_a_token_in_the_locks_wheel_urls_logs_in_and_is_never_shown_or_stored(
+        tmp_path: Path, wheel_dir: Path, uv_bin: Path, uv_cache: Path) -> None:
+    """A lock whose wheel URLs carry `user:token@` (no netrc): the download logs in with them, and the
+    token appears in no output of prefetch (plain, --json, -v logs), nor `warmd status --json`, nor
+    the bytes of the state database."""
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine 127.0.0.1\nlogin alice\npassword s3cr3tT0ken\n")
+    netrc.chmod(0o600)
+    with IndexServer(basic_auth=("alice", "s3cr3tT0ken"), vouched=True) as server:
+        ws = torch_like_set(server, wheel_dir, "cu128", size=128 * 1024)
+        project = locked_project(tmp_path, "proj", server=server, ws=ws, uv=uv_bin,
+                                 env=uv_env(uv_cache) | {"HOME": str(home)})
+        lock = project / "uv.lock"
+        text = lock.read_text()
+        plain = f'url = "{server.url}/'
+        assert plain in text
+        lock.write_text(text.replace(plain, plain.replace("://", "://alice:s3cr3tT0ken@")))
+        netrc.unlink()  # the URL's own login is all warmd has
+        config = write_warmd_config(tmp_path, uv_bin, uv_cache)
+        env = uv_env(uv_cache) | {"HOME": str(home)}
+
+        server.reset_counters()
+        proc = run_warmd(config, "-v", "prefetch", project, "--json", env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert set(states(proc).values()) == {"warm"}
+        gets = [h for h in server.wheel_hits() if h.method == "GET"]
+        assert gets and all(h.authorization for h in gets) and {h.status for h in gets} <= {200, 206}
+        human = run_warmd(config, "-v", "prefetch", project, env=env)  # warm already: the lines that name URLs
+        status = run_warmd(config, "status", "--json", env=env)
+        assert status.returncode == 0, status.stderr
+        assert f"{server.url}/" in proc.stdout + status.stdout  # the URLs are shown, without their login
+        for out in (proc, human, status):
+            assert "s3cr3tT0ken" not in out.stdout + out.stderr
+        state = (tmp_path / "state" / "state.sqlite3").read_bytes()
+        assert b"127.0.0.1" in state
+        kept = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
+        kept += [p for p in (tmp_path / "store").rglob("*") if p.is_file() and not p.name.endswith(".whl")]
+        assert tmp_path / "state" / "state.sqlite3" in kept
+        for path in kept:  # the database, its journal, the store's records
+            assert b"s3cr3tT0ken" not in path.read_bytes(), path

@@ -18,4 +18,5 @@ __all__, __getattr__, __dir__ = surface(__name__, {
     "redaction": ("redact", "scrub",),
     "sizes": ("human_bytes",),
     "untrusted": ("check", "read_bytes", "read_text", "read_toml",),
+    "urls": ("Place", "SafeUrl", "host_of", "origin", "path_of", "place", "reveal", "safe_url", "under",),
 })

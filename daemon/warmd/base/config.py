@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import platformdirs
 
 from .errors import ConfigError
+from .urls import SafeUrl, place
 
 APP = "warmd"
 
@@ -105,8 +105,12 @@ class ProjectSettings:
 class MirrorSettings:
     """A `mirrors` entry: wheel URLs under `origin` are fetched from the same path under `url` first."""
 
-    origin: str  # a URL prefix of wheel files ("https://download.pytorch.org/"), as the lock names them
-    url: str  # where the mirror serves those files ("http://wheels.lab:3142/download.pytorch.org/")
+    origin: SafeUrl  # a URL prefix of wheel files ("https://download.pytorch.org/"), as the lock names them
+    url: SafeUrl  # where the mirror serves those files ("http://wheels.lab:3142/download.pytorch.org/")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origin", SafeUrl(self.origin))
+        object.__setattr__(self, "url", SafeUrl(self.url))
 
 
 # -- what one project may cost: the limits and their reader, kept together -----------------------------------
@@ -308,17 +312,13 @@ def _mirror(t: _Reader) -> MirrorSettings:
     return MirrorSettings(**got)
 
 
-def _url(r: _Reader, key: str, value: str) -> str:
-    """`value` when it is an http:// or https:// URL with a host, else a ConfigError naming the key."""
-    try:
-        parts = urllib.parse.urlsplit(value)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018  (raises on a port that is not a number)
-    except ValueError:
-        ok = False
+def _url(r: _Reader, key: str, value: str) -> SafeUrl:
+    """`value` when it is an http:// or https:// URL with a host, else a ConfigError naming the key
+    (and the URL, without its credentials)."""
+    ok = value.partition(":")[0].lower() in ("http", "https") and place(value) is not None
     if not ok:
-        raise ConfigError(f"{r.where}: {r.prefix}{key} = {value!r} is not an http:// or https:// URL")
-    return value
+        raise ConfigError(f"{r.where}: {r.prefix}{key} = {str(SafeUrl(value))!r} is not an http:// or https:// URL")
+    return SafeUrl(value)
 
 
 def _section(r: _Reader, name: str, keys: dict[str, Any]) -> dict[str, Any]:

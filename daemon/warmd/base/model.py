@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .urls import SafeUrl, safe_url
+
 
 @dataclass(frozen=True)
 class FileStamp:
@@ -24,10 +26,13 @@ class FileStamp:
 class WheelFile:
     """One wheel file named in a uv.lock, with the hash the lock pins."""
 
-    url: str
+    url: SafeUrl  # a str given is made one: the URL prints without its credentials wherever it goes
     filename: str
     sha256: str  # lowercase hex, no "sha256:" prefix
     size: int | None  # PyTorch-index wheels often carry no size
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", SafeUrl(self.url))
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,13 @@ class Pin:
     version: str
     # The registry URL from `source = { registry = ... }`: with the file name, uv's cache key.
     # None for a wheel the lock pins by direct URL (`source = { url = ... }`): uv keys it by that URL.
-    index: str | None
+    index: SafeUrl | None
     wheel: WheelFile
     python: str  # the Python version ("3.12") this wheel was selected for
     platform: str  # uv's --python-platform name this wheel was selected for
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", safe_url(self.index))
 
 
 @dataclass(frozen=True)
@@ -89,12 +97,16 @@ class Skipped:
     python: str
     reason: str
     filename: str | None = None  # the wheel uv would take, when there is one
-    url: str | None = None
+    url: SafeUrl | None = None
     size: int | None = None
-    index: str | None = None  # registry URL, as in Pin
+    index: SafeUrl | None = None  # registry URL, as in Pin
     platform: str | None = None  # uv's --python-platform target for that wheel
     # A wheel the lock pins without a sha256: uv may still be asked to download it unverified.
     unhashed: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", safe_url(self.url))
+        object.__setattr__(self, "index", safe_url(self.index))
 
 
 WheelStateName = str  # one of: "cold", "fetching", "warm", "unproven", "failed", "skipped" (a limit: see reason)
@@ -188,7 +200,7 @@ class AheadReport:
 class HeaderCheck:
     """What one URL answered to a HEAD (or 1-byte GET): the headers that decide uv's caching."""
 
-    url: str  # credentials stripped
+    url: SafeUrl  # printed (and stored) without credentials
     status: int | None  # None when the request failed before a response
     cache_control: str | None = None
     etag: str | None = None
@@ -197,6 +209,9 @@ class HeaderCheck:
     method: str = "HEAD"  # "HEAD" or "GET-range"
     checked_at: float = 0.0  # unix time
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", SafeUrl(self.url))
 
     @property
     def ok(self) -> bool:

@@ -6,15 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from packaging.version import Version
 
-from ..base import Config, InputError, NeedsBuild, Pin, WarmdError, human_bytes, redact, untrusted
+from ..base import Config, InputError, NeedsBuild, Pin, WarmdError, host_of, human_bytes, origin, redact, untrusted
 from ..plan import Detection, PlanOptions, must_build, plan_project, project_folder
 from ..state import STATE_FILE, State
-from ..transfer import SAMPLE_CAP, MirrorCheck, NetGuard, check_url, origin
+from ..transfer import SAMPLE_CAP, MirrorCheck, NetGuard, check_url
 from ..uv import (
     CACHE_CONTROL_LINE, Lock, Override, Uv, add_cache_control, dig, immutable_since, index_overrides, norm_url,
     read_lock, uv_keeps,
@@ -210,7 +209,7 @@ def _check_index(rep: _Report, folder: Path, idx: _Index, uv_version: Version | 
                 None if keep.verdict == "kept" else fix_text("headers-unreadable"))
         return "unknown"
     cc = hc.cache_control or "(none)"
-    host = urlsplit(idx.sample).hostname or ""
+    host = host_of(idx.sample)
     served = f"{label}: files answer Cache-Control: {cc}"
     if keep.verdict == "kept":
         rep.add("index", "ok", f"{served}; {keep.why}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from ..base import CancelToken, WarmdError, cancel, redact
+from ..base import CancelToken, WarmdError, cancel
 from ..transfer import check_pins, compare, http_client, index_page
 from ..uv import Override, file_stamp, index_overrides, norm_url, uv_keeps
 from ..warm import retry_delay
@@ -105,7 +105,7 @@ class ScheduledJobs:
         pins = [pin for _project, pin in pinned]
         if not pins:
             return
-        wheel_urls = {redact(p.wheel.url) for p in pins}
+        wheel_urls = {p.wheel.url for p in pins}
         with http_client(guard, timeout=self.config.download.timeout, user_agent="warmd") as client:
             checks = check_pins(pins, client)
         answered = {}
@@ -132,7 +132,7 @@ class ScheduledJobs:
         overrides: dict[Path, dict[str, Override]] = {}
         seen: set[tuple[Path, str]] = set()
         for project, pin in pinned:
-            h = answered.get(redact(pin.wheel.url))
+            h = answered.get(pin.wheel.url)
             if pin.index is None or h is None or (project, norm_url(pin.index)) in seen:
                 continue
             seen.add((project, norm_url(pin.index)))
@@ -141,5 +141,5 @@ class ScheduledJobs:
             keep = uv_keeps(pin.wheel.url, h.cache_control, override=overrides[project].get(norm_url(pin.index)),
                             uv_version=uv_version)
             if keep.verdict == "not kept":
-                logger.info(f"{project}: index {redact(pin.index)} answers Cache-Control {h.cache_control!r}: "
+                logger.info(f"{project}: index {pin.index} answers Cache-Control {h.cache_control!r}: "
                             f"{keep.why}; warmd keeps its wheels warm")

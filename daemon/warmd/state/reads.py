@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..base import AheadReport, FileStamp, HeaderCheck, Link, Pin, Upgrade, WheelFile, WheelReport, redact
+from ..base import AheadReport, FileStamp, HeaderCheck, Link, Pin, Upgrade, WheelFile, WheelReport, SafeUrl
 from .connection import Connection
 from .records import AheadFile, Snapshot, StoredProject, StoredSkip, StoredWheel
 
@@ -20,7 +20,7 @@ class Reads(Connection):
         if successful:
             q += " AND status BETWEEN 200 AND 299"
         with self._lock:
-            row = self._db.execute(q + " ORDER BY checked_at DESC, id DESC LIMIT 1", (redact(url),)).fetchone()
+            row = self._db.execute(q + " ORDER BY checked_at DESC, id DESC LIMIT 1", (SafeUrl(url),)).fetchone()
         return _header(row) if row else None
 
     def projects(self) -> list[Path]:
@@ -117,7 +117,7 @@ class Reads(Connection):
         for r in pins:
             (project, sha, py, plat, name, version, idx, url, filename, psize, pin_since,
              state, reason, down, reused, wsize, updated) = r
-            safe = redact(url)
+            safe = url  # stored without credentials (writes.py, migration 6)
             by_project.setdefault(project, []).append(StoredWheel(
                 name=name, version=version, filename=filename, sha256=sha, index=idx or None, url=safe, python=py,
                 platform=plat, state=state or "cold", reason=reason, size=psize or wsize,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Callable
 
-from ..base import WarmdError
+from ..base import SafeUrl, WarmdError
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -174,8 +174,19 @@ def _v5(db: sqlite3.Connection) -> None:
     )
 
 
+def _v6(db: sqlite3.Connection) -> None:
+    # The state holds every URL in one form, without user:password (base.urls.SafeUrl, as the
+    # values come in): earlier versions kept a pin's wheel URL and the indexes as the lock wrote
+    # them and redacted on reading. The file may be read by others (backups, `status --json`).
+    for table, column in (("pins", "url"), ("pins", "idx"), ("skipped", "url"), ("skipped", "idx"),
+                          ("headers", "url")):
+        rows = db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} LIKE '%@%'").fetchall()
+        for rowid, url in rows:
+            db.execute(f"UPDATE {table} SET {column}=? WHERE rowid=?", (str(SafeUrl(url)), rowid))
+
+
 # Index i migrates a database at user_version i to i + 1; append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ..base import AheadReport, FileStamp, HeaderCheck, Link, Outcome, Owner, ProjectReport, WheelReport, redact
+from ..base import AheadReport, FileStamp, HeaderCheck, Link, Outcome, Owner, ProjectReport, WheelReport
 from .connection import Connection
 
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)
@@ -150,7 +150,7 @@ class Writes(Connection):
             "INSERT INTO skipped(project, name, version, python, filename, url, idx, state, reason) "
             "VALUES (?,?,?,?,?,?,?,?,?)",
             [(project, r.skipped.name, r.skipped.version, r.skipped.python, r.skipped.filename,
-              redact(r.skipped.url) if r.skipped.url else None, r.skipped.index, r.state,
+              r.skipped.url, r.skipped.index, r.state,
               r.reason or r.skipped.reason) for r in report.skipped],
         )
 
@@ -176,14 +176,14 @@ class Writes(Connection):
             db.execute(
                 "INSERT INTO headers(url, status, cache_control, etag, last_modified, content_length, method, "
                 "checked_at, error, warning) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (redact(h.url), h.status, h.cache_control, h.etag, h.last_modified, h.content_length, h.method,
+                (h.url, h.status, h.cache_control, h.etag, h.last_modified, h.content_length, h.method,
                  h.checked_at or time.time(), h.error, warning),
             )
             # History is for spotting change, not an archive: keep the recent rows and every warning.
             db.execute(
                 "DELETE FROM headers WHERE url=?1 AND warning IS NULL AND id NOT IN "
                 "(SELECT id FROM headers WHERE url=?1 ORDER BY checked_at DESC, id DESC LIMIT ?2)",
-                (redact(h.url), HEADER_HISTORY),
+                (h.url, HEADER_HISTORY),
             )
 
     def record_ahead(self, report: AheadReport) -> None:
@@ -239,6 +239,6 @@ class Writes(Connection):
 
 def _wheel_json(w: WheelReport) -> dict:
     p = w.pin
-    return {"name": p.name, "version": p.version, "index": p.index, "url": redact(p.wheel.url),
+    return {"name": p.name, "version": p.version, "index": p.index, "url": p.wheel.url,
             "filename": p.wheel.filename, "sha256": p.wheel.sha256, "size": p.wheel.size, "python": p.python,
             "platform": p.platform, "state": w.state, "reason": w.reason}

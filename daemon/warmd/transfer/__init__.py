@@ -12,7 +12,7 @@ __all__, __getattr__, __dir__ = surface(__name__, {
     "growing": ("GrowingFile",),
     "guard": ("NetGuard", "Refused", "guard_for",),
     "headers": ("check_pins", "check_url", "compare", "index_page",),
-    "links": ("LINK_TTL", "host_of",),
+    "links": ("LINK_TTL",),
     "mirrors": ("MIRROR_RETRIES", "SAMPLE_CAP", "MirrorCheck", "MirroredFetcher", "check_mirror",
         "mirror_for", "mirror_progress", "mirror_url", "sample_for",),
     "partial": ("Ledger", "Sidecar", "merge_ranges", "missing_ranges",),

@@ -19,10 +19,11 @@ from typing import Any
 
 import httpx
 
+from ..base import origin
+
 from .connection import proxy_for, tls_context
 from .credentials import index_auth
 from .guard import NetGuard, Refused
-from .urls import origin
 
 # The request extension that follows one request through its redirects (httpx hands a redirect the
 # same extensions dict): the URL first asked, where the last hop went, whether it could reach a

@@ -26,11 +26,10 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..base import FetchError, redact
+from ..base import FetchError, SafeUrl, origin, place, redact
 from .addresses import address_class, literal
 from .credentials import IndexAuth, basic
 from .guard import NetGuard, Refused
-from .urls import origin
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
@@ -122,9 +121,10 @@ def _proxies(env: Mapping[str, str]) -> dict[str, str]:
 
 def _route(url: str, trust_env: bool, auth: IndexAuth | None, creds: bool = True) -> _Route:
     parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = parts.hostname or ""
-    port = parts.port or (443 if scheme == "https" else 80)
+    where = place(url)
+    if where is None or where.scheme not in ("http", "https"):
+        raise FetchError(f"{SafeUrl(url)}: not an http:// or https:// URL with a host and a numeric port")
+    scheme, host, port = where.scheme, where.host, where.port
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers: dict[str, str] = {}
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
@@ -210,6 +210,7 @@ class Connection:
     def request(self, method: str, url: str, headers: dict[str, str]) -> Response:
         """Send `method` to `url` (following redirects); raises TransportError when the connection fails,
         Refused when the guard refuses an address (the URL's, or a redirect's)."""
+        url = SafeUrl(url)  # revealed for the request line and its credentials only
         guard = self.settings.guard
         # A private address only for a URL the guard admitted; on a redirect to another origin, only
         # where the user's own configuration names the new URL (what one project's plan admitted is
@@ -219,7 +220,7 @@ class Connection:
         asked = url
         redirect: str | None = None  # where a redirect to another origin led (the refusal names it)
         for _ in range(_MAX_REDIRECTS + 1):
-            route = _route(url, self.settings.trust_env, self.settings.auth, creds)
+            route = _route(url.reveal(), self.settings.trust_env, self.settings.auth, creds)
             try:
                 raw = self._send(method, route, {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity",
                                          **route.headers, **headers}, private_ok, redirect)
@@ -235,14 +236,14 @@ class Connection:
             body = raw.read(_DRAIN + 1)
             if len(body) > _DRAIN or not raw.isclosed():
                 self.drop()
-            new = urllib.parse.urljoin(url, location)
+            new = SafeUrl(urllib.parse.urljoin(url.reveal(), location))
             if origin(new) != origin(url):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 creds = False
                 private_ok = guard.vouched(new) if guard is not None else True
                 redirect = new
             url = new
-        raise TransportError("TooManyRedirects", f"more than {_MAX_REDIRECTS} redirects from {redact(url)}")
+        raise TransportError("TooManyRedirects", f"more than {_MAX_REDIRECTS} redirects from {url}")
 
     def _send(self, method: str, route: _Route, headers: dict[str, str], private_ok: bool,
               redirect: str | None = None) -> http.client.HTTPResponse:

@@ -20,14 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from loguru import logger
 
 from .. import __version__
-from ..base import Fetched, FetchError, Link, ProgressEvent, WarmdError, WheelFile, redact, scrub
+from ..base import Fetched, FetchError, Link, ProgressEvent, WarmdError, WheelFile, host_of, scrub
 from .asking import Asking
 from .connection import Connection, HttpSettings
 from .credentials import index_auth
 from .download import FileDownload
 from .growing import GrowingFile
 from .guard import NetGuard
-from .links import HostLinks, host_of
+from .links import HostLinks
 from .ranges import Changed, FetchCancelled
 from .retry import RetryPolicy
 from .segments import PIECE, HostMeter, Width
@@ -158,7 +158,7 @@ class Fetcher(HostLinks, Asking):
         scheme = urllib.parse.urlsplit(wheel.url).scheme.lower()
         if scheme not in ("http", "https"):
             raise FetchError(f"{wheel.filename}: refusing to download from a {scheme or 'relative'} URL "
-                             f"({redact(wheel.url)}); only http and https are fetched")
+                             f"({wheel.url}); only http and https are fetched")
         hit = self._hit(wheel, sha)
         if hit is not None:
             return hit
@@ -179,7 +179,7 @@ class Fetcher(HostLinks, Asking):
                         if attempt == 2:
                             raise FetchError(
                                 f"{wheel.filename}: file changed on the server twice while downloading "
-                                f"from {redact(wheel.url)} ({exc}); try again later"
+                                f"from {wheel.url} ({scrub(str(exc))}); try again later"
                             ) from None
                         logger.info("{}: changed upstream mid-download ({}); starting over", wheel.filename, exc)
                         self._emit(wheel, sha, wheel.size, 0, 0, "retry", f"changed upstream: {exc}")

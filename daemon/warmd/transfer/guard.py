@@ -35,9 +35,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import Config, FetchError, redact
+from ..base import Config, FetchError, Place, origin, place, redact, under
 from .addresses import Address, address_class, is_local_name, literal
-from .urls import Place, origin, place, under, url_key
+from .urls import url_key
 from .vouches import Trust, Vouch, key, trust_command, trusts, vouches_of
 
 _RESOLVED_FOR = 60.0  # seconds a plan-time name lookup is reused (one run asks once per host)

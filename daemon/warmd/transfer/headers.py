@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Iterable
 
-from ..base import HeaderCheck, Pin, redact, scrub
+from ..base import HeaderCheck, Pin, SafeUrl, reveal, scrub
 
 if TYPE_CHECKING:  # httpx costs ~50 ms to import; `warmd prefetch` reads state without checking headers
     import httpx
@@ -18,7 +18,8 @@ def check_url(client: httpx.Client, url: str) -> HeaderCheck:
     """HEAD `url`, or GET its first byte where HEAD is refused; never raises for HTTP trouble."""
     import httpx
 
-    safe = redact(url)
+    safe = SafeUrl(url)
+    url = safe.reveal()
     now = time.time()
     try:
         resp = client.head(url)
@@ -76,15 +77,15 @@ def compare(prev: HeaderCheck | None, new: HeaderCheck) -> str | None:
     )
 
 
-def index_page(index: str) -> str:
+def index_page(index: str) -> SafeUrl:
     """The URL of an index's root page (PEP 503 wants the trailing slash)."""
-    return index.rstrip("/") + "/"
+    return SafeUrl(reveal(index).rstrip("/") + "/")
 
 
 def check_pins(pins: Iterable[Pin], client: httpx.Client) -> list[HeaderCheck]:
     """Check every distinct pinned wheel URL, then the root page of every distinct index."""
-    urls: dict[str, None] = {}
-    indexes: dict[str, None] = {}
+    urls: dict[SafeUrl, None] = {}
+    indexes: dict[SafeUrl, None] = {}
     for pin in pins:
         urls.setdefault(pin.wheel.url, None)
         if pin.index is not None:  # a wheel pinned by direct URL has no index page

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from loguru import logger
 
-from ..base import Link
+from ..base import Link, host_of
 from .download import FileDownload
 
 LINK_TTL = 600.0  # seconds what a host was found to be like is trusted, in this process or the next
-
-
-def host_of(url: str) -> str:
-    """The host a URL names, as Links are keyed (lower case; "" for none)."""
-    return (urllib.parse.urlsplit(url).hostname or "").lower()
 
 
 class HostLinks:

@@ -13,13 +13,15 @@ import contextlib
 import dataclasses
 import hashlib
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 from loguru import logger
 
-from ..base import Fetched, HashMismatch, MirrorSettings, WarmdError, WheelFile, redact
+from ..base import (Fetched, HashMismatch, MirrorSettings, SafeUrl, WarmdError, WheelFile, path_of, reveal, scrub,
+    under)
 from .clients import http_client
 from .asking import Asked
 from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
@@ -31,24 +33,34 @@ from .guard import NetGuard
 MIRROR_RETRIES = 2
 
 
-def _prefix(url: str) -> str:
-    return url.rstrip("/") + "/"
+def _prefix(url: str) -> SafeUrl:
+    return SafeUrl(reveal(url).rstrip("/") + "/")
+
+
+def _root(origin: str) -> str:
+    """The origin's path without its trailing slash ("" for the server's root)."""
+    return (path_of(origin) or "").rstrip("/")
 
 
 def serves(mirror: MirrorSettings, url: str) -> bool:
-    """True when `url` lies under the mirror's origin (at a path boundary)."""
-    return url.startswith(_prefix(mirror.origin))
+    """True when `url` lies under the mirror's origin as parsed: the same scheme, host and port, and
+    its path below the origin's at a segment boundary (never a look-alike host or `/simple2/` for
+    `/simple/`, nor a path that climbs)."""
+    return under(url, mirror.origin)
 
 
-def mirror_url(mirror: MirrorSettings, url: str) -> str:
-    """Where the mirror serves the file the origin serves at `url` (the same path below its prefix)."""
-    return _prefix(mirror.url) + url[len(_prefix(mirror.origin)):]
+def mirror_url(mirror: MirrorSettings, url: str) -> SafeUrl:
+    """Where the mirror serves the file the origin serves at `url` (the same path below its prefix,
+    the query kept); call it for a URL the mirror `serves`."""
+    path, query = path_of(url) or "/", urllib.parse.urlsplit(reveal(url)).query
+    rest = path[len(_root(mirror.origin)):].lstrip("/")
+    return SafeUrl(_prefix(mirror.url).reveal() + rest + (f"?{query}" if query else ""))
 
 
 def mirror_for(mirrors: Sequence[MirrorSettings], url: str) -> MirrorSettings | None:
     """The mirror for a wheel URL: the one with the longest origin it lies under, or None."""
     found = [m for m in mirrors if serves(m, url)]
-    return max(found, key=lambda m: len(_prefix(m.origin))) if found else None
+    return max(found, key=lambda m: len(_root(m.origin))) if found else None
 
 
 # doctor hashes a whole sample wheel only up to this size: enough for the small wheels every GPU
@@ -75,7 +87,7 @@ def check_mirror(client: httpx.Client, mirror: MirrorSettings, sample: WheelFile
                  cap: int = SAMPLE_CAP) -> MirrorCheck:
     """Ask the mirror for a sample wheel: reachable, Range, cache status, and (up to `cap` bytes) its sha256."""
     url = mirror_url(mirror, sample.url) if sample is not None else _prefix(mirror.url)
-    where = redact(url)
+    where, url = SafeUrl(url), reveal(url)
     try:
         with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as resp:
             resp.read()
@@ -97,7 +109,7 @@ def check_mirror(client: httpx.Client, mirror: MirrorSettings, sample: WheelFile
             for chunk in resp.iter_bytes():
                 h.update(chunk)
     except httpx.HTTPError as exc:
-        return dataclasses.replace(check, unreachable=f"the sample's download failed: {exc}")
+        return dataclasses.replace(check, unreachable=f"the sample's download failed: {scrub(str(exc))}")
     actual = h.hexdigest()
     return dataclasses.replace(check, matches=actual == sample.sha256.lower(),
                                actual=None if actual == sample.sha256.lower() else actual)
@@ -112,14 +124,14 @@ def sample_for(mirror: MirrorSettings, wheels: Iterable[WheelFile]) -> WheelFile
 def reach(client: httpx.Client, url: str) -> str | None:
     """None when the server at `url` answers at all (any status), else why it does not, in one line."""
     try:
-        client.head(url).close()
+        client.head(reveal(url)).close()
     except httpx.TransportError as exc:
         return _why(exc)
     return None
 
 
 def _why(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {scrub(str(exc))}" if str(exc) else type(exc).__name__
 
 
 class _Health:
@@ -153,7 +165,7 @@ class _Health:
         if why is not None:
             self._down[mirror.url] = why
             logger.warning("mirror {} is down ({}); fetching from the origin for the rest of this run",
-                           redact(mirror.url), why)
+                           mirror.url, why)
 
 
 class MirroredFetcher:
@@ -223,7 +235,7 @@ class MirroredFetcher:
                         return
                 if isinstance(result, Fetched):
                     if result.bytes_downloaded:  # a store hit came from no mirror
-                        result = dataclasses.replace(result, via=redact(mirror.url))
+                        result = dataclasses.replace(result, via=mirror.url)
                     results[sha] = result
                 if not _fell_back(result):
                     if on_done is not None:
@@ -327,7 +339,7 @@ class MirroredFetcher:
 
     def _blame(self, mirror: MirrorSettings, wheel: WheelFile, exc: WarmdError) -> str:
         """Log why the origin is asked for this file; return that reason in one line."""
-        where = redact(mirror.url)
+        where = mirror.url
         if isinstance(exc, HashMismatch):
             # The lock is right and the origin may well be: these bytes are the mirror's, and they
             # were dropped before the store or uv saw them.
@@ -336,7 +348,7 @@ class MirroredFetcher:
             logger.error("{}: the mirror's fault; kept out of the store and uv's cache, fetching it from the "
                          "origin; purge that file from the mirror's cache", why)
             return why
-        why = f"mirror {where} could not give {wheel.filename} ({exc})"
+        why = f"mirror {where} could not give {wheel.filename} ({scrub(str(exc))})"
         logger.warning("{}; fetching it from the origin", why)
         return why
 

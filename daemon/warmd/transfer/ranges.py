@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from ..base import FetchError, WheelFile, redact
+from ..base import FetchError, WheelFile
 from .connection import Connection, Response, TransportError, Untrusted
 from .guard import Refused
 from .partial import Sidecar, missing_ranges
@@ -99,7 +99,7 @@ class RangeRequests:
                 if sc is not None:
                     logger.debug("{}: resuming, {} of {} bytes on disk", name, sc.done_bytes(), sc.size)
                     return First(resp, (got_start, got_end), sc, False, False)
-                return First(resp, (got_start, got_end), Sidecar(redact(self.wheel.url), total, etag, last_mod),
+                return First(resp, (got_start, got_end), Sidecar(self.wheel.url, total, etag, last_mod),
                              True, False)
             # 200: the server ignores Range, or If-Range said the file changed
             if sc is not None:
@@ -115,13 +115,13 @@ class RangeRequests:
                 raise FetchError(f"{name}: server sends no size and ignores Range; cannot download it safely")
             self._check_size(total, resp)
             logger.debug("{}: server ignores Range; one sequential stream", name)
-            return First(resp, (0, total), Sidecar(redact(self.wheel.url), total, etag, last_mod), True, True)
+            return First(resp, (0, total), Sidecar(self.wheel.url, total, etag, last_mod), True, True)
 
     def _check_size(self, total: int, resp: Response) -> None:
         if self.wheel.size is not None and total != self.wheel.size:
             resp.close()
             raise FetchError(f"{self.wheel.filename}: server says {total} bytes, not the {self.wheel.size} its lock "
-                             f"(or its index, asked earlier) gave; not downloading from {redact(self.wheel.url)}")
+                             f"(or its index, asked earlier) gave; not downloading from {self.wheel.url}")
 
     def span(self, resp: Response, start: int) -> tuple[int, int, int]:
         """(start, end, file size) from a 206's Content-Range, which must begin at `start`."""
@@ -145,7 +145,7 @@ class RangeRequests:
         if resp.status in (200, 206):
             return resp
         resp.close()
-        where = redact(resp.url)
+        where = resp.url
         if resp.status in (408, 429) or 500 <= resp.status < 600:
             raise Retry(f"HTTP {resp.status} from {where}", retry_after(resp.header("retry-after"), self.policy.max_backoff))
         if resp.status == 416:
@@ -165,7 +165,7 @@ class RangeRequests:
                 text = why(exc)
                 if failures > self.policy.retries:
                     raise FetchError(f"{self.wheel.filename}: giving up after {self.policy.retries} retries "
-                                     f"({redact(self.wheel.url)}): {text}") from None
+                                     f"({self.wheel.url}): {text}") from None
                 delay = self.policy.delay(failures, getattr(exc, "delay", None))
                 logger.debug("{}: {}; retry {}/{} in {:.2f}s", self.wheel.filename, text, failures,
                              self.policy.retries, delay)

@@ -20,9 +20,8 @@ from typing import Any
 
 from loguru import logger
 
-from ..base import InputError, write_atomic
+from ..base import InputError, origin, write_atomic
 from ..uv import Lock
-from .urls import origin
 from .vouches import Trust, key
 
 TRUST_FILE = "trust.json"

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 from packaging.version import InvalidVersion, Version
 
-from ..base import IndexUnreachable, LockError, NeedsBuild, Pin, Skipped, UvError, cancel, scratch
+from ..base import IndexUnreachable, LockError, NeedsBuild, Pin, Skipped, UvError, cancel, reveal, scratch
 from .interpreter import _MARKERS_SCRIPT, Interpreter
 from .reason import uv_reason
 from .render import _toml_str, render_pylock, render_requirements, requirement_line
@@ -289,12 +289,12 @@ class Uv:
         direct = [w for w in wheels if w.index is None and w.url is not None]
         for index in dict.fromkeys(w.index for w in registry):
             group = [w for w in registry if w.index == index]
-            config = f"[[index]]\nurl = {_toml_str(index or '')}\ndefault = true\n" \
+            config = f"[[index]]\nurl = {_toml_str(reveal(index or ''))}\ndefault = true\n" \
                      f"cache-control = {{ files = {_toml_str(IMMUTABLE_FILES)} }}\n"
             self._pip_install("requirements.txt", "".join(requirement_line(w.name, f"=={w.version}") for w in group),
                               python=python, platform=platform, what=f"{len(group)} unhashed wheel(s)", config=config)
         if direct:
-            self._pip_install("requirements.txt", "".join(requirement_line(w.name, "@", w.url or "") for w in direct),
+            self._pip_install("requirements.txt", "".join(requirement_line(w.name, "@", reveal(w.url or "")) for w in direct),
                               python=python, platform=platform, what=f"{len(direct)} unhashed wheel(s)")
 
     def _pip_install(self, name: str, text: str, *, python: str, platform: str, what: str,

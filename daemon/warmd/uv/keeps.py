@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from ..base import host_of
 
 from packaging.version import InvalidVersion, Version
 
@@ -36,7 +36,7 @@ def uv_keeps(url: str, cache_control: str | None, *, known: bool = True, overrid
     if override is not None and cache_verdict(override.files) == "kept":
         return Keep("kept", f'`cache-control = {{ files = "{override.files}" }}` in {override.where} makes uv keep '
                     "them", "override")
-    host = urlsplit(url).hostname or ""
+    host = host_of(url)
     if uv_version is not None and is_immutable_host(url, uv_version):
         return Keep("kept", f"uv {uv_version} treats files from {host} as immutable and keeps them", "host")
     if not known:
@@ -64,8 +64,7 @@ def cache_verdict(cache_control: str | None) -> str:
 
 def is_immutable_host(url: str, uv_version: str) -> bool:
     """True when this uv treats files from `url`'s host as immutable whatever the headers say."""
-    host = (urlsplit(url).hostname or "").lower()
-    since = _IMMUTABLE_HOSTS.get(host)
+    since = _IMMUTABLE_HOSTS.get(host_of(url))
     if since is None:
         return False
     try:

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from ..base import FileStamp, LockError, WheelFile, read_bytes
+from ..base import FileStamp, LockError, WheelFile, read_bytes, scrub
 
 _SHA256 = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 # A uv.lock of a large monorepo is a few MiB; one of 64 MiB or more is not a lock warmd should parse.
@@ -168,7 +168,7 @@ def _package(raw: Any, path: Path, index: int) -> LockedPackage:
         if value is not None and not isinstance(value, str):
             raise LockError(f"{where}: `source.{key}` must be a string")
         if value is not None and _is_remote(value) and not one_line(value):
-            raise LockError(f"{where}: refusing `source.{key}` {value!r}: it holds whitespace or a control character")
+            raise LockError(f"{where}: refusing `source.{key}` {scrub(repr(value))}: it holds whitespace or a control character")
     is_root = kind in ("virtual", "editable") or source.get("directory") == "."
     local = source.get(kind) if kind in ("path", "directory", "editable", "virtual") else None
     wheels: tuple[LockedWheel, ...] = ()
@@ -242,7 +242,7 @@ def one_line(text: str) -> bool:
 def check_wheel_url(url: str, name: str, version: str, where: str) -> str:
     """Return the wheel filename of `url`, or raise LockError if it is not a plain http(s) wheel of `name`."""
     if not one_line(url):
-        raise LockError(f"{where}: refusing wheel url {url!r}: it holds whitespace or a control character")
+        raise LockError(f"{where}: refusing wheel url {scrub(repr(url))}: it holds whitespace or a control character")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LockError(f"{where}: refusing wheel url with scheme {parts.scheme or 'none'!r} (only http and https)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from ..base import LockError, Pin, redact
+from ..base import LockError, Pin, SafeUrl, reveal
 from .lockfile import one_line
 
 
@@ -16,11 +16,11 @@ def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
             "[[packages]]",
             f"name = {_toml_str(pin.name)}",
             f"version = {_toml_str(pin.version)}",
-            f"index = {_toml_str(pin.index or '')}",  # only registry pins come here
+            f"index = {_toml_str(reveal(pin.index or ''))}",  # only registry pins come here
             "",
             "[[packages.wheels]]",
             f"name = {_toml_str(pin.wheel.filename)}",
-            f"url = {_toml_str(urls[pin.wheel.sha256])}",
+            f"url = {_toml_str(reveal(urls[pin.wheel.sha256]))}",
             f"hashes = {{ sha256 = {_toml_str(pin.wheel.sha256)} }}",
             "",
         ]
@@ -29,7 +29,7 @@ def render_pylock(pins: Sequence[Pin], urls: Mapping[str, str]) -> str:
 
 def render_requirements(pins: Sequence[Pin]) -> str:
     """A requirements file naming each pin by its direct URL and sha256: uv keys such a wheel by that URL."""
-    return "".join(requirement_line(pin.name, "@", pin.wheel.url, f"--hash=sha256:{pin.wheel.sha256}") for pin in pins)
+    return "".join(requirement_line(pin.name, "@", pin.wheel.url.reveal(), f"--hash=sha256:{pin.wheel.sha256}") for pin in pins)
 
 
 def requirement_line(*fields: str) -> str:
@@ -38,7 +38,7 @@ def requirement_line(*fields: str) -> str:
     option (`--extra-index-url ...`). lockfile refuses such URLs already: this is the last word."""
     bad = next((f for f in fields if not f or not one_line(f)), None)
     if bad is not None:
-        raise LockError(f"refusing to write {redact(bad)!r} into a requirements file for uv: it holds whitespace "
+        raise LockError(f"refusing to write {str(SafeUrl(bad))!r} into a requirements file for uv: it holds whitespace "
                         "or a control character")
     return " ".join(fields) + "\n"
 

@@ -12,9 +12,9 @@ from typing import Callable, Collection, Sequence
 from loguru import logger
 from packaging.utils import canonicalize_name
 
-from ..base import Config, Pin, ProgressEvent, SkippedReport, WarmdError, redact
+from ..base import Config, Pin, ProgressEvent, SkippedReport, WarmdError, host_of, redact
 from ..plan import ProjectPlan
-from ..transfer import MirroredFetcher, NetGuard, Store, host_of, mirror_for
+from ..transfer import MirroredFetcher, NetGuard, Store, mirror_for
 from ..uv import Uv, uv_keeps, uv_toml_files
 from .proof import _probe_python
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 
 from loguru import logger
 
-from ..base import Config, DiskFull, Fetched, FetchError, Pin, WarmdError, WheelFile, redact
+from ..base import Config, DiskFull, Fetched, FetchError, Pin, WarmdError, WheelFile
 from ..plan import ProjectPlan
 from ..transfer import FetchCancelled, FetchSkipped, MirroredFetcher, Store
 from .feeder import Shelf
@@ -140,7 +140,7 @@ class Sourcing:
                 if left.get(sha) and _another_source_may_help(result):
                     nxt = left[sha].pop(0)
                     if room.admit([nxt], in_store=resumable)[0]:
-                        logger.warning("{}: {}; trying {}", nxt.wheel.filename, result, redact(nxt.wheel.url))
+                        logger.warning("{}: {}; trying {}", nxt.wheel.filename, result, nxt.wheel.url)
                         todo.append(nxt)
                         continue
                     left[sha] = []
