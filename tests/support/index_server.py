@@ -98,6 +98,7 @@ class Hit:
     body_bytes: int  # body bytes actually written (fewer than promised on drop/disconnect)
     conn: int = 0  # connection serial number: tells keep-alive reuse from parallel connections
     authorization: bool = False  # the request carried an Authorization header
+    agent: str | None = None  # the User-Agent header as sent
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.owner._record(
                 Hit(self.command, path, self.headers.get("Range"), self.status, self.sent, self.conn_id,
-                    "Authorization" in self.headers)
+                    "Authorization" in self.headers, self.headers.get("User-Agent"))
             )
 
     def _authorized(self) -> bool:

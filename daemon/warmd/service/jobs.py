@@ -106,7 +106,7 @@ class ScheduledJobs:
         if not pins:
             return
         wheel_urls = {p.wheel.url for p in pins}
-        with http_client(guard, timeout=self.config.download.timeout, user_agent="warmd") as client:
+        with http_client(guard, timeout=self.config.download.timeout) as client:
             checks = check_pins(pins, client)
         answered = {}
         for h in checks:

@@ -6,7 +6,7 @@ from ..base.lazy import surface
 __all__, __getattr__, __dir__ = surface(__name__, {
     "addresses": ("address_class", "literal",),
     "clients": ("http_client",),
-    "connection": ("Connection", "HttpSettings",),
+    "connection": ("USER_AGENT", "Connection", "HttpSettings",),
     "credentials": ("index_auth",),
     "fetch": ("HOLDBACK", "Fetcher", "FetchSkipped",),
     "growing": ("GrowingFile",),

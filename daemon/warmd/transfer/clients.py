@@ -1,6 +1,9 @@
-"""Every httpx client warmd builds (header checks, doctor, the look-ahead's sizes, mirror probes),
-made in one place: the network guard on every request and every redirect, credentials by its
-rule, proxies and CAs from the environment read as the download engine reads them.
+"""Every httpx client warmd builds (the daemon's header checks, doctor's index and mirror checks,
+the mirror probes) comes from `http_client`, the one place that calls `httpx.Client(` (a test greps
+the package for any other): the network guard on every request and every redirect, credentials by
+its rule, proxies, CAs and `.netrc` from the environment read as the download engine reads them,
+and the engine's User-Agent. What differs between callers is a parameter, nothing else. (The
+engine itself, sizes and the look-ahead's included, speaks http.client: connection.py.)
 
 httpx follows redirects itself, one transport call per hop; the transport checks each hop's
 address before it connects and then connects to that very address (the URL's host is replaced by
@@ -20,9 +23,8 @@ from typing import Any
 import httpx
 
 from ..base import origin
-
-from .connection import proxy_for, tls_context
-from .credentials import index_auth
+from .connection import USER_AGENT, proxy_for, tls_context
+from .credentials import IndexAuth, index_auth
 from .guard import NetGuard, Refused
 
 # The request extension that follows one request through its redirects (httpx hands a redirect the
@@ -110,11 +112,20 @@ class GuardedTransport(httpx.BaseTransport):
             t.close()
 
 
-def http_client(guard: NetGuard, *, timeout: float, follow_redirects: bool = True, user_agent: str | None = None,
+def http_client(guard: NetGuard, *, timeout: float, follow_redirects: bool = True, trust_env: bool = True,
                 env: Mapping[str, str] | None = None) -> httpx.Client:
-    """An httpx client under `guard`: its checks on every hop, `.netrc` credentials where the guard
-    allows; the netrc, proxies and CAs read from `env` (warmd's environment by default)."""
-    return httpx.Client(transport=GuardedTransport(guard, env=env),
-                        auth=index_auth(os.environ if env is None else env, guard.may_authenticate),
+    """An httpx client under `guard`: its checks on every request and every redirect hop it follows,
+    credentials only where the guard allows, User-Agent `USER_AGENT`.
+
+    `timeout`: seconds for each connect and read. `follow_redirects` False: a 3xx is the answer (a
+    probe asks whether the server answers, not where it points). `trust_env` (as the engine's
+    Fetcher): proxies, SSL_CERT_FILE / SSL_CERT_DIR and the `.netrc` read from `env` (warmd's
+    environment by default); False: none of them, only a URL's own user-info, by the same rule.
+    """
+    auth = (index_auth(os.environ if env is None else env, guard.may_authenticate) if trust_env
+            else IndexAuth(None, guard.may_authenticate))
+    # httpx's own trust_env stays off: the transport reads proxies and CAs itself (as the engine
+    # does), and the netrc is read above, so both clients see one environment the same way.
+    return httpx.Client(transport=GuardedTransport(guard, trust_env=trust_env, env=env), auth=auth,
                         trust_env=False, timeout=timeout, follow_redirects=follow_redirects,
-                        headers={"User-Agent": user_agent} if user_agent else None)
+                        headers={"User-Agent": USER_AGENT})

@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .. import __version__
 from ..base import FetchError, SafeUrl, origin, place, redact
 from .addresses import address_class, literal
 from .credentials import IndexAuth, basic
@@ -34,6 +35,9 @@ from .guard import NetGuard, Refused
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
 _DRAIN = 64 * 1024  # a redirect's body worth reading to keep the connection; larger ones close it
+# What every request of warmd's own says it is, the engine's and the httpx clients' (clients.py)
+# alike: an index that logs, rate-limits or misbehaves by User-Agent sees one warmd, not three.
+USER_AGENT = f"warmd/{__version__}"
 
 
 class TransportError(Exception):
@@ -53,7 +57,7 @@ class HttpSettings:
     """What every connection of a Fetcher shares."""
 
     timeout: float  # seconds to connect, and without a byte, before TransportError
-    user_agent: str
+    user_agent: str = USER_AGENT
     trust_env: bool = True  # proxies and SSL_CERT_FILE/SSL_CERT_DIR from the environment
     auth: IndexAuth | None = None  # credentials for hosts whose URL carries none (the netrc)
     guard: NetGuard | None = None  # None: no address is refused (only tests build such an engine)

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
 
-from .. import __version__
 from ..base import Fetched, FetchError, Link, ProgressEvent, WarmdError, WheelFile, host_of, scrub
 from .asking import Asking
 from .connection import Connection, HttpSettings
@@ -65,7 +64,6 @@ class Fetcher(HostLinks, Asking):
         max_backoff: float = 30.0,
         progress: Callable[[ProgressEvent], None] | None = None,
         trust_env: bool = True,
-        user_agent: str = f"warmd/{__version__}",
         max_parallel_files: int | None = None,
         fast_stream: float | None = None,
         keep: bool = True,
@@ -83,7 +81,7 @@ class Fetcher(HostLinks, Asking):
         self.policy = RetryPolicy(retries, backoff, max_backoff)
         # the environment's netrc, as uv reads it (credentials.py); the guard on every connection
         # (the pipeline's engines always have one)
-        self.settings = HttpSettings(timeout=timeout, user_agent=user_agent, trust_env=trust_env,
+        self.settings = HttpSettings(timeout=timeout, trust_env=trust_env,
                                      auth=index_auth() if trust_env else None, guard=guard)
         self.progress = progress
         self._stop = threading.Event()
