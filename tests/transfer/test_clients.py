@@ -28,7 +28,7 @@ from warmd.state import State
 from warmd.transfer import USER_AGENT, Fetcher, Store
 from warmd.warm import Pipeline
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "daemon" / "warmd"
 FACTORY = PACKAGE / "transfer" / "clients.py"
 # An httpx client made anywhere: the class, or the module-level helpers that make one per call.
