@@ -32,7 +32,7 @@ from warmd.transfer import Fetcher
 from warmd.transfer import mirror_for, mirror_url
 from warmd.warm import Pipeline
 from warmd.transfer import Store
-from warmd.uv import Uv
+from warmd.uv import Project, Uv
 
 MiB = 1024 * 1024
 
@@ -349,7 +349,7 @@ def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Pa
             config = Config(variant="cu128", uv=str(uv_bin), cache_dir=uv_cache, store_dir=tmp_path / "store",
                             state_dir=tmp_path / "state", packages=OFFLINE_PACKAGES, mirrors=mirrors,
                             download=DownloadSettings(timeout=10, retries=2), trusted_indexes=(origin.url + "/",))
-            return list(Pipeline(config, uv=uv, fetcher=engine).warm([project])[0].wheels)
+            return list(Pipeline(config, uv=uv, fetcher=engine).warm([Project.of(project)])[0].wheels)
 
         origin.reset_counters()
         assert {w.state for w in warm(())} == {"warm"}
@@ -387,13 +387,14 @@ def test_the_look_ahead_s_entry_hands_uv_a_wheel_with_a_mirror_configured(tmp_pa
                         mirrors=(MirrorSettings("https://files.example.org/", "http://127.0.0.1:9/files/"),),
                         download=DownloadSettings(timeout=10, retries=2), trusted_indexes=(origin.url + "/",))
         pipeline = Pipeline(config, uv=Uv(str(uv_bin), cache_dir=uv_cache, env=uv_environ), fetcher=engine)
-        assert {w.state for w in pipeline.warm([project])[0].wheels} == {"warm"}  # the engine learns the link
+        (first,) = pipeline.warm([Project.of(project)])
+        assert {w.state for w in first.wheels} == {"warm"}  # the engine learns the link
         host = urllib.parse.urlsplit(origin.url).hostname or ""
         assert (link := engine.link(host)) is not None and link.kind == "fast", link
         run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
         origin.reset_counters()
 
-        (report,) = pipeline.warm_plans([pipeline.admit(pipeline.plan(project))])
+        (report,) = pipeline.warm_plans([pipeline.admit(pipeline.plan(Project.of(project)))])
         assert {w.state for w in report.wheels} == {"warm"}, report.wheels
         for name in ws.filenames:
             hits = origin.wheel_hits(name)

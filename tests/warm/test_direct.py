@@ -24,7 +24,7 @@ from warmd.base import ProjectReport
 from warmd.warm import Pipeline
 from warmd.state import State
 from warmd.transfer import Store
-from warmd.uv import Uv
+from warmd.uv import Project, Uv
 
 MiB = 2**20
 
@@ -64,7 +64,7 @@ def _warm(project: Path, *args: object, **kwargs: object) -> tuple[ProjectReport
     """Warm `project` with `_pipeline(*args, **kwargs)`; its report, and the closed pipeline to look at."""
     pipeline = _pipeline(*args, **kwargs)  # type: ignore[arg-type]
     try:
-        return pipeline.warm([project])[0], pipeline
+        return pipeline.warm([Project.of(project)])[0], pipeline
     finally:
         pipeline.close()
 
@@ -204,7 +204,7 @@ def test_uv_is_told_the_interpreter_the_plan_found_and_looks_for_none(tmp_path: 
     finally:
         logger.remove(sink)
     assert {w.state for w in report.wheels} == {"warm"}, report
-    (interpreter,) = {p for p in pipeline.plan(project).interpreters.values() if p is not None}
+    (interpreter,) = {p for p in pipeline.plan(Project.of(project)).interpreters.values() if p is not None}
     installs = [ln for ln in lines if ln.startswith("uv: ") and " pip install " in ln]
     assert installs and all(f" --python {interpreter} " in ln for ln in installs), installs
 

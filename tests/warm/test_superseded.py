@@ -36,7 +36,7 @@ from warmd.base import Owner
 from warmd.warm import Pipeline
 from warmd.cli import project_statuses
 from warmd.state import State
-from warmd.uv import Uv
+from warmd.uv import Project, Uv
 
 KiB = 1024
 
@@ -82,7 +82,7 @@ def test_a_run_called_off_stops_its_uv_now_records_nothing_and_leaves_no_scratch
         with uv_cache_held(uv_cache), scratch_made(own_tmp) as made:
             def run() -> None:
                 with cancel.scope(token):
-                    out.extend(pipeline.warm([app]))
+                    out.extend(pipeline.warm([Project.of(app)]))
 
             t = threading.Thread(target=run)
             t.start()

@@ -11,12 +11,12 @@ import httpx
 from packaging.version import Version
 
 from ..base import Config, InputError, NeedsBuild, Pin, WarmdError, host_of, human_bytes, origin, redact, untrusted
-from ..plan import Detection, PlanOptions, must_build, plan_project, project_folder
+from ..plan import Detection, PlanOptions, must_build, plan_project
 from ..state import STATE_FILE, State
 from ..transfer import SAMPLE_CAP, MirrorCheck, NetGuard, check_url
 from ..uv import (
-    CACHE_CONTROL_LINE, Lock, Override, Uv, add_cache_control, dig, immutable_since, index_overrides, norm_url,
-    read_lock, uv_keeps,
+    CACHE_CONTROL_LINE, Lock, Override, Project, Uv, add_cache_control, dig, immutable_since, index_overrides,
+    norm_url, read_lock, uv_keeps,
 )
 from .findings import Status, _Report, fix_text
 
@@ -37,8 +37,8 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
                    detection: Detection, client: httpx.Client, fix: bool,
                    env: Mapping[str, str], guard: NetGuard) -> list[Pin] | None:
     """Report the project's indexes; return its planned pins (None when they cannot be known)."""
-    folder = project_folder(path)
-    pyproject, lock_path = folder / "pyproject.toml", folder / "uv.lock"
+    project = Project.of(path)
+    folder, pyproject, lock_path = project.folder, project.pyproject, project.lock
     try:
         missing = [p.name for p in (pyproject, lock_path) if not untrusted.check(p)]
     except InputError as exc:  # a FIFO, device or symlink loop where a project file should be
@@ -60,7 +60,7 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
         return None
 
     refused = _check_hosts(rep, folder, lock, guard)
-    pins = _plan(rep, config, folder, uv, detection, guard)
+    pins = _plan(rep, config, project, uv, detection, guard)
     _check_builds(rep, config, folder, lock)
     _check_ahead_hosts(rep, config, folder, lock, guard)
     indexes = _indexes(data, lock, pins or [])
@@ -144,16 +144,17 @@ def _check_builds(rep: _Report, config: Config, folder: Path, lock: Lock) -> Non
                 + ("" if config.ahead.enable else " (the look-ahead is off now)"), fix_text("needs-build"))
 
 
-def _plan(rep: _Report, config: Config, folder: Path, uv: Uv | None, detection: Detection,
+def _plan(rep: _Report, config: Config, project: Project, uv: Uv | None, detection: Detection,
           guard: NetGuard) -> list[Pin] | None:
     """The pins warmd would warm for this project: the same plan `prefetch` makes, less what the guard refuses."""
     from ..warm import admit
 
+    folder = project.folder
     if uv is None:
         rep.add("project", "warn", f"{folder}: without uv there is no plan; the planned size is unknown")
         return None
     try:
-        pl = admit(guard, plan_project(folder, uv=uv, options=PlanOptions.from_config(config), detection=detection))
+        pl = admit(guard, plan_project(project, uv=uv, options=PlanOptions.from_config(config), detection=detection))
     except WarmdError as exc:
         rep.bad_input = rep.bad_input or isinstance(exc, InputError)
         rep.add("project", "warn" if not isinstance(exc, InputError) else "problem",

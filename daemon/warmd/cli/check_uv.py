@@ -11,8 +11,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from ..base import Config, WarmdError, default_config_path
-from ..plan import project_folder
-from ..uv import Uv, dig, read_settings, uv_toml_files
+from ..uv import Project, Uv, dig, read_settings, uv_toml_files
 from .findings import _Report, fix_text
 
 OLDEST_TESTED_UV = Version("0.8.2")
@@ -118,22 +117,23 @@ def _check_no_cache(rep: _Report, env: Mapping[str, str], projects: Sequence[Pat
                 fix_text("no-cache", "unset UV_NO_CACHE (and remove it from your shell profile)"))
     files = uv_toml_files(env)
     for project in projects:
-        files += [project_folder(project) / "uv.toml"]
+        files += [Project.of(project).folder / "uv.toml"]
     for path in dict.fromkeys(files):
         data = read_settings(path)
         if data is not None and data.get("no-cache") is True:
             flagged = True
             rep.add("uv-cache", "problem", f"`no-cache = true` in uv.toml {path}: uv uses a throw-away cache",
                     fix_text("no-cache", f"delete the `no-cache = true` line from {path}"))
-    for project in projects:
-        folder = project_folder(project)
-        data = read_settings(folder / "pyproject.toml") or {}
+    for path in projects:
+        project = Project.of(path)
+        folder, pyproject = project.folder, project.pyproject
+        data = read_settings(pyproject) or {}
         if dig(data, "tool", "uv", "no-cache") is True:
             flagged = True
-            rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {folder / 'pyproject.toml'}",
-                    fix_text("no-cache", f"delete the `no-cache = true` line from {folder / 'pyproject.toml'}"))
+            rep.add("uv-cache", "problem", f"`no-cache = true` in [tool.uv] of {pyproject}",
+                    fix_text("no-cache", f"delete the `no-cache = true` line from {pyproject}"))
         for where, value in ((folder / "uv.toml", dig(read_settings(folder / "uv.toml"), "cache-dir")),
-                             (folder / "pyproject.toml", dig(data, "tool", "uv", "cache-dir"))):
+                             (pyproject, dig(data, "tool", "uv", "cache-dir"))):
             if isinstance(value, str):
                 rep.add("uv-cache", "warn", f"`cache-dir = {value!r}` in {where}: the project's own `uv sync` uses "
                         "that cache; warmd ignores it (a project never chooses where uv writes for warmd)",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..base import (
@@ -18,6 +16,7 @@ from ..base import (
 )
 
 if TYPE_CHECKING:
+    from ..uv import Project
     from ..warm import Pipeline
     from ..warm import UpgradeStatus
 
@@ -30,9 +29,10 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     from ..warm import Pipeline
     from .progress import ProgressPrinter
     from ..state import State
+    from ..uv import Project
 
-    paths = list(args.paths) or _discover_all(config)
-    if not paths:
+    projects = [Project.of(p) for p in args.paths] or _discover_all(config)
+    if not projects:
         raise InputError("no PATH given and no projects under the configured `roots`")
     if args.dry_run and args.ahead:
         raise InputError("--ahead runs `uv lock` against your indexes and warms what it finds: it cannot be a dry run")
@@ -40,7 +40,7 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     if args.dry_run:
         from ..warm import preview
 
-        reports = preview(config, paths)  # opens no state, no store: a dry run writes nothing
+        reports = preview(config, projects)  # opens no state, no store: a dry run writes nothing
         elapsed = time.monotonic() - started
         if args.json:
             print(json.dumps(_reports_json(reports, elapsed, dry_run=True), indent=2))
@@ -52,12 +52,12 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     ahead: list[AheadReport] = []
     try:
         with _cancel_on_ctrl_c(pipeline):
-            reports = _warm_settled(pipeline, paths)
+            reports = _warm_settled(pipeline, projects)
             if args.ahead:
                 from ..warm import look_ahead
                 from ..warm import read_conditions
 
-                ready = [r.project for r in reports if r.error is None and r.superseded is None]
+                ready = [Project.of(r.project) for r in reports if r.error is None and r.superseded is None]
                 ahead = look_ahead(pipeline, ready, settings=config.ahead, state=state,
                                    conditions=read_conditions())
     finally:
@@ -92,11 +92,13 @@ def _with_ahead(code: int, ahead: Sequence[AheadReport]) -> int:
     return EXIT_FAILED if code == EXIT_OK and any(r.outcome == "failed" for r in ahead) else code
 
 
-def _warm_settled(pipeline: Pipeline, paths: Sequence[Path]) -> list[ProjectReport]:
+def _warm_settled(pipeline: Pipeline, projects: Sequence[Project]) -> list[ProjectReport]:
     """Warm the projects; one whose uv.lock changed meanwhile is warmed again for the lock it has now."""
-    reports = pipeline.warm(paths)
+    from ..uv import Project
+
+    reports = pipeline.warm(projects)
     for _round in range(PREFETCH_ROUNDS - 1):
-        again = [r.project for r in reports if r.superseded is not None]
+        again = [Project.of(r.project) for r in reports if r.superseded is not None]
         if not again:
             break
         redone = {r.project: r for r in pipeline.warm(again)}
@@ -135,14 +137,15 @@ def exit_code(reports: Sequence[ProjectReport]) -> int:
     return EXIT_OK
 
 
-def _discover_all(config: Config) -> list[Path]:
+def _discover_all(config: Config) -> list[Project]:
     from ..service import discover
+    from ..uv import Project
 
-    found: list[Path] = []
+    found: list[Project] = []
     for root in config.roots:
-        # lexists: a uv.lock that is not a readable file is reported (exit 2), not passed over
-        found += [p for p in discover(root, config.watch.max_depth, config.watch.ignore)
-                  if os.path.lexists(p / "uv.lock")]
+        # any entry named uv.lock: one that is not a readable file is reported (exit 2), not passed over
+        found += [p for p in map(Project.of, discover(root, config.watch.max_depth, config.watch.ignore))
+                  if p.names_lock()]
     return found
 
 

@@ -10,8 +10,7 @@ from ..base import EXIT_OK, EXIT_USAGE, Config, InputError
 
 
 def _trust(args: argparse.Namespace, config: Config) -> int:
-    from ..uv import read_lock
-    from ..plan import locate
+    from ..uv import Project, read_lock
     from ..transfer import TrustStore, lock_origins
 
     store = TrustStore(config.state_dir)
@@ -30,9 +29,8 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     found = []
     for path in args.paths:  # every path is read before anything is recorded: one bad path changes nothing
-        folder, lock_path = locate(path)
-        lock = read_lock(lock_path)
-        found.append((folder, lock_origins(lock)))
+        project = Project.at(path)
+        found.append((project.folder, lock_origins(read_lock(project.lock))))
     for folder, origins in found:
         store.add(folder, origins)
         print(f"trusted {folder}: warmd may connect to what its uv.lock names now: {', '.join(origins) or 'no host'}")
@@ -40,17 +38,18 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
 
 
 def _untrust(args: argparse.Namespace, config: Config) -> int:
-    from ..plan import locate, project_folder
     from ..transfer import TrustStore
+    from ..uv import Project
 
     store = TrustStore(config.state_dir)
     tables = {ps.path for ps in config.projects}
     recorded = {t.path for t in store.read()}
     folders = []
     for path in args.paths:  # every path is checked before anything is removed: one bad path changes nothing
-        folder = project_folder(path)
+        project = Project.of(path)
+        folder = project.folder
         if folder not in recorded and folder not in tables:
-            locate(path)  # a folder that is not there (and was not trusted under that name): `trust`'s own words
+            project.checked()  # a folder that is not there (and was not trusted under that name): `trust`'s own words
         folders.append(folder)
     code = EXIT_OK
     for folder in folders:

@@ -16,20 +16,6 @@ from .choice import _default_groups
 _PY_VERSION = re.compile(r"(\d+\.\d+)")  # "3.12" of a .python-version line ("3.12.4", "cpython@3.12")
 
 
-def project_folder(path: Path) -> Path:
-    """The project folder a path names: the folder itself, or the one holding the uv.lock or file given."""
-    path = path.expanduser().absolute()
-    return path.parent if path.name in ("uv.lock", "pyproject.toml") or path.is_file() else path
-
-
-def locate(path: Path) -> tuple[Path, Path]:
-    """(project folder, its uv.lock) for a path a user gave; InputError when the folder does not exist."""
-    folder = project_folder(path)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such project folder")
-    return folder, folder / "uv.lock"
-
-
 def pinned_python(folder: Path) -> str | None:
     """The Python version ("3.12") the project's .python-version pins, if it pins one (read as uv reads it).
 

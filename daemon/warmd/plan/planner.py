@@ -21,16 +21,16 @@ from loguru import logger
 from ..base import (
     Cancelled, Config, FileStamp, InputError, Pin, ProjectReport, ProjectSettings, Skipped, WarmdError, read_toml,
 )
-from ..uv import Uv, file_stamp, read_lock
+from ..uv import LOCK, PYPROJECT, Project, Uv, file_stamp, read_lock
 from .choice import _choose
 from .export import _LockIndex
-from .inputs import allowed_pythons, check_inputs, check_names, locate, pinned_python, project_folder, requires_python
+from .inputs import allowed_pythons, check_inputs, check_names, pinned_python, requires_python
 from .target import Target, _entry, _marker_env, _tag_order
 from .variant import Detection, resolve_variant
 
 # A plan reads these files (uv export reads pyproject.toml too): one rewritten while it was being
 # planned means the plan may mix two versions, so it is made again, this many times at most.
-PLAN_INPUTS = ("uv.lock", "pyproject.toml", ".python-version")
+PLAN_INPUTS = (LOCK, PYPROJECT, ".python-version")
 PLAN_ATTEMPTS = 3
 
 
@@ -101,17 +101,17 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
 # -- the plan ----------------------------------------------------------------------------------------------
 
 
-def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detection,
+def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: Detection,
                  target: Target | None = None) -> ProjectPlan:
     """Plan one project: the variant's flags, its Pythons, and the wheels a `uv sync` with them installs here.
 
     Reads the project's files and asks the user's uv (offline); writes nothing. Raises InputError
-    (LockError) for a lock or project uv or warmd cannot read.
+    (LockError) for a lock or project uv or warmd cannot read, or a folder that is not there.
     """
     target = target or Target.here()
-    folder, lock_path = locate(path)
-    lock = read_lock(lock_path)
-    pyproject = read_toml(folder / "pyproject.toml") or {}  # not TOML: InputError naming it, before uv reads it
+    folder = project.checked().folder
+    lock = read_lock(project.lock)
+    pyproject = read_toml(project.pyproject) or {}  # not TOML: InputError naming it, before uv reads it
     check_inputs(folder, lock, pyproject)  # before uv reads any of them
     settings = options.settings(folder)
     variant = project_variant(options, folder, detection)
@@ -145,7 +145,7 @@ def plan_project(path: Path, *, uv: Uv, options: PlanOptions, detection: Detecti
                 skipped.setdefault((entry.name, entry.version, py), entry)
     return ProjectPlan(
         project=folder,
-        lock=lock_path,
+        lock=project.lock,
         variant=variant.variant,
         chosen_by=choice.chosen_by,
         extras=choice.extras,
@@ -178,13 +178,13 @@ class Planner:
             logger.info("variant {} ({}: {})", d.variant, d.source, d.detail)
         return self._detection
 
-    def plan(self, project: Path) -> ProjectPlan:
+    def plan(self, project: Project) -> ProjectPlan:
         """One project's plan, made while its files stood still (raises InputError on a bad lock or project).
 
         A uv.lock (or pyproject.toml, .python-version) rewritten while it was planned is planned
         again, also when the plan failed on it; one that keeps changing raises Cancelled.
         """
-        folder = project_folder(project)
+        folder = project.folder
         for _attempt in range(PLAN_ATTEMPTS):
             before = _inputs(folder)
             try:
@@ -206,13 +206,14 @@ class Planner:
         knobs: the copy is planned as the user's `uv sync` would sync it, not chosen afresh.
         """
         own = self.options.settings(like.project)
-        settings = ProjectSettings(path=project_folder(folder), variant=like.variant, extras=like.extras,
+        copy = Project.of(folder)
+        settings = ProjectSettings(path=copy.folder, variant=like.variant, extras=like.extras,
                                    groups=like.groups, no_default_groups=bool(own and own.no_default_groups),
                                    all_packages=bool(own and own.all_packages))
         options = dataclasses.replace(self.options, projects=(settings,))
-        return plan_project(folder, uv=self.uv, options=options, detection=self.detection)
+        return plan_project(copy, uv=self.uv, options=options, detection=self.detection)
 
-    def plan_all(self, projects: Sequence[Path]) -> tuple[list[ProjectPlan], list[ProjectReport]]:
+    def plan_all(self, projects: Sequence[Project]) -> tuple[list[ProjectPlan], list[ProjectReport]]:
         """Plans of the projects that could be planned, and a report naming why for the others."""
         plans: list[ProjectPlan] = []
         failed: list[ProjectReport] = []
@@ -227,20 +228,18 @@ class Planner:
                 failed.append(self.failure(p, exc))
         return plans, failed
 
-    def failure(self, project: Path, exc: Exception) -> ProjectReport:
+    def failure(self, project: Project, exc: Exception) -> ProjectReport:
         """The report of a project that could not be planned or run."""
-        folder = project_folder(project)
-        return ProjectReport(project=folder, lock=folder / "uv.lock",
-                             variant=project_variant(self.options, folder, self.detection).variant, python=(),
-                             error=str(exc), error_is_input=isinstance(exc, InputError),
-                             stamp=file_stamp(folder / "uv.lock"))
+        return ProjectReport(project=project.folder, lock=project.lock,
+                             variant=project_variant(self.options, project.folder, self.detection).variant,
+                             python=(), error=str(exc), error_is_input=isinstance(exc, InputError),
+                             stamp=project.lock_stamp())
 
-    def superseded(self, project: Path, reason: str) -> ProjectReport:
+    def superseded(self, project: Project, reason: str) -> ProjectReport:
         """The report of a project whose work was called off before it said anything (not a failure)."""
-        folder = project_folder(project)
-        return ProjectReport(project=folder, lock=folder / "uv.lock",
-                             variant=project_variant(self.options, folder, self.detection).variant, python=(),
-                             superseded=reason)
+        return ProjectReport(project=project.folder, lock=project.lock,
+                             variant=project_variant(self.options, project.folder, self.detection).variant,
+                             python=(), superseded=reason)
 
 
 def _inputs(folder: Path) -> tuple[FileStamp, ...]:

@@ -13,12 +13,11 @@ from typing import Callable, Iterator
 
 from loguru import logger
 
-from ..base import EXIT_OK, CancelToken, Config, FileStamp, ProjectReport, WarmdError, cancel, scratch
+from ..base import EXIT_OK, CancelToken, Config, ProjectReport, WarmdError, cancel, scratch
 from ..state import State
 from ..transfer import TrustStore
-from ..uv import file_stamp
+from ..uv import Project
 from ..warm import limited_words, needs_user, outcome_of, retry_delay
-from .discovery import LOCK
 from .jobs import ScheduledJobs
 from .notify import Notifier
 from .reload import Reloading, _PipelineRef
@@ -42,7 +41,7 @@ class Daemon(ScheduledJobs, Reloading):
         self._lock = threading.Lock()
         self._ok: dict[Path, bool] = {}  # project -> all its wheels warm after the last run
         self._limited: dict[Path, int] = {}  # project -> its wheels a limit kept out in the last run
-        self._started: dict[Path, FileStamp] = {}  # project -> its uv.lock when its run began
+        self._started: dict[Path, Project] = {}  # project folder -> the project, stamped when its run began
         self._retries: dict[Path, float] = {}  # project -> when its failed work is tried again (time.time())
         self.state: State | None = None
         self.queue: WorkQueue | None = None
@@ -205,14 +204,14 @@ class Daemon(ScheduledJobs, Reloading):
         assert self.queue is not None
         started = self._started.get(project)
         # Work for the lock that was there is superseded: stop it now rather than finish and throw it away.
-        if self.queue.running(project) and file_stamp(project / LOCK) != started:
+        if self.queue.running(project) and (started is None or started.lock_stamp() != started.stamp):
             self.queue.cancel(project, "uv.lock changed while it was warmed")
         self._submit(project)
 
     def _on_new_project(self, project: Path) -> None:
         # Any entry named uv.lock: one that is not a readable file (a FIFO, a device, a symlink loop)
         # is recorded `failed` with the reason, not left waiting for `uv lock` in silence.
-        if os.path.lexists(project / LOCK):
+        if Project.of(project).names_lock():
             self._submit(project)
         else:
             logger.debug(f"{project}: a project without uv.lock yet; waiting for `uv lock`")
@@ -267,7 +266,7 @@ class Daemon(ScheduledJobs, Reloading):
         # by the folder itself: the path given to `warmd trust` may reach it through a symlink
         concerned = {os.path.realpath(p) for p in changed}
         known = set(self.watcher.projects) | set(self.state.projects())
-        woken = sorted(p for p in known if os.path.realpath(p) in concerned and (p / LOCK).is_file())
+        woken = sorted(p for p in known if os.path.realpath(p) in concerned and Project.of(p).has_lock())
         if woken and self.config.ahead.enable:
             self._run_job_now("ahead")
         return woken
@@ -294,21 +293,22 @@ class Daemon(ScheduledJobs, Reloading):
             if close:
                 ref.pipeline.close()  # type: ignore[attr-defined]
 
-    def _run_project(self, project: Path) -> None:
+    def _run_project(self, folder: Path) -> None:
+        project = Project.of(folder).stamped()
         with self._lock:
-            self._started[project] = file_stamp(project / LOCK)
+            self._started[folder] = project
         with self._pipeline() as ref:
             try:
                 reports = ref.pipeline.warm([project])  # type: ignore[attr-defined]
             except cancel.Cancelled as exc:  # called off before the pipeline took over
                 reports = [ref.pipeline.superseded(project, exc.reason)]  # type: ignore[attr-defined]
             except Exception as exc:  # one project's crash must not stop the daemon
-                logger.opt(exception=exc).debug(f"{project}: traceback")
+                logger.opt(exception=exc).debug(f"{folder}: traceback")
                 reports = [self._record_crash(ref, project, exc)]
         for r in reports:
             self._settled(r)
 
-    def _record_crash(self, ref: _PipelineRef, project: Path, exc: Exception) -> ProjectReport:
+    def _record_crash(self, ref: _PipelineRef, project: Project, exc: Exception) -> ProjectReport:
         report = ref.pipeline.failure(  # type: ignore[attr-defined]
             project, WarmdError(f"run failed: {type(exc).__name__}: {exc} (a bug in warmd: please report it with "
                                 "the log of `warmd -v run`)"))
@@ -316,7 +316,7 @@ class Daemon(ScheduledJobs, Reloading):
             assert self.state is not None
             self.state.record_report(report, outcome_of(report))
         except Exception as exc2:
-            logger.error(f"{project}: could not record the failure in {self.config.state_dir}: {exc2} "
+            logger.error(f"{project.folder}: could not record the failure in {self.config.state_dir}: {exc2} "
                          "(is its disk full or read-only?)")
         return report
 

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-LOCK = "uv.lock"
-PYPROJECT = "pyproject.toml"
+from ..uv import LOCK, PYPROJECT
 
 
 class _Ignore:

@@ -10,9 +10,8 @@ from loguru import logger
 
 from ..base import CancelToken, WarmdError, cancel
 from ..transfer import check_pins, compare, http_client, index_page
-from ..uv import Override, file_stamp, index_overrides, norm_url, uv_keeps
+from ..uv import Override, Project, index_overrides, norm_url, uv_keeps
 from ..warm import retry_delay
-from .discovery import LOCK
 
 
 class ScheduledJobs:
@@ -21,7 +20,7 @@ class ScheduledJobs:
     def reprobe(self) -> None:
         """Queue every known project with a lock: a warm one costs a probe, one uv lost is re-warmed from the store."""
         assert self.queue is not None and self.watcher is not None
-        projects = [p for p in self.watcher.projects if (p / LOCK).is_file()]
+        projects = [p for p in self.watcher.projects if Project.of(p).has_lock()]
         logger.info(f"re-probing {len(projects)} project(s)")
         for p in projects:
             self._submit(p)
@@ -59,14 +58,15 @@ class ScheduledJobs:
             done = self.state.snapshot().ahead
             now = time.time()
             projects = []
-            for p in self.watcher.projects:
-                last = done.get(p)
-                if not (p / LOCK).is_file():
+            for folder in self.watcher.projects:
+                p = Project.of(folder)
+                last = done.get(p.folder)
+                if not p.has_lock():
                     continue
                 # postponed: tried again; skipped (the guard): asked again, trust may have come since
                 if (last is not None and last.outcome not in ("postponed", "skipped")
                         and now - last.checked_at < config.ahead.interval
-                        and last.lock_sha256 == file_stamp(p / LOCK).sha256):
+                        and last.lock_sha256 == p.lock_stamp().sha256):
                     continue  # looked ahead for this very lock within the interval
                 projects.append(p)
             if not projects:

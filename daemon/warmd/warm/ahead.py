@@ -30,7 +30,7 @@ from ..base import (
 )
 from ..plan import ProjectPlan, contacts, would_be_lock
 from ..transfer import NetGuard, Store
-from ..uv import Lock, file_stamp, read_lock
+from ..uv import Lock, Project, read_lock
 from .conditions import Conditions
 from .outcomes import ahead_held, upgrade_line
 
@@ -50,7 +50,7 @@ def postpone_reason(settings: AheadSettings, conditions: Conditions) -> str | No
     return None
 
 
-def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadSettings, state: State | None,
+def look_ahead(pipeline: Pipeline, projects: Sequence[Project], *, settings: AheadSettings, state: State | None,
                conditions: Conditions, now: Callable[[], float] = time.time) -> list[AheadReport]:
     """Look ahead for `projects`, newest uv.lock first, within the budget; record and return what each found.
 
@@ -58,11 +58,11 @@ def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadS
     """
     if state is not None:
         expire(state, pipeline.store, max_age=settings.max_age, now=now())
-    ordered = sorted(projects, key=lambda p: _mtime(p / "uv.lock"), reverse=True)
+    ordered = sorted(projects, key=lambda p: _mtime(p.lock), reverse=True)
     why = postpone_reason(settings, conditions)
     if why is not None:
         logger.info("upgrade look-ahead postponed: {}", why)
-        reports = [AheadReport(p, file_stamp(p / "uv.lock").sha256, "postponed", why, checked_at=now())
+        reports = [AheadReport(p.folder, p.lock_stamp().sha256, "postponed", why, checked_at=now())
                    for p in ordered]
         for r in reports:
             _record(state, r)
@@ -75,11 +75,11 @@ def look_ahead(pipeline: Pipeline, projects: Sequence[Path], *, settings: AheadS
         try:
             report = _one(pipeline, project, settings, held, pinned, now)
         except Cancelled:
-            logger.info("{}: upgrade look-ahead called off", project)
+            logger.info("{}: upgrade look-ahead called off", project.folder)
             break
         if report is None:  # uv.lock changed meanwhile: what was found is about another lock
             logger.info("{}: uv.lock changed during its look-ahead; the next one starts from the new lock",
-                        project)
+                        project.folder)
             continue
         _log(report)
         _record(state, report)
@@ -116,13 +116,13 @@ def _mtime(path: Path) -> float:
 # -- one project -------------------------------------------------------------------------------------
 
 
-def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[str, int], pinned: set[str],
+def _one(pipeline: Pipeline, project: Project, settings: AheadSettings, held: dict[str, int], pinned: set[str],
          now: Callable[[], float]) -> AheadReport | None:
     started = now()
     try:
         current = pipeline.planner.plan(project)
     except WarmdError as exc:
-        return AheadReport(project, file_stamp(project / "uv.lock").sha256, "failed",
+        return AheadReport(project.folder, project.lock_stamp().sha256, "failed",
                            f"the project cannot be planned: {exc}", checked_at=started)
     sha = current.lock_stamp.sha256 if current.lock_stamp else None
 
@@ -130,13 +130,13 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
                wheels: tuple[WheelReport, ...] = ()) -> AheadReport | None:
         if not current.is_current():
             return None
-        return AheadReport(project, sha, outcome, reason, upgrades, wheels, checked_at=started)
+        return AheadReport(project.folder, sha, outcome, reason, upgrades, wheels, checked_at=started)
 
     try:
         lock = read_lock(current.lock)
     except WarmdError as exc:
         return report("failed", str(exc))
-    refused = refusal(pipeline.guard, project, lock)
+    refused = refusal(pipeline.guard, project.folder, lock)
     if refused is not None:
         return report("skipped", refused)
     with scratch.folder("ahead") as work:
@@ -146,7 +146,7 @@ def _one(pipeline: Pipeline, project: Path, settings: AheadSettings, held: dict[
             if copy is None:
                 return report("none", "the lock holds none of the packages `[ahead] packages` names")
             # the copy's pins, admitted for the project it stands for
-            future = pipeline.admit(pipeline.planner.plan_as(copy, like=current), project)
+            future = pipeline.admit(pipeline.planner.plan_as(copy, like=current), project.folder)
         except NeedsBuild as exc:
             return report("skipped", str(exc))
         except IndexUnreachable as exc:

@@ -22,7 +22,7 @@ from ..plan import Planner, ProjectPlan
 from ..transfer import (
     MIRROR_RETRIES, Fetcher, MirroredFetcher, NetGuard, Store, guard_for, mirror_progress, recorded, trusts, vouches_of,
 )
-from ..uv import ProbeResult, Uv
+from ..uv import ProbeResult, Project, Uv
 from .admission import admit
 from .feeder import Feeder, Shelf
 from .handover import HandOver
@@ -79,15 +79,15 @@ class Pipeline(Sourcing, HandOver):
         """The global variant: the configured one, or the detected one when the config says `auto`."""
         return self._planner.detection.variant
 
-    def plan(self, project: Path) -> ProjectPlan:
+    def plan(self, project: Project) -> ProjectPlan:
         """The project's plan (raises InputError on a bad lock or project)."""
         return self._planner.plan(project)
 
-    def failure(self, project: Path, exc: Exception) -> ProjectReport:
+    def failure(self, project: Project, exc: Exception) -> ProjectReport:
         """The report of a project that could not be planned or run, naming its variant as a plan would."""
         return self._planner.failure(project, exc)
 
-    def superseded(self, project: Path, reason: str) -> ProjectReport:
+    def superseded(self, project: Project, reason: str) -> ProjectReport:
         """The report of a project whose run was called off before it concluded anything."""
         return self._planner.superseded(project, reason)
 
@@ -106,7 +106,7 @@ class Pipeline(Sourcing, HandOver):
         look-ahead's copy stands for) moved to `skipped`, with why."""
         return admit(self.guard, pl, project)
 
-    def pins(self, project: Path) -> list[Pin]:
+    def pins(self, project: Project) -> list[Pin]:
         """The pins of a project, without fetching anything."""
         return list(self.plan(project).pins)
 
@@ -114,7 +114,7 @@ class Pipeline(Sourcing, HandOver):
         """Raise UvError unless the configured uv is found, runs, and says its version."""
         logger.debug("uv {} at {}", self.uv.version, self.uv.exe)
 
-    def warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
+    def warm(self, projects: Sequence[Project]) -> list[ProjectReport]:
         """Make every selected wheel of `projects` warm; a wheel shared by several is fetched once.
 
         Work for a uv.lock that changed since it was planned, or that was called off (cancel.scope),
@@ -142,7 +142,7 @@ class Pipeline(Sourcing, HandOver):
         except Cancelled as exc:
             return [dataclasses.replace(report_of(pl, wheels=()), skipped=(), superseded=exc.reason) for pl in plans]
 
-    def _warm(self, projects: Sequence[Path]) -> list[ProjectReport]:
+    def _warm(self, projects: Sequence[Project]) -> list[ProjectReport]:
         # Without a usable uv nothing can be imported or proven: say so before spending a byte.
         self.check_uv()
         self.refresh_guard()

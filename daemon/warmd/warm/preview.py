@@ -8,13 +8,13 @@ from typing import Sequence
 from ..base import Config, ProjectReport, WheelReport
 from ..plan import Planner
 from ..transfer import guard_for, recorded
-from ..uv import ProbeResult, Uv
+from ..uv import ProbeResult, Project, Uv
 from .admission import admit
 from .limits import Room, over_project_limit
 from .proof import probe_plan, report_of
 
 
-def preview(config: Config, projects: Sequence[Path], uv: Uv | None = None) -> list[ProjectReport]:
+def preview(config: Config, projects: Sequence[Project], uv: Uv | None = None) -> list[ProjectReport]:
     """The plan of each project with each wheel's state as uv sees it now: no network, nothing written.
 
     "warm" and "cold" come from the offline `uv sync --dry-run` probe, never from warmd's state.
