@@ -206,7 +206,7 @@ class HeaderCheck:
     etag: str | None = None
     last_modified: str | None = None
     content_length: int | None = None  # the full size of the file, also when learnt from Content-Range
-    method: str = "HEAD"  # "HEAD" or "GET-range"
+    method: str = "HEAD"  # "HEAD", "GET-range", or "GET": the first answer to one of warmd's downloads
     checked_at: float = 0.0  # unix time
     error: str | None = None
 

@@ -13,7 +13,7 @@ from packaging.version import Version
 from ..base import Config, InputError, NeedsBuild, Pin, WarmdError, host_of, human_bytes, origin, redact, untrusted
 from ..plan import Detection, PlanOptions, must_build, plan_project
 from ..state import STATE_FILE, State
-from ..transfer import SAMPLE_CAP, MirrorCheck, NetGuard, check_url
+from ..transfer import SAMPLE_CAP, MirrorCheck, NetGuard, check_url, compare
 from ..uv import (
     CACHE_CONTROL_LINE, Lock, Override, Project, Uv, add_cache_control, dig, immutable_since, index_overrides,
     norm_url, read_lock, uv_keeps,
@@ -67,15 +67,23 @@ def _check_project(rep: _Report, config: Config, path: Path, uv: Uv | None, uv_v
     # An override in a uv.toml `[[index]]` keeps the files too; doctor can only report it there.
     overrides = index_overrides(folder, env)
     changed: list[str] = []
-    for key, idx in indexes.items():
-        idx.override = overrides.get(key)
-        if idx.sample is not None and origin(idx.sample) in refused:
-            rep.add("index", "info", f"{folder.name}: index {redact(idx.url)}: not checked: warmd does not connect "
-                    "there for this project (see the `network` finding)")
-            continue
-        kept = _check_index(rep, folder, idx, uv_version, client, fix and idx.declared and idx.override is None)
-        if kept == "fixable":
-            changed.append(idx.url)
+    # What any warmd saw of the indexes' files counts too (uv_keeps), and doctor's own checks are
+    # recorded for the others; a machine where no warmd has run yet gets no state from doctor.
+    state = State.open(config.state_dir) if (config.state_dir / STATE_FILE).is_file() else None
+    try:
+        for key, idx in indexes.items():
+            idx.override = overrides.get(key)
+            if idx.sample is not None and origin(idx.sample) in refused:
+                rep.add("index", "info", f"{folder.name}: index {redact(idx.url)}: not checked: warmd does not "
+                        "connect there for this project (see the `network` finding)")
+                continue
+            kept = _check_index(rep, folder, idx, uv_version, client, fix and idx.declared and idx.override is None,
+                                env, state)
+            if kept == "fixable":
+                changed.append(idx.url)
+    finally:
+        if state is not None:
+            state.close()
     if changed:
         try:
             added = add_cache_control(pyproject, changed)
@@ -195,15 +203,17 @@ def _indexes(pyproject: dict[str, Any], lock: Lock, pins: list[Pin]) -> dict[str
 
 
 def _check_index(rep: _Report, folder: Path, idx: _Index, uv_version: Version | None, client: httpx.Client,
-                 may_fix: bool) -> str:
+                 may_fix: bool, env: Mapping[str, str], state: State | None) -> str:
     """One finding for one index; returns "kept", "not kept", "unknown" or "fixable" (fix it now)."""
     label = f"{folder.name}: index {idx.name + ' ' if idx.name else ''}{redact(idx.url)}"
     if idx.sample is None:
         rep.add("index", "info", f"{label}: no locked wheel comes from it; nothing to check")
         return "unknown"
     hc = check_url(client, idx.sample)
-    keep = uv_keeps(idx.sample, hc.cache_control, known=hc.error is None, override=idx.override,
-                    uv_version=str(uv_version) if uv_version is not None else None)
+    if state is not None:
+        state.record_headers(hc, warning=compare(state.last_headers(hc.url), hc))
+    keep = uv_keeps(folder, idx.url, idx.sample, uv_version=str(uv_version) if uv_version is not None else None,
+                    env=env, state=state, seen=[hc])
     if hc.error:
         status: Status = "ok" if keep.verdict == "kept" else "warn"
         rep.add("index", status, f"{label}: could not read the headers of {hc.url}: {hc.error}",

@@ -12,10 +12,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..base import (
-    EXIT_FAILED, EXIT_OK, EXIT_USAGE, AheadReport, Config, InputError, ProjectReport, SkippedReport, WheelReport,
+    EXIT_FAILED, EXIT_OK, EXIT_USAGE, AheadReport, Config, InputError, ProjectReport, SkippedReport, WarmdError,
+    WheelReport,
 )
 
 if TYPE_CHECKING:
+    from ..state import State
     from ..uv import Project
     from ..warm import Pipeline
     from ..warm import UpgradeStatus
@@ -60,12 +62,15 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
                 ready = [Project.of(r.project) for r in reports if r.error is None and r.superseded is None]
                 ahead = look_ahead(pipeline, ready, settings=config.ahead, state=state,
                                    conditions=read_conditions())
+        keeps = _keeps(reports, pipeline, state) if args.json else {}
     finally:
         pipeline.close()
         state.close(wait=False)  # the prefetch's result does not wait for SQLite's fsync
     elapsed = time.monotonic() - started
     if args.json:
         out = _reports_json(reports, elapsed)
+        for entry in out["projects"]:
+            entry["indexes"] = keeps.get(entry["project"], [])
         if args.ahead:
             out["ahead"] = [_ahead_json(r) for r in ahead]
             out["exit_code"] = _with_ahead(out["exit_code"], ahead)
@@ -147,6 +152,27 @@ def _discover_all(config: Config) -> list[Project]:
         found += [p for p in map(Project.of, discover(root, config.watch.max_depth, config.watch.ignore))
                   if p.names_lock()]
     return found
+
+
+def _keeps(reports: Sequence[ProjectReport], pipeline: Pipeline, state: State) -> dict[str, list[dict[str, str]]]:
+    """Project -> whether uv keeps the files of each index its wheels come from (uv_keeps, the verdict
+    `warmd status` and doctor give), from what this run's downloads recorded and what was recorded before."""
+    from ..uv import uv_keeps
+
+    try:
+        version: str | None = str(pipeline.uv.version)
+    except WarmdError:
+        version = None
+    out: dict[str, list[dict[str, str]]] = {}
+    for r in reports:
+        files: dict[str, str] = {}
+        for w in r.wheels:
+            if w.pin.index:
+                files.setdefault(w.pin.index, w.pin.wheel.url)
+        verdicts = [(index, uv_keeps(r.project, index, url, uv_version=version, env=pipeline.uv.env, state=state))
+                    for index, url in files.items()]
+        out[str(r.project)] = [{"url": index, "verdict": k.verdict, "why": k.why} for index, k in verdicts]
+    return out
 
 
 def _reports_json(reports: Sequence[ProjectReport], elapsed: float, *, dry_run: bool = False) -> dict[str, Any]:

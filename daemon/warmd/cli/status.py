@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base import HeaderCheck, Owner
-from ..uv import file_stamp, index_overrides, norm_url, uv_keeps
+from ..uv import file_stamp, uv_keeps
 from ..warm import UpgradeStatus, upgrade_status
 
 if TYPE_CHECKING:
@@ -119,10 +119,10 @@ def project_statuses(state: State, *, env: Mapping[str, str] | None = None) -> l
     """Every recorded project in its documented state, as `warmd status` shows them."""
     snap = state.snapshot()
     env = os.environ if env is None else env
-    return [project_status(p, snap, env) for p in snap.projects]
+    return [project_status(p, snap, env, state) for p in snap.projects]
 
 
-def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> ProjectStatus:
+def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str], db: State) -> ProjectStatus:
     """One project's state from what was recorded, the uv.lock there is now, and who is still at work."""
     now_sha = file_stamp(p.lock).sha256 if p.lock else None
     # Content decides: an outcome is about a lock's text, whatever rewrote the file since.
@@ -146,7 +146,7 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> 
     wheels = tuple(_wheel(w, warming=activity == "warming") for w in p.wheels)
     # What was left out is about the lock it was recorded for: not shown for another lock.
     skipped = p.skipped if current else ()
-    indexes, flags = _indexes(p, snap, env)
+    indexes, flags = _indexes(p, snap, env, db)
     for w in wheels:
         flags += [x for x in w.warnings if x not in flags]
     limited = [w for w in wheels if w.state == "skipped"]
@@ -173,25 +173,23 @@ def _wheel(w: Any, *, warming: bool) -> WheelStatus:
                        warnings=w.warnings)
 
 
-def _indexes(p: StoredProject, snap: Snapshot, env: Mapping[str, str]) -> tuple[tuple[IndexStatus, ...], list[str]]:
-    """The verdict of each index the project pins wheels from, from its files' latest answers."""
+def _indexes(p: StoredProject, snap: Snapshot, env: Mapping[str, str],
+             state: State) -> tuple[tuple[IndexStatus, ...], list[str]]:
+    """The verdict of each index the project pins wheels from (uv_keeps), and when its files were last asked."""
     files: dict[str, list[str]] = {}
     for w in p.wheels:
         if w.index:
             files.setdefault(w.index, []).append(w.url)
-    overrides = index_overrides(p.path, env) if files else {}
     out, flags = [], []
     for index, urls in files.items():
-        good = _latest(snap.good_headers, urls)
         last = _latest(snap.headers, urls)
-        keep = uv_keeps(urls[0], good.cache_control if good else None, known=good is not None,
-                        override=overrides.get(norm_url(index)), uv_version=p.uv_version)
-        out.append(IndexStatus(url=index, verdict=keep.verdict, why=keep.why,
-                               cache_control=good.cache_control if good else None,
+        keep = uv_keeps(p.path, index, urls[0], uv_version=p.uv_version, env=env, state=state)
+        cache_control = keep.headers.cache_control if keep.headers else None
+        out.append(IndexStatus(url=index, verdict=keep.verdict, why=keep.why, cache_control=cache_control,
                                checked_at=last.checked_at if last else None,
                                error=last.error if last and not last.ok else None))
         if keep.verdict == "not kept":
-            flags.append(f"index {index} answers Cache-Control {good.cache_control!r}: {keep.why}, "  # type: ignore[union-attr]
+            flags.append(f"index {index} answers Cache-Control {cache_control!r}: {keep.why}, "
                          "warmd's warm copy is the only one")
     return tuple(out), flags
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from loguru import logger
 
 from ..base import CancelToken, WarmdError, cancel
 from ..transfer import check_pins, compare, http_client, index_page
-from ..uv import Override, Project, index_overrides, norm_url, uv_keeps
+from ..uv import Project, norm_url, uv_keeps
 from ..warm import retry_delay
 
 
@@ -108,38 +107,37 @@ class ScheduledJobs:
         wheel_urls = {p.wheel.url for p in pins}
         with http_client(guard, timeout=self.config.download.timeout) as client:
             checks = check_pins(pins, client)
-        answered = {}
         for h in checks:
             warning = None
             if h.url in wheel_urls:
                 warning = compare(self.state.last_headers(h.url), h)
                 if warning:
                     logger.warning(warning)
-                if h.ok:
-                    answered[h.url] = h
             if h.error:
                 logger.warning(f"header check of {h.url}: {h.error}")
             self.state.record_headers(h, warning=warning)
-        self._report_not_kept(pinned, answered)
+        self._report_not_kept(pinned)
         logger.info(f"checked headers of {len(checks)} URL(s)")
 
-    def _report_not_kept(self, pinned: list, answered: dict) -> None:
-        """Name each project's indexes whose files uv keeps no copy of (the verdict doctor and status give)."""
+    def _report_not_kept(self, pinned: list) -> None:
+        """Name each project's indexes whose files uv keeps no copy of (uv_keeps: the verdict doctor,
+        status and prefetch give, from what was just recorded)."""
+        uv = self._ref.pipeline.uv  # type: ignore[union-attr]
         try:
-            uv_version: str | None = str(self._ref.pipeline.uv.version)  # type: ignore[union-attr]
+            uv_version: str | None = str(uv.version)
         except WarmdError:
             uv_version = None
-        overrides: dict[Path, dict[str, Override]] = {}
         seen: set[tuple[Path, str]] = set()
         for project, pin in pinned:
-            h = answered.get(pin.wheel.url)
-            if pin.index is None or h is None or (project, norm_url(pin.index)) in seen:
+            if pin.index is None or (project, norm_url(pin.index)) in seen:
                 continue
             seen.add((project, norm_url(pin.index)))
-            if project not in overrides:
-                overrides[project] = index_overrides(project, os.environ)
-            keep = uv_keeps(pin.wheel.url, h.cache_control, override=overrides[project].get(norm_url(pin.index)),
-                            uv_version=uv_version)
+            keep = uv_keeps(project, pin.index, pin.wheel.url, uv_version=uv_version, env=uv.env,
+                            state=self.state)
+            cache_control = keep.headers.cache_control if keep.headers else None
             if keep.verdict == "not kept":
-                logger.info(f"{project}: index {pin.index} answers Cache-Control {h.cache_control!r}: "
+                logger.info(f"{project}: index {pin.index} answers Cache-Control {cache_control!r}: "
                             f"{keep.why}; warmd keeps its wheels warm")
+            else:
+                logger.debug(f"{project}: index {pin.index}: uv's keeping of its files is "
+                             f"{keep.verdict}: {keep.why}")

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..base import AheadReport, FileStamp, HeaderCheck, Link, Pin, Upgrade, WheelFile, WheelReport, SafeUrl
+from ..base import AheadReport, FileStamp, HeaderCheck, Link, Pin, SafeUrl, Upgrade, WheelFile, WheelReport
 from .connection import Connection
 from .records import AheadFile, Snapshot, StoredProject, StoredSkip, StoredWheel
 
@@ -22,6 +22,20 @@ class Reads(Connection):
         with self._lock:
             row = self._db.execute(q + " ORDER BY checked_at DESC, id DESC LIMIT 1", (SafeUrl(url),)).fetchone()
         return _header(row) if row else None
+
+    def index_headers(self, index: str | None, urls: Iterable[str] = ()) -> HeaderCheck | None:
+        """The latest 2xx answer recorded for `urls` or any file a pin of `index` names (a header check
+        or a download's first answer), whatever project pins it: what warmd has seen of that index's files."""
+        wanted = {str(SafeUrl(u)) for u in urls}  # the state holds URLs without credentials
+        with self._lock:
+            if index is not None:
+                rows = self._db.execute("SELECT url FROM pins WHERE rtrim(idx, '/') = ?", (str(SafeUrl(index)).rstrip("/"),))
+                wanted |= {r[0] for r in rows}
+            found = [self._db.execute(
+                "SELECT * FROM headers WHERE url=? AND status BETWEEN 200 AND 299 ORDER BY checked_at DESC, id DESC "
+                "LIMIT 1", (u,)).fetchone() for u in sorted(wanted)]
+        answers = [_header(r) for r in found if r is not None]
+        return max(answers, key=lambda h: h.checked_at) if answers else None
 
     def projects(self) -> list[Path]:
         """Every project warmd has recorded."""
@@ -106,7 +120,7 @@ class Reads(Connection):
         with self._lock:
             self._db.execute("BEGIN")  # one snapshot for all the reads below, however busy the writer
             try:
-                projects, pins, since, headers, good, warnings = self._snapshot_rows()
+                projects, pins, since, headers, warnings = self._snapshot_rows()
                 skipped = self._db.execute("SELECT project, name, version, python, filename, url, idx, state, "
                                            "reason FROM skipped ORDER BY project, python, name").fetchall()
                 ahead = self._db.execute("SELECT project, lock_sha256, checked_at, outcome, reason, upgrades, wheels "
@@ -140,10 +154,9 @@ class Reads(Connection):
                 retry_at=retry_at, wheels=tuple(by_project.get(path, ())), skipped=tuple(left_out.get(path, ())),
             ))
         return Snapshot(projects=tuple(out), headers={u: _header(r) for u, r in headers.items()},
-                        good_headers={u: _header(r) for u, r in good.items()},
                         ahead={Path(r[0]): _ahead(r) for r in ahead})
 
-    def _snapshot_rows(self) -> tuple[list, list, dict[str, float], dict, dict, dict[str, list[tuple[float, str]]]]:
+    def _snapshot_rows(self) -> tuple[list, list, dict[str, float], dict, dict[str, list[tuple[float, str]]]]:
         projects = self._db.execute(
             "SELECT path, lock, variant, python, last_run, error, outcome, reason, retry, failures, lock_sha256, "
             "lock_inode, lock_mtime_ns, lock_size, uv_version, activity, activity_since, activity_owner, retry_at "
@@ -160,15 +173,12 @@ class Reads(Connection):
         latest = {r[1]: r for r in self._db.execute(
             "SELECT * FROM headers h WHERE id = "
             "(SELECT id FROM headers WHERE url=h.url ORDER BY checked_at DESC, id DESC LIMIT 1)")}
-        good = {r[1]: r for r in self._db.execute(
-            "SELECT * FROM headers h WHERE id = (SELECT id FROM headers WHERE url=h.url AND status BETWEEN 200 "
-            "AND 299 ORDER BY checked_at DESC, id DESC LIMIT 1)")}
         warnings: dict[str, list[tuple[float, str]]] = {}
         for url, at, warning in self._db.execute(
             "SELECT url, checked_at, warning FROM headers WHERE warning IS NOT NULL ORDER BY checked_at"
         ):
             warnings.setdefault(url, []).append((at, warning))
-        return projects, pins, since, latest, good, warnings
+        return projects, pins, since, latest, warnings
 
 
 def _header(row: tuple) -> HeaderCheck:

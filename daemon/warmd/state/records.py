@@ -88,5 +88,4 @@ class Snapshot:
 
     projects: tuple[StoredProject, ...]
     headers: Mapping[str, HeaderCheck]  # URL -> its latest check
-    good_headers: Mapping[str, HeaderCheck]  # URL -> its latest check answered with a 2xx
     ahead: Mapping[Path, AheadReport] = field(default_factory=dict)  # project -> its last look-ahead

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from ..base import Fetched, FetchError, HashMismatch, WheelFile
+from ..base import Fetched, FetchError, HashMismatch, HeaderCheck, WheelFile, redact
 from .connection import Connection, Response, TransportError
 from .growing import GrowingFile
 from .partial import Ledger, Sidecar, missing_ranges
@@ -58,6 +58,7 @@ class FileDownload:
         self._keep = keep  # False: a verified file stays a complete partial (Fetcher.keep)
         self.total: int | None = wheel.size
         self.cache_control: str | None = None  # what the server said of this file: would uv keep it?
+        self.seen: HeaderCheck | None = None  # the first answer's headers, for the state (Fetcher.seen)
         self.reused = 0
         self.downloaded = 0
         self._lock = threading.Lock()
@@ -107,6 +108,9 @@ class FileDownload:
             raise
         sc, fresh, resp, first = answer.sidecar, answer.fresh, answer.response, answer.piece
         self.cache_control = resp.header("cache-control")
+        self.seen = HeaderCheck(url=redact(self.wheel.url), status=resp.status, cache_control=self.cache_control,
+                                etag=sc.etag, last_modified=sc.last_modified, content_length=sc.size, method="GET",
+                                checked_at=time.time())
         self._sidecar, self.total, self.reused = sc, sc.size, sc.done_bytes()
         self._ledger = Ledger(sc, lambda snap: self.store.write_sidecar(self.sha, snap))
         self._growing = GrowingFile(self._fd, self._ledger, self._holdback)

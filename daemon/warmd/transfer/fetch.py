@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
 
-from ..base import Fetched, FetchError, Link, ProgressEvent, WarmdError, WheelFile, host_of, scrub
+from ..base import Fetched, FetchError, HeaderCheck, Link, ProgressEvent, WarmdError, WheelFile, host_of, scrub
 from .asking import Asking
 from .connection import Connection, HttpSettings
 from .credentials import index_auth
@@ -87,6 +87,7 @@ class Fetcher(HostLinks, Asking):
         self._stop = threading.Event()
         self._skipped: dict[str, str | None] = {}  # sha256 -> FetchSkipped.why
         self._downloads: dict[str, FileDownload] = {}
+        self._seen: dict[str, HeaderCheck] = {}  # URL -> the first answer of its last download, until taken
         self._pending: Counter[str] = Counter()  # host -> its files in fetch_many() calls not ended yet
         self._conns: set[Connection] = set()
         self._idle: list[Connection] = []  # kept alive by the size requests, for the first downloads
@@ -282,7 +283,19 @@ class Fetcher(HostLinks, Asking):
             meter.leave(dl.width)
             with self._links_cv:
                 self._downloads.pop(sha, None)
+                if dl.seen is not None:
+                    self._seen[dl.seen.url] = dl.seen
 
+
+    def seen(self, *, take: bool = False) -> dict[str, HeaderCheck]:
+        """URL (credentials stripped) -> the headers the first answer of its download gave, for the
+        downloads running and those ended since the last `take` (which forgets the ended ones)."""
+        with self._lock:
+            out = dict(self._seen)
+            out |= {dl.seen.url: dl.seen for dl in self._downloads.values() if dl.seen is not None}
+            if take:
+                self._seen.clear()
+        return out
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from ..base import (Fetched, HashMismatch, MirrorSettings, SafeUrl, WarmdError, WheelFile, path_of, reveal, scrub,
-    under)
+from ..base import (Fetched, HashMismatch, HeaderCheck, MirrorSettings, SafeUrl, WarmdError, WheelFile, path_of, reveal,
+    scrub, under)
 from .clients import http_client
 from .asking import Asked
 from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
@@ -307,6 +307,10 @@ class MirroredFetcher:
     def links(self) -> dict[str, Link]:
         """The origin engine's Links (Fetcher.links)."""
         return self.origin.links()
+
+    def seen(self, *, take: bool = False) -> dict[str, HeaderCheck]:
+        """The origin engine's first answers (Fetcher.seen): a mirror's say nothing of what uv keeps."""
+        return self.origin.seen(take=take)
 
     def remember(self, links: Mapping[str, Link]) -> None:
         """Start the origin engine from Links an earlier process found (Fetcher.remember)."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ..base import host_of
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
-from .settings import Override
+from ..base import HeaderCheck, host_of
+from .settings import Override, index_overrides, norm_url
+
+if TYPE_CHECKING:
+    from ..state import State
 
 # uv treats files from these hosts as immutable regardless of their Cache-Control (DESIGN.md fact 9).
 _IMMUTABLE_HOSTS: dict[str, Version] = {
@@ -23,27 +29,43 @@ class Keep:
     verdict: str  # "kept", "not kept", or "unknown" (no answer from the index yet)
     why: str  # one clause, e.g. "uv 0.13.9 treats files from download.pytorch.org as immutable"
     by: str  # what decided: "override", "host", "headers" or "unknown"
+    headers: HeaderCheck | None = None  # the latest answer seen of the index's files, if any
 
 
-def uv_keeps(url: str, cache_control: str | None, *, known: bool = True, override: Override | None = None,
-             uv_version: str | None = None) -> Keep:
-    """Does uv keep the files of this index? The one answer for doctor, `warmd status` and the daemon.
+def uv_keeps(project: Path | None, index: str | None, url: str, *, uv_version: str | None,
+             env: Mapping[str, str], state: State | None = None, seen: Iterable[HeaderCheck] = ()) -> Keep:
+    """Does uv keep the files of this index? The one answer for prefetch, doctor, `warmd status` and the daemon.
 
-    Weighs, in uv's order, the project's per-index `cache-control` override, uv's own immutable
-    hosts (DESIGN.md fact 9), then what the files answer (`cache_control`; `known` False when the
-    index has not answered yet). `url` is a wheel file of that index.
+    `url` is a file of `index` (None: a wheel pinned by direct URL, which no index setting covers).
+    The evidence is gathered here, weighed in uv's order: the per-index `cache-control` override
+    in the configs uv reads for `project` (its `[[tool.uv.index]]`, then the uv.toml files of
+    `env` in uv's order; `project` None: a uv run outside any project, such as warmd's import,
+    which reads only the user's and the system's uv.toml), uv's own immutable hosts for
+    `uv_version` (DESIGN.md fact 9), then the latest 2xx answer any warmd saw of the index's files:
+    header checks and the pipeline's own downloads, as recorded in `state`, and `seen`, answers
+    the caller holds that are not recorded yet.
     """
+    override = index_overrides(project, env).get(norm_url(index)) if index else None
+    answers = [h for h in seen if h.ok]
+    if state is not None:
+        recorded = state.index_headers(index, [url])
+        answers += [recorded] if recorded is not None else []
+    latest = max(answers, key=lambda h: h.checked_at) if answers else None
+    return _weigh(url, latest, override, uv_version)
+
+
+def _weigh(url: str, headers: HeaderCheck | None, override: Override | None, uv_version: str | None) -> Keep:
     if override is not None and cache_verdict(override.files) == "kept":
         return Keep("kept", f'`cache-control = {{ files = "{override.files}" }}` in {override.where} makes uv keep '
-                    "them", "override")
+                    "them", "override", headers)
     host = host_of(url)
     if uv_version is not None and is_immutable_host(url, uv_version):
-        return Keep("kept", f"uv {uv_version} treats files from {host} as immutable and keeps them", "host")
-    if not known:
+        return Keep("kept", f"uv {uv_version} treats files from {host} as immutable and keeps them", "host", headers)
+    if headers is None:
         return Keep("unknown", "its files have not been checked yet", "unknown")
-    if cache_verdict(cache_control) == "kept":
-        return Keep("kept", "uv keeps them", "headers")
-    return Keep("not kept", "uv alone keeps no copy", "headers")
+    if cache_verdict(headers.cache_control) == "kept":
+        return Keep("kept", "uv keeps them", "headers", headers)
+    return Keep("not kept", "uv alone keeps no copy", "headers", headers)
 
 
 def immutable_since(url: str) -> str | None:

@@ -14,7 +14,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from ..base import InputError, untrusted, write_atomic
 
-# uv's own per-index override (DESIGN.md fact 2): with it uv keeps the index's files itself.
+# "Cache forever", the one definition: uv's own per-index override (DESIGN.md fact 2), with which uv
+# keeps the index's files itself, and what warmd's feeder answers for the files it hands uv.
 IMMUTABLE_FILES = "max-age=365000000, immutable"
 CACHE_CONTROL_LINE = f'cache-control = {{ files = "{IMMUTABLE_FILES}" }}'
 
@@ -148,15 +149,18 @@ def dig(data: Any, *keys: str) -> Any:
     return data
 
 
-def index_overrides(folder: Path, env: Mapping[str, str]) -> dict[str, Override]:
-    """The `files` cache-control override uv applies per index URL (norm_url) for the project in `folder`.
+def index_overrides(folder: Path | None, env: Mapping[str, str]) -> dict[str, Override]:
+    """The `files` cache-control override uv applies per index URL (norm_url) for the project in `folder`
+    (None: a uv run outside any project, which reads only the user's and the system's uv.toml).
 
     The project's own `[[tool.uv.index]]` entries come first, then the `[[index]]` entries of the
     uv.toml files in the order uv reads them.
     """
     out: dict[str, Override] = {}
-    pyproject = folder / "pyproject.toml"
-    sources = [(pyproject, dig(read_settings(pyproject), "tool", "uv", "index"))]
+    sources = []
+    if folder is not None:
+        pyproject = folder / "pyproject.toml"
+        sources.append((pyproject, dig(read_settings(pyproject), "tool", "uv", "index")))
     sources += [(toml, dig(read_settings(toml), "index")) for toml in uv_toml_files(env, folder)]
     for where, entries in sources:
         for e in entries if isinstance(entries, list) else []:

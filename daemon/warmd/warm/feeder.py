@@ -26,8 +26,7 @@ from urllib.parse import quote, unquote
 from loguru import logger
 
 from ..transfer import GrowingFile
-
-IMMUTABLE = "max-age=365000000, immutable"
+from ..uv import IMMUTABLE_FILES
 
 Source = Path | GrowingFile
 
@@ -192,7 +191,7 @@ def _handler(feeder: Feeder) -> type[BaseHTTPRequestHandler]:
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(size))
-                self.send_header("Cache-Control", IMMUTABLE)
+                self.send_header("Cache-Control", IMMUTABLE_FILES)
                 self.send_header("ETag", f'"{sha}"')
                 self.end_headers()
                 if not body:

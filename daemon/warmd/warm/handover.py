@@ -7,16 +7,19 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 from loguru import logger
 from packaging.utils import canonicalize_name
 
-from ..base import Config, Pin, ProgressEvent, SkippedReport, WarmdError, host_of, redact
+from ..base import Config, HeaderCheck, Pin, ProgressEvent, SkippedReport, WarmdError, host_of, redact
 from ..plan import ProjectPlan
 from ..transfer import MirroredFetcher, NetGuard, Store, mirror_for
-from ..uv import Uv, uv_keeps, uv_toml_files
+from ..uv import Keep, Uv, norm_url, uv_keeps, uv_toml_files
 from .proof import _probe_python
+
+if TYPE_CHECKING:
+    from ..state import State
 
 # Below this rate per stream on a host that caps each connection, uv's one stream per file leaves
 # most of the link idle and warmd's ranges pay for their second pass over the bytes; above it
@@ -35,6 +38,7 @@ class HandOver:
     fetcher: MirroredFetcher
     guard: NetGuard
     progress: Callable[[ProgressEvent], None] | None
+    state: State | None
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
@@ -62,7 +66,7 @@ class HandOver:
         links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
         if measuring - links.keys():
             links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
-        version = str(self.uv.version)
+        keeps = self._import_keeps(need.values())
         out = set()
         for sha, pin in candidates.items():
             link = links.get(host_of(pin.wheel.url))
@@ -70,11 +74,10 @@ class HandOver:
             if (kind == "capped" and link is not None and link.stream_rate < _SLOW_STREAM) or \
                     (kind != "fast" and self.store.part_path(sha).exists()):
                 continue  # warmd's ranges win there; or its bytes have begun to come (a fast host's are cheap)
-            keeps = uv_keeps(pin.wheel.url, link.cache_control if link else None, known=link is not None,
-                             uv_version=version)
-            if keeps.verdict == "kept":
+            if keeps[pin.wheel.sha256].verdict == "kept":
                 out.add(sha)
-            elif keeps.verdict == "not kept" and kind in ("fast", "shared") and self._no_user_uv_toml():
+            elif keeps[pin.wheel.sha256].verdict == "not kept" and kind in ("fast", "shared") \
+                    and self._no_user_uv_toml():
                 out.add(sha)
         return out
 
@@ -139,15 +142,36 @@ class HandOver:
     def _needs_override(self, pins: Sequence[Pin]) -> list[str]:
         """The indexes of these pins whose files uv would not keep by itself (`_for_uv` let them
         through only when the user has no uv.toml for warmd's config file to replace)."""
-        version = str(self.uv.version)
-        out = set()
+        keeps = self._import_keeps(pins)
+        return sorted({p.index for p in pins if p.index and keeps[p.wheel.sha256].verdict != "kept"})
+
+    def _import_keeps(self, pins: Collection[Pin]) -> dict[str, Keep]:
+        """sha256 -> does the import's uv keep that pin's file (uv_keeps), this run's downloads of
+        the same index's files among `pins` counting as seen.
+
+        Not the question `warmd status` and doctor ask: they ask about `uv sync` in the project,
+        which reads the project's `[[tool.uv.index]]` and uv.toml. The import's uv runs with cwd `/`
+        (Uv._run) and reads none of them, only the user's and the system's uv.toml (and warmd's own
+        config file, `keep`): so the project is None here, and an override in the project's own
+        files does not make the import keep anything."""
+        seen = self.fetcher.seen()
+        by_index: dict[str | None, list[HeaderCheck]] = defaultdict(list)
         for p in pins:
+            if (h := seen.get(redact(p.wheel.url))) is not None:
+                by_index[norm_url(p.index) if p.index else p.wheel.url].append(h)
+        for p in pins:
+            key = norm_url(p.index) if p.index else p.wheel.url
             link = self.fetcher.link(host_of(p.wheel.url))
-            keeps = uv_keeps(p.wheel.url, link.cache_control if link else None, known=link is not None,
-                             uv_version=version)
-            if p.index and keeps.verdict != "kept":
-                out.add(p.index)
-        return sorted(out)
+            if not by_index[key] and link is not None:
+                # None of this index's files has answered warmd this run: what the host's measured
+                # download answered (Link) stands in, as one server tends to answer all its files alike.
+                by_index[key].append(HeaderCheck(url=redact(p.wheel.url), status=200,
+                                                 cache_control=link.cache_control, checked_at=link.at))
+        version = str(self.uv.version)
+        return {p.wheel.sha256: uv_keeps(None, p.index, p.wheel.url, uv_version=version, env=self.uv.env,
+                                         state=self.state,
+                                         seen=by_index.get(norm_url(p.index) if p.index else p.wheel.url, ()))
+                for p in pins}
 
     def _no_user_uv_toml(self) -> bool:
         """No uv.toml uv would read: a config file of warmd's for the import replaces nothing of the user's."""

@@ -20,7 +20,8 @@ from loguru import logger
 from ..base import Cancelled, Config, Fetched, Pin, ProgressEvent, ProjectReport, WarmdError, WheelReport
 from ..plan import Planner, ProjectPlan
 from ..transfer import (
-    MIRROR_RETRIES, Fetcher, MirroredFetcher, NetGuard, Store, guard_for, mirror_progress, recorded, trusts, vouches_of,
+    MIRROR_RETRIES, Fetcher, MirroredFetcher, NetGuard, Store, compare, guard_for, mirror_progress, recorded, trusts,
+    vouches_of,
 )
 from ..uv import ProbeResult, Project, Uv
 from .admission import admit
@@ -168,6 +169,7 @@ class Pipeline(Sourcing, HandOver):
                                          since=since)
             if self.state is not None:
                 self.state.record_links(self.fetcher.links())
+                self._record_seen(self.state)
                 self.state.record_sizes({sha: f.size for sha, f in run.fetched.items() if isinstance(f, Fetched)})
             for pl in plans:
                 unhashed = self._unhashed(pl, since)
@@ -184,6 +186,16 @@ class Pipeline(Sourcing, HandOver):
         # Only now, with the new pins recorded and warm, may old files make room.
         self._evict({p.wheel.sha256 for pl in plans for p in pl.pins})
         return reports
+
+    def _record_seen(self, state: State) -> None:
+        """Record the headers this run's downloads were answered with, as a header check would be (with
+        `compare`'s warning against the last one): whether uv keeps an index's files (uv_keeps) is then
+        known to `warmd status`, doctor and the daemon too."""
+        for h in self.fetcher.seen(take=True).values():
+            warning = compare(state.last_headers(h.url), h)
+            if warning:
+                logger.warning(warning)
+            state.record_headers(h, warning=warning)
 
     def cancel(self) -> None:
         """Stop downloads promptly; partial files stay for the next run."""
