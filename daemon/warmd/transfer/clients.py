@@ -19,9 +19,10 @@ from typing import Any
 
 import httpx
 
+from ..base import Refused
 from .connection import proxy_for, tls_context
 from .credentials import index_auth
-from .guard import NetGuard, Refused
+from .guard import NetGuard
 from .urls import origin
 
 # The request extension that follows one request through its redirects (httpx hands a redirect the

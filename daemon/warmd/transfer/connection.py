@@ -26,27 +26,15 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..base import FetchError, redact
+from ..base import FetchError, Refused, TransportError, Untrusted, redact
 from .addresses import address_class, literal
 from .credentials import IndexAuth, basic
-from .guard import NetGuard, Refused
+from .guard import NetGuard
 from .urls import origin
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
 _DRAIN = 64 * 1024  # a redirect's body worth reading to keep the connection; larger ones close it
-
-
-class TransportError(Exception):
-    """The connection failed: refused, reset, timed out, or the body ended early (worth a retry)."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
-
-
-class Untrusted(FetchError):
-    """The server's TLS certificate is not vouched for by any trusted CA: no retry will change that."""
 
 
 @dataclass(frozen=True)

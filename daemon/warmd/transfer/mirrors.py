@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from ..base import Fetched, HashMismatch, MirrorSettings, WarmdError, WheelFile, redact
+from ..base import (
+    FetchCancelled, Fetched, FetchSkipped, HashMismatch, MirrorSettings, WarmdError, WheelFile, redact,
+)
 from .clients import http_client
 from .asking import Asked
-from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
+from .fetch import Fetcher, Link, ProgressEvent
 from .growing import GrowingFile
 from .guard import NetGuard
 

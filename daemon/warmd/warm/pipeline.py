@@ -74,11 +74,6 @@ class Pipeline(Sourcing, HandOver):
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
-    @property
-    def variant(self) -> str:
-        """The global variant: the configured one, or the detected one when the config says `auto`."""
-        return self._planner.detection.variant
-
     def plan(self, project: Path) -> ProjectPlan:
         """The project's plan (raises InputError on a bad lock or project)."""
         return self._planner.plan(project)
@@ -105,10 +100,6 @@ class Pipeline(Sourcing, HandOver):
         """The plan with every pin the guard refuses for its project (or `project`, the one a
         look-ahead's copy stands for) moved to `skipped`, with why."""
         return admit(self.guard, pl, project)
-
-    def pins(self, project: Path) -> list[Pin]:
-        """The pins of a project, without fetching anything."""
-        return list(self.plan(project).pins)
 
     def check_uv(self) -> None:
         """Raise UvError unless the configured uv is found, runs, and says its version."""
