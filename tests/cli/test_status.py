@@ -17,7 +17,7 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, torch_like_set, write_project
-from warmd.base import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError, WarmdError
+from warmd.base import EXIT_OK, EXIT_USAGE
 from warmd.cli import STATES, project_statuses
 from warmd.state import MIGRATIONS, STATE_FILE, State, migrate
 
@@ -164,8 +164,3 @@ def test_a_state_database_of_the_first_schema_is_migrated_and_says_what_it_does_
     again = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
     assert migrate(again) == len(MIGRATIONS)  # a second open finds the work done
     again.close()
-
-
-def test_exit_codes_are_the_errors_own() -> None:
-    assert (EXIT_OK, EXIT_FAILED, EXIT_USAGE) == (0, 1, 2)
-    assert WarmdError.exit_code == EXIT_FAILED and InputError.exit_code == EXIT_USAGE

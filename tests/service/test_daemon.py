@@ -19,7 +19,7 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
-from warmd.base import cancel
+from warmd.base import Cancelled, cancel
 from warmd.base import load_config
 from warmd.service import Daemon, WorkQueue
 from warmd.cli import project_statuses
@@ -95,7 +95,7 @@ def test_work_queue_calls_a_run_off_kills_its_child_and_runs_it_once_more() -> N
         try:
             cancel.checkpoint()
             ends.append("finished")
-        except cancel.Cancelled as exc:
+        except Cancelled as exc:
             ends.append(exc.reason)
 
     q = WorkQueue(1, run, on_state=lambda p, s: states.append((p, s)))

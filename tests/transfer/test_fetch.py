@@ -23,7 +23,8 @@ from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.base import DiskFull, FetchError, HashMismatch
 from warmd.base import ProgressEvent
-from warmd.transfer import LINK_TTL, Fetcher, FetchCancelled
+from warmd.base import FetchCancelled
+from warmd.transfer import LINK_TTL, Fetcher
 from warmd.transfer import NetGuard
 from warmd.base import Fetched, WheelFile
 from warmd.transfer import Sidecar

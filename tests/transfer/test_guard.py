@@ -19,7 +19,8 @@ from warmd.base import Config, parse_config
 from warmd.transfer import Connection, HttpSettings
 from warmd.transfer import index_auth
 from warmd.base import ConfigError, InputError
-from warmd.transfer import NetGuard, Refused, Trust, Vouch, address_class, guard_for, key, literal, origin, under, url_key
+from warmd.base import Refused
+from warmd.transfer import NetGuard, Trust, Vouch, address_class, guard_for, key, literal, origin, under, url_key
 from warmd.transfer import check_url
 from warmd.uv import read_lock
 from warmd.transfer import TrustStore

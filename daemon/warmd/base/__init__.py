@@ -5,13 +5,14 @@ from .lazy import surface
 
 __all__, __getattr__, __dir__ = surface(__name__, {
     "atomic": ("fsync_dir", "write_atomic",),
-    "cancel": ("Cancelled", "CancelToken",),
+    "cancel": ("CancelToken",),
     "config": ("DEFAULT_IGNORED_DIRS", "DEFAULT_PACKAGES", "AheadSettings", "Config", "DownloadSettings",
         "LimitSettings", "MirrorSettings", "ProjectSettings", "WatchSettings", "default_config_path",
         "load_config", "parse_config",),
-    "errors": ("EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "ConfigError", "DiskFull",
-        "FetchError", "HashMismatch", "IndexUnreachable", "InputError", "LockError", "NeedsBuild", "UvError",
-        "WarmdError",),
+    "errors": ("EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Cancelled", "Changed", "ConfigError",
+        "DiskFull", "FetchCancelled", "FetchError", "FetchSkipped", "HashMismatch", "IndexUnreachable", "InputError",
+        "LockError", "NeedsBuild", "Refused", "Retry", "TransportError", "Untrusted", "UvError", "WarmdError",
+        "exit_code",),
     "model": ("AheadReport", "Fetched", "FileStamp", "HeaderCheck", "Link", "Outcome", "Pin", "ProgressEvent",
         "ProjectReport", "Skipped", "SkippedReport", "Upgrade", "WheelFile", "WheelReport",),
     "owner": ("Owner",),

@@ -13,19 +13,9 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from .errors import Cancelled
+
 _CURRENT: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("warmd_cancel", default=None)
-
-
-class Cancelled(BaseException):
-    """The run was called off (its uv.lock changed, warmd is stopping): not an error.
-
-    A BaseException, as asyncio's CancelledError is, so that the `except Exception` that keeps one
-    bad wheel from stopping the others does not swallow it.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class CancelToken:

@@ -15,8 +15,8 @@ from ..plan import Detection, PlanOptions, must_build, plan_project
 from ..state import STATE_FILE, State
 from ..transfer import SAMPLE_CAP, MirrorCheck, NetGuard, check_url, compare
 from ..uv import (
-    CACHE_CONTROL_LINE, Lock, Override, Project, Uv, add_cache_control, dig, immutable_since, index_overrides,
-    norm_url, read_lock, uv_keeps,
+    CACHE_CONTROL_LINE, Lock, Override, Project, Uv, add_cache_control, dig, immutable_since, index_overrides, norm_url,
+    read_lock, uv_keeps,
 )
 from .findings import Status, _Report, fix_text
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..base import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DiskFull, HashMismatch
+from ..base import DiskFull, HashMismatch, exit_code
 from ..service import INOTIFY_WATCHES
 
 Status = Literal["ok", "warn", "problem", "info"]
@@ -102,13 +102,6 @@ TROUBLESHOOTING: dict[str, Trouble] = {
 }
 
 
-def troubleshooting_markdown() -> str:
-    """README's troubleshooting table, rendered from TROUBLESHOOTING."""
-    lines = ["| doctor says | what to do |", "| --- | --- |"]
-    lines += [f"| {t.says} | {t.do} |" for t in TROUBLESHOOTING.values()]
-    return "\n".join(lines)
-
-
 def fix_text(kind: str, detail: str | None = None) -> str:
     """The table's fix for `kind`, followed by what it means here."""
     do = TROUBLESHOOTING[kind].do
@@ -125,9 +118,7 @@ class _Report:
 
     @property
     def exit_code(self) -> int:
-        if self.bad_input:
-            return EXIT_USAGE
-        return EXIT_FAILED if any(f.status == "problem" for f in self.findings) else EXIT_OK
+        return exit_code(bad_input=self.bad_input, failed=any(f.status == "problem" for f in self.findings))
 
 
 def render(findings: Sequence[Finding]) -> str:

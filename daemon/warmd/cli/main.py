@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
-from ..base import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Config, WarmdError, load_config
+from ..base import Config, InputError, WarmdError, exit_code, load_config
 from .prefetch import _prefetch
 from .status_view import _status
 from .trust import _trust, _untrust
@@ -16,7 +16,7 @@ from .trust import _trust, _untrust
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, as for every other bad input
-        self.exit(EXIT_USAGE, f"warmd: {message} (see `warmd --help`)\n")
+        self.exit(exit_code(bad_input=True), f"warmd: {message} (see `warmd --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,10 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, config)
     except WarmdError as exc:
         print(f"warmd: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(bad_input=isinstance(exc, InputError), failed=True)
     except KeyboardInterrupt:
         print("warmd: interrupted; partial downloads are kept and resume next time", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(interrupted=True)
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
@@ -119,7 +119,7 @@ def _install_service(args: argparse.Namespace, config: Config) -> int:
         print(f"start it with: {result.next_command}")
         # A running service keeps the unit it was started with until it is restarted.
         print(f"if it runs already: {RESTART_COMMAND}")
-    return EXIT_OK
+    return exit_code()
 
 
 if __name__ == "__main__":

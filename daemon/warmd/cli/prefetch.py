@@ -11,10 +11,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ..base import (
-    EXIT_FAILED, EXIT_OK, EXIT_USAGE, AheadReport, Config, InputError, ProjectReport, SkippedReport, WarmdError,
-    WheelReport,
-)
+from ..base import AheadReport, Config, InputError, ProjectReport, SkippedReport, WarmdError, WheelReport, exit_code
 
 if TYPE_CHECKING:
     from ..state import State
@@ -44,11 +41,12 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
 
         reports = preview(config, projects)  # opens no state, no store: a dry run writes nothing
         elapsed = time.monotonic() - started
+        code = _exit_code(reports)
         if args.json:
-            print(json.dumps(_reports_json(reports, elapsed, dry_run=True), indent=2))
+            print(json.dumps(_reports_json(reports, elapsed, code, dry_run=True), indent=2))
         else:
             _print_plan(reports)
-        return exit_code(reports)
+        return code
     state = State.open(config.state_dir)
     pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
     ahead: list[AheadReport] = []
@@ -67,19 +65,19 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
         pipeline.close()
         state.close(wait=False)  # the prefetch's result does not wait for SQLite's fsync
     elapsed = time.monotonic() - started
+    code = _exit_code(reports, ahead)
     if args.json:
-        out = _reports_json(reports, elapsed)
+        out = _reports_json(reports, elapsed, code)
         for entry in out["projects"]:
             entry["indexes"] = keeps.get(entry["project"], [])
         if args.ahead:
             out["ahead"] = [_ahead_json(r) for r in ahead]
-            out["exit_code"] = _with_ahead(out["exit_code"], ahead)
         print(json.dumps(out, indent=2))
     else:
         _print_summary(reports, elapsed)
         for r in ahead:
             print(f"{r.project}: {_upgrade(r).line()}")
-    return _with_ahead(exit_code(reports), ahead)
+    return code
 
 
 def _upgrade(r: AheadReport) -> UpgradeStatus:
@@ -90,11 +88,6 @@ def _upgrade(r: AheadReport) -> UpgradeStatus:
 
 def _ahead_json(r: AheadReport) -> dict[str, Any]:
     return {"project": str(r.project), **_upgrade(r).to_json(), "wheels": [_wheel_json(w) for w in r.wheels]}
-
-
-def _with_ahead(code: int, ahead: Sequence[AheadReport]) -> int:
-    """A look-ahead that failed (not one postponed: waiting mends that) is failed work."""
-    return EXIT_FAILED if code == EXIT_OK and any(r.outcome == "failed" for r in ahead) else code
 
 
 def _warm_settled(pipeline: Pipeline, projects: Sequence[Project]) -> list[ProjectReport]:
@@ -132,14 +125,12 @@ def _cancel_on_ctrl_c(pipeline: Pipeline) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def exit_code(reports: Sequence[ProjectReport]) -> int:
-    """2 when any input was bad, 1 when any wheel failed, else 0."""
-    if any(r.error_is_input for r in reports):
-        return EXIT_USAGE
-    if any(r.error or any(w.state == "failed" for w in r.wheels) or any(s.state == "failed" for s in r.skipped)
-           for r in reports):
-        return EXIT_FAILED
-    return EXIT_OK
+def _exit_code(reports: Sequence[ProjectReport], ahead: Sequence[AheadReport] = ()) -> int:
+    """2 when any input was bad, 1 when any wheel or project failed, or a look-ahead did (not one
+    postponed: waiting mends that), else 0."""
+    failed = any(r.error or any(w.state == "failed" for w in r.wheels) or any(s.state == "failed" for s in r.skipped)
+                 for r in reports) or any(r.outcome == "failed" for r in ahead)
+    return exit_code(bad_input=any(r.error_is_input for r in reports), failed=failed)
 
 
 def _discover_all(config: Config) -> list[Project]:
@@ -175,7 +166,8 @@ def _keeps(reports: Sequence[ProjectReport], pipeline: Pipeline, state: State) -
     return out
 
 
-def _reports_json(reports: Sequence[ProjectReport], elapsed: float, *, dry_run: bool = False) -> dict[str, Any]:
+def _reports_json(reports: Sequence[ProjectReport], elapsed: float, code: int, *,
+                  dry_run: bool = False) -> dict[str, Any]:
     projects = []
     for r in reports:
         entry: dict[str, Any] = {
@@ -195,7 +187,7 @@ def _reports_json(reports: Sequence[ProjectReport], elapsed: float, *, dry_run: 
     summary = _totals(reports) | {"seconds": round(elapsed, 3)}
     if dry_run:
         summary["bytes_to_fetch"], summary["unknown_sizes"] = _to_fetch(reports)
-    return {"projects": projects, "summary": summary, "exit_code": exit_code(reports)}
+    return {"projects": projects, "summary": summary, "exit_code": code}
 
 
 def _wheel_json(w: WheelReport) -> dict[str, Any]:

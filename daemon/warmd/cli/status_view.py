@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from ..base import EXIT_OK, Config
+from ..base import Config, exit_code
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
@@ -22,7 +22,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         state.close()
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
-        return EXIT_OK
+        return exit_code()
     if not rows:
         print("no projects known yet (run `warmd prefetch PATH` or start `warmd run`)")
     for row in rows:
@@ -46,7 +46,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
             print(f"  ! {flag}")
     if rows:
         print(_disk_line([r.to_json() for r in rows], config, human_bytes))
-    return EXIT_OK
+    return exit_code()
 
 
 def _disk_line(projects: list[dict[str, Any]], config: Config, human_bytes: Any) -> str:

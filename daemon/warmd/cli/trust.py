@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ..base import EXIT_OK, EXIT_USAGE, Config, InputError
+from ..base import Config, InputError, exit_code
 
 
 def _trust(args: argparse.Namespace, config: Config) -> int:
@@ -26,7 +26,7 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
             print(f"{t.path}: trusted {when}: {', '.join(t.origins) or 'no host'}")
         if not config.projects and not rows:
             print("no trusted project (`warmd trust PATH` trusts one)")
-        return EXIT_OK
+        return exit_code()
     found = []
     for path in args.paths:  # every path is read before anything is recorded: one bad path changes nothing
         project = Project.at(path)
@@ -34,7 +34,7 @@ def _trust(args: argparse.Namespace, config: Config) -> int:
     for folder, origins in found:
         store.add(folder, origins)
         print(f"trusted {folder}: warmd may connect to what its uv.lock names now: {', '.join(origins) or 'no host'}")
-    return EXIT_OK
+    return exit_code()
 
 
 def _untrust(args: argparse.Namespace, config: Config) -> int:
@@ -51,14 +51,14 @@ def _untrust(args: argparse.Namespace, config: Config) -> int:
         if folder not in recorded and folder not in tables:
             project.checked()  # a folder that is not there (and was not trusted under that name): `trust`'s own words
         folders.append(folder)
-    code = EXIT_OK
+    tabled = False
     for folder in folders:
         if store.remove(folder):
             print(f"untrusted {folder}: warmd reaches only public hosts and your own indexes for it")
         elif folder in tables:
             print(f"warmd: {folder} is trusted by its [[project]] table in {config.source or 'the config'}; "
                   "remove the table", file=sys.stderr)
-            code = EXIT_USAGE
+            tabled = True
         else:
             print(f"{folder} was not trusted")
-    return code
+    return exit_code(bad_input=tabled)

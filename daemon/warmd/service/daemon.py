@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from loguru import logger
 
-from ..base import EXIT_OK, CancelToken, Config, ProjectReport, WarmdError, cancel, scratch
+from ..base import Cancelled, CancelToken, Config, ProjectReport, WarmdError, exit_code, scratch
 from ..state import State
 from ..transfer import TrustStore
 from ..uv import Project
@@ -97,7 +97,7 @@ class Daemon(ScheduledJobs, Reloading):
         finally:
             self._shutdown()
             restore()
-        return EXIT_OK
+        return exit_code()  # stopped on request: nothing failed
 
     def _loop(self) -> None:
         ping = self.notifier.watchdog_interval()
@@ -300,7 +300,7 @@ class Daemon(ScheduledJobs, Reloading):
         with self._pipeline() as ref:
             try:
                 reports = ref.pipeline.warm([project])  # type: ignore[attr-defined]
-            except cancel.Cancelled as exc:  # called off before the pipeline took over
+            except Cancelled as exc:  # called off before the pipeline took over
                 reports = [ref.pipeline.superseded(project, exc.reason)]  # type: ignore[attr-defined]
             except Exception as exc:  # one project's crash must not stop the daemon
                 logger.opt(exception=exc).debug(f"{folder}: traceback")

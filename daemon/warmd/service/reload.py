@@ -19,10 +19,6 @@ class _PipelineRef:
 class Reloading:
     """The Daemon's reload (SIGHUP); it swaps the parts Daemon wires up."""
 
-    def request_reload(self) -> None:
-        """Ask the loop to reload the config (what SIGHUP does)."""
-        self._reload.set()
-
     def reload(self) -> None:
         """Read the config again; a bad one is logged and the running one kept."""
         try:

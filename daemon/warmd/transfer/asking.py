@@ -7,9 +7,8 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ..base import FetchError, WheelFile, redact
-from .connection import Connection, HttpSettings, TransportError, Untrusted
-from .guard import Refused
+from ..base import FetchError, Refused, TransportError, Untrusted, WheelFile, redact
+from .connection import Connection, HttpSettings
 from .retry import RetryPolicy, why as failure_text
 
 

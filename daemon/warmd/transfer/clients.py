@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 
-from ..base import origin
+from ..base import Refused, origin
 from .connection import USER_AGENT, proxy_for, tls_context
 from .credentials import IndexAuth, index_auth
-from .guard import NetGuard, Refused
+from .guard import NetGuard
 
 # The request extension that follows one request through its redirects (httpx hands a redirect the
 # same extensions dict): the URL first asked, where the last hop went, whether it could reach a

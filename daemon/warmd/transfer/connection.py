@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import __version__
-from ..base import FetchError, SafeUrl, origin, place, redact
+from ..base import FetchError, Refused, SafeUrl, TransportError, Untrusted, origin, place, redact
 from .addresses import address_class, literal
 from .credentials import IndexAuth, basic
-from .guard import NetGuard, Refused
+from .guard import NetGuard
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
@@ -38,18 +38,6 @@ _DRAIN = 64 * 1024  # a redirect's body worth reading to keep the connection; la
 # What every request of warmd's own says it is, the engine's and the httpx clients' (clients.py)
 # alike: an index that logs, rate-limits or misbehaves by User-Agent sees one warmd, not three.
 USER_AGENT = f"warmd/{__version__}"
-
-
-class TransportError(Exception):
-    """The connection failed: refused, reset, timed out, or the body ended early (worth a retry)."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
-
-
-class Untrusted(FetchError):
-    """The server's TLS certificate is not vouched for by any trusted CA: no retry will change that."""
 
 
 @dataclass(frozen=True)

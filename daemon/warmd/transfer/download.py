@@ -16,16 +16,16 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from ..base import Fetched, FetchError, HashMismatch, HeaderCheck, WheelFile, redact
-from .connection import Connection, Response, TransportError
+from ..base import Changed, Fetched, FetchError, HashMismatch, HeaderCheck, Retry, TransportError, WheelFile, redact
+from .connection import Connection, Response
 from .growing import GrowingFile
 from .partial import Ledger, Sidecar, missing_ranges
-from .ranges import Changed, FetchCancelled, RangeRequests
-from .retry import Retry, RetryPolicy, why
+from .ranges import RangeRequests
+from .retry import RetryPolicy, why
 from .segments import Piece, Pieces, Width
 from .store import Store, disk_full_error, is_disk_full
 
-__all__ = ["Changed", "FetchCancelled", "FileDownload"]
+__all__ = ["FileDownload"]
 
 _BUFFER = 1 << 20
 _FIRST_READ, _READ_MIN = 64 * 1024, 16 * 1024

@@ -19,7 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
 
-from ..base import Fetched, FetchError, HeaderCheck, Link, ProgressEvent, WarmdError, WheelFile, host_of, scrub
+from ..base import (
+    Changed, FetchCancelled, Fetched, FetchError, FetchSkipped, HeaderCheck, Link, ProgressEvent, WarmdError, WheelFile,
+    host_of, scrub,
+)
 from .asking import Asking
 from .connection import Connection, HttpSettings
 from .credentials import index_auth
@@ -27,26 +30,14 @@ from .download import FileDownload
 from .growing import GrowingFile
 from .guard import NetGuard
 from .links import HostLinks
-from .ranges import Changed, FetchCancelled
 from .retry import RetryPolicy
 from .segments import PIECE, HostMeter, Width
 from .store import Store
 
-__all__ = ["FetchCancelled", "FetchSkipped", "Fetcher", "Link", "ProgressEvent"]
+__all__ = ["Fetcher", "Link", "ProgressEvent"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
 HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched
-
-
-class FetchSkipped(FetchError):
-    """The caller said this file is not needed after all (uv's cache has it, or uv fetches it itself).
-
-    `why` is what its progress line says (None: nothing; another step reports the file).
-    """
-
-    def __init__(self, message: str, why: str | None = "already in uv's cache") -> None:
-        super().__init__(message)
-        self.why = why
 
 
 class Fetcher(HostLinks, Asking):

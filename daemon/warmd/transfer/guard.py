@@ -35,17 +35,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import Config, FetchError, Place, origin, place, redact, under
+from ..base import Config, Place, Refused, origin, place, redact, under
 from .addresses import Address, address_class, is_local_name, literal
 from .urls import url_key
 from .vouches import Trust, Vouch, key, trust_command, trusts, vouches_of
 
 _RESOLVED_FOR = 60.0  # seconds a plan-time name lookup is reused (one run asks once per host)
 _PASSED_KEPT = 8192  # URLs whose redirect chain passed that are remembered (the oldest half goes beyond)
-
-
-class Refused(FetchError):
-    """warmd will not connect there: an address nobody vouched for (never retried)."""
 
 
 @dataclass(frozen=True)

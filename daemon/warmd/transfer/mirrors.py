@@ -20,11 +20,13 @@ from typing import Any
 import httpx
 from loguru import logger
 
-from ..base import (Fetched, HashMismatch, HeaderCheck, MirrorSettings, SafeUrl, WarmdError, WheelFile, path_of, reveal,
-    scrub, under)
-from .clients import http_client
+from ..base import (
+    FetchCancelled, Fetched, FetchSkipped, HashMismatch, HeaderCheck, MirrorSettings, SafeUrl, WarmdError, WheelFile,
+    path_of, reveal, scrub, under,
+)
 from .asking import Asked
-from .fetch import FetchCancelled, Fetcher, FetchSkipped, Link, ProgressEvent
+from .clients import http_client
+from .fetch import Fetcher, Link, ProgressEvent
 from .growing import GrowingFile
 from .guard import NetGuard
 

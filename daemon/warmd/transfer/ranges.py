@@ -15,21 +15,12 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from ..base import FetchError, WheelFile
-from .connection import Connection, Response, TransportError, Untrusted
-from .guard import Refused
+from ..base import Changed, FetchCancelled, FetchError, Refused, Retry, TransportError, Untrusted, WheelFile
+from .connection import Connection, Response
 from .partial import Sidecar, missing_ranges
-from .retry import Retry, RetryPolicy, retry_after, why
+from .retry import RetryPolicy, retry_after, why
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
-class FetchCancelled(FetchError):
-    """Fetcher.cancel() stopped this download; the partial and its sidecar are kept for resume."""
-
-
-class Changed(Exception):
-    """The file changed upstream (or stopped honouring Range) under a download in progress."""
 
 
 @dataclass(frozen=True)

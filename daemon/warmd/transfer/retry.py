@@ -10,14 +10,6 @@ from dataclasses import dataclass
 from ..base import scrub
 
 
-class Retry(Exception):
-    """A failure worth another attempt (5xx, 429, a short body); `delay` is the server's hint, if any."""
-
-    def __init__(self, message: str, delay: float | None = None) -> None:
-        super().__init__(message)
-        self.delay = delay
-
-
 def retry_after(value: str | None, cap: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
     if not value:

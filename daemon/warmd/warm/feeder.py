@@ -85,11 +85,6 @@ class Shelf:
                 self._items.setdefault(sha, None)
             self._cv.notify_all()
 
-    def withdrawn(self, sha: str) -> bool:
-        """True when `sha` was withdrawn."""
-        with self._cv:
-            return sha in self._items and self._items[sha] is None
-
 
 class Feeder:
     """Serves `/<token>/<sha256>/<filename>` from a Shelf, on 127.0.0.1 only."""

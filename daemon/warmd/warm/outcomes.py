@@ -10,7 +10,6 @@ from ..base import AheadReport, Outcome, ProjectReport, Upgrade, human_bytes
 if TYPE_CHECKING:
     from ..state import AheadFile
 
-OUTCOMES = ("warm", "unproven", "failed", "nothing to warm")
 # What a look-ahead concluded (`upgrade.state` of `warmd status --json`).
 AHEAD_OUTCOMES: dict[str, str] = {
     "ready": "every wheel the would-be lock adds is warm: upgrading downloads none of them",

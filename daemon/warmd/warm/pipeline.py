@@ -31,7 +31,7 @@ from .importer import Importer
 from .in_use import _used_elsewhere, _using
 from .limits import Room
 from .outcomes import outcome_of
-from .proof import _Run, _report, _superseded, _superseded_if_changed, probe_plan, report_of
+from .proof import _report, _Run, _superseded, _superseded_if_changed, probe_plan, report_of
 from .sources import Sourcing, _undisputed, _with_sizes
 
 if TYPE_CHECKING:
@@ -75,11 +75,6 @@ class Pipeline(Sourcing, HandOver):
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
-    @property
-    def variant(self) -> str:
-        """The global variant: the configured one, or the detected one when the config says `auto`."""
-        return self._planner.detection.variant
-
     def plan(self, project: Project) -> ProjectPlan:
         """The project's plan (raises InputError on a bad lock or project)."""
         return self._planner.plan(project)
@@ -106,10 +101,6 @@ class Pipeline(Sourcing, HandOver):
         """The plan with every pin the guard refuses for its project (or `project`, the one a
         look-ahead's copy stands for) moved to `skipped`, with why."""
         return admit(self.guard, pl, project)
-
-    def pins(self, project: Project) -> list[Pin]:
-        """The pins of a project, without fetching anything."""
-        return list(self.plan(project).pins)
 
     def check_uv(self) -> None:
         """Raise UvError unless the configured uv is found, runs, and says its version."""

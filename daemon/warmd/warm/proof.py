@@ -8,9 +8,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from ..base import Fetched, Pin, ProjectReport, SkippedReport, WarmdError, WheelReport
+from ..base import Fetched, FetchSkipped, Pin, ProjectReport, SkippedReport, WarmdError, WheelReport
 from ..plan import ProjectPlan
-from ..transfer import FetchSkipped
 from ..uv import ProbeResult, Uv, file_stamp
 from .admission import skipped_pin
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 
 from loguru import logger
 
-from ..base import Config, DiskFull, Fetched, FetchError, Pin, WarmdError, WheelFile
+from ..base import Config, DiskFull, FetchCancelled, Fetched, FetchError, FetchSkipped, Pin, WarmdError, WheelFile
 from ..plan import ProjectPlan
-from ..transfer import FetchCancelled, FetchSkipped, MirroredFetcher, Store
+from ..transfer import MirroredFetcher, Store
 from .feeder import Shelf
 from .limits import Room, over_project_limit
 
