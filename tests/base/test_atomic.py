@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from warmd.base import write_atomic
-from warmd.base import redact, scrub
+from warmd.base import redact, scrub, write_atomic
 
 
 def test_write_atomic_replaces_keeps_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:

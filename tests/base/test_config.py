@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from warmd.base import Config, load_config, parse_config
-from warmd.base import ConfigError
+from warmd.base import Config, ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 

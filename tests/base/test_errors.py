@@ -10,10 +10,9 @@ import pkgutil
 import pytest
 
 import warmd
-from warmd.base import errors
 from warmd.base import (
     EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Cancelled, Changed, ConfigError, FetchCancelled, FetchError,
-    FetchSkipped, InputError, LockError, Refused, Retry, TransportError, Untrusted, WarmdError, exit_code,
+    FetchSkipped, InputError, LockError, Refused, Retry, TransportError, Untrusted, WarmdError, errors, exit_code,
 )
 
 

@@ -16,13 +16,12 @@ from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, pinned_project, run_uv, torch_like_set
-from warmd.base import Config, parse_config
+from warmd.base import Config, Pin, WheelFile, parse_config
 from warmd.cli import TROUBLESHOOTING, diagnose
 from warmd.uv import CACHE_CONTROL_LINE, add_cache_control
 from warmd.cli.check_machine import _check_disk, _check_inotify
 from warmd.cli.findings import _Report
 from warmd.warm import Room
-from warmd.base import Pin, WheelFile
 
 REPO = Path(__file__).resolve().parents[2]
 

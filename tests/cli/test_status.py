@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.cli import STATUS_SCHEMA, run_warmd, status_by_name
 from tests.support.config import write_warmd_config
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, first_header_check
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, torch_like_set, write_project
 from warmd.base import EXIT_OK, EXIT_USAGE
@@ -89,14 +89,7 @@ def test_a_warm_project_is_warm_the_same_way_for_doctor_status_and_the_daemon(
                              extra=[f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"'])
     assert run_warmd(cfg, "prefetch", kept, plain, env=uv_environ).returncode == EXIT_OK
 
-    daemon = DaemonProcess(cfg, uv_environ)  # its first header check runs at start
-    try:
-        daemon.expect("checked headers of")
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=30) == 0
-    finally:
-        daemon.kill()
-    said = [ln for ln in daemon.all if "uv alone keeps no copy" in ln]
+    said = [ln for ln in first_header_check(cfg, uv_environ) if "uv alone keeps no copy" in ln]
     assert len(said) == 1 and f"{plain}: index" in said[0], said
 
     st = status_by_name(cfg, env=uv_environ)

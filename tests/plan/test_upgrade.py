@@ -15,9 +15,8 @@ from tests.support.index_server import IndexServer
 from tests.support.projects import run_uv, torch_like_set
 from tests.support.uvplan import tree
 from warmd.base import NeedsBuild, WarmdError
-from warmd.uv import read_lock
+from warmd.uv import Uv, read_lock
 from warmd.plan import contacts, copy_for_lock, must_build, needs_build, would_be_lock
-from warmd.uv import Uv
 
 UPGRADE = ["torch", "pytorch-triton*", "nvidia-*"]
 

@@ -19,11 +19,9 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
-from warmd.base import Cancelled, cancel
-from warmd.base import load_config
-from warmd.service import Daemon, WorkQueue
+from warmd.base import Cancelled, cancel, load_config
+from warmd.service import Daemon, WorkQueue, build_scheduler
 from warmd.cli import project_statuses
-from warmd.service import build_scheduler
 from warmd.state import State
 from warmd.transfer import Store
 

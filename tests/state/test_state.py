@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from warmd.base import WarmdError
-from warmd.base import HeaderCheck
-from warmd.base import Link, Pin, ProjectReport, WheelFile, WheelReport
+from warmd.base import HeaderCheck, Link, Pin, ProjectReport, WarmdError, WheelFile, WheelReport
 from warmd.warm import outcome_of
 from warmd.cli import project_statuses
 from warmd.state import SCHEMA_VERSION, STATE_FILE, State

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -125,6 +126,18 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def first_header_check(cfg: Path, env: dict[str, str]) -> list[str]:
+    """The lines of a `warmd run` stopped (SIGTERM, exit 0) once its start-up header check is done."""
+    daemon = DaemonProcess(cfg, env)  # its first header check runs at start
+    try:
+        daemon.expect("checked headers of")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0
+    finally:
+        daemon.kill()
+    return daemon.all
 
 
 class _Made(FileSystemEventHandler):

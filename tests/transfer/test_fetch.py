@@ -21,17 +21,9 @@ import pytest
 from tests.support.index_server import Hit, IndexServer
 from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
-from warmd.base import DiskFull, FetchError, HashMismatch
-from warmd.base import ProgressEvent
-from warmd.base import FetchCancelled
-from warmd.transfer import LINK_TTL, Fetcher
-from warmd.transfer import NetGuard
-from warmd.base import Fetched, WheelFile
-from warmd.transfer import Sidecar
-from warmd.base import redact
-from warmd.transfer import retry_after
+from warmd.base import DiskFull, FetchCancelled, Fetched, FetchError, HashMismatch, ProgressEvent, WheelFile, redact
+from warmd.transfer import LINK_TTL, Fetcher, NetGuard, Sidecar, Store, retry_after
 from warmd.state import State
-from warmd.transfer import Store
 
 KiB, MiB = 1024, 2**20
 SEG = 128 * KiB
@@ -68,6 +60,22 @@ def _check(store: Store, wheel: WheelFile, got: Fetched) -> None:
     assert got.path == store.blob_path(wheel.sha256)
     assert sha256_file(got.path) == wheel.sha256
     assert not store.part_path(wheel.sha256).exists()
+
+
+
+def _fetch_in_thread(fetcher: Fetcher, wheel: WheelFile) -> tuple[threading.Thread, dict[str, BaseException]]:
+    """fetcher.fetch(wheel) in a started thread; what it raised, under "exc", once joined."""
+    result: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            fetcher.fetch(wheel)
+        except BaseException as exc:  # noqa: BLE001
+            result["exc"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, result
 
 
 def test_plain_fetch_verifies_and_reports_progress(index_server: IndexServer, tmp_path: Path) -> None:
@@ -426,7 +434,6 @@ def test_file_replaced_mid_download_is_never_stitched(slow_server: IndexServer, 
 def test_cancel_keeps_partial_and_a_new_fetcher_resumes(slow_server: IndexServer, tmp_path: Path) -> None:
     wheel = _wheel(slow_server, tmp_path, size=3 * MiB)
     store = Store(tmp_path / "store")
-    result: dict[str, BaseException] = {}
     fetcher = _fetcher(store, connections=2)
 
     def on_event(e: ProgressEvent) -> None:
@@ -435,14 +442,7 @@ def test_cancel_keeps_partial_and_a_new_fetcher_resumes(slow_server: IndexServer
 
     fetcher.progress = on_event
 
-    def run() -> None:
-        try:
-            fetcher.fetch(wheel)
-        except BaseException as exc:  # noqa: BLE001
-            result["exc"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, result = _fetch_in_thread(fetcher, wheel)
     t.join(30)
     assert not t.is_alive()
     assert isinstance(result.get("exc"), FetchCancelled)
@@ -472,16 +472,8 @@ def test_cancel_interrupts_a_stalled_read(scheme: str, request: pytest.FixtureRe
     in_body = threading.Event()
     fetcher = _fetcher(store, timeout=60.0, trust_env=scheme == "https",
                        progress=lambda e: in_body.set() if e.state == "progress" else None)
-    result: dict[str, BaseException] = {}
 
-    def run() -> None:
-        try:
-            fetcher.fetch(wheel)
-        except BaseException as exc:  # noqa: BLE001
-            result["exc"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, result = _fetch_in_thread(fetcher, wheel)
     assert in_body.wait(10)  # headers arrived; the body read is now blocked on the stall
     fetcher.cancel()
     t.join(10)  # far below the 60 s read timeout: cancel cut the socket

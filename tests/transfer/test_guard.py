@@ -14,17 +14,12 @@ import pytest
 from tests.support.index_server import IndexServer
 from tests.support.wheels import make_wheel
 import warmd.transfer.guard as guard_module
-from warmd.transfer import http_client
-from warmd.base import Config, parse_config
-from warmd.transfer import Connection, HttpSettings
-from warmd.transfer import index_auth
-from warmd.base import ConfigError, InputError
-from warmd.base import Refused
-from warmd.transfer import NetGuard, Trust, Vouch, address_class, guard_for, key, literal, origin, under, url_key
-from warmd.transfer import check_url
-from warmd.uv import read_lock
-from warmd.transfer import TrustStore
-from warmd.uv import user_index_urls
+from warmd.transfer import (
+    Connection, HttpSettings, NetGuard, Trust, TrustStore, Vouch, address_class, check_url, guard_for, http_client,
+    index_auth, key, literal, origin, under, url_key,
+)
+from warmd.base import Config, ConfigError, InputError, Refused, parse_config
+from warmd.uv import read_lock, user_index_urls
 
 
 @pytest.mark.parametrize("address, kind", [

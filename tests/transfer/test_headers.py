@@ -11,8 +11,7 @@ from tests.support.index_server import NO_STORE, IndexServer
 from tests.support.wheels import make_wheel
 from warmd.transfer import check_pins, check_url, compare
 from warmd.uv import cache_verdict, is_immutable_host
-from warmd.base import redact
-from warmd.base import Pin, WheelFile
+from warmd.base import Pin, WheelFile, redact
 
 
 @pytest.fixture

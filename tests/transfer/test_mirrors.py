@@ -28,10 +28,8 @@ from tests.support.netguard import LAB_ENV
 from tests.support.prereqs import need
 from tests.support.projects import locked_project, pinned_project, run_uv, torch_like_set, uv_env
 from warmd.base import Config, DownloadSettings, MirrorSettings
-from warmd.transfer import Fetcher
-from warmd.transfer import mirror_for, mirror_url
+from warmd.transfer import Fetcher, Store, mirror_for, mirror_url
 from warmd.warm import Pipeline
-from warmd.transfer import Store
 from warmd.uv import Project, Uv
 
 MiB = 1024 * 1024

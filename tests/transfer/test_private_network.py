@@ -83,7 +83,7 @@ def test_a_clone_under_a_root_reaches_no_server_nobody_vouched_for(user: User, i
                                                                     wheel_dir: Path) -> None:
     root = user.tmp / "code"
     with IndexServer() as intranet:
-        mine = _project(root, "mine", index_server, wheel_dir / "lab", "2.8.0", user)
+        _project(root, "mine", index_server, wheel_dir / "lab", "2.8.0", user)
         by_ip = _project(root, "by-ip", intranet, wheel_dir / "intranet", "2.7.0", user)
         by_name = _project(root, "by-name", Named(intranet, "localhost"), wheel_dir / "intranet", "2.7.0", user)
         assert f"http://localhost:{intranet.url.rsplit(':', 1)[1]}/whl/cu128" in (by_name / "uv.lock").read_text()

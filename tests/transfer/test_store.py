@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from warmd.warm import expire
-from warmd.base import FetchError
-from warmd.base import AheadReport, FileStamp, Outcome, Pin, ProjectReport, WheelFile, WheelReport
-from warmd.transfer import Sidecar, merge_ranges, missing_ranges
+from warmd.base import AheadReport, FetchError, FileStamp, Outcome, Pin, ProjectReport, WheelFile, WheelReport
+from warmd.transfer import Sidecar, Store, merge_ranges, missing_ranges
 from warmd.state import State
-from warmd.transfer import Store
 
 
 def _blob(store: Store, data: bytes, mtime: float | None = None) -> str:

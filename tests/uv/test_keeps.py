@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from tests.support.cli import run_warmd, status_by_name
 from tests.support.config import write_warmd_config
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import first_header_check
 from tests.support.index_server import NO_STORE, IndexServer
 from tests.support.projects import lock_project, pinned_project, torch_like_set
 from warmd.base import EXIT_OK, HeaderCheck, Outcome, Pin, ProjectReport, WheelFile, WheelReport
@@ -64,15 +63,9 @@ def test_prefetch_status_doctor_and_the_daemon_give_one_verdict(
     assert finding["status"] == ("ok" if verdict == "kept" else "warn"), finding
     assert ("uv alone keeps no copy" in finding["message"]) == (verdict == "not kept"), finding
 
-    daemon = DaemonProcess(cfg, uv_environ)  # its first header check runs at start
-    try:
-        daemon.expect("checked headers of")
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=30) == 0
-    finally:
-        daemon.kill()
-    not_kept = [ln for ln in daemon.all if f"{app}: index" in ln and "uv alone keeps no copy" in ln]
-    assert bool(not_kept) == (verdict == "not kept"), daemon.all
+    lines = first_header_check(cfg, uv_environ)
+    not_kept = [ln for ln in lines if f"{app}: index" in ln and "uv alone keeps no copy" in ln]
+    assert bool(not_kept) == (verdict == "not kept"), lines
 
     [st] = [i for i in status_by_name(cfg, env=uv_environ)["app"]["indexes"] if i["url"].rstrip("/") == index.rstrip("/")]
     assert st["verdict"] == verdict, st

@@ -215,7 +215,7 @@ def test_the_budget_goes_to_the_newest_project_first_and_doctor_reports_it(lab: 
 
     doctor = json.loads(lab.warmd(cfg, "doctor", "--json").stdout)
     (budget,) = [f for f in doctor["findings"] if f["check"] == "ahead" and "budget" in f["message"]]
-    assert f"used by 1 warmed-ahead wheel(s)" in budget["message"] and budget["status"] == "info"
+    assert "used by 1 warmed-ahead wheel(s)" in budget["message"] and budget["status"] == "info"
     assert budget["message"].startswith("upgrade look-ahead off")
 
 

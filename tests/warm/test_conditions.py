@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakes import FakeTools, fake_root
-from warmd.warm import postpone_reason
-from warmd.warm import Conditions, Reading, metered, on_battery, read_conditions
+from warmd.warm import Conditions, Reading, metered, on_battery, postpone_reason, read_conditions
 from warmd.base import AheadSettings
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "power"

@@ -17,13 +17,10 @@ import pytest
 from tests.support.config import OFFLINE_PACKAGES
 from tests.support.index_server import NO_STORE, PYPI_CACHE_CONTROL, IndexServer, _Handler, vouched_urls
 from tests.support.projects import locked_project, run_uv, torch_like_set
-from warmd.base import Config, DownloadSettings, LimitSettings
-from warmd.base import ProgressEvent
-from warmd.transfer import Fetcher
-from warmd.base import ProjectReport
+from warmd.base import Config, DownloadSettings, LimitSettings, ProgressEvent, ProjectReport
+from warmd.transfer import Fetcher, Store
 from warmd.warm import Pipeline
 from warmd.state import State
-from warmd.transfer import Store
 from warmd.uv import Project, Uv
 
 MiB = 2**20

@@ -20,13 +20,9 @@ import pytest
 from tests.support.cache import traces
 from tests.support.projects import uv_env
 from tests.support.wheels import make_wheel, sha256_file
-from warmd.base import UvError
+from warmd.base import Pin, UvError, WheelFile
 from warmd.warm import Feeder, Shelf
-from warmd.transfer import HOLDBACK
-from warmd.transfer import GrowingFile
-from warmd.base import Pin, WheelFile
-from warmd.transfer import Ledger, Sidecar
-from warmd.transfer import Store
+from warmd.transfer import HOLDBACK, GrowingFile, Ledger, Sidecar, Store
 from warmd.uv import Uv
 
 WAIT = 120.0

@@ -28,11 +28,7 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, scratch_made
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, torch_like_set
-from warmd.base import cancel, scratch
-from warmd.base import CancelToken
-from warmd.base import load_config
-from warmd.base import UvError
-from warmd.base import Owner
+from warmd.base import CancelToken, Owner, UvError, cancel, load_config, scratch
 from warmd.warm import Pipeline
 from warmd.cli import project_statuses
 from warmd.state import State
