@@ -168,10 +168,18 @@ class HandOver:
                 by_index[key].append(HeaderCheck(url=redact(p.wheel.url), status=200,
                                                  cache_control=link.cache_control, checked_at=link.at))
         version = str(self.uv.version)
-        return {p.wheel.sha256: uv_keeps(None, p.index, p.wheel.url, uv_version=version, env=self.uv.env,
-                                         state=self.state,
-                                         seen=by_index.get(norm_url(p.index) if p.index else p.wheel.url, ()))
-                for p in pins}
+        # Asked once per index and file host, not per pin: each answer reads the state and uv's config
+        # files, and a torch set has dozens of pins on one index.
+        verdicts: dict[tuple[str, str], Keep] = {}
+        out: dict[str, Keep] = {}
+        for p in pins:
+            key = norm_url(p.index) if p.index else p.wheel.url
+            ask = (key, host_of(p.wheel.url))
+            if ask not in verdicts:
+                verdicts[ask] = uv_keeps(None, p.index, p.wheel.url, uv_version=version, env=self.uv.env,
+                                         state=self.state, seen=by_index.get(key, ()))
+            out[p.wheel.sha256] = verdicts[ask]
+        return out
 
     def _no_user_uv_toml(self) -> bool:
         """No uv.toml uv would read: a config file of warmd's for the import replaces nothing of the user's."""
