@@ -16,9 +16,9 @@ from tests.support.wheels import make_wheel
 import warmd.transfer.guard as guard_module
 from warmd.transfer import (
     Connection, HttpSettings, NetGuard, Trust, TrustStore, Vouch, address_class, check_url, guard_for, http_client,
-    index_auth, key, literal, origin, under, url_key,
+    index_auth, key, literal, url_key,
 )
-from warmd.base import Config, ConfigError, InputError, Refused, parse_config
+from warmd.base import Config, ConfigError, InputError, Refused, origin, parse_config, under
 from warmd.uv import read_lock, user_index_urls
 
 

@@ -20,6 +20,6 @@ __all__, __getattr__, __dir__ = surface(__name__, {
     "segments": ("EARLY", "MEASURE", "SURE", "HostMeter", "Pieces", "Width",),
     "store": ("Store",),
     "trust": ("TrustStore", "lock_origins", "recorded",),
-    "urls": ("origin", "under", "url_key",),
+    "urls": ("url_key",),
     "vouches": ("Trust", "Vouch", "key", "trusts", "vouches_of",),
 })

@@ -34,7 +34,7 @@ from .retry import RetryPolicy
 from .segments import PIECE, HostMeter, Width
 from .store import Store
 
-__all__ = ["Fetcher", "Link", "ProgressEvent"]
+__all__ = ["Fetcher"]
 
 _PROGRESS_EVERY = 0.1  # at most ~10 progress callbacks per file per second
 HOLDBACK = 64 * 1024  # bytes of a growing file the feeder keeps back until the sha256 matched

@@ -21,12 +21,12 @@ import httpx
 from loguru import logger
 
 from ..base import (
-    FetchCancelled, Fetched, FetchSkipped, HashMismatch, HeaderCheck, MirrorSettings, SafeUrl, WarmdError, WheelFile,
-    path_of, reveal, scrub, under,
+    FetchCancelled, Fetched, FetchSkipped, HashMismatch, HeaderCheck, Link, MirrorSettings, ProgressEvent, SafeUrl,
+    WarmdError, WheelFile, path_of, reveal, scrub, under,
 )
 from .asking import Asked
 from .clients import http_client
-from .fetch import Fetcher, Link, ProgressEvent
+from .fetch import Fetcher
 from .growing import GrowingFile
 from .guard import NetGuard
 

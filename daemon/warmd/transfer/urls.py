@@ -1,12 +1,11 @@
-"""Where a URL connects, and the one key it is recorded by whatever its spelling: the guard's unit of decision."""
+"""The one key a URL is recorded by whatever its spelling: the guard's unit of decision (where it
+connects is base.urls, the one parser)."""
 
 from __future__ import annotations
 
 import httpx
 
-from ..base import Place, origin, place, reveal, under
-
-__all__ = ["Place", "origin", "place", "under", "url_key"]  # where a URL connects: base.urls, the one parser
+from ..base import reveal
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
