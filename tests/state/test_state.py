@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from warmd.base import HeaderCheck, Link, Pin, ProjectReport, WarmdError, WheelFile, WheelReport
+from warmd.base import HeaderCheck, Pin, ProjectReport, WarmdError, WheelFile, WheelReport
 from warmd.warm import outcome_of
 from warmd.cli import project_statuses
 from warmd.state import SCHEMA_VERSION, STATE_FILE, State
@@ -119,18 +119,17 @@ def test_verified_sizes_are_kept_while_a_lock_or_the_look_ahead_holds_the_file(t
     state.close()
 
 
-def test_what_a_host_was_found_to_be_like_is_kept_for_the_next_process_the_newer_finding_wins(tmp_path: Path) -> None:
+def test_a_file_warm_for_any_project_or_warmed_ahead_is_known_warm(tmp_path: Path) -> None:
+    from warmd.base import AheadReport
+
     state = State.open(tmp_path)
-    now = time.time()
-    state.record_links({"Files.Example.org": Link("capped", "no-store", now - 60, 16e6)})
-    state.record_links({"files.example.org": Link("fast", None, now - 120, 3e8)})  # older: ignored
-    state.record_links({"cdn.example.org": Link("shared", "max-age=60", now - 2 * 86400, 1e7)})  # long gone
+    a, b = tmp_path / "a", tmp_path / "b"
+    warm, cold, ahead = "a" * 64, "b" * 64, "c" * 64
+    _record(state, _report(a, WheelReport(_pin("torch", "2", warm), "warm")))
+    _record(state, _report(b, WheelReport(_pin("torch", "2", cold), "failed")))
+    state.record_ahead(AheadReport(a, "0" * 64, "ready", wheels=(WheelReport(_pin("torch", "3", ahead), "warm"),)))
+    assert state.warm_files([warm, cold, ahead, "d" * 64]) == {warm, ahead}
     state.close()
-    again = State.open(tmp_path)
-    assert again.links() == {"files.example.org": Link("capped", "no-store", now - 60, 16e6)}
-    again.record_links({"files.example.org": Link("fast", "immutable", now, 3e8)})
-    assert again.links()["files.example.org"] == Link("fast", "immutable", now, 3e8)
-    again.close()
 
 
 @pytest.mark.parametrize("ending", ["close(wait=False) then exit", "os._exit before any close"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import signal
 import socket
@@ -22,8 +21,7 @@ from tests.support.index_server import Hit, IndexServer
 from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
 from warmd.base import DiskFull, FetchCancelled, Fetched, FetchError, HashMismatch, ProgressEvent, WheelFile, redact
-from warmd.transfer import LINK_TTL, Fetcher, NetGuard, Sidecar, Store, retry_after
-from warmd.state import State
+from warmd.transfer import Fetcher, NetGuard, Sidecar, Store, retry_after
 
 KiB, MiB = 1024, 2**20
 SEG = 128 * KiB
@@ -167,37 +165,36 @@ def test_two_files_at_once_judge_the_host_by_its_total(cap: dict[str, int], verd
         assert (max(conns) <= 3 and min(conns) == 1) if verdict == "shared" else min(conns) >= 3, conns
 
 
-def test_a_host_found_capped_by_an_earlier_process_is_downloaded_wide_from_the_first_request(tmp_path: Path) -> None:
-    """The verdict outlives the process through the state: the next one measures nothing first.
-    One older than LINK_TTL is not trusted, and not waited past either."""
+def test_a_host_found_capped_starts_its_next_file_wide_from_the_first_request(tmp_path: Path) -> None:
+    """The verdict holds for the host's next files in this process: the next one measures nothing first."""
     with IndexServer(rate_limit=4 * MiB) as server:
         first, second = (_wheel(server, tmp_path, f"pkg{i}", size=8 * MiB, seed=i) for i in range(2))
         with _fetcher(Store(tmp_path / "store")) as f:
             f.fetch(first)
-            learnt = f.links()
-        assert learnt["127.0.0.1"].kind == "capped"
-        state = State.open(tmp_path / "state")
-        state.record_links(learnt)
-        state.close()
-        server.reset_counters()
-        with _fetcher(Store(tmp_path / "store2")) as g:
-            g.remember(State.open(tmp_path / "state").links())
-            got = g.fetch(second)
-        _check(g.store, second, got)
+            assert f.link("127.0.0.1") is not None and f.link("127.0.0.1").kind == "capped"
+            server.reset_counters()
+            got = f.fetch(second)
+        _check(f.store, second, got)
         gets = server.wheel_gets(second.filename)
         assert f"bytes=0-{second.size - 1}" not in {h.range for h in gets}  # no one-stream measurement
         assert len({h.conn for h in gets}) == 4, gets
-        # one older than LINK_TTL is none: the host is measured again, and waited for
-        stale = dataclasses.replace(learnt["127.0.0.1"], kind="fast", at=time.time() - LINK_TTL - 1)
-        with _fetcher(Store(tmp_path / "store3")) as h:
-            h.remember({"127.0.0.1": stale})
-            assert h.link("127.0.0.1") is None and h.links() == {}
-            third = _wheel(server, tmp_path, "pkg2", size=8 * MiB, seed=2)
-            t = threading.Thread(target=h.fetch_many, args=([third],))
-            t.start()
-            found = h.wait_links(["127.0.0.1"], timeout=120)
-            t.join()
-        assert found["127.0.0.1"].kind == "capped" and found["127.0.0.1"].at > stale.at
+
+
+def test_a_file_whose_download_began_is_not_withdrawn_one_still_queued_is(tmp_path: Path,
+                                                                         slow_server: IndexServer) -> None:
+    """withdraw() hands another downloader only files no byte of which has crossed the network."""
+    first, second = (_wheel(slow_server, tmp_path, f"pkg{i}", size=2 * MiB, seed=i) for i in range(2))
+    began = threading.Event()
+    out: dict[str, Any] = {}
+    with _fetcher(Store(tmp_path / "store"), max_parallel_files=1) as f:
+        t = threading.Thread(target=lambda: out.update(
+            f.fetch_many([first, second], max_parallel_files=1, on_growing=lambda sha, g: began.set())))
+        t.start()
+        assert began.wait(60)
+        assert f.withdraw([first.sha256, second.sha256]) == {second.sha256}
+        t.join()
+    assert isinstance(out[first.sha256], Fetched)
+    assert isinstance(out[second.sha256], FetchError) and slow_server.wheel_gets(second.filename) == []
 
 
 def test_a_host_whose_files_all_ended_unmeasured_is_not_waited_for(index_server: IndexServer, tmp_path: Path) -> None:

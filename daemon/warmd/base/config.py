@@ -57,6 +57,9 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 
 
+DOWNLOADERS = ("auto", "warmd", "uv")  # download.downloader's choices
+
+
 @dataclass(frozen=True)
 class DownloadSettings:
     """How the fetch engine talks to indexes."""
@@ -65,6 +68,10 @@ class DownloadSettings:
     parallel_files: int = 2  # files downloaded at once (the global download limit)
     timeout: float = 30.0  # seconds without a byte before a connection counts as stalled
     retries: int = 8
+    # Who downloads a wheel uv may fetch itself (warm/handover.py): "auto" decides by the host's
+    # measured speed, "warmd" always uses warmd's engine (ranges, resume), "uv" hands uv every file it
+    # may fetch itself (one pass over the bytes, no measurement).
+    downloader: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
             "parallel-files": lambda s, k: s.int(k, lo=1, hi=32),
             "timeout": lambda s, k: s.number(k, lo=1.0),
             "retries": lambda s, k: s.int(k, lo=0, hi=100),
+            "downloader": lambda s, k: s.one_of(k, DOWNLOADERS),
         })
     )
     watch = WatchSettings(
@@ -358,6 +366,12 @@ class _Reader:
 
     def str(self, key: str) -> str | None:
         return self._get(key, str, "a string")
+
+    def one_of(self, key: str, choices: tuple[str, ...]) -> str:
+        v = self._get(key, str, "a string")
+        if v not in choices:
+            raise ConfigError(f"{self.where}: {self.prefix}{key} = {v!r} is not one of {', '.join(choices)}")
+        return v
 
     def bool(self, key: str) -> bool | None:
         return self._get(key, bool, "true or false")

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..base import AheadReport, FileStamp, HeaderCheck, Link, Pin, SafeUrl, Upgrade, WheelFile, WheelReport
+from ..base import AheadReport, FileStamp, HeaderCheck, Pin, SafeUrl, Upgrade, WheelFile, WheelReport
 from .connection import Connection
 from .records import AheadFile, Snapshot, StoredProject, StoredSkip, StoredWheel
 
@@ -51,11 +51,18 @@ class Reads(Connection):
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
-    def links(self) -> dict[str, Link]:
-        """What each host was last found to be like (the engine decides how long that holds)."""
+    def warm_files(self, shas: Iterable[str]) -> set[str]:
+        """Of these files, those some run recorded warm, for any project, or the look-ahead warmed."""
+        wanted = list(dict.fromkeys(shas))
+        out: set[str] = set()
         with self._lock:
-            rows = self._db.execute("SELECT host, kind, cache_control, stream_rate, found_at FROM links").fetchall()
-        return {r[0]: Link(r[1], r[2], r[4], r[3]) for r in rows}
+            for i in range(0, len(wanted), 500):  # within SQLite's limit on bound values
+                chunk = wanted[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                out.update(r[0] for r in self._db.execute(
+                    f"SELECT sha256 FROM wheels WHERE state='warm' AND sha256 IN ({marks}) "
+                    f"UNION SELECT sha256 FROM ahead_files WHERE sha256 IN ({marks})", chunk + chunk))
+        return out
 
     def ahead_files(self) -> list[AheadFile]:
         """Every wheel the look-ahead warmed that is still tracked, oldest first."""

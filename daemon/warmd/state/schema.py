@@ -185,8 +185,21 @@ def _v6(db: sqlite3.Connection) -> None:
             db.execute(f"UPDATE {table} SET {column}=? WHERE rowid=?", (str(SafeUrl(url)), rowid))
 
 
+def _v7(db: sqlite3.Connection) -> None:
+    # A host's measured verdict is no longer kept across processes: no bench row showed it buying
+    # anything (each measures from an empty state), and a fast host's verdict handed uv files warmd
+    # had begun. Which wheels are warm is asked by file, for every project at once (Pipeline._cold).
+    _script(
+        db,
+        """
+        DROP TABLE links;
+        CREATE INDEX wheels_sha256 ON wheels(sha256, state);
+        """
+    )
+
+
 # Index i migrates a database at user_version i to i + 1; append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -8,12 +8,11 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ..base import AheadReport, FileStamp, HeaderCheck, Link, Outcome, Owner, ProjectReport, WheelReport
+from ..base import AheadReport, FileStamp, HeaderCheck, Outcome, Owner, ProjectReport, WheelReport
 from .connection import Connection
 
 HEADER_HISTORY = 20  # header checks kept per URL (rows carrying a warning are always kept)
 OUTCOME_HISTORY = 50  # outcome changes kept per project
-LINK_ROWS_KEPT = 86400.0  # seconds a host's Link row stays (long past its use: transfer.links.LINK_TTL)
 ACTIVITIES = ("queued", "warming")
 WHEEL_STATES = ("cold", "fetching", "warm", "unproven", "failed", "skipped")
 
@@ -208,17 +207,6 @@ class Writes(Connection):
         """Stop tracking these warmed-ahead wheels (a lock adopted them, or they were dropped)."""
         with self._tx() as db:
             db.executemany("DELETE FROM ahead_files WHERE sha256=?", [(s,) for s in shas])
-
-    def record_links(self, links: Mapping[str, Link]) -> None:
-        """Keep what these hosts were found to be like (a newer Link replaces an older one)."""
-        with self._tx() as db:
-            db.executemany(
-                "INSERT INTO links(host, kind, cache_control, stream_rate, found_at) VALUES (?,?,?,?,?) "
-                "ON CONFLICT(host) DO UPDATE SET kind=excluded.kind, cache_control=excluded.cache_control, "
-                "stream_rate=excluded.stream_rate, found_at=excluded.found_at WHERE excluded.found_at > links.found_at",
-                [(h.lower(), l.kind, l.cache_control, l.stream_rate, l.at) for h, l in links.items()],
-            )
-            db.execute("DELETE FROM links WHERE found_at < ?", (time.time() - LINK_ROWS_KEPT,))
 
     def record_sizes(self, sizes: Mapping[str, int]) -> None:
         """Keep the size of files whose bytes were verified against their sha256 (sha256 -> bytes); those

@@ -78,6 +78,9 @@ class Fetcher(HostLinks, Asking):
         self._stop = threading.Event()
         self._skipped: dict[str, str | None] = {}  # sha256 -> FetchSkipped.why
         self._downloads: dict[str, FileDownload] = {}
+        # sha256 of the files whose download has begun since their last fetch_many() began (running or
+        # ended): withdraw() hands none of them to another downloader, their bytes have crossed already
+        self._begun: set[str] = set()
         self._seen: dict[str, HeaderCheck] = {}  # URL -> the first answer of its last download, until taken
         self._pending: Counter[str] = Counter()  # host -> its files in fetch_many() calls not ended yet
         self._conns: set[Connection] = set()
@@ -134,6 +137,18 @@ class Fetcher(HostLinks, Asking):
         """Undo skip(): the file is needed after all (uv could not fetch it itself)."""
         with self._lock:
             self._skipped.pop(sha256.lower(), None)
+
+    def withdraw(self, shas: Iterable[str]) -> set[str]:
+        """Of these files, those whose download has not begun, now skipped (silently) for good: another
+        downloader may take them. A file begun (or done) since its fetch_many() began stays this engine's:
+        its bytes have crossed the network once already."""
+        out = set()
+        with self._lock:
+            for sha in {s.lower() for s in shas}:
+                if sha not in self._begun:
+                    self._skipped[sha] = None
+                    out.add(sha)
+        return out
 
     # -- fetching ---------------------------------------------------------------------------------
 
@@ -198,6 +213,7 @@ class Fetcher(HostLinks, Asking):
             # daemon's Fetcher lives for months, and uv may lose a file it had (`uv cache clean`).
             for sha in unique:
                 self._skipped.pop(sha, None)
+                self._begun.discard(sha)
             # before the size requests: a wait_links() from now on waits for these files
             self._pending.update(host_of(w.url) for w in unique.values())
         ended: set[str] = set()
@@ -254,8 +270,9 @@ class Fetcher(HostLinks, Asking):
             # Files of a host not measured yet each start with one stream; the first verdict
             # found is adopted by the others still measuring (Width.adopt), so none waits for it.
             known = self._link(host)
-            if sha in self._skipped:  # skip() ran before the download began
+            if sha in self._skipped:  # skip() or withdraw() ran before the download began
                 raise FetchSkipped(f"{wheel.filename}: not needed after all", self._skipped[sha])
+            self._begun.add(sha)  # from here on withdraw() leaves it to this engine
             meter = self._meters.setdefault(host, HostMeter())
         dl: FileDownload | None = None
         dl = FileDownload(

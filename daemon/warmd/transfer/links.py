@@ -1,18 +1,18 @@
-"""What each host was found to be like (capped, shared, fast): what its next files start from, here or next time."""
+"""What each host was found to be like (capped, shared, fast): what its next files start from in this process."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from loguru import logger
 
 from ..base import Link, host_of
 from .download import FileDownload
 
-LINK_TTL = 600.0  # seconds what a host was found to be like is trusted, in this process or the next
+LINK_TTL = 600.0  # seconds what a host was found to be like is trusted (in this process only)
 
 
 class HostLinks:
@@ -34,21 +34,6 @@ class HostLinks:
     def _link(self, host: str) -> Link | None:
         found = self._links.get(host.lower())
         return found if found is not None and 0 <= time.time() - found.at < LINK_TTL else None
-
-    def links(self) -> dict[str, Link]:
-        """Every host's Link still trusted (LINK_TTL), for the next process to start from (State)."""
-        with self._lock:
-            return {h: link for h in self._links if (link := self._link(h)) is not None}
-
-    def remember(self, links: Mapping[str, Link]) -> None:
-        """Start from what an earlier process found of these hosts, where still trusted (LINK_TTL);
-        a newer Link found here stays."""
-        now = time.time()
-        with self._lock:
-            for host, link in links.items():
-                mine = self._links.get(host.lower())
-                if 0 <= now - link.at < LINK_TTL and (mine is None or mine.at < link.at):
-                    self._links[host.lower()] = link
 
     def wait_links(self, hosts: Iterable[str], timeout: float) -> dict[str, Link]:
         """Wait (up to `timeout`) until every host has a Link, or has no file left downloading that

@@ -279,6 +279,18 @@ class MirroredFetcher:
         for f in self._engines():
             f.unskip(sha256)
 
+    def withdraw(self, shas: Iterable[str]) -> set[str]:
+        """Of these files, those neither engine has begun, now skipped for good (Fetcher.withdraw)."""
+        shas = {s.lower() for s in shas}
+        engines = self._engines()
+        out = set.intersection(*(f.withdraw(shas) for f in engines)) if engines else shas
+        for f in engines:  # begun by one engine: none of them skips it
+            for sha in shas - out:
+                f.unskip(sha)
+        with self._lock:
+            self._skipped.update(out)
+        return out
+
     def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
         """What each wheel's size is (Fetcher.sizes): asked of its mirror first, as its download would be
         (a mirror found down this run is not asked: one timeout per run), then of the origin for what
@@ -306,17 +318,9 @@ class MirroredFetcher:
         """The origin engine's wait for what it finds of these hosts."""
         return self.origin.wait_links(hosts, timeout)
 
-    def links(self) -> dict[str, Link]:
-        """The origin engine's Links (Fetcher.links)."""
-        return self.origin.links()
-
     def seen(self, *, take: bool = False) -> dict[str, HeaderCheck]:
         """The origin engine's first answers (Fetcher.seen): a mirror's say nothing of what uv keeps."""
         return self.origin.seen(take=take)
-
-    def remember(self, links: Mapping[str, Link]) -> None:
-        """Start the origin engine from Links an earlier process found (Fetcher.remember)."""
-        self.origin.remember(links)
 
     def cancel(self) -> None:
         """Stop every download promptly; partial files stay for the next run."""

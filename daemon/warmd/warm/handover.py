@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Sequence
 from loguru import logger
 from packaging.utils import canonicalize_name
 
-from ..base import Config, HeaderCheck, Pin, ProgressEvent, SkippedReport, WarmdError, host_of, redact
+from ..base import Config, HeaderCheck, Link, Pin, ProgressEvent, SkippedReport, WarmdError, host_of, redact
 from ..plan import ProjectPlan
 from ..transfer import MirroredFetcher, NetGuard, Store, mirror_for
 from ..uv import Keep, Uv, norm_url, uv_keeps, uv_toml_files
@@ -41,44 +41,65 @@ class HandOver:
     state: State | None
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
-        """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads").
+        """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads"), withdrawn
+        from warmd's engine: a file whose download has begun there, this run or an earlier one, stays
+        warmd's (its bytes cross the network once).
 
         Files uv keeps by itself qualify; so do an index's that uv would not keep (`no-store`) on a
         host one stream of which outruns uv's unpacking, or whose link all connections share, when
         the user has no uv.toml: uv then gets the per-index override in a config file of warmd's,
-        which would replace theirs (`Uv.import_wheels(keep=...)`). Of those, warmd keeps a file only
+        which would replace theirs (`Uv.import_wheels(keep=...)`). Of those, warmd keeps a file
         where its ranges beat uv's one stream per file: on a host that caps each connection to a
-        slow stream; or one it has begun.
+        slow stream. `downloader` (config) "uv" takes the host as fast without measuring it, "warmd"
+        hands uv nothing.
 
         Before uv is handed them, `_checked_for_uv` asks where their URLs lead.
         """
-        if self.config.keep_wheels or not self.uv.drops_bad_wheels:
+        who = self.config.download.downloader
+        if who == "warmd" or self.config.keep_wheels or not self.uv.drops_bad_wheels:
             return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
         # A wheel a lab mirror serves goes through warmd's engine: uv would fetch it from the origin.
         # So does one the guard would not hand to uv (plain http that is no index of the user's own:
         # uv sends .netrc credentials wherever it connects).
         candidates = {sha: pin for sha, pin in need.items()
                       if pin.index is not None and sha not in resumable and not self.store.has(sha)
+                      and not self.store.part_path(sha).exists()
                       and mirror_for(self.config.mirrors, pin.wheel.url) is None
                       and self.guard.for_uv(pin.wheel.url, index=pin.index).ok}
-        hosts = {host_of(p.wheel.url) for p in candidates.values()}
-        measuring = {host_of(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
-        links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
-        if measuring - links.keys():
-            links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
+        links: dict[str, Link] = {}
+        if who == "auto":
+            hosts = {host_of(p.wheel.url) for p in candidates.values()}
+            measuring = {host_of(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
+            links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
+            if measuring - links.keys():
+                links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
         keeps = self._import_keeps(need.values())
         out = set()
         for sha, pin in candidates.items():
             link = links.get(host_of(pin.wheel.url))
-            kind = link.kind if link is not None else None
-            if (kind == "capped" and link is not None and link.stream_rate < _SLOW_STREAM) or \
-                    (kind != "fast" and self.store.part_path(sha).exists()):
-                continue  # warmd's ranges win there; or its bytes have begun to come (a fast host's are cheap)
+            kind = "fast" if who == "uv" else link.kind if link is not None else None
+            if kind == "capped" and link is not None and link.stream_rate < _SLOW_STREAM:
+                continue  # warmd's ranges win there
             if keeps[pin.wheel.sha256].verdict == "kept":
                 out.add(sha)
-            elif keeps[pin.wheel.sha256].verdict == "not kept" and kind in ("fast", "shared") \
-                    and self._no_user_uv_toml():
+            elif kind in ("fast", "shared") and self._no_user_uv_toml():  # not kept, or not known yet
                 out.add(sha)
+        return self.fetcher.withdraw(out) if out else out
+
+    def _kept_by_sync(self, plans: Sequence[ProjectPlan]) -> set[str]:
+        """The files of these plans whose index uv keeps for their project's own `uv sync` (uv_keeps):
+        uv's cache may hold them without any run of warmd's."""
+        version = str(self.uv.version)
+        verdicts: dict[tuple[Path, str], bool] = {}
+        out = set()
+        for pl in plans:
+            for pin in pl.pins:
+                key = (pl.project, norm_url(pin.index) if pin.index else pin.wheel.url)
+                if key not in verdicts:
+                    verdicts[key] = uv_keeps(pl.project, pin.index, pin.wheel.url, uv_version=version,
+                                             env=self.uv.env, state=self.state).verdict == "kept"
+                if verdicts[key]:
+                    out.add(pin.wheel.sha256)
         return out
 
     def _checked_for_uv(self, out: set[str], need: dict[str, Pin], sized: Collection[str], since: float) -> set[str]:

@@ -69,9 +69,6 @@ class Pipeline(Sourcing, HandOver):
             lambda: Fetcher(self.store, retries=MIRROR_RETRIES, progress=mirror_progress(progress), **engine),
             timeout=config.download.timeout, guard=self.guard,
         )
-        if state is not None:
-            # what an earlier process found of the hosts: no measurement before the first choice
-            self.fetcher.remember(state.links())
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
 
@@ -159,7 +156,6 @@ class Pipeline(Sourcing, HandOver):
             run = self._fetch_and_import(plans, record=record, sized=sized, unsized=unsized, weigh=weigh,
                                          since=since)
             if self.state is not None:
-                self.state.record_links(self.fetcher.links())
                 self._record_seen(self.state)
                 self.state.record_sizes({sha: f.size for sha, f in run.fetched.items() if isinstance(f, Fetched)})
             for pl in plans:
@@ -220,9 +216,8 @@ class Pipeline(Sourcing, HandOver):
         # downloaded at all (limits.py): not even on speculation.
         sources, skipped, failed = self._sources(plans, unsized, weigh)
         chosen = {sha: ps[0] for sha, ps in sources.items()}
-        # Downloads start at once for files neither the store nor an earlier run has seen
-        # warm; meanwhile uv says what it already has, and those downloads are called off.
-        cold = {pin.wheel.sha256 for pl in plans for pin in pl.pins if not self._was_warm(pl.project, pin)}
+        # Downloads start at once for files uv cannot have (`_cold`); meanwhile uv says what it has.
+        cold = self._cold(plans)
         fits, floor = room.admit([pin for sha, pin in chosen.items() if sha in cold and not self.store.has(sha)],
                                  in_store=resumable)
         speculative = {pin.wheel.sha256: pin for pin in fits}
@@ -268,6 +263,7 @@ class Pipeline(Sourcing, HandOver):
                 urls: defaultdict[str, set[str]] = defaultdict(set)
                 for pin in pins:
                     urls[pin.wheel.sha256].add(pin.wheel.url)
+                # withdrawn from warmd's engine: none of these has begun downloading (every byte once)
                 wanted = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1},
                                       resumable, speculative)
                 # uv starts on every file it lacks now, and unpacks each while it downloads; those uv
@@ -275,13 +271,14 @@ class Pipeline(Sourcing, HandOver):
                 shelf.expect(need.keys() - wanted)
                 importer.start([p for p in pins if p.wheel.sha256 in need.keys() - wanted])
                 by_uv = self._checked_for_uv(wanted, need, sized, since)
-                for sha in by_uv:
-                    self.fetcher.skip(sha, None)  # the import's own progress lines follow
                 shelf.expect(wanted - by_uv)
                 importer.start([p for p in pins if p.wheel.sha256 in wanted - by_uv])
                 importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
                 fetched = early.result()
-                fetched.update(self._fetch([pin for sha, pin in need.items() if sha not in speculative.keys() | by_uv],
+                # what warmd fetches after uv's answer: what it lacks and no download began for, and
+                # what was withdrawn for uv but may not go to it (the pre-flight refused its URL)
+                fetched.update(self._fetch([pin for sha, pin in need.items()
+                                            if sha not in by_uv and (sha not in speculative or sha in wanted)],
                                            shelf, others))
                 fetched.update(self._fallback(fetched, need.keys() - by_uv, others, shelf, room, resumable))
                 import_errors = importer.finish()
@@ -350,11 +347,19 @@ class Pipeline(Sourcing, HandOver):
     def _probe(self, pl: ProjectPlan) -> dict[str, ProbeResult]:
         return probe_plan(self.uv, pl)
 
-    def _was_warm(self, project: Path, pin: Pin) -> bool:
-        # A wheel the look-ahead warmed is in uv's cache as surely as one a run of the project did:
-        # the lock that adopts it should not start downloading it before uv is asked.
-        return self.state is not None and (self.state.wheel_state(project, pin.wheel.sha256) == "warm"
-                                           or self.state.warmed_ahead(pin.wheel.sha256))
+    def _cold(self, plans: Sequence[ProjectPlan]) -> set[str]:
+        """The files worth starting to download before uv is asked what it has: those uv cannot have.
+
+        Not a file any run recorded warm, of any project (a lock that moves onto another project's
+        wheels) or of the look-ahead; nor one of an index uv keeps for any of its projects (the user's
+        own `uv sync` may have put it there). With `downloader = "uv"` none: uv is asked first, and
+        every file it may fetch goes to it.
+        """
+        if self.config.download.downloader == "uv":
+            return set()
+        shas = {pin.wheel.sha256 for pl in plans for pin in pl.pins}
+        kept = self._kept_by_sync(plans)
+        return shas - kept - (self.state.warm_files(shas) if self.state is not None else set())
 
     def _progress(self, pl: ProjectPlan, before: dict[str, ProbeResult], need: dict[str, Pin]) -> None:
         """Record the plan being warmed, with what uv has already, when something is to be done."""

@@ -118,6 +118,8 @@ class Sourcing:
         def done(sha: str, result: Fetched | WarmdError) -> None:
             if isinstance(result, Fetched):
                 shelf.offer(sha, result.path)
+            elif isinstance(result, FetchSkipped) and result.why is None:
+                pass  # handed on (Fetcher.withdraw): whoever took it says whether it comes
             elif not (others and others.get(sha) and _another_source_may_help(result)):
                 shelf.withdraw(sha)
 
