@@ -336,3 +336,59 @@ def test_the_header_check_asks_the_guard_as_the_users_uv_toml_is_now(tmp_path: P
     finally:
         d.state.close()
         d._ref.pipeline.close()
+
+
+@pytest.mark.parametrize("uv_which", ["pinned", "0.8.2"])
+def test_a_lock_moved_onto_wheels_another_project_warmed_costs_no_wheel_byte(
+    tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_which: str, uv_bin: Path, uv_old_bin: Path,
+    uv_cache: Path, uv_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every byte once, in the daemon: project b's lock moves onto the wheels project a has warm
+    (from an index that answers no-store); b's run asks uv first, and the index serves no wheel byte."""
+    uv = uv_bin if uv_which == "pinned" else uv_old_bin
+    root = tmp_path / "code"
+    root.mkdir()
+    for k, v in uv_environ.items():
+        monkeypatch.setenv(k, v)
+    old = torch_like_set(index_server, wheel_dir, "cu128", size=256 * 1024)
+    new = torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", size=256 * 1024)
+    # the locks, made beforehand: `uv lock` asks the index too, and is not what is counted
+    staged = {(name, ws.torch_version): locked_project(tmp_path / ws.torch_version, name, server=index_server, ws=ws,
+                                                       uv=uv_bin, env=uv_environ)
+              for name, ws in (("a", new), ("b", old), ("b", new))}
+
+    def move(name: str, ws: object) -> Path:
+        project = root / name
+        project.mkdir(exist_ok=True)
+        src = staged[(name, ws.torch_version)]  # type: ignore[attr-defined]
+        os.replace(src / "pyproject.toml", project / "pyproject.toml")
+        os.replace(src / "uv.lock", project / "uv.lock")  # as `uv lock` does: a rename onto it
+        return project
+
+    cfg_path = _config(tmp_path, uv, uv_cache, root)
+    config = load_config(cfg_path)
+    stop = threading.Event()
+    d = Daemon(config, config_path=cfg_path, stop_event=stop)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
+    t.start()
+    try:
+        index_server.reset_counters()
+        move("a", new)
+        move("b", old)
+        _wait_for(lambda: {p: {w["state"] for w in s["wheels"]} for p, s in _status(config.state_dir).items()}
+                  == {"a": {"warm"}, "b": {"warm"}})
+        files = {f.name: f for ws in (new, old) for f in ws.wheels + ws.default_wheels if "cp312" not in f.name}
+        needed = sum(f.stat().st_size for f in files.values())  # each file once, whoever downloads it
+        assert index_server.bytes_served() <= needed, (index_server.bytes_served(), needed)
+        index_server.reset_counters()
+        n = d.queue.completed
+        move("b", new)
+        assert d.queue.wait_completed(n + 1, WAIT)
+        _wait_for(lambda: {(w["name"], w["version"], w["state"]) for w in _status(config.state_dir)["b"]["wheels"]
+                           if w["name"] == "torch"} == {("torch", "2.9.0+cu128", "warm")})
+        assert index_server.wheel_gets() == [] and index_server.bytes_served() == 0, index_server.wheel_gets()
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive() and result == [0]
