@@ -121,6 +121,8 @@ def test_a_download_begun_for_a_wheel_uv_turns_out_to_have_leaves_no_partial(
     again, _ = _warm(project, tmp_path, uv_bin, uv_cache, uv_environ, downloader="auto")
     assert {w.state for w in again.wheels} == {"warm"}, again
     assert server.wheel_gets(), "no speculative download began: nothing was tested"
+    # what the report says was fetched crossed the network (what the server wrote, at most)
+    assert 0 < sum(w.bytes_downloaded for w in again.wheels) <= server.bytes_served(), again
     assert sorted(p.name for p in (tmp_path / "store").rglob("*.part")) == []
 
 

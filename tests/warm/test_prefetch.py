@@ -74,7 +74,24 @@ def _story(setup: Setup, index_server: IndexServer, wheel_dir: Path, uv: Path) -
     # Only the project's Python (3.11): the cp312 builds in the lock were never requested.
     cp312 = [f for f in ws.filenames if "cp312" in f]
     assert cp312 and not gpu_gets(index_server, cp312)
-    assert report["summary"]["bytes_downloaded"] > 0
+    # every byte once: whoever downloads each file (warmd, or uv handed it), the index serves it once,
+    # and the summary's "fetched" is what crossed the network
+    needed = sum(f.stat().st_size for f in ws.wheels + ws.default_wheels if "cp312" not in f.name)
+    served = index_server.bytes_served()
+    assert needed <= served <= 1.02 * needed, (served, needed)
+    assert needed <= report["summary"]["bytes_downloaded"] <= served, report["summary"]
+
+    # A second project on the same lock: uv has every file; warmd asks it first and fetches nothing.
+    twin = setup.tmp / "twin"
+    twin.mkdir()
+    for name in ("pyproject.toml", "uv.lock", ".python-version"):
+        if (project / name).exists():
+            (twin / name).write_bytes((project / name).read_bytes())
+    index_server.reset_counters()
+    proc = setup.prefetch(twin)
+    assert proc.returncode == 0, proc.stderr
+    assert all(w["state"] == "warm" for w in setup.report(proc)["projects"][0]["wheels"])
+    assert index_server.wheel_gets() == [] and setup.report(proc)["summary"]["bytes_downloaded"] == 0
 
     index_server.reset_counters()
     run_uv(uv, ["sync"], cwd=project, env=setup.env)

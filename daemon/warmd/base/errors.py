@@ -85,6 +85,8 @@ class LockError(InputError):
 class FetchError(WarmdError):
     """A wheel could not be downloaded (network, server, or disk)."""
 
+    bytes_downloaded = 0  # what crossed the network for it before it failed or was called off
+
 
 class HashMismatch(FetchError):
     """Downloaded bytes do not match the sha256 pinned in the lock."""

@@ -287,6 +287,9 @@ class Fetcher(HostLinks, Asking):
         meter.join()
         try:
             return dl.run()
+        except FetchError as exc:
+            exc.bytes_downloaded = dl.downloaded  # they crossed the network all the same (the summary's)
+            raise
         finally:
             meter.leave(dl.width)
             with self._links_cv:

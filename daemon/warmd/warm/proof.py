@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from ..base import Fetched, FetchSkipped, Pin, ProjectReport, SkippedReport, WarmdError, WheelReport
+from ..base import Fetched, FetchError, FetchSkipped, Pin, ProjectReport, SkippedReport, WarmdError, WheelReport
 from ..plan import ProjectPlan
 from ..uv import ProbeResult, Uv, file_stamp
 from .admission import skipped_pin
@@ -42,9 +42,10 @@ def _report(pl: ProjectPlan, run: _Run, unhashed: dict[tuple[str, str], SkippedR
     for pin in pl.pins:
         res = after[pin.python]
         got = fetched.get(pin.wheel.sha256)
+        # what crossed the network for it, a download called off or failed included
+        down = got.bytes_downloaded if isinstance(got, (Fetched, FetchError)) else 0
         if isinstance(got, FetchSkipped):
             got = None  # uv had it already: not a failure
-        down = got.bytes_downloaded if isinstance(got, Fetched) else 0
         reused = got.bytes_reused if isinstance(got, Fetched) else 0
         if pin.wheel.sha256 in run.by_uv:
             down = pin.wheel.size or 0  # fetched all the same, by uv
