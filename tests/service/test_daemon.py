@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
-from warmd.base import Cancelled, cancel, load_config
+from warmd.base import Cancelled, Config, cancel, load_config
 from warmd.service import Daemon, WorkQueue, build_scheduler
 from warmd.cli import project_statuses
 from warmd.state import State
@@ -46,6 +47,23 @@ def _status(state_dir: Path) -> dict[str, dict]:
         return {s.path.name: s.to_json() for s in project_statuses(st)}
     finally:
         st.close()
+
+
+@contextmanager
+def _daemon(cfg_path: Path) -> Iterator[tuple[Daemon, Config, threading.Thread]]:
+    """The daemon of this config running in a thread; on leaving, stopped, and it must have exited 0."""
+    config = load_config(cfg_path)
+    stop = threading.Event()
+    d = Daemon(config, config_path=cfg_path, stop_event=stop)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
+    t.start()
+    try:
+        yield d, config, t
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive() and result == [0]
 
 
 def _gpu_gets(server: IndexServer) -> list:
@@ -138,13 +156,7 @@ def test_daemon_warms_heals_upgrades_and_flags(
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     cfg_path = _config(tmp_path, uv_bin, uv_cache, root, keep=True)  # the store heals a `uv cache clean`
-    config = load_config(cfg_path)
-    stop = threading.Event()
-    d = Daemon(config, config_path=cfg_path, stop_event=stop)
-    result: list[int] = []
-    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
-    t.start()
-    try:
+    with _daemon(cfg_path) as (d, config, t):
         notify.until(lambda m: m == "READY=1")
 
         # A project created under the root becomes warm: `uv lock` renames onto uv.lock.
@@ -207,10 +219,6 @@ def test_daemon_warms_heals_upgrades_and_flags(
         moved = [w for w in status["wheels"] if w["warnings"]]
         assert [w["filename"] for w in moved] == [torch_file]
         assert any("locked hash moved" in f for f in status["flags"])
-    finally:
-        stop.set()
-        t.join(30)
-    assert not t.is_alive() and result == [0]
     notify.until(lambda m: m == "STOPPING=1", timeout=1)
 
 
@@ -365,14 +373,7 @@ def test_a_lock_moved_onto_wheels_another_project_warmed_costs_no_wheel_byte(
         os.replace(src / "uv.lock", project / "uv.lock")  # as `uv lock` does: a rename onto it
         return project
 
-    cfg_path = _config(tmp_path, uv, uv_cache, root)
-    config = load_config(cfg_path)
-    stop = threading.Event()
-    d = Daemon(config, config_path=cfg_path, stop_event=stop)
-    result: list[int] = []
-    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
-    t.start()
-    try:
+    with _daemon(_config(tmp_path, uv, uv_cache, root)) as (d, config, _t):
         index_server.reset_counters()
         move("a", new)
         move("b", old)
@@ -388,7 +389,3 @@ def test_a_lock_moved_onto_wheels_another_project_warmed_costs_no_wheel_byte(
         _wait_for(lambda: {(w["name"], w["version"], w["state"]) for w in _status(config.state_dir)["b"]["wheels"]
                            if w["name"] == "torch"} == {("torch", "2.9.0+cu128", "warm")})
         assert index_server.wheel_gets() == [] and index_server.bytes_served() == 0, index_server.wheel_gets()
-    finally:
-        stop.set()
-        t.join(30)
-    assert not t.is_alive() and result == [0]
