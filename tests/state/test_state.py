@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -119,17 +118,20 @@ def test_verified_sizes_are_kept_while_a_lock_or_the_look_ahead_holds_the_file(t
     state.close()
 
 
-def test_a_file_warm_for_any_project_or_warmed_ahead_is_known_warm(tmp_path: Path) -> None:
-    from warmd.base import AheadReport
+def test_v7_drops_the_hosts_verdicts_an_earlier_warmd_kept(tmp_path: Path) -> None:
+    from warmd.state import MIGRATIONS
 
-    state = State.open(tmp_path)
-    a, b = tmp_path / "a", tmp_path / "b"
-    warm, cold, ahead = "a" * 64, "b" * 64, "c" * 64
-    _record(state, _report(a, WheelReport(_pin("torch", "2", warm), "warm")))
-    _record(state, _report(b, WheelReport(_pin("torch", "2", cold), "failed")))
-    state.record_ahead(AheadReport(a, "0" * 64, "ready", wheels=(WheelReport(_pin("torch", "3", ahead), "warm"),)))
-    assert state.warm_files([warm, cold, ahead, "d" * 64]) == {warm, ahead}
-    state.close()
+    db = sqlite3.connect(tmp_path / STATE_FILE)
+    for step in MIGRATIONS[:6]:
+        step(db)
+    db.execute("PRAGMA user_version = 6")
+    db.execute("INSERT INTO links(host, kind, cache_control, stream_rate, found_at) VALUES ('h', 'fast', NULL, 1, 0)")
+    db.commit()
+    db.close()
+    State.open(tmp_path).close()
+    db = sqlite3.connect(tmp_path / STATE_FILE)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name='links'").fetchall() == []
+    db.close()
 
 
 @pytest.mark.parametrize("ending", ["close(wait=False) then exit", "os._exit before any close"])

@@ -51,19 +51,6 @@ class Reads(Connection):
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
-    def warm_files(self, shas: Iterable[str]) -> set[str]:
-        """Of these files, those some run recorded warm, for any project, or the look-ahead warmed."""
-        wanted = list(dict.fromkeys(shas))
-        out: set[str] = set()
-        with self._lock:
-            for i in range(0, len(wanted), 500):  # within SQLite's limit on bound values
-                chunk = wanted[i:i + 500]
-                marks = ",".join("?" * len(chunk))
-                out.update(r[0] for r in self._db.execute(
-                    f"SELECT sha256 FROM wheels WHERE state='warm' AND sha256 IN ({marks}) "
-                    f"UNION SELECT sha256 FROM ahead_files WHERE sha256 IN ({marks})", chunk + chunk))
-        return out
-
     def ahead_files(self) -> list[AheadFile]:
         """Every wheel the look-ahead warmed that is still tracked, oldest first."""
         with self._lock:

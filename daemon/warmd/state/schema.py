@@ -187,15 +187,9 @@ def _v6(db: sqlite3.Connection) -> None:
 
 def _v7(db: sqlite3.Connection) -> None:
     # A host's measured verdict is no longer kept across processes: no bench row showed it buying
-    # anything (each measures from an empty state), and a fast host's verdict handed uv files warmd
-    # had begun. Which wheels are warm is asked by file, for every project at once (Pipeline._cold).
-    _script(
-        db,
-        """
-        DROP TABLE links;
-        CREATE INDEX wheels_sha256 ON wheels(sha256, state);
-        """
-    )
+    # anything (each run measures from an empty state), and a fast host's remembered verdict handed
+    # uv files warmd had begun downloading (ARCHITECTURE.md, "Every byte once").
+    db.execute("DROP TABLE IF EXISTS links")
 
 
 # Index i migrates a database at user_version i to i + 1; append, never edit.

@@ -78,8 +78,7 @@ class Fetcher(HostLinks, Asking):
         self._stop = threading.Event()
         self._skipped: dict[str, str | None] = {}  # sha256 -> FetchSkipped.why
         self._downloads: dict[str, FileDownload] = {}
-        # sha256 of the files whose download has begun since their last fetch_many() began (running or
-        # ended): withdraw() hands none of them to another downloader, their bytes have crossed already
+        # sha256 of the files downloading now: withdraw() hands none of them to another downloader
         self._begun: set[str] = set()
         self._seen: dict[str, HeaderCheck] = {}  # URL -> the first answer of its last download, until taken
         self._pending: Counter[str] = Counter()  # host -> its files in fetch_many() calls not ended yet
@@ -139,13 +138,13 @@ class Fetcher(HostLinks, Asking):
             self._skipped.pop(sha256.lower(), None)
 
     def withdraw(self, shas: Iterable[str]) -> set[str]:
-        """Of these files, those whose download has not begun, now skipped (silently) for good: another
-        downloader may take them. A file begun (or done) since its fetch_many() began stays this engine's:
-        its bytes have crossed the network once already."""
+        """Of these files, those no download has begun, now skipped (silently) for good: another
+        downloader may take them. A file downloading now, or with bytes in the store (a partial, whole
+        or not, or a blob), stays this engine's: its bytes have crossed the network once already."""
         out = set()
         with self._lock:
             for sha in {s.lower() for s in shas}:
-                if sha not in self._begun:
+                if sha not in self._begun and not self.store.part_path(sha).exists() and not self.store.has(sha):
                     self._skipped[sha] = None
                     out.add(sha)
         return out
@@ -213,7 +212,6 @@ class Fetcher(HostLinks, Asking):
             # daemon's Fetcher lives for months, and uv may lose a file it had (`uv cache clean`).
             for sha in unique:
                 self._skipped.pop(sha, None)
-                self._begun.discard(sha)
             # before the size requests: a wait_links() from now on waits for these files
             self._pending.update(host_of(w.url) for w in unique.values())
         ended: set[str] = set()
@@ -294,6 +292,7 @@ class Fetcher(HostLinks, Asking):
             meter.leave(dl.width)
             with self._links_cv:
                 self._downloads.pop(sha, None)
+                self._begun.discard(sha)  # what it left in the store speaks for it now (withdraw)
                 if dl.seen is not None:
                     self._seen[dl.seen.url] = dl.seen
 

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 # most of the link idle and warmd's ranges pay for their second pass over the bytes; above it
 # (PyPI's CDN gives ~100 MiB/s a stream here), uv's own parallel downloads keep up.
 _SLOW_STREAM = 32 * 2**20
-_MEASURE_WAIT = 1.2  # seconds to wait after the probe for a host's verdict (a trial takes ~0.8 s)
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
 
 
@@ -40,7 +39,7 @@ class HandOver:
     progress: Callable[[ProgressEvent], None] | None
     state: State | None
 
-    def _for_uv(self, need: dict[str, Pin], resumable: set[str], speculative: dict[str, Pin]) -> set[str]:
+    def _for_uv(self, need: dict[str, Pin], resumable: set[str]) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads"), withdrawn
         from warmd's engine: a file whose download has begun there, this run or an earlier one, stays
         warmd's (its bytes cross the network once).
@@ -50,8 +49,9 @@ class HandOver:
         the user has no uv.toml: uv then gets the per-index override in a config file of warmd's,
         which would replace theirs (`Uv.import_wheels(keep=...)`). Of those, warmd keeps a file
         where its ranges beat uv's one stream per file: on a host that caps each connection to a
-        slow stream. `downloader` (config) "uv" takes the host as fast without measuring it, "warmd"
-        hands uv nothing.
+        slow stream. A host is judged by what warmd's own downloads measured of it in this process
+        (Fetcher.link); one not measured yet is judged by uv's keeping alone. `downloader` (config)
+        "uv" takes every host as fast, "warmd" hands uv nothing.
 
         Before uv is handed them, `_checked_for_uv` asks where their URLs lead.
         """
@@ -69,10 +69,7 @@ class HandOver:
         links: dict[str, Link] = {}
         if who == "auto":
             hosts = {host_of(p.wheel.url) for p in candidates.values()}
-            measuring = {host_of(p.wheel.url) for sha, p in candidates.items() if sha in speculative}
             links = {h: link for h in hosts if (link := self.fetcher.link(h)) is not None}
-            if measuring - links.keys():
-                links |= self.fetcher.wait_links(measuring - links.keys(), timeout=_MEASURE_WAIT)
         keeps = self._import_keeps(need.values())
         out = set()
         for sha, pin in candidates.items():
@@ -86,37 +83,19 @@ class HandOver:
                 out.add(sha)
         return self.fetcher.withdraw(out) if out else out
 
-    def _kept_by_sync(self, plans: Sequence[ProjectPlan]) -> set[str]:
-        """The files of these plans whose index uv keeps for their project's own `uv sync` (uv_keeps):
-        uv's cache may hold them without any run of warmd's."""
-        version = str(self.uv.version)
-        verdicts: dict[tuple[Path, str], bool] = {}
-        out = set()
-        for pl in plans:
-            for pin in pl.pins:
-                key = (pl.project, norm_url(pin.index) if pin.index else pin.wheel.url)
-                if key not in verdicts:
-                    verdicts[key] = uv_keeps(pl.project, pin.index, pin.wheel.url, uv_version=version,
-                                             env=self.uv.env, state=self.state).verdict == "kept"
-                if verdicts[key]:
-                    out.add(pin.wheel.sha256)
-        return out
-
     def _checked_for_uv(self, out: set[str], need: dict[str, Pin], sized: Collection[str], since: float) -> set[str]:
         """Of the wheels `_for_uv` chose, those uv may be handed: uv follows redirects unchecked, so only
         a file whose URL warmd's own engine asked this run (since `since`), every redirect hop checked
-        by the guard and a success at the end, goes to uv: a download begun on speculation, the HEAD for
-        the limits, else one HEAD now (which also confirms the size the limits weighed). The others
+        by the guard and a success at the end, goes to uv: the HEAD for the limits, else one HEAD now (which also confirms the size the limits weighed). The others
         warmd downloads itself."""
         if out:
             # uv holds a file to the lock's sha256, not to a size: a lock naming a big file as a small
             # one would pass the limit through uv. With a limit, only files whose size this run's own
-            # requests confirmed go: a size learned for weighing (`sized`), a download begun on
-            # speculation (a part begun this run: its answer was held to the pin's size, ranges.py),
-            # else one request now, whose answer must agree. That request also checks the redirects
+            # requests confirmed go: a size learned for weighing (`sized`), else one request now,
+            # whose answer must agree. That request also checks the redirects
             # (`_preflight`); none where this run asked already.
             limit = self.config.limits.per_project is not None
-            held = {s for s in out if need[s].wheel.url in sized or self.store.part_path(s).exists()}
+            held = {s for s in out if need[s].wheel.url in sized}
             said = self._preflight([need[s].wheel.url for s in out], since,
                                    again={need[s].wheel.url for s in out - held} if limit else ())
             out = {s for s in out if (a := said[need[s].wheel.url]).passed

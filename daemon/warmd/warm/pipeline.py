@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterator, Mapping, Sequence
@@ -211,42 +210,29 @@ class Pipeline(Sourcing, HandOver):
                 unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]], since: float) -> _Run:
         pins = [pin for pl in plans for pin in pl.pins]
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
-        # One source per file, chosen here once for the speculative start, the need and the limits
-        # alike; the others are tried when it fails (`_fallback`). Past a limit a file is not
-        # downloaded at all (limits.py): not even on speculation.
+        # One source per file, chosen here once for the need and the limits alike; the others are
+        # tried when it fails (`_fallback`). Past a limit a file is not downloaded at all (limits.py).
         sources, skipped, failed = self._sources(plans, unsized, weigh)
         chosen = {sha: ps[0] for sha, ps in sources.items()}
-        # Downloads start at once for files uv cannot have (`_cold`); meanwhile uv says what it has.
-        cold = self._cold(plans)
-        fits, floor = room.admit([pin for sha, pin in chosen.items() if sha in cold and not self.store.has(sha)],
-                                 in_store=resumable)
-        speculative = {pin.wheel.sha256: pin for pin in fits}
+        # Nothing is downloaded before uv says what it has: a download begun while uv was asked fetched
+        # files uv had (another project's, the user's own sync's) or that uv then fetched again, and
+        # no bench row showed it buying time (ARCHITECTURE.md, "Every byte once").
         shelf = Shelf()
-        with Feeder(shelf) as feeder, ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-fetch") as pool:
+        with Feeder(shelf) as feeder:
             interpreters = {py: path for pl in plans for py, path in pl.interpreters.items() if path is not None}
             transient: set[str] = set()
             checked = functools.partial(self._unchecked, since=since, transient=transient)
             importer = Importer(self._run_import, feeder, shelf, interpreters, checked)
             try:
                 others = {sha: ps[1:] for sha, ps in sources.items() if len(ps) > 1}
-                early = pool.submit(self._fetch, list(speculative.values()), shelf, others)
-                try:
-                    before = {pl.project: self._probe(pl) for pl in plans}
-                except BaseException as exc:
-                    # uv could not be asked: stop downloading at once. Work called off keeps its
-                    # downloads: verified, they serve the next lock too when its pins come back.
-                    if not isinstance(exc, Cancelled):
-                        for sha in speculative:
-                            self.fetcher.skip(sha, None)  # the run's error says why
-                    raise
+                before = {pl.project: self._probe(pl) for pl in plans}
                 need: dict[str, Pin] = {}
                 for pl in plans:
                     for pin in pl.pins:
                         if pin.name not in before[pl.project][pin.python].warm and pin.wheel.sha256 in chosen:
                             need.setdefault(pin.wheel.sha256, chosen[pin.wheel.sha256])
-                # What uv lacks beyond the speculative downloads must fit above the free-space floor too.
-                later = [pin for sha, pin in need.items() if sha not in speculative and sha not in floor]
-                floor.update(room.admit(later, in_store=resumable | {s for s in need if self.store.has(s)})[1])
+                # What uv lacks must fit above the free-space floor.
+                floor = room.admit(list(need.values()), in_store=resumable | {s for s in need if self.store.has(s)})[1]
                 for sha in floor.keys() & need.keys():
                     skipped[sha] = floor[sha]
                     del need[sha]
@@ -255,17 +241,13 @@ class Pipeline(Sourcing, HandOver):
                 if record:
                     for pl in plans:
                         self._progress(pl, before[pl.project], need)
-                # Only uv's answer about the very locks planned may call a download off.
-                moot = speculative.keys() - need.keys() if all(pl.is_current() for pl in plans) else set()
-                for sha in moot:
-                    self.fetcher.skip(sha)
                 # uv is handed each pin's own URL: only a file every lock names at one URL goes to it.
                 urls: defaultdict[str, set[str]] = defaultdict(set)
                 for pin in pins:
                     urls[pin.wheel.sha256].add(pin.wheel.url)
-                # withdrawn from warmd's engine: none of these has begun downloading (every byte once)
-                wanted = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1},
-                                      resumable, speculative)
+                # withdrawn from warmd's engine: none of these has begun downloading there (another
+                # run of this process may have begun one: it stays warmd's, every byte once)
+                wanted = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1}, resumable)
                 # uv starts on every file it lacks now, and unpacks each while it downloads; those uv
                 # may download itself wait for the pre-flight, the others not.
                 shelf.expect(need.keys() - wanted)
@@ -274,12 +256,7 @@ class Pipeline(Sourcing, HandOver):
                 shelf.expect(wanted - by_uv)
                 importer.start([p for p in pins if p.wheel.sha256 in wanted - by_uv])
                 importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
-                fetched = early.result()
-                # what warmd fetches after uv's answer: what it lacks and no download began for, and
-                # what was withdrawn for uv but may not go to it (the pre-flight refused its URL)
-                fetched.update(self._fetch([pin for sha, pin in need.items()
-                                            if sha not in by_uv and (sha not in speculative or sha in wanted)],
-                                           shelf, others))
+                fetched = self._fetch([pin for sha, pin in need.items() if sha not in by_uv], shelf, others)
                 fetched.update(self._fallback(fetched, need.keys() - by_uv, others, shelf, room, resumable))
                 import_errors = importer.finish()
                 unchecked = importer.unchecked()
@@ -296,7 +273,7 @@ class Pipeline(Sourcing, HandOver):
                     fetched.update(self._fetch([need[sha] for sha in refused], shelf))
                     import_errors.update(again.finish())
                     unchecked.update(again.unchecked())
-                run = _Run(before, {}, need, fetched, import_errors, by_uv, moot, skipped, failed, since,
+                run = _Run(before, {}, need, fetched, import_errors, by_uv, set(), skipped, failed, since,
                            unchecked, transient)
                 run.after = {pl.project: self._proof(pl, run, feeder, shelf) for pl in plans}
             except KeyboardInterrupt:
@@ -346,20 +323,6 @@ class Pipeline(Sourcing, HandOver):
 
     def _probe(self, pl: ProjectPlan) -> dict[str, ProbeResult]:
         return probe_plan(self.uv, pl)
-
-    def _cold(self, plans: Sequence[ProjectPlan]) -> set[str]:
-        """The files worth starting to download before uv is asked what it has: those uv cannot have.
-
-        Not a file any run recorded warm, of any project (a lock that moves onto another project's
-        wheels) or of the look-ahead; nor one of an index uv keeps for any of its projects (the user's
-        own `uv sync` may have put it there). With `downloader = "uv"` none: uv is asked first, and
-        every file it may fetch goes to it.
-        """
-        if self.config.download.downloader == "uv":
-            return set()
-        shas = {pin.wheel.sha256 for pl in plans for pin in pl.pins}
-        kept = self._kept_by_sync(plans)
-        return shas - kept - (self.state.warm_files(shas) if self.state is not None else set())
 
     def _progress(self, pl: ProjectPlan, before: dict[str, ProbeResult], need: dict[str, Pin]) -> None:
         """Record the plan being warmed, with what uv has already, when something is to be done."""
