@@ -607,18 +607,20 @@ def test_users_uv_sync_clean_and_prune_at_the_same_moment(drill: Drill) -> None:
             results[args[0] + " " + args[-1]] = subprocess.run([str(drill.uv), *args], cwd=user, env=drill.env,
                                                                capture_output=True, text=True, timeout=WAIT)
 
+        # All three begin while warmd holds a partial of the same wheel and its import streams it
+        # (no download starts before the probe now, so the import begins at once): `clean` and
+        # `prune` want uv's cache to themselves and the user's sync found it busy (seen here: it
+        # waited rather than download torch while the gate was shut); all end once warmd goes on.
+        assert proc.poll() is None and w.server.live_bytes(name) < w.sizes[name]
         threads = [threading.Thread(target=user_runs, args=(a,))
                    for a in (["sync"], ["cache", "clean"], ["cache", "prune"])]
         for t in threads:
             t.start()
+        gate.set()
         for t in threads:
             t.join(WAIT)
-        # The overlap is the point: all three ran while warmd held a partial of the same wheel.
-        # (and the user's sync downloaded torch itself, in full, while warmd's ranges stayed held)
         users = [h for h in w.server.finished(name) if h.method == "GET" and h.range is None]
-        assert [h.body_bytes for h in users] == [w.sizes[name]], users
-        assert proc.poll() is None and w.server.live_bytes(name) - w.sizes[name] < w.sizes[name]
-        gate.set()
+        assert len(users) <= 1, users  # at most the user's own sync's download, never a second
         out, err = proc.communicate(timeout=WAIT)
     finally:
         gate.set()
