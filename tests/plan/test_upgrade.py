@@ -221,3 +221,26 @@ def test_exact_pins_move_in_the_copy_only_and_lock_the_newest_release(
     assert deps[:2] == ['torch[opt]>=2.8.0 ; sys_platform == "linux"', "filelock==3.18.0"]
     torch = [p.version for p in read_lock(copy / "uv.lock").packages if p.name == "torch"]
     assert torch == ["2.9.0+cu128"]
+
+
+def test_the_seeds_exact_pins_move_as_one_family(tmp_path: Path) -> None:
+    """Torch's companions and other builds of its variant move with it; an unrelated `==` pin, a
+    wildcard, a URL and a package the lock does not hold from an index stay."""
+    project = tmp_path / "seed"
+    pins = ["torch==2.8.0+rocm6.3", "torchvision==0.23.0+rocm6.3", "pytorch-triton-rocm==3.4.0",
+            "flash-attn==2.8.3", "apex==0.1+rocm6.3", "numpy==2.1.0", "scipy==1.*", "lib==1.0"]
+    _write(project / "pyproject.toml", "\n".join([
+        "[project]", 'name = "seed"', 'version = "0.1.0"', f"dependencies = {json.dumps(pins[:3])}",
+        "[project.optional-dependencies]", f"attn = {json.dumps(pins[3:5])}",
+        "[dependency-groups]", f"dev = {json.dumps(pins[5:])}", ""]))
+    registry = 'source = { registry = "https://download.pytorch.org/whl/rocm6.3" }'
+    _write(project / "uv.lock", "\n".join(
+        ["version = 1", 'requires-python = ">=3.11"', "",
+         "[[package]]", 'name = "seed"', 'version = "0.1.0"', 'source = { virtual = "." }', "",
+         "[[package]]", 'name = "lib"', 'version = "1.0"', 'source = { directory = "../lib" }', ""]
+        + [line for pin in pins[:-1] for line in ("[[package]]", f'name = "{pin.split("=")[0]}"',
+                                                  f'version = "{pin.split("==")[1].replace("*", "0")}"', registry, "")]))
+    lock = read_lock(project / "uv.lock")
+    assert exact_pins(project, lock, ["torch"]) == pins[:5]
+    assert exact_pins(project, lock, ["numpy"]) == ["numpy==2.1.0"]  # no torch looked ahead for: no family
+    assert exact_pins(project, lock, ["jax*"]) == []

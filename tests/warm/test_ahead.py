@@ -70,6 +70,17 @@ def _publish(lab: Lab, version: str = "2.9.0", variant: str = "cu128") -> str:
     return next(f for f in ws.filenames if f.startswith("torch-"))
 
 
+def _ready(lab: Lab, cfg: Path, project: Path) -> dict:
+    """`warmd prefetch --ahead` of the project, which must find torch 2.9.0+cu128 ready; its report."""
+    code, report, err = lab.prefetch(cfg, "--ahead", str(project))
+    assert code == 0, err
+    (ahead,) = report["ahead"]
+    assert ahead["state"] == "ready", ahead
+    assert {"name": "torch", "from": "2.8.0+cu128", "to": "2.9.0+cu128"} in ahead["packages"]
+    assert "ERROR" not in err
+    return ahead
+
+
 def test_the_next_upgrade_is_warm_before_the_user_asks_and_the_project_is_untouched(lab: Lab) -> None:
     project = _project(lab, "app", "torch>=2.5")
     cfg = lab.config()
@@ -81,18 +92,13 @@ def test_the_next_upgrade_is_warm_before_the_user_asks_and_the_project_is_untouc
     lock_bytes = (project / "uv.lock").read_bytes()
     lab.server.reset_counters()
 
-    code, report, err = lab.prefetch(cfg, "--ahead", str(project))
-    assert code == 0, err
-    (ahead,) = report["ahead"]
-    assert ahead["state"] == "ready", ahead
-    assert {"name": "torch", "from": "2.8.0+cu128", "to": "2.9.0+cu128"} in ahead["packages"]
+    ahead = _ready(lab, cfg, project)
     assert [(w["filename"], w["state"]) for w in ahead["wheels"]] == [(new_torch, "warm")]
     assert ahead["line"] == f"upgrade ready: torch 2.9.0+cu128, {ahead['bytes_warm'] / KiB:.1f} KiB warm"
     assert lab.server.bytes_served(new_torch) >= (lab.tmp / "wheels" / "cu128" / new_torch).stat().st_size
     # The project, its lock and its venv were only read: every entry, size and mtime as it was.
     assert tree(project, folder_mtimes=True) == before
     assert (project / "uv.lock").read_bytes() == lock_bytes
-    assert "ERROR" not in err
 
     st = lab.status(cfg)["app"]
     assert st["state"] == "warm" and st["upgrade"]["state"] == "ready"
@@ -146,11 +152,7 @@ def test_exact_pins_move_together_and_the_users_bump_downloads_no_wheel(lab: Lab
     before = tree(project, folder_mtimes=True)
     lab.server.reset_counters()
 
-    code, report, err = lab.prefetch(cfg, "--ahead", str(project))
-    assert code == 0, err
-    (ahead,) = report["ahead"]
-    assert ahead["state"] == "ready", ahead
-    assert {"name": "torch", "from": "2.8.0+cu128", "to": "2.9.0+cu128"} in ahead["packages"]
+    ahead = _ready(lab, cfg, project)
     assert {"name": "torchvision", "from": "0.23.0+cu128", "to": "0.24.0+cu128"} in ahead["packages"]
     assert sorted((w["filename"], w["state"]) for w in ahead["wheels"]) == [(new_torch, "warm"), (new_vision, "warm")]
     assert tree(project, folder_mtimes=True) == before  # the pins moved in warmd's scratch copy only
