@@ -39,7 +39,8 @@ GROUPS: list[tuple[str, RowsFn, list[tuple[str, str]]]] = [
     ("memory", memory.rows, [("7", "peak memory fetching a big wheel")]),
     ("daemon", daemon.rows, [("8", "daemon idle with 300 projects"), ("9", "reaction to a lock change")]),
     ("discovery", discovery.rows, [("10", "discovery time")]),
-    ("upgrade", ahead.rows, [("11", "upgrade to a ready venv, look-ahead vs none")]),
+    ("upgrade", ahead.rows, [("11", "upgrade to a ready venv, look-ahead vs none"),
+                             ("11b", "upgrade past an exact pin, look-ahead vs none")]),
     ("mirror", mirror.rows, [("12", mirror.WHAT)]),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import random
 import re
 import zipfile
@@ -130,3 +131,44 @@ def _write(zf: zipfile.ZipFile, arcname: str, data: bytes) -> None:
     zinfo.compress_type = zipfile.ZIP_STORED
     zinfo.external_attr = 0o644 << 16
     zf.writestr(zinfo, data)
+
+
+# Wheel variants (PEP 825, draft): the schema uv 0.13.9 reads, and its vendored NVIDIA provider,
+# which needs no plugin from an index (uv runs it itself; NV_VARIANT_PROVIDER_FORCE_* drive it).
+VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/peps/825/v0.1.1.json"
+NVIDIA_PROVIDER = {"nvidia": {"requires": ["nvidia-variant-provider"],
+                              "plugin-api": "nvidia_variant_provider.plugin:NvidiaVariantPlugin"}}
+
+
+def variants_doc(variants: dict[str, dict]) -> dict:
+    """A release's variant metadata: `variants` maps each label to its properties (namespace ->
+    feature -> values), NVIDIA's provider decides among them."""
+    return {"$schema": VARIANT_SCHEMA, "default-priorities": {"namespace": ["nvidia"]},
+            "providers": NVIDIA_PROVIDER, "variants": variants}
+
+
+def variants_json(out_dir: Path, name: str, version: str, variants: dict[str, dict]) -> Path:
+    """Write the release's index-level `{name}-{version}-variants.json` into out_dir; return its path."""
+    path = Path(out_dir) / f"{dist_name(name).lower()}-{version}-variants.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(variants_doc(variants)))
+    return path
+
+
+def variant_wheel(wheel: Path, label: str, properties: dict, out_dir: Path) -> Path:
+    """A variant-labelled copy of `wheel` in out_dir: `{stem}-{label}.whl`, its dist-info holding the
+    `variant.json` of that one variant (in RECORD too); the rest byte for byte as `wheel` has it."""
+    wheel = Path(wheel)
+    out = Path(out_dir) / f"{wheel.name[:-len('.whl')]}-{label}.whl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.dumps(variants_doc({label: properties})).encode()
+    with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith(".dist-info/RECORD"):
+                arc = item.filename.rsplit("/", 1)[0] + "/variant.json"
+                _write(zout, arc, doc)
+                data = data.replace(item.filename.encode() + b",,",
+                                    f"{arc},{_record_hash(doc)},{len(doc)}\n{item.filename},,".encode())
+            _write(zout, item.filename, data)
+    return out

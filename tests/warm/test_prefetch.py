@@ -16,6 +16,7 @@ from tests.support.cache import traces
 from tests.support.cli import run_warmd
 from tests.support.config import OFFLINE_PACKAGES, write_warmd_config
 from tests.support.index_server import IndexServer
+from tests.support.prereqs import UV_LINES, uv_line as prereq_uv
 from tests.support.projects import (
     lock_project,
     locked_project,
@@ -93,12 +94,20 @@ def test_prefetch_makes_a_fresh_sync_download_nothing(setup: Setup, index_server
     _story(setup, index_server, wheel_dir, setup.uv)
 
 
-def test_prefetch_with_uv_0_8_2(tmp_path: Path, uv_old_bin: Path, uv_cache: Path, uv_environ: dict[str, str],
-                                index_server: IndexServer, wheel_dir: Path) -> None:
-    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv_old_bin, uv_cache, packages=OFFLINE_PACKAGES),
-                  tmp_path / "store", uv_old_bin, uv_environ, uv_cache)
-    _story(setup, index_server, wheel_dir, uv_old_bin)
-    assert (uv_cache / "wheels-v5").is_dir()  # the old uv's own layout: written by that uv, not by warmd
+@pytest.mark.parametrize("uv_line", UV_LINES)
+def test_the_seed_story_with_each_uv_line(tmp_path: Path, uv_line: str, uv_cache: Path, uv_environ: dict[str, str],
+                                          index_server: IndexServer, wheel_dir: Path) -> None:
+    """A user may have any uv: 0.8.2 and the newest of each later minor line (the pinned one runs above)."""
+    uv = prereq_uv(uv_line)
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv, uv_environ, uv_cache)
+    _story(setup, index_server, wheel_dir, uv)
+    version = subprocess.run([str(uv), "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.split()[1] == uv_line
+    # that uv's own cache layout (wheels-v5 in 0.8.2), one bucket: written by that uv only, never by warmd
+    assert len(list(uv_cache.glob("wheels-v*"))) == 1
+    if uv_line == "0.8.2":
+        assert (uv_cache / "wheels-v5").is_dir()
 
 
 def test_without_warmd_every_fresh_sync_downloads_again(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:

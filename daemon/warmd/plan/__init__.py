@@ -8,6 +8,6 @@ __all__, __getattr__, __dir__ = surface(__name__, {
     "export": ("parse_export",),
     "planner": ("Planner", "PlanOptions", "ProjectPlan", "matches", "plan_project",),
     "target": ("uv_platform",),
-    "upgrade": ("contacts", "copy_for_lock", "must_build", "needs_build", "would_be_lock",),
+    "upgrade": ("contacts", "copy_for_lock", "exact_pins", "must_build", "needs_build", "would_be_lock",),
     "variant": ("KNOWN_VARIANTS", "Detection", "Runner", "detect_variant", "resolve_variant", "run_command",),
 })
