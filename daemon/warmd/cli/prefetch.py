@@ -15,7 +15,7 @@ from ..base import AheadReport, Config, InputError, ProjectReport, SkippedReport
 
 if TYPE_CHECKING:
     from ..state import State
-    from ..uv import Project
+    from ..uv import Project, Uv
     from ..warm import Pipeline
     from ..warm import UpgradeStatus
 
@@ -25,9 +25,6 @@ PREFETCH_ROUNDS = 3
 
 
 def _prefetch(args: argparse.Namespace, config: Config) -> int:
-    from ..warm import Pipeline
-    from .progress import ProgressPrinter
-    from ..state import State
     from ..uv import Project
 
     projects = [Project.of(p) for p in args.paths] or _discover_all(config)
@@ -47,8 +44,13 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
         else:
             _print_plan(reports)
         return code
+    uv = _looking_for_pythons(config, projects)
+    from ..state import State
+    from ..warm import Pipeline
+    from .progress import ProgressPrinter
+
     state = State.open(config.state_dir)
-    pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
+    pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter(), uv=uv)
     ahead: list[AheadReport] = []
     try:
         with _cancel_on_ctrl_c(pipeline):
@@ -62,6 +64,7 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
                                    conditions=read_conditions())
         keeps = _keeps(reports, pipeline, state) if args.json else {}
     finally:
+        uv.forget_soon()
         pipeline.close()
         state.close(wait=False)  # the prefetch's result does not wait for SQLite's fsync
     elapsed = time.monotonic() - started
@@ -78,6 +81,18 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
         for r in ahead:
             print(f"{r.project}: {_upgrade(r).line()}")
     return code
+
+
+def _looking_for_pythons(config: Config, projects: Sequence[Project]) -> Uv:
+    """The run's uv, already looking up the projects' interpreters while the pipeline is imported."""
+    from ..plan import interpreter_requests
+    from ..uv import Uv
+
+    uv = Uv(config.uv, cache_dir=config.cache_dir)
+    for p in projects:
+        for request in interpreter_requests(p, config.python):
+            uv.interpreter_soon(request)
+    return uv
 
 
 def _upgrade(r: AheadReport) -> UpgradeStatus:

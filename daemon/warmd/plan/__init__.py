@@ -6,6 +6,7 @@ from ..base.lazy import surface
 __all__, __getattr__, __dir__ = surface(__name__, {
     "choice": ("build_of", "build_score",),
     "export": ("parse_export",),
+    "inputs": ("interpreter_requests",),
     "planner": ("Planner", "PlanOptions", "ProjectPlan", "matches", "plan_project",),
     "target": ("uv_platform",),
     "upgrade": ("contacts", "copy_for_lock", "exact_pins", "must_build", "needs_build", "would_be_lock",),
