@@ -49,8 +49,12 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
     from ..warm import Pipeline
     from .progress import ProgressPrinter
 
-    state = State.open(config.state_dir)
-    pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter(), uv=uv)
+    try:
+        state = State.open(config.state_dir)
+        pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter(), uv=uv)
+    except BaseException:
+        uv.forget_soon()  # no run: no uv left looking
+        raise
     ahead: list[AheadReport] = []
     try:
         with _cancel_on_ctrl_c(pipeline):
