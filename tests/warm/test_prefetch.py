@@ -476,10 +476,10 @@ def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
 
 def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
     """examples/cuda-torch (the real-index benchmark row): `--dry-run` plans 18 GPU wheels, 3.8 GiB, offline."""
-    from warmd.base import DEFAULT_PACKAGES
+    from warmd.base import GPU_PACKAGES
 
     example = Path(__file__).resolve().parents[2] / "examples" / "cuda-torch"
-    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=DEFAULT_PACKAGES)  # as a user has it
+    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=GPU_PACKAGES)
     proc = setup.prefetch(example, extra=["--dry-run"])
     assert proc.returncode == 0, proc.stderr
     project = setup.report(proc)["projects"][0]
