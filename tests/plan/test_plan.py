@@ -133,6 +133,19 @@ def _pkg(name: str, version: str, registry: str = "https://pypi.org/simple") -> 
         ([_pkg("torch", "2.10.0"), _pkg("nvidia-cublas", "13.1.0.3"), _pkg("cuda-bindings", "13.0.3")], "cu13x", False),
         ([_pkg("torch", "2.5.0"), _pkg("nvidia-nccl-cu12", "2.21.5")], "cu12x", False),
         ([_pkg("torch", "2.5.0")], "cpu", False),
+        # every other GPU stack, without torch
+        ([_pkg("jax", "0.8.0"), _pkg("jax-cuda13-plugin", "0.8.0"), _pkg("jax-cuda13-pjrt", "0.8.0")], "cu13x", False),
+        ([_pkg("jax-cuda12-pjrt", "0.7.2"), _pkg("nvidia-cuda-runtime-cu12", "12.9.79")], "cu129", False),
+        ([_pkg("cupy-cuda12x", "13.6.0"), _pkg("numpy", "2.3.0")], "cu12x", False),
+        ([_pkg("cupy-cuda117", "10.6.0")], "cu117", False),
+        ([_pkg("onnxruntime-gpu", "1.20.1")], "cu12x", False),
+        ([_pkg("onnxruntime-gpu", "1.18.0")], "cu11x", False),
+        ([_pkg("tensorflow", "2.20.0"), _pkg("nvidia-cublas-cu12", "12.5.3.2")], "cu12x", False),  # tensorflow[and-cuda]
+        ([_pkg("cuda-python", "13.0.3"), _pkg("cuda-bindings", "13.0.3")], "cu13x", False),
+        ([_pkg("intel-sycl-rt", "2025.2.1"), _pkg("mkl", "2025.2.0")], "xpu", False),
+        ([_pkg("triton-rocm", "3.5.0")], "rocm", False),
+        ([_pkg("jax", "0.8.0"), _pkg("jaxlib", "0.8.0")], "cpu", False),
+        ([_pkg("tensorflow", "2.20.0")], "cpu", False),
     ],
 )
 def test_the_build_a_torch_is(packages: list[LockedPackage], variant: str, exact: bool) -> None:
@@ -147,6 +160,10 @@ def test_builds_score_by_how_sure_the_match_is() -> None:
     assert [build_score(b, "cu128") for b in (by_label, inferred, major)] == [3, 2, 1]
     assert build_score(by_label, "cu126") == 0 and build_score(major, "cu118") == 0
     assert build_of([_pkg("numpy", "2.0.0")]) is None
+    assert build_of([_pkg("mkl", "2025.2.0"), _pkg("intel-openmp", "2025.2.1")]) is None  # CPU stacks use them too
+    rocm, cupy11 = build_of([_pkg("triton-rocm", "3.5.0")]), build_of([_pkg("cupy-cuda11x", "13.6.0")])
+    assert (build_score(rocm, "rocm6.4"), build_score(rocm, "cu128"), build_score(cupy11, "cu118")) == (1, 0, 1)
+    assert build_score(cupy11, "cu128") == 0
 
 
 def test_export_lines_are_read_with_markers_urls_and_hashes() -> None:
