@@ -6,11 +6,13 @@ against the local index; each plan is compared with uv's own `uv sync --dry-run`
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import status_json
 from tests.support.config import write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, run_uv, torch_like_set, write_project
@@ -41,12 +43,16 @@ class Lab:
         """warmd's plan for `variant` equals uv's plan for `flags` (of `packages`, None: all of it);
         returns warmd's project report."""
         uv = uv or self.uv
-        expected = of_globs(uv_sync_plan(uv, project, self.python, flags, self.env), packages)
+        built: set[str] = set()
+        expected = of_globs(uv_sync_plan(uv, project, self.python, flags, self.env, built), packages)
         config = write_warmd_config(self.tmp, uv, self.tmp / "uv-cache", packages=packages, variant=variant,
                                     extra=list(extra))
         report = dry_run(config, self.env, project)["projects"][0]
         assert report["error"] is None, report["error"]
-        assert planned(report, "3.11") == expected, report["chosen_by"]
+        # What uv builds from the project's folders is named (skipped, with why) where the build needs the network.
+        builds = {w["name"] for w in report["wheels"] if "built from its folder" in (w["reason"] or "")}
+        assert builds <= built
+        assert {(n, v) for n, v in planned(report, "3.11") if n not in builds} == expected, report["chosen_by"]
         assert report["flags"] == flags, report["chosen_by"]
         return report
 
@@ -316,3 +322,50 @@ def test_a_rocm_extra_brings_triton_rocm(lab: Lab) -> None:
     report = lab.check(project, "rocm6.4", ["--extra", "rocm"], packages=None)
     assert {w["name"] for w in report["wheels"]} == {"torch", "triton-rocm", "filelock"}
     _warm_then_offline_sync(lab, project, "rocm6.4", ["--extra", "rocm"])
+
+
+def _packaged(lab: Lab, name: str, build_system: list[str]) -> Path:
+    """A project that is a package (uv builds it at sync), with a CUDA torch and a plain dependency."""
+    ws = torch_like_set(lab.server, lab.wheels, "cu128", pythons=("cp311",), size=4096)
+    project = write_project(lab.tmp, name, "3.11", [
+        "[project]", f'name = "{name}"', 'version = "0.1.0"', 'requires-python = ">=3.11"',
+        f'dependencies = ["{ws.requirement()}", "pytorch-triton", "nvidia-nvtx-cu12"]', "", *build_system, "",
+        "[tool.uv.sources]", *(f'{n} = {{ index = "pytorch-cu128" }}' for n in ws.gpu_packages), "",
+        *lab.index("pytorch-cu128", "cu128"), *lab.default_index(),
+    ])
+    (project / "src" / name).mkdir(parents=True)
+    (project / "src" / name / "__init__.py").write_text("")
+    lock_project(project, lab.uv, lab.env)
+    return project
+
+
+def test_a_build_backend_from_the_index_is_named_and_the_sync_without_the_project_is_offline(lab: Lab) -> None:
+    """uv builds the project itself with hatchling, which it would fetch: warmd never builds, so the plan
+    names the project as skipped with why, status shows it, and that is true: offline, the sync without
+    `--no-install-project` fails for want of the backend, and with it succeeds."""
+    project = _packaged(lab, "hatched", ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"'])
+    report = lab.check(project, "cu128", [], packages=None)
+    [built] = [w for w in report["wheels"] if w["name"] == "hatched"]
+    assert built["state"] == "skipped" and "hatchling.build (hatchling)" in built["reason"]
+    assert "`uv sync --no-install-project` does not build it" in built["reason"]
+    warm = _warm_then_offline_sync(lab, project, "cu128", ["--no-install-project"])
+    assert {w["name"] for w in warm["wheels"] if w["state"] == "warm"} == {"torch", "pytorch-triton", "nvidia-nvtx-cu12",
+                                                                           "filelock"}
+    [status] = status_json(lab.tmp / "warmd.toml", env=lab.env)
+    assert any(s["name"] == "hatched" and "hatchling" in s["reason"] for s in status["skipped"]), status["skipped"]
+    offline = subprocess.run([str(lab.uv), "sync", "--frozen", "--offline"], cwd=project, capture_output=True, text=True,
+                             env={**lab.env, "UV_CACHE_DIR": str(lab.tmp / "fresh-cache"),
+                                  "UV_PROJECT_ENVIRONMENT": str(lab.tmp / "other-venv")}, timeout=240)
+    assert offline.returncode != 0 and "hatchling" in offline.stderr
+
+
+@pytest.mark.parametrize("which", ["pinned", "0.8.2"])
+def test_a_uv_build_backend_needs_nothing_from_the_network(lab: Lab, which: str, request: pytest.FixtureRequest) -> None:
+    """`uv_build` in a range holding the running uv: uv builds the project with its own code, so the whole
+    sync, project included, is offline after a warm."""
+    uv = lab.uv if which == "pinned" else request.getfixturevalue("uv_old_bin")
+    project = _packaged(lab, "uvbuilt", ["[build-system]", 'requires = ["uv_build>=0.8.0,<1"]', 'build-backend = "uv_build"'])
+    report = lab.check(project, "cu128", [], packages=None, uv=uv)
+    assert all(w["state"] != "skipped" for w in report["wheels"]), report["wheels"]
+    lab.uv = uv
+    _warm_then_offline_sync(lab, project, "cu128", [])
