@@ -195,6 +195,17 @@ def test_best_wheel_is_unhashed_then_it_is_skipped_not_swapped() -> None:
     assert _best_wheel([fallback, good], order) is good
 
 
+def test_an_sdist_is_skipped_with_its_reason_warmd_never_builds() -> None:
+    from warmd.plan.export import _Line
+    from warmd.plan.target import _entry, _tag_order
+
+    pkg = LockedPackage(name="oldlib", version="1.0", registry="https://pypi.org/simple", is_root=False, has_sdist=True)
+    line = _Line("oldlib", "1.0", None, None, frozenset())
+    skipped = _entry(pkg, line, "3.11", _tag_order("3.11", ["manylinux_2_28_x86_64"]))
+    assert skipped.name == "oldlib" and "warmd never builds" in skipped.reason
+    assert "offline sync needs the network" in skipped.reason
+
+
 @pytest.mark.parametrize(
     "filename, target",
     [
