@@ -3,8 +3,11 @@
 A project (or workspace member, or path dependency) that is a package is built by uv at every fresh
 sync, with the build backend its `[build-system]` names. uv fetches that backend from the index,
 unless it is `uv_build` in a range that takes the running uv (uv then builds it itself). warmd runs
-no build and does not resolve the backend's requirements, so such a project is named with the reason
-an offline sync of it would still need the network, and the flag that leaves it out.
+no build, so such a project is named with the reason an offline sync of it would still need the
+network, and the flag that leaves it out. Warming the backend's `requires` would not be enough: a
+backend asks for more through its own hook, which is code (hatchling asks for `editables` before an
+editable build; with hatchling in uv's cache, `uv sync --offline` still failed on it, uv 0.13.9 and
+0.8.2).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .export import _Line
 
 _BUILT = ("editable", "directory")  # sources uv builds; `virtual` is only its dependencies
 # What uv assumes for a package without a [build-system] table (PEP 517's legacy fallback).
-_LEGACY = ("setuptools>=40.8.0",), "setuptools.build_meta:__legacy__"
+_LEGACY: tuple[tuple[str, ...], str] = (("setuptools>=40.8.0",), "setuptools.build_meta:__legacy__")
 
 
 def local_builds(folder: Path, lock: Lock, lines: Sequence[_Line], env: Mapping[str, str],

@@ -2,7 +2,7 @@
 
 uv decides extras, groups, conflicts and workspace members itself: `uv export` of the lock prints
 every package a sync with given flags could install, each with a plain PEP 508 marker. The plan
-evaluates those markers for this platform and each Python, keeps the configured package globs,
+evaluates those markers for this platform and each Python, keeps the configured package globs if any,
 and maps every line back to its `[[package]]` in uv.lock for the wheel files, hashes and sizes.
 By default every wheel of the sync is planned (the `packages` globs narrow it); what uv builds
 from the project's own folders with a backend from the network is named as skipped, with why.
@@ -22,7 +22,8 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 
 from ..base import (
-    GPU_PACKAGES, Cancelled, Config, FileStamp, InputError, Pin, ProjectReport, ProjectSettings, Skipped, WarmdError, read_toml,
+    GPU_PACKAGES, Cancelled, Config, FileStamp, InputError, Pin, ProjectReport, ProjectSettings, Skipped, WarmdError,
+    read_toml,
 )
 from ..uv import LOCK, PYPROJECT, Project, Uv, file_stamp, read_lock
 from .builds import build_skips, local_builds
@@ -140,7 +141,9 @@ def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: D
     envs = {py: _marker_env(py, interpreters[py], target) for py in pythons}
     index = _LockIndex(lock)
     choice = _choose(uv, folder, lock, index, pyproject, settings, variant, envs[pythons[0]])
-    builds = local_builds(folder, lock, choice.lines, envs[pythons[0]], uv.version) if options.packages is None else []
+    # The whole sync (the default) also names what uv builds from the project's folders.
+    whole = options.packages is None
+    builds = local_builds(folder, lock, choice.lines, envs[pythons[0]], uv.version) if whole else []
     pins: dict[tuple[str, str], Pin] = {}
     skipped: dict[tuple[str, str, str], Skipped] = {}
     for py in pythons:
@@ -153,9 +156,8 @@ def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: D
                 pins.setdefault((entry.wheel.sha256, py), entry)
             else:
                 skipped.setdefault((entry.name, entry.version, py), entry)
-        if options.packages is None:  # the whole sync: also what uv builds from the project's folders
-            for entry in build_skips(builds, py):
-                skipped.setdefault((entry.name, entry.version, py), entry)
+        for entry in build_skips(builds, py):
+            skipped.setdefault((entry.name, entry.version, py), entry)
     return ProjectPlan(
         project=folder,
         lock=project.lock,
