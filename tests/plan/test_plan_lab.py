@@ -133,6 +133,7 @@ def test_cuda_chosen_by_dependency_groups(lab: Lab, defaults: list[str]) -> None
     assert "group `cu128`" in cu["chosen_by"]
     cpu = lab.check(project, "cpu", ["--group", "cpu"] + (["--no-group", "cu128"] if in_defaults else []))
     assert {(w["name"], w["version"]) for w in cpu["wheels"]} == {("torch", "2.8.0+cpu")}
+    _warm_then_offline_sync(lab, project, "cu128", [] if in_defaults else ["--group", "cu128"])
 
 
 def test_the_probe_asks_uv_about_the_same_groups(lab: Lab) -> None:
@@ -176,6 +177,7 @@ def test_cuda_13_names_from_the_default_index(lab: Lab) -> None:
     assert {w["name"] for w in report["wheels"]} == {"torch", *deps}
     assert "nvidia-cuda-runtime 13.0.96" in report["chosen_by"]
     lab.check(project, "cpu", ["--extra", "cpu"])
+    _warm_then_offline_sync(lab, project, "cu130", ["--extra", "cuda"])
 
 
 def test_two_extras_of_one_build_are_ambiguous_until_a_project_table_settles_it(lab: Lab) -> None:
