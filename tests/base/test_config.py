@@ -92,6 +92,30 @@ def test_the_look_ahead_is_off_by_default_and_upgrades_what_warmd_warms() -> Non
     assert (cfg.ahead.budget, cfg.ahead.max_age, cfg.ahead.on_metered) == (2 * 2**30, 3 * 86400, True)
 
 
+def test_the_whole_plan_is_the_default_and_the_old_default_list_counts_as_unset() -> None:
+    """A config copied from the old example named the old default list: it gets the new default, said once."""
+    from loguru import logger
+
+    from warmd.base import GPU_PACKAGES
+    from warmd.base.config import _OLD_DEFAULT_PACKAGES
+
+    assert Config().packages is None and Config().ahead.packages == GPU_PACKAGES
+    old = sorted(_OLD_DEFAULT_PACKAGES)
+    said: list[str] = []
+    sink = logger.add(said.append, format="{message}")
+    try:
+        for _ in range(2):
+            cfg = parse_config({"packages": old}, source=Path("/x/old.toml"))
+            assert cfg.packages is None and cfg.ahead.packages == GPU_PACKAGES
+    finally:
+        logger.remove(sink)
+    assert sum("once shipped as its default" in line for line in said) == 1
+    narrowed = parse_config({"packages": old[:-1]})
+    assert narrowed.packages == tuple(old[:-1]) == narrowed.ahead.packages  # any other list is the user's
+    with pytest.raises(ConfigError, match=r"packages = \[\] warms nothing"):
+        parse_config({"packages": []})
+
+
 def test_project_tables_are_read_with_paths_from_the_config_folder(tmp_path: Path) -> None:
     cfg = parse_config({"project": [
         {"path": "proj", "extras": ["gpu"], "variant": "cu128"},

@@ -65,8 +65,11 @@ def make_wheel(
     *,
     requires: Iterable[str] = (),
     requires_python: str | None = None,
+    extras: Iterable[str] = (),
 ) -> Path:
     """Build an installable wheel with a deterministic random payload.bin; return its path.
+
+    `extras` are declared (Provides-Extra); `requires` with an `extra == "..."` marker fill them.
 
     The payload is seeded by (name, version, tag, seed) and stored uncompressed, so the wheel's
     size tracks payload_size and distinct wheels have distinct bytes. Large payloads stream to
@@ -88,6 +91,7 @@ def make_wheel(
     ]
     if requires_python:
         metadata.append(f"Requires-Python: {requires_python}")
+    metadata += [f"Provides-Extra: {e}" for e in extras]
     metadata += [f"Requires-Dist: {r}" for r in requires]
     wheel_meta = [
         "Wheel-Version: 1.0",

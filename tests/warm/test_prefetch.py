@@ -485,10 +485,10 @@ def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
 
 def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
     """examples/cuda-torch (the real-index benchmark row): `--dry-run` plans 18 GPU wheels, 3.8 GiB, offline."""
-    from warmd.base import DEFAULT_PACKAGES
+    from warmd.base import GPU_PACKAGES
 
     example = Path(__file__).resolve().parents[2] / "examples" / "cuda-torch"
-    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=DEFAULT_PACKAGES)  # as a user has it
+    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=GPU_PACKAGES)
     proc = setup.prefetch(example, extra=["--dry-run"])
     assert proc.returncode == 0, proc.stderr
     project = setup.report(proc)["projects"][0]
@@ -503,15 +503,26 @@ def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
 
 
 @pytest.mark.internet
-def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> None:
-    """Opt-in (`pytest -m internet`): the README's main command against real PyPI."""
+@pytest.mark.parametrize("which", ["pinned", "0.8.2"])
+def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path, which: str,
+                                              request: pytest.FixtureRequest) -> None:
+    """Opt-in (`pytest -m internet`): the README's main command against real PyPI, warmd's default (the whole
+    sync) into a fresh uv cache; then a fresh venv's `uv sync --frozen --offline` installs the project, which
+    has a [build-system] (uv_build: uv builds it without fetching anything)."""
+    uv = uv_bin if which == "pinned" else request.getfixturevalue("uv_old_bin")
     example = Path(__file__).resolve().parents[2] / "examples" / "cuda-small"
     cache = tmp_path / "uv-cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")} | {"UV_CACHE_DIR": str(cache)}
-    cfg = write_warmd_config(tmp_path, uv_bin, cache, packages=OFFLINE_PACKAGES)
+    cfg = write_warmd_config(tmp_path, uv, cache, packages=None)
     proc = run_warmd(cfg, "prefetch", example, "--json", env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert all(w["state"] == "warm" for w in json.loads(proc.stdout)["projects"][0]["wheels"])
+    wheels = json.loads(proc.stdout)["projects"][0]["wheels"]
+    assert len(wheels) == 3 and all(w["state"] == "warm" for w in wheels)
+    venv = tmp_path / "venv"
+    sync = subprocess.run([str(uv), "sync", "--frozen", "--offline"], cwd=example, capture_output=True, text=True,
+                          env=env | {"UV_PROJECT_ENVIRONMENT": str(venv)}, timeout=300)
+    assert sync.returncode == 0, sync.stderr
+    assert "cuda-small==0.1.0" in sync.stderr and "nvidia-nvtx-cu12==12.8.90" in sync.stderr
 
 
 def test_prefetch_over_https_makes_a_fresh_sync_download_nothing(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 from loguru import logger
 
 from ..base import Config, DiskFull, FetchCancelled, Fetched, FetchError, FetchSkipped, Pin, WarmdError, WheelFile
-from ..plan import ProjectPlan
+from ..plan import ProjectPlan, is_gpu
 from ..transfer import MirroredFetcher, Store
 from .feeder import Shelf
 from .limits import Room, over_project_limit
@@ -122,7 +122,8 @@ class Sourcing:
                 shelf.withdraw(sha)
 
         return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
-                                       max_parallel_files=self.config.download.parallel_files)
+                                       max_parallel_files=self.config.download.parallel_files,
+                                       first={p.wheel.sha256.lower() for p in pins if is_gpu(p.name)})
 
     def _fallback(self, fetched: dict[str, Fetched | WarmdError], wanted: Collection[str],
                   others: Mapping[str, Sequence[Pin]], shelf: Shelf, room: Room,
