@@ -23,6 +23,7 @@ from .notify import Notifier
 from .reload import Reloading, _PipelineRef
 from .schedule import build_scheduler
 from .watch import ProjectWatcher
+from .watches import CacheWatch
 from .work_queue import WorkQueue
 
 STOP_DEADLINE = 3.5  # seconds the workers get after SIGTERM; systemd's TimeoutStopSec is longer
@@ -46,6 +47,7 @@ class Daemon(ScheduledJobs, Reloading):
         self.state: State | None = None
         self.queue: WorkQueue | None = None
         self.watcher: ProjectWatcher | None = None
+        self.cache_watch: CacheWatch | None = None  # uv's cache root: a `uv cache clean` is seen at once
         self._ref: _PipelineRef | None = None
         self._retired: list[_PipelineRef] = []
         self._scheduler = None
@@ -75,8 +77,10 @@ class Daemon(ScheduledJobs, Reloading):
             self._ref.pipeline.check_uv()  # type: ignore[attr-defined]  # a service without uv fails at start
             self.queue = WorkQueue(self.config.download.parallel_files, self._run_project, on_state=self._on_state)
             self.watcher = self._new_watcher(self.config)
+            self._watch_cache()
             self._trust_changed()  # what is trusted now; later changes wake the projects they concern
-            projects = self.watcher.start()
+            # Each project is queued as it is found: the workers warm while the walk goes on.
+            projects = self.watcher.start(on_found=self._on_new_project)
             logger.info(f"watching {len(self.config.roots)} root(s): {len(projects)} project(s), "
                         f"{len(self.watcher.watched_paths)} watched folder(s)")
             if not self.config.roots:
@@ -89,8 +93,6 @@ class Daemon(ScheduledJobs, Reloading):
                 run_now=("headers", "ahead"),
                 intervals={"ahead": self.config.ahead.interval},
             )
-            for p in projects:
-                self._on_new_project(p)
             self._scheduler.start()  # after the queue holds the projects: the look-ahead waits for them
             self.notifier.ready()  # after discovery is set up, not after warming: that can take hours
             self._loop()
@@ -109,6 +111,7 @@ class Daemon(ScheduledJobs, Reloading):
                 self._reload.clear()
                 self.reload()
             self._retry_due()
+            self._cache_check()
             for project in self._trust_changed():
                 logger.info(f"{project}: its trust changed (`warmd trust` / `untrust`); warming it again")
                 self._submit(project)
@@ -143,6 +146,8 @@ class Daemon(ScheduledJobs, Reloading):
             self._scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
+        if self.cache_watch is not None:
+            self.cache_watch.close()
         deadline = time.monotonic() + STOP_DEADLINE
         finished = self.queue.join(STOP_DEADLINE)
         if finished and self._ahead_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -197,7 +202,55 @@ class Daemon(ScheduledJobs, Reloading):
             debounce=config.watch.debounce,
             on_change=self._on_change,
             on_new_project=self._on_new_project,
+            on_gone=self._on_gone,
         )
+
+    def _watch_cache(self) -> None:
+        """Watch the root of the cache the pipeline's uv uses (`uv cache dir`), replacing the watch there was."""
+        if self.cache_watch is not None:
+            self.cache_watch.close()
+            self.cache_watch = None
+        assert self._ref is not None
+        try:
+            root = self._ref.pipeline.uv.cache_dir  # type: ignore[attr-defined]
+        except WarmdError as exc:
+            logger.warning(f"not watching uv's cache ({exc}): a `uv cache clean` is noticed at the next re-check")
+            return
+        self.cache_watch = CacheWatch(root)
+
+    def _cache_check(self) -> None:
+        """After a `uv cache clean`: nothing is warm any more, in the state and in the idle line; warm it all again."""
+        watch = self.cache_watch
+        if watch is None:
+            return
+        watch.ensure()
+        if not watch.cleaned.is_set():
+            return
+        watch.cleaned.clear()
+        assert self.state is not None
+        n = self.state.uv_cache_lost(f"uv's cache at {watch.root} was cleaned")
+        with self._lock:
+            self._ok = dict.fromkeys(self._ok, False)
+        logger.info(f"uv's cache at {watch.root} lost its files (`uv cache clean`?): {n} project(s) were warm; "
+                    "warming every project again")
+        self.reprobe()
+
+    def _gone(self, project: Path) -> bool:
+        """True (and the state's row dropped) when a project's folder went from under the roots."""
+        if self.watcher is None or self.watcher.knows(project) or project.exists():
+            return False
+        self._on_gone(project, log=False)
+        return True
+
+    def _on_gone(self, project: Path, *, log: bool = True) -> None:
+        """A project folder left the roots: what was kept about it goes (the state's row too, if it is deleted)."""
+        with self._lock:
+            for kept in (self._ok, self._limited, self._started, self._retries):
+                kept.pop(project, None)
+        if not project.exists() and self.state is not None:
+            if log:
+                logger.info(f"{project}: gone; forgetting it")
+            self.state.forget_project(project)
 
     def _on_change(self, project: Path) -> None:
         logger.info(f"{project}: uv.lock changed")
@@ -237,6 +290,8 @@ class Daemon(ScheduledJobs, Reloading):
             if ahead_due:
                 self._ahead_retry = None
         for project in due:
+            if self._gone(project):
+                continue
             logger.info(f"{project}: trying the failed work again")
             self._submit(project)
         if ahead_due:
@@ -323,6 +378,8 @@ class Daemon(ScheduledJobs, Reloading):
     def _settled(self, report: ProjectReport) -> None:
         """Log what a run concluded, at the level it deserves, and schedule the retry of failed work."""
         project = report.project
+        if self._gone(project):
+            return  # ran while its folder was deleted: nothing about it is worth keeping
         if report.superseded is not None:
             if self.stop_event.is_set():
                 logger.info(f"{project}: {report.superseded}; warmd warms it at the next start")
@@ -362,10 +419,13 @@ class Daemon(ScheduledJobs, Reloading):
         busy = self.queue.busy()
         if busy:
             return f"warming {busy} project{'s' if busy != 1 else ''}"
+        watcher = self.watcher
         with self._lock:
-            warm = sum(self._ok.values())
-            total = len(self._ok)
-            limited = sum(n for p, n in self._limited.items() if self._ok.get(p))
+            # Of the projects under the roots now: one deleted or moved away is not counted.
+            ok = {p: v for p, v in self._ok.items() if watcher is None or watcher.knows(p)}
+            warm = sum(ok.values())
+            total = len(ok)
+            limited = sum(n for p, n in self._limited.items() if ok.get(p))
         line = f"idle, {warm} project{'s' if warm != 1 else ''} warm" if warm == total else \
             f"idle, {warm} of {total} projects warm"
         # `uv sync` still downloads what a limit kept out: "warm" alone would say otherwise.
