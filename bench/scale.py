@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.core import Log, Mode, Row, fresh, not_measured, remove, spawn, status_kib
-from bench.daemon import DaemonLog
+from bench.daemon import DaemonLog, stop
 from bench.lab import Server, locked_project, torch_set, warmd_config
 from tests.support.projects import uv_env
 
@@ -77,13 +76,7 @@ def _one(n: int, template: Path, tmp: Path, uv: Path, server: Server, log: Log) 
             threads = len(os.listdir(f"/proc/{proc.pid}/task"))
             served = server.stats()["total"]
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc, 30)
     log(f"  scale {n:,}: all warm after {wall:.1f} s; RSS {rss / 1024:.0f} MiB, {threads} threads, "
         f"{served:,} wheel bytes served")
     remove(root, cache, tmp / "sc-warmd")
