@@ -106,8 +106,9 @@ class ProjectWatcher:
 
     def knows(self, project: Path) -> bool:
         """Whether `project` is a project folder under the roots now."""
-        with self._lock:
-            return project in self._projects
+        # Without the lock (one dict lookup is atomic): a run settling while the walk that queued it
+        # goes on (start's on_found) must not wait for the walk.
+        return project in self._projects
 
     @property
     def watched_paths(self) -> set[Path]:
