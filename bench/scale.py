@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.core import Log, Mode, Row, fresh, not_measured, remove, spawn, status_kib
+from bench.core import HZ, Log, Mode, Row, cpu_ticks, fresh, not_measured, remove, spawn, status_kib
 from bench.daemon import DaemonLog, stop
 from bench.lab import Server, locked_project, torch_set, warmd_config
 from tests.support.projects import uv_env
@@ -46,12 +46,13 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     per = {r["n"]: r["wall"] / r["n"] for r in runs}
     big, before = runs[-1]["n"], runs[-2]["n"]
     growth = per[big] / per[before]
-    row.warmd = "; ".join(f"{r['n']:,}: **{r['wall']:.1f} s** ({r['wall'] / r['n'] * 1000:.0f} ms/project)"
-                          for r in runs) + failed
+    row.warmd = "; ".join(f"{r['n']:,}: **{r['wall']:.1f} s** ({r['wall'] / r['n'] * 1000:.0f} ms/project, "
+                          f"warmd's own CPU {r['cpu'] / r['n'] * 1000:.1f} ms/project)" for r in runs) + failed
     row.baseline = "; ".join(f"{r['n']:,}: RSS {r['rss'] / 1024:.0f} MiB, {r['threads']} threads, "
                              f"{r['served'] / wheel:.2f}× the wheel served" for r in runs)
     row.result = f"time per project at {big:,} = **{growth:.2f}×** that at {before:,}"
-    row.note = ("start of `warmd run` to the log's `idle, N projects warm`; RSS (VmRSS) and threads "
+    row.note = ("start of `warmd run` to the log's `idle, N projects warm`; own CPU: utime+stime of the daemon "
+                "process then (its uv children not counted); RSS (VmRSS) and threads "
                 "(/proc/PID/task) 3 s after; wheel bytes served counted at the index, over the wheel's size")
     row.figures = {"runs": runs, "growth": growth}
     return [row]
@@ -76,13 +77,14 @@ def _one(n: int, template: Path, tmp: Path, uv: Path, server: Server, log: Log) 
             # A bound for a hang only: a loaded machine takes seconds per project (each is uv runs).
             dlog.wait_for(rf"idle, {n} projects warm", 0, proc, 600.0 + n * 10.0)
             wall = time.perf_counter() - start
+            own_cpu = (cpu_ticks(proc.pid) or 0) / HZ  # the daemon's own, not its uv children's
             time.sleep(3.0)
             rss = status_kib(proc.pid, "VmRSS")
             threads = len(os.listdir(f"/proc/{proc.pid}/task"))
             served = server.stats()["total"]
         finally:
             stop(proc, 30)
-    log(f"  scale {n:,}: all warm after {wall:.1f} s; RSS {rss / 1024:.0f} MiB, {threads} threads, "
+    log(f"  scale {n:,}: all warm after {wall:.1f} s, warmd's own CPU {own_cpu * 1000 / n:.1f} ms/project; RSS {rss / 1024:.0f} MiB, {threads} threads, "
         f"{served:,} wheel bytes served")
     remove(root, cache, tmp / "sc-warmd")
-    return {"n": n, "wall": wall, "rss": rss, "threads": threads, "served": served}
+    return {"n": n, "wall": wall, "cpu": own_cpu, "rss": rss, "threads": threads, "served": served}
