@@ -366,6 +366,11 @@ class Pipeline(Sourcing, HandOver):
 
     def _evict(self, protect: set[str]) -> None:
         """Keep the store under its cap, never dropping a file any known project pins."""
+        store = self.store
+        # Every recorded pin is read only when something may go: that read grows with the projects,
+        # the store's own size with its files (a daemon of thousands of projects runs this per run).
+        if store.max_bytes is None or store.total_bytes() <= store.max_bytes:
+            return
         if self.state is not None:
             protect |= {pin.wheel.sha256 for _p, pin in self.state.all_pins()}
         try:
