@@ -218,7 +218,7 @@ class Pipeline(Sourcing, HandOver):
         # One source per file, chosen here once for the speculative start, the need and the limits
         # alike; the others are tried when it fails (`_fallback`). Past a limit a file is not
         # downloaded at all (limits.py): not even on speculation.
-        sources, skipped, failed = self._sources(plans, unsized, weigh)
+        sources, skipped, failed = self._sources(plans, unsized, weigh, total=record)  # [limits] total: the user's projects
         chosen = {sha: ps[0] for sha, ps in sources.items()}
         # Downloads start at once for files neither the store nor an earlier run has seen
         # warm; meanwhile uv says what it already has, and those downloads are called off.
