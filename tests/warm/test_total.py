@@ -14,8 +14,9 @@ from tests.support.cli import run_warmd, status_json
 from tests.support.config import OFFLINE_PACKAGES, write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, torch_like_set
-from warmd.base import human_bytes
+from warmd.base import Pin, WheelFile, human_bytes
 from warmd.warm import last_used
+from warmd.warm.total import Candidate, over_total
 
 MiB = 2**20
 DAY = 86400.0
@@ -153,3 +154,26 @@ def test_a_bad_total_is_one_line_and_exit_2(tmp_path: Path, uv_bin: Path, uv_cac
             proc = run_warmd(cfg, *command, env=uv_environ)
             assert proc.returncode == 2, proc
             assert proc.stderr.strip().splitlines() == [f"warmd: {cfg}: {words}"], proc.stderr
+
+
+def _pin(name: str, size: int | None) -> Pin:
+    wheel = WheelFile(f"https://files.example/{name}.whl", f"{name}-1-py3-none-any.whl", name, size)
+    return Pin(name, "1", "https://pypi.org/simple", wheel, "3.11", "manylinux_2_28_x86_64")
+
+
+def test_the_cap_counts_each_file_once_and_a_file_left_out_stays_out_for_every_project() -> None:
+    """Newest first: `a` (torch 6, shared 2) fits a cap of 11; `b` adds its own 3 and fits, `c`'s own 4
+    would pass the cap; `d`, older still, pins `c`'s file too: left out there as well, never fetched
+    for it; a file of unknown size is not weighed."""
+    torch, shared, of_b, of_c, unknown = (_pin(n, s) for n, s in
+                                          (("torch", 6), ("shared", 2), ("bee", 3), ("sea", 4), ("unknown", None)))
+    past = over_total([Candidate(Path("/d"), [of_c, shared], used=1.0),
+                       Candidate(Path("/a"), [torch, shared, unknown], used=4.0),
+                       Candidate(Path("/c"), [of_c], used=2.0),
+                       Candidate(Path("/b"), [of_b, shared], used=3.0)], cap=11)
+    assert set(past) == {Path("/c"), Path("/d")} and list(past[Path("/d")]) == [of_c.wheel.sha256], past
+    for project, before in (("/c", 2), ("/d", 3)):
+        assert (f"past `[limits] total` (11 B): projects are warmed most recently used first, and the {before} "
+                "project(s) used more recently and this one come to 15 B; raise it to 15 B to warm this project "
+                "whole; nothing was downloaded for it") == past[Path(project)][of_c.wheel.sha256]
+    assert over_total([Candidate(Path("/a"), [torch], used=1.0)], cap=None) == {}

@@ -58,13 +58,15 @@ class Candidate:
 def over_total(candidates: Iterable[Candidate], cap: int | None) -> dict[Path, dict[str, str]]:
     """project -> sha256 -> why, for the files past `cap` (None: no cap), projects most recently used first.
 
-    Each file is counted once, with the first project that pins it; a file whose size is not known
-    is passed over (it cannot be weighed; the per-project limit keeps such files out of a run).
+    Each file is counted once, with the first project that pins it (one that did not fit there is left
+    out of every later project that pins it too); a file whose size is not known is passed over (it
+    cannot be weighed; the per-project limit keeps such files out of a run).
     """
     if cap is None:
         return {}
     ranked = sorted(candidates, key=lambda c: (-c.used, str(c.project)))
     counted: set[str] = set()  # files of the projects so far, fitting or not
+    left: set[str] = set()  # ... those that did not fit: left out for every project that pins them
     used = 0  # bytes of the files admitted so far
     everything = 0  # bytes of every file of the projects so far: the cap that would admit them all
     out: dict[Path, dict[str, str]] = defaultdict(dict)
@@ -73,12 +75,17 @@ def over_total(candidates: Iterable[Candidate], cap: int | None) -> dict[Path, d
         past: list[str] = []
         for pin in c.pins:
             sha, size = pin.wheel.sha256, size_of(pin, c.sizes)
-            if size is None or sha in counted:
+            if size is None:
+                continue
+            if sha in counted:
+                if sha in left and sha not in past:
+                    past.append(sha)
                 continue
             counted.add(sha)
             everything += size
             if used + size > cap:
                 past.append(sha)
+                left.add(sha)
             else:
                 used += size
         if past:
