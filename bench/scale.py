@@ -70,8 +70,6 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
             if m.returncode != 0:
                 raise RuntimeError(f"{label} prefetch exited {m.returncode}: {m.stderr.strip()[-400:]}")
             states = Counter(w["state"] for p in json.loads(m.stdout)["projects"] for w in p["wheels"])
-            if os.environ.get("I22DBG"):
-                Path(f"/tmp/i22cost-{label.replace(' ', '_')}.log").write_text(m.stderr + m.stdout)
             served = server.stats()["total"]
             log(f"  scale {label}: {m.wall:.1f} s wall, {m.cpu:.1f} s CPU, {mib(served)} served, {dict(states)}")
             remove(cache, folder)
