@@ -15,8 +15,7 @@ from tests.support.config import OFFLINE_PACKAGES, write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, torch_like_set
 from warmd.base import Pin, WheelFile, human_bytes
-from warmd.warm import last_used
-from warmd.warm.total import Candidate, over_total
+from warmd.warm import Candidate, last_used, over_total
 
 MiB = 2**20
 DAY = 86400.0

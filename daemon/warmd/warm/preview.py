@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from ..base import Config, ProjectReport, WheelReport
+from loguru import logger
+
+from ..base import Config, ProjectReport, WarmdError, WheelReport
 from ..plan import Planner
 from ..transfer import guard_for, recorded
 from ..uv import ProbeResult, Project, Uv
@@ -72,4 +74,10 @@ def _known(config: Config) -> State | None:
     run (a dry run creates no state)."""
     from ..state import STATE_FILE, State
 
-    return State.open(config.state_dir) if (config.state_dir / STATE_FILE).is_file() else None
+    if not (config.state_dir / STATE_FILE).is_file():
+        return None
+    try:
+        return State.open(config.state_dir)
+    except WarmdError as exc:  # a state a newer warmd wrote: the run would say so; the plan is still shown
+        logger.warning("the projects warmd knows are not weighed against `[limits] total`: {}", exc)
+        return None
