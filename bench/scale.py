@@ -46,7 +46,8 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
             deps = [f"{p}=={rng.choice(('1.0.0', '1.1.0'))}" for p in rng.sample(plain, DEPS)]
             folder = gpu_project(tmp / "sc-shapes" / f"s{s:02d}", "proj", server, TORCHES[s % len(TORCHES)])
             pp = folder / "pyproject.toml"
-            pp.write_text(pp.read_text().replace("dependencies = [", f"dependencies = [{', '.join(map(json.dumps, deps))}, ", 1))
+            listed = ", ".join(map(json.dumps, deps))
+            pp.write_text(pp.read_text().replace("dependencies = [", f"dependencies = [{listed}, ", 1))
             lock_project(folder, uv, uv_env(lock_cache))
             shapes.append(folder)
         remove(lock_cache)
