@@ -101,7 +101,7 @@ def test_a_cap_smaller_than_every_plan_warms_the_recent_projects_and_skips_the_r
         assert f"  ! {line}\n" in text, text
 
         # `old` alone: the state knows the projects used more recently, and its torch still does not fit
-        assert os.stat(old_venv).st_atime == now - 5 * DAY, "warmd read the project's venv"
+        assert abs(os.stat(old_venv).st_atime - (now - 5 * DAY)) < 1, "warmd read the project's venv"
         server.reset_counters()
         alone = run_warmd(cfg, "prefetch", "--json", projects["old"], env=uv_environ)
         assert alone.returncode == 0, alone.stderr
