@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import ahead, daemon, discovery, memory, mirror, per_connection, real_index, resume, scale, shared_link, uncapped  # noqa: E402
+from bench import (  # noqa: E402
+    ahead, daemon, discovery, memory, mirror, per_connection, real_index, resume, scale, shared_link, uncapped,
+    whole_plan,
+)
 from bench.core import FULL, QUICK, Mode, Row, compile_bytecode, not_measured, uv_bin, workspace  # noqa: E402
 from bench.table import machine, render, write_doc  # noqa: E402
 
@@ -43,6 +46,7 @@ GROUPS: list[tuple[str, RowsFn, list[tuple[str, str]]]] = [
                              ("11b", "upgrade past an exact pin, look-ahead vs none")]),
     ("mirror", mirror.rows, [("12", mirror.WHAT)]),
     ("scale", scale.rows, [("13", "daemon at scale")]),
+    ("whole-plan", whole_plan.rows, [("14", "300 projects: whole plan vs GPU plan, and under `[limits] total`")]),
 ]
 
 

@@ -23,7 +23,7 @@ def test_example_config_is_complete_and_matches_the_defaults() -> None:
                 "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
                 "max-depth", "debounce", "ignore", "warm-unhashed", "path", "extras", "groups",
                 "no-default-groups", "all-packages", "enable", "interval", "budget", "max-age", "on-metered",
-                "on-battery", "origin", "url", "trusted-indexes", "per-project", "min-free"):
+                "on-battery", "origin", "url", "trusted-indexes", "per-project", "min-free", "total"):
         assert f"{key} =" in text, f"config.example.toml does not document {key}"
 
 
@@ -62,6 +62,9 @@ def test_values_are_read(tmp_path: Path) -> None:
         ({"ahead": {"enable": 1}}, "ahead.enable must be true or false"),
         ({"ahead": {"interval": "10s"}}, "ahead.interval must be at least a minute"),
         ({"ahead": {"budget": "lots"}}, "ahead.budget"),
+        ({"limits": {"total": "lots"}}, r"limits\.total = 'lots' is not a size like \"50GiB\""),
+        ({"limits": {"total": -1}}, r"limits\.total = -1 is below 0 \(0 means no cap\)"),
+        ({"limits": {"total": True}}, "limits.total must be a size"),
         ({"ahead": {"packages": "torch"}}, "ahead.packages must be a list"),
         ({"ahead": {"on-wifi": True}}, "unknown key ahead.on-wifi"),
         ({"project": {"path": "x"}}, r"project must be an array of tables \(\[\[project\]\]\)"),

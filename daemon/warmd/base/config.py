@@ -140,6 +140,11 @@ DEFAULT_PER_PROJECT = 16 * 2**30
 # set for two Pythons then wants ~9.2 GiB in the store while it lasts and ~15.6 GiB unpacked by uv
 # (limits.UNPACKED) above it.
 DEFAULT_MIN_FREE = 4 * 2**30
+# What warmd keeps warm across all projects, each file once, counted as wheels (uv's cache holds them
+# unpacked, ~1.7x): a whole-`uv sync` plan of a CUDA torch project is ~4-5 GiB per Python, and projects
+# share most of it. 40 GiB holds eight distinct such stacks (~68 GiB in uv's cache), a quarter of a
+# 256 GiB disk; the dormant projects of a machine holding hundreds do not fill the disk.
+DEFAULT_TOTAL = 40 * 2**30
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ class LimitSettings:
 
     per_project: int | None = DEFAULT_PER_PROJECT  # bytes of wheels one project's lock may make warmd fetch
     min_free: int | None = DEFAULT_MIN_FREE  # bytes kept free on the store's and uv's cache's filesystems
+    total: int | None = DEFAULT_TOTAL  # bytes of wheels kept warm across projects, most recently used first
 
 
 def _limits(r: _Reader) -> LimitSettings:
@@ -155,6 +161,7 @@ def _limits(r: _Reader) -> LimitSettings:
     return LimitSettings(**_section(r, "limits", {
         "per-project": lambda s, k: s.size(k),
         "min-free": lambda s, k: s.size(k),
+        "total": lambda s, k: s.size(k),
     }))
 
 
@@ -412,6 +419,8 @@ class _Reader:
     def size(self, key: str) -> int | None:
         v = self._get(key, (str, int), 'a size like "50GiB", or 0 for no cap')
         if isinstance(v, int):
+            if v < 0:
+                raise ConfigError(f"{self.where}: {self.prefix}{key} = {v} is below 0 (0 means no cap)")
             return v or None
         m = _SIZE.match(v)
         if not m:

@@ -199,6 +199,7 @@ def _reports_json(reports: Sequence[ProjectReport], elapsed: float, code: int, *
             "python": list(r.python),
             "error": r.error,
             "wheels": [_wheel_json(w) for w in r.wheels] + [_skipped_json(s) for s in r.skipped],
+            "limited": _limited(r),  # what `[limits]` left out, and the key to raise, in one line
         }
         if dry_run:
             entry["bytes_to_fetch"], entry["unknown_sizes"] = _to_fetch([r])
@@ -207,6 +208,12 @@ def _reports_json(reports: Sequence[ProjectReport], elapsed: float, code: int, *
     if dry_run:
         summary["bytes_to_fetch"], summary["unknown_sizes"] = _to_fetch(reports)
     return {"projects": projects, "summary": summary, "exit_code": code}
+
+
+def _limited(r: ProjectReport) -> str | None:
+    from ..warm import limited_line
+
+    return limited_line((w.pin.wheel.size, w.reason) for w in r.wheels if w.state == "skipped")
 
 
 def _wheel_json(w: WheelReport) -> dict[str, Any]:
@@ -268,6 +275,8 @@ def _print_plan(reports: Sequence[ProjectReport]) -> None:
             print(f"  {s.state:8} {what} (Python {s.skipped.python}) — {s.reason or s.skipped.reason}")
         if not r.wheels and not r.skipped:
             print(f"  no {r.variant} GPU wheels in what it installs for Python {', '.join(r.python)}")
+        if line := _limited(r):
+            print(f"  ! {line}")
     n, unknown = _to_fetch(reports)
     t = _totals(reports)
     print(f"{t.get('cold', 0)} wheel(s) to fetch, {human_bytes(n)}" + (f" + {unknown} of unknown size" if unknown else "")
@@ -291,6 +300,8 @@ def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
         for s in r.skipped:
             what = s.skipped.filename or f"{s.skipped.name} {s.skipped.version}"
             print(f"{r.project}: {s.state:8} {what} — {s.reason or s.skipped.reason}")
+        if line := _limited(r):
+            print(f"{r.project}: ! {line}")
     t = _totals(reports)
     print(
         f"{t['warm']} wheel(s) warm, {t['failed']} failed, {t['unproven']} unproven, {t['skipped']} skipped; "

@@ -217,8 +217,9 @@ class Pipeline(Sourcing, HandOver):
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
         # One source per file, chosen here once for the speculative start, the need and the limits
         # alike; the others are tried when it fails (`_fallback`). Past a limit a file is not
-        # downloaded at all (limits.py): not even on speculation.
-        sources, skipped, failed = self._sources(plans, unsized, weigh)
+        # downloaded at all (limits.py): not even on speculation. `[limits] total` weighs the user's projects
+        # (recorded ones), not the look-ahead's would-be locks (total.py).
+        sources, skipped, failed = self._sources(plans, unsized, weigh, total=record)
         chosen = {sha: ps[0] for sha, ps in sources.items()}
         # Downloads start at once for files neither the store nor an earlier run has seen
         # warm; meanwhile uv says what it already has, and those downloads are called off.
