@@ -40,10 +40,14 @@ class Mode:
     cheap_projects: int = 299  # plus one real project: 300 watched by the daemon
     venv_folders: int = 200
     real_reps: int = 3  # runs per side on the real index, whose rate drifts more than the lab's
+    scale_projects: int = 300  # row 14: projects under one root
+    scale_torch: int = 8 * MiB  # row 14: each torch build (triton, nvtx a quarter)
+    scale_plain_max: int = 1 * MiB  # row 14: the largest plain wheel
 
 
 FULL = Mode(False, 256 * MiB, 1536 * MiB, 2048 * MiB, 3, 60.0, 100_000, 8 * MiB, "cuda-torch", real_reps=7)
-QUICK = Mode(True, 64 * MiB, 256 * MiB, 512 * MiB, 3, 15.0, 20_000, 4 * MiB, "cuda-small")
+QUICK = Mode(True, 64 * MiB, 256 * MiB, 512 * MiB, 3, 15.0, 20_000, 4 * MiB, "cuda-small",
+             scale_projects=24, scale_torch=MiB, scale_plain_max=256 * 1024)
 
 
 @dataclass

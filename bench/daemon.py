@@ -84,6 +84,17 @@ class DaemonLog:
         return " | ".join(self.path.read_text(errors="replace").splitlines()[-5:]) if self.path.exists() else ""
 
 
+def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM the daemon, as systemd stops it; SIGKILL if it does not exit within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     """Row 8 (idle cost with 300 projects) and row 9 (reaction to a `uv lock`-style replace)."""
     idle = Row("8", f"daemon idle with {mode.cheap_projects + 1} projects watched ({mode.idle_seconds:.0f} s)",
@@ -177,13 +188,7 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
                 traceback.print_exc()
                 react.warmd = not_measured(exc)
             finally:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop(proc)
     remove(*(tmp / p for p in ("dm-wheels", "dm-root", "dm-stage", "dm-cache", "dm-warmd", "dm-lock-cache")))
     return [idle, react]
 

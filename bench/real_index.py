@@ -119,7 +119,7 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     cold.result = versus(wd_runs, uv_runs)
     cold.aim = "wall ≤ 1.0×, CPU ≤ 1.3×, peak RSS ≤ 80 MiB"
     cold.note = (
-        f"{n_wheels} GPU wheels selected by warmd, {mib(set_bytes)} by the lock's sizes; warmd fetched "
+        f"{n_wheels} wheels selected by warmd (all the sync installs), {mib(set_bytes)} by the lock's sizes; warmd fetched "
         f"{mib(fetched)}. uv's sync installs {_installed(uv_runs[0])} package(s) in all, the plain "
         f"dependencies among them. "
         f"Bytes in (non-loopback interfaces, machine-wide): warmd {mib(med([m.rx_bytes for m in wd_runs]))}, "

@@ -3,7 +3,7 @@
     uv run python bench/run.py [--real-index] [--quick] [--only GROUPS] [--out docs/BENCHMARKS.md]
 
 One module per condition (bench/real_index.py, per_connection.py, shared_link.py, uncapped.py,
-resume.py, memory.py, daemon.py, discovery.py, mirror.py) on a small core (core.py: measuring a command's
+resume.py, memory.py, daemon.py, discovery.py, mirror.py, scale.py) on a small core (core.py: measuring a command's
 process tree and the alternating runner; lab.py: the local index and the race; table.py: the
 table). The lab index runs in a child process (bench/serve.py); everything but the real-index
 rows binds 127.0.0.1; all scratch data lives in one temporary folder removed at the end, with
@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import ahead, daemon, discovery, memory, mirror, per_connection, real_index, resume, shared_link, uncapped  # noqa: E402
+from bench import (  # noqa: E402
+    ahead, daemon, discovery, memory, mirror, per_connection, real_index, resume, scale, shared_link, uncapped,
+    whole_plan,
+)
 from bench.core import FULL, QUICK, Mode, Row, compile_bytecode, not_measured, uv_bin, workspace  # noqa: E402
 from bench.table import machine, render, write_doc  # noqa: E402
 
@@ -39,8 +42,11 @@ GROUPS: list[tuple[str, RowsFn, list[tuple[str, str]]]] = [
     ("memory", memory.rows, [("7", "peak memory fetching a big wheel")]),
     ("daemon", daemon.rows, [("8", "daemon idle with 300 projects"), ("9", "reaction to a lock change")]),
     ("discovery", discovery.rows, [("10", "discovery time")]),
-    ("upgrade", ahead.rows, [("11", "upgrade to a ready venv, look-ahead vs none")]),
+    ("upgrade", ahead.rows, [("11", "upgrade to a ready venv, look-ahead vs none"),
+                             ("11b", "upgrade past an exact pin, look-ahead vs none")]),
     ("mirror", mirror.rows, [("12", mirror.WHAT)]),
+    ("scale", scale.rows, [("13", "daemon at scale")]),
+    ("whole-plan", whole_plan.rows, [("14", "300 projects: whole plan vs GPU plan, and under `[limits] total`")]),
 ]
 
 

@@ -23,7 +23,7 @@ def test_example_config_is_complete_and_matches_the_defaults() -> None:
                 "state-dir", "recheck-interval", "connections", "parallel-files", "timeout", "retries",
                 "max-depth", "debounce", "ignore", "warm-unhashed", "path", "extras", "groups",
                 "no-default-groups", "all-packages", "enable", "interval", "budget", "max-age", "on-metered",
-                "on-battery", "origin", "url", "trusted-indexes", "per-project", "min-free"):
+                "on-battery", "origin", "url", "trusted-indexes", "per-project", "min-free", "total"):
         assert f"{key} =" in text, f"config.example.toml does not document {key}"
 
 
@@ -62,6 +62,9 @@ def test_values_are_read(tmp_path: Path) -> None:
         ({"ahead": {"enable": 1}}, "ahead.enable must be true or false"),
         ({"ahead": {"interval": "10s"}}, "ahead.interval must be at least a minute"),
         ({"ahead": {"budget": "lots"}}, "ahead.budget"),
+        ({"limits": {"total": "lots"}}, r"limits\.total = 'lots' is not a size like \"50GiB\""),
+        ({"limits": {"total": -1}}, r"limits\.total = -1 is below 0 \(0 means no cap\)"),
+        ({"limits": {"total": True}}, "limits.total must be a size"),
         ({"ahead": {"packages": "torch"}}, "ahead.packages must be a list"),
         ({"ahead": {"on-wifi": True}}, "unknown key ahead.on-wifi"),
         ({"project": {"path": "x"}}, r"project must be an array of tables \(\[\[project\]\]\)"),
@@ -90,6 +93,30 @@ def test_the_look_ahead_is_off_by_default_and_upgrades_what_warmd_warms() -> Non
                                   "max-age": "3d", "on-metered": True}})
     assert (cfg.ahead.enable, cfg.ahead.packages, cfg.ahead.interval) == (True, ("torch",), 6 * 3600)
     assert (cfg.ahead.budget, cfg.ahead.max_age, cfg.ahead.on_metered) == (2 * 2**30, 3 * 86400, True)
+
+
+def test_the_whole_plan_is_the_default_and_the_old_default_list_counts_as_unset() -> None:
+    """A config copied from the old example named the old default list: it gets the new default, said once."""
+    from loguru import logger
+
+    from warmd.base import GPU_PACKAGES
+    from warmd.base.config import _OLD_DEFAULT_PACKAGES
+
+    assert Config().packages is None and Config().ahead.packages == GPU_PACKAGES
+    old = sorted(_OLD_DEFAULT_PACKAGES)
+    said: list[str] = []
+    sink = logger.add(said.append, format="{message}")
+    try:
+        for _ in range(2):
+            cfg = parse_config({"packages": old}, source=Path("/x/old.toml"))
+            assert cfg.packages is None and cfg.ahead.packages == GPU_PACKAGES
+    finally:
+        logger.remove(sink)
+    assert sum("once shipped as its default" in line for line in said) == 1
+    narrowed = parse_config({"packages": old[:-1]})
+    assert narrowed.packages == tuple(old[:-1]) == narrowed.ahead.packages  # any other list is the user's
+    with pytest.raises(ConfigError, match=r"packages = \[\] warms nothing"):
+        parse_config({"packages": []})
 
 
 def test_project_tables_are_read_with_paths_from_the_config_folder(tmp_path: Path) -> None:

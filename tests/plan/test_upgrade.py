@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.support.index_server import IndexServer
-from tests.support.projects import run_uv, torch_like_set
+from tests.support.projects import locked_project, run_uv, torch_like_set
 from tests.support.uvplan import tree
 from warmd.base import NeedsBuild, WarmdError
 from warmd.uv import Uv, read_lock
-from warmd.plan import contacts, copy_for_lock, must_build, needs_build, would_be_lock
+from warmd.plan import contacts, copy_for_lock, exact_pins, must_build, needs_build, would_be_lock
 
 UPGRADE = ["torch", "pytorch-triton*", "nvidia-*"]
 
@@ -199,3 +200,47 @@ def test_the_look_aheads_contacts_include_every_direct_url_a_requirement_names(t
         "http://10.0.0.5/e.whl": "app/pyproject.toml", "http://10.0.0.6/f.whl": "app/pyproject.toml",
         "http://10.0.0.7/h.whl": "app/uv.toml", "https://10.0.0.8/i.whl": "lib/pyproject.toml",
     }  # a file: URL is this machine's disk: no host to ask about
+
+
+def test_exact_pins_move_in_the_copy_only_and_lock_the_newest_release(
+        tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_environ: dict[str, str]) -> None:
+    """`torch==2.8.0+cu128` allows no upgrade: the copy's pin becomes `torch>=2.8.0`, so uv locks the newest
+    release there; the project's own pin, markers and the pins of packages not looked ahead for stay."""
+    ws = torch_like_set(index_server, wheel_dir, "cu128", pythons=("cp311",), size=16 * 1024)
+    project = locked_project(tmp_path / "code", "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ,
+                             deps=["torch[opt]==2.8.0+cu128 ; sys_platform == 'linux'", "filelock==3.18.0"])
+    torch_like_set(index_server, wheel_dir, "cu128", version="2.9.0", pythons=("cp311",), size=16 * 1024)
+    lock = read_lock(project / "uv.lock")
+    assert exact_pins(project, lock, UPGRADE) == ["torch[opt]==2.8.0+cu128 ; sys_platform == 'linux'"]
+    assert exact_pins(project, lock, ["nvidia-*"]) == []
+    before = tree(project.parent, folder_mtimes=True)
+
+    copy = would_be_lock(Uv(str(uv_bin), env=uv_environ), project, lock, UPGRADE, tmp_path / "scratch", python="3.11")
+    assert copy is not None and tree(project.parent, folder_mtimes=True) == before
+    deps = tomllib.loads((copy / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert deps[:2] == ['torch[opt]>=2.8.0 ; sys_platform == "linux"', "filelock==3.18.0"]
+    torch = [p.version for p in read_lock(copy / "uv.lock").packages if p.name == "torch"]
+    assert torch == ["2.9.0+cu128"]
+
+
+def test_the_seeds_exact_pins_move_as_one_family(tmp_path: Path) -> None:
+    """Torch's companions and other builds of its variant move with it; an unrelated `==` pin, a
+    wildcard, a URL and a package the lock does not hold from an index stay."""
+    project = tmp_path / "seed"
+    pins = ["torch==2.8.0+rocm6.3", "torchvision==0.23.0+rocm6.3", "pytorch-triton-rocm==3.4.0",
+            "flash-attn==2.8.3", "apex==0.1+rocm6.3", "numpy==2.1.0", "scipy==1.*", "lib==1.0"]
+    _write(project / "pyproject.toml", "\n".join([
+        "[project]", 'name = "seed"', 'version = "0.1.0"', f"dependencies = {json.dumps(pins[:3])}",
+        "[project.optional-dependencies]", f"attn = {json.dumps(pins[3:5])}",
+        "[dependency-groups]", f"dev = {json.dumps(pins[5:])}", ""]))
+    registry = 'source = { registry = "https://download.pytorch.org/whl/rocm6.3" }'
+    _write(project / "uv.lock", "\n".join(
+        ["version = 1", 'requires-python = ">=3.11"', "",
+         "[[package]]", 'name = "seed"', 'version = "0.1.0"', 'source = { virtual = "." }', "",
+         "[[package]]", 'name = "lib"', 'version = "1.0"', 'source = { directory = "../lib" }', ""]
+        + [line for pin in pins[:-1] for line in ("[[package]]", f'name = "{pin.split("=")[0]}"',
+                                                  f'version = "{pin.split("==")[1].replace("*", "0")}"', registry, "")]))
+    lock = read_lock(project / "uv.lock")
+    assert exact_pins(project, lock, ["torch"]) == pins[:5]
+    assert exact_pins(project, lock, ["numpy"]) == ["numpy==2.1.0"]  # no torch looked ahead for: no family
+    assert exact_pins(project, lock, ["jax*"]) == []

@@ -169,12 +169,27 @@ def test_daemon_warms_heals_upgrades_and_flags(
         assert all(w["state"] == "warm" for w in st["wheels"]), st["wheels"]
         notify.until(lambda m: m == "WATCHDOG=1")
 
-        # `uv cache clean`, then the scheduled re-probe heals it from the store without the network.
-        run_uv(uv_bin, ["cache", "clean"], cwd=app, env=uv_environ)
+        # `uv cache clean`: the daemon sees uv's cache root lose its folders (not at the re-check,
+        # an hour away), stops calling it warm, and heals it from the store without the network.
         index_server.reset_counters()
         n = d.queue.completed
-        d.reprobe()
+        notify.clear()
+        state_seen: list[dict] = []
+        lost = State.uv_cache_lost
+
+        def spy(self: State, reason: str) -> int:
+            count = lost(self, reason)
+            state_seen.append(_status(config.state_dir)["app"])  # what `warmd status` said then
+            return count
+
+        monkeypatch.setattr(State, "uv_cache_lost", spy)
+        run_uv(uv_bin, ["cache", "clean"], cwd=app, env=uv_environ)
         assert d.queue.wait_completed(n + 1, WAIT)
+        notify.until(lambda m: m == "STATUS=idle, 1 project warm")
+        assert "STATUS=warming 1 project" in notify.seen
+        assert len(state_seen) == 1 and state_seen[0]["state"] != "warm"
+        assert {w["state"] for w in state_seen[0]["wheels"]} == {"cold"}
+        assert _status(config.state_dir)["app"]["state"] == "warm"
         assert index_server.bytes_served() == 0 and _gpu_gets(index_server) == []
         run_uv(uv_bin, ["sync", "--frozen"], cwd=app, env=uv_environ)
         assert _gpu_gets(index_server) == [], "uv sync downloaded a wheel the re-probe should have restored"
@@ -202,9 +217,11 @@ def test_daemon_warms_heals_upgrades_and_flags(
         assert all(w["state"] == "warm" for w in status["app"]["wheels"])
         assert t.is_alive()
 
-        # A project folder deleted under the root leaves `warmd status` at the next rescan.
+        # A project folder deleted under the root leaves `warmd status` and the idle line at once.
+        notify.until(lambda m: m == "STATUS=idle, 1 of 2 projects warm")
+        notify.clear()
         shutil.rmtree(broken)
-        d.rescan()
+        notify.until(lambda m: m == "STATUS=idle, 1 project warm")
         assert set(_status(config.state_dir)) == {"app"}
 
         # A pinned file whose bytes change upstream is flagged in status, and stays flagged.
@@ -389,3 +406,28 @@ def test_a_lock_moved_onto_wheels_another_project_warmed_costs_no_wheel_byte(
         _wait_for(lambda: {(w["name"], w["version"], w["state"]) for w in _status(config.state_dir)["b"]["wheels"]
                            if w["name"] == "torch"} == {("torch", "2.9.0+cu128", "warm")})
         assert index_server.wheel_gets() == [] and index_server.bytes_served() == 0, index_server.wheel_gets()
+
+
+def test_daemon_threads_do_not_grow_with_projects(
+    tmp_path: Path, uv_bin: Path, uv_cache: Path, uv_environ: dict[str, str], notify: NotifySocket,
+) -> None:
+    def threads(pid: int) -> int:
+        return len(os.listdir(f"/proc/{pid}/task"))
+
+    root = tmp_path / "code"
+    for i in range(300):  # projects without a uv.lock yet: watched, nothing to warm
+        p = root / f"team{i % 10}" / f"app{i:03d}"
+        p.mkdir(parents=True)
+        (p / "pyproject.toml").write_text(f"[project]\nname = 'app{i}'\nversion = '0'\n")
+    cfg = _config(tmp_path, uv_bin, uv_cache, root)
+    daemon = DaemonProcess(cfg, dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1"))
+    try:
+        daemon.expect("300 project(s), 311 watched folder(s)")
+        notify.until(lambda m: m == "READY=1")
+        daemon.expect("idle, 0 projects warm")
+        n = threads(daemon.proc.pid)
+        assert n <= 20, n  # was one per watched folder (311 here)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0
+    finally:
+        daemon.kill()

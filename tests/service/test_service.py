@@ -112,6 +112,27 @@ def test_rendered_unit_verifies_silently(tmp_path: Path, sandbox: bool) -> None:
 
 
 @needs_analyze
+def test_what_private_tmp_would_hide_is_bound_back_in(tmp_path: Path) -> None:
+    # A checkout cloned into /tmp runs from there: PrivateTmp= would leave the service an empty /tmp
+    # (203/EXEC). The booted test runs that for real when the suite's checkout is under /tmp.
+    cache = tmp_path / "cache"
+    text = render_unit(warmd_exe=_warmd_exe(), uv_exe=UV, uv_cache_dir=cache, config_path=None,
+                       path_env="/usr/bin", read_paths=[Path("/tmp/c/.venv"), Path("/tmp/c/.venv/bin"),
+                                                        Path("/var/tmp/c/daemon"), Path("/usr/lib")])
+    assert "BindReadOnlyPaths=/tmp/c/.venv /var/tmp/c/daemon" in text.splitlines()
+    unit = tmp_path / "warmd.service"
+    unit.write_text(text)
+    done = _verify(unit)
+    assert (done.returncode, done.stderr) == (0, "")
+    # Nothing to bind, no such line; and none without the sandbox, which has no private /tmp.
+    plain = render_unit(warmd_exe=_warmd_exe(), uv_exe=UV, uv_cache_dir=cache, config_path=None,
+                        path_env="/usr/bin", read_paths=[Path("/usr/lib")])
+    bare = render_unit(warmd_exe=_warmd_exe(), uv_exe=UV, uv_cache_dir=cache, config_path=None,
+                       path_env="/usr/bin", read_paths=[Path("/tmp/c/.venv")], sandbox=False)
+    assert "Bind" not in plain and "Bind" not in bare
+
+
+@needs_analyze
 def test_verify_does_catch_a_missing_executable(tmp_path: Path) -> None:
     text = render_unit(warmd_exe=tmp_path / "no-such-warmd", uv_exe=UV, uv_cache_dir=tmp_path,
                        config_path=None, path_env="/usr/bin")

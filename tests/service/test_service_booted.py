@@ -33,6 +33,13 @@ UNITS = {
     "no-sandbox": "warmd install-service --no-sandbox",
     "shipped": f"mkdir -p ~/.config/systemd/user && cp {REPO}/systemd/warmd.service ~/.config/systemd/user/",
 }
+# A checkout in /tmp (a clone made with mktemp): the shipped unit's PrivateTmp= hides the code its
+# ~/.local/bin links point to, so the drop-in a user with such an install would add binds it back
+# (`warmd install-service` writes that line itself).
+CHECKOUT_DROPIN = ("mkdir -p ~/.config/systemd/user/warmd.service.d && printf '[Service]\\n"
+                   f"BindReadOnlyPaths={REPO}\\n' > ~/.config/systemd/user/warmd.service.d/checkout.conf"
+                   if REPO.is_relative_to("/tmp") or REPO.is_relative_to("/var/tmp") else "true")
+UNITS["shipped"] += f" && {CHECKOUT_DROPIN}"
 SANDBOXED = {"install-service": True, "no-sandbox": False, "shipped": True}
 # The user's config: one root, the variant of the test index, every package of a lock warmed (so
 # that `uv sync` afterwards needs nothing from the index at all).
@@ -268,7 +275,7 @@ def test_a_unit_from_an_older_warmd_fails_to_start_doctor_says_why_and_installin
     user: User, old, mend: str, why: str,  # noqa: ANN001
 ) -> None:
     user.write(".config/systemd/user/warmd.service", old(OLD_UNIT.read_text()))
-    done = user.sh("systemctl --user daemon-reload && systemctl --user enable --now warmd")
+    done = user.sh(f"{CHECKOUT_DROPIN} && systemctl --user daemon-reload && systemctl --user enable --now warmd")
     assert done.returncode != 0  # a test of the harness too: it does see a unit that cannot start
     log = in_journal(user, why)
     if "226" in why:

@@ -1,4 +1,4 @@
-"""Project discovery and the real watchdog observers on temporary folders."""
+"""Project discovery and the real watches (one inotify instance; watchdog's Observer elsewhere) on temporary folders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from loguru import logger
 from watchdog.observers import Observer
 
 from warmd.base import DEFAULT_IGNORED_DIRS
-from warmd.service import ProjectWatcher, WatchSet, discover, inotify_fix, watch_set
+from warmd.service import CacheWatch, InotifyWatches, ObserverWatches, ProjectWatcher, WatchSet, discover, \
+    inotify_fix, watch_set
 
 WAIT = 10.0  # generous: a loaded CI box; the waits end on the event, not on the clock
 
@@ -48,6 +49,10 @@ class Calls:
         self.all.append(("new", p))
         self.q.put(("new", p))
 
+    def gone(self, p: Path) -> None:
+        self.all.append(("gone", p))
+        self.q.put(("gone", p))
+
     def next(self) -> tuple[str, Path]:
         return self.q.get(timeout=WAIT)
 
@@ -57,14 +62,19 @@ def calls() -> Calls:
     return Calls()
 
 
-@pytest.fixture
-def make_watcher(calls: Calls) -> Iterator:
+# Linux's one inotify instance, and the Observer other systems get (here: watchdog's inotify one).
+BACKENDS = {"inotify": InotifyWatches, "observer": lambda sink: ObserverWatches(sink, Observer)}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def make_watcher(calls: Calls, request: pytest.FixtureRequest) -> Iterator:
     made: list[ProjectWatcher] = []
 
     def make(roots: list[Path], **kw: object) -> ProjectWatcher:
-        opts: dict = {"max_depth": 3, "ignore": DEFAULT_IGNORED_DIRS, "debounce": 0.2}
+        opts: dict = {"max_depth": 3, "ignore": DEFAULT_IGNORED_DIRS, "debounce": 0.2,
+                      "watches": BACKENDS[request.param]}
         opts.update(kw)
-        w = ProjectWatcher(roots, on_change=calls.change, on_new_project=calls.new, **opts)
+        w = ProjectWatcher(roots, on_change=calls.change, on_new_project=calls.new, on_gone=calls.gone, **opts)
         made.append(w)
         return w
 
@@ -153,23 +163,23 @@ def test_watches_grow_with_projects_not_folders(tmp_path: Path, make_watcher) ->
 
 
 def test_inotify_limit_falls_back_to_rescan(tmp_path: Path, calls: Calls, make_watcher) -> None:
-    # The kernel limit cannot be lowered for one test: this observer refuses watches past a
-    # budget exactly as inotify_add_watch does (OSError ENOSPC from schedule()).
-    class LimitedObserver(Observer):  # type: ignore[misc, valid-type]
+    # The kernel limit cannot be lowered for one test: these watches refuse folders past a
+    # budget exactly as inotify_add_watch does (OSError ENOSPC).
+    class Limited(InotifyWatches):
         budget = 3
 
-        def schedule(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-            if LimitedObserver.budget <= 0:
+        def add(self, folder: Path) -> None:
+            if Limited.budget <= 0:
                 raise OSError(errno.ENOSPC, "inotify watch limit reached")
-            LimitedObserver.budget -= 1
-            return super().schedule(*args, **kwargs)
+            Limited.budget -= 1
+            super().add(folder)
 
     root = tmp_path / "code"
     projects = [_project(root / f"p{i}") for i in range(4)]
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="ERROR")
     try:
-        w = make_watcher([root], observer_factory=LimitedObserver)
+        w = make_watcher([root], watches=Limited)
         assert w.start() == projects
     finally:
         logger.remove(sink)
@@ -194,3 +204,110 @@ def test_rescan_finds_what_events_missed(tmp_path: Path, calls: Calls, make_watc
     assert calls.all == [("new", p)]
     w.rescan()  # nothing changed since: no calls
     assert calls.all == [("new", p)]
+
+
+class _CountingDict(dict):
+    """A dict that counts walks over all of it (what made discovery grow as N squared)."""
+
+    walks = 0
+
+
+def _counted(name: str):  # noqa: ANN202
+    plain = getattr(dict, name)
+
+    def walk(self: _CountingDict):  # noqa: ANN202
+        type(self).walks += 1
+        return plain(self)
+
+    return walk
+
+
+for _name in ("__iter__", "keys", "items", "values"):
+    setattr(_CountingDict, _name, _counted(_name))
+
+
+@pytest.mark.parametrize("count", [10, 200])
+def test_finding_a_project_never_walks_every_watched_folder(tmp_path: Path, calls: Calls, make_watcher,
+                                                            count: int) -> None:
+    root = tmp_path / "code"
+    projects = sorted(_project(root / f"g{i % 7}" / f"p{i:03d}") for i in range(count))
+    w = make_watcher([root])
+    w._watched = _CountingDict()  # the folders watched; a walk over it per project is N squared
+    _CountingDict.walks = 0
+    found: list[Path] = []
+    assert w.start(on_found=found.append) == projects
+    assert sorted(found) == projects  # told as found, not only returned at the end
+    # A project appearing later, and one deleted, cost their own folders too.
+    late = root / "g0" / "late"
+    late.mkdir()
+    (late / "pyproject.toml").write_text("[project]\nname = 'late'\n")
+    assert calls.next() == ("new", late)
+    _rmtree(projects[0])
+    assert calls.next() == ("gone", projects[0])
+    assert _CountingDict.walks == 0
+    assert len(w.projects) == count
+
+
+def _rmtree(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder)
+
+
+def test_project_deleted_or_moved_away_is_gone(tmp_path: Path, calls: Calls, make_watcher) -> None:
+    root = tmp_path / "code"
+    a, b = _project(root / "team" / "a"), _project(root / "team" / "b")
+    w = make_watcher([root])
+    assert w.start() == [a, b]
+    _rmtree(a)
+    assert calls.next() == ("gone", a)
+    os.rename(root / "team", tmp_path / "elsewhere")  # b leaves with the folder above it
+    assert calls.next() == ("gone", b)
+    assert w.projects == [] and w.watched_paths == {root}
+    assert not w.knows(b)
+
+
+def test_one_inotify_thread_whatever_the_folders(tmp_path: Path, calls: Calls) -> None:
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    root = tmp_path / "code"
+    for i in range(300):
+        _project(root / f"g{i % 10}" / f"p{i:03d}")
+    before = threads()
+    w = ProjectWatcher([root], max_depth=3, ignore=DEFAULT_IGNORED_DIRS, debounce=0.2, on_change=calls.change,
+                       on_new_project=calls.new)
+    try:
+        assert len(w.start()) == 300
+        assert len(w.watched_paths) == 311
+        assert threads() - before <= 2  # the watcher's own thread and the inotify reader
+        p = root / "g3" / "p003"
+        _uv_lock_write(p, "version = 1\n# relocked\n")
+        assert calls.next() == ("change", p)
+    finally:
+        w.stop()
+    assert threads() == before
+
+
+def test_uv_cache_clean_is_seen(tmp_path: Path, uv_bin: Path) -> None:
+    import subprocess
+
+    cache = tmp_path / "uv-cache"
+    (cache / "wheels-v5").mkdir(parents=True)
+    (cache / "archive-v0").mkdir()
+    watch = CacheWatch(cache)
+    try:
+        (cache / ".tmpXyZ").mkdir()
+        (cache / ".tmpXyZ").rmdir()  # uv's own scratch going is no clean
+        (cache / "CACHEDIR.TAG").write_text("x")
+        subprocess.run([str(uv_bin), "cache", "clean"], env={**os.environ, "UV_CACHE_DIR": str(cache)},
+                       check=True, capture_output=True)
+        assert watch.cleaned.wait(WAIT)
+        watch.cleaned.clear()
+        # uv makes its cache again; the next look watches it again, and sees the next clean
+        (cache / "wheels-v5").mkdir(parents=True)
+        watch.ensure()
+        (cache / "wheels-v5").rmdir()
+        assert watch.cleaned.wait(WAIT)
+    finally:
+        watch.close()

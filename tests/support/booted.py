@@ -45,6 +45,8 @@ ROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 _GUARD_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
               "NO_PROXY", "no_proxy")
 _UNIT_KINDS = (".service", ".socket", ".timer", ".path")
+# systemd-nspawn mounts a fresh tmpfs here in the container: the host's files under it are hidden.
+_HIDDEN_BY_NSPAWN = (Path("/tmp"),)
 
 # Runs as root in a mount namespace of its own: $1 the (empty) folder to build the root in, $2 a
 # Python for the one xattr; the rest goes to systemd-nspawn.
@@ -247,9 +249,14 @@ class Container:
         return state if state in ("running", "degraded") else None
 
     def _elsewhere(self) -> list[Path]:
-        """`reach` paths on another filesystem than `/`: the overlay's lower layer does not hold them."""
+        """`reach` paths the container would not see, to bind in: on another filesystem than `/` (the
+        overlay's lower layer does not hold them), or under a folder nspawn mounts its own tmpfs on (a
+        checkout cloned into /tmp)."""
         root = os.stat("/").st_dev
-        return [p for p in self.reach if os.stat(p).st_dev != root]
+        out = [p for p in self.reach
+               if os.stat(p).st_dev != root or any(p.is_relative_to(h) for h in _HIDDEN_BY_NSPAWN)]
+        # A path inside another bound one comes with it.
+        return [p for p in out if not any(p != q and p.is_relative_to(q) for q in out)]
 
     def _closed_folders(self) -> list[Path]:
         """Folders above (and at) the `reach` paths that others may not enter."""

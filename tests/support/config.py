@@ -34,21 +34,21 @@ def trusted_lines(trusted: Sequence[str] | None = None) -> list[str]:
     return [f"trusted-indexes = {json.dumps([u.rstrip('/') + '/' for u in urls])}"] if urls else []
 
 
-def write_warmd_config(tmp: Path, uv: Path | str, cache: Path, *, packages: Sequence[str] = PACKAGES,
+def write_warmd_config(tmp: Path, uv: Path | str, cache: Path, *, packages: Sequence[str] | None = PACKAGES,
                        variant: str = "cu128", extra: Sequence[str] = (),
                        trusted: Sequence[str] | None = None, store: Path | None = None,
                        state: Path | None = None) -> Path:
     """Write tmp/warmd.toml keeping everything warmd writes under tmp; `extra` lines go last.
     `trusted`: the trusted-indexes; None: every vouched lab index of this test, whenever it starts.
-    `store`, `state`: warmd's store and state folders elsewhere than tmp/store and tmp/state."""
+    `store`, `state`: warmd's store and state folders elsewhere than tmp/store and tmp/state.
+    `packages` None: no `packages` key, warmd's default (every wheel `uv sync` installs)."""
     before = [
         f"variant = {json.dumps(variant)}",
         f"uv = {json.dumps(str(uv))}",
         f"cache-dir = {json.dumps(str(cache))}",
         f"store-dir = {json.dumps(str(store or tmp / 'store'))}",
         f"state-dir = {json.dumps(str(state or tmp / 'state'))}",
-        f"packages = {json.dumps(list(packages))}",
-    ]
+    ] + ([f"packages = {json.dumps(list(packages))}"] if packages is not None else [])
     path = tmp / "warmd.toml"
     with _lock:
         _written.pop(path, None)

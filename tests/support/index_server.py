@@ -250,7 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, path: str, head: bool) -> None:
         owner = self.owner
         parts = [p for p in path.split("/") if p]
-        if path.endswith((".whl", ".tar.gz")) and len(parts) >= 2:  # a wheel, or an sdist (add_wheel takes both)
+        # a wheel, an sdist or a release's PEP 825 `{name}-{version}-variants.json` (add_wheel takes each)
+        if path.endswith((".whl", ".tar.gz", "-variants.json")) and len(parts) >= 2:
             wheel = owner._lookup_file("/" + "/".join(parts[:-1]), parts[-1])
             if wheel is not None:
                 return self._wheel(wheel, head)

@@ -2,8 +2,9 @@
 
 A test asks with `need(name)`: it gets the path, or, when it is missing, a skip that says exactly
 what to install — and under CI=true a failure instead, because .ci/run installs all of them first
-and a skip there would hide a lost test. uv 0.8.2 is the one prerequisite the run can install by
-itself (uv 0.8.0 too, from PyPI, into .tools/, before the network is locked); .ci/run does that with
+and a skip there would hide a lost test. The older uvs are the prerequisites the run can install by
+itself (from PyPI, into .tools/, before the network is locked): 0.8.2, the newest of each later
+minor line before the pinned one (UV_LINES), and 0.8.0; .ci/run does that with
 `python -m tests.support.prereqs install-uv-old`, the rest with apt.
 """
 
@@ -22,6 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_NIX = REPO.parent / "shared" / "nix"  # read-only test input beside the checkout, never copied in
 UV_OLD_VERSION = "0.8.2"  # the oldest uv warmd supports: the release of the original report
 UV_OLDER_VERSION = "0.8.0"  # one older than that, for doctor's "uv older than 0.8.2"
+# A user may have any uv: the newest release of each minor line between 0.8.2 and the pinned dev
+# dependency (0.13.x), as PyPI had them when this list was last looked at (`uv pip install --dry-run
+# "uv>=0.9,<0.10"` ...). Each runs the seed story (tests/warm/test_prefetch.py).
+UV_LINES = (UV_OLD_VERSION, "0.9.30", "0.10.12", "0.11.33", "0.12.24")
 
 
 def in_ci() -> bool:
@@ -86,6 +91,9 @@ PREREQS: dict[str, Prereq] = {
     "uv-older": Prereq(f"uv {UV_OLDER_VERSION} (older than warmd supports)", _file(lambda: uv_old_path(UV_OLDER_VERSION)),
                        f"python -m tests.support.prereqs install-uv-old  (uv pip install uv=={UV_OLDER_VERSION} "
                        "into .tools/)"),
+    **{f"uv-{v}": Prereq(f"uv {v} (the newest of its minor line)", _file(lambda v=v: uv_old_path(v)),
+                         f"python -m tests.support.prereqs install-uv-old  (uv pip install uv=={v} into .tools/)")
+       for v in UV_LINES[1:]},
     "nix-instantiate": Prereq("nix-instantiate", _which("nix-instantiate"), "apt-get install nix-bin"),
     "nix-shared": Prereq("the real nixpkgs lib and home-manager modules (the Nix module tests evaluate with them)",
                          _file(lambda: SHARED_NIX / "nixpkgs-lib" / "default.nix"),
@@ -151,11 +159,18 @@ def install_uv_old(version: str = UV_OLD_VERSION, uv: Path | None = None) -> str
 _FIXTURE_VERSIONS = {"uv_old_bin": UV_OLD_VERSION, "uv_older_bin": UV_OLDER_VERSION}
 
 
+def uv_line(version: str) -> Path:
+    """The uv of that line (one of UV_LINES) for a test: its path, or the skip (CI: failure) `need` gives."""
+    return need("uv-old" if version == UV_OLD_VERSION else f"uv-{version}")
+
+
 def prepare(items: Sequence[object]) -> None:
     """The set-up the selected tests need from the network, done before it is locked (never in CI)."""
     if in_ci():
         return
     wanted = {v for item in items for f, v in _FIXTURE_VERSIONS.items() if f in getattr(item, "fixturenames", ())}
+    # a test parametrized over the lines (`uv_line` in its parameters) wants the one it runs with
+    wanted |= {p for item in items if (p := getattr(getattr(item, "callspec", None), "params", {}).get("uv_line"))}
     for version in sorted(wanted):
         why = install_uv_old(version)
         if why:
@@ -163,10 +178,10 @@ def prepare(items: Sequence[object]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """`install-uv-old`: put uv 0.8.2 and 0.8.0 into .tools/; `check`: list what is missing."""
+    """`install-uv-old`: put the older uvs (UV_LINES and 0.8.0) into .tools/; `check`: list what is missing."""
     if list(argv) == ["install-uv-old"]:
         failed = 0
-        for version in _FIXTURE_VERSIONS.values():
+        for version in dict.fromkeys((*UV_LINES, *_FIXTURE_VERSIONS.values())):
             why = install_uv_old(version)
             print(f"prereqs: {why}" if why else f"prereqs: uv {version} at {uv_old_path(version)}",
                   file=sys.stderr if why else sys.stdout)

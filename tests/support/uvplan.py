@@ -15,7 +15,6 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from tests.support.cli import run_warmd
-from warmd.base import DEFAULT_PACKAGES
 from warmd.plan import matches
 
 # ` + torch==2.9.1`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…/x.whl`
@@ -57,10 +56,12 @@ def _version_of(python: Path) -> str:
     return out.stdout.strip()
 
 
-def uv_sync_plan(uv: Path, project: Path, python: Path, flags: list[str], env: dict[str, str]) -> dict[str, str]:
+def uv_sync_plan(uv: Path, project: Path, python: Path, flags: list[str], env: dict[str, str],
+                 built: set[str] | None = None) -> dict[str, str]:
     """name -> version of every package a fresh `uv sync` of the project installs: uv's own dry run.
 
     As the corpus README says: offline, frozen, no config, against a venv path that does not exist.
+    `built`, when given, receives the names of the local folders uv builds (` + name @ file:///folder`).
     """
     with tempfile.TemporaryDirectory() as tmp:
         run_env = {**env, "UV_PROJECT_ENVIRONMENT": str(Path(tmp) / "missing-venv")}
@@ -77,6 +78,9 @@ def uv_sync_plan(uv: Path, project: Path, python: Path, flags: list[str], env: d
             continue
         if m.group("version"):
             plan[canonicalize_name(m.group("name"))] = m.group("version")
+        elif m.group("url").startswith("file://") and not m.group("url").endswith((".whl", ".tar.gz", ".zip")):
+            if built is not None:
+                built.add(canonicalize_name(m.group("name")))
         elif m.group("url").endswith(".whl"):  # a direct-URL wheel uv has not cached: the file names the version
             _name, version, _build, _tags = parse_wheel_filename(m.group("url").rsplit("/", 1)[-1].replace("%2B", "+"))
             plan[canonicalize_name(m.group("name"))] = str(version)
@@ -125,6 +129,6 @@ def planned(project: dict, python: str) -> set[tuple[str, str]]:
     return {(w["name"], _norm(w["version"])) for w in project["wheels"] if w["python"] == python}
 
 
-def of_globs(plan: dict[str, str], patterns: Iterable[str] = DEFAULT_PACKAGES) -> set[tuple[str, str]]:
-    """uv's plan restricted to the package globs warmd is configured with, as (name, version)."""
+def of_globs(plan: dict[str, str], patterns: Iterable[str] | None = None) -> set[tuple[str, str]]:
+    """uv's plan restricted to the package globs warmd is configured with (None: all of it), as (name, version)."""
     return {(n, _norm(v)) for n, v in plan.items() if matches(n, patterns)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import random
 import re
 import zipfile
@@ -64,8 +65,11 @@ def make_wheel(
     *,
     requires: Iterable[str] = (),
     requires_python: str | None = None,
+    extras: Iterable[str] = (),
 ) -> Path:
     """Build an installable wheel with a deterministic random payload.bin; return its path.
+
+    `extras` are declared (Provides-Extra); `requires` with an `extra == "..."` marker fill them.
 
     The payload is seeded by (name, version, tag, seed) and stored uncompressed, so the wheel's
     size tracks payload_size and distinct wheels have distinct bytes. Large payloads stream to
@@ -87,6 +91,7 @@ def make_wheel(
     ]
     if requires_python:
         metadata.append(f"Requires-Python: {requires_python}")
+    metadata += [f"Provides-Extra: {e}" for e in extras]
     metadata += [f"Requires-Dist: {r}" for r in requires]
     wheel_meta = [
         "Wheel-Version: 1.0",
@@ -130,3 +135,44 @@ def _write(zf: zipfile.ZipFile, arcname: str, data: bytes) -> None:
     zinfo.compress_type = zipfile.ZIP_STORED
     zinfo.external_attr = 0o644 << 16
     zf.writestr(zinfo, data)
+
+
+# Wheel variants (PEP 825, draft): the schema uv 0.13.9 reads, and its vendored NVIDIA provider,
+# which needs no plugin from an index (uv runs it itself; NV_VARIANT_PROVIDER_FORCE_* drive it).
+VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/peps/825/v0.1.1.json"
+NVIDIA_PROVIDER = {"nvidia": {"requires": ["nvidia-variant-provider"],
+                              "plugin-api": "nvidia_variant_provider.plugin:NvidiaVariantPlugin"}}
+
+
+def variants_doc(variants: dict[str, dict]) -> dict:
+    """A release's variant metadata: `variants` maps each label to its properties (namespace ->
+    feature -> values), NVIDIA's provider decides among them."""
+    return {"$schema": VARIANT_SCHEMA, "default-priorities": {"namespace": ["nvidia"]},
+            "providers": NVIDIA_PROVIDER, "variants": variants}
+
+
+def variants_json(out_dir: Path, name: str, version: str, variants: dict[str, dict]) -> Path:
+    """Write the release's index-level `{name}-{version}-variants.json` into out_dir; return its path."""
+    path = Path(out_dir) / f"{dist_name(name).lower()}-{version}-variants.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(variants_doc(variants)))
+    return path
+
+
+def variant_wheel(wheel: Path, label: str, properties: dict, out_dir: Path) -> Path:
+    """A variant-labelled copy of `wheel` in out_dir: `{stem}-{label}.whl`, its dist-info holding the
+    `variant.json` of that one variant (in RECORD too); the rest byte for byte as `wheel` has it."""
+    wheel = Path(wheel)
+    out = Path(out_dir) / f"{wheel.name[:-len('.whl')]}-{label}.whl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.dumps(variants_doc({label: properties})).encode()
+    with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith(".dist-info/RECORD"):
+                arc = item.filename.rsplit("/", 1)[0] + "/variant.json"
+                _write(zout, arc, doc)
+                data = data.replace(item.filename.encode() + b",,",
+                                    f"{arc},{_record_hash(doc)},{len(doc)}\n{item.filename},,".encode())
+            _write(zout, item.filename, data)
+    return out

@@ -215,6 +215,17 @@ def test_a_host_whose_files_all_ended_unmeasured_is_not_waited_for(index_server:
     assert sorted(got) == sorted(w.sha256 for w in wheels) and all(isinstance(r, Fetched) for r in got.values())
 
 
+def test_the_files_named_first_go_first_then_the_biggest(index_server: IndexServer, tmp_path: Path) -> None:
+    """A plan's GPU wheels (`first`) start before its other files, however big those are."""
+    wheels = [_wheel(index_server, tmp_path, f"pkg{i}", size=(i + 1) * 256 * KiB, seed=i) for i in range(3)]
+    store = Store(tmp_path / "store")
+    with _fetcher(store) as f:
+        got = f.fetch_many(wheels, max_parallel_files=1, first={wheels[0].sha256})
+    assert all(isinstance(r, Fetched) for r in got.values())
+    gets = [h.path.rsplit("/", 1)[-1] for h in index_server.wheel_gets()]
+    assert list(dict.fromkeys(gets)) == [wheels[0].filename, wheels[2].filename, wheels[1].filename]
+
+
 def test_a_file_the_caller_drops_stays_a_verified_partial_that_is_hashed_again_before_use(
         index_server: IndexServer, tmp_path: Path) -> None:
     """keep=False: no blob and no fsync for bytes about to be deleted. What a crash leaves is a

@@ -9,17 +9,19 @@ import os
 import signal
 import stat
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import run_warmd, status_by_name, warmd_json
-from tests.support.config import write_warmd_config
+from tests.support.config import PACKAGES, write_warmd_config
 from tests.support.daemon import DaemonProcess
 from tests.support.index_server import IndexServer
-from tests.support.projects import locked_project, run_uv, torch_like_set
+from tests.support.projects import TORCH_PLATFORM, locked_project, run_uv, torch_like_set
 from tests.support.uvplan import tree
+from tests.support.wheels import make_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 KiB = 1024
@@ -34,10 +36,10 @@ class Lab:
     env: dict[str, str]
     cache: Path
 
-    def config(self, *extra: str, name: str = "warmd", variant: str = "cu128") -> Path:
+    def config(self, *extra: str, name: str = "warmd", variant: str = "cu128", packages: Sequence[str] = PACKAGES) -> Path:
         folder = self.tmp / name
         folder.mkdir(exist_ok=True)
-        return write_warmd_config(folder, self.uv, self.cache, variant=variant, extra=extra)
+        return write_warmd_config(folder, self.uv, self.cache, variant=variant, extra=extra, packages=packages)
 
     def warmd(self, cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return run_warmd(cfg, *args, env=env or self.env)
@@ -68,6 +70,17 @@ def _publish(lab: Lab, version: str = "2.9.0", variant: str = "cu128") -> str:
     return next(f for f in ws.filenames if f.startswith("torch-"))
 
 
+def _ready(lab: Lab, cfg: Path, project: Path) -> dict:
+    """`warmd prefetch --ahead` of the project, which must find torch 2.9.0+cu128 ready; its report."""
+    code, report, err = lab.prefetch(cfg, "--ahead", str(project))
+    assert code == 0, err
+    (ahead,) = report["ahead"]
+    assert ahead["state"] == "ready", ahead
+    assert {"name": "torch", "from": "2.8.0+cu128", "to": "2.9.0+cu128"} in ahead["packages"]
+    assert "ERROR" not in err
+    return ahead
+
+
 def test_the_next_upgrade_is_warm_before_the_user_asks_and_the_project_is_untouched(lab: Lab) -> None:
     project = _project(lab, "app", "torch>=2.5")
     cfg = lab.config()
@@ -79,18 +92,13 @@ def test_the_next_upgrade_is_warm_before_the_user_asks_and_the_project_is_untouc
     lock_bytes = (project / "uv.lock").read_bytes()
     lab.server.reset_counters()
 
-    code, report, err = lab.prefetch(cfg, "--ahead", str(project))
-    assert code == 0, err
-    (ahead,) = report["ahead"]
-    assert ahead["state"] == "ready", ahead
-    assert {"name": "torch", "from": "2.8.0+cu128", "to": "2.9.0+cu128"} in ahead["packages"]
+    ahead = _ready(lab, cfg, project)
     assert [(w["filename"], w["state"]) for w in ahead["wheels"]] == [(new_torch, "warm")]
     assert ahead["line"] == f"upgrade ready: torch 2.9.0+cu128, {ahead['bytes_warm'] / KiB:.1f} KiB warm"
     assert lab.server.bytes_served(new_torch) >= (lab.tmp / "wheels" / "cu128" / new_torch).stat().st_size
     # The project, its lock and its venv were only read: every entry, size and mtime as it was.
     assert tree(project, folder_mtimes=True) == before
     assert (project / "uv.lock").read_bytes() == lock_bytes
-    assert "ERROR" not in err
 
     st = lab.status(cfg)["app"]
     assert st["state"] == "warm" and st["upgrade"]["state"] == "ready"
@@ -112,22 +120,84 @@ def test_the_next_upgrade_is_warm_before_the_user_asks_and_the_project_is_untouc
     assert lab.status(cfg)["app"]["upgrade"] is None
 
 
-def test_a_pin_that_forbids_the_upgrade_warms_nothing(lab: Lab) -> None:
+def _vision(lab: Lab, version: str, torch: str, variant: str = "cu128") -> str:
+    """A torchvision build on the variant's index that needs exactly its torch, as the real ones do."""
+    wheel = make_wheel(lab.tmp / "wheels" / variant, "torchvision", f"{version}+{variant}",
+                       f"cp311-cp311-{TORCH_PLATFORM}", 16 * KiB, requires=[f"torch=={torch}"])
+    lab.server.add_wheel(wheel, variant)
+    return wheel.name
+
+
+def _bump(project: Path, pins: dict[str, str]) -> None:
+    """What the user does by hand: the `==` pins in pyproject.toml move to the new versions."""
+    text = (project / "pyproject.toml").read_text()
+    for old, new in pins.items():
+        assert old in text
+        text = text.replace(old, new)
+    (project / "pyproject.toml").write_text(text)
+
+
+def test_exact_pins_move_together_and_the_users_bump_downloads_no_wheel(lab: Lab) -> None:
+    """The seed's shape: torch and torchvision pinned with `==` to one variant's build. The look-ahead
+    moves both, in a scratch copy, to the newest release the index offers for that build."""
+    ws = torch_like_set(lab.server, lab.tmp / "wheels", "cu128", pythons=("cp311",), size=TORCH)
+    _vision(lab, "0.23.0", "2.8.0")
+    ws.gpu_packages.append("torchvision")
+    pins = ["torch==2.8.0+cu128", "torchvision==0.23.0+cu128"]
+    project = locked_project(lab.tmp, "seed", server=lab.server, ws=ws, deps=pins, uv=lab.uv, env=lab.env)
+    cfg = lab.config(packages=[*PACKAGES, "torchvision"])
+    run_uv(lab.uv, ["sync"], cwd=project, env=lab.env)
+    assert lab.prefetch(cfg, str(project))[0] == 0
+    new_torch, new_vision = _publish(lab), _vision(lab, "0.24.0", "2.9.0")
+    before = tree(project, folder_mtimes=True)
+    lab.server.reset_counters()
+
+    ahead = _ready(lab, cfg, project)
+    assert {"name": "torchvision", "from": "0.23.0+cu128", "to": "0.24.0+cu128"} in ahead["packages"]
+    assert sorted((w["filename"], w["state"]) for w in ahead["wheels"]) == [(new_torch, "warm"), (new_vision, "warm")]
+    assert tree(project, folder_mtimes=True) == before  # the pins moved in warmd's scratch copy only
+    st = lab.status(cfg)["seed"]
+    assert st["upgrade"]["state"] == "ready"
+    assert st["upgrade"]["line"].startswith("upgrade ready: torch 2.9.0+cu128 (+1 more), ")
+
+    # The user bumps the pins by hand, then locks and syncs: no request for any wheel.
+    lab.server.reset_counters()
+    _bump(project, {"torch==2.8.0+cu128": "torch==2.9.0+cu128", "torchvision==0.23.0+cu128": "torchvision==0.24.0+cu128"})
+    run_uv(lab.uv, ["lock"], cwd=project, env=lab.env)
+    synced = run_uv(lab.uv, ["sync"], cwd=project, env=lab.env)
+    assert "torch==2.9.0+cu128" in synced.stderr and "torchvision==0.24.0+cu128" in synced.stderr
+    assert lab.server.wheel_hits() == [], [(h.method, h.path, h.range) for h in lab.server.wheel_hits()]
+    run_uv(lab.uv, ["venv", "--clear", str(project / ".venv")], cwd=project, env=lab.env)
+    assert "torch==2.9.0+cu128" in run_uv(lab.uv, ["sync", "--offline"], cwd=project, env=lab.env).stderr
+
+
+def test_an_exact_pin_warms_only_a_newer_release_of_its_own_build(lab: Lab) -> None:
     project = _project(lab, "pinned", "torch==2.8.0+cu128")
     cfg = lab.config()
     assert lab.prefetch(cfg, str(project))[0] == 0
-    new_torch = _publish(lab)
     store = {p.name for p in (lab.tmp / "warmd" / "store" / "blobs").rglob("*") if p.is_file()}
-    lab.server.reset_counters()
 
-    code, report, err = lab.prefetch(cfg, "--ahead", str(project))
+    code, report, err = lab.prefetch(cfg, "--ahead", str(project))  # nothing newer yet
     assert code == 0, err
     (ahead,) = report["ahead"]
     assert ahead["state"] == "none" and ahead["wheels"] == [] and ahead["packages"] == [], ahead
-    assert "torch 2.8.0+cu128" in ahead["reason"] and "constraints" in ahead["reason"]
-    assert lab.server.wheel_hits(new_torch) == []  # uv did not even look at it
+    assert lab.status(cfg)["pinned"]["upgrade"]["line"] == (
+        "no upgrade: the project pins torch==2.8.0+cu128 and its index offers no newer release of the same build "
+        "that resolves with the others pinned")
+
+    # A newer torch on the same index, but another variant's build: not what the pin will name.
+    other = make_wheel(lab.tmp / "wheels" / "cu128", "torch", "2.9.0+cu130", f"cp311-cp311-{TORCH_PLATFORM}", TORCH,
+                       requires=["filelock"])
+    lab.server.add_wheel(other, "cu128")
+    lab.server.reset_counters()
+    code, report, err = lab.prefetch(cfg, "--ahead", str(project))
+    assert code == 0, err
+    (ahead,) = report["ahead"]
+    assert ahead["state"] == "none" and ahead["wheels"] == [], ahead
+    assert "the newest torch the index offers with them is 2.9.0+cu130, another build than 2.8.0+cu128" in ahead["reason"]
+    assert lab.server.bytes_served(other.name) < TORCH / 4  # uv read its metadata; warmd fetched nothing
     assert {p.name for p in (lab.tmp / "warmd" / "store" / "blobs").rglob("*") if p.is_file()} == store
-    assert lab.status(cfg)["pinned"]["upgrade"]["line"].startswith("no upgrade: uv keeps torch 2.8.0+cu128")
+    assert (project / "pyproject.toml").read_text().count("torch==2.8.0+cu128") == 1
 
 
 @pytest.mark.parametrize("trouble", ["down", "slow"])

@@ -48,8 +48,12 @@ def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never
         assert proc.returncode == 0, proc.stderr  # a limit kept it out: not a failure
         wheels = {w["filename"]: w for w in json.loads(proc.stdout)["projects"][0]["wheels"]}
         assert wheels[torch]["state"] == "skipped", wheels[torch]
-        assert wheels[torch]["reason"] == ("past `[limits] per-project` (5.0 MiB): the lock's wheels reach 6.0 MiB "
-                                           "with this one; nothing was downloaded for it"), wheels[torch]
+        assert wheels[torch]["reason"] == ("past `[limits] per-project` (5.0 MiB): the lock's wheels come to 6.0 MiB; "
+                                           "raise it to 6.0 MiB to warm them all; nothing was downloaded for it"), wheels[torch]
+        # ... and in one line, the key to raise
+        line = ("1 wheel(s), 4.0 MiB, left to `uv sync` by a limit: 1 past `[limits] per-project` (5.0 MiB), "
+                "raise it to 6.0 MiB to warm it all")
+        assert json.loads(proc.stdout)["projects"][0]["limited"] == line
         assert {w["state"] for f, w in wheels.items() if f != torch} == {"warm"}
         assert server.wheel_hits(torch) == [], "a byte of the skipped wheel was asked for"
         assert not list(uv_cache.glob("wheels-v*/index/*/torch/*"))
@@ -74,10 +78,9 @@ def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never
     assert "  state: warm, 1 wheel skipped by a limit since " in text, text
     (st,) = [w for w in project_status["wheels"] if w["filename"] == torch]
     assert (st["state"], st["reason"]) == ("skipped", wheels[torch]["reason"])
-    assert any(f.startswith(f"1 wheel(s) skipped, not downloaded: {torch} — past `[limits] per-project`")
-               for f in project_status["flags"]), project_status["flags"]
+    assert project_status["limited"] == line and line in project_status["flags"], project_status
     assert f"  skipped  torch {ws.torch_version}  {torch}  saved 0 B — past `[limits] per-project`" in text, text
-    assert "  ! 1 wheel(s) skipped, not downloaded: " in text
+    assert f"  ! {line}\n" in text, text
 
 
 def test_wheels_that_would_leave_less_than_the_free_space_floor_are_skipped(
@@ -119,7 +122,10 @@ def test_wheels_that_would_leave_less_than_the_free_space_floor_are_skipped(
         (st,) = [w for w in project_status["wheels"] if w["filename"] == torch]
         assert (st["state"], st["reason"]) == ("skipped", reason)
         assert st["size"] == (tmp_path / "wheels" / "cu128" / torch).stat().st_size  # as the index said
-        assert "past `[limits] min-free`" in text and "  ! 1 wheel(s) skipped, not downloaded: " in text
+        assert project_status["limited"] == (
+            f"1 wheel(s), 8.0 MiB, left to `uv sync` by a limit: 1 past `[limits] min-free` (24.0 MiB), free space "
+            f"on the filesystem of warmd's store ({disk / 'store'}) and uv's cache ({cache}), or lower it"), project_status
+        assert "past `[limits] min-free`" in text and f"  ! {project_status['limited']}\n" in text
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=60)
 

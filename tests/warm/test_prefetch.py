@@ -16,6 +16,7 @@ from tests.support.cache import traces
 from tests.support.cli import run_warmd
 from tests.support.config import OFFLINE_PACKAGES, write_warmd_config
 from tests.support.index_server import IndexServer
+from tests.support.prereqs import UV_LINES, uv_line as prereq_uv
 from tests.support.projects import (
     lock_project,
     locked_project,
@@ -110,12 +111,20 @@ def test_prefetch_makes_a_fresh_sync_download_nothing(setup: Setup, index_server
     _story(setup, index_server, wheel_dir, setup.uv)
 
 
-def test_prefetch_with_uv_0_8_2(tmp_path: Path, uv_old_bin: Path, uv_cache: Path, uv_environ: dict[str, str],
-                                index_server: IndexServer, wheel_dir: Path) -> None:
-    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv_old_bin, uv_cache, packages=OFFLINE_PACKAGES),
-                  tmp_path / "store", uv_old_bin, uv_environ, uv_cache)
-    _story(setup, index_server, wheel_dir, uv_old_bin)
-    assert (uv_cache / "wheels-v5").is_dir()  # the old uv's own layout: written by that uv, not by warmd
+@pytest.mark.parametrize("uv_line", UV_LINES)
+def test_the_seed_story_with_each_uv_line(tmp_path: Path, uv_line: str, uv_cache: Path, uv_environ: dict[str, str],
+                                          index_server: IndexServer, wheel_dir: Path) -> None:
+    """A user may have any uv: 0.8.2 and the newest of each later minor line (the pinned one runs above)."""
+    uv = prereq_uv(uv_line)
+    setup = Setup(tmp_path, write_warmd_config(tmp_path, uv, uv_cache, packages=OFFLINE_PACKAGES),
+                  tmp_path / "store", uv, uv_environ, uv_cache)
+    _story(setup, index_server, wheel_dir, uv)
+    version = subprocess.run([str(uv), "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.split()[1] == uv_line
+    # that uv's own cache layout (wheels-v5 in 0.8.2), one bucket: written by that uv only, never by warmd
+    assert len(list(uv_cache.glob("wheels-v*"))) == 1
+    if uv_line == "0.8.2":
+        assert (uv_cache / "wheels-v5").is_dir()
 
 
 def test_without_warmd_every_fresh_sync_downloads_again(setup: Setup, index_server: IndexServer, wheel_dir: Path) -> None:
@@ -493,10 +502,10 @@ def test_example_project_plans_its_three_cuda_wheels(setup: Setup) -> None:
 
 def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
     """examples/cuda-torch (the real-index benchmark row): `--dry-run` plans 18 GPU wheels, 3.8 GiB, offline."""
-    from warmd.base import DEFAULT_PACKAGES
+    from warmd.base import GPU_PACKAGES
 
     example = Path(__file__).resolve().parents[2] / "examples" / "cuda-torch"
-    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=DEFAULT_PACKAGES)  # as a user has it
+    setup.config = write_warmd_config(setup.tmp, setup.uv, setup.cache, packages=GPU_PACKAGES)
     proc = setup.prefetch(example, extra=["--dry-run"])
     assert proc.returncode == 0, proc.stderr
     project = setup.report(proc)["projects"][0]
@@ -511,15 +520,26 @@ def test_benchmark_example_plans_the_real_cuda_torch_set(setup: Setup) -> None:
 
 
 @pytest.mark.internet
-def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path) -> None:
-    """Opt-in (`pytest -m internet`): the README's main command against real PyPI."""
+@pytest.mark.parametrize("which", ["pinned", "0.8.2"])
+def test_example_project_end_to_end_from_pypi(tmp_path: Path, uv_bin: Path, which: str,
+                                              request: pytest.FixtureRequest) -> None:
+    """Opt-in (`pytest -m internet`): the README's main command against real PyPI, warmd's default (the whole
+    sync) into a fresh uv cache; then a fresh venv's `uv sync --frozen --offline` installs the project, which
+    has a [build-system] (uv_build: uv builds it without fetching anything)."""
+    uv = uv_bin if which == "pinned" else request.getfixturevalue("uv_old_bin")
     example = Path(__file__).resolve().parents[2] / "examples" / "cuda-small"
     cache = tmp_path / "uv-cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")} | {"UV_CACHE_DIR": str(cache)}
-    cfg = write_warmd_config(tmp_path, uv_bin, cache, packages=OFFLINE_PACKAGES)
+    cfg = write_warmd_config(tmp_path, uv, cache, packages=None)
     proc = run_warmd(cfg, "prefetch", example, "--json", env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert all(w["state"] == "warm" for w in json.loads(proc.stdout)["projects"][0]["wheels"])
+    wheels = json.loads(proc.stdout)["projects"][0]["wheels"]
+    assert len(wheels) == 3 and all(w["state"] == "warm" for w in wheels)
+    venv = tmp_path / "venv"
+    sync = subprocess.run([str(uv), "sync", "--frozen", "--offline"], cwd=example, capture_output=True, text=True,
+                          env=env | {"UV_PROJECT_ENVIRONMENT": str(venv)}, timeout=300)
+    assert sync.returncode == 0, sync.stderr
+    assert "cuda-small==0.1.0" in sync.stderr and "nvidia-nvtx-cu12==12.8.90" in sync.stderr
 
 
 def test_prefetch_over_https_makes_a_fresh_sync_download_nothing(

@@ -6,7 +6,7 @@ from .lazy import surface
 __all__, __getattr__, __dir__ = surface(__name__, {
     "atomic": ("fsync_dir", "write_atomic",),
     "cancel": ("CancelToken",),
-    "config": ("DEFAULT_IGNORED_DIRS", "DEFAULT_PACKAGES", "AheadSettings", "Config", "DownloadSettings",
+    "config": ("DEFAULT_IGNORED_DIRS", "GPU_PACKAGES", "AheadSettings", "Config", "DownloadSettings",
         "LimitSettings", "MirrorSettings", "ProjectSettings", "WatchSettings", "default_config_path",
         "load_config", "parse_config",),
     "errors": ("EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Cancelled", "Changed", "ConfigError",

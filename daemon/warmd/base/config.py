@@ -10,30 +10,46 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+from loguru import logger
 
 from .errors import ConfigError
 from .urls import SafeUrl, place
 
 APP = "warmd"
 
-# Name globs of the packages worth warming: the big GPU wheels, not every dependency.
-DEFAULT_PACKAGES: tuple[str, ...] = (
+# The wheels of the GPU stacks: what the look-ahead upgrades by default (`[ahead] packages`: it moves GPU
+# stacks, not every dependency), and what warmd fetches first, so that the big files are ready soonest.
+GPU_PACKAGES: tuple[str, ...] = (
     "torch",
     "torchvision",
     "torchaudio",
     "triton",
+    "triton-rocm",  # ROCm builds of torch 2.9+ on the PyTorch index
     "pytorch-triton*",
     "nvidia-*",
     "xformers",
     "flash-attn*",
-    "cuda-*",  # CUDA 13 builds of torch on PyPI pull unsuffixed `cuda-*` and `nvidia-*` packages
+    "cuda-*",  # CUDA 13 builds of torch and JAX on PyPI pull unsuffixed `cuda-*` and `nvidia-*` packages
     "jax-cuda*",
     "jaxlib",
     "cupy-cuda*",
+    "cupy-rocm*",
     "onnxruntime-gpu",
     "tensorrt*",
+    "tensorflow",
     "intel-extension-for-pytorch",
+    # Intel's XPU runtime, from PyPI beside an XPU torch (~800 MiB)
+    "intel-sycl-rt", "intel-opencl-rt", "intel-openmp", "intel-cmplr-lib-*", "intel-pti", "dpcpp-cpp-rt",
+    "mkl", "impi-rt", "oneccl*", "tcmlib", "umf",
 )
+
+# `packages` as warmd's config.example.toml shipped it before the whole plan became the default: a
+# config copied from it asked for nothing but what was then the default, so it counts as unset.
+_OLD_DEFAULT_PACKAGES = frozenset((
+    "torch", "torchvision", "torchaudio", "triton", "pytorch-triton*", "nvidia-*", "xformers", "flash-attn*",
+    "cuda-*", "jax-cuda*", "jaxlib", "cupy-cuda*", "onnxruntime-gpu", "tensorrt*", "intel-extension-for-pytorch",
+))
+_told_old_default: set[str] = set()  # the configs whose old default list was already reported in the log
 
 DEFAULT_IGNORED_DIRS: tuple[str, ...] = (
     ".venv",
@@ -88,7 +104,7 @@ class AheadSettings:
     """The upgrade look-ahead: warm what `uv lock --upgrade-package` would pin next, before it is asked for."""
 
     enable: bool = False  # the daemon looks ahead on its schedule; `prefetch --ahead` does on request
-    packages: tuple[str, ...] = DEFAULT_PACKAGES  # name globs to upgrade (default: the top-level `packages`)
+    packages: tuple[str, ...] = GPU_PACKAGES  # name globs to upgrade (default: the top-level `packages` if set)
     interval: float = 86400.0  # seconds between look-aheads of one project
     budget: int | None = 20 * 2**30  # bytes of warmed-ahead wheels no lock has adopted yet; None: no cap
     max_age: float = 14 * 86400.0  # seconds before a warmed-ahead wheel no lock adopted leaves the store
@@ -131,6 +147,11 @@ DEFAULT_PER_PROJECT = 16 * 2**30
 # set for two Pythons then wants ~9.2 GiB in the store while it lasts and ~15.6 GiB unpacked by uv
 # (limits.UNPACKED) above it.
 DEFAULT_MIN_FREE = 4 * 2**30
+# What warmd keeps warm across all projects, each file once, counted as wheels (uv's cache holds them
+# unpacked, ~1.7x): a whole-`uv sync` plan of a CUDA torch project is ~4-5 GiB per Python, and projects
+# share most of it. 40 GiB holds eight distinct such stacks (~68 GiB in uv's cache), a quarter of a
+# 256 GiB disk; the dormant projects of a machine holding hundreds do not fill the disk.
+DEFAULT_TOTAL = 40 * 2**30
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,7 @@ class LimitSettings:
 
     per_project: int | None = DEFAULT_PER_PROJECT  # bytes of wheels one project's lock may make warmd fetch
     min_free: int | None = DEFAULT_MIN_FREE  # bytes kept free on the store's and uv's cache's filesystems
+    total: int | None = DEFAULT_TOTAL  # bytes of wheels kept warm across projects, most recently used first
 
 
 def _limits(r: _Reader) -> LimitSettings:
@@ -146,6 +168,7 @@ def _limits(r: _Reader) -> LimitSettings:
     return LimitSettings(**_section(r, "limits", {
         "per-project": lambda s, k: s.size(k),
         "min-free": lambda s, k: s.size(k),
+        "total": lambda s, k: s.size(k),
     }))
 
 
@@ -155,7 +178,7 @@ class Config:
 
     variant: str = "auto"
     roots: tuple[Path, ...] = ()
-    packages: tuple[str, ...] = DEFAULT_PACKAGES
+    packages: tuple[str, ...] | None = None  # name globs to warm; None: every wheel `uv sync` installs
     python: tuple[str, ...] = ()  # extra Python versions to warm besides each project's own
     projects: tuple[ProjectSettings, ...] = ()  # the `[[project]]` tables
     warm_unhashed: bool = False  # also have uv download wheels the lock pins without a sha256
@@ -230,7 +253,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     if (roots := r.strings("roots")) is not None:
         kwargs["roots"] = tuple(_path(p) for p in roots)
     if (pk := r.strings("packages")) is not None:
-        kwargs["packages"] = tuple(pk)
+        kwargs["packages"] = _packages(tuple(pk), where)
     if (py := r.strings("python")) is not None:
         for p in py:
             if not _PYTHON.match(p):
@@ -262,10 +285,23 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         kwargs["mirrors"] = tuple(_mirror(t) for t in tables)
     if (trusted := r.strings("trusted-indexes")) is not None:
         kwargs["trusted_indexes"] = tuple(_url(r, "trusted-indexes", u) for u in trusted)
-    ahead = _ahead(r, kwargs.get("packages", DEFAULT_PACKAGES))
+    ahead = _ahead(r, kwargs.get("packages") or GPU_PACKAGES)
     limits = _limits(r)
     r.done({"download", "watch", "ahead", "limits"})
     return Config(download=download, watch=watch, ahead=ahead, limits=limits, source=source, **kwargs)
+
+
+def _packages(packages: tuple[str, ...], where: str) -> tuple[str, ...] | None:
+    """`packages` as read: None (the whole plan) for the list the example config once shipped."""
+    if not packages:
+        raise ConfigError(f"{where}: packages = [] warms nothing; leave `packages` out to warm all `uv sync` installs")
+    if frozenset(packages) != _OLD_DEFAULT_PACKAGES:
+        return packages
+    if where not in _told_old_default:
+        _told_old_default.add(where)
+        logger.info("{}: `packages` is the list warmd once shipped as its default: warming every wheel `uv sync` "
+                    "installs, as warmd now does by default (name other globs to warm less)", where)
+    return None
 
 
 def _ahead(r: _Reader, packages: tuple[str, ...]) -> AheadSettings:
@@ -397,6 +433,8 @@ class _Reader:
     def size(self, key: str) -> int | None:
         v = self._get(key, (str, int), 'a size like "50GiB", or 0 for no cap')
         if isinstance(v, int):
+            if v < 0:
+                raise ConfigError(f"{self.where}: {self.prefix}{key} = {v} is below 0 (0 means no cap)")
             return v or None
         m = _SIZE.match(v)
         if not m:

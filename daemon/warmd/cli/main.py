@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -67,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `warmd` console script."""
+    # At exit, before Python's own teardown: what is alive then dies with the process, yet the
+    # teardown's full garbage collections would walk all of it first (0.05-0.2 s after a prefetch
+    # has printed its result, measured). Frozen objects are left to the OS; Python does not promise
+    # to finalize objects alive at exit anyway, and warmd closes what it must (state, files) itself.
+    atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
     from .logs import setup_logging
 

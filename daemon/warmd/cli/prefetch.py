@@ -15,7 +15,7 @@ from ..base import AheadReport, Config, InputError, ProjectReport, SkippedReport
 
 if TYPE_CHECKING:
     from ..state import State
-    from ..uv import Project
+    from ..uv import Project, Uv
     from ..warm import Pipeline
     from ..warm import UpgradeStatus
 
@@ -25,9 +25,6 @@ PREFETCH_ROUNDS = 3
 
 
 def _prefetch(args: argparse.Namespace, config: Config) -> int:
-    from ..warm import Pipeline
-    from .progress import ProgressPrinter
-    from ..state import State
     from ..uv import Project
 
     projects = [Project.of(p) for p in args.paths] or _discover_all(config)
@@ -47,8 +44,17 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
         else:
             _print_plan(reports)
         return code
-    state = State.open(config.state_dir)
-    pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter())
+    uv = _looking_for_pythons(config, projects)
+    from ..state import State
+    from ..warm import Pipeline
+    from .progress import ProgressPrinter
+
+    try:
+        state = State.open(config.state_dir)
+        pipeline = Pipeline(config, state=state, progress=None if args.json else ProgressPrinter(), uv=uv)
+    except BaseException:
+        uv.forget_soon()  # no run: no uv left looking
+        raise
     ahead: list[AheadReport] = []
     try:
         with _cancel_on_ctrl_c(pipeline):
@@ -62,6 +68,7 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
                                    conditions=read_conditions())
         keeps = _keeps(reports, pipeline, state) if args.json else {}
     finally:
+        uv.forget_soon()
         pipeline.close()
         state.close(wait=False)  # the prefetch's result does not wait for SQLite's fsync
     elapsed = time.monotonic() - started
@@ -78,6 +85,18 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
         for r in ahead:
             print(f"{r.project}: {_upgrade(r).line()}")
     return code
+
+
+def _looking_for_pythons(config: Config, projects: Sequence[Project]) -> Uv:
+    """The run's uv, already looking up the projects' interpreters while the pipeline is imported."""
+    from ..plan import interpreter_requests
+    from ..uv import Uv
+
+    uv = Uv(config.uv, cache_dir=config.cache_dir)
+    for p in projects:
+        for request in interpreter_requests(p, config.python):
+            uv.interpreter_soon(request)
+    return uv
 
 
 def _upgrade(r: AheadReport) -> UpgradeStatus:
@@ -180,6 +199,7 @@ def _reports_json(reports: Sequence[ProjectReport], elapsed: float, code: int, *
             "python": list(r.python),
             "error": r.error,
             "wheels": [_wheel_json(w) for w in r.wheels] + [_skipped_json(s) for s in r.skipped],
+            "limited": _limited(r),  # what `[limits]` left out, and the key to raise, in one line
         }
         if dry_run:
             entry["bytes_to_fetch"], entry["unknown_sizes"] = _to_fetch([r])
@@ -188,6 +208,12 @@ def _reports_json(reports: Sequence[ProjectReport], elapsed: float, code: int, *
     if dry_run:
         summary["bytes_to_fetch"], summary["unknown_sizes"] = _to_fetch(reports)
     return {"projects": projects, "summary": summary, "exit_code": code}
+
+
+def _limited(r: ProjectReport) -> str | None:
+    from ..warm import limited_line
+
+    return limited_line((w.pin.wheel.size, w.reason) for w in r.wheels if w.state == "skipped")
 
 
 def _wheel_json(w: WheelReport) -> dict[str, Any]:
@@ -249,6 +275,8 @@ def _print_plan(reports: Sequence[ProjectReport]) -> None:
             print(f"  {s.state:8} {what} (Python {s.skipped.python}) — {s.reason or s.skipped.reason}")
         if not r.wheels and not r.skipped:
             print(f"  no {r.variant} GPU wheels in what it installs for Python {', '.join(r.python)}")
+        if line := _limited(r):
+            print(f"  ! {line}")
     n, unknown = _to_fetch(reports)
     t = _totals(reports)
     print(f"{t.get('cold', 0)} wheel(s) to fetch, {human_bytes(n)}" + (f" + {unknown} of unknown size" if unknown else "")
@@ -272,6 +300,8 @@ def _print_summary(reports: Sequence[ProjectReport], elapsed: float) -> None:
         for s in r.skipped:
             what = s.skipped.filename or f"{s.skipped.name} {s.skipped.version}"
             print(f"{r.project}: {s.state:8} {what} — {s.reason or s.skipped.reason}")
+        if line := _limited(r):
+            print(f"{r.project}: ! {line}")
     t = _totals(reports)
     print(
         f"{t['warm']} wheel(s) warm, {t['failed']} failed, {t['unproven']} unproven, {t['skipped']} skipped; "

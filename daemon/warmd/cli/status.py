@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..base import HeaderCheck, Owner
 from ..uv import file_stamp, uv_keeps
-from ..warm import UpgradeStatus, upgrade_status
+from ..warm import UpgradeStatus, limited_line, upgrade_status
 
 if TYPE_CHECKING:
     from ..state import Snapshot, State, StoredProject, StoredSkip
@@ -88,6 +88,7 @@ class ProjectStatus:
     flags: tuple[str, ...]  # one-line warnings worth the user's attention
     upgrade: UpgradeStatus | None = None  # the look-ahead's word on this uv.lock, if any
     skipped: tuple[StoredSkip, ...] = ()  # what the last run left out (no sha256, an address nobody vouched for)
+    limited: str | None = None  # what `[limits]` left out of this lock, and which key to raise, in one line
 
     @property
     def bytes_saved(self) -> int:
@@ -149,17 +150,17 @@ def project_status(p: StoredProject, snap: Snapshot, env: Mapping[str, str], db:
     indexes, flags = _indexes(p, snap, env, db)
     for w in wheels:
         flags += [x for x in w.warnings if x not in flags]
-    limited = [w for w in wheels if w.state == "skipped"]
-    if limited and current:
-        flags.append(f"{len(limited)} wheel(s) skipped, not downloaded: {limited[0].filename} — {limited[0].reason}"
-                     + (f" (and {len(limited) - 1} more)" if len(limited) > 1 else ""))
+    # What a limit left out, in one line naming the knob to turn (total.limited_line); about this lock only.
+    limited = limited_line((w.size, w.reason) for w in wheels if w.state == "skipped") if current else None
+    if limited:
+        flags.append(limited)
     return ProjectStatus(
         path=p.path, lock=p.lock, state=state, reason=reason, since=since, activity=activity,
         activity_since=p.activity_since if activity else None,
         next_retry=p.retry_at if live and state == "failed" else None, failures=p.failures,
         lock_sha256=p.lock_stamp.sha256 if p.lock_stamp else None, uv=p.uv_version, variant=p.variant,
         python=p.python, last_check=p.last_run, error=p.error, wheels=wheels, indexes=indexes, flags=tuple(flags),
-        upgrade=upgrade_status(snap.ahead.get(p.path), now_sha), skipped=skipped,
+        upgrade=upgrade_status(snap.ahead.get(p.path), now_sha), skipped=skipped, limited=limited,
     )
 
 

@@ -1,34 +1,18 @@
-"""Which extras and groups bring the variant's torch build, whatever a project calls them."""
+"""Which extras and groups bring the variant's build, whatever a project calls them and whatever its GPU stack."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlsplit
 
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
 
 from ..base import ProjectSettings
 from ..uv import ConflictItem, Lock, LockedPackage, Uv
 from .export import _Line, _LockIndex, parse_export
+from .stacks import Build, build_of, build_score
 from .variant import Detection
-
-# A local version label (or the last part of an index URL) that names a GPU build.
-_BUILD_LABEL = re.compile(r"^(cpu|xpu|cu\d{2,3}|rocm\d+(?:\.\d+){1,2})(?=$|\.)")
-# The packages whose build says which variant a choice of extras brings, most telling first.
-_TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
-
-
-@dataclass(frozen=True)
-class Build:
-    """The GPU build a set of installed packages is, and what shows it."""
-
-    variant: str  # "cu128", "rocm6.3", "cpu", or "cu12x"/"cu13x" when only the CUDA major is known
-    exact: bool  # named by a local version label or an index URL, rather than inferred
-    evidence: str  # "torch 2.9.1+cu128"
 
 
 @dataclass(frozen=True)
@@ -39,57 +23,6 @@ class _Choice:
     chosen_by: str
     notes: tuple[str, ...]
     lines: list[_Line]
-
-
-def build_of(packages: Sequence[LockedPackage]) -> Build | None:
-    """Which build the torch of these packages is: its local label, its index, or the CUDA packages with it."""
-    by_name = {p.name: p for p in packages}
-    torch = next((by_name[n] for n in _TORCH_FAMILY if n in by_name), None)
-    if torch is None:
-        return None
-    what = f"{torch.name} {torch.version}"
-    label = _build_label(Version(torch.version).local or "") if _valid(torch.version) else None
-    if label:
-        return Build(label, True, what)
-    where = torch.registry or torch.url or ""
-    last = urlsplit(where).path.rstrip("/").rsplit("/", 1)[-1]
-    if _BUILD_LABEL.fullmatch(last):
-        return Build(last, True, f"{what} from {where}")
-    # PyPI's torch: CUDA comes with it as nvidia-* packages, -cu12 suffixed up to CUDA 12, unsuffixed from 13.
-    for runtime in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime", "nvidia-cuda-runtime-cu11"):
-        if runtime in by_name and _valid(by_name[runtime].version):
-            v = Version(by_name[runtime].version)
-            return Build(f"cu{v.major}{v.minor}", False, f"{what} with {runtime} {by_name[runtime].version}")
-    if any(n.startswith("nvidia-") and n.endswith("-cu12") for n in by_name):
-        return Build("cu12x", False, f"{what} with nvidia-*-cu12")
-    if any(n.startswith(("nvidia-", "cuda-")) and _valid(p.version) and Version(p.version).major >= 13
-           for n, p in by_name.items()):
-        return Build("cu13x", False, f"{what} with CUDA 13 nvidia-*/cuda-* packages")
-    return Build("cpu", False, f"{what} without CUDA packages")
-
-
-def _valid(version: str) -> bool:
-    try:
-        Version(version)
-    except InvalidVersion:
-        return False
-    return True
-
-
-def _build_label(local: str) -> str | None:
-    m = _BUILD_LABEL.match(local)
-    return m.group(1) if m else None
-
-
-def build_score(build: Build | None, variant: str) -> int:
-    """How well a build is that variant: 3 named exactly, 2 inferred, 1 same CUDA major, 0 not it."""
-    if build is None:
-        return 0
-    if build.variant == variant:
-        return 3 if build.exact else 2
-    if build.variant in ("cu12x", "cu13x") and variant.startswith(build.variant[:4]):
-        return 1
-    return 0
 
 
 def _choose(uv: Uv, folder: Path, lock: Lock, index: _LockIndex, pyproject: Mapping[str, Any],

@@ -24,6 +24,7 @@ class _Line:
     url: str | None
     marker: Marker | None
     hashes: frozenset[str]  # sha256 hex of the package's files, as the lock has them
+    path: str | None = None  # a local path's, as uv printed it (`./libs/helper`)
 
     def applies(self, env: Mapping[str, str]) -> bool:
         """True when this platform and Python install it."""
@@ -56,7 +57,8 @@ def parse_export(text: str) -> list[_Line]:
         except InvalidMarker:
             raise LockError(f"uv exported a marker warmd cannot read: {marker_text.strip()!r}") from None
         if req.startswith(("-", ".", "/")) or "://" in req.split(" @ ")[0]:
-            out.append(_Line(None, None, None, marker, hashes))  # a local path or workspace member
+            path = req.removeprefix("-e").strip()  # a local path or workspace member
+            out.append(_Line(None, None, None, marker, hashes, path=None if path.startswith("-") else path))
         elif " @ " in req:
             name, url = req.split(" @ ", 1)
             out.append(_Line(canonicalize_name(name.strip()), None, url.strip(), marker, hashes))

@@ -9,8 +9,8 @@ from typing import Any, Mapping, Sequence
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from ..base import InputError, LockError, check, read_text, read_toml
-from ..uv import Lock, dig
+from ..base import InputError, LockError, WarmdError, check, read_text, read_toml
+from ..uv import Lock, Project, dig, read_lock
 from .choice import _default_groups
 
 _PY_VERSION = re.compile(r"(\d+\.\d+)")  # "3.12" of a .python-version line ("3.12.4", "cpython@3.12")
@@ -143,6 +143,23 @@ def check_names(lock: Lock, pyproject: Mapping[str, Any]) -> None:
     for group in _default_groups(pyproject):
         if not _NAME.fullmatch(group):
             raise InputError(f"{lock.path.parent / 'pyproject.toml'}: default group {group!r} is not a valid name")
+
+
+def interpreter_requests(project: Project, pythons: Sequence[str] = ()) -> list[str | None]:
+    """The interpreters plan_project asks uv for first (`pythons`: the config's), from the same
+    parsed inputs; none when the project's files cannot be read (its plan then says why).
+
+    `warmd prefetch` has uv look them up (Uv.interpreter_soon) while it imports the rest of warmd.
+    """
+    try:
+        lock = read_lock(project.lock)
+        spec = requires_python(lock)
+        own = pinned_python(project.folder)
+    except (WarmdError, OSError):
+        return []
+    if own is None:  # the interpreter uv finds for the lock's requires-python, whose version is then the project's
+        return [str(spec) if spec else None]
+    return list(allowed_pythons([own, *pythons], spec))
 
 
 def allowed_pythons(pythons: Sequence[str], spec: SpecifierSet | None) -> list[str]:

@@ -2,10 +2,13 @@
 
 uv decides extras, groups, conflicts and workspace members itself: `uv export` of the lock prints
 every package a sync with given flags could install, each with a plain PEP 508 marker. The plan
-evaluates those markers for this platform and each Python, keeps the configured package globs,
+evaluates those markers for this platform and each Python, keeps the configured package globs if any,
 and maps every line back to its `[[package]]` in uv.lock for the wheel files, hashes and sizes.
-The variant picks the flags: the extra or group of `[tool.uv] conflicts` whose torch is that
-build, whatever it is called. Nothing here writes anything or uses the network.
+By default every wheel of the sync is planned (the `packages` globs narrow it); what uv builds
+from the project's own folders with a backend from the network is named as skipped, with why.
+The variant picks the flags: the extra or group of `[tool.uv] conflicts` that brings that build,
+whatever it is called and whatever its GPU stack (stacks.py). Nothing here writes anything or
+uses the network.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 
 from ..base import (
-    Cancelled, Config, FileStamp, InputError, Pin, ProjectReport, ProjectSettings, Skipped, WarmdError, read_toml,
+    GPU_PACKAGES, Cancelled, Config, FileStamp, InputError, Pin, ProjectReport, ProjectSettings, Skipped, WarmdError,
+    read_toml,
 )
 from ..uv import LOCK, PYPROJECT, Project, Uv, file_stamp, read_lock
+from .builds import build_skips, local_builds
 from .choice import _choose
 from .export import _LockIndex
 from .inputs import allowed_pythons, check_inputs, check_names, pinned_python, requires_python
@@ -41,7 +46,7 @@ PLAN_ATTEMPTS = 3
 class PlanOptions:
     """What planning takes from the config."""
 
-    packages: tuple[str, ...]  # name globs worth warming
+    packages: tuple[str, ...] | None  # name globs worth warming; None: every wheel the sync installs
     pythons: tuple[str, ...] = ()  # Pythons to plan for besides each project's own
     variant: str = "auto"
     projects: tuple[ProjectSettings, ...] = ()  # the `[[project]]` tables
@@ -93,9 +98,14 @@ def project_variant(options: PlanOptions, folder: Path, detection: Detection) ->
     return resolve_variant(settings.variant)
 
 
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    """True when a normalized package name matches one of the configured globs."""
-    return any(fnmatch.fnmatchcase(name, p.lower().replace("_", "-")) for p in patterns)
+def matches(name: str, patterns: Iterable[str] | None) -> bool:
+    """True when a normalized package name matches one of the configured globs (None: every name does)."""
+    return patterns is None or any(fnmatch.fnmatchcase(name, p.lower().replace("_", "-")) for p in patterns)
+
+
+def is_gpu(name: str) -> bool:
+    """True for a wheel of a GPU stack (base's GPU_PACKAGES): those are fetched before the rest of a plan."""
+    return matches(name, GPU_PACKAGES)
 
 
 # -- the plan ----------------------------------------------------------------------------------------------
@@ -131,6 +141,9 @@ def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: D
     envs = {py: _marker_env(py, interpreters[py], target) for py in pythons}
     index = _LockIndex(lock)
     choice = _choose(uv, folder, lock, index, pyproject, settings, variant, envs[pythons[0]])
+    # The whole sync (the default) also names what uv builds from the project's folders.
+    whole = options.packages is None
+    builds = local_builds(folder, lock, choice.lines, envs[pythons[0]], uv.version) if whole else []
     pins: dict[tuple[str, str], Pin] = {}
     skipped: dict[tuple[str, str, str], Skipped] = {}
     for py in pythons:
@@ -143,6 +156,8 @@ def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: D
                 pins.setdefault((entry.wheel.sha256, py), entry)
             else:
                 skipped.setdefault((entry.name, entry.version, py), entry)
+        for entry in build_skips(builds, py):
+            skipped.setdefault((entry.name, entry.version, py), entry)
     return ProjectPlan(
         project=folder,
         lock=project.lock,

@@ -53,7 +53,9 @@ def _entry(pkg: LockedPackage | None, line: _Line, python: str, order: Mapping[s
     wheel = _best_wheel(pkg.wheels, order)
     if wheel is None:
         why = f"no wheel for Python {python} on this platform"
-        return Skipped(pkg.name, pkg.version, python, why + ("; uv builds it from the sdist" if pkg.has_sdist else ""))
+        if pkg.has_sdist:  # warmd never builds: the sdist's build runs its code
+            why += "; uv builds it from the sdist at sync (warmd never builds), so an offline sync needs the network for it"
+        return Skipped(pkg.name, pkg.version, python, why)
     file = wheel.file()
     if file is None:
         return Skipped(pkg.name, pkg.version, python, UNHASHED, filename=wheel.filename, url=wheel.url,

@@ -29,6 +29,14 @@ looked ahead for (in its pyproject.toml and uv.toml files; an index only the use
 declares keeps uv's default, and its metadata is fetched again by the user's lock), so that the wheel metadata uv reads while locking (Range requests to a no-store
 index) stays in the user's uv cache: the user's own `uv lock --upgrade-package` later reads it
 from there and sends no wheel request at all. It changes what uv keeps, never what it resolves.
+
+Exact pins move together: a project that pins the packages looked ahead for with `==` (the GPU
+family: `torch==2.8.0+rocm6.3` with its torchvision, torchaudio, triton and flash-attn builds)
+allows no upgrade, so `--upgrade-package` alone would find none. In the copy (never the project)
+each such pin becomes `>=` its public version (`torch>=2.8.0`), so uv locks the newest release the
+same index offers that the family resolves to together; the look-ahead keeps it only when the
+local label (the variant's build: `+rocm6.3`) is the pin's (warm.ahead). The user's own bump of the
+pins to those versions then locks the same wheels.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from typing import Any, Sequence
 
 import tomlkit
 from loguru import logger
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from ..base import InputError, NeedsBuild, WarmdError, untrusted, write_atomic
 from ..uv import MAX_LOCK_BYTES, Lock, Uv, add_cache_control, dig, read_settings, requirement_urls, settings_urls
@@ -71,12 +81,14 @@ def would_be_lock(uv: Uv, folder: Path, lock: Lock, packages: Sequence[str], des
     IndexUnreachable when an index is down or slow, UvError when uv refuses, WarmdError when the
     project cannot be copied.
     """
-    names = sorted({p.name for p in lock.packages if not p.is_root and p.local is None and matches(p.name, packages)})
+    names = _looked_ahead(lock, packages)
     if not names:
         return None
     built = must_build(folder, lock)
     if built:
         raise NeedsBuild(built)
+    moving = _moving(untrusted.read_toml(Path(os.path.abspath(folder)) / "pyproject.toml"), lock, names)
+    names = sorted(set(names) | moving)
     try:
         copy = copy_for_lock(folder, lock, dest)
     except OSError as exc:  # a full TMPDIR, a file that vanished mid-copy: the project itself is fine
@@ -87,6 +99,10 @@ def would_be_lock(uv: Uv, folder: Path, lock: Lock, packages: Sequence[str], des
         dropped = _resolution_only(config)
         if dropped:
             logger.debug("{}: left out of the look-ahead's copy (untrusted uv settings): {}", config, ", ".join(dropped))
+        if config.name == "pyproject.toml":
+            moved = _move_pins(config, moving)
+            if moved:
+                logger.debug("{}: exact pins moved in the look-ahead's copy: {}", config, ", ".join(moved))
         try:
             add_cache_control(config, sorted(registries))
         except ValueError as exc:  # tomlkit refuses a file uv reads: the lock comes out the same, uv keeps less
@@ -120,6 +136,22 @@ def must_build(folder: Path, lock: Lock) -> list[str]:
             name = dig(pyproject, "project", "name")
             out.append(str(name) if isinstance(name, str) else pkg.name if pkg is not None else where.name)
     return sorted(dict.fromkeys(out))
+
+
+def exact_pins(folder: Path, lock: Lock, packages: Sequence[str]) -> list[str]:
+    """The `==` pins of the project's pyproject.toml that the look-ahead's copy moves, as written
+    (`torch==2.8.0+rocm6.3`); an unreadable file: none."""
+    try:
+        pyproject = untrusted.read_toml(Path(os.path.abspath(folder)) / "pyproject.toml")
+    except InputError:
+        return []
+    moving = _moving(pyproject, lock, _looked_ahead(lock, packages))
+    return [req for _items, req in _requirements(pyproject) if _moved(req, moving) is not None]
+
+
+def _looked_ahead(lock: Lock, packages: Sequence[str]) -> list[str]:
+    """The lock's registry packages matching `[ahead] packages`: those `--upgrade-package` names."""
+    return sorted({p.name for p in lock.packages if not p.is_root and p.local is None and matches(p.name, packages)})
 
 
 def copy_for_lock(folder: Path, lock: Lock, dest: Path) -> Path:
@@ -216,6 +248,75 @@ def _resolution_only(config: Path) -> list[str]:
         kept["tool"] = {"uv": resolution}
     write_atomic(config, tomlkit.dumps(kept))
     return dropped
+
+
+# Where a pyproject.toml lists requirements uv locks: (table path, key); each value a list of strings.
+_REQUIREMENT_LISTS = (("project", "dependencies"), ("tool", "uv", "constraint-dependencies"),
+                      ("tool", "uv", "override-dependencies"), ("tool", "uv", "dev-dependencies"))
+
+
+def _requirements(data: dict[str, Any] | None) -> list[tuple[list[Any], str]]:
+    """Every requirement string of a pyproject.toml's dependency lists, with the list holding it."""
+    lists: list[Any] = [dig(data, *where) for where in _REQUIREMENT_LISTS]
+    for table in (dig(data, "project", "optional-dependencies"), dig(data, "dependency-groups")):
+        if isinstance(table, dict):
+            lists += list(table.values())
+    return [(items, req) for items in lists if isinstance(items, list) for req in items if isinstance(req, str)]
+
+
+# What moves with torch when it is pinned: its companions are built for one torch release and pin it.
+FAMILY = ("torch", "torchvision", "torchaudio", "triton", "pytorch-triton*", "flash-attn*")
+
+
+def _exact(text: str) -> tuple[str, str] | None:
+    """(name, local label) of an exact pin `name==V+label`, else None."""
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        return None
+    specs = list(req.specifier)
+    if req.url or len(specs) != 1 or specs[0].operator not in ("==", "===") or specs[0].version.endswith(".*"):
+        return None
+    return canonicalize_name(req.name), specs[0].version.partition("+")[2]
+
+
+def _moving(pyproject: dict[str, Any] | None, lock: Lock, names: Sequence[str]) -> set[str]:
+    """The packages whose exact pins move together in the copy: those looked ahead for, the rest of
+    torch's FAMILY once one of it is, and any other pin of the same build (its local label)."""
+    locked = {p.name for p in lock.packages if not p.is_root and p.local is None}
+    pins = [e for _items, req in _requirements(pyproject) if (e := _exact(req)) is not None and e[0] in locked]
+    family = any(matches(n, FAMILY) for n in names)
+    moving = {n for n, _label in pins if n in names or (family and matches(n, FAMILY))}
+    labels = {label for n, label in pins if n in moving and label}
+    return moving | {n for n, label in pins if label in labels}
+
+
+def _moved(text: str, names: set[str]) -> str | None:
+    """`torch>=2.8.0 ; marker` for an exact pin `torch==2.8.0+rocm6.3 ; marker` of one of `names`, else None."""
+    exact = _exact(text)  # one that does not parse: uv says what is wrong with it, as in the project
+    if exact is None or exact[0] not in names:
+        return None
+    req = Requirement(text)
+    public = next(iter(req.specifier)).version.split("+", 1)[0]
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    return f"{req.name}{extras}>={public}" + (f" ; {req.marker}" if req.marker else "")
+
+
+def _move_pins(config: Path, names: set[str]) -> list[str]:
+    """Rewrite the copy's exact pins of `names` to `>=` their public version (module docstring); the pins moved."""
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    moved = []
+    for items, req in _requirements(data):
+        new = _moved(req, names)
+        if new is not None:
+            items[items.index(req)] = new
+            moved.append(req)
+    if moved:
+        write_atomic(config, tomlkit.dumps(data))
+    return moved
 
 
 def needs_build(pyproject: dict[str, Any] | None) -> bool:

@@ -11,5 +11,6 @@ __all__, __getattr__, __dir__ = surface(__name__, {
         "install_service", "render_unit", "user_unit_dir", "xdg_homes",),
     "unit_review": ("UnitReview", "review_unit", "service_state", "systemd_version", "userns_available",),
     "watch": ("INOTIFY_WATCHES", "ProjectWatcher", "inotify_fix",),
+    "watches": ("CacheWatch", "FolderEvent", "InotifyWatches", "ObserverWatches", "default_watches",),
     "work_queue": ("WorkQueue",),
 })

@@ -23,12 +23,14 @@ from .notify import Notifier
 from .reload import Reloading, _PipelineRef
 from .schedule import build_scheduler
 from .watch import ProjectWatcher
+from .watches import CacheWatch
+from .world import World
 from .work_queue import WorkQueue
 
 STOP_DEADLINE = 3.5  # seconds the workers get after SIGTERM; systemd's TimeoutStopSec is longer
 
 
-class Daemon(ScheduledJobs, Reloading):
+class Daemon(ScheduledJobs, Reloading, World):
     """The parts of `warmd run` and how they are wired; run() is the foreground loop."""
 
     def __init__(self, config: Config, *, config_path: Path | None, stop_event: threading.Event | None = None,
@@ -46,6 +48,7 @@ class Daemon(ScheduledJobs, Reloading):
         self.state: State | None = None
         self.queue: WorkQueue | None = None
         self.watcher: ProjectWatcher | None = None
+        self.cache_watch: CacheWatch | None = None  # uv's cache root: a `uv cache clean` is seen at once
         self._ref: _PipelineRef | None = None
         self._retired: list[_PipelineRef] = []
         self._scheduler = None
@@ -75,8 +78,10 @@ class Daemon(ScheduledJobs, Reloading):
             self._ref.pipeline.check_uv()  # type: ignore[attr-defined]  # a service without uv fails at start
             self.queue = WorkQueue(self.config.download.parallel_files, self._run_project, on_state=self._on_state)
             self.watcher = self._new_watcher(self.config)
+            self._watch_cache()
             self._trust_changed()  # what is trusted now; later changes wake the projects they concern
-            projects = self.watcher.start()
+            # Each project is queued as it is found: the workers warm while the walk goes on.
+            projects = self.watcher.start(on_found=self._on_new_project)
             logger.info(f"watching {len(self.config.roots)} root(s): {len(projects)} project(s), "
                         f"{len(self.watcher.watched_paths)} watched folder(s)")
             if not self.config.roots:
@@ -89,8 +94,6 @@ class Daemon(ScheduledJobs, Reloading):
                 run_now=("headers", "ahead"),
                 intervals={"ahead": self.config.ahead.interval},
             )
-            for p in projects:
-                self._on_new_project(p)
             self._scheduler.start()  # after the queue holds the projects: the look-ahead waits for them
             self.notifier.ready()  # after discovery is set up, not after warming: that can take hours
             self._loop()
@@ -109,6 +112,7 @@ class Daemon(ScheduledJobs, Reloading):
                 self._reload.clear()
                 self.reload()
             self._retry_due()
+            self._cache_check()
             for project in self._trust_changed():
                 logger.info(f"{project}: its trust changed (`warmd trust` / `untrust`); warming it again")
                 self._submit(project)
@@ -143,6 +147,8 @@ class Daemon(ScheduledJobs, Reloading):
             self._scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
+        if self.cache_watch is not None:
+            self.cache_watch.close()
         deadline = time.monotonic() + STOP_DEADLINE
         finished = self.queue.join(STOP_DEADLINE)
         if finished and self._ahead_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -197,6 +203,7 @@ class Daemon(ScheduledJobs, Reloading):
             debounce=config.watch.debounce,
             on_change=self._on_change,
             on_new_project=self._on_new_project,
+            on_gone=self._on_gone,
         )
 
     def _on_change(self, project: Path) -> None:
@@ -237,6 +244,8 @@ class Daemon(ScheduledJobs, Reloading):
             if ahead_due:
                 self._ahead_retry = None
         for project in due:
+            if self._gone(project):
+                continue
             logger.info(f"{project}: trying the failed work again")
             self._submit(project)
         if ahead_due:
@@ -323,6 +332,8 @@ class Daemon(ScheduledJobs, Reloading):
     def _settled(self, report: ProjectReport) -> None:
         """Log what a run concluded, at the level it deserves, and schedule the retry of failed work."""
         project = report.project
+        if self._gone(project):
+            return  # ran while its folder was deleted: nothing about it is worth keeping
         if report.superseded is not None:
             if self.stop_event.is_set():
                 logger.info(f"{project}: {report.superseded}; warmd warms it at the next start")
@@ -362,10 +373,13 @@ class Daemon(ScheduledJobs, Reloading):
         busy = self.queue.busy()
         if busy:
             return f"warming {busy} project{'s' if busy != 1 else ''}"
+        watcher = self.watcher
         with self._lock:
-            warm = sum(self._ok.values())
-            total = len(self._ok)
-            limited = sum(n for p, n in self._limited.items() if self._ok.get(p))
+            # Of the projects under the roots now: one deleted or moved away is not counted.
+            ok = {p: v for p, v in self._ok.items() if watcher is None or watcher.knows(p)}
+            warm = sum(ok.values())
+            total = len(ok)
+            limited = sum(n for p, n in self._limited.items() if ok.get(p))
         line = f"idle, {warm} project{'s' if warm != 1 else ''} warm" if warm == total else \
             f"idle, {warm} of {total} projects warm"
         # `uv sync` still downloads what a limit kept out: "warm" alone would say otherwise.

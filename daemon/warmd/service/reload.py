@@ -46,10 +46,10 @@ class Reloading:
             assert self.watcher is not None
             self.watcher.stop()
             self.watcher = self._new_watcher(new)
-            projects = self.watcher.start()
+            projects = self.watcher.start(on_found=self._on_new_project)
             logger.info(f"now watching {', '.join(map(str, new.roots)) or 'no root'}: {len(projects)} project(s)")
-            for p in projects:
-                self._on_new_project(p)
+        if (new.uv, new.cache_dir) != (old.uv, old.cache_dir):
+            self._watch_cache()  # another uv, or another cache: watch the one it uses now
         if new.recheck_interval != old.recheck_interval and self._scheduler is not None:
             for job in self._scheduler.get_jobs():
                 if job.id != "ahead":

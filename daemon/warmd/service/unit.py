@@ -32,7 +32,7 @@ ProtectHome=read-only
 # Writable: exactly the uv cache and warmd's store and state (each made by ExecStartPre above).
 ReadWritePaths={write_paths}
 PrivateTmp=yes
-ProtectKernelTunables=yes
+{binds}ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectHostname=yes
@@ -159,12 +159,14 @@ def render_unit(
     write_paths: Sequence[Path] = (),
     xdg: Mapping[str, Path] | None = None,
     sandbox: bool = True,
+    read_paths: Sequence[Path] = (),
     generated_by: str | None = "warmd install-service",
 ) -> str:
     """The text of a user unit running `warmd_exe` with `uv_exe` first on PATH and `uv_cache_dir` as uv's cache.
 
     `write_paths`: the other folders warmd writes (its store and state), made at start and, in the
-    sandbox, the only ones writable besides the cache; `xdg`: the XDG base folders to pin (xdg_homes()).
+    sandbox, the only ones writable besides the cache; `xdg`: the XDG base folders to pin (xdg_homes());
+    `read_paths`: what the service runs and imports (runtime_paths()), bound in where PrivateTmp= hides it.
     """
     argv = [str(warmd_exe)]
     if config_path is not None:
@@ -184,6 +186,7 @@ def render_unit(
         xdg={k: str(v) for k, v in xdg.items()},
         sandbox=sandbox,
         escape=True,
+        read_paths=[str(p) for p in read_paths],
     )
 
 
@@ -206,13 +209,20 @@ def canonical_unit() -> str:
 
 
 def _fill(*, generated: str, mkdir: str, exec_start: str, path_env: str, uv_cache_dir: str,
-          write_paths: Sequence[str], xdg: Mapping[str, str], sandbox: bool, escape: bool) -> str:
+          write_paths: Sequence[str], xdg: Mapping[str, str], sandbox: bool, escape: bool,
+          read_paths: Sequence[str] = ()) -> str:
     """Fill the unit template. `mkdir` and `exec_start` are unit syntax already; the paths and
     environment values are plain when `escape` (quoted here), else unit syntax (specifiers)."""
     dirs = list(dict.fromkeys([uv_cache_dir, *write_paths]))
     word: Callable[[str], str] = _quote if escape else str
     exec_word: Callable[[str], str] = (lambda a: _quote(a, exec_line=True)) if escape else str
-    namespace = _NAMESPACE_OPTIONS.format(write_paths=" ".join(map(word, dirs))) if sandbox else ""
+    namespace = ""
+    if sandbox:
+        # PrivateTmp= gives the service empty /tmp and /var/tmp: the code warmd runs from there (a
+        # checkout or venv in /tmp) is bound back in, or the unit fails with 203/EXEC.
+        hidden = _outermost([d for d in dict.fromkeys(read_paths) if _in_private_tmp(d)])
+        binds = f"BindReadOnlyPaths={' '.join(map(word, hidden))}\n" if hidden else ""
+        namespace = _NAMESPACE_OPTIONS.format(write_paths=" ".join(map(word, dirs)), binds=binds)
     return _UNIT_TEMPLATE.format(
         generated=generated,
         mkdir=mkdir,
@@ -252,6 +262,7 @@ def install_service(
         write_paths=[p.absolute() for p in write_paths],
         xdg={k: v.absolute() for k, v in (xdg if xdg is not None else xdg_homes()).items()},
         sandbox=sandbox,
+        read_paths=runtime_paths(warmd_exe.absolute(), uv_exe.absolute()),
     )
     unit_path = (unit_dir or user_unit_dir()) / UNIT_NAME
     if print_only:
@@ -259,6 +270,25 @@ def install_service(
     unit_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(unit_path, text, mode=0o644)
     return InstallResult(unit_path, text, True, ENABLE_COMMAND)
+
+_PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
+
+
+def _in_private_tmp(path: str) -> bool:
+    return any(Path(path).is_relative_to(t) for t in _PRIVATE_TMP)
+
+
+def _outermost(paths: Sequence[str]) -> list[str]:
+    """`paths` without those inside another one of them (a bind brings what lies below it)."""
+    return [p for p in paths if not any(p != q and Path(p).is_relative_to(q) for q in paths)]
+
+
+def runtime_paths(warmd_exe: Path, uv_exe: Path) -> list[Path]:
+    """What the service runs and imports: warmd's script and venv, the interpreter, its import path, uv."""
+    found = [warmd_exe.parent, Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent,
+             *(Path(p) for p in sys.path if p), Path(os.path.realpath(uv_exe)).parent, uv_exe.parent]
+    return [p.absolute() for p in dict.fromkeys(found) if p.is_dir()]
+
 
 def _quote(arg: str, *, exec_line: bool = False) -> str:
     """One word for a unit file: specifiers escaped, quoted when it holds space or quotes."""

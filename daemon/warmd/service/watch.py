@@ -12,33 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from loguru import logger
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .discovery import LOCK, PYPROJECT, _Ignore, _scan, _walk
-
-# No FileModifiedEvent: it fires on every write() to any file in a project folder; a lock
-# written in place ends with a close-after-write, and `uv lock` renames onto it (fact 6).
-_EVENT_FILTER = [
-    FileCreatedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
+from .watches import FolderEvent, Watches, default_watches
 
 _LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
 INOTIFY_WATCHES = 524288  # what to raise fs.inotify.max_user_watches to (many distributions' new default)
@@ -71,16 +47,6 @@ def _lock_stat(project: Path) -> StatKey:
     return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
-class _Handler(FileSystemEventHandler):
-    """Hands every event to the watcher's own thread; watchdog's dispatch thread never waits on us."""
-
-    def __init__(self, sink: queue.Queue) -> None:
-        self.sink = sink
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        self.sink.put(event)
-
-
 @dataclass
 class _Watched:
     depth: int
@@ -91,7 +57,11 @@ _STOP = object()
 
 
 class ProjectWatcher:
-    """Watches project folders and the folders above them; calls back on lock changes and new projects."""
+    """Watches project folders and the folders above them; calls back on lock changes and new projects.
+
+    Each folder costs the same whatever the count: a project found, added or dropped touches its own
+    entries (and its watched subfolders), never a list of every folder watched.
+    """
 
     def __init__(
         self,
@@ -102,7 +72,8 @@ class ProjectWatcher:
         debounce: float,
         on_change: Callable[[Path], None],
         on_new_project: Callable[[Path], None],
-        observer_factory: Callable[[], BaseObserver] = Observer,
+        on_gone: Callable[[Path], None] | None = None,
+        watches: Callable[[Callable[[FolderEvent], None]], Watches] = default_watches,
     ) -> None:
         self.roots = tuple(Path(os.path.abspath(r)) for r in roots)
         self.max_depth = max_depth
@@ -110,13 +81,14 @@ class ProjectWatcher:
         self.debounce = debounce
         self.on_change = on_change
         self.on_new_project = on_new_project
-        self._observer_factory = observer_factory
-        self._observer: BaseObserver | None = None
+        self.on_gone = on_gone  # a project folder left (deleted, moved away, or now inside another project)
+        self._watches_factory = watches
+        self._backend: Watches | None = None
         self._lock = threading.RLock()
         self._events: queue.Queue = queue.Queue()
-        self._handler = _Handler(self._events)
         self._watched: dict[Path, _Watched] = {}
-        self._watches: dict[Path, ObservedWatch] = {}
+        self._children: dict[Path, set[Path]] = {}  # watched folder -> its watched subfolders
+        self._watches: set[Path] = set()
         self._projects: dict[Path, StatKey] = {}
         self._fallback: set[Path] = set()
         self._deadlines: dict[Path, float] = {}
@@ -131,6 +103,12 @@ class ProjectWatcher:
         """Every project folder known now (with or without a uv.lock yet)."""
         with self._lock:
             return sorted(self._projects)
+
+    def knows(self, project: Path) -> bool:
+        """Whether `project` is a project folder under the roots now."""
+        # Without the lock (one dict lookup is atomic): a run settling while the walk that queued it
+        # goes on (start's on_found) must not wait for the walk.
+        return project in self._projects
 
     @property
     def watched_paths(self) -> set[Path]:
@@ -150,54 +128,62 @@ class ProjectWatcher:
         with self._lock:
             return set(self._deadlines)
 
-    def start(self) -> list[Path]:
-        """Discover the roots, set up the watches, and return the projects found (no callbacks for them)."""
-        self._observer = self._observer_factory()
-        # Started before any schedule(): a watch that fails then fails alone, not the whole start.
-        self._observer.start()
+    def start(self, on_found: Callable[[Path], None] | None = None) -> list[Path]:
+        """Discover the roots, set up the watches, and return the projects found; `on_found` is called
+        for each one as it is found (under the watcher's lock), so its work need not wait for the walk."""
+        self._backend = self._watches_factory(self._events.put)
         self._thread = threading.Thread(target=self._run, name="warmd-watch", daemon=True)
         self._thread.start()
         found: list[Path] = []
+
+        def emit(project: Path) -> None:
+            found.append(project)
+            if on_found is not None:
+                self._call(on_found, project)
+
         with self._lock:
             for root in self.roots:
                 if not root.is_dir():
                     logger.warning(f"root {root} is not a folder; it is checked again at every rescan")
                     continue
-                self._adopt(root, 0, found)
+                self._adopt(root, 0, emit)
             self._report_limit()
         return sorted(found)
 
     def stop(self) -> None:
         """Remove every watch and stop the threads."""
         self._events.put(_STOP)
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+        if self._backend is not None:
+            self._backend.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
             self._watches.clear()
             self._watched.clear()
+            self._children.clear()
 
     def rescan(self) -> None:
         """Walk the roots again: new projects, changed locks and missing watches that events missed."""
         new: list[Path] = []
         changed: list[Path] = []
+        gone: list[Path] = []
         with self._lock:
-            seen_dirs: set[Path] = set()
-            seen_projects: set[Path] = set()
+            seen: set[Path] = set()
             for root in self.roots:
                 if not root.is_dir():
                     continue
                 projects, skeleton = _walk(root, self.max_depth, self.ignore)
                 for folder, depth in skeleton:
-                    seen_dirs.add(folder)
+                    seen.add(folder)
                     w = self._watched.get(folder)
                     if w is None or w.is_project or folder not in self._watches:
-                        self._watched[folder] = _Watched(depth, is_project=False)
+                        if w is not None and w.is_project:
+                            self._projects.pop(folder, None)
+                            gone.append(folder)
+                        self._set_watched(folder, depth, is_project=False)
                         self._watch(folder)
                 for project in projects:
-                    seen_projects.add(project)
+                    seen.add(project)
                     depth = len(project.relative_to(root).parts)
                     if project not in self._projects:
                         self._add_project(project, depth)
@@ -209,25 +195,20 @@ class ProjectWatcher:
                         self._projects[project] = stat
                         if stat is not None:
                             changed.append(project)
-            for gone in [p for p in self._watched if p not in seen_dirs and p not in seen_projects]:
-                self._drop(gone)
+            for folder in [p for p in self._watched if p not in seen]:
+                gone += self._drop(folder)
             self._report_limit()
-        for project in new:
-            self._call(self.on_new_project, project)
-        for project in changed:
-            self._call(self.on_change, project)
+        self._tell(new, changed, gone)
 
     # --- watches ------------------------------------------------------------------------
 
     def _watch(self, folder: Path) -> bool:
         """Add a non-recursive watch; on the inotify limit, remember the folder for the rescan."""
-        assert self._observer is not None
+        assert self._backend is not None
         if folder in self._watches:
             return True
         try:
-            self._watches[folder] = self._observer.schedule(
-                self._handler, str(folder), recursive=False, event_filter=_EVENT_FILTER
-            )
+            self._backend.add(folder)
         except OSError as exc:
             if exc.errno in _LIMIT_ERRNOS:
                 self._fallback.add(folder)
@@ -235,6 +216,7 @@ class ProjectWatcher:
             elif exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 logger.warning(f"cannot watch {folder}: {exc.strerror or exc}")
             return False
+        self._watches.add(folder)
         self._fallback.discard(folder)
         return True
 
@@ -247,54 +229,73 @@ class ProjectWatcher:
         logger.error(_LIMIT_HINT.format(path=folder, n=n) + inotify_fix())
 
     def _unwatch(self, folder: Path) -> None:
-        watch = self._watches.pop(folder, None)
         self._fallback.discard(folder)
-        if watch is not None and self._observer is not None:
-            try:
-                self._observer.unschedule(watch)
-            except KeyError:
-                pass  # the emitter stopped itself when the folder was deleted
+        if folder in self._watches:
+            self._watches.discard(folder)
+            if self._backend is not None:
+                self._backend.remove(folder)
 
-    def _drop(self, folder: Path) -> None:
-        """Forget a folder and everything watched below it."""
-        for path in [p for p in self._watched if p == folder or folder in p.parents]:
+    def _set_watched(self, folder: Path, depth: int, *, is_project: bool) -> None:
+        self._watched[folder] = _Watched(depth, is_project)
+        if folder not in self.roots:
+            self._children.setdefault(folder.parent, set()).add(folder)
+
+    def _drop(self, folder: Path) -> list[Path]:
+        """Forget a folder and everything watched below it; returns the projects that went with it."""
+        gone: list[Path] = []
+        siblings = self._children.get(folder.parent)
+        if siblings is not None:
+            siblings.discard(folder)
+            if not siblings:
+                del self._children[folder.parent]
+        stack = [folder]
+        while stack:
+            path = stack.pop()
+            stack.extend(self._children.pop(path, ()))
+            if self._watched.pop(path, None) is None:
+                continue
             self._unwatch(path)
-            del self._watched[path]
-            self._projects.pop(path, None)
+            if path in self._projects:
+                del self._projects[path]
+                gone.append(path)
             self._deadlines.pop(path, None)
+        return gone
 
     def _add_project(self, folder: Path, depth: int) -> None:
-        self._watched[folder] = _Watched(depth, is_project=True)
+        self._set_watched(folder, depth, is_project=True)
         self._projects[folder] = _lock_stat(folder)
         self._watch(folder)
 
-    def _adopt(self, folder: Path, depth: int, found: list[Path]) -> None:
+    def _adopt(self, folder: Path, depth: int, emit: Callable[[Path], None]) -> None:
         """Watch `folder` first, then read it, so nothing created in between is missed."""
-        self._watched[folder] = _Watched(depth, is_project=False)
+        self._set_watched(folder, depth, is_project=False)
         self._watch(folder)
         scanned = _scan(folder)
         if scanned is None:
             return
         is_project, subdirs = scanned
         if is_project:
-            self._promote(folder, found)
+            self._promote(folder, emit)
             return
         if depth < self.max_depth:
             for name in sorted(subdirs):
                 sub = folder / name
                 if not self.ignore(name) and sub not in self._watched:
-                    self._adopt(sub, depth + 1, found)
+                    self._adopt(sub, depth + 1, emit)
 
-    def _promote(self, folder: Path, found: list[Path]) -> None:
-        """A watched folder turned out to be a project: its subfolders need no watches any more."""
+    def _promote(self, folder: Path, emit: Callable[[Path], None]) -> list[Path]:
+        """A watched folder turned out to be a project: its subfolders need no watches any more
+        (returns the projects that were among them)."""
         w = self._watched[folder]
-        for sub in [p for p in self._watched if folder in p.parents]:
-            self._drop(sub)
+        gone: list[Path] = []
+        for sub in list(self._children.get(folder, ())):
+            gone += self._drop(sub)
         w.is_project = True
         self._projects[folder] = _lock_stat(folder)
         if folder not in self._watches:
             self._fallback.add(folder)
-        found.append(folder)
+        emit(folder)
+        return gone
 
     # --- events -------------------------------------------------------------------------
 
@@ -333,45 +334,59 @@ class ProjectWatcher:
         for project in due:
             self._call(self.on_change, project)
 
-    def _handle(self, event: FileSystemEvent) -> None:
-        src = Path(os.fsdecode(event.src_path))
-        dest = Path(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else None
+    def _handle(self, event: FolderEvent) -> None:
+        if event.kind == "overflow":
+            logger.warning("inotify's queue overflowed (events were lost); walking the roots again")
+            self.rescan()
+            return
         new: list[Path] = []
+        gone: list[Path] = []
         with self._lock:
-            if isinstance(event, (DirMovedEvent, DirDeletedEvent)):
-                if src in self._watched:
-                    self._drop(src)
-            if isinstance(event, (DirCreatedEvent, DirMovedEvent)):
-                self._on_new_dir(dest or src, new)
-            elif isinstance(event, (FileCreatedEvent, FileClosedEvent, FileMovedEvent)):
-                self._on_file(dest or src, new)
+            if event.kind == "dir-gone":
+                if event.path in self._watched:
+                    gone = self._drop(event.path)
+            elif event.kind == "dir-new":
+                self._on_new_dir(event.path, new.append)
+            else:
+                gone = self._on_file(event.path, new)
+        self._tell(new, [], gone)
+
+    def _tell(self, new: list[Path], changed: list[Path], gone: list[Path]) -> None:
+        """The callbacks, outside the lock."""
+        for project in gone:
+            if self.on_gone is not None and project not in new:
+                self._call(self.on_gone, project)
         for project in new:
             self._call(self.on_new_project, project)
+        for project in changed:
+            self._call(self.on_change, project)
 
-    def _on_new_dir(self, path: Path, new: list[Path]) -> None:
+    def _on_new_dir(self, path: Path, emit: Callable[[Path], None]) -> None:
         parent = self._watched.get(path.parent)
         if parent is None or parent.is_project or parent.depth >= self.max_depth or self.ignore(path.name):
             return
         if path not in self._watched:
-            self._adopt(path, parent.depth + 1, new)
+            self._adopt(path, parent.depth + 1, emit)
             self._report_limit()
 
-    def _on_file(self, path: Path, new: list[Path]) -> None:
+    def _on_file(self, path: Path, new: list[Path]) -> list[Path]:
         if path.name not in (LOCK, PYPROJECT):
-            return  # includes uv's .tmpXXXXXX before its rename onto uv.lock
+            return []  # includes uv's .tmpXXXXXX before its rename onto uv.lock
         folder = path.parent
         w = self._watched.get(folder)
         if w is None:
-            return
+            return []
+        gone: list[Path] = []
         if not w.is_project:
-            self._promote(folder, new)
+            gone = self._promote(folder, new.append)
             if path.name == PYPROJECT:
-                return
+                return gone
             # A lock that arrives in a new folder is announced by on_new_project alone.
             if folder in new:
-                return
+                return gone
         if path.name == LOCK:
             self._deadlines[folder] = time.monotonic() + self.debounce
+        return gone
 
     def _call(self, fn: Callable[[Path], None], project: Path) -> None:
         try:

@@ -224,6 +224,14 @@ class Writes(Connection):
         with self._tx() as db:
             db.execute("DELETE FROM projects WHERE path=?", (str(path),))
 
+    def uv_cache_lost(self, reason: str) -> int:
+        """uv's cache lost its files (`uv cache clean`): no project is `warm` until a run proves it
+        again (its outcome is cleared, its warm wheels turn cold with `reason`); returns the projects."""
+        with self._tx() as db:
+            db.execute("UPDATE wheels SET state='cold', reason=?, warm_since=NULL, updated_at=? WHERE state='warm'",
+                       (reason, time.time()))
+            return db.execute("UPDATE projects SET outcome=NULL, reason=NULL WHERE outcome='warm'").rowcount
+
 
 def _wheel_json(w: WheelReport) -> dict:
     p = w.pin

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
@@ -199,8 +199,10 @@ class Fetcher(HostLinks, Asking):
     def fetch_many(self, wheels: Iterable[WheelFile], max_parallel_files: int = 2,
                    on_done: Callable[[str, Fetched | WarmdError], None] | None = None,
                    on_growing: Callable[[str, GrowingFile], None] | None = None,
-                   holdback: int | None = HOLDBACK) -> dict[str, Fetched | WarmdError]:
+                   holdback: int | None = HOLDBACK, first: Collection[str] = ()) -> dict[str, Fetched | WarmdError]:
         """Fetch several wheels, a few at a time, biggest first; one failure does not stop the others.
+
+        `first`: the sha256s to start before any other (a plan's GPU wheels), biggest first too.
 
         `on_done(sha256, result)` and `on_growing(sha256, file)` are called from worker threads.
         """
@@ -246,7 +248,7 @@ class Fetcher(HostLinks, Asking):
             # The PyTorch index's locks carry no sizes: ask the server (HEAD, in parallel) where it is silent.
             sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
             known = {sha: n for sha, n in sizes.items() if isinstance(n, int)}
-            unique = dict(sorted(unique.items(), key=lambda kv: -(kv[1].size or known.get(kv[0], 0))))
+            unique = dict(sorted(unique.items(), key=lambda kv: (kv[0] not in first, -(kv[1].size or known.get(kv[0], 0)))))
             with ThreadPoolExecutor(max_workers=max(1, max_parallel_files), thread_name_prefix="warmd-file") as pool:
                 for sha, w in unique.items():
                     pool.submit(one, sha, w)

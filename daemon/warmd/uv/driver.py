@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -75,6 +76,9 @@ class Uv:
         self._exe = exe
         self._cache_dir = cache_dir
         self._env = dict(os.environ if env is None else env)
+        # Interpreter lookups started ahead of need (interpreter_soon), by request, each used once.
+        self._soon: dict[str | None, tuple[Future[Interpreter | None], cancel.CancelToken]] = {}
+        self._soon_lock = threading.Lock()
 
     @cached_property
     def exe(self) -> Path:
@@ -164,6 +168,37 @@ class Uv:
             raise UvError(f"`uv cache dir` failed: {uv_reason(out)}")
         return Path(out.stdout.strip().splitlines()[-1])
 
+    def interpreter_soon(self, request: str | None) -> None:
+        """Start `interpreter(request)` in the background: the next call for that request takes its answer.
+
+        `warmd prefetch` starts it before importing the pipeline: uv inspecting interpreters
+        (0.4-0.6 s where a pyenv shim is on PATH) and Python importing warmd (0.2-0.4 s) then run
+        side by side on two cores. `request` must be one interpreter() would be given (a parsed
+        version or specifier). Lookups nobody took are stopped by forget_soon().
+        """
+        with self._soon_lock:
+            if request in self._soon:
+                return
+            future: Future[Interpreter | None] = Future()
+            token = cancel.CancelToken()
+            self._soon[request] = (future, token)
+
+        def look() -> None:
+            try:
+                with cancel.scope(token):
+                    future.set_result(self._find(request))
+            except BaseException as exc:  # handed to whoever takes the answer
+                future.set_exception(exc)
+
+        threading.Thread(target=look, name="warmd-find-python", daemon=True).start()
+
+    def forget_soon(self) -> None:
+        """Stop the lookups interpreter_soon() started that no interpreter() call took."""
+        with self._soon_lock:
+            left, self._soon = list(self._soon.values()), {}
+        for _future, token in left:
+            token.cancel("not needed")
+
     def interpreter(self, request: str | None = None) -> Interpreter | None:
         """The interpreter `uv python find --system [request]` picks (a version "3.12" or a specifier
         ">=3.11"), or None when uv finds none.
@@ -172,6 +207,13 @@ class Uv:
         folder it considers the project's `.venv` and a path its `.python-version` names (both
         uv versions, tests/test_untrusted.py); `--system` leaves out virtual environments.
         """
+        with self._soon_lock:
+            soon = self._soon.pop(request, None)
+        if soon is not None:
+            return soon[0].result()
+        return self._find(request)
+
+    def _find(self, request: str | None) -> Interpreter | None:
         # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
         args = ["python", "find", "--no-cache", "--system"] + ([request] if request else [])
         out = self._run(args, timeout=120)

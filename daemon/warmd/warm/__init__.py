@@ -13,4 +13,5 @@ __all__, __getattr__, __dir__ = surface(__name__, {
         "upgrade_of", "upgrade_status",),
     "pipeline": ("Pipeline",),
     "preview": ("preview",),
+    "total": ("Candidate", "held_by_total", "last_used", "limited_line", "over_total",),
 })

@@ -1,5 +1,6 @@
 """The upgrade look-ahead: warm the wheels the next `uv lock --upgrade-package torch` would pin,
-before anyone asks for them.
+before anyone asks for them; for a project that pins them with `==`, the wheels its next bump of
+those pins would lock (the newest build of the same variant the index offers, upgrade.py).
 
 Per project, newest first: its current plan; the would-be lock the user's uv writes in a scratch
 copy (upgrade.py; uv decides what the project's constraints allow); that lock planned with the
@@ -28,7 +29,7 @@ from ..base import (
     AheadReport, AheadSettings, Cancelled, IndexUnreachable, NeedsBuild, Pin, Upgrade, WarmdError, WheelReport,
     human_bytes, redact, scratch,
 )
-from ..plan import ProjectPlan, contacts, would_be_lock
+from ..plan import ProjectPlan, contacts, exact_pins, would_be_lock
 from ..transfer import NetGuard, Store
 from ..uv import Lock, Project, read_lock
 from .conditions import Conditions
@@ -154,9 +155,17 @@ def _one(pipeline: Pipeline, project: Project, settings: AheadSettings, held: di
         except WarmdError as exc:
             return report("failed", str(exc))
         upgrades = _upgrades(current, future)
+        pins = exact_pins(current.project, lock, settings.packages)
+        if pins:
+            other = _other_build(upgrades)
+            if other is not None:  # the index's newest is another variant's build: not the one the pins will name
+                return report("none", f"the project pins {', '.join(pins)}; {other}")
         have = {(p.wheel.sha256, p.python) for p in current.pins}
         new = [p for p in future.pins if (p.wheel.sha256, p.python) not in have]
         if not new:
+            if pins:
+                return report("none", f"the project pins {', '.join(pins)} and its index offers no newer "
+                              f"release of the same build that resolves with the others pinned")
             return report("none", f"uv keeps {_kept(current)}: the project's constraints allow no newer build")
         since = time.monotonic()  # the sizes asked now are this warm's requests: not asked again (Pipeline.warm_plans)
         sized, unreachable = _sizes(new, pipeline.fetcher)
@@ -203,6 +212,20 @@ def _upgrades(current: ProjectPlan, future: ProjectPlan) -> tuple[Upgrade, ...]:
     after = {p.name: p.version for p in future.pins}
     names = sorted(set(before) | set(after))
     return tuple(Upgrade(n, before.get(n), after.get(n)) for n in names if before.get(n) != after.get(n))
+
+
+def _other_build(upgrades: tuple[Upgrade, ...]) -> str | None:
+    """What says a would-be lock moved a package to another build (`2.8.0+cu128` to `2.9.0+cu130`, or to
+    no local label at all), or None when every moved package keeps its build."""
+    for u in upgrades:
+        if u.old is not None and u.new is not None and _label(u.old) != _label(u.new):
+            return (f"the newest {u.name} the index offers with them is {u.new}, another build than {u.old}: "
+                    "warmd warms only the build the pins name")
+    return None
+
+
+def _label(version: str) -> str:
+    return version.partition("+")[2]
 
 
 def _kept(current: ProjectPlan) -> str:

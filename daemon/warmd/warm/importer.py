@@ -74,12 +74,18 @@ class Importer:
     def start(self, pins: Sequence[Pin], *, direct: bool = False) -> None:
         """Import these pins now: offered or expected on the shelf, or (`direct`) fetched by uv
         itself from their own URLs."""
-        groups: dict[tuple[str, str, str], dict[str, Pin]] = defaultdict(dict)
+        groups: dict[tuple[str, str, str, int], dict[str, Pin]] = defaultdict(dict)
+        versions: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
         for pin in pins:
             # a pylock names each package once, and the same file from two indexes (a mirror) is
-            # two cache entries: one call per index and Python
-            groups[(pin.python, pin.index, _family(pin.platform))][pin.wheel.sha256] = pin
-        for (python, index, _family_), by_sha in groups.items():
+            # two cache entries: one call per index and Python; and one per version of a package
+            # (projects pinning torch 2.8 and 2.9, warmed in one run: uv refuses two `torch` entries)
+            key = (pin.python, pin.index, _family(pin.platform))
+            seen = versions[(*key, pin.name)]
+            if pin.wheel.sha256 not in seen:
+                seen.append(pin.wheel.sha256)
+            groups[(*key, seen.index(pin.wheel.sha256))][pin.wheel.sha256] = pin
+        for (python, index, _family_, _round), by_sha in groups.items():
             work = self._direct if direct else self._by_url if index is None else self._import_until_settled
             t = threading.Thread(target=contextvars.copy_context().run,
                                  args=(self._guard, work, list(by_sha.values()), python),

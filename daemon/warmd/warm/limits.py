@@ -43,11 +43,13 @@ def over_project_limit(pins: Sequence[Pin], limit: int | None, sizes: Mapping[st
     """
     if limit is None:
         return {}
+    known = {pin.wheel.sha256: n for pin in pins if (n := size_of(pin, sizes or {})) is not None}
+    whole = human_bytes(sum(known.values()))  # what the limit must be for all of them: the line a user acts on
     out: dict[str, str] = {}
     used = 0
     seen: set[str] = set()
     for pin in pins:
-        sha, size = pin.wheel.sha256, size_of(pin, sizes or {})
+        sha, size = pin.wheel.sha256, known.get(pin.wheel.sha256)
         if size is None and not weigh_unknown:
             continue
         if sha in seen:
@@ -57,8 +59,8 @@ def over_project_limit(pins: Sequence[Pin], limit: int | None, sizes: Mapping[st
             out[sha] = ("its size is unknown (the lock gives none and its index did not say), so it cannot be "
                         "weighed against `[limits] per-project`; nothing was downloaded for it")
         elif used + size > limit:
-            out[sha] = (f"past `[limits] per-project` ({human_bytes(limit)}): the lock's wheels reach "
-                        f"{human_bytes(used + size)} with this one; nothing was downloaded for it")
+            out[sha] = (f"past `[limits] per-project` ({human_bytes(limit)}): the lock's wheels come to {whole}; "
+                        f"raise it to {whole} to warm them all; nothing was downloaded for it")
         else:
             used += size
     return out

@@ -212,7 +212,9 @@ class Pipeline(Sourcing, HandOver):
         resumable = {p.wheel.sha256 for p in pins if self.store.part_path(p.wheel.sha256).exists()}
         # One source per file, chosen here once for the need and the limits alike; the others are
         # tried when it fails (`_fallback`). Past a limit a file is not downloaded at all (limits.py).
-        sources, skipped, failed = self._sources(plans, unsized, weigh)
+        # `[limits] total` weighs the user's projects (recorded ones), not the look-ahead's would-be
+        # locks (total.py).
+        sources, skipped, failed = self._sources(plans, unsized, weigh, total=record)
         chosen = {sha: ps[0] for sha, ps in sources.items()}
         # Nothing is downloaded before uv says what it has: a download begun while uv was asked fetched
         # files uv had (another project's, the user's own sync's) or that uv then fetched again, and
@@ -334,6 +336,11 @@ class Pipeline(Sourcing, HandOver):
 
     def _evict(self, protect: set[str]) -> None:
         """Keep the store under its cap, never dropping a file any known project pins."""
+        store = self.store
+        # Every recorded pin is read only when something may go: that read grows with the projects,
+        # the store's own size with its files (a daemon of thousands of projects runs this per run).
+        if store.max_bytes is None or store.total_bytes() <= store.max_bytes:
+            return
         if self.state is not None:
             protect |= {pin.wheel.sha256 for _p, pin in self.state.all_pins()}
         try:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from ..base import Config, ProjectReport, WheelReport
+from loguru import logger
+
+from ..base import Config, ProjectReport, WarmdError, WheelReport
 from ..plan import Planner
 from ..transfer import guard_for, recorded
 from ..uv import ProbeResult, Project, Uv
 from .admission import admit
 from .limits import Room, over_project_limit
 from .proof import probe_plan, report_of
+from .total import held_by_total
+
+if TYPE_CHECKING:
+    from ..state import State
 
 
 def preview(config: Config, projects: Sequence[Project], uv: Uv | None = None) -> list[ProjectReport]:
@@ -30,10 +36,19 @@ def preview(config: Config, projects: Sequence[Project], uv: Uv | None = None) -
     reports = []
     # The limits as a run applies them, with the sizes the locks give (a dry run asks no index).
     room = Room(Path(config.store_dir), uv.cache_dir, config.limits.min_free)
+    limits = config.limits
+    per = {pl.project: over_project_limit(pl.pins, limits.per_project, weigh_unknown=False) for pl in plans}
+    known = _known(config)
+    try:
+        held_all = held_by_total([(pl.project, pl.pins, {}) for pl in plans], per, cap=limits.total,
+                                 per_project=limits.per_project, state=known)
+    finally:
+        if known is not None:
+            known.close()
     try:
         for pl in plans:
             probed = {py: ProbeResult() for py in pl.pythons} if fresh else probe_plan(uv, pl)
-            held = over_project_limit(pl.pins, config.limits.per_project, weigh_unknown=False)
+            held = dict(held_all.get(pl.project, {}))
             cold = [p for p in pl.pins if p.name not in probed[p.python].warm and p.name not in probed[p.python].unproven
                     and p.wheel.sha256 not in held]
             held.update(room.admit(dict((p.wheel.sha256, p) for p in cold).values())[1])
@@ -52,3 +67,17 @@ def preview(config: Config, projects: Sequence[Project], uv: Uv | None = None) -
     finally:
         room.release()
     return reports + failed
+
+
+def _known(config: Config) -> State | None:
+    """The projects an earlier run recorded, which `[limits] total` weighs these against; None before any
+    run (a dry run creates no state)."""
+    from ..state import STATE_FILE, State
+
+    if not (config.state_dir / STATE_FILE).is_file():
+        return None
+    try:
+        return State.open(config.state_dir)
+    except WarmdError as exc:  # a state a newer warmd wrote: the run would say so; the plan is still shown
+        logger.warning("the projects warmd knows are not weighed against `[limits] total`: {}", exc)
+        return None

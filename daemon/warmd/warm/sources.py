@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 from loguru import logger
 
 from ..base import Config, DiskFull, FetchCancelled, Fetched, FetchError, FetchSkipped, Pin, WarmdError, WheelFile
-from ..plan import ProjectPlan
+from ..plan import ProjectPlan, is_gpu
 from ..transfer import MirroredFetcher, Store
 from .feeder import Shelf
 from .limits import Room, over_project_limit
+from .total import held_by_total
 
 if TYPE_CHECKING:
     from ..state import State
@@ -45,7 +46,7 @@ class Sourcing:
         verified is it kept for later runs."""
         limits = self.config.limits
         unknown = [p.wheel for pl in plans for p in pl.pins if p.wheel.size is None]
-        if not unknown or (limits.per_project is None and limits.min_free is None):
+        if not unknown or (limits.per_project is None and limits.min_free is None and limits.total is None):
             return {}, {}, {}, {}
         verified: dict[str, int] = {}
         for sha in {w.sha256 for w in unknown}:
@@ -82,15 +83,19 @@ class Sourcing:
                     unsized[w.url] = f"its index did not answer for its size: {said_now}"
         return verified, said, unsized, weigh
 
-    def _sources(self, plans: Sequence[ProjectPlan], unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]]
-                 ) -> tuple[dict[str, list[Pin]], dict[str, str], dict[str, str]]:
+    def _sources(self, plans: Sequence[ProjectPlan], unsized: Mapping[str, str], weigh: Mapping[Path, Mapping[str, int]],
+                 *, total: bool = False) -> tuple[dict[str, list[Pin]], dict[str, str], dict[str, str]]:
         """Where each file is fetched from: sha256 -> its pins of distinct URLs, first choice first (the
         plans' order), each with the size its own lock and index gave; a pin whose project's
         per-project limit keeps the file out, or whose index did not answer for its size, is none.
         Also sha256 -> why, for the files with no source: past the limit of every plan that pins them
-        (skipped), and those whose index did not answer (failed, as their download would)."""
+        (skipped), and those whose index did not answer (failed, as their download would). `total`: the
+        plans are the user's projects, weighed against `[limits] total` with the others warmd knows (total.py)."""
         limit = self.config.limits.per_project
         per = {pl.project: over_project_limit(pl.pins, limit, weigh.get(pl.project)) for pl in plans}
+        if total:
+            per = held_by_total([(pl.project, pl.pins, weigh.get(pl.project, {})) for pl in plans], per,
+                                cap=self.config.limits.total, per_project=limit, state=self.state)
         sources: defaultdict[str, list[Pin]] = defaultdict(list)
         skipped: dict[str, str] = {}
         failed: dict[str, str] = {}
@@ -124,7 +129,8 @@ class Sourcing:
                 shelf.withdraw(sha)
 
         return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
-                                       max_parallel_files=self.config.download.parallel_files)
+                                       max_parallel_files=self.config.download.parallel_files,
+                                       first={p.wheel.sha256.lower() for p in pins if is_gpu(p.name)})
 
     def _fallback(self, fetched: dict[str, Fetched | WarmdError], wanted: Collection[str],
                   others: Mapping[str, Sequence[Pin]], shelf: Shelf, room: Room,

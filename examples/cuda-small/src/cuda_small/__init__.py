@@ -1,0 +1,1 @@
+"""warmd's example project: nothing to run, only its dependencies matter."""

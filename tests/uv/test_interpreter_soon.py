@@ -1,0 +1,66 @@
+"""An interpreter lookup started ahead of need (Uv.interpreter_soon): its answer is the one a lookup
+made then would give, it is taken once, and one nobody took never answers a later call."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from warmd.plan import interpreter_requests
+from warmd.uv import LOCK, PYPROJECT, Project, Uv
+
+VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _counting_uv(tmp_path: Path, uv_bin: Path) -> tuple[Path, Path]:
+    """A uv that notes each `python find` it is asked for in a log, then is the real uv."""
+    log = tmp_path / "finds.log"
+    exe = tmp_path / "bin" / "uv"
+    exe.parent.mkdir()
+    exe.write_text(f'#!/bin/sh\n[ "$1" = python ] && echo "$*" >> {log}\nexec {uv_bin} "$@"\n')
+    exe.chmod(0o755)
+    return exe, log
+
+
+def _finds(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_a_lookup_started_early_answers_the_next_call_once(tmp_path: Path, uv_bin: Path,
+                                                           uv_environ: dict[str, str], uv_cache: Path) -> None:
+    exe, log = _counting_uv(tmp_path, uv_bin)
+    uv = Uv(str(exe), cache_dir=uv_cache, env=uv_environ)
+    direct = uv.interpreter(VERSION)
+    assert direct is not None and direct.version == VERSION
+    uv.interpreter_soon(VERSION)
+    uv.interpreter_soon(VERSION)  # asked twice before anyone took it: still one lookup
+    early = uv.interpreter(VERSION)
+    assert early == direct
+    assert len(_finds(log)) == 2  # the direct one and the early one
+    assert uv.interpreter(VERSION) == direct  # taken once: this call looks up again
+    assert len(_finds(log)) == 3
+
+
+def test_a_lookup_nobody_took_never_answers_after_it_is_forgotten(tmp_path: Path, uv_bin: Path,
+                                                                   uv_environ: dict[str, str], uv_cache: Path) -> None:
+    exe, log = _counting_uv(tmp_path, uv_bin)
+    uv = Uv(str(exe), cache_dir=uv_cache, env=uv_environ)
+    uv.interpreter_soon(VERSION)
+    uv.forget_soon()  # stopped, however far it got: the next call asks uv itself, and gets an answer
+    found = uv.interpreter(VERSION)
+    assert found is not None and found.version == VERSION
+    assert _finds(log)[-1].endswith(VERSION)
+
+
+def test_the_early_requests_are_the_plans_own(tmp_path: Path) -> None:
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / PYPROJECT).write_text('[project]\nname = "app"\nversion = "0.1.0"\n')
+    (folder / LOCK).write_text('version = 1\nrevision = 3\nrequires-python = ">=3.10"\n')
+    project = Project.of(folder)
+    assert interpreter_requests(project, ("3.12",)) == [">=3.10"]  # uv finds one; its version is the project's
+    (folder / ".python-version").write_text("3.11\n")
+    assert interpreter_requests(project, ("3.12", "3.9", "3.11")) == ["3.11", "3.12"]  # 3.9: not >=3.10
+    os.unlink(folder / LOCK)
+    assert interpreter_requests(project) == []  # the plan says why; nothing is looked up early
