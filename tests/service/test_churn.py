@@ -169,8 +169,9 @@ def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path,
                 d.kill()
     second.wait_for(["stopping"])
 
-    # No litter: a clean stop leaves none of warmd's scratch folders, the killed run's included.
-    assert [p.name for p in daemon_tmp.iterdir() if p.name.startswith("warmd-")] == []
+    # No litter: a clean stop leaves none of warmd's scratch folders, the killed run's included, and
+    # none of uv's own (`.tmp*`, `uv-*.lock`): uv ran in a TMPDIR of warmd's, removed after it.
+    assert sorted(p.name for p in daemon_tmp.iterdir()) == []
 
     # The log cried wolf for nothing: its only ERRORs are the faults injected on purpose, each named.
     log = [ln for d in runs for ln in d.all]

@@ -316,3 +316,47 @@ def test_the_sweep_takes_a_dead_warmds_scratch_and_leaves_a_live_ones(tmp_path: 
         for p in procs.values():
             p.stdin.close()  # type: ignore[union-attr]  # the orphan's child reads stdin: this ends it
     assert Owner.me().alive() and not Owner(procs["dead"].pid, 0).alive()
+
+
+def test_a_partial_two_runs_shared_is_dropped_by_the_last_even_one_that_never_needed_it(
+        tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_environ: dict[str, str],
+        own_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of one process, one store, the same wheel: B (its uv already has it) is under way when A
+    is done with its download; A leaves the partial to B, and B, which never needed it, drops it."""
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
+    store = tmp_path / "store"
+    for k, v in uv_environ.items():
+        monkeypatch.setenv(k, v)
+    pipelines, states = {}, {}
+    for name in ("a", "b"):
+        cache = tmp_path / f"uv-cache-{name}"
+        cache.mkdir()
+        (tmp_path / name).mkdir()
+        config = load_config(write_warmd_config(tmp_path / name, uv_bin, cache, store=store))
+        state = states[name] = State.open(config.state_dir)  # B's run then knows its uv has them: no speculation
+        pipelines[name] = (Pipeline(config, state=state), cache, locked_project(
+            tmp_path / name, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ))
+    a, _cache_a, project_a = pipelines["a"]
+    b, cache_b, project_b = pipelines["b"]
+    try:
+        assert all(w.state == "warm" for r in b.warm([Project.of(project_b)]) for w in r.wheels)
+        assert list((store / "partial").iterdir()) == []
+        out: list = []
+        with uv_cache_held(cache_b):
+            t = threading.Thread(target=lambda: out.extend(b.warm([Project.of(project_b)])))
+            t.start()
+            assert _poll(_uv_children), "B's probe never started"  # B is under way, waiting on its cache
+            [report_a] = a.warm([Project.of(project_a)])
+            assert report_a.ok, report_a
+            left = sorted(p.name for p in (store / "partial").iterdir())
+            assert left, "A dropped what B still could use"
+        t.join(WAIT)
+        assert not t.is_alive()
+        [report_b] = out
+        assert report_b.ok and sum(w.bytes_downloaded for w in report_b.wheels) == 0, report_b  # B's uv had them
+        assert sorted(p.name for p in (store / "partial").iterdir()) == []
+    finally:
+        a.close()
+        b.close()
+        for st in states.values():
+            st.close()
