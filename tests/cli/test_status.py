@@ -83,14 +83,16 @@ def test_a_warm_project_is_warm_the_same_way_for_doctor_status_and_the_daemon(
     root = tmp_path / "code"
     kept = pinned_project(root, "kept", server=index_server, ws=ws, index_cache_control="max-age=365000000, immutable")
     plain = pinned_project(root, "plain", server=index_server, ws=ws)
-    for p in (kept, plain):
+    plain2 = pinned_project(root, "plain2", server=index_server, ws=ws)
+    for p in (kept, plain, plain2):
         lock_project(p, uv_bin, uv_environ)
     cfg = write_warmd_config(tmp_path, uv_bin, uv_cache,
                              extra=[f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"'])
-    assert run_warmd(cfg, "prefetch", kept, plain, env=uv_environ).returncode == EXIT_OK
+    assert run_warmd(cfg, "prefetch", kept, plain, plain2, env=uv_environ).returncode == EXIT_OK
 
+    # One line for the index, naming the projects it concerns.
     said = [ln for ln in first_header_check(cfg, uv_environ) if "uv alone keeps no copy" in ln]
-    assert len(said) == 1 and f"{plain}: index" in said[0], said
+    assert len(said) == 1 and f"2 project(s): {plain}, {plain2})" in said[0] and str(kept) not in said[0], said
 
     st = status_by_name(cfg, env=uv_environ)
     [k_index], [p_index] = st["kept"]["indexes"], st["plain"]["indexes"]
