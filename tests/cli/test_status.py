@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.cli import STATUS_SCHEMA, run_warmd, status_by_name
 from tests.support.config import write_warmd_config
-from tests.support.daemon import DaemonProcess, first_header_check
+from tests.support.daemon import WAIT, DaemonProcess, first_header_check
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, torch_like_set, write_project
 from warmd.base import EXIT_OK, EXIT_USAGE
@@ -134,7 +134,7 @@ def test_failed_work_is_retried_with_backoff_and_the_next_retry_shows(
         st = status_by_name(cfg, env=uv_environ)["app"]
         assert (st["state"], st["failures"], st["next_retry"]) == ("warm", 0, None), st
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=30) == 0
+        assert daemon.proc.wait(timeout=WAIT) == 0
     finally:
         daemon.kill()
     assert not [ln for ln in daemon.all if " ERROR " in ln]  # an index the daemon waits out is no alarm

@@ -209,9 +209,9 @@ def test_daemon_warms_heals_upgrades_and_flags(
         assert any("locked hash moved" in f for f in status["flags"])
     finally:
         stop.set()
-        t.join(30)
+        t.join(WAIT)
     assert not t.is_alive() and result == [0]
-    notify.until(lambda m: m == "STOPPING=1", timeout=1)
+    notify.until(lambda m: m == "STOPPING=1")
 
 
 def _wait_for(cond: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -244,7 +244,7 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
             notify.until(lambda m: m == "READY=1")
             _wait_for(lambda: (sc := store.read_sidecar(sha)) is not None and sc.done_bytes() > 0)
             first.proc.send_signal(signal.SIGTERM)
-            assert first.proc.wait(timeout=5) == 0
+            assert first.proc.wait(timeout=WAIT) == 0
         finally:
             first.kill()
         notify.until(lambda m: m == "STOPPING=1")
@@ -269,7 +269,7 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
             second.expect("config reloaded")
             assert second.proc.poll() is None
             second.proc.send_signal(signal.SIGTERM)
-            assert second.proc.wait(timeout=5) == 0
+            assert second.proc.wait(timeout=WAIT) == 0
         finally:
             second.kill()
         assert not store.part_path(sha).exists()  # resumed, verified, handed to uv (and not kept: the default)
@@ -305,7 +305,7 @@ def test_sighup_with_other_roots_and_interval_takes_effect(
         assert st["wheels"] and all(w["state"] == "warm" for w in st["wheels"]), st
         assert _gpu_gets(index_server), "the project under the new root was never fetched"
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=10) == 0
+        assert daemon.proc.wait(timeout=WAIT) == 0
     finally:
         daemon.kill()
 
