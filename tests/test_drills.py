@@ -616,6 +616,10 @@ def test_users_uv_sync_clean_and_prune_at_the_same_moment(drill: Drill) -> None:
                    for a in (["sync"], ["cache", "clean"], ["cache", "prune"])]
         for t in threads:
             t.start()
+        # The gate opens once all three have started: which of them then waits on which (uv's cache
+        # lock, the wheel's own lock warmd's import may hold) is uv's to order, not the machine's speed.
+        assert _poll_until(lambda: len(results) + sum(1 for _, a in _children(os.getpid())
+                                                      if a and a[0] == str(drill.uv)) >= 3)
         gate.set()
         for t in threads:
             t.join(WAIT)

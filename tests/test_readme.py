@@ -190,7 +190,7 @@ def test_ctrl_c_exits_130_and_keeps_the_partial(tmp_path: Path, wheel_dir: Path,
                 assert proc.poll() is None and time.monotonic() < deadline, "no download under way"
                 time.sleep(0.05)  # another process's progress: its resume record is what can be watched
             proc.send_signal(signal.SIGINT)
-            _out, err = proc.communicate(timeout=30)
+            _out, err = proc.communicate(timeout=WAIT)
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -17,6 +17,7 @@ import pytest
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.config import write_warmd_config
+from tests.support.daemon import WAIT
 from tests.support.index_server import NO_STORE, IndexServer, _LinkBucket
 from tests.support.projects import (
     lock_project,
@@ -214,7 +215,7 @@ def test_cli_mode_serves_a_folder(tmp_path: Path) -> None:
             assert c.get(f"{url}/simple/filelock/").status_code == 200
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=WAIT) == 0
 
 
 def test_old_uv_is_available(uv_old_bin: Path) -> None:

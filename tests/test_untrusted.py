@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.cli import run_warmd, status_by_name
 from tests.support.config import write_warmd_config
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import WAIT, DaemonProcess
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
 from tests.support.tls import TlsFiles
@@ -227,7 +227,7 @@ def test_the_daemon_with_the_look_ahead_on_runs_no_project_code(
             daemon.wait_for([f"{hostile.projects[name]}: upgrade look-ahead skipped: needs to build {package}"])
         daemon.wait_for([f"{hostile.projects['interp']}: upgrade ready"])
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=30) == 0
+        assert daemon.proc.wait(timeout=WAIT) == 0
     finally:
         daemon.kill()
     assert hostile.markers() == []

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.cli import STATUS_SCHEMA, run_warmd, status_by_name
 from tests.support.config import write_warmd_config
-from tests.support.daemon import DaemonProcess, first_header_check
+from tests.support.daemon import WAIT, DaemonProcess, first_header_check
 from tests.support.index_server import IndexServer
 from tests.support.projects import lock_project, locked_project, pinned_project, torch_like_set, write_project
 from warmd.base import EXIT_OK, EXIT_USAGE
@@ -83,14 +83,16 @@ def test_a_warm_project_is_warm_the_same_way_for_doctor_status_and_the_daemon(
     root = tmp_path / "code"
     kept = pinned_project(root, "kept", server=index_server, ws=ws, index_cache_control="max-age=365000000, immutable")
     plain = pinned_project(root, "plain", server=index_server, ws=ws)
-    for p in (kept, plain):
+    plain2 = pinned_project(root, "plain2", server=index_server, ws=ws)
+    for p in (kept, plain, plain2):
         lock_project(p, uv_bin, uv_environ)
     cfg = write_warmd_config(tmp_path, uv_bin, uv_cache,
                              extra=[f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"'])
-    assert run_warmd(cfg, "prefetch", kept, plain, env=uv_environ).returncode == EXIT_OK
+    assert run_warmd(cfg, "prefetch", kept, plain, plain2, env=uv_environ).returncode == EXIT_OK
 
+    # One line for the index, naming the projects it concerns.
     said = [ln for ln in first_header_check(cfg, uv_environ) if "uv alone keeps no copy" in ln]
-    assert len(said) == 1 and f"{plain}: index" in said[0], said
+    assert len(said) == 1 and f"2 project(s): {plain}, {plain2})" in said[0] and str(kept) not in said[0], said
 
     st = status_by_name(cfg, env=uv_environ)
     [k_index], [p_index] = st["kept"]["indexes"], st["plain"]["indexes"]
@@ -132,7 +134,7 @@ def test_failed_work_is_retried_with_backoff_and_the_next_retry_shows(
         st = status_by_name(cfg, env=uv_environ)["app"]
         assert (st["state"], st["failures"], st["next_retry"]) == ("warm", 0, None), st
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=30) == 0
+        assert daemon.proc.wait(timeout=WAIT) == 0
     finally:
         daemon.kill()
     assert not [ln for ln in daemon.all if " ERROR " in ln]  # an index the daemon waits out is no alarm

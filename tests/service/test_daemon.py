@@ -236,7 +236,7 @@ def test_daemon_warms_heals_upgrades_and_flags(
         moved = [w for w in status["wheels"] if w["warnings"]]
         assert [w["filename"] for w in moved] == [torch_file]
         assert any("locked hash moved" in f for f in status["flags"])
-    notify.until(lambda m: m == "STOPPING=1", timeout=1)
+    notify.until(lambda m: m == "STOPPING=1")
 
 
 def _wait_for(cond: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -269,7 +269,7 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
             notify.until(lambda m: m == "READY=1")
             _wait_for(lambda: (sc := store.read_sidecar(sha)) is not None and sc.done_bytes() > 0)
             first.proc.send_signal(signal.SIGTERM)
-            assert first.proc.wait(timeout=5) == 0
+            assert first.proc.wait(timeout=WAIT) == 0
         finally:
             first.kill()
         notify.until(lambda m: m == "STOPPING=1")
@@ -294,13 +294,62 @@ def test_sigterm_mid_download_exits_cleanly_and_restart_resumes(
             second.expect("config reloaded")
             assert second.proc.poll() is None
             second.proc.send_signal(signal.SIGTERM)
-            assert second.proc.wait(timeout=5) == 0
+            assert second.proc.wait(timeout=WAIT) == 0
         finally:
             second.kill()
         assert not store.part_path(sha).exists()  # resumed, verified, handed to uv (and not kept: the default)
         # The restart fetched only what the first daemon had not kept.
         assert 0 < server.bytes_served(torch_file) <= size - kept.done_bytes()
         assert all(h.status == 206 for h in server.wheel_gets(torch_file))
+
+
+def test_a_run_that_does_not_stop_by_the_deadline_does_not_hold_the_stop(
+    tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
+    uv_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop deadline is the daemon's (systemd's TimeoutStopSec is longer): given 0 s, a run stuck
+    where no cancel reaches (waiting for another warmd's hold on the project) is left behind, not
+    waited for. The deadline is injected: nothing here depends on how fast the machine is."""
+    from loguru import logger
+
+    from warmd.warm import Pipeline
+
+    root = tmp_path / "code"
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * 1024, pythons=("cp311",))
+    app = locked_project(root, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
+    for k, v in uv_environ.items():
+        monkeypatch.setenv(k, v)
+    cfg_path = _config(tmp_path, uv_bin, uv_cache, root)
+    config = load_config(cfg_path)
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def seen(message: str) -> None:
+        lines.append(message)
+        if "another warmd is working on it" in message:
+            waiting.set()
+
+    sink = logger.add(seen)
+    stop = threading.Event()
+    d = Daemon(config, config_path=cfg_path, stop_event=stop, stop_deadline=0.0)
+    other = Pipeline(config)  # another warmd, working on the same project
+    result: list[int] = []
+    try:
+        with other._project_locks([app]):
+            t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
+            t.start()
+            assert waiting.wait(WAIT)
+            stop.set()
+            t.join(WAIT)
+            assert not t.is_alive() and result == [0]
+            assert any("a run did not stop in time; exiting anyway" in ln for ln in lines), lines
+        assert d.queue is not None and d.queue.join(WAIT)  # the run left behind ends once let go
+    finally:
+        stop.set()
+        logger.remove(sink)
+        other.close()
+        if d.state is not None:
+            d.state.close()
 
 
 def test_sighup_with_other_roots_and_interval_takes_effect(
@@ -330,7 +379,7 @@ def test_sighup_with_other_roots_and_interval_takes_effect(
         assert st["wheels"] and all(w["state"] == "warm" for w in st["wheels"]), st
         assert _gpu_gets(index_server), "the project under the new root was never fetched"
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=10) == 0
+        assert daemon.proc.wait(timeout=WAIT) == 0
     finally:
         daemon.kill()
 

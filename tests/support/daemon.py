@@ -151,10 +151,11 @@ class _Made(FileSystemEventHandler):
 
 
 @contextmanager
-def scratch_made(folder: Path, prefix: str = "warmd-") -> Iterator[threading.Event]:
-    """An event set when warmd makes a scratch folder in `folder` (its TMPDIR): a uv child is about to run."""
+def scratch_made(folder: Path, prefix: str = "warmd-", *, recursive: bool = False) -> Iterator[threading.Event]:
+    """An event set when warmd makes a scratch folder in `folder` (its TMPDIR): a uv child is about to run.
+    `recursive`: also in the folders below it (uv's own `.tmp*`, in the TMPDIR warmd gives it)."""
     handler, observer = _Made(prefix), Observer()
-    observer.schedule(handler, str(folder))
+    observer.schedule(handler, str(folder), recursive=recursive)
     observer.start()
     try:
         yield handler.event

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.daemon import WAIT
 from tests.support.index_server import Hit, IndexServer
 from tests.support.prereqs import need
 from tests.support.wheels import make_wheel, sha256_file
@@ -475,16 +476,17 @@ def test_cancel_interrupts_a_stalled_read(scheme: str, request: pytest.FixtureRe
     else:
         server = request.getfixturevalue("index_server")
     wheel = _wheel(server, tmp_path, size=256 * KiB)
-    server.faults.stall[wheel.filename] = 60.0
+    # A stall and a read timeout far beyond the wait below: only the cancel can end the read in time.
+    server.faults.stall[wheel.filename] = 10 * WAIT
     store = Store(tmp_path / "store")
     in_body = threading.Event()
-    fetcher = _fetcher(store, timeout=60.0, trust_env=scheme == "https",
+    fetcher = _fetcher(store, timeout=10 * WAIT, trust_env=scheme == "https",
                        progress=lambda e: in_body.set() if e.state == "progress" else None)
 
     t, result = _fetch_in_thread(fetcher, wheel)
-    assert in_body.wait(10)  # headers arrived; the body read is now blocked on the stall
+    assert in_body.wait(WAIT)  # headers arrived; the body read is now blocked on the stall
     fetcher.cancel()
-    t.join(10)  # far below the 60 s read timeout: cancel cut the socket
+    t.join(WAIT)  # a tenth of the read timeout: only the cancel cutting the socket ends it in time
     assert not t.is_alive()
     assert isinstance(result.get("exc"), FetchCancelled)
     assert store.read_sidecar(wheel.sha256) is not None

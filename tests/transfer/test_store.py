@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import WAIT
 from warmd.warm import expire
 from warmd.base import AheadReport, FetchError, FileStamp, Outcome, Pin, ProjectReport, WheelFile, WheelReport
 from warmd.transfer import Sidecar, Store, merge_ranges, missing_ranges
@@ -170,7 +171,7 @@ def test_lock_serialises_writers_and_cancel_stops_waiting(tmp_path: Path) -> Non
         os.close(fd)
     t2 = threading.Thread(target=second)
     t2.start()
-    assert trying.wait(10)
+    assert trying.wait(WAIT)
     # The second holder is blocked: a lock that let it through would set `entered` at once.
     assert not entered.wait(0.5), "the second holder got the lock while the first held it"
     assert order == [] and t2.is_alive()
@@ -180,9 +181,9 @@ def test_lock_serialises_writers_and_cancel_stops_waiting(tmp_path: Path) -> Non
         with store.lock(sha, stop=stop):
             pass
     release.set()
-    t1.join(10)
-    assert entered.wait(10)  # and it gets the lock once the first lets go
-    t2.join(10)
+    t1.join(WAIT)
+    assert entered.wait(WAIT)  # and it gets the lock once the first lets go
+    t2.join(WAIT)
     assert order == ["first-done", "second-in"]
 
 

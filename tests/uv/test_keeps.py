@@ -63,9 +63,13 @@ def test_prefetch_status_doctor_and_the_daemon_give_one_verdict(
     assert finding["status"] == ("ok" if verdict == "kept" else "warn"), finding
     assert ("uv alone keeps no copy" in finding["message"]) == (verdict == "not kept"), finding
 
+    index_server.reset_counters()
     lines = first_header_check(cfg, uv_environ)
-    not_kept = [ln for ln in lines if f"{app}: index" in ln and "uv alone keeps no copy" in ln]
+    not_kept = [ln for ln in lines if f"1 project(s): {app})" in ln and "uv alone keeps no copy" in ln]
     assert bool(not_kept) == (verdict == "not kept"), lines
+    # Only where an answer can change a verdict: an override keeps the files whatever the index says.
+    heads = [h for h in index_server.wheel_hits() if h.method == "HEAD"]
+    assert bool(heads) == (override is None), heads
 
     [st] = [i for i in status_by_name(cfg, env=uv_environ)["app"]["indexes"] if i["url"].rstrip("/") == index.rstrip("/")]
     assert st["verdict"] == verdict, st

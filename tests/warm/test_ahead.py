@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.cli import run_warmd, status_by_name, warmd_json
 from tests.support.config import PACKAGES, write_warmd_config
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import WAIT, DaemonProcess
 from tests.support.index_server import IndexServer
 from tests.support.projects import TORCH_PLATFORM, locked_project, run_uv, torch_like_set
 from tests.support.uvplan import tree
@@ -324,7 +324,7 @@ def test_the_daemon_looks_ahead_on_its_schedule_and_the_upgrade_it_warmed_is_ado
         assert st["upgrade"] is None  # the look-ahead's word was about the lock before
         assert "0 B of 20.0 GiB used by 0 warmed-ahead wheel(s)" in _doctor_budget(lab, cfg)  # adopted
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=30) == 0
+        assert daemon.proc.wait(timeout=WAIT) == 0
     finally:
         daemon.kill()
     assert not [ln for ln in daemon.all if " ERROR " in ln or " WARNING " in ln], daemon.all

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.cli import run_warmd, status_json
 from tests.support.config import write_warmd_config
-from tests.support.daemon import DaemonProcess, NotifySocket
+from tests.support.daemon import WAIT, DaemonProcess, NotifySocket
 from tests.support.index_server import IndexServer
 from tests.support.prereqs import need
 from tests.support.projects import lock_project, locked_project, pinned_project, run_uv, torch_like_set
@@ -67,7 +67,7 @@ def test_wheels_past_the_per_project_limit_are_skipped_with_the_reason_and_never
         try:
             notify.until(lambda m: m == "STATUS=idle, 1 project warm, 1 wheel skipped by a limit")
             daemon.proc.send_signal(signal.SIGTERM)
-            assert daemon.proc.wait(timeout=30) == 0
+            assert daemon.proc.wait(timeout=WAIT) == 0
         finally:
             daemon.kill()
             notify.close()

@@ -7,6 +7,7 @@ so a run is caught in the middle of a real uv call without faking uv.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ from tests.support.config import write_warmd_config
 from tests.support.daemon import WAIT, scratch_made
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, torch_like_set
-from warmd.base import CancelToken, Owner, UvError, cancel, load_config, scratch
+from warmd.base import Cancelled, CancelToken, Owner, UvError, cancel, load_config, scratch
 from warmd.warm import Pipeline
 from warmd.cli import project_statuses
 from warmd.state import State
@@ -97,6 +98,54 @@ def test_a_run_called_off_stops_its_uv_now_records_nothing_and_leaves_no_scratch
     assert _litter(own_tmp) == []
     assert project_statuses(state) == []  # nothing was recorded for work that said nothing
     state.close()
+
+
+@pytest.mark.parametrize("call", ["python find", "export", "sync --dry-run", "lock"])
+def test_a_uv_called_off_mid_call_raises_cancelled_never_an_answer_and_leaves_tmpdir_empty(
+        call: str, tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
+        uv_environ: dict[str, str], own_tmp: Path) -> None:
+    """Whichever uv call a superseded run is in, it ends in Cancelled: not "no interpreter", not a
+    failed plan; uv's TMPDIR (warmd's scratch) goes with it, uv's own `.tmp*` in it."""
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=16 * KiB, pythons=("cp311",))
+    app = locked_project(tmp_path, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
+    if call == "export":  # over in a few ms: held where it really waits, opening the user's uv.toml (a FIFO)
+        user_config = Path(uv_environ["XDG_CONFIG_HOME"]) / "uv" / "uv.toml"
+        user_config.parent.mkdir(parents=True)
+        os.mkfifo(user_config)
+    # The user's own TMPDIR is where uv would leave its litter without one of warmd's.
+    uv = Uv(str(uv_bin), cache_dir=uv_cache, env=dict(uv_environ, TMPDIR=str(own_tmp)))
+    calls: dict[str, Callable[[], object]] = {
+        "python find": lambda: uv.interpreter("3.11"),
+        "export": lambda: uv.export(app, []),
+        "sync --dry-run": lambda: uv.probe(app, selected=["torch"], others=[], python="3.11"),
+        "lock": lambda: uv.lock_upgrade(app, ["torch"], python="3.11", no_venv=tmp_path / "no-venv"),
+    }
+    token = CancelToken()
+    caught: list[BaseException] = []
+    answered: list[object] = []
+
+    def run() -> None:
+        with cancel.scope(token):
+            try:
+                answered.append(calls[call]())
+            except BaseException as exc:  # noqa: BLE001 - the assertion below says what it was
+                caught.append(exc)
+
+    # A dry run and a lock wait on the cache's lock; `python find` is caught once uv has made its
+    # throw-away cache in TMPDIR (it then inspects interpreters for a tenth of a second or more).
+    held = call != "python find"
+    with uv_cache_held(uv_cache) if held else contextlib.nullcontext(), \
+            scratch_made(own_tmp, ".tmp", recursive=True) as made:
+        t = threading.Thread(target=run)
+        t.start()
+        children = _poll(_uv_children)
+        assert children, "no uv child to call off"
+        assert held or made.wait(WAIT), "uv made no scratch of its own"
+        token.cancel("uv.lock changed while it was warmed")
+        t.join(WAIT)
+    assert not t.is_alive() and all(not _alive(pid) for pid in children)
+    assert answered == [] and len(caught) == 1 and isinstance(caught[0], Cancelled), (answered, caught)
+    assert sorted(p.name for p in own_tmp.iterdir()) == []  # uv's own `.tmp*` and `uv-*.lock` too
 
 
 def test_a_lock_swapped_under_a_prefetch_is_warmed_for_the_new_pins_never_reported_failed(
@@ -267,3 +316,47 @@ def test_the_sweep_takes_a_dead_warmds_scratch_and_leaves_a_live_ones(tmp_path: 
         for p in procs.values():
             p.stdin.close()  # type: ignore[union-attr]  # the orphan's child reads stdin: this ends it
     assert Owner.me().alive() and not Owner(procs["dead"].pid, 0).alive()
+
+
+def test_a_partial_two_runs_shared_is_dropped_by_the_last_even_one_that_never_needed_it(
+        tmp_path: Path, index_server: IndexServer, wheel_dir: Path, uv_bin: Path, uv_environ: dict[str, str],
+        own_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of one process, one store, the same wheel: B (its uv already has it) is under way when A
+    is done with its download; A leaves the partial to B, and B, which never needed it, drops it."""
+    ws = torch_like_set(index_server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
+    store = tmp_path / "store"
+    for k, v in uv_environ.items():
+        monkeypatch.setenv(k, v)
+    pipelines, states = {}, {}
+    for name in ("a", "b"):
+        cache = tmp_path / f"uv-cache-{name}"
+        cache.mkdir()
+        (tmp_path / name).mkdir()
+        config = load_config(write_warmd_config(tmp_path / name, uv_bin, cache, store=store))
+        state = states[name] = State.open(config.state_dir)  # B's run then knows its uv has them: no speculation
+        pipelines[name] = (Pipeline(config, state=state), cache, locked_project(
+            tmp_path / name, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ))
+    a, _cache_a, project_a = pipelines["a"]
+    b, cache_b, project_b = pipelines["b"]
+    try:
+        assert all(w.state == "warm" for r in b.warm([Project.of(project_b)]) for w in r.wheels)
+        assert list((store / "partial").iterdir()) == []
+        out: list = []
+        with uv_cache_held(cache_b):
+            t = threading.Thread(target=lambda: out.extend(b.warm([Project.of(project_b)])))
+            t.start()
+            assert _poll(_uv_children), "B's probe never started"  # B is under way, waiting on its cache
+            [report_a] = a.warm([Project.of(project_a)])
+            assert report_a.ok, report_a
+            left = sorted(p.name for p in (store / "partial").iterdir())
+            assert left, "A dropped what B still could use"
+        t.join(WAIT)
+        assert not t.is_alive()
+        [report_b] = out
+        assert report_b.ok and sum(w.bytes_downloaded for w in report_b.wheels) == 0, report_b  # B's uv had them
+        assert sorted(p.name for p in (store / "partial").iterdir()) == []
+    finally:
+        a.close()
+        b.close()
+        for st in states.values():
+            st.close()

@@ -34,8 +34,9 @@ class Daemon(ScheduledJobs, Reloading, World):
     """The parts of `warmd run` and how they are wired; run() is the foreground loop."""
 
     def __init__(self, config: Config, *, config_path: Path | None, stop_event: threading.Event | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, stop_deadline: float = STOP_DEADLINE) -> None:
         self.config = config
+        self._stop_deadline = stop_deadline  # seconds the workers get at a stop (a test sets it)
         self.config_path = config_path
         self.stop_event = stop_event or threading.Event()
         self.notifier = notifier or Notifier()
@@ -149,8 +150,8 @@ class Daemon(ScheduledJobs, Reloading, World):
             self.watcher.stop()
         if self.cache_watch is not None:
             self.cache_watch.close()
-        deadline = time.monotonic() + STOP_DEADLINE
-        finished = self.queue.join(STOP_DEADLINE)
+        deadline = time.monotonic() + self._stop_deadline
+        finished = self.queue.join(self._stop_deadline)
         if finished and self._ahead_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             self._ahead_lock.release()  # no look-ahead pass runs, and none starts: the stop event is set
         else:

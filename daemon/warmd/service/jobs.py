@@ -7,10 +7,12 @@ from pathlib import Path
 
 from loguru import logger
 
-from ..base import CancelToken, WarmdError, cancel
+from ..base import CancelToken, HeaderCheck, WarmdError, cancel
 from ..transfer import check_pins, compare, http_client, index_page
-from ..uv import Project, norm_url, uv_keeps
+from ..uv import Keep, Project, norm_url, uv_keeps
 from ..warm import retry_delay
+
+_NAMED = 3  # projects a header finding names before "and N more"
 
 
 class ScheduledJobs:
@@ -89,7 +91,8 @@ class ScheduledJobs:
             logger.info(f"upgrade look-ahead: trying again in {delay:.0f} s")
 
     def check_headers(self) -> None:
-        """HEAD every pinned file and index; record them; warn loudly when a pinned file moved."""
+        """HEAD the pinned files and indexes whose answer can change a verdict; record them; warn
+        loudly when a pinned file moved; one line per index for what uv keeps."""
         assert self.state is not None
         with self._lock:
             assert self._ref is not None
@@ -101,43 +104,64 @@ class ScheduledJobs:
         pinned = [(project, pin) for project, pin in self.state.all_pins()
                   if guard.check(pin.wheel.url, project, index=pin.index).ok
                   and (pin.index is None or guard.check(index_page(pin.index), project, index=pin.index).ok)]
-        pins = [pin for _project, pin in pinned]
-        if not pins:
+        if not pinned:
             return
-        wheel_urls = {p.wheel.url for p in pins}
-        with http_client(guard, timeout=self.config.download.timeout) as client:
-            checks = check_pins(pins, client)
+        # An index whose files uv keeps by an override or by their host (uv_keeps) is kept whatever
+        # it answers: asking it again changes no answer. The others (no-store ones) are asked.
+        keeps = self._keeps(pinned)
+        settled = {(project, norm_url(pin.index)) for project, pin in pinned if pin.index is not None
+                   and keeps[(project, norm_url(pin.index))].by in ("override", "host")}
+        asked = {pin.wheel.url for project, pin in pinned
+                 if pin.index is None or (project, norm_url(pin.index)) not in settled}
+        pins = [pin for _project, pin in pinned if pin.wheel.url in asked]
+        checks: list[HeaderCheck] = []
+        if pins:
+            with http_client(guard, timeout=self.config.download.timeout) as client:
+                checks = check_pins(pins, client)
         for h in checks:
             warning = None
-            if h.url in wheel_urls:
+            if h.url in asked:
                 warning = compare(self.state.last_headers(h.url), h)
                 if warning:
                     logger.warning(warning)
             if h.error:
                 logger.warning(f"header check of {h.url}: {h.error}")
             self.state.record_headers(h, warning=warning)
-        self._report_not_kept(pinned)
+        # The verdicts the answers just recorded may change: asked again (the settled ones stand).
+        keeps.update(self._keeps([(project, pin) for project, pin in pinned if pin.index is not None
+                                  and (project, norm_url(pin.index)) not in settled]))
+        self._report_not_kept(pinned, keeps)
         logger.info(f"checked headers of {len(checks)} URL(s)")
 
-    def _report_not_kept(self, pinned: list) -> None:
-        """Name each project's indexes whose files uv keeps no copy of (uv_keeps: the verdict doctor,
-        status and prefetch give, from what was just recorded)."""
+    def _keeps(self, pinned: list) -> dict[tuple[Path, str], Keep]:
+        """uv_keeps for each project and index pinned (the verdict doctor, status and prefetch give),
+        from what the state has recorded."""
         uv = self._ref.pipeline.uv  # type: ignore[union-attr]
         try:
             uv_version: str | None = str(uv.version)
         except WarmdError:
             uv_version = None
-        seen: set[tuple[Path, str]] = set()
+        keeps: dict[tuple[Path, str], Keep] = {}
         for project, pin in pinned:
-            if pin.index is None or (project, norm_url(pin.index)) in seen:
-                continue
-            seen.add((project, norm_url(pin.index)))
-            keep = uv_keeps(project, pin.index, pin.wheel.url, uv_version=uv_version, env=uv.env,
-                            state=self.state)
+            if pin.index is not None and (project, norm_url(pin.index)) not in keeps:
+                keeps[(project, norm_url(pin.index))] = uv_keeps(
+                    project, pin.index, pin.wheel.url, uv_version=uv_version, env=uv.env, state=self.state)
+        return keeps
+
+    def _report_not_kept(self, pinned: list, keeps: dict[tuple[Path, str], Keep]) -> None:
+        """One line per index and finding, naming its projects: each project's indexes whose files
+        uv keeps no copy of (INFO), the others' verdict (DEBUG)."""
+        shown = {norm_url(pin.index): pin.index for _project, pin in pinned if pin.index is not None}
+        found: dict[tuple[str, str, str, str | None], list[Path]] = {}
+        for (project, index), keep in keeps.items():
             cache_control = keep.headers.cache_control if keep.headers else None
-            if keep.verdict == "not kept":
-                logger.info(f"{project}: index {pin.index} answers Cache-Control {cache_control!r}: "
-                            f"{keep.why}; warmd keeps its wheels warm")
+            found.setdefault((index, keep.verdict, keep.why, cache_control), []).append(project)
+        for (index, verdict, why, cache_control), projects in found.items():
+            named = ", ".join(str(p) for p in sorted(projects)[:_NAMED])
+            more = f" and {len(projects) - _NAMED} more" if len(projects) > _NAMED else ""
+            which = f"{len(projects)} project(s): {named}{more}"
+            if verdict == "not kept":
+                logger.info(f"index {shown[index]} answers Cache-Control {cache_control!r}: {why}; "
+                            f"warmd keeps its wheels warm ({which})")
             else:
-                logger.debug(f"{project}: index {pin.index}: uv's keeping of its files is "
-                             f"{keep.verdict}: {keep.why}")
+                logger.debug(f"index {shown[index]}: uv's keeping of its files is {verdict}: {why} ({which})")

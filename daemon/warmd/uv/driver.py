@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 from loguru import logger
 from packaging.version import InvalidVersion, Version
 
-from ..base import IndexUnreachable, LockError, NeedsBuild, Pin, Skipped, UvError, cancel, reveal, scratch
+from ..base import CancelToken, IndexUnreachable, LockError, NeedsBuild, Pin, Skipped, UvError, cancel, reveal, scratch
 from .interpreter import _MARKERS_SCRIPT, Interpreter
 from .reason import uv_reason
 from .render import _toml_str, render_pylock, render_requirements, requirement_line
@@ -110,10 +111,25 @@ class Uv:
         token = cancel.current()
         if token is not None:
             token.check()
+        # uv's own scratch (`--no-cache`'s throw-away cache, `uv-*.lock` files) goes into a TMPDIR of
+        # warmd's, removed after uv however it ended: a uv killed mid-run cannot remove its own.
+        with contextlib.ExitStack() as stack:
+            try:
+                tmp = stack.enter_context(scratch.folder("uv"))
+            except OSError as exc:
+                raise UvError(f"cannot make a scratch folder for uv in {tempfile.gettempdir()}: {exc}") from None
+            full_env["TMPDIR"] = str(tmp.path)
+            # uv holds the folder's lock too: a uv outliving a killed warmd keeps it from the sweep
+            return self._child(cmd, args, cwd=cwd, env=full_env, timeout=timeout,
+                               pass_fds=(*pass_fds, tmp.fd), on_line=on_line, token=token)
+
+    def _child(self, cmd: list[str], args: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float,
+               pass_fds: Sequence[int], on_line: Callable[[str], None] | None,
+               token: CancelToken | None) -> subprocess.CompletedProcess[str]:
         logger.debug("uv: {}", " ".join(cmd))
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE if on_line is None else subprocess.STDOUT, text=True,
                                     pass_fds=tuple(pass_fds))
         except OSError as exc:
@@ -217,6 +233,8 @@ class Uv:
         # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
         args = ["python", "find", "--no-cache", "--system"] + ([request] if request else [])
         out = self._run(args, timeout=120)
+        if out.returncode < 0:  # stopped by someone else (warmd's own stop raised Cancelled): no answer
+            raise UvError(f"`uv python find` did not answer: {uv_reason(out)}")
         if out.returncode != 0 or not out.stdout.strip():
             return None
         path = Path(out.stdout.strip().splitlines()[-1])
@@ -225,6 +243,7 @@ class Uv:
                                  timeout=60, stdin=subprocess.DEVNULL, cwd=NEUTRAL)
             markers = json.loads(ran.stdout)
         except (OSError, subprocess.TimeoutExpired, ValueError):
+            cancel.checkpoint()  # an interpreter that did not answer while the run was called off: no answer
             return None
         if not isinstance(markers, dict) or not isinstance(markers.get("python_version"), str):
             return None

@@ -27,7 +27,7 @@ from .admission import admit
 from .feeder import Feeder, Shelf
 from .handover import HandOver
 from .importer import Importer
-from .in_use import _used_elsewhere, _using
+from .in_use import _still_wanted, _used_elsewhere, _using
 from .limits import Room
 from .outcomes import outcome_of
 from .proof import _report, _Run, _superseded, _superseded_if_changed, probe_plan, report_of
@@ -310,16 +310,19 @@ class Pipeline(Sourcing, HandOver):
         warm = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state == "warm"}
         cold = {w.pin.wheel.sha256 for r in reports for w in r.wheels if w.state != "warm"}
         moot = set() if self.config.keep_wheels else run.moot
+        for sha in cold:
+            _still_wanted(self.store.root, sha)  # what another run left to drop is this one's to resume
         for sha in ((run.need.keys() & warm) - cold) | moot:
-            if _used_elsewhere(self.store.root, sha):
-                continue  # another warm in this process (another project, or the run a reload left) still feeds it
-            if sha in run.by_uv or sha in moot:
-                # a speculative start never finished (uv fetched it), or one uv did not need: its
-                # partial is preallocated to the whole file's size, disk held for nothing
-                self.store.drop_partial(sha)
-            elif not self.config.keep_wheels:
-                self.store.drop_partial(sha)  # verified, never committed (Fetcher(keep=False))
-                self.store.remove(sha)  # a blob an earlier keep-wheels run left
+            # A speculative start never finished (uv fetched it), or one uv did not need: its
+            # partial is preallocated to the whole file's size, disk held for nothing.
+            partial_only = sha in run.by_uv or sha in moot
+            if not partial_only and self.config.keep_wheels:
+                continue
+            tidy = functools.partial(_drop, self.store, sha, blob=not partial_only)
+            # Another warm in this process (another project, or the run a reload left) still feeds
+            # it: the last of them drops it when done, even one that never needed it itself.
+            if not _used_elsewhere(self.store.root, sha, tidy):
+                tidy()
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -368,3 +371,11 @@ class Pipeline(Sourcing, HandOver):
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _drop(store: Store, sha: str, *, blob: bool) -> None:
+    """Drop a file's partial (verified, never committed: Fetcher(keep=False)) and, `blob`, the blob an
+    earlier keep-wheels run left."""
+    store.drop_partial(sha)
+    if blob:
+        store.remove(sha)
