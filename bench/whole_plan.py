@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.core import Log, Measured, MiB, Mode, Row, fresh, measure, mib, remove
-from bench.lab import VARIANT, Server, gpu_project, torch_set, warmd_config
+from bench.lab import Server, gpu_project, torch_set, warmd_config
 from tests.support.projects import lock_project, uv_env
 from tests.support.wheels import make_wheel
 from warmd.base import GPU_PACKAGES
@@ -32,7 +32,7 @@ def rows(mode: Mode, tmp: Path, uv: Path, log: Log) -> list[Row]:
     row = Row("14", f"{n} projects: one `warmd prefetch` over the root, whole `uv sync` plan vs the GPU plan "
                     "(and the whole plan under `[limits] total` = half its bytes)")
     wheels = tmp / "sc-wheels"
-    torch = torch_set(wheels, mode.scale_torch, TORCHES)
+    torch_set(wheels, mode.scale_torch, TORCHES)
     rng = random.Random(14)
     plain = [f"plain{i:02d}" for i in range(PLAIN)]
     for i, name in enumerate(plain):

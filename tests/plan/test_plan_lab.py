@@ -255,7 +255,7 @@ def test_a_jax_cuda_13_extra_without_torch_is_the_cuda_build(lab: Lab) -> None:
     """The held-out miss: `cuda` brings `jax[cuda13]` (plugin, PJRT, unsuffixed CUDA 13 wheels) and no torch,
     `cpu` brings a CPU torch. A CUDA 13 machine syncs `--extra cuda`, a CPU one `--extra cpu`; the whole plan
     is uv's, and after a warm a fresh venv syncs offline."""
-    cpu = _cpu_torch(lab)
+    _cpu_torch(lab)
     cuda13 = {"nvidia-cuda-runtime": "13.0.96", "nvidia-cublas": "13.1.0.3", "nvidia-nvjitlink": "13.0.88"}
     for n, v in cuda13.items():
         _wheel(lab, n, v, MANYLINUX)
@@ -297,7 +297,7 @@ def test_cupy_extras_are_told_apart_by_their_cuda_major(lab: Lab) -> None:
 def test_an_xpu_extra_brings_intel_runtime_wheels_from_the_default_index(lab: Lab) -> None:
     """An XPU torch from its index pulls Intel's runtime from PyPI (`intel-sycl-rt`, `mkl`, `oneccl`...): all of
     it is in the plan now, not only the names a list held."""
-    cpu = _cpu_torch(lab)
+    _cpu_torch(lab)
     runtime = {"intel-sycl-rt": "2025.2.1", "intel-opencl-rt": "2025.2.1", "mkl": "2025.2.0", "impi-rt": "2021.16.1",
                "oneccl": "2021.16.1", "intel-openmp": "2025.2.1", "tcmlib": "1.4.0", "umf": "0.11.0"}
     for n, v in runtime.items():
@@ -315,7 +315,7 @@ def test_an_xpu_extra_brings_intel_runtime_wheels_from_the_default_index(lab: La
 
 
 def test_a_rocm_extra_brings_triton_rocm(lab: Lab) -> None:
-    cpu = _cpu_torch(lab)
+    _cpu_torch(lab)
     _wheel(lab, "triton-rocm", "3.5.0", CP311, variant="rocm6.4")
     _wheel(lab, "torch", "2.9.0+rocm6.4", CP311, variant="rocm6.4", requires=["filelock", f"triton-rocm==3.5.0; {LINUX}"])
     project = _extras_project(lab, "rocm", {"cpu": ["torch==2.8.0+cpu"], "rocm": ["torch==2.9.0+rocm6.4", "triton-rocm"]},

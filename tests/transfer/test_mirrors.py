@@ -13,7 +13,6 @@ import socket
 import socketserver
 import subprocess
 import threading
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -351,7 +350,6 @@ def test_a_wheel_a_mirror_serves_is_never_left_to_uv_s_own_download(tmp_path: Pa
 
         origin.reset_counters()
         assert {w.state for w in warm(())} == {"warm"}
-        host = urllib.parse.urlsplit(origin.url).hostname or ""
         assert origin.wheel_gets() and all(h.range is None for h in origin.wheel_gets()), "without a mirror, uv fetches"
 
         run_uv(uv_bin, ["cache", "clean"], cwd=tmp_path, env=uv_environ)
