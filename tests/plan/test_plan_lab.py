@@ -255,7 +255,7 @@ def test_a_jax_cuda_13_extra_without_torch_is_the_cuda_build(lab: Lab) -> None:
     """The held-out miss: `cuda` brings `jax[cuda13]` (plugin, PJRT, unsuffixed CUDA 13 wheels) and no torch,
     `cpu` brings a CPU torch. A CUDA 13 machine syncs `--extra cuda`, a CPU one `--extra cpu`; the whole plan
     is uv's, and after a warm a fresh venv syncs offline."""
-    _cpu_torch(lab)
+    cpu = _cpu_torch(lab)
     cuda13 = {"nvidia-cuda-runtime": "13.0.96", "nvidia-cublas": "13.1.0.3", "nvidia-nvjitlink": "13.0.88"}
     for n, v in cuda13.items():
         _wheel(lab, n, v, MANYLINUX)
