@@ -115,20 +115,26 @@ def test_failed_work_is_retried_with_backoff_and_the_next_retry_shows(
     root = tmp_path / "code"
     app = locked_project(root, "app", server=index_server, ws=ws, uv=uv_bin, env=uv_environ)
     cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, extra=[
-        f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "retry-delay = 1", "[download]",
+        f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "retry-delay = 2", "[download]",
         "retries = 0"])
     index_server.faults.agent = "warmd/"  # an index down for warmd's downloads until it is mended
     index_server.faults.status_burst[torch] = [503] * 1000
     daemon = DaemonProcess(cfg, uv_environ)
     try:
         first = daemon.expect(f"{app}: failed")
-        assert " WARNING " in first and "503" in first and first.rstrip().endswith("retrying in 1 s"), first
+        assert " WARNING " in first and "503" in first and first.rstrip().endswith("retrying in 2 s"), first
         second = daemon.expect(f"{app}: failed")
-        assert second.rstrip().endswith("retrying in 2 s"), second  # doubled: the index is still down
-        st = status_by_name(cfg, env=uv_environ)["app"]
-        assert st["state"] == "failed" and "HTTP 503" in st["reason"] and st["failures"] >= 2, st
-        assert st["next_retry"] is not None and st["next_retry"] >= st["last_check"], st
-        assert "; next retry " in run_warmd(cfg, "status", env=uv_environ).stdout
+        # Held still while status is read, so its next retry (4 s on) cannot begin however slow the
+        # machine is: status reads the state the daemon left, and waits on nothing the daemon holds.
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert second.rstrip().endswith("retrying in 4 s"), second  # doubled: the index is still down
+            st = status_by_name(cfg, env=uv_environ)["app"]
+            assert st["state"] == "failed" and "HTTP 503" in st["reason"] and st["failures"] >= 2, st
+            assert st["next_retry"] is not None and st["next_retry"] >= st["last_check"], st
+            assert "; next retry " in run_warmd(cfg, "status", env=uv_environ).stdout
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
         index_server.faults.status_burst[torch] = []  # the index is back
         daemon.expect(f"{app}: warm (uv.lock")
         st = status_by_name(cfg, env=uv_environ)["app"]
