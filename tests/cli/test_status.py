@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import jsonschema
@@ -124,14 +125,19 @@ def test_failed_work_is_retried_with_backoff_and_the_next_retry_shows(
         first = daemon.expect(f"{app}: failed")
         assert " WARNING " in first and "503" in first and first.rstrip().endswith("retrying in 2 s"), first
         second = daemon.expect(f"{app}: failed")
-        # Held still while status is read, so its next retry (4 s on) cannot begin however slow the
-        # machine is: status reads the state the daemon left, and waits on nothing the daemon holds.
+        assert second.rstrip().endswith("retrying in 4 s"), second  # doubled: the index is still down
+
+        def waiting() -> dict | None:  # the failure recorded with its retry (the log line comes first)
+            st = status_by_name(cfg, env=uv_environ)["app"]
+            return st if st["state"] == "failed" and st["next_retry"] is not None and st["failures"] >= 2 else None
+
+        deadline = time.monotonic() + WAIT  # each look is a `warmd status --json` process: no busy loop
+        while (st := waiting()) is None and time.monotonic() < deadline:
+            pass
+        assert st is not None and "HTTP 503" in st["reason"] and st["next_retry"] >= st["last_check"], st
+        # Then held still while status prints, so the retry due cannot begin however slow the machine.
         daemon.proc.send_signal(signal.SIGSTOP)
         try:
-            assert second.rstrip().endswith("retrying in 4 s"), second  # doubled: the index is still down
-            st = status_by_name(cfg, env=uv_environ)["app"]
-            assert st["state"] == "failed" and "HTTP 503" in st["reason"] and st["failures"] >= 2, st
-            assert st["next_retry"] is not None and st["next_retry"] >= st["last_check"], st
             assert "; next retry " in run_warmd(cfg, "status", env=uv_environ).stdout
         finally:
             daemon.proc.send_signal(signal.SIGCONT)
