@@ -217,8 +217,8 @@ class Pipeline(Sourcing, HandOver):
         sources, skipped, failed = self._sources(plans, unsized, weigh, total=record)
         chosen = {sha: ps[0] for sha, ps in sources.items()}
         # Nothing is downloaded before uv says what it has: a download begun while uv was asked fetched
-        # files uv had (another project's, the user's own sync's) or that uv then fetched again, and
-        # no bench row showed it buying time (ARCHITECTURE.md, "Every byte once").
+        # files uv had (another project's, the user's own sync's) or that uv then fetched again
+        # (ARCHITECTURE.md, "Every byte once", and what that costs on an uncapped host).
         shelf = Shelf()
         with Feeder(shelf) as feeder:
             interpreters = {py: path for pl in plans for py, path in pl.interpreters.items() if path is not None}
