@@ -13,7 +13,7 @@ from loguru import logger
 from packaging.utils import canonicalize_name
 
 from ..base import Config, HeaderCheck, Link, Pin, ProgressEvent, SkippedReport, WarmdError, host_of, redact
-from ..plan import ProjectPlan
+from ..plan import ProjectPlan, is_gpu
 from ..transfer import MirroredFetcher, NetGuard, Store, mirror_for
 from ..uv import Keep, Uv, norm_url, uv_keeps, uv_toml_files
 from .proof import _probe_python
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 # most of the link idle and warmd's ranges pay for their second pass over the bytes; above it
 # (PyPI's CDN gives ~100 MiB/s a stream here), uv's own parallel downloads keep up.
 _SLOW_STREAM = 32 * 2**20
+# How long a run waits for the measurement of a host (`_to_measure`) before deciding without it: a
+# verdict takes about half a second of transfer (segments.py, MEASURE and the trial after it), plus
+# the connection and the first byte.
+MEASURE_WAIT = 3.0
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
 
 
@@ -38,6 +42,7 @@ class HandOver:
     guard: NetGuard
     progress: Callable[[ProgressEvent], None] | None
     state: State | None
+    measure_wait: float
 
     def _for_uv(self, need: dict[str, Pin], resumable: set[str]) -> set[str]:
         """The needed wheels uv should download itself (ARCHITECTURE.md, "Who downloads"), withdrawn
@@ -50,22 +55,14 @@ class HandOver:
         which would replace theirs (`Uv.import_wheels(keep=...)`). Of those, warmd keeps a file
         where its ranges beat uv's one stream per file: on a host that caps each connection to a
         slow stream. A host is judged by what warmd's own downloads measured of it in this process
-        (Fetcher.link); one not measured yet is judged by uv's keeping alone. `downloader` (config)
+        (Fetcher.link): the run measures it first on one of its files where that decides
+        (`_to_measure`); one not measured yet is judged by uv's keeping alone. `downloader` (config)
         "uv" takes every host as fast, "warmd" hands uv nothing.
 
         Before uv is handed them, `_checked_for_uv` asks where their URLs lead.
         """
         who = self.config.download.downloader
-        if who == "warmd" or self.config.keep_wheels or not self.uv.drops_bad_wheels:
-            return set()  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
-        # A wheel a lab mirror serves goes through warmd's engine: uv would fetch it from the origin.
-        # So does one the guard would not hand to uv (plain http that is no index of the user's own:
-        # uv sends .netrc credentials wherever it connects).
-        candidates = {sha: pin for sha, pin in need.items()
-                      if pin.index is not None and sha not in resumable and not self.store.has(sha)
-                      and not self.store.part_path(sha).exists()
-                      and mirror_for(self.config.mirrors, pin.wheel.url) is None
-                      and self.guard.for_uv(pin.wheel.url, index=pin.index).ok}
+        candidates = self._uv_may_take(need, resumable)
         links: dict[str, Link] = {}
         if who == "auto":
             hosts = {host_of(p.wheel.url) for p in candidates.values()}
@@ -82,6 +79,45 @@ class HandOver:
             elif kind in ("fast", "shared") and self._no_user_uv_toml():  # not kept, or not known yet
                 out.add(sha)
         return self.fetcher.withdraw(out) if out else out
+
+    def _uv_may_take(self, need: dict[str, Pin], resumable: set[str]) -> dict[str, Pin]:
+        """The needed wheels uv could be handed at all, whatever their host is like."""
+        if self.config.download.downloader == "warmd" or self.config.keep_wheels or not self.uv.drops_bad_wheels:
+            return {}  # the store wants the bytes; or an older uv would keep a bad wheel's bytes
+        # A wheel a lab mirror serves goes through warmd's engine: uv would fetch it from the origin.
+        # So does one the guard would not hand to uv (plain http that is no index of the user's own:
+        # uv sends .netrc credentials wherever it connects).
+        return {sha: pin for sha, pin in need.items()
+                if pin.index is not None and sha not in resumable and not self.store.has(sha)
+                and not self.store.part_path(sha).exists()
+                and mirror_for(self.config.mirrors, pin.wheel.url) is None
+                and self.guard.for_uv(pin.wheel.url, index=pin.index).ok}
+
+    def _to_measure(self, need: dict[str, Pin], resumable: set[str]) -> dict[str, Pin]:
+        """One file per host whose measured speed would decide who downloads its other files: warmd
+        starts it before `_for_uv` decides, and waits (`measure_wait` at most) for the verdict.
+
+        Only a host not measured in this process, with two or more files uv could be handed, of which
+        uv would not keep some by itself (`no-store`): for those, only the measurement can send them
+        to uv (`_for_uv`). The file is the one warmd would start first anyway (GPU, then biggest); it
+        stays warmd's, and is needed, so its bytes cross the network once either way.
+        """
+        if self.config.download.downloader != "auto" or not self._no_user_uv_toml():
+            return {}
+        by_host: dict[str, list[Pin]] = defaultdict(list)
+        for pin in self._uv_may_take(need, resumable).values():
+            by_host[host_of(pin.wheel.url)].append(pin)
+        by_host = {h: ps for h, ps in by_host.items() if len(ps) > 1 and self.fetcher.link(h) is None}
+        if not by_host:
+            return {}
+        keeps = self._import_keeps([p for ps in by_host.values() for p in ps])
+        out = {}
+        for pins in by_host.values():
+            if all(keeps[p.wheel.sha256].verdict == "kept" for p in pins):
+                continue  # uv gets them unmeasured (`_for_uv`): nothing to decide
+            first = max(pins, key=lambda p: (is_gpu(p.name), p.wheel.size or 0))
+            out[first.wheel.sha256] = first
+        return out
 
     def _checked_for_uv(self, out: set[str], need: dict[str, Pin], sized: Collection[str], since: float) -> set[str]:
         """Of the wheels `_for_uv` chose, those uv may be handed: uv follows redirects unchecked, so only

@@ -10,13 +10,14 @@ import os
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterator, Mapping, Sequence
 
 from loguru import logger
 
-from ..base import Cancelled, Config, Fetched, Pin, ProgressEvent, ProjectReport, WarmdError, WheelReport
+from ..base import Cancelled, Config, Fetched, Pin, ProgressEvent, ProjectReport, WarmdError, WheelReport, host_of
 from ..plan import Planner, ProjectPlan
 from ..transfer import (
     MIRROR_RETRIES, Fetcher, MirroredFetcher, NetGuard, Store, compare, guard_for, mirror_progress, recorded, trusts,
@@ -25,7 +26,7 @@ from ..transfer import (
 from ..uv import ProbeResult, Project, Uv
 from .admission import admit
 from .feeder import Feeder, Shelf
-from .handover import HandOver
+from .handover import MEASURE_WAIT, HandOver
 from .importer import Importer
 from .in_use import _still_wanted, _used_elsewhere, _using
 from .limits import Room
@@ -70,6 +71,7 @@ class Pipeline(Sourcing, HandOver):
         )
         self._planner = Planner(config, self.uv)
         self._lock = threading.Lock()
+        self.measure_wait = MEASURE_WAIT  # seconds a run waits for a host's verdict (`_to_measure`)
 
     def plan(self, project: Project) -> ProjectPlan:
         """The project's plan (raises InputError on a bad lock or project)."""
@@ -225,6 +227,8 @@ class Pipeline(Sourcing, HandOver):
             transient: set[str] = set()
             checked = functools.partial(self._unchecked, since=since, transient=transient)
             importer = Importer(self._run_import, feeder, shelf, interpreters, checked)
+            measuring: dict[str, Pin] = {}
+            early: ThreadPoolExecutor | None = None
             try:
                 others = {sha: ps[1:] for sha, ps in sources.items() if len(ps) > 1}
                 before = {pl.project: self._probe(pl) for pl in plans}
@@ -247,9 +251,19 @@ class Pipeline(Sourcing, HandOver):
                 urls: defaultdict[str, set[str]] = defaultdict(set)
                 for pin in pins:
                     urls[pin.wheel.sha256].add(pin.wheel.url)
+                single = {sha: pin for sha, pin in need.items() if len(urls[sha]) == 1}
+                # A host whose speed decides who downloads its files is measured on one of them first.
+                measuring = self._to_measure(single, resumable)
+                if measuring:
+                    early, begun = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmd-measure"), threading.Event()
+                    first = early.submit(self._fetch, list(measuring.values()), shelf, others, begun)
+                    deadline = time.monotonic() + self.measure_wait
+                    begun.wait(self.measure_wait)
+                    self.fetcher.wait_links({host_of(p.wheel.url) for p in measuring.values()},
+                                            max(0.0, deadline - time.monotonic()))
                 # withdrawn from warmd's engine: none of these has begun downloading there (another
                 # run of this process may have begun one: it stays warmd's, every byte once)
-                wanted = self._for_uv({sha: pin for sha, pin in need.items() if len(urls[sha]) == 1}, resumable)
+                wanted = self._for_uv({sha: pin for sha, pin in single.items() if sha not in measuring}, resumable)
                 # uv starts on every file it lacks now, and unpacks each while it downloads; those uv
                 # may download itself wait for the pre-flight, the others not.
                 shelf.expect(need.keys() - wanted)
@@ -258,7 +272,10 @@ class Pipeline(Sourcing, HandOver):
                 shelf.expect(wanted - by_uv)
                 importer.start([p for p in pins if p.wheel.sha256 in wanted - by_uv])
                 importer.start([p for p in pins if p.wheel.sha256 in by_uv], direct=True)
-                fetched = self._fetch([pin for sha, pin in need.items() if sha not in by_uv], shelf, others)
+                fetched = self._fetch([pin for sha, pin in need.items() if sha not in by_uv and sha not in measuring],
+                                      shelf, others)
+                if early is not None:
+                    fetched.update(first.result())
                 fetched.update(self._fallback(fetched, need.keys() - by_uv, others, shelf, room, resumable))
                 import_errors = importer.finish()
                 unchecked = importer.unchecked()
@@ -281,8 +298,14 @@ class Pipeline(Sourcing, HandOver):
             except KeyboardInterrupt:
                 self.fetcher.cancel()  # Ctrl-C: downloads stop now (partials stay), not after they end
                 raise
+            except BaseException:
+                for sha in measuring:  # the run failed or was called off: its partial stays for the next
+                    self.fetcher.skip(sha, None)
+                raise
             finally:
                 shelf.close()  # a uv still asking for a file that will not come gets its answer: none
+                if early is not None:
+                    early.shutdown(wait=True)
         return run
 
     def _proof(self, pl: ProjectPlan, run: _Run, feeder: Feeder, shelf: Shelf) -> dict[str, ProbeResult]:

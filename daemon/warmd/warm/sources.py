@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Mapping, Sequence
@@ -13,7 +14,7 @@ from loguru import logger
 
 from ..base import Config, DiskFull, FetchCancelled, Fetched, FetchError, FetchSkipped, Pin, WarmdError, WheelFile
 from ..plan import ProjectPlan, is_gpu
-from ..transfer import MirroredFetcher, Store
+from ..transfer import GrowingFile, MirroredFetcher, Store
 from .feeder import Shelf
 from .limits import Room, over_project_limit
 from .total import held_by_total
@@ -112,15 +113,23 @@ class Sourcing:
         return sources, {sha: why for sha, why in skipped.items() if sha not in sources and sha not in failed}, \
             {sha: why for sha, why in failed.items() if sha not in sources}
 
-    def _fetch(self, pins: list[Pin], shelf: Shelf,
-               others: Mapping[str, Sequence[Pin]] | None = None) -> dict[str, Fetched | WarmdError]:
+    def _fetch(self, pins: list[Pin], shelf: Shelf, others: Mapping[str, Sequence[Pin]] | None = None,
+               begun: threading.Event | None = None) -> dict[str, Fetched | WarmdError]:
         """Fetch these pins' files, offering each to the shelf; a file that failed where `others` (sha256
-        -> its other sources) has another source to try stays expected (`_fallback` tries them)."""
+        -> its other sources) has another source to try stays expected (`_fallback` tries them).
+        `begun` is set once a download has begun or every file has ended."""
         if not pins:
             return {}
         logger.info("fetching {} wheel(s)", len(pins))
 
+        def growing(sha: str, item: GrowingFile) -> None:
+            shelf.offer(sha, item)
+            if begun is not None:
+                begun.set()
+
         def done(sha: str, result: Fetched | WarmdError) -> None:
+            if begun is not None:
+                begun.set()
             if isinstance(result, Fetched):
                 shelf.offer(sha, result.path)
             elif isinstance(result, FetchSkipped) and result.why is None:
@@ -128,7 +137,7 @@ class Sourcing:
             elif not (others and others.get(sha) and _another_source_may_help(result)):
                 shelf.withdraw(sha)
 
-        return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=shelf.offer,
+        return self.fetcher.fetch_many([p.wheel for p in pins], on_done=done, on_growing=growing,
                                        max_parallel_files=self.config.download.parallel_files,
                                        first={p.wheel.sha256.lower() for p in pins if is_gpu(p.name)})
 
