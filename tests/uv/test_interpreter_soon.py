@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from warmd.plan import interpreter_requests
+from warmd.uv import driver
 from warmd.uv import LOCK, PYPROJECT, Project, Uv
 
 VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -27,19 +30,23 @@ def _finds(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def test_a_lookup_started_early_answers_the_next_call_once(tmp_path: Path, uv_bin: Path,
-                                                           uv_environ: dict[str, str], uv_cache: Path) -> None:
+def test_a_lookup_started_early_answers_the_next_call_and_an_answer_holds_a_while(
+        tmp_path: Path, uv_bin: Path, uv_environ: dict[str, str], uv_cache: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     exe, log = _counting_uv(tmp_path, uv_bin)
     uv = Uv(str(exe), cache_dir=uv_cache, env=uv_environ)
-    direct = uv.interpreter(VERSION)
-    assert direct is not None and direct.version == VERSION
     uv.interpreter_soon(VERSION)
     uv.interpreter_soon(VERSION)  # asked twice before anyone took it: still one lookup
     early = uv.interpreter(VERSION)
-    assert early == direct
-    assert len(_finds(log)) == 2  # the direct one and the early one
-    assert uv.interpreter(VERSION) == direct  # taken once: this call looks up again
-    assert len(_finds(log)) == 3
+    assert early is not None and early.version == VERSION
+    assert len(_finds(log)) == 1
+    # every project of a daemon asks the same: the answer holds for FOUND_TTL, early lookups included
+    uv.interpreter_soon(VERSION)
+    assert uv.interpreter(VERSION) == early
+    assert len(_finds(log)) == 1
+    monkeypatch.setattr(driver, "FOUND_TTL", 0.0)  # past it, uv is asked again
+    assert uv.interpreter(VERSION) == early
+    assert len(_finds(log)) == 2
 
 
 def test_a_lookup_nobody_took_never_answers_after_it_is_forgotten(tmp_path: Path, uv_bin: Path,

@@ -58,6 +58,7 @@ _BUILD_DISABLED = re.compile(r"Building source distributions (?:for `([^`]+)` )?
 # Where uv runs when a call is not about a project: a folder no project can own, so uv finds no
 # project's uv.toml or pyproject.toml walking up from it (uv reads the nearest one it finds).
 NEUTRAL = Path("/")
+FOUND_TTL = 60.0  # seconds an interpreter lookup's answer is reused (Uv.interpreter)
 _TIMEOUT_FEEDER = 24 * 3600  # seconds uv may wait on the feeder for a byte (see import_wheels)
 
 
@@ -80,6 +81,8 @@ class Uv:
         # Interpreter lookups started ahead of need (interpreter_soon), by request, each used once.
         self._soon: dict[str | None, tuple[Future[Interpreter | None], cancel.CancelToken]] = {}
         self._soon_lock = threading.Lock()
+        # request -> (when, answer): what uv found for it lately (FOUND_TTL), shared by every project
+        self._found: dict[str | None, tuple[float, Interpreter | None]] = {}
 
     @cached_property
     def exe(self) -> Path:
@@ -193,7 +196,7 @@ class Uv:
         version or specifier). Lookups nobody took are stopped by forget_soon().
         """
         with self._soon_lock:
-            if request in self._soon:
+            if request in self._soon or self._fresh(request) is not None:
                 return
             future: Future[Interpreter | None] = Future()
             token = cancel.CancelToken()
@@ -222,12 +225,24 @@ class Uv:
         Never in a project: uv runs each interpreter it considers to inspect it, and in a project
         folder it considers the project's `.venv` and a path its `.python-version` names (both
         uv versions, tests/test_untrusted.py); `--system` leaves out virtual environments.
+
+        An answer holds for FOUND_TTL seconds: uv inspects every interpreter on PATH for each lookup
+        (0.4-0.6 s where pyenv's shims are), and a daemon planning thousands of projects asks the
+        same few requests of each; a Python installed since is seen a minute later at most.
         """
         with self._soon_lock:
             soon = self._soon.pop(request, None)
-        if soon is not None:
-            return soon[0].result()
-        return self._find(request)
+            found = self._fresh(request)
+        if found is not None:
+            return found[1]
+        answer = soon[0].result() if soon is not None else self._find(request)
+        with self._soon_lock:  # only an answer is kept: a lookup called off raised instead
+            self._found[request] = (time.monotonic(), answer)
+        return answer
+
+    def _fresh(self, request: str | None) -> tuple[float, Interpreter | None] | None:
+        found = self._found.get(request)
+        return found if found is not None and 0 <= time.monotonic() - found[0] < FOUND_TTL else None
 
     def _find(self, request: str | None) -> Interpreter | None:
         # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
