@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ..base import FetchError, Refused, TransportError, Untrusted, WheelFile, redact
-from .connection import Connection, HttpSettings
+from ..base import FetchError, HeaderCheck, Refused, TransportError, Untrusted, WheelFile, redact
+from .connection import Connection, HttpSettings, Response
 from .retry import RetryPolicy, why as failure_text
 
 
@@ -31,6 +32,7 @@ class Asking:
     _stop: threading.Event
     _lock: threading.Lock
     _idle: list[Connection]
+    _seen: dict[str, HeaderCheck]
 
     def sizes(self, wheels: list[WheelFile], *, keep: bool = True) -> dict[str, int | str | None]:
         """What each wheel's index says of its size: sha256 -> bytes; None when it answered without
@@ -65,8 +67,17 @@ class Asking:
         403: storage that signs GETs only), a GET of the first byte (`Range: bytes=0-0`, the size in
         its Content-Range). Every redirect hop is the guard's (a success records the chain as passed,
         NetGuard.passed). `retry`: with a download's retries for a fault that waiting may mend.
-        `keep`: keep the connections for the downloads that follow."""
+        `keep`: keep the connections for the downloads that follow. A success's headers join the
+        engine's `seen` (a download's own first answer, where there is one, stays): whether uv keeps
+        the file is known before anyone downloads it (HandOver._checked_for_uv)."""
         settings = dataclasses.replace(self.settings, timeout=min(self.settings.timeout, 5.0))
+
+        def record(url: str, resp: Response, method: str, size: int | None) -> None:
+            seen = HeaderCheck(url=redact(url), status=resp.status, cache_control=resp.header("cache-control"),
+                               etag=resp.header("etag"), last_modified=resp.header("last-modified"),
+                               content_length=size, method=method, checked_at=time.time())
+            with self._lock:
+                self._seen.setdefault(seen.url, seen)
 
         def once(conn: Connection, url: str) -> tuple[int, int | None]:
             """(the status that settles it, the size it gave or None)."""
@@ -75,7 +86,10 @@ class Asking:
             resp.close()
             length = resp.header("content-length") or ""
             if resp.status == 200 and length.isdigit():
+                record(url, resp, "HEAD", int(length))
                 return 200, int(length)
+            if resp.status == 200:
+                record(url, resp, "HEAD", None)
             if not first_byte or resp.status not in (200, 403, 405, 501):
                 return (200 if resp.status in (405, 501) else resp.status), None
             resp = conn.request("GET", url, {"Range": "bytes=0-0"})
@@ -84,9 +98,12 @@ class Asking:
                 resp.readinto(memoryview(bytearray(1)))  # and the end of the body
                 resp.close()
                 total = (resp.header("content-range") or "").rpartition("/")[2].strip()
+                record(url, resp, "GET-range", int(total) if total.isdigit() else None)
                 return 200, int(total) if total.isdigit() else None
             resp.close()  # a 200 brings the whole file: the connection is dropped unread
             length = resp.header("content-length") or ""
+            if resp.status == 200:
+                record(url, resp, "GET", int(length) if length.isdigit() else None)
             return (200, int(length) if length.isdigit() else None) if resp.status == 200 else (resp.status, None)
 
         def one(url: str) -> tuple[str, Asked]:

@@ -93,6 +93,29 @@ class HandOver:
                 and mirror_for(self.config.mirrors, pin.wheel.url) is None
                 and self.guard.for_uv(pin.wheel.url, index=pin.index).ok}
 
+    def _ask_unknown(self, need: dict[str, Pin], resumable: set[str]) -> set[str]:
+        """Ask now each URL uv could be handed whose index nothing has said of yet, on a host not
+        measured: its answer (Fetcher.ask records the headers) says whether uv keeps the file, which
+        decides who downloads it (`_to_measure`, `_for_uv`). This is the pre-flight `_checked_for_uv`
+        would send anyway, sent earlier; returns the URLs whose answer confirmed the lock's size
+        (`sized`: it is not asked again).
+
+        Without it a first run took PyPI's files for ones uv may not keep: it measured the host on the
+        biggest file, and that file crossed warmd's engine, its sha256 and the feeder before uv
+        unpacked it; before that measurement, every file did."""
+        if self.config.download.downloader != "auto":
+            return set()  # "uv": every host is fast, and an unknown file goes to uv; "warmd": none does
+        may = self._uv_may_take(need, resumable)
+        keeps = self._import_keeps(may.values())
+        unknown = [p for sha, p in may.items()
+                   if keeps[sha].verdict == "unknown" and self.fetcher.link(host_of(p.wheel.url)) is None]
+        if not unknown:
+            return set()
+        said = self.fetcher.ask([p.wheel.url for p in unknown], keep=False)
+        return {p.wheel.url for p in unknown
+                if (a := said.get(p.wheel.url)) is not None and a.status == 200 and a.size is not None
+                and a.size == p.wheel.size}
+
     def _to_measure(self, need: dict[str, Pin], resumable: set[str]) -> dict[str, Pin]:
         """One file per host whose measured speed would decide who downloads its other files: warmd
         starts it before `_for_uv` decides, and waits (`measure_wait` at most) for the verdict.

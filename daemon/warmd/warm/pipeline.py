@@ -252,6 +252,8 @@ class Pipeline(Sourcing, HandOver):
                 for pin in pins:
                     urls[pin.wheel.sha256].add(pin.wheel.url)
                 single = {sha: pin for sha, pin in need.items() if len(urls[sha]) == 1}
+                # Whether uv keeps the files of an index nothing has said of yet: their pre-flight, now.
+                sized = {*sized, *self._ask_unknown(single, resumable)}
                 # A host whose speed decides who downloads its files is measured on one of them first.
                 measuring = self._to_measure(single, resumable)
                 if measuring:
