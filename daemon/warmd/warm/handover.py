@@ -13,7 +13,7 @@ from loguru import logger
 from packaging.utils import canonicalize_name
 
 from ..base import Config, HeaderCheck, Link, Pin, ProgressEvent, SkippedReport, WarmdError, host_of, redact
-from ..plan import ProjectPlan, is_gpu
+from ..plan import ProjectPlan
 from ..transfer import MirroredFetcher, NetGuard, Store, mirror_for
 from ..uv import Keep, Uv, norm_url, uv_keeps, uv_toml_files
 from .proof import _probe_python
@@ -29,6 +29,9 @@ _SLOW_STREAM = 32 * 2**20
 # verdict takes about half a second of transfer (segments.py, MEASURE and the trial after it), plus
 # the connection and the first byte.
 MEASURE_WAIT = 3.0
+# A file this big outlasts a verdict on any host warmd judges (segments.py: 16 MiB settle "fast"; a
+# capped stream of a few MiB/s gives its verdict within its first ~10 MiB).
+MEASURABLE = 64 * 2**20
 _UV_DOWNLOADED = re.compile(r"^\s*Downloaded\s+(\S+)")  # uv's line as each wheel it fetched is in
 
 
@@ -122,8 +125,12 @@ class HandOver:
 
         Only a host not measured in this process, with two or more files uv could be handed, of which
         uv would not keep some by itself (`no-store`): for those, only the measurement can send them
-        to uv (`_for_uv`). The file is the one warmd would start first anyway (GPU, then biggest); it
-        stays warmd's, and is needed, so its bytes cross the network once either way.
+        to uv (`_for_uv`). The file measured stays warmd's, and is needed, so its bytes cross the
+        network once either way. It is the smallest that is big enough to settle a verdict
+        (`MEASURABLE`), else the biggest: on a fast host the big files then go to uv, which unpacks
+        them as they arrive instead of after warmd's pass over them (bench rows 4a/4b); on a capped one
+        the biggest starts wide once the verdict is in, about as soon as its own measurement would
+        have let it.
         """
         if self.config.download.downloader != "auto" or not self._no_user_uv_toml():
             return {}
@@ -138,7 +145,8 @@ class HandOver:
         for pins in by_host.values():
             if all(keeps[p.wheel.sha256].verdict == "kept" for p in pins):
                 continue  # uv gets them unmeasured (`_for_uv`): nothing to decide
-            first = max(pins, key=lambda p: (is_gpu(p.name), p.wheel.size or 0))
+            big = [p for p in pins if (p.wheel.size or 0) >= MEASURABLE]
+            first = min(big, key=lambda p: p.wheel.size or 0) if big else max(pins, key=lambda p: p.wheel.size or 0)
             out[first.wheel.sha256] = first
         return out
 
