@@ -14,8 +14,10 @@ from tests.support.cli import run_warmd, status_json
 from tests.support.config import OFFLINE_PACKAGES, write_warmd_config
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, torch_like_set
-from warmd.base import Pin, WheelFile, human_bytes
-from warmd.warm import Candidate, last_used, over_total
+from warmd.base import Pin, ProjectReport, WheelFile, WheelReport, human_bytes
+from warmd.state import State
+from warmd.warm import Candidate, last_used, outcome_of, over_total
+from warmd.warm.total import held_by_total
 
 MiB = 2**20
 DAY = 86400.0
@@ -176,3 +178,40 @@ def test_the_cap_counts_each_file_once_and_a_file_left_out_stays_out_for_every_p
                 "project(s) used more recently and this one come to 15 B; raise it to 15 B to warm this project "
                 "whole; nothing was downloaded for it") == past[Path(project)][of_c.wheel.sha256]
     assert over_total([Candidate(Path("/a"), [torch], used=1.0)], cap=None) == {}
+
+
+def test_a_cap_everything_fits_under_holds_nothing_and_one_byte_less_weighs_every_project(tmp_path: Path) -> None:
+    """The daemon asks the cap on every run: while every file of the run and of every recorded project
+    fits, nothing is held (each file counted once, however many projects pin it: `pinned_sizes`);
+    one byte less, and the projects are weighed as ever, the least recently used one losing its file."""
+    state = State.open(tmp_path / "state")
+    shared, own_a, own_b = (_sized_pin(n, "a" * 63 + c, 1000 * (i + 1)) for i, (n, c) in
+                            enumerate((("filelock", "1"), ("torch", "2"), ("triton", "3"))))
+    now = time.time()
+    projects = {}
+    for name, own, age in (("a", own_a, 1 * DAY), ("b", own_b, 2 * DAY)):
+        folder = tmp_path / name
+        folder.mkdir()
+        lock = folder / "uv.lock"
+        lock.write_text("version = 1\n")
+        _age(lock, modified=now - age)
+        projects[name] = folder
+        report = ProjectReport(project=folder, lock=lock, variant="cu128", python=("3.11",),
+                               wheels=(WheelReport(shared, "warm"), WheelReport(own, "warm")))
+        state.record_report(report, outcome_of(report))
+    assert state.pinned_sizes() == {p.wheel.sha256: p.wheel.size for p in (shared, own_a, own_b)}
+    every = 1000 + 2000 + 3000
+    plan = [(projects["a"], [shared, own_a], {})]
+    assert held_by_total(plan, {}, cap=every, per_project=None, state=state) == {projects["a"]: {}}
+    assert held_by_total(plan, {}, cap=every - 1, per_project=None, state=state) == {projects["a"]: {}}
+    later = [(projects["b"], [shared, own_b], {})]  # b was used last: its own file is the one past the cap
+    (why,) = held_by_total(later, {}, cap=every - 1, per_project=None, state=state)[projects["b"]].values()
+    assert "past `[limits] total`" in why
+    state.close()
+
+
+def _sized_pin(name: str, sha: str, size: int) -> Pin:
+    return Pin(name=name, version="1", index="https://example.invalid/simple/",
+               wheel=WheelFile(url=f"https://example.invalid/{name}-1-py3-none-any.whl",
+                               filename=f"{name}-1-py3-none-any.whl", sha256=sha, size=size),
+               python="3.11", platform="any")

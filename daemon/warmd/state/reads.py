@@ -51,6 +51,13 @@ class Reads(Connection):
             ).fetchall()
         return [(Path(r[0]), _pin(r[1:])) for r in rows]
 
+    def pinned_sizes(self) -> dict[str, int]:
+        """sha256 -> size of every file a recorded pin gives a size for, each file once (however many
+        projects pin it: one row per file, not per pin)."""
+        with self._lock:
+            rows = self._db.execute("SELECT sha256, MAX(size) FROM pins WHERE size IS NOT NULL GROUP BY sha256").fetchall()
+        return {r[0]: r[1] for r in rows}
+
     def ahead_files(self) -> list[AheadFile]:
         """Every wheel the look-ahead warmed that is still tracked, oldest first."""
         with self._lock:

@@ -106,12 +106,12 @@ def held_by_total(plans: Sequence[tuple[Path, Sequence[Pin], Mapping[str, int]]]
     pins whose lock gives none) of this run; every other project the state knows, whose uv.lock is
     still there, is weighed by the pins and sizes recorded at its last run (what its own per-project
     limit keeps out not counted)."""
-    if cap is None:
-        return {p: dict(h) for p, h in held.items()}
+    mine = {project for project, _pins, _sizes in plans}
+    if cap is None or _all_fit(plans, cap, state):
+        return {project: dict(held.get(project, {})) for project in mine | set(held)}
     now = time.time()
     candidates = [Candidate(project, [p for p in pins if p.wheel.sha256 not in held.get(project, {})],
                             last_used(project, now=now), sizes) for project, pins, sizes in plans]
-    mine = {project for project, _pins, _sizes in plans}
     if state is not None:
         recorded: defaultdict[Path, list[Pin]] = defaultdict(list)
         for project, pin in state.all_pins():
@@ -125,6 +125,19 @@ def held_by_total(plans: Sequence[tuple[Path, Sequence[Pin], Mapping[str, int]]]
                                         last_used(project, now=now)))
     past = over_total(candidates, cap)
     return {project: {**held.get(project, {}), **past.get(project, {})} for project in mine | set(held)}
+
+
+def _all_fit(plans: Sequence[tuple[Path, Sequence[Pin], Mapping[str, int]]], cap: int, state: State | None) -> bool:
+    """Whether every file of this run's plans and of every recorded pin fits under the cap together:
+    then the cap holds nothing back, and no project needs weighing. What a daemon of thousands of
+    projects asks on every run; one row per file, not per pin, and no project's files looked at.
+    An upper bound of what `over_total` counts (gone projects and the per-project limit only lower it)."""
+    sizes = state.pinned_sizes() if state is not None else {}
+    for _project, pins, learned in plans:
+        for pin in pins:
+            if (n := size_of(pin, learned)) is not None:
+                sizes[pin.wheel.sha256] = max(n, sizes.get(pin.wheel.sha256, 0))
+    return sum(sizes.values()) <= cap
 
 
 def limit_knob(reason: str | None) -> str | None:
