@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,7 +275,7 @@ def test_one_inotify_thread_whatever_the_folders(tmp_path: Path, calls: Calls) -
     root = tmp_path / "code"
     for i in range(300):
         _project(root / f"g{i % 10}" / f"p{i:03d}")
-    before = threads()
+    before, before_py = threads(), set(threading.enumerate())
     w = ProjectWatcher([root], max_depth=3, ignore=DEFAULT_IGNORED_DIRS, debounce=0.2, on_change=calls.change,
                        on_new_project=calls.new)
     try:
@@ -286,7 +287,9 @@ def test_one_inotify_thread_whatever_the_folders(tmp_path: Path, calls: Calls) -
         assert calls.next() == ("change", p)
     finally:
         w.stop()
-    assert threads() == before
+    # Once joined, a thread can still be listed in /proc for a moment while its OS thread unwinds
+    # (a loaded machine stretches that moment); Python's own list is exact after the join.
+    assert set(threading.enumerate()) - before_py == set()
 
 
 def test_uv_cache_clean_is_seen(tmp_path: Path, uv_bin: Path) -> None:
