@@ -389,11 +389,11 @@ class _Handler(BaseHTTPRequestHandler):
         if stall and not self._stall(stall):
             self.close_connection = True
             return
-        owner._transfer_begin()
+        owner._transfer_begin(wheel.filename)
         try:
             self._send_body(body, start, length)
         finally:
-            owner._transfer_end()
+            owner._transfer_end(wheel.filename)
         if drop is not None:
             # abrupt end mid-body: FIN after the n bytes, no more data for this response
             _shutdown(self.connection)
@@ -572,6 +572,8 @@ class IndexServer:
         self._conn_serial = 0
         self._active = 0
         self.peak_transfers = 0  # most wheel bodies being sent at once since reset_counters()
+        self._active_of: dict[str, int] = {}
+        self._peak_of: dict[str, int] = {}
         self._refused = 0
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -707,12 +709,18 @@ class IndexServer:
         """Wheel bytes written (bodies of 200/206 answers to .whl requests, dropped ones included)."""
         return sum(h.body_bytes for h in self.wheel_hits(filename) if h.status in (200, 206))
 
+    def peak_of(self, filename: str) -> int:
+        """Most bodies of one wheel file being sent at once since reset_counters()."""
+        with self._lock:
+            return self._peak_of.get(filename, 0)
+
     def reset_counters(self) -> None:
         """Forget recorded hits, the transfer peak and the refused handshakes."""
         self.settle()
         with self._lock:
             self._hits.clear()
             self.peak_transfers = 0
+            self._peak_of.clear()
             self._refused = 0
 
     # -- internals used by the handler ----------------------------------------------------
@@ -752,14 +760,17 @@ class IndexServer:
             self._inflight -= 1
             self._settled.notify_all()
 
-    def _transfer_begin(self) -> None:
+    def _transfer_begin(self, filename: str) -> None:
         with self._lock:
             self._active += 1
             self.peak_transfers = max(self.peak_transfers, self._active)
+            n = self._active_of[filename] = self._active_of.get(filename, 0) + 1
+            self._peak_of[filename] = max(self._peak_of.get(filename, 0), n)
 
-    def _transfer_end(self) -> None:
+    def _transfer_end(self, filename: str) -> None:
         with self._lock:
             self._active -= 1
+            self._active_of[filename] -= 1
 
     def _lookup_file(self, folder: str, filename: str) -> _Wheel | None:
         with self._lock:

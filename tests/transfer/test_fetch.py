@@ -181,6 +181,27 @@ def test_a_host_found_capped_starts_its_next_file_wide_from_the_first_request(tm
         assert len({h.conn for h in gets}) == 4, gets
 
 
+def test_the_last_file_of_a_capped_host_takes_over_the_connections_of_those_that_ended(tmp_path: Path) -> None:
+    """On a host that caps each connection, a big file left alone inherits a finished file's
+    connections; the host never sees more at once than while both ran."""
+    with IndexServer(rate_limit=4 * MiB) as server:
+        probe, small, big = (_wheel(server, tmp_path, name, size=size, seed=i)
+                             for i, (name, size) in enumerate([("probe", 8 * MiB), ("small", 1 * MiB),
+                                                               ("big", 24 * MiB)]))
+        with _fetcher(Store(tmp_path / "store"), connections=2) as f:
+            f.fetch(probe)
+            assert f.link("127.0.0.1") is not None and f.link("127.0.0.1").kind == "capped"
+            server.reset_counters()
+            got = f.fetch_many([small, big])
+        for w in (small, big):
+            _check(f.store, w, got[w.sha256])  # type: ignore[arg-type]
+        # the small file ends within a quarter of a second at 8 MiB/s; the big one needs three
+        assert server.peak_of(small.filename) == 2
+        assert server.peak_of(big.filename) == 4
+        assert server.peak_transfers == 4
+        assert big.size <= server.bytes_served(big.filename) <= big.size + 64 * KiB
+
+
 def test_a_file_whose_download_began_is_not_withdrawn_one_still_queued_is(tmp_path: Path,
                                                                          slow_server: IndexServer) -> None:
     """withdraw() hands another downloader only files no byte of which has crossed the network."""

@@ -160,3 +160,16 @@ def test_pieces_are_handed_out_front_first_and_a_long_one_shortened() -> None:
     assert (first.end, whole.remaining()) == (14 * MiB, 50 * MiB)
     nxt = whole.take(2 * MiB)
     assert (nxt.start, nxt.end) == (14 * MiB, 16 * MiB)
+
+
+def test_a_wide_file_that_ends_leaves_its_connections_to_the_hosts_other_wide_files() -> None:
+    meter = HostMeter()
+    ending, left, alone = Width(4, "capped", meter=meter), Width(4, "capped", meter=meter), Width(4, "shared", meter=meter)
+    for _ in range(3):
+        meter.join()
+    meter.leave(ending)
+    assert (left.most, left.wanted(), alone.wanted()) == (8, 8, 1)  # a shared link gains nothing from more
+    assert left.received(MiB, 2 * MiB, False) == 2  # no more connections than pieces left to give them
+    assert left.received(MiB, 64 * MiB, False) == 0  # a grant is opened once
+    meter.leave(left)
+    assert alone.most == 4

@@ -113,14 +113,16 @@ class Pieces:
 
 
 class HostMeter:
-    """The bytes every file of one host received, how many of them are downloading, and which one
-    of them measures the host (one at a time: two trials at once would each see the other's streams)."""
+    """The bytes every file of one host received, how many of them are downloading, which one of
+    them measures the host (one at a time: two trials at once would each see the other's streams),
+    and which use every connection they may (a host that caps each connection)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.total = 0
         self.streams = 0  # files of the host downloading now
         self._measurer: object | None = None
+        self._wide: list[Width] = []
 
     def add(self, n: int) -> int:
         """`n` more bytes arrived from the host; returns the total so far."""
@@ -133,12 +135,31 @@ class HostMeter:
         with self._lock:
             self.streams += 1
 
+    def widened(self, width: Width) -> None:
+        """`width` now uses every connection it may."""
+        with self._lock:
+            if width not in self._wide:
+                self._wide.append(width)
+
     def leave(self, width: object) -> None:
-        """A file of the host stopped downloading (it may have been the one measuring)."""
+        """A file of the host stopped downloading (it may have been the one measuring).
+
+        The connections a wide file used go to the host's files still downloading wide: on a host
+        that caps each connection the last file (often the biggest) would otherwise end alone on
+        its own few, and the host never sees more connections at once than while both ran.
+        """
         with self._lock:
             self.streams = max(0, self.streams - 1)
             if self._measurer is width:
                 self._measurer = None
+            if width not in self._wide:
+                return
+            self._wide.remove(width)
+            heirs = list(self._wide)
+        if heirs:
+            freed = width.most  # type: ignore[attr-defined]
+            for i, heir in enumerate(heirs):
+                heir.grant(freed // len(heirs) + (1 if i < freed % len(heirs) else 0))
 
     def claim(self, width: object) -> bool:
         """True when `width` measures the host: it already does, or nobody does."""
@@ -190,6 +211,9 @@ class Width:
         self._extra = 1  # connections the trial adds (as many as the host had)
         self._adopted: str | None = None  # a verdict another file of the host found, not acted on yet
         self._cut_first = False  # the first stream's open-ended request must make room (adopted "capped")
+        self._granted = 0  # connections a finished file of the host left to this one, not opened yet
+        if self.state == "wide":
+            self.meter.widened(self)
 
     def adopt(self, verdict: str) -> None:
         """Another file of the same host found what it is like: a file still measuring follows it."""
@@ -202,6 +226,13 @@ class Width:
         """One stream's best rate, bytes/s, as measured so far (0 before a measurement)."""
         with self._lock:
             return self._rate1 / self._streams1 if self._rate1 else self._best / max(1, self.meter.streams)
+
+    def grant(self, n: int) -> None:
+        """`n` more connections for this file: another file of the host ended (HostMeter.leave)."""
+        with self._lock:
+            if self.state == "wide" and n > 0:
+                self.most += n
+                self._granted += n
 
     def cut_first(self) -> bool:
         """Once, after adopting "capped": the running stream must shorten its piece for the others."""
@@ -250,9 +281,14 @@ class Width:
                 self.meter.release(self)
                 if kind == "capped" and self.most > 1:
                     self.state, self._cut_first = "wide", True
+                    self.meter.widened(self)
                     return self.most - 1
                 self.state = "single"
                 return 0
+            if self.state == "wide" and self._granted:
+                # a connection is worth opening only while there is a piece left to give it
+                add, self._granted = min(self._granted, remaining // self._min_piece), 0
+                return add
             if self.state not in ("measure", "trial"):
                 return 0
             if self.state == "measure" and not self.meter.claim(self):
@@ -297,6 +333,8 @@ class Width:
                 add = max(0, self.most - 1 - self._extra) if capped else 0
             if self.state in ("single", "wide"):
                 self.meter.release(self)
+            if self.state == "wide":
+                self.meter.widened(self)
         if verdict is not None:
             self._on_verdict(verdict)
         return add
