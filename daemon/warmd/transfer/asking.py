@@ -106,29 +106,43 @@ class Asking:
                 record(url, resp, "GET", int(length) if length.isdigit() else None)
             return (200, int(length) if length.isdigit() else None) if resp.status == 200 else (resp.status, None)
 
+        # One connection per worker, kept alive from one URL to the next: a lock's files mostly share
+        # a host, and a handshake per HEAD would cost each question two more round trips.
+        mine = threading.local()
+        made: list[Connection] = []
+        made_lock = threading.Lock()
+
+        def connection() -> Connection:
+            conn = getattr(mine, "conn", None)
+            if conn is None:
+                conn = mine.conn = Connection(settings)
+                with made_lock:
+                    made.append(conn)
+            return conn
+
+        def drop() -> None:  # a connection that failed or was left mid-answer is not asked again
+            conn, mine.conn = getattr(mine, "conn", None), None
+            if conn is not None:
+                with made_lock:
+                    made.remove(conn)
+                conn.close()
+
         def one(url: str) -> tuple[str, Asked]:
             failures = 0
             while True:
-                conn = Connection(settings)
+                conn = connection()
                 try:
                     status, size = once(conn, url)
                 except (Untrusted, Refused) as exc:  # no retry mends a certificate, or the guard's refusal
-                    conn.close()
+                    drop()
                     return url, Asked(None, None, failure_text(exc), mendable=False)
                 except (TransportError, FetchError) as exc:
-                    conn.close()
+                    drop()
                     status, error = None, failure_text(exc)
                 else:
                     if status == 200:
-                        if not keep:
-                            conn.close()
-                            return url, Asked(200, size)
-                        # the first downloads go to the same host: they start on this connection, TLS done
-                        conn.retime(self.settings.timeout)
-                        with self._lock:
-                            self._idle.append(conn)
                         return url, Asked(200, size)
-                    conn.close()
+                    drop()
                     error = f"HTTP {status}"
                     if status not in (408, 429) and status < 500:
                         return url, Asked(status, None, f"{error} ({redact(url)})", mendable=False)
@@ -143,5 +157,14 @@ class Asking:
         urls = list(dict.fromkeys(urls))
         if not urls:
             return {}
-        with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="warmd-head") as pool:
-            return dict(pool.map(one, urls))
+        try:
+            with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="warmd-head") as pool:
+                return dict(pool.map(one, urls))
+        finally:
+            for conn in made:
+                if keep:  # the first downloads go to the same hosts: they start on these, TLS done
+                    conn.retime(self.settings.timeout)
+                    with self._lock:
+                        self._idle.append(conn)
+                else:
+                    conn.close()

@@ -324,6 +324,12 @@ class Connection:
         private = any(address_class(a) is not None for x in addresses if (a := literal(x)) is not None)
         return addresses, private
 
+    @property
+    def reusable(self) -> bool:
+        """Open, between requests, and never interrupted: another request may go out on it."""
+        with self._lock:
+            return self._http is not None and self._http.sock is not None and not self._interrupted
+
     def retime(self, timeout: float) -> None:
         """Use `timeout` from now on, for this connection's open socket too (a connection handed on)."""
         self.settings = dataclasses.replace(self.settings, timeout=timeout)

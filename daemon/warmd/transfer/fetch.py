@@ -83,7 +83,8 @@ class Fetcher(HostLinks, Asking):
         self._seen: dict[str, HeaderCheck] = {}  # URL -> the first answer of its last download, until taken
         self._pending: Counter[str] = Counter()  # host -> its files in fetch_many() calls not ended yet
         self._conns: set[Connection] = set()
-        self._idle: list[Connection] = []  # kept alive by the size requests, for the first downloads
+        self._idle: list[Connection] = []  # kept alive by size requests and ended downloads, for the next
+        self._users = 0  # fetch() and fetch_many() calls under way: the last one closes `_idle`
         self._links: dict[str, Link] = {}  # host -> what its last measured download found
         self._meters: dict[str, HostMeter] = {}  # host -> the bytes its files bring, for measuring it
         self._last_emit: dict[str, float] = {}
@@ -158,6 +159,11 @@ class Fetcher(HostLinks, Asking):
         `on_growing` receives the file while it downloads; it may be read up to all but
         `holdback` bytes before it verified (None: nothing before it verified).
         """
+        with self._in_use():
+            return self._fetch(wheel, on_growing, holdback)
+
+    def _fetch(self, wheel: WheelFile, on_growing: Callable[[GrowingFile], None] | None,
+               holdback: int | None) -> Fetched:
         sha = wheel.sha256.lower()
         scheme = urllib.parse.urlsplit(wheel.url).scheme.lower()
         if scheme not in ("http", "https"):
@@ -245,6 +251,7 @@ class Fetcher(HostLinks, Asking):
                     logger.exception("{}: on_done callback failed", w.filename)
 
         try:
+            self._enter()
             # The PyTorch index's locks carry no sizes: ask the server (HEAD, in parallel) where it is silent.
             sizes = self._sizes([w for sha, w in unique.items() if w.size is None and not self.store.has(sha)])
             known = {sha: n for sha, n in sizes.items() if isinstance(n, int)}
@@ -255,11 +262,28 @@ class Fetcher(HostLinks, Asking):
         finally:
             for sha in list(unique):
                 end(sha)  # files a failure kept from starting
-            with self._lock:  # what no download took (a daemon's Fetcher lives for months)
-                idle, self._idle = self._idle, []
-            for c in idle:
-                c.close()
+            self._leave()
         return results
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def _leave(self) -> None:
+        # The last fetch to end closes the connections kept idle: a daemon's Fetcher lives for months.
+        with self._lock:
+            self._users -= 1
+            idle, self._idle = (self._idle, []) if self._users == 0 else ([], self._idle)
+        for c in idle:
+            c.close()
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -340,6 +364,9 @@ class Fetcher(HostLinks, Asking):
 
     def _open_conn(self) -> Connection:
         with self._lock:
+            # one opened before use_guard() is not checked by the guard: it is not handed on
+            while self._idle and self._idle[-1].settings.guard is not self.settings.guard:
+                self._idle.pop().close()
             conn = self._idle.pop() if self._idle else Connection(self.settings)
             self._conns.add(conn)
         if self._stop.is_set():
@@ -347,9 +374,15 @@ class Fetcher(HostLinks, Asking):
         return conn
 
     def _close_conn(self, conn: Connection) -> None:
+        # A connection whose last answer was read to its end serves the next file (most share a
+        # host) without a new handshake; fetch_many closes what is left idle when it ends.
+        keep = conn.reusable and not self._stop.is_set()
         with self._lock:
             self._conns.discard(conn)
-        conn.close()
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
 
     # -- progress ---------------------------------------------------------------------------------
 
