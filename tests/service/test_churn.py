@@ -79,7 +79,7 @@ class Status:
 def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path, uv_bin: Path, uv_cache: Path,
                                                 uv_environ: dict[str, str], notify: NotifySocket) -> None:
     root = tmp_path / "code"
-    daemon_tmp = tmp_path / "daemon-tmp"  # the daemon's TMPDIR: its scratch folders, and their litter
+    daemon_tmp = tmp_path / "daemon-tmp"  # the daemon's TMPDIR and memory folder: its scratch folders, and their litter
     daemon_tmp.mkdir()
     with IndexServer(vouched=True) as server:
         old = torch_like_set(server, wheel_dir, "cu128", size=64 * KiB, pythons=("cp311",))
@@ -94,7 +94,8 @@ def test_the_daemon_tells_the_truth_under_churn(tmp_path: Path, wheel_dir: Path,
         cfg = write_warmd_config(tmp_path, uv_bin, uv_cache, extra=[
             f"roots = {json.dumps([str(root)])}", 'recheck-interval = "1h"', "retry-delay = 1",
             "[download]", "retries = 1", "[watch]", "debounce = 0.1"])
-        env = dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1", TMPDIR=str(daemon_tmp))
+        env = dict(uv_environ, NOTIFY_SOCKET=str(notify.path), PYTHONUNBUFFERED="1", TMPDIR=str(daemon_tmp),
+                   XDG_RUNTIME_DIR=str(daemon_tmp))
         status = Status(cfg, uv_environ)
         runs: list[DaemonProcess] = []
         try:

@@ -51,10 +51,12 @@ def uv_cache_held(cache: Path) -> Iterator[None]:
 
 @pytest.fixture
 def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A TMPDIR of this test's own, for this process and the warmd it starts."""
+    """A TMPDIR of this test's own, for this process and the warmd it starts; its memory folder too
+    (XDG_RUNTIME_DIR: where the per-project uv calls get theirs)."""
     folder = tmp_path / "tmpdir"
     folder.mkdir()
     monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
     return folder
 
@@ -157,7 +159,7 @@ def test_a_lock_swapped_under_a_prefetch_is_warmed_for_the_new_pins_never_report
     # The same project re-locked elsewhere with the new torch: its files are what `uv lock` writes.
     other = locked_project(tmp_path / "elsewhere", "app", server=index_server, ws=new, uv=uv_bin, env=uv_environ)
     cfg = write_warmd_config(tmp_path, uv_bin, uv_cache)
-    env = dict(uv_environ, TMPDIR=str(own_tmp))
+    env = dict(uv_environ, TMPDIR=str(own_tmp), XDG_RUNTIME_DIR=str(own_tmp))
     with uv_cache_held(uv_cache), scratch_made(own_tmp) as made:
         proc = subprocess.Popen(warmd_argv(cfg, "prefetch", app, "--json"), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -264,6 +266,8 @@ def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
         t.join(WAIT)
     assert len(caught) == 1 and isinstance(caught[0], UvError), caught
     assert str(caught[0]) == "uv could not import 1 wheel(s) for Python 3.11: uv was stopped by SIGHUP"
+    for remover in [t for t in threading.enumerate() if t.name == "warmd-scratch-rm"]:
+        remover.join(WAIT)  # the import's folder (in own_tmp: it is the memory folder too) goes in a thread
     assert _litter(own_tmp) == []
 
 

@@ -99,12 +99,17 @@ class Uv:
 
     def _run(self, args: Sequence[str], *, cwd: Path = NEUTRAL, env: Mapping[str, str] | None = None,
              timeout: float = _TIMEOUT, pass_fds: Sequence[int] = (), on_line: Callable[[str], None] | None = None,
-             pin_cache: bool = True) -> subprocess.CompletedProcess[str]:
+             pin_cache: bool = True, memory: bool = False) -> subprocess.CompletedProcess[str]:
         """Run uv in `cwd` (a project's folder only for calls about that project); a run called off
         (cancel.Cancelled) stops it at once and raises instead of answering.
 
         `on_line` is handed each line uv prints (stdout and stderr, merged into stderr), as it prints it.
         `pin_cache`: name uv's cache explicitly (env beats a project's `cache-dir`, both uv versions).
+        `memory`: uv's TMPDIR in memory (scratch.memory_dir()) where there is one. For the small
+        offline calls made for every project (export, probe, python find): each makes and removes
+        a dozen files and folders there, and on a disk that churn costs every later file creation
+        (ext4 without a journal skips inodes freed in the last minutes: bench row 13 grew with the
+        projects done). Never for a call that may stage a wheel's bytes in TMPDIR.
         """
         cmd = [str(self.exe), *args]
         # A project's `python-downloads = "automatic"` (and its `python-install-mirror`) loses to this.
@@ -118,9 +123,10 @@ class Uv:
         # warmd's, removed after uv however it ended: a uv killed mid-run cannot remove its own.
         with contextlib.ExitStack() as stack:
             try:
-                tmp = stack.enter_context(scratch.folder("uv"))
+                tmp = stack.enter_context(scratch.folder("uv", memory=memory))
             except OSError as exc:
-                raise UvError(f"cannot make a scratch folder for uv in {tempfile.gettempdir()}: {exc}") from None
+                where = (scratch.memory_dir() if memory else None) or tempfile.gettempdir()
+                raise UvError(f"cannot make a scratch folder for uv in {where}: {exc}") from None
             full_env["TMPDIR"] = str(tmp.path)
             # uv holds the folder's lock too: a uv outliving a killed warmd keeps it from the sweep
             return self._child(cmd, args, cwd=cwd, env=full_env, timeout=timeout,
@@ -247,7 +253,7 @@ class Uv:
     def _find(self, request: str | None) -> Interpreter | None:
         # --no-cache: a throw-away cache, so planning never writes interpreter facts into the user's.
         args = ["python", "find", "--no-cache", "--system"] + ([request] if request else [])
-        out = self._run(args, timeout=120)
+        out = self._run(args, timeout=120, memory=True)
         if out.returncode < 0:  # stopped by someone else (warmd's own stop raised Cancelled): no answer
             raise UvError(f"`uv python find` did not answer: {uv_reason(out)}")
         if out.returncode != 0 or not out.stdout.strip():
@@ -275,7 +281,7 @@ class Uv:
         # --no-build: it builds nothing as it is (DESIGN.md fact 14); a later uv must not either.
         out = self._run(["export", "--frozen", "--offline", "--no-cache", "--no-build", "--format",
                          "requirements-txt", "--no-emit-project", "--no-header", "--no-annotate", *flags],
-                        cwd=project, timeout=600)
+                        cwd=project, timeout=600, memory=True)
         if out.returncode != 0:
             raise LockError(f"{project / 'uv.lock'}: uv cannot plan a sync of it ({' '.join(flags) or 'no flags'}): "
                             f"{uv_reason(out)}")
@@ -437,10 +443,10 @@ class Uv:
                     flags: Sequence[str]) -> tuple[int, set[str]] | str:
         args = ["sync", "--frozen", "--dry-run", "--offline", "--no-build", "--no-install-workspace", f"--python={python}",
                 *flags, *(f"--no-install-package={name}" for name in exclude)]
-        with scratch.folder("probe") as work:
+        with scratch.folder("probe", memory=True) as work:
             # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
             out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv")}, timeout=600,
-                            pass_fds=(work.fd,))
+                            pass_fds=(work.fd,), memory=True)
         if out.returncode != 0:
             return f"uv could not plan a sync for Python {python}: {uv_reason(out)}"
         text = out.stdout + "\n" + out.stderr
