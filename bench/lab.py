@@ -5,6 +5,7 @@ the real `uv lock`, warmd configs, and the race every lab row runs (uv's cold `u
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -227,6 +228,7 @@ def race(mode: Mode, tmp: Path, uv: Path, server: Server, project: Path, label: 
     def uv_side(i: int) -> None:
         cache = fresh(tmp / "race-cache")
         remove(project / ".venv")
+        os.sync()  # neither side pays for the writeback of the run before it (2 GiB unpacked in row 4a)
         server.reset()
         r.uv.append(measure([str(uv), "sync"], cwd=project, env=server.env(cache)))
         st = server.stats()
@@ -239,6 +241,7 @@ def race(mode: Mode, tmp: Path, uv: Path, server: Server, project: Path, label: 
         remove(project / ".venv")
         env = server.env(cache)
         cfg = warmd_config(fresh(tmp / "race-warmd"), uv, cache, connections=connections)
+        os.sync()
         server.reset()
         r.warmd.append(prefetch(cfg, project, env))
         st = server.stats()
