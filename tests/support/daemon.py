@@ -162,3 +162,18 @@ def scratch_made(folder: Path, prefix: str = "warmd-", *, recursive: bool = Fals
     finally:
         observer.stop()
         observer.join(5)
+
+
+def uv_children() -> list[int]:
+    """The pids of this process's uv children (what /proc says now)."""
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[1] == me and cmd.endswith(b"uv"):
+            found.append(int(entry.name))
+    return found

@@ -18,26 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import WAIT
+from tests.support.daemon import WAIT, uv_children
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, torch_like_set
 from warmd.uv import Uv
 
 KiB = 1024
-
-
-def _uv_children() -> list[int]:
-    me = str(os.getpid())
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if stat[stat.rindex(")") + 2:].split()[1] == me and cmd.endswith(b"uv"):
-            found.append(int(entry.name))
-    return found
 
 
 def _while_uv_runs(call: Callable[[], object], hold: Callable[[], None], release: Callable[[], None],
@@ -49,9 +35,9 @@ def _while_uv_runs(call: Callable[[], object], hold: Callable[[], None], release
     try:
         t.start()
         deadline = time.monotonic() + WAIT
-        while not _uv_children() and time.monotonic() < deadline:
+        while not uv_children() and time.monotonic() < deadline:
             time.sleep(0.01)  # /proc has no event to wait on
-        assert _uv_children(), "uv never started"
+        assert uv_children(), "uv never started"
         seen = look()
     finally:
         release()

@@ -26,7 +26,7 @@ import pytest
 
 from tests.support.cli import warmd_argv
 from tests.support.config import write_warmd_config
-from tests.support.daemon import WAIT, scratch_made
+from tests.support.daemon import WAIT, scratch_made, uv_children
 from tests.support.index_server import IndexServer
 from tests.support.projects import locked_project, torch_like_set
 from warmd.base import Cancelled, CancelToken, Owner, UvError, cancel, load_config, scratch
@@ -86,7 +86,7 @@ def test_a_run_called_off_stops_its_uv_now_records_nothing_and_leaves_no_scratch
             t = threading.Thread(target=run)
             t.start()
             assert made.wait(WAIT)  # the probe's scratch folder: its uv starts now, and waits on the cache
-            children = _poll(_uv_children)
+            children = _poll(uv_children)
             assert children, "no uv child to call off"
             token.cancel("uv.lock changed while it was warmed")
             t.join(WAIT)  # within the cache lock still held: the uv child was killed, not waited for
@@ -140,7 +140,7 @@ def test_a_uv_called_off_mid_call_raises_cancelled_never_an_answer_and_leaves_tm
             scratch_made(own_tmp, ".tmp", recursive=True) as made:
         t = threading.Thread(target=run)
         t.start()
-        children = _poll(_uv_children)
+        children = _poll(uv_children)
         assert children, "no uv child to call off"
         assert held or made.wait(WAIT), "uv made no scratch of its own"
         token.cancel("uv.lock changed while it was warmed")
@@ -185,20 +185,6 @@ def test_a_lock_swapped_under_a_prefetch_is_warmed_for_the_new_pins_never_report
         assert [o for _at, o, _r, _sha in state.history(app)] == ["warm"]
     finally:
         state.close()
-
-
-def _uv_children() -> list[int]:
-    me = str(os.getpid())
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if stat[stat.rindex(")") + 2:].split()[1] == me and cmd.endswith(b"uv"):
-            found.append(int(entry.name))
-    return found
 
 
 def _poll(found: Callable[[], list[int]]) -> list[int]:
@@ -261,7 +247,7 @@ def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
     with uv_cache_held(uv_cache):
         t = threading.Thread(target=imp)
         t.start()
-        [child] = _poll(_uv_children)
+        [child] = _poll(uv_children)
         os.kill(child, signal.SIGHUP)
         t.join(WAIT)
     assert len(caught) == 1 and isinstance(caught[0], UvError), caught
@@ -349,7 +335,7 @@ def test_a_partial_two_runs_shared_is_dropped_by_the_last_even_one_that_never_ne
         with uv_cache_held(cache_b):
             t = threading.Thread(target=lambda: out.extend(b.warm([Project.of(project_b)])))
             t.start()
-            assert _poll(_uv_children), "B's probe never started"  # B is under way, waiting on its cache
+            assert _poll(uv_children), "B's probe never started"  # B is under way, waiting on its cache
             [report_a] = a.warm([Project.of(project_a)])
             assert report_a.ok, report_a
             left = sorted(p.name for p in (store / "partial").iterdir())
