@@ -183,20 +183,21 @@ def test_a_host_found_capped_starts_its_next_file_wide_from_the_first_request(tm
 
 def test_the_last_file_of_a_capped_host_takes_over_the_connections_of_those_that_ended(tmp_path: Path) -> None:
     """On a host that caps each connection, a big file left alone inherits a finished file's
-    connections; the host never sees more at once than while both ran."""
+    connections, once no other file of the host waits to start in its place: the host never sees
+    more at once than while two files ran (files pass connections on, they never pile up)."""
     with IndexServer(rate_limit=4 * MiB) as server:
-        probe, small, big = (_wheel(server, tmp_path, name, size=size, seed=i)
-                             for i, (name, size) in enumerate([("probe", 8 * MiB), ("small", 1 * MiB),
-                                                               ("big", 24 * MiB)]))
+        probe, big, *small = (_wheel(server, tmp_path, name, size=size, seed=i)
+                              for i, (name, size) in enumerate([("probe", 8 * MiB), ("big", 24 * MiB)]
+                                                               + [(f"small{j}", 1 * MiB) for j in range(3)]))
         with _fetcher(Store(tmp_path / "store"), connections=2) as f:
             f.fetch(probe)
             assert f.link("127.0.0.1") is not None and f.link("127.0.0.1").kind == "capped"
             server.reset_counters()
-            got = f.fetch_many([small, big])
-        for w in (small, big):
+            got = f.fetch_many([big, *small], max_parallel_files=2)
+        for w in (big, *small):
             _check(f.store, w, got[w.sha256])  # type: ignore[arg-type]
-        # the small file ends within a quarter of a second at 8 MiB/s; the big one needs three
-        assert server.peak_of(small.filename) == 2
+        # the small files end one after another within a second at 8 MiB/s; the big one needs three
+        assert [server.peak_of(w.filename) for w in small] == [2, 2, 2]
         assert server.peak_of(big.filename) == 4
         assert server.peak_transfers == 4
         assert big.size <= server.bytes_served(big.filename) <= big.size + 64 * KiB

@@ -173,3 +173,22 @@ def test_a_wide_file_that_ends_leaves_its_connections_to_the_hosts_other_wide_fi
     assert left.received(MiB, 64 * MiB, False) == 0  # a grant is opened once
     meter.leave(left)
     assert alone.most == 4
+
+
+def test_connections_go_first_to_the_file_with_most_still_to_come() -> None:
+    meter = HostMeter()
+    ending, nearly_done, long = (Width(4, "capped", meter=meter) for _ in range(3))
+    nearly_done.received(MiB, 1 * MiB, False)
+    long.received(MiB, 500 * MiB, False)
+    meter.leave(ending)
+    assert (long.most, nearly_done.most) == (8, 4)
+
+
+def test_connections_are_handed_on_only_to_the_last_files_and_never_pile_up() -> None:
+    meter = HostMeter()
+    ending, left = Width(4, "capped", meter=meter), Width(4, "capped", meter=meter, ceiling=12)
+    meter.leave(ending, hand_on=False)  # another file of the host waits to start in its place
+    assert left.most == 4
+    for _ in range(3):
+        meter.leave(Width(4, "capped", meter=meter))
+    assert left.most == 12  # what the host had from all its files at once, no more

@@ -94,6 +94,7 @@ class Fetcher(HostLinks, Asking):
         # The global limit on files in flight, shared by every caller of this Fetcher (the
         # daemon runs several projects at once through one Fetcher).
         self._slots = threading.BoundedSemaphore(max_parallel_files) if max_parallel_files else None
+        self._parallel = max_parallel_files or 2  # files at once (fetch_many's default where no global limit)
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -302,7 +303,8 @@ class Fetcher(HostLinks, Asking):
         dl = FileDownload(
             wheel, self.store, width=Width(self.connections, known.kind if known else None,
                                            lambda kind: self._learn(host, kind, dl), piece=self.piece_size,
-                                           fast=self.fast_stream, meter=meter),
+                                           fast=self.fast_stream, meter=meter,
+                                           ceiling=self.connections * self._parallel),
             policy=self.policy, stop=self._stop, connect=self._open_conn, release=self._close_conn,
             report=self._report, on_growing=on_growing or (lambda g: None),
             holdback=holdback if holdback is not None else 2**63, keep=self.keep)
@@ -315,7 +317,9 @@ class Fetcher(HostLinks, Asking):
             exc.bytes_downloaded = dl.downloaded  # they crossed the network all the same (the summary's)
             raise
         finally:
-            meter.leave(dl.width)
+            with self._links_cv:  # files of this host queued in fetch_many() and not begun
+                waiting = self._pending[host] - meter.streams
+            meter.leave(dl.width, hand_on=waiting <= 0)
             with self._links_cv:
                 self._downloads.pop(sha, None)
                 self._begun.discard(sha)  # what it left in the store speaks for it now (withdraw)

@@ -141,12 +141,13 @@ class HostMeter:
             if width not in self._wide:
                 self._wide.append(width)
 
-    def leave(self, width: object) -> None:
+    def leave(self, width: object, hand_on: bool = True) -> None:
         """A file of the host stopped downloading (it may have been the one measuring).
 
-        The connections a wide file used go to the host's files still downloading wide: on a host
-        that caps each connection the last file (often the biggest) would otherwise end alone on
-        its own few, and the host never sees more connections at once than while both ran.
+        `hand_on` (no other file of the host waits to start in its place): the connections a wide
+        file used go to the host's files still downloading wide. On a host that caps each
+        connection the last file (often the biggest) would otherwise end alone on its own few; a
+        file waiting to start takes the place itself, so connections never pile up on one file.
         """
         with self._lock:
             self.streams = max(0, self.streams - 1)
@@ -155,11 +156,13 @@ class HostMeter:
             if width not in self._wide:
                 return
             self._wide.remove(width)
-            heirs = list(self._wide)
-        if heirs:
-            freed = width.most  # type: ignore[attr-defined]
-            for i, heir in enumerate(heirs):
-                heir.grant(freed // len(heirs) + (1 if i < freed % len(heirs) else 0))
+            heirs = list(self._wide) if hand_on else []
+        freed = width.most  # type: ignore[attr-defined]
+        # the file with most still to come first: a small one nearly done could not use them
+        for heir in sorted(heirs, key=lambda w: w.left, reverse=True):
+            freed -= heir.grant(freed)
+            if freed <= 0:
+                break
 
     def claim(self, width: object) -> bool:
         """True when `width` measures the host: it already does, or nobody does."""
@@ -188,8 +191,10 @@ class Width:
 
     def __init__(self, most: int, verdict: str | None, on_verdict: Callable[[str], None] = lambda v: None,
                  *, piece: int = PIECE, fast: float | None = None, meter: HostMeter | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, ceiling: int | None = None) -> None:
         self.most = max(1, most)
+        # what grants may raise `most` to: what the host had from all its files at once
+        self._ceiling = max(self.most, ceiling if ceiling is not None else 2 * self.most)
         self.meter = meter if meter is not None else HostMeter()
         self._max_piece = max(1, piece)
         self._min_piece = min(MiB, self._max_piece)
@@ -212,6 +217,7 @@ class Width:
         self._adopted: str | None = None  # a verdict another file of the host found, not acted on yet
         self._cut_first = False  # the first stream's open-ended request must make room (adopted "capped")
         self._granted = 0  # connections a finished file of the host left to this one, not opened yet
+        self.left = 2**63  # bytes still to come, as last received (unknown: all)
         if self.state == "wide":
             self.meter.widened(self)
 
@@ -227,12 +233,16 @@ class Width:
         with self._lock:
             return self._rate1 / self._streams1 if self._rate1 else self._best / max(1, self.meter.streams)
 
-    def grant(self, n: int) -> None:
-        """`n` more connections for this file: another file of the host ended (HostMeter.leave)."""
+    def grant(self, n: int) -> int:
+        """Up to `n` more connections for this file (another file of the host ended, HostMeter.leave);
+        returns how many it took."""
         with self._lock:
-            if self.state == "wide" and n > 0:
-                self.most += n
-                self._granted += n
+            n = min(n, self._ceiling - self.most)
+            if self.state != "wide" or n <= 0:
+                return 0
+            self.most += n
+            self._granted += n
+            return n
 
     def cut_first(self) -> bool:
         """Once, after adopting "capped": the running stream must shorten its piece for the others."""
@@ -272,6 +282,7 @@ class Width:
         from its first byte would make any server look capped.
         """
         now = self._clock() if now is None else now
+        self.left = remaining
         total = self.meter.add(n)
         verdict = None
         add = 0
