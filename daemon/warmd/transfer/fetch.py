@@ -379,7 +379,7 @@ class Fetcher(HostLinks, Asking):
 
     def _close_conn(self, conn: Connection) -> None:
         # A connection whose last answer was read to its end serves the next file (most share a
-        # host) without a new handshake; fetch_many closes what is left idle when it ends.
+        # host) without a new handshake; the last fetch under way closes what is left idle (_leave).
         keep = conn.reusable and not self._stop.is_set()
         with self._lock:
             self._conns.discard(conn)
