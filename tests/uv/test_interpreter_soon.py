@@ -4,12 +4,13 @@ made then would give, it is taken once, and one nobody took never answers a late
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from warmd.plan import interpreter_requests
+from warmd.plan import Detection, PlanOptions, interpreter_requests, plan_project
 from warmd.uv import driver
 from warmd.uv import LOCK, PYPROJECT, Project, Uv
 
@@ -71,3 +72,38 @@ def test_the_early_requests_are_the_plans_own(tmp_path: Path) -> None:
     assert interpreter_requests(project, ("3.12", "3.9", "3.11")) == ["3.11", "3.12"]  # 3.9: not >=3.10
     os.unlink(folder / LOCK)
     assert interpreter_requests(project) == []  # the plan says why; nothing is looked up early
+
+
+def test_the_export_runs_while_uv_looks_up_the_interpreter(tmp_path: Path, uv_bin: Path,
+                                                             uv_environ: dict[str, str], uv_cache: Path) -> None:
+    """The plan's `uv export` needs no interpreter: it is asked while the lookup `warmd prefetch` started
+    ahead is under way, not after it.
+
+    The `python find` of this uv waits (at most a minute) for the export to start; had the plan asked
+    for the export only once the lookup answered, that wait runs out and the log says so."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / PYPROJECT).write_text('[project]\nname = "app"\nversion = "0.1.0"\nrequires-python = ">=3.8"\n')
+    run = subprocess.run([str(uv_bin), "lock", "--offline"], cwd=folder, env=uv_environ, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    fifo, log = tmp_path / "export-started", tmp_path / "finds.log"
+    os.mkfifo(fifo)
+    exe = tmp_path / "bin" / "uv"
+    exe.parent.mkdir()
+    exe.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = python ]; then\n'
+        f"  if timeout 60 head -c1 {fifo} >/dev/null; then echo during >> {log}; else echo after >> {log}; fi\n"
+        "fi\n"
+        # a FIFO's open waits for the other end: the two meet only if the lookup still waits
+        f'if [ "$1" = export ]; then timeout 60 sh -c "printf x > {fifo}"; fi\n'
+        f'exec {uv_bin} "$@"\n')
+    exe.chmod(0o755)
+    uv = Uv(str(exe), cache_dir=uv_cache, env=uv_environ)
+    project = Project.of(folder)
+    for request in interpreter_requests(project):
+        uv.interpreter_soon(request)
+    detection = Detection("cpu", "config", "test")
+    plan = plan_project(project, uv=uv, options=PlanOptions(packages=None), detection=detection)
+    assert log.read_text().splitlines() == ["during"]
+    assert plan.pythons and plan.pins == ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from packaging.utils import canonicalize_name
 
@@ -26,8 +26,12 @@ class _Choice:
 
 
 def _choose(uv: Uv, folder: Path, lock: Lock, index: _LockIndex, pyproject: Mapping[str, Any],
-            settings: ProjectSettings | None, detection: Detection, env: Mapping[str, str]) -> _Choice:
-    """The extras and groups a user of this variant syncs with, uv's export for them, and why."""
+            settings: ProjectSettings | None, detection: Detection, env: Callable[[], Mapping[str, str]]) -> _Choice:
+    """The extras and groups a user of this variant syncs with, uv's export for them, and why.
+
+    `env` gives the marker environment of the project's Python when first called, after the first
+    export (the interpreter lookup it may wait for runs meanwhile).
+    """
     root = _root_name(pyproject)
     defaults = _default_groups(pyproject)
     no_defaults = bool(settings and settings.no_default_groups)
@@ -46,7 +50,8 @@ def _choose(uv: Uv, folder: Path, lock: Lock, index: _LockIndex, pyproject: Mapp
 
     def installs(flags: Sequence[str]) -> tuple[list[_Line], list[LockedPackage]]:
         lines = parse_export(uv.export(folder, flags))
-        found = [index.find(ln) for ln in lines if ln.name is not None and ln.applies(env)]
+        here = env()
+        found = [index.find(ln) for ln in lines if ln.name is not None and ln.applies(here)]
         return lines, [p for p in found if p is not None]
 
     if settings is not None and (settings.extras is not None or settings.groups is not None):

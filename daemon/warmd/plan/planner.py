@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from loguru import logger
 
@@ -32,6 +33,11 @@ from .export import _LockIndex
 from .inputs import allowed_pythons, check_inputs, check_names, pinned_python, requires_python
 from .target import Target, _entry, _marker_env, _tag_order
 from .variant import Detection, resolve_variant
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
+
+    from ..uv import Interpreter
 
 # A plan reads these files (uv export reads pyproject.toml too): one rewritten while it was being
 # planned means the plan may mix two versions, so it is made again, this many times at most.
@@ -125,28 +131,21 @@ def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: D
     check_inputs(folder, lock, pyproject)  # before uv reads any of them
     settings = options.settings(folder)
     variant = project_variant(options, folder, detection)
-    # The Python uv would use for the project: .python-version's, else the interpreter uv finds
-    # for its requires-python, which then also serves its version (one lookup, not two: ~0.05 s each).
     spec = requires_python(lock)  # before uv sees it: uv runs a file an interpreter request names
     check_names(lock, pyproject)
-    own = pinned_python(folder)
-    found = uv.interpreter(str(spec) if spec else None) if own is None else None
-    own = own or (found.version if found else None)
-    pythons = allowed_pythons([own, *options.pythons] if own else list(options.pythons), spec)
-    if not pythons:
-        raise InputError(f"{folder}: no Python version to select wheels for (no .python-version, "
-                         "no interpreter uv would use, no `python` in the config)")
-    interpreters = {py: found if found is not None and found.version == py else uv.interpreter(py)
-                    for py in pythons}
-    envs = {py: _marker_env(py, interpreters[py], target) for py in pythons}
+    # uv's export does not depend on the Python: it runs while uv looks up the interpreter (which
+    # `warmd prefetch` has started ahead, Uv.interpreter_soon), and the choice waits for the lookup
+    # only once it evaluates the export's markers.
+    pythons = functools.cache(lambda: _pythons(folder, spec, uv, options.pythons, target))
     index = _LockIndex(lock)
-    choice = _choose(uv, folder, lock, index, pyproject, settings, variant, envs[pythons[0]])
+    choice = _choose(uv, folder, lock, index, pyproject, settings, variant, lambda: pythons().first_env)
+    versions, interpreters, envs = pythons().versions, pythons().interpreters, pythons().envs
     # The whole sync (the default) also names what uv builds from the project's folders.
     whole = options.packages is None
-    builds = local_builds(folder, lock, choice.lines, envs[pythons[0]], uv.version) if whole else []
+    builds = local_builds(folder, lock, choice.lines, envs[versions[0]], uv.version) if whole else []
     pins: dict[tuple[str, str], Pin] = {}
     skipped: dict[tuple[str, str, str], Skipped] = {}
-    for py in pythons:
+    for py in versions:
         order = _tag_order(py, target.platform_tags)
         for line in choice.lines:
             if line.name is None or not matches(line.name, options.packages) or not line.applies(envs[py]):
@@ -166,7 +165,7 @@ def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: D
         extras=choice.extras,
         groups=choice.groups,
         flags=choice.flags,
-        pythons=tuple(pythons),
+        pythons=versions,
         interpreters={py: (i.path if i else None) for py, i in interpreters.items()},
         pins=tuple(sorted(pins.values(), key=lambda p: (p.python, p.name, p.version))),
         skipped=tuple(sorted(skipped.values(), key=lambda s: (s.python, s.name, s.version))),
@@ -174,6 +173,33 @@ def plan_project(project: Project, *, uv: Uv, options: PlanOptions, detection: D
         lock_packages=frozenset(p.name for p in lock.packages),
         lock_stamp=lock.stamp,
     )
+
+
+@dataclass(frozen=True)
+class _Pythons:
+    versions: tuple[str, ...]  # the project's own first
+    interpreters: Mapping[str, Interpreter | None]
+    envs: Mapping[str, Mapping[str, str]]  # marker environment of each version
+
+    @property
+    def first_env(self) -> Mapping[str, str]:
+        return self.envs[self.versions[0]]
+
+
+def _pythons(folder: Path, spec: SpecifierSet | None, uv: Uv, configured: Sequence[str], target: Target) -> _Pythons:
+    """The Pythons to plan for: the one uv would use for the project (.python-version's, else the
+    interpreter uv finds for its requires-python, which then also serves its version: one lookup,
+    not two), then the configured ones its requires-python allows."""
+    own = pinned_python(folder)
+    found = uv.interpreter(str(spec) if spec else None) if own is None else None
+    own = own or (found.version if found else None)
+    versions = allowed_pythons([own, *configured] if own else list(configured), spec)
+    if not versions:
+        raise InputError(f"{folder}: no Python version to select wheels for (no .python-version, "
+                         "no interpreter uv would use, no `python` in the config)")
+    interpreters = {py: found if found is not None and found.version == py else uv.interpreter(py) for py in versions}
+    return _Pythons(tuple(versions), interpreters,
+                    {py: _marker_env(py, interpreters[py], target) for py in versions})
 
 
 class Planner:
