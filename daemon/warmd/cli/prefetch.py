@@ -90,9 +90,9 @@ def _prefetch(args: argparse.Namespace, config: Config) -> int:
 def _looking_for_pythons(config: Config, projects: Sequence[Project]) -> Uv:
     """The run's uv, already looking up the projects' interpreters while the pipeline is imported."""
     from ..plan import interpreter_requests
-    from ..uv import Uv
+    from ..uv import PROBE_VENVS, Uv
 
-    uv = Uv(config.uv, cache_dir=config.cache_dir)
+    uv = Uv(config.uv, cache_dir=config.cache_dir, probe_venvs=config.state_dir / PROBE_VENVS)
     for p in projects:
         for request in interpreter_requests(p, config.python):
             uv.interpreter_soon(request)

@@ -14,4 +14,5 @@ __all__, __getattr__, __dir__ = surface(__name__, {
     "render": ("render_pylock", "render_requirements",),
     "settings": ("CACHE_CONTROL_LINE", "IMMUTABLE_FILES", "Override", "add_cache_control", "dig", "index_overrides", "norm_url",
         "read_settings", "requirement_urls", "settings_urls", "user_index_urls", "uv_toml_files",),
+    "venvs": ("PROBE_VENVS",),
 })

@@ -38,6 +38,7 @@ from .interpreter import _MARKERS_SCRIPT, Interpreter
 from .reason import uv_reason
 from .render import _toml_str, render_pylock, render_requirements, requirement_line
 from .settings import IMMUTABLE_FILES
+from .venvs import ProbeVenvs
 
 _DOWNLOADS = re.compile(r"Would download (\d+) packages?")
 # ` + torch==2.8.0`, ` + flash-attn==2.6.3 (from https://…)`, ` + flash-attn @ https://…` (not cached yet)
@@ -74,10 +75,15 @@ class ProbeResult:
 class Uv:
     """One uv executable (the user's), and the cache it reads."""
 
-    def __init__(self, exe: str = "uv", *, cache_dir: Path | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, exe: str = "uv", *, cache_dir: Path | None = None, env: Mapping[str, str] | None = None,
+                 probe_venvs: Path | None = None) -> None:
+        """`probe_venvs`: a folder of warmd's own where the probe keeps the empty venvs it names as
+        the project's environment (uv/venvs.py); None: it names a path that does not exist, and uv
+        builds a throw-away venv in its cache for every probe (what a dry run that writes nothing does)."""
         self._exe = exe
         self._cache_dir = cache_dir
         self._env = dict(os.environ if env is None else env)
+        self._venvs = ProbeVenvs(probe_venvs, self._make_venv) if probe_venvs is not None else None
         # Interpreter lookups started ahead of need (interpreter_soon), by request, each used once.
         self._soon: dict[str | None, tuple[Future[Interpreter | None], cancel.CancelToken]] = {}
         self._soon_lock = threading.Lock()
@@ -443,10 +449,18 @@ class Uv:
                     flags: Sequence[str]) -> tuple[int, set[str]] | str:
         args = ["sync", "--frozen", "--dry-run", "--offline", "--no-build", "--no-install-workspace", f"--python={python}",
                 *flags, *(f"--no-install-package={name}" for name in exclude)]
-        with scratch.folder("probe", memory=True) as work:
-            # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
-            out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv")}, timeout=600,
-                            pass_fds=(work.fd,), memory=True)
+        interpreter = Path(python) if os.path.isabs(python) else None
+        with (self._venvs.slot(interpreter, self._known_version(interpreter))
+              if self._venvs is not None and interpreter is not None else contextlib.nullcontext()) as venv:
+            if venv is not None:
+                # An empty venv of that interpreter: uv plans the sync a fresh venv would get, and
+                # only takes the flock on its `.lock`, where it would build a throw-away venv in its cache.
+                out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(venv)}, timeout=600, memory=True)
+            else:
+                with scratch.folder("probe", memory=True) as work:
+                    # A venv path that does not exist: the dry run plans a fresh venv, as a new checkout would.
+                    out = self._run(args, cwd=project, env={"UV_PROJECT_ENVIRONMENT": str(work.path / "venv")},
+                                    timeout=600, pass_fds=(work.fd,), memory=True)
         if out.returncode != 0:
             return f"uv could not plan a sync for Python {python}: {uv_reason(out)}"
         text = out.stdout + "\n" + out.stderr
@@ -457,6 +471,21 @@ class Uv:
             if lm:
                 listed.add(_normalize(lm.group(1)))
         return (int(m.group(1)) if m else 0), listed
+
+    def _known_version(self, interpreter: Path | None) -> str | None:
+        # What the plan's lookup of that interpreter found (Uv.interpreter), so it is not run again.
+        with self._soon_lock:
+            found = [(t, i) for t, i in self._found.values() if i is not None and i.path == interpreter]
+        return max(found, key=lambda f: f[0])[1].markers.get("python_full_version") if found else None
+
+    def _make_venv(self, interpreter: Path, dest: Path) -> None:
+        """Have uv make an empty venv of `interpreter` at `dest` (for the probe: uv/venvs.py)."""
+        # --no-cache: no interpreter entry for a path that is renamed at once; --offline: a user's
+        # UV_VENV_SEED never sends it to an index.
+        out = self._run(["venv", "--no-cache", "--no-config", "--offline", "--python", str(interpreter), str(dest)],
+                        timeout=120, memory=True)
+        if out.returncode != 0:
+            raise UvError(f"`uv venv` for {interpreter} failed: {uv_reason(out)}")
 
 
 def _read_lines(proc: subprocess.Popen[str], timeout: float, on_line: Callable[[str], None]) -> str:

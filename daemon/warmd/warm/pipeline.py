@@ -23,7 +23,7 @@ from ..transfer import (
     MIRROR_RETRIES, Fetcher, MirroredFetcher, NetGuard, Store, compare, guard_for, mirror_progress, recorded, trusts,
     vouches_of,
 )
-from ..uv import ProbeResult, Project, Uv
+from ..uv import PROBE_VENVS, ProbeResult, Project, Uv
 from .admission import admit
 from .feeder import Feeder, Shelf
 from .handover import MEASURE_WAIT, HandOver
@@ -52,7 +52,8 @@ class Pipeline(Sourcing, HandOver):
     ) -> None:
         self.config = config
         self.state = state
-        self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir)
+        # The probe's empty venvs in warmd's state folder, so uv builds none in its cache per probe.
+        self.uv = uv or Uv(config.uv, cache_dir=config.cache_dir, probe_venvs=config.state_dir / PROBE_VENVS)
         self.store = Store(config.store_dir, config.store_max_size)
         self.progress = progress
         # What warmd, and the uv it runs, may connect to for each project (guard.py); read again at
