@@ -199,7 +199,14 @@ def test_a_cap_everything_fits_under_holds_nothing_and_one_byte_less_weighs_ever
         report = ProjectReport(project=folder, lock=lock, variant="cu128", python=("3.11",),
                                wheels=(WheelReport(shared, "warm"), WheelReport(own, "warm")))
         state.record_report(report, outcome_of(report))
+    asked: list[str] = []
+    state._db.set_trace_callback(asked.append)
     assert state.pinned_sizes() == {p.wheel.sha256: p.wheel.size for p in (shared, own_a, own_b)}
+    state._db.set_trace_callback(None)
+    # asked after every run: from one file to the next by the index, never a read of every pin
+    (query,) = asked
+    steps = [row[-1] for row in state._db.execute("EXPLAIN QUERY PLAN " + query)]
+    assert steps and not [s for s in steps if s.startswith("SCAN pins")], steps
     every = 1000 + 2000 + 3000
     plan = [(projects["a"], [shared, own_a], {})]
     assert held_by_total(plan, {}, cap=every, per_project=None, state=state) == {projects["a"]: {}}
