@@ -254,8 +254,7 @@ def test_a_uv_stopped_by_someone_else_says_so_not_its_exit_status_or_last_line(
     with uv_cache_held(uv_cache):
         t = threading.Thread(target=imp)
         t.start()
-        # the import's own uv: a uv another test left running (a lookup called off, still ending) is
-        # a child of this process too, and signalling that one leaves the import waiting
+        # the import's own uv, by its arguments (the test process may have other uv children)
         [child] = _poll(lambda: [pid for pid in uv_children() if b"warmd-import-" in _cmdline(pid)])
         os.kill(child, signal.SIGHUP)
         t.join(WAIT)
